@@ -1,0 +1,455 @@
+//! Authorization policy evaluation, with Istio's semantics: DENY policies
+//! first (any match denies), then ALLOW policies (if there are any, one must
+//! match). Policies are compiled once; evaluation allocates nothing.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::config::security::{AuthorizationAction, Condition, Operation, Rule, Source};
+use crate::proxy_config::AuthorizationPolicyRef;
+
+/// What authorization sees of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthzRequest<'a> {
+    /// The peer's IP (Istio `source.ip`, `ipBlocks`).
+    pub source_ip: Option<IpAddr>,
+    /// The original client IP, from X-Forwarded-For (`remoteIpBlocks`).
+    pub remote_ip: Option<IpAddr>,
+    /// The peer's mTLS identity: `cluster.local/ns/default/sa/sleep`.
+    pub source_principal: Option<&'a str>,
+    /// The JWT identity: `issuer/subject`.
+    pub request_principal: Option<&'a str>,
+    pub host: &'a str,
+    pub method: &'a str,
+    /// Path without the query string.
+    pub path: &'a str,
+    pub port: u16,
+    pub headers: &'a http::HeaderMap,
+    pub destination_ip: Option<IpAddr>,
+    pub sni: Option<&'a str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Denied, naming the policy (`ns/name`) that decided, or none when no
+    /// ALLOW policy matched.
+    Deny { policy: Option<String> },
+}
+
+/// Condition keys Istio supports in `when`.
+pub fn is_known_condition_key(key: &str) -> bool {
+    const KEYS: &[&str] = &[
+        "source.ip",
+        "remote.ip",
+        "source.namespace",
+        "source.principal",
+        "request.auth.principal",
+        "request.auth.audiences",
+        "request.auth.presenter",
+        "destination.ip",
+        "destination.port",
+        "connection.sni",
+    ];
+    KEYS.contains(&key)
+        || (key.starts_with("request.headers[") && key.ends_with(']'))
+        || (key.starts_with("request.auth.claims[") && key.ends_with(']'))
+        || key.starts_with("experimental.envoy.filters.")
+}
+
+#[derive(Clone, Debug)]
+enum StrMatch {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+}
+
+impl StrMatch {
+    fn new(v: &str) -> StrMatch {
+        if v == "*" {
+            StrMatch::Any
+        } else if let Some(p) = v.strip_suffix('*') {
+            StrMatch::Prefix(p.to_string())
+        } else if let Some(s) = v.strip_prefix('*') {
+            StrMatch::Suffix(s.to_string())
+        } else {
+            StrMatch::Exact(v.to_string())
+        }
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            StrMatch::Any => true,
+            StrMatch::Exact(e) => e == s,
+            StrMatch::Prefix(p) => s.starts_with(p.as_str()),
+            StrMatch::Suffix(x) => s.ends_with(x.as_str()),
+        }
+    }
+
+    fn matches_ignore_case(&self, s: &str) -> bool {
+        match self {
+            StrMatch::Any => true,
+            StrMatch::Exact(e) => e.eq_ignore_ascii_case(s),
+            StrMatch::Prefix(p) => s.len() >= p.len() && s.is_char_boundary(p.len()) && s[..p.len()].eq_ignore_ascii_case(p),
+            StrMatch::Suffix(x) => {
+                s.len() >= x.len() && s.is_char_boundary(s.len() - x.len()) && s[s.len() - x.len()..].eq_ignore_ascii_case(x)
+            }
+        }
+    }
+}
+
+/// A set-valued field: `values` (any must match) and `not_values` (none may).
+/// Empty on both sides means "not constrained".
+#[derive(Clone, Debug, Default)]
+struct Field<M> {
+    values: Vec<M>,
+    not_values: Vec<M>,
+}
+
+impl<M> Field<M> {
+    fn is_set(&self) -> bool {
+        !self.values.is_empty() || !self.not_values.is_empty()
+    }
+
+    /// `value` is `None` when the request lacks the attribute: a set field
+    /// then does not match (Istio: e.g. `principals` needs mTLS).
+    fn check<T: ?Sized>(&self, value: Option<&T>, test: impl Fn(&M, &T) -> bool) -> bool {
+        if !self.is_set() {
+            return true;
+        }
+        let Some(value) = value else { return false };
+        (self.values.is_empty() || self.values.iter().any(|m| test(m, value)))
+            && !self.not_values.iter().any(|m| test(m, value))
+    }
+}
+
+fn strs(values: &[String], not: &[String]) -> Field<StrMatch> {
+    Field { values: values.iter().map(|v| StrMatch::new(v)).collect(), not_values: not.iter().map(|v| StrMatch::new(v)).collect() }
+}
+
+fn nets(values: &[String], not: &[String]) -> Field<IpNet> {
+    let parse = |v: &String| v.parse::<IpNet>().ok().or_else(|| v.parse::<IpAddr>().ok().map(IpNet::from));
+    Field { values: values.iter().filter_map(parse).collect(), not_values: not.iter().filter_map(parse).collect() }
+}
+
+#[derive(Clone, Debug)]
+struct CompiledSource {
+    principals: Field<StrMatch>,
+    request_principals: Field<StrMatch>,
+    namespaces: Field<StrMatch>,
+    ip_blocks: Field<IpNet>,
+    remote_ip_blocks: Field<IpNet>,
+}
+
+#[derive(Clone, Debug)]
+struct CompiledOperation {
+    hosts: Field<StrMatch>,
+    ports: Field<u16>,
+    methods: Field<StrMatch>,
+    paths: Field<StrMatch>,
+}
+
+#[derive(Clone, Debug)]
+enum ConditionKey {
+    Header(http::HeaderName),
+    SourceIp,
+    RemoteIp,
+    SourceNamespace,
+    SourcePrincipal,
+    RequestPrincipal,
+    DestinationIp,
+    DestinationPort,
+    Sni,
+    /// A key this data plane has no value for (JWT claims, ...): the
+    /// condition never matches.
+    Unavailable,
+}
+
+#[derive(Clone, Debug)]
+struct CompiledCondition {
+    key: ConditionKey,
+    strings: Field<StrMatch>,
+    nets: Field<IpNet>,
+}
+
+#[derive(Clone, Debug)]
+struct CompiledRule {
+    from: Vec<CompiledSource>,
+    to: Vec<CompiledOperation>,
+    when: Vec<CompiledCondition>,
+}
+
+#[derive(Clone, Debug)]
+struct CompiledPolicy {
+    name: String,
+    rules: Vec<CompiledRule>,
+}
+
+/// The compiled AuthorizationPolicies of one proxy.
+#[derive(Clone, Debug, Default)]
+pub struct Authorizer {
+    deny: Vec<CompiledPolicy>,
+    allow: Vec<CompiledPolicy>,
+}
+
+impl Authorizer {
+    pub fn new(policies: &[AuthorizationPolicyRef]) -> Authorizer {
+        let mut a = Authorizer::default();
+        for p in policies {
+            let compiled = CompiledPolicy {
+                name: format!("{}/{}", p.namespace, p.name),
+                rules: p.policy.rules.iter().map(compile_rule).collect(),
+            };
+            match p.policy.action {
+                AuthorizationAction::Deny => a.deny.push(compiled),
+                AuthorizationAction::Allow => a.allow.push(compiled),
+                // AUDIT changes no decision; CUSTOM needs an external
+                // authorizer, which is configured outside these policies.
+                AuthorizationAction::Audit | AuthorizationAction::Custom => {}
+            }
+        }
+        a
+    }
+
+    /// `true` when there is nothing to evaluate.
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.allow.is_empty()
+    }
+
+    pub fn evaluate(&self, req: &AuthzRequest<'_>) -> Decision {
+        if let Some(p) = self.deny.iter().find(|p| p.matches(req)) {
+            return Decision::Deny { policy: Some(p.name.clone()) };
+        }
+        if self.allow.is_empty() || self.allow.iter().any(|p| p.matches(req)) {
+            Decision::Allow
+        } else {
+            Decision::Deny { policy: None }
+        }
+    }
+}
+
+impl CompiledPolicy {
+    /// A policy with no rules matches nothing (so an ALLOW policy with an
+    /// empty spec denies all); a rule with no fields matches everything.
+    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        self.rules.iter().any(|r| r.matches(req))
+    }
+}
+
+fn compile_rule(rule: &Rule) -> CompiledRule {
+    CompiledRule {
+        from: rule.from.iter().map(|f| compile_source(&f.source)).collect(),
+        to: rule.to.iter().map(|t| compile_operation(&t.operation)).collect(),
+        when: rule.when.iter().map(compile_condition).collect(),
+    }
+}
+
+fn compile_source(s: &Source) -> CompiledSource {
+    let mut principals = strs(&s.principals, &s.not_principals);
+    // serviceAccounts are principals in the local trust domain form.
+    let sa = |v: &String| {
+        let (ns, name) = v.split_once('/').unwrap_or(("default", v));
+        StrMatch::new(&format!("*/ns/{ns}/sa/{name}"))
+    };
+    principals.values.extend(s.service_accounts.iter().map(sa));
+    principals.not_values.extend(s.not_service_accounts.iter().map(sa));
+    CompiledSource {
+        principals,
+        request_principals: strs(&s.request_principals, &s.not_request_principals),
+        namespaces: strs(&s.namespaces, &s.not_namespaces),
+        ip_blocks: nets(&s.ip_blocks, &s.not_ip_blocks),
+        remote_ip_blocks: nets(&s.remote_ip_blocks, &s.not_remote_ip_blocks),
+    }
+}
+
+fn compile_operation(o: &Operation) -> CompiledOperation {
+    CompiledOperation {
+        hosts: strs(&o.hosts, &o.not_hosts),
+        ports: Field {
+            values: o.ports.iter().filter_map(|p| p.parse().ok()).collect(),
+            not_values: o.not_ports.iter().filter_map(|p| p.parse().ok()).collect(),
+        },
+        methods: strs(&o.methods, &o.not_methods),
+        paths: strs(&o.paths, &o.not_paths),
+    }
+}
+
+fn compile_condition(c: &Condition) -> CompiledCondition {
+    let key = match c.key.as_str() {
+        "source.ip" => ConditionKey::SourceIp,
+        "remote.ip" => ConditionKey::RemoteIp,
+        "source.namespace" => ConditionKey::SourceNamespace,
+        "source.principal" => ConditionKey::SourcePrincipal,
+        "request.auth.principal" => ConditionKey::RequestPrincipal,
+        "destination.ip" => ConditionKey::DestinationIp,
+        "destination.port" => ConditionKey::DestinationPort,
+        "connection.sni" => ConditionKey::Sni,
+        k => k
+            .strip_prefix("request.headers[")
+            .and_then(|h| h.strip_suffix(']'))
+            .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+            .map_or(ConditionKey::Unavailable, ConditionKey::Header),
+    };
+    CompiledCondition { key, strings: strs(&c.values, &c.not_values), nets: nets(&c.values, &c.not_values) }
+}
+
+/// `cluster.local/ns/foo/sa/bar` -> `foo`.
+fn namespace_of(principal: &str) -> Option<&str> {
+    let rest = &principal[principal.find("/ns/")? + 4..];
+    Some(rest.split('/').next().unwrap_or(rest))
+}
+
+impl CompiledRule {
+    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(req)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
+            && self.when.iter().all(|c| c.matches(req))
+    }
+}
+
+impl CompiledSource {
+    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        let m = |m: &StrMatch, s: &str| m.matches(s);
+        let net = |n: &IpNet, ip: &IpAddr| n.contains(ip);
+        self.principals.check(req.source_principal, m)
+            && self.request_principals.check(req.request_principal, m)
+            && self.namespaces.check(req.source_principal.and_then(namespace_of), m)
+            && self.ip_blocks.check(req.source_ip.as_ref(), net)
+            && self.remote_ip_blocks.check(req.remote_ip.or(req.source_ip).as_ref(), net)
+    }
+}
+
+impl CompiledOperation {
+    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        let host_no_port = req.host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(req.host, |(h, _)| h);
+        self.hosts.check(Some(req.host), |m: &StrMatch, h: &str| m.matches_ignore_case(h) || m.matches_ignore_case(host_no_port))
+            && self.ports.check(Some(&req.port), |p: &u16, v: &u16| p == v)
+            && self.methods.check(Some(req.method), |m: &StrMatch, s: &str| m.matches(s))
+            && self.paths.check(Some(req.path), |m: &StrMatch, s: &str| m.matches(s))
+    }
+}
+
+impl CompiledCondition {
+    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        let m = |m: &StrMatch, s: &str| m.matches(s);
+        let net = |n: &IpNet, ip: &IpAddr| n.contains(ip);
+        match &self.key {
+            ConditionKey::Header(name) => {
+                let value = req.headers.get(name).and_then(|v| v.to_str().ok());
+                self.strings.check(value, m)
+            }
+            ConditionKey::SourceIp => self.nets.check(req.source_ip.as_ref(), net),
+            ConditionKey::RemoteIp => self.nets.check(req.remote_ip.or(req.source_ip).as_ref(), net),
+            ConditionKey::DestinationIp => self.nets.check(req.destination_ip.as_ref(), net),
+            ConditionKey::SourceNamespace => self.strings.check(req.source_principal.and_then(namespace_of), m),
+            ConditionKey::SourcePrincipal => self.strings.check(req.source_principal, m),
+            ConditionKey::RequestPrincipal => self.strings.check(req.request_principal, m),
+            ConditionKey::DestinationPort => {
+                let port = req.port.to_string();
+                self.strings.check(Some(port.as_str()), m)
+            }
+            ConditionKey::Sni => self.strings.check(req.sni, m),
+            ConditionKey::Unavailable => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Resource, Spec};
+
+    fn policies(yaml: &str) -> Vec<AuthorizationPolicyRef> {
+        yaml.split("\n---\n")
+            .map(|doc| {
+                let r = Resource::from_yaml(doc).unwrap();
+                let Spec::AuthorizationPolicy(p) = r.spec else { panic!("not a policy") };
+                AuthorizationPolicyRef { namespace: r.meta.namespace, name: r.meta.name, policy: p }
+            })
+            .collect()
+    }
+
+    struct Req {
+        headers: http::HeaderMap,
+    }
+
+    fn request<'a>(r: &'a Req, method: &'a str, path: &'a str, principal: Option<&'a str>, ip: &str) -> AuthzRequest<'a> {
+        AuthzRequest {
+            source_ip: ip.parse().ok(),
+            remote_ip: None,
+            source_principal: principal,
+            request_principal: None,
+            host: "httpbin.foo.svc.cluster.local:8000",
+            method,
+            path,
+            port: 8000,
+            headers: &r.headers,
+            destination_ip: None,
+            sni: None,
+        }
+    }
+
+    const SLEEP: Option<&str> = Some("cluster.local/ns/foo/sa/sleep");
+
+    #[test]
+    fn allow_policy_admits_only_matching_requests() {
+        let a = Authorizer::new(&policies(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: httpbin, namespace: foo}\nspec:\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/foo/sa/sleep\"]\n    to:\n    - operation:\n        methods: [GET]\n        paths: [\"/info*\"]\n    when:\n    - key: request.headers[version]\n      values: [v1, v2]\n",
+        ));
+        let mut r = Req { headers: http::HeaderMap::new() };
+        r.headers.insert("version", "v1".parse().unwrap());
+        assert_eq!(a.evaluate(&request(&r, "GET", "/info/x", SLEEP, "10.0.0.1")), Decision::Allow);
+        assert_eq!(a.evaluate(&request(&r, "POST", "/info", SLEEP, "10.0.0.1")), Decision::Deny { policy: None });
+        assert_eq!(a.evaluate(&request(&r, "GET", "/admin", SLEEP, "10.0.0.1")), Decision::Deny { policy: None });
+        assert_eq!(a.evaluate(&request(&r, "GET", "/info", None, "10.0.0.1")), Decision::Deny { policy: None }, "no mTLS identity");
+        r.headers.insert("version", "v3".parse().unwrap());
+        assert_eq!(a.evaluate(&request(&r, "GET", "/info", SLEEP, "10.0.0.1")), Decision::Deny { policy: None });
+    }
+
+    #[test]
+    fn deny_wins_over_allow_and_not_forms_work() {
+        let a = Authorizer::new(&policies(concat!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: foo}\nspec:\n  rules:\n  - {}\n",
+            "\n---\n",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-outside, namespace: foo}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        notNamespaces: [foo]\n  - from:\n    - source:\n        ipBlocks: [\"192.168.0.0/16\"]\n",
+        )));
+        let r = Req { headers: http::HeaderMap::new() };
+        assert_eq!(a.evaluate(&request(&r, "GET", "/", SLEEP, "10.0.0.1")), Decision::Allow);
+        assert_eq!(
+            a.evaluate(&request(&r, "GET", "/", Some("cluster.local/ns/bar/sa/x"), "10.0.0.1")),
+            Decision::Deny { policy: Some("foo/deny-outside".into()) }
+        );
+        assert_eq!(
+            a.evaluate(&request(&r, "GET", "/", SLEEP, "192.168.3.4")),
+            Decision::Deny { policy: Some("foo/deny-outside".into()) }
+        );
+    }
+
+    #[test]
+    fn empty_allow_policy_denies_everything_and_no_policy_allows() {
+        let deny_all = Authorizer::new(&policies(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: foo}\nspec: {}\n",
+        ));
+        let r = Req { headers: http::HeaderMap::new() };
+        assert_eq!(deny_all.evaluate(&request(&r, "GET", "/", SLEEP, "10.0.0.1")), Decision::Deny { policy: None });
+        assert_eq!(Authorizer::default().evaluate(&request(&r, "GET", "/", None, "10.0.0.1")), Decision::Allow);
+    }
+
+    #[test]
+    fn hosts_ports_suffix_and_conditions() {
+        let a = Authorizer::new(&policies(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec:\n  rules:\n  - to:\n    - operation:\n        hosts: [\"*.cluster.local\"]\n        ports: [\"8000\"]\n        notPaths: [\"*.secret\"]\n    when:\n    - key: source.ip\n      values: [\"10.0.0.0/8\"]\n    - key: request.auth.claims[group]\n      notValues: [x]\n",
+        ));
+        let r = Req { headers: http::HeaderMap::new() };
+        // The claims condition has no value here, so the rule never matches.
+        assert_eq!(a.evaluate(&request(&r, "GET", "/a", None, "10.1.1.1")), Decision::Deny { policy: None });
+        let a = Authorizer::new(&policies(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec:\n  rules:\n  - to:\n    - operation:\n        hosts: [\"*.cluster.local\"]\n        ports: [\"8000\"]\n        notPaths: [\"*.secret\"]\n    when:\n    - key: source.ip\n      values: [\"10.0.0.0/8\"]\n",
+        ));
+        assert_eq!(a.evaluate(&request(&r, "GET", "/a", None, "10.1.1.1")), Decision::Allow);
+        assert_eq!(a.evaluate(&request(&r, "GET", "/a.secret", None, "10.1.1.1")), Decision::Deny { policy: None });
+        assert_eq!(a.evaluate(&request(&r, "GET", "/a", None, "11.1.1.1")), Decision::Deny { policy: None });
+    }
+}

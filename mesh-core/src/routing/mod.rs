@@ -1,0 +1,12 @@
+//! Route matching: from a request to the first matching route of its
+//! virtual host, in Istio's order, without scanning every route.
+
+mod matcher;
+mod request;
+mod table;
+mod weighted;
+
+pub use matcher::CompiledMatcher;
+pub use request::RequestView;
+pub use table::{RouteTable, RouteHit};
+pub use weighted::pick_weighted;

@@ -1,0 +1,349 @@
+//! A compiled route table. Host lookup is a hash lookup (then wildcards,
+//! longest first). Within a virtual host, routes keep Istio's first-match
+//! order, but lookup does not test them one by one: each match is indexed
+//! by its most selective condition (exact path, path prefix, exact header
+//! value, or path regex via one `RegexSet`), so a request only tests the
+//! few candidates its path and headers can reach, plus the matches that
+//! have nothing to index.
+
+use std::borrow::Cow;
+
+use regex::RegexSet;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use super::matcher::CompiledMatcher;
+use super::request::RequestView;
+use crate::lb::hash::query_param;
+use crate::proxy_config::{Route, RouteConfig, RouteMatch, StringMatcher};
+
+/// The route a request matched.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteHit<'a> {
+    pub virtual_host: &'a str,
+    pub route: &'a Route,
+    pub route_index: usize,
+}
+
+pub struct RouteTable {
+    name: String,
+    exact_hosts: FxHashMap<String, u32>,
+    /// `*.example.com` as (`.example.com`, vhost), longest suffix first.
+    suffix_hosts: Vec<(String, u32)>,
+    /// `example.*` as (`example.`, vhost), longest prefix first.
+    prefix_hosts: Vec<(String, u32)>,
+    catch_all: Option<u32>,
+    vhosts: Vec<CompiledVirtualHost>,
+}
+
+struct CompiledVirtualHost {
+    name: String,
+    routes: Vec<Route>,
+    /// One per (route, match) in order: the entry id order is the match
+    /// order.
+    entries: Vec<Entry>,
+    index: Index,
+}
+
+struct Entry {
+    route: u32,
+    matcher: CompiledRouteMatch,
+}
+
+struct CompiledRouteMatch {
+    uri: Option<CompiledMatcher>,
+    ignore_uri_case: bool,
+    scheme: Option<CompiledMatcher>,
+    method: Option<CompiledMatcher>,
+    authority: Option<CompiledMatcher>,
+    headers: Vec<(http::HeaderName, CompiledMatcher, bool)>,
+    query_params: Vec<(String, CompiledMatcher)>,
+    port: Option<u16>,
+}
+
+type Candidates = SmallVec<[u32; 8]>;
+
+#[derive(Default)]
+struct Index {
+    exact: FxHashMap<String, Candidates>,
+    prefix: FxHashMap<String, Candidates>,
+    prefix_lengths: Vec<usize>,
+    /// The same for `ignoreUriCase` matches, keyed lower case.
+    exact_ci: FxHashMap<String, Candidates>,
+    prefix_ci: FxHashMap<String, Candidates>,
+    prefix_ci_lengths: Vec<usize>,
+    headers: Vec<(http::HeaderName, FxHashMap<String, Candidates>)>,
+    regexes: Option<(RegexSet, Vec<u32>)>,
+    /// Entries with nothing to index, ascending.
+    always: Vec<u32>,
+}
+
+/// Why a route table could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("route config `{route_config}`, virtual host `{virtual_host}`, route `{route}`: {reason}")]
+pub struct RouteTableError {
+    pub route_config: String,
+    pub virtual_host: String,
+    pub route: String,
+    pub reason: String,
+}
+
+impl RouteTable {
+    pub fn new(config: &RouteConfig) -> Result<RouteTable, RouteTableError> {
+        let mut table = RouteTable {
+            name: config.name.clone(),
+            exact_hosts: FxHashMap::default(),
+            suffix_hosts: Vec::new(),
+            prefix_hosts: Vec::new(),
+            catch_all: None,
+            vhosts: Vec::new(),
+        };
+        for (i, vh) in config.virtual_hosts.iter().enumerate() {
+            let i = i as u32;
+            for domain in &vh.domains {
+                let d = domain.to_ascii_lowercase();
+                if d == "*" {
+                    table.catch_all.get_or_insert(i);
+                } else if let Some(suffix) = d.strip_prefix('*') {
+                    table.suffix_hosts.push((suffix.to_string(), i));
+                } else if let Some(prefix) = d.strip_suffix('*') {
+                    table.prefix_hosts.push((prefix.to_string(), i));
+                } else {
+                    table.exact_hosts.entry(d).or_insert(i);
+                }
+            }
+            let compiled = compile_vhost(&vh.name, &vh.routes).map_err(|(route, reason)| RouteTableError {
+                route_config: config.name.clone(),
+                virtual_host: vh.name.clone(),
+                route,
+                reason,
+            })?;
+            table.vhosts.push(compiled);
+        }
+        table.suffix_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.prefix_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(table)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The first route of the request's virtual host that matches it.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<RouteHit<'_>> {
+        let vh = &self.vhosts[self.find_virtual_host(req.authority)? as usize];
+        let entry = vh.find(req)?;
+        let route_index = vh.entries[entry as usize].route as usize;
+        Some(RouteHit { virtual_host: &vh.name, route: &vh.routes[route_index], route_index })
+    }
+
+    /// Envoy's domain search: exact, then `*.suffix` longest first, then
+    /// `prefix.*`, then `*`; with the port as sent, then without it.
+    fn find_virtual_host(&self, authority: &str) -> Option<u32> {
+        let host: Cow<'_, str> = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(authority.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(authority)
+        };
+        let without_port = strip_port(&host);
+        for candidate in [&*host, without_port] {
+            if let Some(i) = self.exact_hosts.get(candidate) {
+                return Some(*i);
+            }
+        }
+        for candidate in [&*host, without_port] {
+            if let Some((_, i)) = self.suffix_hosts.iter().find(|(s, _)| candidate.len() > s.len() && candidate.ends_with(s.as_str())) {
+                return Some(*i);
+            }
+            if let Some((_, i)) = self.prefix_hosts.iter().find(|(p, _)| candidate.len() > p.len() && candidate.starts_with(p.as_str())) {
+                return Some(*i);
+            }
+        }
+        self.catch_all
+    }
+}
+
+/// `host:port` -> `host`; `[::1]:80` -> `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn compile_vhost(name: &str, routes: &[Route]) -> Result<CompiledVirtualHost, (String, String)> {
+    let mut entries = Vec::new();
+    let mut index = Index::default();
+    let mut regex_patterns = Vec::new();
+    let mut regex_entries = Vec::new();
+    let push = |map: &mut FxHashMap<String, Candidates>, key: String, id: u32| map.entry(key).or_default().push(id);
+    let catch_all = RouteMatch::default();
+    for (ri, route) in routes.iter().enumerate() {
+        let matches: Vec<&RouteMatch> = if route.matches.is_empty() { vec![&catch_all] } else { route.matches.iter().collect() };
+        for m in matches {
+            let id = entries.len() as u32;
+            let matcher = compile_match(m).map_err(|e| (route.name.clone(), format!("invalid regex: {e}")))?;
+            let ci = m.ignore_uri_case;
+            let fold = |s: &String| if ci { s.to_ascii_lowercase() } else { s.clone() };
+            match &m.uri {
+                Some(StringMatcher::Exact(p)) => push(if ci { &mut index.exact_ci } else { &mut index.exact }, fold(p), id),
+                Some(StringMatcher::Prefix(p)) => {
+                    let (map, lengths) = if ci { (&mut index.prefix_ci, &mut index.prefix_ci_lengths) } else { (&mut index.prefix, &mut index.prefix_lengths) };
+                    push(map, fold(p), id);
+                    if !lengths.contains(&p.len()) {
+                        lengths.push(p.len());
+                    }
+                }
+                Some(StringMatcher::Regex(r)) => {
+                    regex_patterns.push(format!("{}^(?:{r})$", if ci { "(?i)" } else { "" }));
+                    regex_entries.push(id);
+                }
+                _ => match m.headers.iter().find(|h| !h.invert && matches!(h.matcher, StringMatcher::Exact(_))) {
+                    Some(h) => {
+                        let StringMatcher::Exact(value) = &h.matcher else { unreachable!("filtered above") };
+                        let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| (route.name.clone(), e.to_string()))?;
+                        let slot = match index.headers.iter().position(|(n, _)| *n == name) {
+                            Some(p) => p,
+                            None => {
+                                index.headers.push((name, FxHashMap::default()));
+                                index.headers.len() - 1
+                            }
+                        };
+                        push(&mut index.headers[slot].1, value.clone(), id);
+                    }
+                    None => index.always.push(id),
+                },
+            }
+            entries.push(Entry { route: ri as u32, matcher });
+        }
+    }
+    index.prefix_lengths.sort_unstable();
+    index.prefix_ci_lengths.sort_unstable();
+    if !regex_patterns.is_empty() {
+        let set = RegexSet::new(&regex_patterns).map_err(|e| (String::new(), format!("invalid regex: {e}")))?;
+        index.regexes = Some((set, regex_entries));
+    }
+    Ok(CompiledVirtualHost { name: name.to_string(), routes: routes.to_vec(), entries, index })
+}
+
+fn compile_match(m: &RouteMatch) -> Result<CompiledRouteMatch, regex::Error> {
+    let opt = |m: &Option<StringMatcher>, ci: bool| m.as_ref().map(|m| CompiledMatcher::new(m, ci)).transpose();
+    Ok(CompiledRouteMatch {
+        uri: opt(&m.uri, m.ignore_uri_case)?,
+        ignore_uri_case: m.ignore_uri_case,
+        scheme: opt(&m.scheme, false)?,
+        method: opt(&m.method, false)?,
+        authority: opt(&m.authority, false)?,
+        headers: m
+            .headers
+            .iter()
+            .filter_map(|h| {
+                let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+                Some(CompiledMatcher::new(&h.matcher, false).map(|c| (name, c, h.invert)))
+            })
+            .collect::<Result<_, _>>()?,
+        query_params: m
+            .query_params
+            .iter()
+            .map(|q| CompiledMatcher::new(&q.matcher, false).map(|c| (q.name.clone(), c)))
+            .collect::<Result<_, _>>()?,
+        port: m.port,
+    })
+}
+
+impl CompiledVirtualHost {
+    fn find(&self, req: &RequestView<'_>) -> Option<u32> {
+        let idx = &self.index;
+        let needs_lower = !idx.exact_ci.is_empty() || !idx.prefix_ci.is_empty() || self.entries.iter().any(|e| e.matcher.ignore_uri_case);
+        let lower = needs_lower.then(|| req.path.to_ascii_lowercase());
+        let mut candidates = Candidates::new();
+        if let Some(ids) = idx.exact.get(req.path) {
+            candidates.extend_from_slice(ids);
+        }
+        for &len in idx.prefix_lengths.iter().take_while(|l| **l <= req.path.len()) {
+            if let Some(ids) = req.path.get(..len).and_then(|p| idx.prefix.get(p)) {
+                candidates.extend_from_slice(ids);
+            }
+        }
+        if let Some(lower) = &lower {
+            if let Some(ids) = idx.exact_ci.get(lower.as_str()) {
+                candidates.extend_from_slice(ids);
+            }
+            for &len in idx.prefix_ci_lengths.iter().take_while(|l| **l <= lower.len()) {
+                if let Some(ids) = lower.get(..len).and_then(|p| idx.prefix_ci.get(p)) {
+                    candidates.extend_from_slice(ids);
+                }
+            }
+        }
+        for (name, values) in &idx.headers {
+            if let Some(ids) = req.headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| values.get(v)) {
+                candidates.extend_from_slice(ids);
+            }
+        }
+        if let Some((set, ids)) = &idx.regexes {
+            candidates.extend(set.matches(req.path).iter().map(|i| ids[i]));
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        // Walk indexed candidates and unindexed entries together, in match
+        // order; the first that fully matches wins.
+        let (mut a, mut b) = (candidates.iter().peekable(), idx.always.iter().peekable());
+        let path = lower.as_deref();
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x <= y => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => return None,
+            };
+            let id = *next?;
+            if self.entries[id as usize].matcher.matches(req, path) {
+                return Some(id);
+            }
+        }
+    }
+}
+
+impl CompiledRouteMatch {
+    fn matches(&self, req: &RequestView<'_>, lower_path: Option<&str>) -> bool {
+        if let Some(uri) = &self.uri {
+            let path = if self.ignore_uri_case { lower_path.unwrap_or(req.path) } else { req.path };
+            if !uri.matches(path) {
+                return false;
+            }
+        }
+        if self.port.is_some_and(|p| p != req.port) {
+            return false;
+        }
+        let opt = |m: &Option<CompiledMatcher>, v: &str| m.as_ref().is_none_or(|m| m.matches(v));
+        if !opt(&self.method, req.method) || !opt(&self.scheme, req.scheme) || !opt(&self.authority, req.authority) {
+            return false;
+        }
+        for (name, matcher, invert) in &self.headers {
+            let mut values = req.headers.get_all(name).iter();
+            let matched = match (values.next(), values.next()) {
+                (None, _) => false,
+                (Some(v), None) => v.to_str().is_ok_and(|v| matcher.matches(v)),
+                // Envoy matches repeated headers joined with a comma.
+                (Some(_), Some(_)) => {
+                    let joined: Vec<&str> = req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+                    matcher.matches(&joined.join(","))
+                }
+            };
+            if matched == *invert {
+                return false;
+            }
+        }
+        for (name, matcher) in &self.query_params {
+            match req.query.and_then(|q| query_param(q, name)) {
+                Some(v) if matcher.matches(v) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
