@@ -347,3 +347,157 @@ impl CompiledRouteMatch {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy_config::{HeaderMatcher, HeaderOps, QueryParamMatcher, RouteAction, VirtualHost, WeightedCluster};
+
+    fn route(name: &str, matches: Vec<RouteMatch>) -> Route {
+        Route {
+            name: name.into(),
+            matches,
+            action: RouteAction::Forward { clusters: vec![WeightedCluster { cluster: name.into(), weight: 1, headers: HeaderOps::default() }] },
+            rewrite: None,
+            timeout: None,
+            retry: None,
+            fault: None,
+            mirrors: vec![],
+            headers: HeaderOps::default(),
+            cors: None,
+        }
+    }
+
+    fn config(domains: &[&[&str]], routes: Vec<Route>) -> RouteConfig {
+        RouteConfig {
+            name: "test".into(),
+            virtual_hosts: domains
+                .iter()
+                .enumerate()
+                .map(|(i, d)| VirtualHost { name: format!("vh{i}"), domains: d.iter().map(|s| s.to_string()).collect(), routes: routes.clone() })
+                .collect(),
+        }
+    }
+
+    fn find<'a>(t: &'a RouteTable, uri: &str, headers: &[(&str, &str)]) -> Option<(&'a str, &'a str)> {
+        let mut b = http::Request::get(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (head, _) = b.body(()).unwrap().into_parts();
+        t.find(&RequestView::from_parts(&head, 80)).map(|h| (h.virtual_host, h.route.name.as_str()))
+    }
+
+    fn uri(m: StringMatcher) -> RouteMatch {
+        RouteMatch { uri: Some(m), ..Default::default() }
+    }
+
+    #[test]
+    fn host_lookup_follows_envoy_order() {
+        let t = RouteTable::new(&config(
+            &[&["*"], &["*.example.com"], &["api.example.com", "api.example.com:8080"], &["*.com"], &["api.*"]],
+            vec![route("r", vec![])],
+        ))
+        .unwrap();
+        assert_eq!(find(&t, "http://api.example.com/", &[]).unwrap().0, "vh2");
+        assert_eq!(find(&t, "http://API.Example.COM:8080/", &[]).unwrap().0, "vh2");
+        assert_eq!(find(&t, "http://api.example.com:9999/", &[]).unwrap().0, "vh2", "port stripped as a fallback");
+        assert_eq!(find(&t, "http://www.example.com/", &[]).unwrap().0, "vh1", "longest suffix wins");
+        assert_eq!(find(&t, "http://foo.com/", &[]).unwrap().0, "vh3");
+        assert_eq!(find(&t, "http://api.internal/", &[]).unwrap().0, "vh4");
+        assert_eq!(find(&t, "http://other.org/", &[]).unwrap().0, "vh0");
+        assert_eq!(find(&t, "http://[::1]:80/", &[]).unwrap().0, "vh0");
+    }
+
+    #[test]
+    fn first_match_wins_across_index_kinds() {
+        let routes = vec![
+            route("header", vec![RouteMatch { headers: vec![HeaderMatcher { name: "end-user".into(), matcher: StringMatcher::Exact("jason".into()), invert: false }], ..Default::default() }]),
+            route("exact", vec![uri(StringMatcher::Exact("/a/b".into()))]),
+            route("regex", vec![uri(StringMatcher::Regex("/a/[0-9]+".into()))]),
+            route("prefix", vec![uri(StringMatcher::Prefix("/a".into()))]),
+            route("ci", vec![RouteMatch { uri: Some(StringMatcher::Prefix("/CASE".into())), ignore_uri_case: true, ..Default::default() }]),
+            route("without", vec![RouteMatch { headers: vec![HeaderMatcher { name: "x-debug".into(), matcher: StringMatcher::Present, invert: true }], uri: Some(StringMatcher::Prefix("/w".into())), ..Default::default() }]),
+            route("query", vec![RouteMatch { query_params: vec![QueryParamMatcher { name: "v".into(), matcher: StringMatcher::Exact("2".into()) }], ..Default::default() }]),
+            route("method", vec![RouteMatch { method: Some(StringMatcher::Exact("GET".into())), uri: Some(StringMatcher::Prefix("/m".into())), ..Default::default() }]),
+            route("catch-all", vec![]),
+        ];
+        let t = RouteTable::new(&config(&[&["*"]], routes)).unwrap();
+        let name = |u: &str, h: &[(&str, &str)]| find(&t, &format!("http://x{u}"), h).unwrap().1.to_string();
+        assert_eq!(name("/a/b", &[("end-user", "jason")]), "header");
+        assert_eq!(name("/a/b", &[]), "exact");
+        assert_eq!(name("/a/12", &[]), "regex");
+        assert_eq!(name("/a/12/x", &[]), "prefix", "regex must match the whole path");
+        assert_eq!(name("/abc", &[]), "prefix");
+        assert_eq!(name("/case/Sensitive", &[]), "ci");
+        assert_eq!(name("/w", &[]), "without");
+        assert_eq!(name("/w", &[("x-debug", "1")]), "catch-all");
+        assert_eq!(name("/q?v=2", &[]), "query");
+        assert_eq!(name("/q?v=3", &[]), "catch-all");
+        assert_eq!(name("/m", &[]), "method");
+        assert_eq!(name("/zzz", &[]), "catch-all");
+    }
+
+    #[test]
+    fn indexed_lookup_agrees_with_a_linear_scan() {
+        // Random routes and requests; the index must pick exactly what a
+        // first-match scan over every route picks.
+        let mut rng = fastrand::Rng::with_seed(99);
+        let words = ["a", "b", "api", "v1", "v2", "x"];
+        let path = |rng: &mut fastrand::Rng| {
+            let n = rng.usize(1..4);
+            (0..n).map(|_| format!("/{}", words[rng.usize(..words.len())])).collect::<String>()
+        };
+        for round in 0..30 {
+            let mut routes = Vec::new();
+            for i in 0..40 {
+                let p = path(&mut rng);
+                let mut m = RouteMatch::default();
+                match rng.u8(..6) {
+                    0 => m.uri = Some(StringMatcher::Exact(p)),
+                    1 => m.uri = Some(StringMatcher::Prefix(p)),
+                    2 => m.uri = Some(StringMatcher::Regex(format!("{p}(/.*)?"))),
+                    3 => m.headers.push(HeaderMatcher { name: "h".into(), matcher: StringMatcher::Exact(words[rng.usize(..6)].into()), invert: false }),
+                    4 => {
+                        m.uri = Some(StringMatcher::Prefix(p.to_uppercase()));
+                        m.ignore_uri_case = true;
+                    }
+                    _ => m.method = Some(StringMatcher::Exact(if rng.bool() { "GET" } else { "POST" }.into())),
+                }
+                if rng.u8(..4) == 0 {
+                    m.headers.push(HeaderMatcher { name: "h2".into(), matcher: StringMatcher::Present, invert: rng.bool() });
+                }
+                routes.push(route(&format!("r{i}"), vec![m]));
+            }
+            let cfg = config(&[&["*"]], routes.clone());
+            let t = RouteTable::new(&cfg).unwrap();
+            let vh = &t.vhosts[0];
+            for _ in 0..300 {
+                let p = path(&mut rng);
+                let mut headers = vec![];
+                if rng.bool() {
+                    headers.push(("h", words[rng.usize(..6)]));
+                }
+                if rng.bool() {
+                    headers.push(("h2", "1"));
+                }
+                let mut b = http::Request::builder().method(if rng.bool() { "GET" } else { "POST" }).uri(format!("http://x{p}"));
+                for (k, v) in &headers {
+                    b = b.header(*k, *v);
+                }
+                let (head, _) = b.body(()).unwrap().into_parts();
+                let req = RequestView::from_parts(&head, 80);
+                let lower = req.path.to_ascii_lowercase();
+                let linear = vh.entries.iter().position(|e| e.matcher.matches(&req, Some(&lower))).map(|i| vh.entries[i].route);
+                let indexed = t.find(&req).map(|h| h.route_index as u32);
+                assert_eq!(indexed, linear, "round {round}, {} {p} {headers:?}", req.method);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_regex_names_the_route() {
+        let err = RouteTable::new(&config(&[&["*"]], vec![route("broken", vec![uri(StringMatcher::Regex("(".into()))])])).err().unwrap();
+        assert!(err.to_string().contains("route `broken`"), "{err}");
+    }
+}
