@@ -35,7 +35,9 @@ pub enum Decision {
     Allow,
     /// Denied, naming the policy (`ns/name`) that decided, or none when no
     /// ALLOW policy matched.
-    Deny { policy: Option<String> },
+    Deny {
+        policy: Option<String>,
+    },
 }
 
 /// Condition keys Istio supports in `when`.
@@ -92,9 +94,13 @@ impl StrMatch {
         match self {
             StrMatch::Any => true,
             StrMatch::Exact(e) => e.eq_ignore_ascii_case(s),
-            StrMatch::Prefix(p) => s.len() >= p.len() && s.is_char_boundary(p.len()) && s[..p.len()].eq_ignore_ascii_case(p),
+            StrMatch::Prefix(p) => {
+                s.len() >= p.len() && s.is_char_boundary(p.len()) && s[..p.len()].eq_ignore_ascii_case(p)
+            }
             StrMatch::Suffix(x) => {
-                s.len() >= x.len() && s.is_char_boundary(s.len() - x.len()) && s[s.len() - x.len()..].eq_ignore_ascii_case(x)
+                s.len() >= x.len()
+                    && s.is_char_boundary(s.len() - x.len())
+                    && s[s.len() - x.len()..].eq_ignore_ascii_case(x)
             }
         }
     }
@@ -126,7 +132,10 @@ impl<M> Field<M> {
 }
 
 fn strs(values: &[String], not: &[String]) -> Field<StrMatch> {
-    Field { values: values.iter().map(|v| StrMatch::new(v)).collect(), not_values: not.iter().map(|v| StrMatch::new(v)).collect() }
+    Field {
+        values: values.iter().map(|v| StrMatch::new(v)).collect(),
+        not_values: not.iter().map(|v| StrMatch::new(v)).collect(),
+    }
 }
 
 fn nets(values: &[String], not: &[String]) -> Field<IpNet> {
@@ -323,9 +332,14 @@ impl CompiledSource {
 
 impl CompiledOperation {
     fn matches(&self, req: &AuthzRequest<'_>) -> bool {
-        let host_no_port = req.host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(req.host, |(h, _)| h);
-        self.hosts.check(Some(req.host), |m: &StrMatch, h: &str| m.matches_ignore_case(h) || m.matches_ignore_case(host_no_port))
-            && self.ports.check(Some(&req.port), |p: &u16, v: &u16| p == v)
+        let host_no_port = req
+            .host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(req.host, |(h, _)| h);
+        self.hosts.check(Some(req.host), |m: &StrMatch, h: &str| {
+            m.matches_ignore_case(h) || m.matches_ignore_case(host_no_port)
+        }) && self.ports.check(Some(&req.port), |p: &u16, v: &u16| p == v)
             && self.methods.check(Some(req.method), |m: &StrMatch, s: &str| m.matches(s))
             && self.paths.check(Some(req.path), |m: &StrMatch, s: &str| m.matches(s))
     }
@@ -375,7 +389,13 @@ mod tests {
         headers: http::HeaderMap,
     }
 
-    fn request<'a>(r: &'a Req, method: &'a str, path: &'a str, principal: Option<&'a str>, ip: &str) -> AuthzRequest<'a> {
+    fn request<'a>(
+        r: &'a Req,
+        method: &'a str,
+        path: &'a str,
+        principal: Option<&'a str>,
+        ip: &str,
+    ) -> AuthzRequest<'a> {
         AuthzRequest {
             source_ip: ip.parse().ok(),
             remote_ip: None,
@@ -403,7 +423,11 @@ mod tests {
         assert_eq!(a.evaluate(&request(&r, "GET", "/info/x", SLEEP, "10.0.0.1")), Decision::Allow);
         assert_eq!(a.evaluate(&request(&r, "POST", "/info", SLEEP, "10.0.0.1")), Decision::Deny { policy: None });
         assert_eq!(a.evaluate(&request(&r, "GET", "/admin", SLEEP, "10.0.0.1")), Decision::Deny { policy: None });
-        assert_eq!(a.evaluate(&request(&r, "GET", "/info", None, "10.0.0.1")), Decision::Deny { policy: None }, "no mTLS identity");
+        assert_eq!(
+            a.evaluate(&request(&r, "GET", "/info", None, "10.0.0.1")),
+            Decision::Deny { policy: None },
+            "no mTLS identity"
+        );
         r.headers.insert("version", "v3".parse().unwrap());
         assert_eq!(a.evaluate(&request(&r, "GET", "/info", SLEEP, "10.0.0.1")), Decision::Deny { policy: None });
     }

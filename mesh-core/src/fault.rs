@@ -78,8 +78,10 @@ mod tests {
     #[test]
     fn full_and_zero_percent_are_exact() {
         let mut rng = fastrand::Rng::with_seed(1);
-        let always = FaultPolicy { delay: None, abort: Some(FaultAbort { status: AbortStatus::Grpc(14), percent: 100.0 }) };
-        let never = FaultPolicy { delay: Some(FaultDelay { delay: Duration::from_secs(1), percent: 0.0 }), abort: None };
+        let always =
+            FaultPolicy { delay: None, abort: Some(FaultAbort { status: AbortStatus::Grpc(14), percent: 100.0 }) };
+        let never =
+            FaultPolicy { delay: Some(FaultDelay { delay: Duration::from_secs(1), percent: 0.0 }), abort: None };
         for _ in 0..10_000 {
             assert_eq!(decide(&always, &mut rng).abort, Some(AbortStatus::Grpc(14)));
             assert_eq!(decide(&never, &mut rng), FaultDecision::default());

@@ -107,7 +107,11 @@ impl FilterChain {
 
     /// Request phase, first filter first. Returns the number of filters
     /// that ran (the response phase runs those, in reverse) and the action.
-    pub async fn on_request(&self, req: &mut RequestHead, ctx: &mut FilterContext) -> Result<(usize, RequestAction), FilterError> {
+    pub async fn on_request(
+        &self,
+        req: &mut RequestHead,
+        ctx: &mut FilterContext,
+    ) -> Result<(usize, RequestAction), FilterError> {
         for (i, f) in self.filters.iter().enumerate() {
             if let RequestAction::Respond(resp) = f.on_request(req, ctx).await? {
                 return Ok((i + 1, RequestAction::Respond(resp)));
@@ -117,7 +121,12 @@ impl FilterChain {
     }
 
     /// Response phase over the first `ran` filters, last first.
-    pub async fn on_response(&self, ran: usize, resp: &mut ResponseHead, ctx: &mut FilterContext) -> Result<(), FilterError> {
+    pub async fn on_response(
+        &self,
+        ran: usize,
+        resp: &mut ResponseHead,
+        ctx: &mut FilterContext,
+    ) -> Result<(), FilterError> {
         ctx.status = Some(resp.status);
         for f in self.filters[..ran.min(self.filters.len())].iter().rev() {
             f.on_response(resp, ctx).await?;
@@ -145,7 +154,11 @@ mod tests {
         fn name(&self) -> &str {
             self.0
         }
-        async fn on_request(&self, req: &mut RequestHead, _ctx: &mut FilterContext) -> Result<RequestAction, FilterError> {
+        async fn on_request(
+            &self,
+            req: &mut RequestHead,
+            _ctx: &mut FilterContext,
+        ) -> Result<RequestAction, FilterError> {
             self.1.lock().unwrap().push(format!("req:{}", self.0));
             req.headers.append("x-seen", self.0.parse().unwrap());
             if self.0 == "blocker" && req.uri.path() == "/blocked" {

@@ -169,9 +169,14 @@ pub struct QueryParamMatcher {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum RouteAction {
     /// Forward to one of these clusters, chosen by weight.
-    Forward { clusters: Vec<WeightedCluster> },
+    Forward {
+        clusters: Vec<WeightedCluster>,
+    },
     Redirect(Redirect),
-    DirectResponse { status: u16, body: Option<String> },
+    DirectResponse {
+        status: u16,
+        body: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -318,10 +323,18 @@ pub struct Cluster {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LbPolicy {
     RoundRobin,
-    LeastRequest { choice_count: u32 },
+    LeastRequest {
+        choice_count: u32,
+    },
     Random,
-    RingHash { minimum_ring_size: u64, hash: HashPolicy },
-    Maglev { table_size: u64, hash: HashPolicy },
+    RingHash {
+        minimum_ring_size: u64,
+        hash: HashPolicy,
+    },
+    Maglev {
+        table_size: u64,
+        hash: HashPolicy,
+    },
     /// Connect to the original destination; no balancing.
     Passthrough,
 }

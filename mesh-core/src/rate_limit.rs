@@ -28,7 +28,7 @@ impl TokenBucket {
         TokenBucket {
             max_tokens,
             tokens_per_fill,
-            fill_interval_nanos: fill_interval.as_nanos().clamp(1, u128::from(u64::MAX)) as u64,
+            fill_interval_nanos: (fill_interval.as_nanos().min(u128::from(u64::MAX)) as u64).max(1),
             state: AtomicU64::new(pack(max_tokens, 0)),
         }
     }
@@ -36,7 +36,9 @@ impl TokenBucket {
     /// Take a token at `now` (time since the bucket was made); `false` means
     /// rate limited (Envoy answers 429).
     pub fn try_acquire(&self, now: Duration) -> bool {
-        let epoch_now = (now.as_nanos() / u128::from(self.fill_interval_nanos)) as u32;
+        // u64 nanoseconds cover 584 years; u64 division is much cheaper
+        // than u128.
+        let epoch_now = (now.as_nanos() as u64 / self.fill_interval_nanos) as u32;
         let mut current = self.state.load(Ordering::Relaxed);
         loop {
             let (tokens, epoch) = unpack(current);
@@ -44,13 +46,19 @@ impl TokenBucket {
             let refilled = if fills == 0 || fills > u32::MAX / 2 {
                 tokens
             } else {
-                (u64::from(tokens) + u64::from(fills) * u64::from(self.tokens_per_fill)).min(u64::from(self.max_tokens)) as u32
+                (u64::from(tokens) + u64::from(fills) * u64::from(self.tokens_per_fill)).min(u64::from(self.max_tokens))
+                    as u32
             };
             if refilled == 0 {
                 return false;
             }
             let epoch = if fills > u32::MAX / 2 { epoch } else { epoch_now };
-            match self.state.compare_exchange_weak(current, pack(refilled - 1, epoch), Ordering::AcqRel, Ordering::Relaxed) {
+            match self.state.compare_exchange_weak(
+                current,
+                pack(refilled - 1, epoch),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
             }

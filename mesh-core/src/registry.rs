@@ -46,10 +46,8 @@ impl MemoryRegistry {
     /// Returns `false` when the service is unknown.
     pub fn set_endpoints(&self, hostname: &str, endpoints: Vec<Endpoint>) -> bool {
         let Some(state) = self.services.get(&hostname.to_string()) else { return false };
-        self.services.upsert(
-            hostname.to_string(),
-            ServiceState { service: state.service, endpoints: endpoints.into() },
-        );
+        self.services
+            .upsert(hostname.to_string(), ServiceState { service: state.service, endpoints: endpoints.into() });
         true
     }
 

@@ -115,7 +115,12 @@ mod tests {
         };
         a.upsert(vs("from-a"));
         b.upsert(vs("from-b"));
-        b.upsert(Resource::from_yaml("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: x}\n").unwrap());
+        b.upsert(
+            Resource::from_yaml(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: x}\n",
+            )
+            .unwrap(),
+        );
         let agg = AggregateConfigStore::new(vec![a, b]);
         let vss = agg.list(Kind::VirtualService);
         assert_eq!(vss.len(), 1);

@@ -111,17 +111,37 @@ pub fn translate(mesh: &MeshSnapshot, proxy: &ProxyIdentity) -> ProxyConfig {
         ProxyKind::Sidecar => t.sidecar_listeners(&mut cfg),
         ProxyKind::Gateway => t.gateway_listeners(&mut cfg),
     }
-    cfg.version = version_of(&cfg);
+    cfg.version = digest(&cfg);
     cfg
 }
 
 /// A digest of a config's content (its version left out).
 pub fn version_of(cfg: &ProxyConfig) -> String {
+    if cfg.version.is_empty() {
+        return digest(cfg);
+    }
     let mut unversioned = cfg.clone();
     unversioned.version.clear();
-    // Serializing plain data with string keys cannot fail.
-    let bytes = serde_json::to_vec(&unversioned).unwrap_or_default();
-    format!("{:016x}", xxhash_rust::xxh64::xxh64(&bytes, 0))
+    digest(&unversioned)
+}
+
+/// The serialized config streamed through xxHash64, without building the
+/// JSON text in memory.
+fn digest(cfg: &ProxyConfig) -> String {
+    struct HashWriter(xxhash_rust::xxh64::Xxh64);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(xxhash_rust::xxh64::Xxh64::new(0));
+    // Plain data with string keys always serializes.
+    let _ = serde_json::to_writer(&mut w, cfg);
+    format!("{:016x}", w.0.digest())
 }
 
 struct Translator<'a> {
@@ -132,6 +152,38 @@ struct Translator<'a> {
     all_services: &'a RegistrySnapshot,
     /// VirtualServices in (namespace, name) order.
     virtual_services: Vec<(&'a Resource, &'a VirtualService)>,
+    /// Indices into `virtual_services` by resolved host.
+    vs_hosts: HostIndex<usize>,
+    destination_rules: HostIndex<(&'a Resource, &'a DestinationRule)>,
+}
+
+/// Items by the (resolved) host they name: exact hosts in a map, wildcard
+/// patterns in a list; so a lookup per service costs no scan of all config.
+struct HostIndex<T> {
+    exact: std::collections::HashMap<String, Vec<T>>,
+    wildcard: Vec<(String, T)>,
+}
+
+impl<T: Copy> HostIndex<T> {
+    fn new() -> Self {
+        HostIndex { exact: Default::default(), wildcard: Vec::new() }
+    }
+
+    fn insert(&mut self, host: String, item: T) {
+        if host.contains('*') {
+            self.wildcard.push((host, item));
+        } else {
+            self.exact.entry(host).or_default().push(item);
+        }
+    }
+
+    /// Items whose host covers `host`, exact ones first.
+    fn covering<'s>(&'s self, host: &str) -> impl Iterator<Item = (&'s str, T)> + 's {
+        let exact =
+            self.exact.get_key_value(host).into_iter().flat_map(|(k, v)| v.iter().map(move |t| (k.as_str(), *t)));
+        let host = host.to_string();
+        exact.chain(self.wildcard.iter().filter(move |(p, _)| host_matches(p, &host)).map(|(p, t)| (p.as_str(), *t)))
+    }
 }
 
 impl<'a> Translator<'a> {
@@ -148,13 +200,34 @@ impl<'a> Translator<'a> {
                 }),
             })
             .collect();
-        let virtual_services = of_kind(config, Kind::VirtualService)
+        let virtual_services: Vec<(&Resource, &VirtualService)> = of_kind(config, Kind::VirtualService)
             .filter_map(|r| match &r.spec {
                 Spec::VirtualService(vs) => Some((&**r, vs)),
                 _ => None,
             })
             .collect();
-        Translator { proxy, config, services, all_services: &mesh.services, virtual_services }
+        let mut vs_hosts = HostIndex::new();
+        for (i, (r, vs)) in virtual_services.iter().enumerate() {
+            let hosts: BTreeSet<String> = vs.hosts.iter().map(|h| resolve_host(h, &r.meta.namespace)).collect();
+            for h in hosts {
+                vs_hosts.insert(h, i);
+            }
+        }
+        let mut destination_rules = HostIndex::new();
+        for r in of_kind(config, Kind::DestinationRule) {
+            if let Spec::DestinationRule(dr) = &r.spec {
+                destination_rules.insert(resolve_host(&dr.host, &r.meta.namespace), (&**r, dr));
+            }
+        }
+        Translator {
+            proxy,
+            config,
+            services,
+            all_services: &mesh.services,
+            virtual_services,
+            vs_hosts,
+            destination_rules,
+        }
     }
 
     // ------------------------------------------------------------ clusters
@@ -164,12 +237,7 @@ impl<'a> Translator<'a> {
     /// before a wildcard.
     fn destination_rule(&self, host: &str, service_ns: &str) -> Option<&'a DestinationRule> {
         let mut best: Option<(u8, u8, &'a DestinationRule)> = None;
-        for r in of_kind(self.config, Kind::DestinationRule) {
-            let Spec::DestinationRule(dr) = &r.spec else { continue };
-            let dr_host = resolve_host(&dr.host, &r.meta.namespace);
-            if !host_matches(&dr_host, host) {
-                continue;
-            }
+        for (dr_host, (r, dr)) in self.destination_rules.covering(host) {
             if let Some(sel) = &dr.workload_selector {
                 if r.meta.namespace != self.proxy.namespace || !labels_match(&sel.match_labels, &self.proxy.labels) {
                     continue;
@@ -280,7 +348,8 @@ impl<'a> Translator<'a> {
             if serves {
                 for p in &state.service.ports {
                     let e = state.endpoints.iter().find(|e| {
-                        self.proxy.ip.as_deref() == Some(e.address.as_str()) || labels_match(&e.labels, &self.proxy.labels)
+                        self.proxy.ip.as_deref() == Some(e.address.as_str())
+                            || labels_match(&e.labels, &self.proxy.labels)
                     });
                     let target = e.map(|e| e.port_for(p)).unwrap_or(p.port);
                     ports.entry(target).or_insert_with(|| {
@@ -305,7 +374,11 @@ impl<'a> Translator<'a> {
                 server_names: vec![],
                 tls: None,
                 action: ChainAction::Tcp {
-                    clusters: vec![WeightedCluster { cluster: "PassthroughCluster".into(), weight: 100, headers: HeaderOps::default() }],
+                    clusters: vec![WeightedCluster {
+                        cluster: "PassthroughCluster".into(),
+                        weight: 100,
+                        headers: HeaderOps::default(),
+                    }],
                 },
             }],
         });
@@ -332,7 +405,11 @@ impl<'a> Translator<'a> {
                             port: port.port,
                             direction: TrafficDirection::Outbound,
                             use_original_dst: false,
-                            filter_chains: vec![FilterChain { server_names: vec![], tls: None, action: ChainAction::Tcp { clusters } }],
+                            filter_chains: vec![FilterChain {
+                                server_names: vec![],
+                                tls: None,
+                                action: ChainAction::Tcp { clusters },
+                            }],
                         },
                     );
                 }
@@ -384,7 +461,9 @@ impl<'a> Translator<'a> {
                 });
                 ChainAction::Http { route_config: name, protocol: port.protocol }
             } else {
-                ChainAction::Tcp { clusters: vec![WeightedCluster { cluster, weight: 100, headers: HeaderOps::default() }] }
+                ChainAction::Tcp {
+                    clusters: vec![WeightedCluster { cluster, weight: 100, headers: HeaderOps::default() }],
+                }
             };
             chains.push(FilterChain { server_names: vec![], tls: None, action });
         }
@@ -410,12 +489,12 @@ impl<'a> Translator<'a> {
     fn routes_for_host(&self, host: &str, port: u16, gateway: Option<&str>) -> Option<Vec<Route>> {
         let mut routes = Vec::new();
         let mut found = false;
-        for (r, vs) in &self.virtual_services {
+        let mut candidates: Vec<usize> = self.vs_hosts.covering(host).map(|(_, i)| i).collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        for i in candidates {
+            let (r, vs) = self.virtual_services[i];
             if !self.vs_applies(r, vs, gateway) {
-                continue;
-            }
-            let covers = vs.hosts.iter().any(|h| host_matches(&resolve_host(h, &r.meta.namespace), host));
-            if !covers {
                 continue;
             }
             found = true;
@@ -429,7 +508,9 @@ impl<'a> Translator<'a> {
 
     fn vs_applies(&self, r: &Resource, vs: &VirtualService, gateway: Option<&str>) -> bool {
         if !vs.export_to.is_empty()
-            && !vs.export_to.iter().any(|e| e == "*" || (e == "." && r.meta.namespace == self.proxy.namespace) || *e == self.proxy.namespace)
+            && !vs.export_to.iter().any(|e| {
+                e == "*" || (e == "." && r.meta.namespace == self.proxy.namespace) || *e == self.proxy.namespace
+            })
         {
             return false;
         }
@@ -444,12 +525,8 @@ impl<'a> Translator<'a> {
         let ns = &r.meta.namespace;
         let mut out = Vec::new();
         for (i, http) in vs.http.iter().enumerate() {
-            let matches: Vec<RouteMatch> = http
-                .matches
-                .iter()
-                .filter(|m| self.match_applies(m, ns, port, gateway))
-                .map(route_match)
-                .collect();
+            let matches: Vec<RouteMatch> =
+                http.matches.iter().filter(|m| self.match_applies(m, ns, port, gateway)).map(route_match).collect();
             if !http.matches.is_empty() && matches.is_empty() {
                 continue;
             }
@@ -584,7 +661,9 @@ impl<'a> Translator<'a> {
                         m.port.is_none_or(|p| p == u32::from(port))
                             && (gateway.is_some() || labels_match(&m.source_labels, &self.proxy.labels))
                             && (m.gateways.is_empty()
-                                || m.gateways.iter().any(|g| qualify_gateway(g, &r.meta.namespace) == gateway.unwrap_or("mesh")))
+                                || m.gateways
+                                    .iter()
+                                    .any(|g| qualify_gateway(g, &r.meta.namespace) == gateway.unwrap_or("mesh")))
                     });
                 if applies {
                     let single = tcp.route.len() == 1;
@@ -631,13 +710,22 @@ impl<'a> Translator<'a> {
             for (gw_name, server) in &servers {
                 let protocol = Protocol::parse(&server.port.protocol);
                 let tls_mode = server.tls.as_ref().and_then(|t| t.mode.clone()).unwrap_or_else(|| "SIMPLE".into());
-                let terminates_tls = protocol == Protocol::Https || (protocol == Protocol::Tls && tls_mode != "PASSTHROUGH" && tls_mode != "AUTO_PASSTHROUGH");
-                let hosts: Vec<String> = server.hosts.iter().map(|h| h.split_once('/').map_or(h.as_str(), |(_, h)| h).to_string()).collect();
+                let terminates_tls = protocol == Protocol::Https
+                    || (protocol == Protocol::Tls && tls_mode != "PASSTHROUGH" && tls_mode != "AUTO_PASSTHROUGH");
+                let hosts: Vec<String> =
+                    server.hosts.iter().map(|h| h.split_once('/').map_or(h.as_str(), |(_, h)| h).to_string()).collect();
                 if protocol.is_http() || protocol == Protocol::Https {
                     let vhosts = self.gateway_virtual_hosts(gw_name, &hosts, port, server);
                     if terminates_tls {
-                        let route_name = format!("https.{port}.{}.{}", server.name.as_deref().unwrap_or(&server.port.name), gw_name.replace('/', "."));
-                        cfg.route_configs.push(RouteConfig { name: route_name.clone(), virtual_hosts: vhosts.into_values().collect() });
+                        let route_name = format!(
+                            "https.{port}.{}.{}",
+                            server.name.as_deref().unwrap_or(&server.port.name),
+                            gw_name.replace('/', ".")
+                        );
+                        cfg.route_configs.push(RouteConfig {
+                            name: route_name.clone(),
+                            virtual_hosts: vhosts.into_values().collect(),
+                        });
                         chains.push(FilterChain {
                             server_names: hosts.iter().filter(|h| *h != "*").cloned().collect(),
                             tls: server.tls.as_ref().map(|t| server_tls(t, &tls_mode)),
@@ -656,11 +744,14 @@ impl<'a> Translator<'a> {
                     }
                 } else {
                     // TCP, or TLS passed through by SNI.
-                    let routes = self.gateway_l4_routes(gw_name, port, &hosts, protocol == Protocol::Tls && !terminates_tls);
+                    let routes =
+                        self.gateway_l4_routes(gw_name, port, &hosts, protocol == Protocol::Tls && !terminates_tls);
                     for (sni, clusters) in routes {
                         chains.push(FilterChain {
                             server_names: sni,
-                            tls: terminates_tls.then(|| server.tls.as_ref().map(|t| server_tls(t, &tls_mode))).flatten(),
+                            tls: terminates_tls
+                                .then(|| server.tls.as_ref().map(|t| server_tls(t, &tls_mode)))
+                                .flatten(),
                             action: ChainAction::Tcp { clusters },
                         });
                     }
@@ -668,7 +759,8 @@ impl<'a> Translator<'a> {
             }
             if plain_http {
                 let route_name = format!("http.{port}");
-                cfg.route_configs.push(RouteConfig { name: route_name.clone(), virtual_hosts: http_vhosts.into_values().collect() });
+                cfg.route_configs
+                    .push(RouteConfig { name: route_name.clone(), virtual_hosts: http_vhosts.into_values().collect() });
                 chains.push(FilterChain {
                     server_names: vec![],
                     tls: None,
@@ -686,7 +778,13 @@ impl<'a> Translator<'a> {
         }
     }
 
-    fn gateway_virtual_hosts(&self, gw_name: &str, server_hosts: &[String], port: u16, server: &istio::Server) -> BTreeMap<String, VirtualHost> {
+    fn gateway_virtual_hosts(
+        &self,
+        gw_name: &str,
+        server_hosts: &[String],
+        port: u16,
+        server: &istio::Server,
+    ) -> BTreeMap<String, VirtualHost> {
         let mut vhosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
         let https_redirect = server.tls.as_ref().and_then(|t| t.https_redirect).unwrap_or(false);
         for (r, vs) in &self.virtual_services {
@@ -707,7 +805,8 @@ impl<'a> Translator<'a> {
                     Some(vh) if !https_redirect => vh.routes.extend(routes),
                     Some(_) => {}
                     None => {
-                        let domains = if name == "*" { vec!["*".into()] } else { vec![name.clone(), format!("{name}:{port}")] };
+                        let domains =
+                            if name == "*" { vec!["*".into()] } else { vec![name.clone(), format!("{name}:{port}")] };
                         vhosts.insert(name.clone(), VirtualHost { name: format!("{name}:{port}"), domains, routes });
                     }
                 }
@@ -716,7 +815,13 @@ impl<'a> Translator<'a> {
         vhosts
     }
 
-    fn gateway_l4_routes(&self, gw_name: &str, port: u16, server_hosts: &[String], by_sni: bool) -> Vec<(Vec<String>, Vec<WeightedCluster>)> {
+    fn gateway_l4_routes(
+        &self,
+        gw_name: &str,
+        port: u16,
+        server_hosts: &[String],
+        by_sni: bool,
+    ) -> Vec<(Vec<String>, Vec<WeightedCluster>)> {
         let mut out = Vec::new();
         for (r, vs) in &self.virtual_services {
             if !self.vs_applies(r, vs, Some(gw_name)) {
@@ -744,14 +849,18 @@ impl<'a> Translator<'a> {
                             .iter()
                             .map(|d| WeightedCluster {
                                 cluster: self.destination_cluster(&d.destination, ns, port),
-                                weight: d.weight.map_or(if single { 100 } else { 0 }, |w| u32::try_from(w).unwrap_or(0)),
+                                weight: d
+                                    .weight
+                                    .map_or(if single { 100 } else { 0 }, |w| u32::try_from(w).unwrap_or(0)),
                                 headers: HeaderOps::default(),
                             })
                             .collect();
                         out.push((sni, clusters));
                     }
                 }
-            } else if !vs.tcp.is_empty() && vs.hosts.iter().any(|h| server_hosts.iter().any(|s| hosts_intersect(s, &resolve_host(h, ns)))) {
+            } else if !vs.tcp.is_empty()
+                && vs.hosts.iter().any(|h| server_hosts.iter().any(|s| hosts_intersect(s, &resolve_host(h, ns))))
+            {
                 let dummy = Service {
                     hostname: String::new(),
                     namespace: ns.clone(),
@@ -779,7 +888,10 @@ impl<'a> Translator<'a> {
                 let Spec::AuthorizationPolicy(p) = &r.spec else { return None };
                 let ns_ok = r.meta.namespace == ROOT_NAMESPACE || r.meta.namespace == self.proxy.namespace;
                 let selected = match (&p.selector, r.meta.namespace == ROOT_NAMESPACE) {
-                    (Some(sel), _) => labels_match(&sel.match_labels, &self.proxy.labels) && (r.meta.namespace == self.proxy.namespace || r.meta.namespace == ROOT_NAMESPACE),
+                    (Some(sel), _) => {
+                        labels_match(&sel.match_labels, &self.proxy.labels)
+                            && (r.meta.namespace == self.proxy.namespace || r.meta.namespace == ROOT_NAMESPACE)
+                    }
                     (None, _) => true,
                 };
                 // targetRef(s) attach to Gateway API objects, which this
@@ -821,7 +933,13 @@ fn sidecar_egress_hosts(config: &ConfigSnapshot, proxy: &ProxyIdentity) -> Optio
         })
         .filter(|(_, s)| s.workload_selector.as_ref().is_none_or(|sel| labels_match(&sel.labels, &proxy.labels)))
         // A selector beats a namespace default, which beats the root default.
-        .map(|(r, s)| (s.workload_selector.is_none() as u8 * 2 + u8::from(r.meta.namespace == ROOT_NAMESPACE && proxy.namespace != ROOT_NAMESPACE), s))
+        .map(|(r, s)| {
+            (
+                s.workload_selector.is_none() as u8 * 2
+                    + u8::from(r.meta.namespace == ROOT_NAMESPACE && proxy.namespace != ROOT_NAMESPACE),
+                s,
+            )
+        })
         .collect::<BTreeMap<u8, &istio::Sidecar>>()
         .into_values()
         .collect();
@@ -919,11 +1037,11 @@ fn route_match(m: &istio::HttpMatchRequest) -> RouteMatch {
         .iter()
         .map(|(k, v)| HeaderMatcher { name: k.to_ascii_lowercase(), matcher: string_matcher(v), invert: false })
         .collect();
-    headers.extend(
-        m.without_headers
-            .iter()
-            .map(|(k, v)| HeaderMatcher { name: k.to_ascii_lowercase(), matcher: string_matcher(v), invert: true }),
-    );
+    headers.extend(m.without_headers.iter().map(|(k, v)| HeaderMatcher {
+        name: k.to_ascii_lowercase(),
+        matcher: string_matcher(v),
+        invert: true,
+    }));
     RouteMatch {
         uri: m.uri.as_ref().map(string_matcher),
         scheme: m.scheme.as_ref().map(string_matcher),
@@ -1004,7 +1122,8 @@ fn retry_policy(r: Option<&istio::HttpRetry>) -> Option<RetryPolicy> {
 fn fault_policy(f: &istio::HttpFaultInjection) -> FaultPolicy {
     FaultPolicy {
         delay: f.delay.as_ref().and_then(|d| {
-            let delay = d.fixed_delay.as_deref().or(d.exponential_delay.as_deref()).and_then(|t| duration::parse(t).ok())?;
+            let delay =
+                d.fixed_delay.as_deref().or(d.exponential_delay.as_deref()).and_then(|t| duration::parse(t).ok())?;
             let percent = d.percentage.as_ref().map(|p| p.value).or(d.percent.map(f64::from)).unwrap_or(100.0);
             Some(FaultDelay { delay, percent })
         }),
@@ -1056,10 +1175,8 @@ fn effective_policy(base: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>
     let mut out = TrafficPolicy::default();
     for layer in [base, subset].into_iter().flatten() {
         overlay(&mut out, layer);
-        if let Some(pl) = layer
-            .port_level_settings
-            .iter()
-            .find(|p| p.port.as_ref().and_then(|p| p.number) == Some(u32::from(port)))
+        if let Some(pl) =
+            layer.port_level_settings.iter().find(|p| p.port.as_ref().and_then(|p| p.number) == Some(u32::from(port)))
         {
             if pl.load_balancer.is_some() {
                 out.load_balancer.clone_from(&pl.load_balancer);
@@ -1096,7 +1213,13 @@ fn overlay(out: &mut TrafficPolicy, layer: &TrafficPolicy) {
     }
 }
 
-fn build_cluster(name: &str, svc: &Service, port: &ServicePort, subset: Option<&str>, policy: &TrafficPolicy) -> Cluster {
+fn build_cluster(
+    name: &str,
+    svc: &Service,
+    port: &ServicePort,
+    subset: Option<&str>,
+    policy: &TrafficPolicy,
+) -> Cluster {
     let parse = |t: &Option<String>| t.as_deref().and_then(|t| duration::parse(t).ok());
     let positive = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0);
     let lb_settings = policy.load_balancer.as_ref();
@@ -1118,10 +1241,8 @@ fn build_cluster(name: &str, svc: &Service, port: &ServicePort, subset: Option<&
         breakers.max_retries = n;
     }
     let outlier = policy.outlier_detection.as_ref().map(|od| {
-        let consecutive_5xx = od
-            .consecutive_5xx_errors
-            .or(od.consecutive_errors.and_then(|n| u32::try_from(n).ok()))
-            .unwrap_or(5);
+        let consecutive_5xx =
+            od.consecutive_5xx_errors.or(od.consecutive_errors.and_then(|n| u32::try_from(n).ok())).unwrap_or(5);
         OutlierDetectionConfig {
             consecutive_5xx: (consecutive_5xx > 0).then_some(consecutive_5xx),
             consecutive_gateway_errors: od.consecutive_gateway_errors.filter(|n| *n > 0),
@@ -1146,11 +1267,17 @@ fn build_cluster(name: &str, svc: &Service, port: &ServicePort, subset: Option<&
         },
         protocol: port.protocol,
         lb,
-        locality_lb: lb_settings.and_then(|l| l.locality_lb_setting.as_ref()).filter(|l| l.enabled != Some(false)).map(|l| LocalityLbConfig {
-            distribute: l.distribute.iter().map(|d| (d.from.clone(), d.to.iter().map(|(k, v)| (k.clone(), *v)).collect())).collect(),
-            failover: l.failover.iter().map(|f| (f.from.clone(), f.to.clone())).collect(),
-            failover_priority: l.failover_priority.clone(),
-        }),
+        locality_lb: lb_settings.and_then(|l| l.locality_lb_setting.as_ref()).filter(|l| l.enabled != Some(false)).map(
+            |l| LocalityLbConfig {
+                distribute: l
+                    .distribute
+                    .iter()
+                    .map(|d| (d.from.clone(), d.to.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+                    .collect(),
+                failover: l.failover.iter().map(|f| (f.from.clone(), f.to.clone())).collect(),
+                failover_priority: l.failover_priority.clone(),
+            },
+        ),
         connect_timeout: parse(&tcp.and_then(|t| t.connect_timeout.clone())).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         circuit_breakers: breakers,
         max_requests_per_connection: positive(http.and_then(|h| h.max_requests_per_connection)),
@@ -1192,9 +1319,16 @@ fn lb_policy(lb: Option<&istio::LoadBalancerSettings>, svc: &Service) -> LbPolic
             HashPolicy::SourceIp
         };
         return match &ch.maglev {
-            Some(m) => LbPolicy::Maglev { table_size: m.table_size.unwrap_or(crate::lb::maglev::DEFAULT_TABLE_SIZE), hash },
+            Some(m) => {
+                LbPolicy::Maglev { table_size: m.table_size.unwrap_or(crate::lb::maglev::DEFAULT_TABLE_SIZE), hash }
+            }
             None => LbPolicy::RingHash {
-                minimum_ring_size: ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).or(ch.minimum_ring_size).unwrap_or(1024),
+                minimum_ring_size: ch
+                    .ring_hash
+                    .as_ref()
+                    .and_then(|r| r.minimum_ring_size)
+                    .or(ch.minimum_ring_size)
+                    .unwrap_or(1024),
                 hash,
             },
         };

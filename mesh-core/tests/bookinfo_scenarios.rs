@@ -88,7 +88,10 @@ fn fifty_fifty_and_all_v1() {
     ]);
     let t = table(&cfg, "9080");
     let r = route(&t, "http://reviews:9080/", &[]).unwrap();
-    assert_eq!(clusters(r), [(format!("outbound|9080|v1|{REVIEWS}").as_str(), 50), (format!("outbound|9080|v3|{REVIEWS}").as_str(), 50)]);
+    assert_eq!(
+        clusters(r),
+        [(format!("outbound|9080|v1|{REVIEWS}").as_str(), 50), (format!("outbound|9080|v3|{REVIEWS}").as_str(), 50)]
+    );
 
     let cfg = productpage_config(&[
         "bookinfo/networking/destination-rule-all.yaml",
@@ -164,7 +167,11 @@ fn retry_policy_from_a_virtual_service_and_istio_default() {
     }
     assert_eq!(retries, 3, "3 retries after the first try");
     let mut state = RetryState::new(policy);
-    assert_eq!(state.decide(&Outcome::Response { status: 500, grpc_status: None, rate_limited: false }, &mut rng), RetryDecision::Done, "500 is not a gateway error");
+    assert_eq!(
+        state.decide(&Outcome::Response { status: 500, grpc_status: None, rate_limited: false }, &mut rng),
+        RetryDecision::Done,
+        "500 is not a gateway error"
+    );
     assert!(matches!(state.decide(&Outcome::PerTryTimeout, &mut rng), RetryDecision::RetryAfter(_)));
 
     // Services without a VirtualService get Istio's default: 2 retries on
@@ -173,7 +180,10 @@ fn retry_policy_from_a_virtual_service_and_istio_default() {
     let default = details.retry.as_ref().unwrap();
     assert_eq!(default.attempts, 2);
     assert_eq!(default.retriable_status_codes, [503]);
-    assert_eq!(default.retry_on.to_string(), "connect-failure,refused-stream,retriable-status-codes,cancelled,unavailable");
+    assert_eq!(
+        default.retry_on.to_string(),
+        "connect-failure,refused-stream,retriable-status-codes,cancelled,unavailable"
+    );
 }
 
 #[test]
@@ -190,9 +200,10 @@ fn bookinfo_gateway_routes_the_documented_paths() {
     let listener = cfg.listeners.iter().find(|l| l.name == "0.0.0.0_8080").expect("gateway listener on 8080");
     assert_eq!(listener.port, 8080);
     let t = table(&cfg, "http.8080");
-    let productpage = format!("outbound|9080||productpage.default.svc.cluster.local");
+    let productpage = "outbound|9080||productpage.default.svc.cluster.local".to_string();
     for path in ["/productpage", "/static/css/x.css", "/login", "/logout", "/api/v1/products/1"] {
-        let r = route(&t, &format!("http://bookinfo.example.com{path}"), &[]).unwrap_or_else(|| panic!("{path} has no route"));
+        let r = route(&t, &format!("http://bookinfo.example.com{path}"), &[])
+            .unwrap_or_else(|| panic!("{path} has no route"));
         assert_eq!(clusters(r), [(productpage.as_str(), 100)], "{path}");
     }
     for path in ["/", "/productpage/x", "/admin"] {
@@ -208,12 +219,16 @@ fn bookinfo_gateway_routes_the_documented_paths() {
 
 #[test]
 fn translation_is_deterministic_and_versioned() {
-    let files = ["bookinfo/networking/destination-rule-all.yaml", "bookinfo/networking/virtual-service-reviews-90-10.yaml"];
+    let files =
+        ["bookinfo/networking/destination-rule-all.yaml", "bookinfo/networking/virtual-service-reviews-90-10.yaml"];
     let a = productpage_config(&files);
     let b = productpage_config(&files);
     assert_eq!(serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&b).unwrap());
     assert_eq!(a.version, b.version);
-    let c = productpage_config(&["bookinfo/networking/destination-rule-all.yaml", "bookinfo/networking/virtual-service-reviews-80-20.yaml"]);
+    let c = productpage_config(&[
+        "bookinfo/networking/destination-rule-all.yaml",
+        "bookinfo/networking/virtual-service-reviews-80-20.yaml",
+    ]);
     assert_ne!(a.version, c.version);
     // Istio's names for clusters and listeners.
     let names: Vec<&str> = a.clusters.iter().map(|c| c.name.as_str()).collect();

@@ -159,7 +159,9 @@ fn all_problems_of_a_resource_are_reported_together() {
     ))
     .unwrap()
     .remove(0);
-    let Err(ConfigError::Invalid(problems)) = config::decode(doc, "default") else { panic!("expected validation errors") };
+    let Err(ConfigError::Invalid(problems)) = config::decode(doc, "default") else {
+        panic!("expected validation errors")
+    };
     let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["spec.http[0].route[0].weight", "spec.http[0].route", "spec.http[0].timeout"]);
 }

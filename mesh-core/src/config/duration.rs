@@ -25,13 +25,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         if number_len == 0 {
             return Err(format!("duration `{text}` is not a number followed by a unit"));
         }
-        let value: f64 = rest[..number_len]
-            .parse()
-            .map_err(|_| format!("duration `{text}` has a malformed number"))?;
+        let value: f64 = rest[..number_len].parse().map_err(|_| format!("duration `{text}` has a malformed number"))?;
         rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let nanos_per_unit = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,
@@ -130,8 +126,6 @@ pub mod opt_text {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|t| super::parse(&t).map_err(serde::de::Error::custom))
-            .transpose()
+        Option::<String>::deserialize(d)?.map(|t| super::parse(&t).map_err(serde::de::Error::custom)).transpose()
     }
 }

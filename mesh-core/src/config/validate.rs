@@ -121,7 +121,10 @@ impl Validator {
         for (i, h) in hosts.iter().enumerate() {
             let (ns, host) = h.split_once('/').unwrap_or(("*", h));
             if ns.is_empty() || (ns != "*" && ns != "." && ns != "~" && !is_dns1123_label(ns)) {
-                self.err(format!("{field}[{i}]"), format!("`{h}`: namespace part must be `*`, `.`, `~` or a namespace name"));
+                self.err(
+                    format!("{field}[{i}]"),
+                    format!("`{h}`: namespace part must be `*`, `.`, `~` or a namespace name"),
+                );
             } else if host != "*" {
                 self.host(&format!("{field}[{i}]"), host);
             }
@@ -144,7 +147,10 @@ impl Validator {
     fn virtual_service(&mut self, vs: &VirtualService) {
         let is_delegate = vs.hosts.is_empty();
         if is_delegate && !vs.gateways.is_empty() {
-            self.err("spec.hosts", "at least one host is required (a delegate VirtualService has no hosts and no gateways)");
+            self.err(
+                "spec.hosts",
+                "at least one host is required (a delegate VirtualService has no hosts and no gateways)",
+            );
         }
         for (i, h) in vs.hosts.iter().enumerate() {
             if h != "*" || vs.gateways.is_empty() {
@@ -194,9 +200,17 @@ impl Validator {
     }
 
     fn http_route(&mut self, at: &str, route: &HttpRoute) {
-        let actions = [!route.route.is_empty(), route.redirect.is_some(), route.direct_response.is_some(), route.delegate.is_some()];
+        let actions = [
+            !route.route.is_empty(),
+            route.redirect.is_some(),
+            route.direct_response.is_some(),
+            route.delegate.is_some(),
+        ];
         match actions.iter().filter(|a| **a).count() {
-            0 => self.err(format!("{at}.route"), "an HTTP route needs a route destination, a redirect, a direct response or a delegate"),
+            0 => self.err(
+                format!("{at}.route"),
+                "an HTTP route needs a route destination, a redirect, a direct response or a delegate",
+            ),
             1 => {}
             _ => self.err(at, "only one of route, redirect, directResponse or delegate may be set"),
         }
@@ -226,7 +240,10 @@ impl Validator {
         if let Some(r) = &route.redirect {
             if let Some(code) = r.redirect_code {
                 if ![301, 302, 303, 307, 308].contains(&code) {
-                    self.err(format!("{at}.redirect.redirectCode"), format!("{code} is not a redirect code (301, 302, 303, 307 or 308)"));
+                    self.err(
+                        format!("{at}.redirect.redirectCode"),
+                        format!("{code} is not a redirect code (301, 302, 303, 307 or 308)"),
+                    );
                 }
             }
             if r.port.is_some() && r.derive_port.is_some() {
@@ -241,7 +258,10 @@ impl Validator {
         }
         if let Some(d) = &route.direct_response {
             if !(200..=599).contains(&d.status) {
-                self.err(format!("{at}.directResponse.status"), format!("status {} must be between 200 and 599", d.status));
+                self.err(
+                    format!("{at}.directResponse.status"),
+                    format!("status {} must be between 200 and 599", d.status),
+                );
             }
         }
         if let Some(rw) = &route.rewrite {
@@ -257,7 +277,8 @@ impl Validator {
                 })
             };
             if rw.authority.is_some()
-                && (header_sets_authority(&route.headers) || route.route.iter().any(|d| header_sets_authority(&d.headers)))
+                && (header_sets_authority(&route.headers)
+                    || route.route.iter().any(|d| header_sets_authority(&d.headers)))
             {
                 self.err(format!("{at}.rewrite.authority"), "the authority is rewritten twice: by rewrite.authority and by a request header operation on host/:authority");
             }
@@ -273,7 +294,10 @@ impl Validator {
             let per_try = self.duration(&format!("{rat}.perTryTimeout"), &r.per_try_timeout);
             if let (Some(p), Some(t)) = (per_try, timeout) {
                 if !t.is_zero() && p > t {
-                    self.err(format!("{rat}.perTryTimeout"), "perTryTimeout is longer than the route timeout, so no retry could happen");
+                    self.err(
+                        format!("{rat}.perTryTimeout"),
+                        "perTryTimeout is longer than the route timeout, so no retry could happen",
+                    );
                 }
             }
             self.duration(&format!("{rat}.backoff"), &r.backoff);
@@ -281,7 +305,13 @@ impl Validator {
                 for cond in on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
                     let numeric_ok = cond.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
                     if !numeric_ok && !RETRY_ON.contains(&cond) {
-                        self.err(format!("{rat}.retryOn"), format!("`{cond}` is not a retry condition (one of {} or an HTTP status code)", RETRY_ON.join(", ")));
+                        self.err(
+                            format!("{rat}.retryOn"),
+                            format!(
+                                "`{cond}` is not a retry condition (one of {} or an HTTP status code)",
+                                RETRY_ON.join(", ")
+                            ),
+                        );
                     }
                 }
             }
@@ -310,7 +340,9 @@ impl Validator {
                     }
                     (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
                     (None, None, None) => self.err(format!("{fat}.abort"), "an abort needs httpStatus or grpcStatus"),
-                    _ => self.err(format!("{fat}.abort"), "only one of httpStatus, grpcStatus or http2Error may be set"),
+                    _ => {
+                        self.err(format!("{fat}.abort"), "only one of httpStatus, grpcStatus or http2Error may be set")
+                    }
                 }
                 if let Some(g) = &a.grpc_status {
                     if crate::fault::grpc_status_code(g).is_none() {
@@ -332,7 +364,10 @@ impl Validator {
         }
         if let Some(p) = &route.mirror_percentage {
             if p.value > 100.0 || p.value < 0.0 || p.value.is_nan() {
-                self.err(format!("{at}.mirrorPercentage.value"), format!("mirror percentage {} must be between 0 and 100", p.value));
+                self.err(
+                    format!("{at}.mirrorPercentage.value"),
+                    format!("mirror percentage {} must be between 0 and 100", p.value),
+                );
             }
         }
         for (field, p) in [("mirrorPercent", route.mirror_percent), ("mirror_percent", route.mirror_percent_snake)] {
@@ -357,12 +392,15 @@ impl Validator {
     }
 
     fn http_match(&mut self, at: &str, m: &HttpMatchRequest) {
-        for (field, sm) in [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)] {
+        for (field, sm) in [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)]
+        {
             if let Some(sm) = sm {
                 self.string_match(&format!("{at}.{field}"), sm, false);
             }
         }
-        for (field, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers), ("queryParams", &m.query_params)] {
+        for (field, map) in
+            [("headers", &m.headers), ("withoutHeaders", &m.without_headers), ("queryParams", &m.query_params)]
+        {
             for (name, sm) in map {
                 if name.is_empty() {
                     self.err(format!("{at}.{field}"), "header and query parameter names must not be empty");
@@ -421,7 +459,10 @@ impl Validator {
             }
             for (name, value) in ops.set.iter().chain(ops.add.iter()) {
                 if http::HeaderValue::from_str(value).is_err() {
-                    self.err(format!("{at}.{side}.{name}"), "header value contains characters not allowed in HTTP headers");
+                    self.err(
+                        format!("{at}.{side}.{name}"),
+                        "header value contains characters not allowed in HTTP headers",
+                    );
                 }
             }
         }
@@ -523,7 +564,10 @@ impl Validator {
                 ch.http_query_parameter_name.is_some(),
             ];
             match keys.iter().filter(|k| **k).count() {
-                0 => self.err(format!("{at}.consistentHash"), "a hash key is required: httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName"),
+                0 => self.err(
+                    format!("{at}.consistentHash"),
+                    "a hash key is required: httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
+                ),
                 1 => {}
                 _ => self.err(format!("{at}.consistentHash"), "only one hash key may be set"),
             }
@@ -538,7 +582,10 @@ impl Validator {
             }
             if let Some(size) = ch.maglev.as_ref().and_then(|m| m.table_size) {
                 if !is_prime(size) {
-                    self.err(format!("{at}.consistentHash.maglev.tableSize"), format!("table size {size} must be a prime number"));
+                    self.err(
+                        format!("{at}.consistentHash.maglev.tableSize"),
+                        format!("table size {size} must be a prime number"),
+                    );
                 }
             }
         }
@@ -549,7 +596,10 @@ impl Validator {
             for (i, d) in l.distribute.iter().enumerate() {
                 let total: u64 = d.to.values().map(|w| u64::from(*w)).sum();
                 if total != 100 {
-                    self.err(format!("{at}.localityLbSetting.distribute[{i}].to"), format!("weights total {total}, they must total 100"));
+                    self.err(
+                        format!("{at}.localityLbSetting.distribute[{i}].to"),
+                        format!("weights total {total}, they must total 100"),
+                    );
                 }
             }
             for (i, f) in l.failover.iter().enumerate() {
@@ -587,7 +637,8 @@ impl Validator {
     }
 
     fn outlier_detection(&mut self, at: &str, od: &OutlierDetection) {
-        for (field, v) in [("maxEjectionPercent", od.max_ejection_percent), ("minHealthPercent", od.min_health_percent)] {
+        for (field, v) in [("maxEjectionPercent", od.max_ejection_percent), ("minHealthPercent", od.min_health_percent)]
+        {
             if v.is_some_and(|p| !(0..=100).contains(&p)) {
                 self.err(format!("{at}.{field}"), "must be between 0 and 100");
             }
@@ -599,7 +650,10 @@ impl Validator {
         self.duration(&format!("{at}.baseEjectionTime"), &od.base_ejection_time);
         for (i, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
             if !(100..=599).contains(code) {
-                self.err(format!("{at}.outlierDetectionHttpErrorCodes[{i}]"), format!("{code} is not an HTTP status code"));
+                self.err(
+                    format!("{at}.outlierDetectionHttpErrorCodes[{i}]"),
+                    format!("{code} is not an HTTP status code"),
+                );
             }
         }
     }
@@ -609,10 +663,15 @@ impl Validator {
             None | Some("DISABLE") | Some("SIMPLE") | Some("ISTIO_MUTUAL") => {}
             Some("MUTUAL") => {
                 if tls.credential_name.is_none() && (tls.client_certificate.is_none() || tls.private_key.is_none()) {
-                    self.err(format!("{at}.clientCertificate"), "MUTUAL mode needs clientCertificate and privateKey (or credentialName)");
+                    self.err(
+                        format!("{at}.clientCertificate"),
+                        "MUTUAL mode needs clientCertificate and privateKey (or credentialName)",
+                    );
                 }
             }
-            Some(other) => self.err(format!("{at}.mode"), format!("`{other}` is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL")),
+            Some(other) => {
+                self.err(format!("{at}.mode"), format!("`{other}` is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"))
+            }
         }
     }
 
@@ -628,7 +687,9 @@ impl Validator {
             let at = format!("spec.servers[{i}]");
             self.port_number(&format!("{at}.port.number"), s.port.number);
             let protocol = s.port.protocol.to_ascii_uppercase();
-            if !["HTTP", "HTTPS", "HTTP2", "GRPC", "TCP", "TLS", "MONGO", "REDIS", "MYSQL", "GRPC-WEB", "HBONE"].contains(&protocol.as_str()) {
+            if !["HTTP", "HTTPS", "HTTP2", "GRPC", "TCP", "TLS", "MONGO", "REDIS", "MYSQL", "GRPC-WEB", "HBONE"]
+                .contains(&protocol.as_str())
+            {
                 self.err(format!("{at}.port.protocol"), format!("`{}` is not a protocol Istio knows", s.port.protocol));
             }
             if s.port.name.is_empty() {
@@ -645,7 +706,9 @@ impl Validator {
                 None if needs_tls => self.err(format!("{at}.tls"), format!("a {protocol} server needs tls settings")),
                 Some(tls) => {
                     let mode = tls.mode.as_deref().unwrap_or("SIMPLE");
-                    if !["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"].contains(&mode) {
+                    if !["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"]
+                        .contains(&mode)
+                    {
                         self.err(format!("{at}.tls.mode"), format!("`{mode}` is not a server TLS mode"));
                     }
                     let terminates = needs_tls && matches!(mode, "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL");
@@ -654,7 +717,10 @@ impl Validator {
                         || !tls.tls_certificates.is_empty()
                         || (tls.server_certificate.is_some() && tls.private_key.is_some());
                     if terminates && !has_cert {
-                        self.err(format!("{at}.tls"), format!("{mode} TLS needs credentialName or serverCertificate and privateKey"));
+                        self.err(
+                            format!("{at}.tls"),
+                            format!("{mode} TLS needs credentialName or serverCertificate and privateKey"),
+                        );
                     }
                 }
                 None => {}
@@ -680,7 +746,10 @@ impl Validator {
         }
         let resolution = se.resolution.as_deref().unwrap_or("NONE");
         if !["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"].contains(&resolution) {
-            self.err("spec.resolution", format!("`{resolution}` is not NONE, STATIC, DNS, DNS_ROUND_ROBIN or DYNAMIC_DNS"));
+            self.err(
+                "spec.resolution",
+                format!("`{resolution}` is not NONE, STATIC, DNS, DNS_ROUND_ROBIN or DYNAMIC_DNS"),
+            );
         }
         if let Some(loc) = &se.location {
             if loc != "MESH_EXTERNAL" && loc != "MESH_INTERNAL" {
@@ -718,7 +787,10 @@ impl Validator {
             if resolution == "STATIC" {
                 if let Some(addr) = &ep.address {
                     if !addr.starts_with("unix://") && addr.parse::<IpAddr>().is_err() {
-                        self.err(format!("{at}.address"), format!("`{addr}` must be an IP address with STATIC resolution"));
+                        self.err(
+                            format!("{at}.address"),
+                            format!("`{addr}` must be an IP address with STATIC resolution"),
+                        );
                     }
                 }
             }
@@ -734,15 +806,15 @@ impl Validator {
         match &we.address {
             None if we.network.is_none() => self.err(format!("{at}.address"), "address is required (or network)"),
             Some(a) if a.is_empty() => self.err(format!("{at}.address"), "address must not be empty"),
-            Some(a) if a.starts_with("unix://") => {
-                if !we.ports.is_empty() {
-                    self.err(format!("{at}.ports"), "a unix socket address takes no ports");
-                }
+            Some(a) if a.starts_with("unix://") && !we.ports.is_empty() => {
+                self.err(format!("{at}.ports"), "a unix socket address takes no ports")
             }
-            Some(a) if standalone || a.parse::<IpAddr>().is_err() => {
-                if a.parse::<IpAddr>().is_err() {
-                    self.host(&format!("{at}.address"), a);
-                }
+            Some(a)
+                if !a.starts_with("unix://")
+                    && (standalone || a.parse::<IpAddr>().is_err())
+                    && a.parse::<IpAddr>().is_err() =>
+            {
+                self.host(&format!("{at}.address"), a)
             }
             _ => {}
         }
@@ -785,7 +857,9 @@ impl Validator {
         }
         match (ap.action, &ap.provider) {
             (AuthorizationAction::Custom, None) => self.err("spec.provider", "CUSTOM action needs a provider"),
-            (a, Some(_)) if a != AuthorizationAction::Custom => self.err("spec.provider", "a provider is only allowed with CUSTOM action"),
+            (a, Some(_)) if a != AuthorizationAction::Custom => {
+                self.err("spec.provider", "a provider is only allowed with CUSTOM action")
+            }
             _ => {}
         }
         for (i, rule) in ap.rules.iter().enumerate() {
@@ -876,9 +950,11 @@ impl Validator {
         if !pa.port_level_mtls.is_empty() && !has_selector {
             self.err("spec.portLevelMtls", "portLevelMtls needs a workload selector");
         }
-        let modes = pa.mtls.iter().map(|m| ("spec.mtls.mode".to_string(), m)).chain(
-            pa.port_level_mtls.iter().map(|(p, m)| (format!("spec.portLevelMtls.{p}.mode"), m)),
-        );
+        let modes = pa
+            .mtls
+            .iter()
+            .map(|m| ("spec.mtls.mode".to_string(), m))
+            .chain(pa.port_level_mtls.iter().map(|(p, m)| (format!("spec.portLevelMtls.{p}.mode"), m)));
         let mut bad = BTreeMap::new();
         for (at, m) in modes {
             if let Some(mode) = &m.mode {
@@ -887,7 +963,7 @@ impl Validator {
                 }
             }
         }
-        for (port, _) in &pa.port_level_mtls {
+        for port in pa.port_level_mtls.keys() {
             if port.parse::<u16>().map_or(true, |p| p == 0) {
                 bad.insert(format!("spec.portLevelMtls.{port}"), format!("`{port}` is not a port number"));
             }

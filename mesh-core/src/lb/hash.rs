@@ -26,9 +26,7 @@ pub fn request_hash(policy: &HashPolicy, head: &http::request::Parts, source_ip:
         }
         HashPolicy::Cookie { name, .. } => cookie(head, name).map(|v| xxh64(v.as_bytes(), 0)),
         HashPolicy::SourceIp => source_ip.map(|ip| xxh64(ip.to_string().as_bytes(), 0)),
-        HashPolicy::QueryParameter(name) => {
-            query_param(head.uri.query()?, name).map(|v| xxh64(v.as_bytes(), 0))
-        }
+        HashPolicy::QueryParameter(name) => query_param(head.uri.query()?, name).map(|v| xxh64(v.as_bytes(), 0)),
     }
 }
 
@@ -46,11 +44,7 @@ pub fn cookie<'a>(head: &'a http::request::Parts, name: &str) -> Option<&'a str>
 
 /// The first value of query parameter `name` (not percent-decoded, as Envoy).
 pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+    query.split('&').map(|pair| pair.split_once('=').unwrap_or((pair, ""))).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -70,7 +64,10 @@ mod tests {
         let h = head("/p?user=ann&x=1", &[("x-user", "ann"), ("cookie", "a=1; session=ann")]);
         let expected = xxh64(b"ann", 0);
         assert_eq!(request_hash(&HashPolicy::Header("x-user".into()), &h, None), Some(expected));
-        assert_eq!(request_hash(&HashPolicy::Cookie { name: "session".into(), path: None, ttl: None }, &h, None), Some(expected));
+        assert_eq!(
+            request_hash(&HashPolicy::Cookie { name: "session".into(), path: None, ttl: None }, &h, None),
+            Some(expected)
+        );
         assert_eq!(request_hash(&HashPolicy::QueryParameter("user".into()), &h, None), Some(expected));
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         assert_eq!(request_hash(&HashPolicy::SourceIp, &h, Some(ip)), Some(xxh64(b"10.1.2.3", 0)));

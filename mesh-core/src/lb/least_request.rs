@@ -36,7 +36,13 @@ impl LoadBalancer for LeastRequest {
         if n <= 1 {
             return (n == 1).then_some(0);
         }
-        let draw = || if self.cumulative.is_empty() { fastrand::usize(..n) } else { pick_cumulative(&self.cumulative, fastrand::u64(..)) };
+        let draw = || {
+            if self.cumulative.is_empty() {
+                fastrand::usize(..n)
+            } else {
+                pick_cumulative(&self.cumulative, fastrand::u64(..))
+            }
+        };
         let mut best = draw();
         for _ in 1..self.choice_count {
             let candidate = draw();

@@ -22,10 +22,9 @@ pub fn failover_priority(proxy: &Locality, endpoint: &Locality, failover: &[(Str
         }
         return 2;
     }
-    let rules: Vec<&str> = failover.iter().filter(|(from, _)| *from == proxy.region).map(|(_, to)| to.as_str()).collect();
-    if rules.is_empty() {
-        3
-    } else if rules.contains(&endpoint.region.as_str()) {
+    let rules: Vec<&str> =
+        failover.iter().filter(|(from, _)| *from == proxy.region).map(|(_, to)| to.as_str()).collect();
+    if rules.is_empty() || rules.contains(&endpoint.region.as_str()) {
         3
     } else {
         4
@@ -35,10 +34,8 @@ pub fn failover_priority(proxy: &Locality, endpoint: &Locality, failover: &[(Str
 /// Envoy's split of load (percent, summing to 100) across priority levels,
 /// given each level's healthy share (healthy weight / total weight, 0..=1).
 pub fn priority_load(healthy_share: &[f64]) -> Vec<u32> {
-    let availability: Vec<u32> = healthy_share
-        .iter()
-        .map(|s| ((f64::from(OVERPROVISIONING_FACTOR) * s).floor() as u32).min(100))
-        .collect();
+    let availability: Vec<u32> =
+        healthy_share.iter().map(|s| ((f64::from(OVERPROVISIONING_FACTOR) * s).floor() as u32).min(100)).collect();
     let mut load = vec![0u32; availability.len()];
     if load.is_empty() {
         return load;
@@ -106,9 +103,8 @@ pub fn distribute_weights(
     let (_, to) = rules.iter().find(|(from, _)| locality_matches(from, proxy))?;
     let mut weights = vec![0u64; endpoints.len()];
     for (pattern, percent) in to {
-        let members: Vec<usize> = (0..endpoints.len())
-            .filter(|i| weights[*i] == 0 && locality_matches(pattern, &endpoints[*i].0))
-            .collect();
+        let members: Vec<usize> =
+            (0..endpoints.len()).filter(|i| weights[*i] == 0 && locality_matches(pattern, &endpoints[*i].0)).collect();
         let total: u64 = members.iter().map(|i| u64::from(endpoints[*i].1.max(1))).sum();
         for i in members {
             // Scale to keep integer precision: percent * 1000 shared by weight.

@@ -128,7 +128,7 @@ mod tests {
             .iter()
             .map(|h| (xxh64(h.hash_key.as_bytes(), 0) % m, xxh64(h.hash_key.as_bytes(), 1) % (m - 1) + 1))
             .collect();
-        let mut next = vec![0u64; 3];
+        let mut next = [0u64; 3];
         let mut table = vec![u32::MAX; m as usize];
         let mut filled = 0;
         'outer: loop {
@@ -154,12 +154,7 @@ mod tests {
         let hs = hosts(10);
         let full = Maglev::new(&hs, DEFAULT_TABLE_SIZE);
         let fewer = Maglev::new(&hs[..9], DEFAULT_TABLE_SIZE);
-        let moved = full
-            .table()
-            .iter()
-            .zip(fewer.table())
-            .filter(|(a, b)| **a != 9 && a != b)
-            .count();
+        let moved = full.table().iter().zip(fewer.table()).filter(|(a, b)| **a != 9 && a != b).count();
         // Maglev trades a little disruption for balance: a few percent.
         assert!(moved < DEFAULT_TABLE_SIZE as usize / 20, "{moved}");
     }

@@ -56,7 +56,9 @@ pub fn build(policy: &LbPolicy, hosts: &[Host]) -> Box<dyn LoadBalancer> {
         LbPolicy::RoundRobin => Box::new(round_robin::RoundRobin::new(hosts)),
         LbPolicy::Random | LbPolicy::Passthrough => Box::new(random::Random::new(hosts)),
         LbPolicy::LeastRequest { choice_count } => Box::new(least_request::LeastRequest::new(hosts, *choice_count)),
-        LbPolicy::RingHash { minimum_ring_size, .. } => Box::new(ring_hash::RingHash::new(hosts, *minimum_ring_size, ring_hash::DEFAULT_MAX_RING_SIZE)),
+        LbPolicy::RingHash { minimum_ring_size, .. } => {
+            Box::new(ring_hash::RingHash::new(hosts, *minimum_ring_size, ring_hash::DEFAULT_MAX_RING_SIZE))
+        }
         LbPolicy::Maglev { table_size, .. } => Box::new(maglev::Maglev::new(hosts, *table_size)),
     }
 }

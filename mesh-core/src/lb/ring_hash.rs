@@ -96,7 +96,7 @@ mod tests {
         weighted[0].weight = 3;
         let ring = RingHash::new(&weighted, 1024, DEFAULT_MAX_RING_SIZE);
         let for_heavy = ring.ring.iter().filter(|(_, h)| *h == 0).count();
-        assert_eq!(for_heavy * 1, (ring.len() - for_heavy) * 3);
+        assert_eq!(for_heavy, (ring.len() - for_heavy) * 3);
     }
 
     #[test]

@@ -79,10 +79,8 @@ impl CircuitBreaker {
     pub fn try_acquire(self: &Arc<Self>, resource: Resource) -> Option<Permit> {
         let limit = self.limit(resource);
         let counter = self.counter(resource);
-        let admitted = counter
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
-            .is_ok();
+        let admitted =
+            counter.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).is_ok();
         if admitted {
             Some(Permit { breaker: Arc::clone(self), resource })
         } else {
@@ -144,7 +142,10 @@ mod tests {
 
     #[test]
     fn retry_budget_scales_with_outstanding_requests() {
-        let cb = CircuitBreaker::new(Default::default(), Some(RetryBudgetConfig { percent: 20.0, min_retry_concurrency: 3 }));
+        let cb = CircuitBreaker::new(
+            Default::default(),
+            Some(RetryBudgetConfig { percent: 20.0, min_retry_concurrency: 3 }),
+        );
         let permits: Vec<_> = (0..50).map(|_| cb.try_acquire(Resource::Requests).unwrap()).collect();
         // 20% of 50 = 10 retries allowed.
         let retries: Vec<_> = (0..20).filter_map(|_| cb.try_acquire(Resource::Retries)).collect();

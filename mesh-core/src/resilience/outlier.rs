@@ -65,7 +65,11 @@ pub struct OutlierDetector {
 
 impl OutlierDetector {
     pub fn new(config: OutlierDetectionConfig, host_count: usize) -> OutlierDetector {
-        OutlierDetector { config, hosts: (0..host_count).map(|_| HostState::default()).collect(), ejected: AtomicU32::new(0) }
+        OutlierDetector {
+            config,
+            hosts: (0..host_count).map(|_| HostState::default()).collect(),
+            ejected: AtomicU32::new(0),
+        }
     }
 
     pub fn config(&self) -> &OutlierDetectionConfig {
@@ -306,7 +310,10 @@ mod tests {
         c.consecutive_local_origin_failures = Some(2);
         let d = OutlierDetector::new(c, 2);
         d.record(1, Observation::LocalOriginFailure, T0);
-        assert_eq!(d.record(1, Observation::LocalOriginFailure, T0), Some(EjectionReason::ConsecutiveLocalOriginFailures));
+        assert_eq!(
+            d.record(1, Observation::LocalOriginFailure, T0),
+            Some(EjectionReason::ConsecutiveLocalOriginFailures)
+        );
     }
 
     #[test]

@@ -145,7 +145,9 @@ pub fn is_retriable(policy: &RetryPolicy, outcome: &Outcome) -> bool {
             on.intersects(RetryOn::CONNECT_FAILURE | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET)
         }
         Outcome::PerTryTimeout => on.intersects(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET),
-        Outcome::RefusedStream => on.intersects(RetryOn::REFUSED_STREAM | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET),
+        Outcome::RefusedStream => {
+            on.intersects(RetryOn::REFUSED_STREAM | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET)
+        }
         Outcome::Reset { request_sent } => {
             on.intersects(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET)
                 || (!request_sent && on.contains(RetryOn::RESET_BEFORE_REQUEST))

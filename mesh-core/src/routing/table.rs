@@ -43,6 +43,8 @@ struct CompiledVirtualHost {
     /// order.
     entries: Vec<Entry>,
     index: Index,
+    /// Some match ignores URI case, so lookups need the lowered path.
+    any_ignore_case: bool,
 }
 
 struct Entry {
@@ -120,8 +122,8 @@ impl RouteTable {
             })?;
             table.vhosts.push(compiled);
         }
-        table.suffix_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        table.prefix_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.suffix_hosts.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        table.prefix_hosts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         Ok(table)
     }
 
@@ -152,15 +154,41 @@ impl RouteTable {
             }
         }
         for candidate in [&*host, without_port] {
-            if let Some((_, i)) = self.suffix_hosts.iter().find(|(s, _)| candidate.len() > s.len() && candidate.ends_with(s.as_str())) {
+            if let Some((_, i)) =
+                self.suffix_hosts.iter().find(|(s, _)| candidate.len() > s.len() && candidate.ends_with(s.as_str()))
+            {
                 return Some(*i);
             }
-            if let Some((_, i)) = self.prefix_hosts.iter().find(|(p, _)| candidate.len() > p.len() && candidate.starts_with(p.as_str())) {
+            if let Some((_, i)) =
+                self.prefix_hosts.iter().find(|(p, _)| candidate.len() > p.len() && candidate.starts_with(p.as_str()))
+            {
                 return Some(*i);
             }
         }
         self.catch_all
     }
+}
+
+/// The literal text every match of `regex` starts with, when that is easy
+/// to see: plain characters up to the first metacharacter, minus one
+/// that a quantifier makes optional. `None` for alternations.
+fn literal_prefix(regex: &str) -> Option<String> {
+    if regex.contains('|') {
+        return None;
+    }
+    let body = regex.strip_prefix('^').unwrap_or(regex);
+    let mut prefix = String::new();
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if "\\.+*?()[]{}^$".contains(c) {
+            break;
+        }
+        if chars.peek().is_some_and(|n| "*?{".contains(*n)) {
+            break;
+        }
+        prefix.push(c);
+    }
+    Some(prefix)
 }
 
 /// `host:port` -> `host`; `[::1]:80` -> `[::1]`.
@@ -182,29 +210,47 @@ fn compile_vhost(name: &str, routes: &[Route]) -> Result<CompiledVirtualHost, (S
     let push = |map: &mut FxHashMap<String, Candidates>, key: String, id: u32| map.entry(key).or_default().push(id);
     let catch_all = RouteMatch::default();
     for (ri, route) in routes.iter().enumerate() {
-        let matches: Vec<&RouteMatch> = if route.matches.is_empty() { vec![&catch_all] } else { route.matches.iter().collect() };
+        let matches: Vec<&RouteMatch> =
+            if route.matches.is_empty() { vec![&catch_all] } else { route.matches.iter().collect() };
         for m in matches {
             let id = entries.len() as u32;
             let matcher = compile_match(m).map_err(|e| (route.name.clone(), format!("invalid regex: {e}")))?;
             let ci = m.ignore_uri_case;
             let fold = |s: &String| if ci { s.to_ascii_lowercase() } else { s.clone() };
             match &m.uri {
-                Some(StringMatcher::Exact(p)) => push(if ci { &mut index.exact_ci } else { &mut index.exact }, fold(p), id),
+                Some(StringMatcher::Exact(p)) => {
+                    push(if ci { &mut index.exact_ci } else { &mut index.exact }, fold(p), id)
+                }
                 Some(StringMatcher::Prefix(p)) => {
-                    let (map, lengths) = if ci { (&mut index.prefix_ci, &mut index.prefix_ci_lengths) } else { (&mut index.prefix, &mut index.prefix_lengths) };
+                    let (map, lengths) = if ci {
+                        (&mut index.prefix_ci, &mut index.prefix_ci_lengths)
+                    } else {
+                        (&mut index.prefix, &mut index.prefix_lengths)
+                    };
                     push(map, fold(p), id);
                     if !lengths.contains(&p.len()) {
                         lengths.push(p.len());
                     }
                 }
-                Some(StringMatcher::Regex(r)) => {
-                    regex_patterns.push(format!("{}^(?:{r})$", if ci { "(?i)" } else { "" }));
-                    regex_entries.push(id);
-                }
+                Some(StringMatcher::Regex(r)) => match literal_prefix(r).filter(|p| !ci && !p.is_empty()) {
+                    // Any path this regex matches starts with its literal
+                    // prefix, so the prefix index yields the candidates.
+                    Some(p) => {
+                        if !index.prefix_lengths.contains(&p.len()) {
+                            index.prefix_lengths.push(p.len());
+                        }
+                        push(&mut index.prefix, p, id);
+                    }
+                    None => {
+                        regex_patterns.push(format!("{}^(?:{r})$", if ci { "(?i)" } else { "" }));
+                        regex_entries.push(id);
+                    }
+                },
                 _ => match m.headers.iter().find(|h| !h.invert && matches!(h.matcher, StringMatcher::Exact(_))) {
                     Some(h) => {
                         let StringMatcher::Exact(value) = &h.matcher else { unreachable!("filtered above") };
-                        let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| (route.name.clone(), e.to_string()))?;
+                        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+                            .map_err(|e| (route.name.clone(), e.to_string()))?;
                         let slot = match index.headers.iter().position(|(n, _)| *n == name) {
                             Some(p) => p,
                             None => {
@@ -226,7 +272,8 @@ fn compile_vhost(name: &str, routes: &[Route]) -> Result<CompiledVirtualHost, (S
         let set = RegexSet::new(&regex_patterns).map_err(|e| (String::new(), format!("invalid regex: {e}")))?;
         index.regexes = Some((set, regex_entries));
     }
-    Ok(CompiledVirtualHost { name: name.to_string(), routes: routes.to_vec(), entries, index })
+    let any_ignore_case = entries.iter().any(|e| e.matcher.ignore_uri_case);
+    Ok(CompiledVirtualHost { name: name.to_string(), routes: routes.to_vec(), entries, index, any_ignore_case })
 }
 
 fn compile_match(m: &RouteMatch) -> Result<CompiledRouteMatch, regex::Error> {
@@ -257,8 +304,7 @@ fn compile_match(m: &RouteMatch) -> Result<CompiledRouteMatch, regex::Error> {
 impl CompiledVirtualHost {
     fn find(&self, req: &RequestView<'_>) -> Option<u32> {
         let idx = &self.index;
-        let needs_lower = !idx.exact_ci.is_empty() || !idx.prefix_ci.is_empty() || self.entries.iter().any(|e| e.matcher.ignore_uri_case);
-        let lower = needs_lower.then(|| req.path.to_ascii_lowercase());
+        let lower = self.any_ignore_case.then(|| req.path.to_ascii_lowercase());
         let mut candidates = Candidates::new();
         if let Some(ids) = idx.exact.get(req.path) {
             candidates.extend_from_slice(ids);
@@ -357,7 +403,9 @@ mod tests {
         Route {
             name: name.into(),
             matches,
-            action: RouteAction::Forward { clusters: vec![WeightedCluster { cluster: name.into(), weight: 1, headers: HeaderOps::default() }] },
+            action: RouteAction::Forward {
+                clusters: vec![WeightedCluster { cluster: name.into(), weight: 1, headers: HeaderOps::default() }],
+            },
             rewrite: None,
             timeout: None,
             retry: None,
@@ -374,7 +422,11 @@ mod tests {
             virtual_hosts: domains
                 .iter()
                 .enumerate()
-                .map(|(i, d)| VirtualHost { name: format!("vh{i}"), domains: d.iter().map(|s| s.to_string()).collect(), routes: routes.clone() })
+                .map(|(i, d)| VirtualHost {
+                    name: format!("vh{i}"),
+                    domains: d.iter().map(|s| s.to_string()).collect(),
+                    routes: routes.clone(),
+                })
                 .collect(),
         }
     }
@@ -412,14 +464,58 @@ mod tests {
     #[test]
     fn first_match_wins_across_index_kinds() {
         let routes = vec![
-            route("header", vec![RouteMatch { headers: vec![HeaderMatcher { name: "end-user".into(), matcher: StringMatcher::Exact("jason".into()), invert: false }], ..Default::default() }]),
+            route(
+                "header",
+                vec![RouteMatch {
+                    headers: vec![HeaderMatcher {
+                        name: "end-user".into(),
+                        matcher: StringMatcher::Exact("jason".into()),
+                        invert: false,
+                    }],
+                    ..Default::default()
+                }],
+            ),
             route("exact", vec![uri(StringMatcher::Exact("/a/b".into()))]),
             route("regex", vec![uri(StringMatcher::Regex("/a/[0-9]+".into()))]),
             route("prefix", vec![uri(StringMatcher::Prefix("/a".into()))]),
-            route("ci", vec![RouteMatch { uri: Some(StringMatcher::Prefix("/CASE".into())), ignore_uri_case: true, ..Default::default() }]),
-            route("without", vec![RouteMatch { headers: vec![HeaderMatcher { name: "x-debug".into(), matcher: StringMatcher::Present, invert: true }], uri: Some(StringMatcher::Prefix("/w".into())), ..Default::default() }]),
-            route("query", vec![RouteMatch { query_params: vec![QueryParamMatcher { name: "v".into(), matcher: StringMatcher::Exact("2".into()) }], ..Default::default() }]),
-            route("method", vec![RouteMatch { method: Some(StringMatcher::Exact("GET".into())), uri: Some(StringMatcher::Prefix("/m".into())), ..Default::default() }]),
+            route(
+                "ci",
+                vec![RouteMatch {
+                    uri: Some(StringMatcher::Prefix("/CASE".into())),
+                    ignore_uri_case: true,
+                    ..Default::default()
+                }],
+            ),
+            route(
+                "without",
+                vec![RouteMatch {
+                    headers: vec![HeaderMatcher {
+                        name: "x-debug".into(),
+                        matcher: StringMatcher::Present,
+                        invert: true,
+                    }],
+                    uri: Some(StringMatcher::Prefix("/w".into())),
+                    ..Default::default()
+                }],
+            ),
+            route(
+                "query",
+                vec![RouteMatch {
+                    query_params: vec![QueryParamMatcher {
+                        name: "v".into(),
+                        matcher: StringMatcher::Exact("2".into()),
+                    }],
+                    ..Default::default()
+                }],
+            ),
+            route(
+                "method",
+                vec![RouteMatch {
+                    method: Some(StringMatcher::Exact("GET".into())),
+                    uri: Some(StringMatcher::Prefix("/m".into())),
+                    ..Default::default()
+                }],
+            ),
             route("catch-all", vec![]),
         ];
         let t = RouteTable::new(&config(&[&["*"]], routes)).unwrap();
@@ -457,7 +553,11 @@ mod tests {
                     0 => m.uri = Some(StringMatcher::Exact(p)),
                     1 => m.uri = Some(StringMatcher::Prefix(p)),
                     2 => m.uri = Some(StringMatcher::Regex(format!("{p}(/.*)?"))),
-                    3 => m.headers.push(HeaderMatcher { name: "h".into(), matcher: StringMatcher::Exact(words[rng.usize(..6)].into()), invert: false }),
+                    3 => m.headers.push(HeaderMatcher {
+                        name: "h".into(),
+                        matcher: StringMatcher::Exact(words[rng.usize(..6)].into()),
+                        invert: false,
+                    }),
                     4 => {
                         m.uri = Some(StringMatcher::Prefix(p.to_uppercase()));
                         m.ignore_uri_case = true;
@@ -465,7 +565,11 @@ mod tests {
                     _ => m.method = Some(StringMatcher::Exact(if rng.bool() { "GET" } else { "POST" }.into())),
                 }
                 if rng.u8(..4) == 0 {
-                    m.headers.push(HeaderMatcher { name: "h2".into(), matcher: StringMatcher::Present, invert: rng.bool() });
+                    m.headers.push(HeaderMatcher {
+                        name: "h2".into(),
+                        matcher: StringMatcher::Present,
+                        invert: rng.bool(),
+                    });
                 }
                 routes.push(route(&format!("r{i}"), vec![m]));
             }
@@ -481,14 +585,17 @@ mod tests {
                 if rng.bool() {
                     headers.push(("h2", "1"));
                 }
-                let mut b = http::Request::builder().method(if rng.bool() { "GET" } else { "POST" }).uri(format!("http://x{p}"));
+                let mut b = http::Request::builder()
+                    .method(if rng.bool() { "GET" } else { "POST" })
+                    .uri(format!("http://x{p}"));
                 for (k, v) in &headers {
                     b = b.header(*k, *v);
                 }
                 let (head, _) = b.body(()).unwrap().into_parts();
                 let req = RequestView::from_parts(&head, 80);
                 let lower = req.path.to_ascii_lowercase();
-                let linear = vh.entries.iter().position(|e| e.matcher.matches(&req, Some(&lower))).map(|i| vh.entries[i].route);
+                let linear =
+                    vh.entries.iter().position(|e| e.matcher.matches(&req, Some(&lower))).map(|i| vh.entries[i].route);
                 let indexed = t.find(&req).map(|h| h.route_index as u32);
                 assert_eq!(indexed, linear, "round {round}, {} {p} {headers:?}", req.method);
             }
@@ -496,8 +603,21 @@ mod tests {
     }
 
     #[test]
+    fn literal_prefixes_of_regexes() {
+        assert_eq!(literal_prefix("/svc12/v[0-9]+/.*").as_deref(), Some("/svc12/v"));
+        assert_eq!(literal_prefix("^/api/(v1|v2)").as_deref(), None);
+        assert_eq!(literal_prefix("/items?").as_deref(), Some("/item"));
+        assert_eq!(literal_prefix("/a+b").as_deref(), Some("/a"));
+        assert_eq!(literal_prefix("/a\\.b").as_deref(), Some("/a"));
+        assert_eq!(literal_prefix(".*foo").as_deref(), Some(""));
+    }
+
+    #[test]
     fn bad_regex_names_the_route() {
-        let err = RouteTable::new(&config(&[&["*"]], vec![route("broken", vec![uri(StringMatcher::Regex("(".into()))])])).err().unwrap();
+        let err =
+            RouteTable::new(&config(&[&["*"]], vec![route("broken", vec![uri(StringMatcher::Regex("(".into()))])]))
+                .err()
+                .unwrap();
         assert!(err.to_string().contains("route `broken`"), "{err}");
     }
 }

@@ -68,7 +68,11 @@ pub fn bookinfo_registry() -> Arc<MemoryRegistry> {
     r.upsert(service("ratings"), vec![endpoint("10.2.0.1", "ratings", "v1")]);
     r.upsert(
         service("reviews"),
-        vec![endpoint("10.3.0.1", "reviews", "v1"), endpoint("10.3.0.2", "reviews", "v2"), endpoint("10.3.0.3", "reviews", "v3")],
+        vec![
+            endpoint("10.3.0.1", "reviews", "v1"),
+            endpoint("10.3.0.2", "reviews", "v2"),
+            endpoint("10.3.0.3", "reviews", "v3"),
+        ],
     );
     r.upsert(service("productpage"), vec![endpoint("10.4.0.1", "productpage", "v1")]);
     r
@@ -84,5 +88,8 @@ pub fn productpage_config(files: &[&str]) -> ProxyConfig {
     }
     let registry = bookinfo_registry();
     let mesh = MeshSnapshot { config: store.snapshot(), services: registry.snapshot() };
-    translate(&mesh, &ProxyIdentity::sidecar("productpage-v1", "default", labels(&[("app", "productpage"), ("version", "v1")])))
+    translate(
+        &mesh,
+        &ProxyIdentity::sidecar("productpage-v1", "default", labels(&[("app", "productpage"), ("version", "v1")])),
+    )
 }
