@@ -2,9 +2,10 @@
 //! DestinationRules, 10,000 endpoints) for one sidecar.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use mesh_core::mesh::MeshSnapshot;
 use mesh_core::registry::MemoryRegistry;
 use mesh_core::store::MemoryConfigStore;
-use mesh_core::translate::{translate, MeshSnapshot, ProxyIdentity};
+use mesh_core::translate::{translate, ProxyIdentity};
 use mesh_core::{ConfigStore, ServiceRegistry};
 
 fn translate_1000(c: &mut Criterion) {

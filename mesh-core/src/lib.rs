@@ -11,6 +11,7 @@
 //! | [`registry`] | [`ServiceRegistry`]: services and endpoints from a platform, plus aggregation |
 //! | [`store`] | [`ConfigStore`]: Istio resources by kind, plus aggregation |
 //! | [`keyed`] | the snapshot-plus-changes shape both share (`Reset`, `Upsert`, `Delete`) |
+//! | [`mesh`] | a store and a registry followed as one debounced, consistent snapshot stream |
 //! | [`translate`] | config + registry + proxy identity -> [`ProxyConfig`] |
 //! | [`proxy_config`] | the compiled, Envoy-shaped config one proxy runs |
 //! | [`routing`] | route tables: host and first-match route lookup, weighted destinations |
@@ -86,7 +87,8 @@
 //! ```
 //! use std::sync::Arc;
 //! use mesh_core::{config, store::MemoryConfigStore, registry::MemoryRegistry, ConfigStore, ServiceRegistry};
-//! use mesh_core::translate::{translate, MeshSnapshot, ProxyIdentity};
+//! use mesh_core::mesh::MeshSnapshot;
+//! use mesh_core::translate::{translate, ProxyIdentity};
 //! use mesh_core::model::{Endpoint, Protocol, Resolution, Service, ServicePort};
 //! use mesh_core::routing::{RequestView, RouteTable};
 //!
@@ -136,6 +138,7 @@ pub mod fault;
 pub mod filter;
 pub mod keyed;
 pub mod lb;
+pub mod mesh;
 pub mod model;
 pub mod proxy_config;
 pub mod rate_limit;

@@ -5,7 +5,6 @@
 //! gives the same output byte for byte, and the version is a digest of it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +13,7 @@ use crate::config::duration;
 use crate::config::networking::{self as istio, DestinationRule, Gateway, TrafficPolicy, VirtualService};
 use crate::config::security::AuthorizationPolicy;
 use crate::config::{Kind, Resource, Spec};
+use crate::mesh::MeshSnapshot;
 use crate::model::{labels_match, Labels, Protocol, Resolution, Service, ServicePort, ServiceState};
 use crate::proxy_config::*;
 use crate::registry::RegistrySnapshot;
@@ -87,12 +87,6 @@ fn hosts_intersect(a: &str, b: &str) -> bool {
 /// Istio's cluster name.
 pub fn cluster_name(direction: &str, port: u16, subset: Option<&str>, host: &str) -> String {
     format!("{direction}|{port}|{}|{host}", subset.unwrap_or(""))
-}
-
-/// Everything the translation reads.
-pub struct MeshSnapshot {
-    pub config: Arc<ConfigSnapshot>,
-    pub services: Arc<RegistrySnapshot>,
 }
 
 /// Build the config of one proxy.

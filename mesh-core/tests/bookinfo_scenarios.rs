@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use common::{bookinfo_registry, labels, load, productpage_config};
 use mesh_core::fault;
+use mesh_core::mesh::MeshSnapshot;
 use mesh_core::proxy_config::{AbortStatus, ProxyConfig, Route, RouteAction};
 use mesh_core::resilience::retry::{Outcome, RetryDecision, RetryState};
 use mesh_core::routing::{pick_weighted, RequestView, RouteTable};
 use mesh_core::store::MemoryConfigStore;
-use mesh_core::translate::{translate, MeshSnapshot, ProxyIdentity};
+use mesh_core::translate::{translate, ProxyIdentity};
 use mesh_core::{ConfigStore, ServiceRegistry};
 
 const REVIEWS: &str = "reviews.default.svc.cluster.local";

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use mesh_core::config::{self, Decoded, Resource};
+use mesh_core::mesh::MeshSnapshot;
 use mesh_core::model::{Endpoint, Labels, Protocol, Resolution, Service, ServicePort};
 use mesh_core::registry::MemoryRegistry;
 use mesh_core::store::MemoryConfigStore;
-use mesh_core::translate::{translate, MeshSnapshot, ProxyIdentity};
+use mesh_core::translate::{translate, ProxyIdentity};
 use mesh_core::{ConfigStore, ProxyConfig, ServiceRegistry};
 
 /// `../shared/testdata/istio` beside the repository (as CI lays it out), or
