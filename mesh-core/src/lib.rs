@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`config`] | Istio resources (VirtualService, DestinationRule, ...) decoded from YAML with field-path errors, and validated as Istio does |
 //! | [`model`] | services, ports, endpoints, localities |
+//! | [`service_entry`] | ServiceEntry and WorkloadEntry as services and endpoints |
 //! | [`registry`] | [`ServiceRegistry`]: services and endpoints from a platform, plus aggregation |
 //! | [`store`] | [`ConfigStore`]: Istio resources by kind, plus aggregation |
 //! | [`keyed`] | the snapshot-plus-changes shape both share (`Reset`, `Upsert`, `Delete`) |
@@ -145,6 +146,7 @@ pub mod rate_limit;
 pub mod registry;
 pub mod resilience;
 pub mod routing;
+pub mod service_entry;
 pub mod store;
 pub mod translate;
 

@@ -77,7 +77,10 @@ fn destination_rule_policies_become_cluster_settings() {
     assert_eq!(base.max_requests_per_connection, Some(5));
     assert_eq!(base.idle_timeout, Some(Duration::from_secs(30)));
     let od = base.outlier_detection.as_ref().unwrap();
-    assert_eq!((od.consecutive_5xx, od.interval, od.base_ejection_time, od.max_ejection_percent), (Some(3), Duration::from_secs(5), Duration::from_secs(60), 50));
+    assert_eq!(
+        (od.consecutive_5xx, od.interval, od.base_ejection_time, od.max_ejection_percent),
+        (Some(3), Duration::from_secs(5), Duration::from_secs(60), 50)
+    );
     // v1 inherits everything; v2's own load balancer replaces it.
     assert_eq!(cfg.cluster("outbound|9080|v1|reviews.default.svc.cluster.local").unwrap().lb, LbPolicy::RoundRobin);
     let v2 = cfg.cluster("outbound|9080|v2|reviews.default.svc.cluster.local").unwrap();
@@ -92,7 +95,8 @@ fn destination_rule_policies_become_cluster_settings() {
 
 #[test]
 fn ring_hash_policy_and_header_name_is_lowercased() {
-    let dr = REVIEWS_DR.replace("    portLevelSettings:\n    - port: {number: 9080}\n      loadBalancer: {simple: ROUND_ROBIN}\n", "");
+    let dr = REVIEWS_DR
+        .replace("    portLevelSettings:\n    - port: {number: 9080}\n      loadBalancer: {simple: ROUND_ROBIN}\n", "");
     let cfg = build(&[&dr], &bookinfo_registry(), &productpage());
     let base = cfg.cluster("outbound|9080||reviews.default.svc.cluster.local").unwrap();
     assert_eq!(base.lb, LbPolicy::RingHash { minimum_ring_size: 1024, hash: HashPolicy::Header("x-user".into()) });
@@ -172,7 +176,11 @@ fn gateway_https_server_gets_a_tls_chain_per_server() {
     let registry = bookinfo_registry();
     let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [bookinfo.example.com]\n    tls: {mode: SIMPLE, serverCertificate: /certs/tls.crt, privateKey: /certs/tls.key}\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [bookinfo.example.com]\n    tls: {httpsRedirect: true}\n";
     let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bookinfo, namespace: default}\nspec:\n  hosts: [bookinfo.example.com]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: productpage, port: {number: 9080}}\n";
-    let cfg = build(&[gw, vs], &registry, &ProxyIdentity::gateway("ingress", "istio-system", labels(&[("istio", "ingressgateway")])));
+    let cfg = build(
+        &[gw, vs],
+        &registry,
+        &ProxyIdentity::gateway("ingress", "istio-system", labels(&[("istio", "ingressgateway")])),
+    );
     let https = cfg.listeners.iter().find(|l| l.port == 443).unwrap();
     let chain = &https.filter_chains[0];
     assert_eq!(chain.server_names, ["bookinfo.example.com"]);
@@ -220,5 +228,11 @@ fn tcp_echo_gateway_splits_80_20() {
     let listener = cfg.listeners.iter().find(|l| l.port == 31400).expect("TCP listener on 31400");
     let ChainAction::Tcp { clusters } = &listener.filter_chains[0].action else { panic!("expected a TCP chain") };
     let got: Vec<(&str, u32)> = clusters.iter().map(|c| (c.cluster.as_str(), c.weight)).collect();
-    assert_eq!(got, [("outbound|9000|v1|tcp-echo.default.svc.cluster.local", 80), ("outbound|9000|v2|tcp-echo.default.svc.cluster.local", 20)]);
+    assert_eq!(
+        got,
+        [
+            ("outbound|9000|v1|tcp-echo.default.svc.cluster.local", 80),
+            ("outbound|9000|v2|tcp-echo.default.svc.cluster.local", 20)
+        ]
+    );
 }

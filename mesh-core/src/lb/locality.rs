@@ -3,7 +3,11 @@
 //! spills to lower priorities as health drops (Envoy's overprovisioning
 //! factor 1.4), and `distribute` rules give localities explicit weights.
 
+use std::ops::Range;
+
+use super::{Host, LoadBalancer};
 use crate::model::Locality;
+use crate::proxy_config::LbPolicy;
 
 /// Envoy's default overprovisioning factor, in percent.
 pub const OVERPROVISIONING_FACTOR: u32 = 140;
@@ -71,6 +75,47 @@ pub fn choose_priority(load: &[u32], draw: u32) -> usize {
         }
     }
     0
+}
+
+/// A cluster's hosts split into priority levels, each with its own
+/// balancer: pick a level by the current priority load, then a host in it.
+/// Hosts must be ordered by priority, so each level is a range of them.
+pub struct PriorityLevels {
+    ranges: Vec<Range<usize>>,
+    balancers: Vec<Box<dyn LoadBalancer>>,
+}
+
+impl PriorityLevels {
+    /// `priorities[i]` is the level of `hosts[i]` (ascending).
+    pub fn new(policy: &LbPolicy, hosts: &[Host], priorities: &[u32]) -> PriorityLevels {
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        for (i, p) in priorities.iter().enumerate() {
+            match ranges.last_mut() {
+                Some(r) if priorities[r.start] == *p => r.end = i + 1,
+                _ => ranges.push(i..i + 1),
+            }
+        }
+        let balancers = ranges.iter().map(|r| super::build(policy, &hosts[r.clone()])).collect();
+        PriorityLevels { ranges, balancers }
+    }
+
+    pub fn levels(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// The hosts of each level, to compute their healthy share.
+    pub fn level_ranges(&self) -> &[Range<usize>] {
+        &self.ranges
+    }
+
+    /// Pick a host index of `hosts`, choosing the level by `load` (from
+    /// [`priority_load`]) with `draw` uniform in 0..100.
+    pub fn pick(&self, hosts: &[Host], hash: Option<u64>, load: &[u32], draw: u32) -> Option<usize> {
+        let level = choose_priority(load, draw).min(self.ranges.len().checked_sub(1)?);
+        let range = self.ranges[level].clone();
+        let start = range.start;
+        self.balancers[level].pick(&hosts[range], hash).map(|i| start + i)
+    }
 }
 
 /// Does a locality pattern (`region/zone/subzone`, `*` for any part or
@@ -169,6 +214,27 @@ mod tests {
         assert_eq!(w[2], 20_000);
         assert_eq!(w[3], 0);
         assert!(distribute_weights(&loc("elsewhere/a/b"), &eps, &rules).is_none());
+    }
+
+    #[test]
+    fn priority_levels_pick_by_load() {
+        let me = loc("r/z1/s");
+        let localities = [loc("r/z1/s"), loc("r/z1/s"), loc("r/z2/s"), loc("x/y/z")];
+        let hosts: Vec<Host> = (0..4).map(|i| Host::new(&format!("10.0.0.{i}"), 80, 1)).collect();
+        let priorities: Vec<u32> = localities.iter().map(|l| failover_priority(&me, l, &[])).collect();
+        assert_eq!(priorities, [0, 0, 2, 3]);
+        let levels = PriorityLevels::new(&LbPolicy::RoundRobin, &hosts, &priorities);
+        assert_eq!(levels.levels(), 3);
+        let all_local = priority_load(&[1.0, 1.0, 1.0]);
+        let mut rng = fastrand::Rng::with_seed(9);
+        for _ in 0..100 {
+            assert!(levels.pick(&hosts, None, &all_local, rng.u32(..100)).unwrap() < 2);
+        }
+        // Half the local hosts are out: 70% stays local, 30% spills over.
+        let load = priority_load(&[0.5, 1.0, 1.0]);
+        let n = 10_000;
+        let local = (0..n).filter(|_| levels.pick(&hosts, None, &load, rng.u32(..100)).unwrap() < 2).count();
+        assert!((local as f64 / n as f64 - 0.7).abs() < 0.02, "{local}");
     }
 
     #[test]

@@ -193,6 +193,28 @@ impl Backoff {
     }
 }
 
+/// The route timeout has passed: answer 504 without another try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteTimedOut;
+
+/// How long the next try may take, as Envoy computes it: the per-try
+/// timeout, cut to what is left of the route timeout (`None`: unbounded).
+pub fn try_timeout(
+    route_timeout: Option<Duration>,
+    per_try_timeout: Option<Duration>,
+    elapsed: Duration,
+) -> Result<Option<Duration>, RouteTimedOut> {
+    let remaining = match route_timeout {
+        Some(total) if elapsed >= total => return Err(RouteTimedOut),
+        Some(total) => Some(total - elapsed),
+        None => None,
+    };
+    Ok(match (remaining, per_try_timeout) {
+        (Some(r), Some(p)) => Some(r.min(p)),
+        (r, p) => r.or(p),
+    })
+}
+
 /// What to do after a try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryDecision {
@@ -297,6 +319,17 @@ mod tests {
         }
         assert_eq!(retries, 3);
         assert_eq!(state.retries_done(), 3);
+    }
+
+    #[test]
+    fn try_timeout_is_the_per_try_timeout_cut_to_the_route_deadline() {
+        let s = Duration::from_secs;
+        assert_eq!(try_timeout(None, None, s(100)), Ok(None));
+        assert_eq!(try_timeout(None, Some(s(2)), s(100)), Ok(Some(s(2))));
+        assert_eq!(try_timeout(Some(s(10)), None, s(3)), Ok(Some(s(7))));
+        assert_eq!(try_timeout(Some(s(10)), Some(s(2)), s(3)), Ok(Some(s(2))));
+        assert_eq!(try_timeout(Some(s(10)), Some(s(2)), s(9)), Ok(Some(s(1))));
+        assert_eq!(try_timeout(Some(s(10)), Some(s(2)), s(10)), Err(RouteTimedOut));
     }
 
     #[test]
