@@ -4,9 +4,7 @@
 use mesh_core::config::Resource;
 use mesh_core::lb::Host;
 use mesh_core::model::{Endpoint, Protocol, Resolution, Service, ServicePort};
-use mesh_core::proxy_config::{
-    HeaderMatcher, HeaderOps, Route, RouteAction, RouteConfig, RouteMatch, StringMatcher, VirtualHost, WeightedCluster,
-};
+use mesh_core::proxy_config::{HeaderMatcher, Route, RouteConfig, RouteMatch, StringMatcher, VirtualHost};
 
 /// What each route of a synthetic table matches on.
 #[derive(Clone, Copy, Debug)]
@@ -55,22 +53,8 @@ pub fn route_config(n: usize, kind: MatchKind) -> RouteConfig {
                 }
             };
             Route {
-                name: format!("r{i}"),
                 matches: vec![m],
-                action: RouteAction::Forward {
-                    clusters: vec![WeightedCluster {
-                        cluster: format!("outbound|80||svc{i}.default.svc.cluster.local"),
-                        weight: 100,
-                        headers: HeaderOps::default(),
-                    }],
-                },
-                rewrite: None,
-                timeout: None,
-                retry: None,
-                fault: None,
-                mirrors: vec![],
-                headers: HeaderOps::default(),
-                cors: None,
+                ..Route::forward(&format!("r{i}"), &format!("outbound|80||svc{i}.default.svc.cluster.local"))
             }
         })
         .collect();

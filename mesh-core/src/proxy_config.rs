@@ -130,6 +130,27 @@ pub struct Route {
     pub cors: Option<CorsPolicy>,
 }
 
+impl Route {
+    /// A route that matches everything and forwards to one cluster, with
+    /// no policies: the base that translation and tests build on.
+    pub fn forward(name: &str, cluster: &str) -> Route {
+        Route {
+            name: name.into(),
+            matches: vec![],
+            action: RouteAction::Forward {
+                clusters: vec![WeightedCluster { cluster: cluster.into(), weight: 100, headers: HeaderOps::default() }],
+            },
+            rewrite: None,
+            timeout: None,
+            retry: None,
+            fault: None,
+            mirrors: vec![],
+            headers: HeaderOps::default(),
+            cors: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RouteMatch {
     pub uri: Option<StringMatcher>,

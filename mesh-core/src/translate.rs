@@ -393,18 +393,16 @@ impl<'a> Translator<'a> {
                     let clusters = self.tcp_destinations(&state.service, port.port, None);
                     tcp_listeners.insert(
                         key,
-                        Listener {
-                            name: format!("{address}_{}", port.port),
-                            address,
-                            port: port.port,
-                            direction: TrafficDirection::Outbound,
-                            use_original_dst: false,
-                            filter_chains: vec![FilterChain {
+                        port_listener(
+                            &address,
+                            port.port,
+                            TrafficDirection::Outbound,
+                            vec![FilterChain {
                                 server_names: vec![],
                                 tls: None,
                                 action: ChainAction::Tcp { clusters },
                             }],
-                        },
+                        ),
                     );
                 }
             }
@@ -424,18 +422,16 @@ impl<'a> Translator<'a> {
             }
             let route_name = port.to_string();
             cfg.route_configs.push(RouteConfig { name: route_name.clone(), virtual_hosts: vhosts });
-            cfg.listeners.push(Listener {
-                name: format!("0.0.0.0_{port}"),
-                address: "0.0.0.0".into(),
+            cfg.listeners.push(port_listener(
+                "0.0.0.0",
                 port,
-                direction: TrafficDirection::Outbound,
-                use_original_dst: false,
-                filter_chains: vec![FilterChain {
+                TrafficDirection::Outbound,
+                vec![FilterChain {
                     server_names: vec![],
                     tls: None,
                     action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                 }],
-            });
+            ));
         }
         cfg.listeners.extend(tcp_listeners.into_values());
 
@@ -450,7 +446,7 @@ impl<'a> Translator<'a> {
                     virtual_hosts: vec![VirtualHost {
                         name: format!("inbound|http|{}", port.port),
                         domains: vec!["*".into()],
-                        routes: vec![forward_route("default", &cluster)],
+                        routes: vec![Route::forward("default", &cluster)],
                     }],
                 });
                 ChainAction::Http { route_config: name, protocol: port.protocol }
@@ -473,7 +469,7 @@ impl<'a> Translator<'a> {
 
     /// Istio's route when no VirtualService covers a host.
     fn default_route(&self, host: &str, port: u16) -> Route {
-        let mut route = forward_route("default", &cluster_name("outbound", port, None, host));
+        let mut route = Route::forward("default", &cluster_name("outbound", port, None, host));
         route.retry = Some(default_retry_policy());
         route
     }
@@ -547,11 +543,7 @@ impl<'a> Translator<'a> {
                     .iter()
                     .map(|d| WeightedCluster {
                         cluster: self.destination_cluster(&d.destination, ns, port),
-                        weight: match d.weight {
-                            Some(w) => u32::try_from(w).unwrap_or(0),
-                            None if single => 100,
-                            None => 0,
-                        },
+                        weight: destination_weight(d.weight, single),
                         headers: header_ops(d.headers.as_ref()),
                     })
                     .collect();
@@ -639,6 +631,17 @@ impl<'a> Translator<'a> {
         cluster_name("outbound", port, d.subset.as_deref(), &host)
     }
 
+    fn l4_clusters(&self, route: &[istio::RouteDestination], ns: &str, port: u16) -> Vec<WeightedCluster> {
+        route
+            .iter()
+            .map(|d| WeightedCluster {
+                cluster: self.destination_cluster(&d.destination, ns, port),
+                weight: destination_weight(d.weight, route.len() == 1),
+                headers: HeaderOps::default(),
+            })
+            .collect()
+    }
+
     fn tcp_destinations(&self, svc: &Service, port: u16, gateway: Option<&str>) -> Vec<WeightedCluster> {
         for (r, vs) in &self.virtual_services {
             if !self.vs_applies(r, vs, gateway) {
@@ -660,16 +663,7 @@ impl<'a> Translator<'a> {
                                     .any(|g| qualify_gateway(g, &r.meta.namespace) == gateway.unwrap_or("mesh")))
                     });
                 if applies {
-                    let single = tcp.route.len() == 1;
-                    return tcp
-                        .route
-                        .iter()
-                        .map(|d| WeightedCluster {
-                            cluster: self.destination_cluster(&d.destination, &r.meta.namespace, port),
-                            weight: d.weight.map_or(if single { 100 } else { 0 }, |w| u32::try_from(w).unwrap_or(0)),
-                            headers: HeaderOps::default(),
-                        })
-                        .collect();
+                    return self.l4_clusters(&tcp.route, &r.meta.namespace, port);
                 }
             }
         }
@@ -761,14 +755,7 @@ impl<'a> Translator<'a> {
                     action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                 });
             }
-            cfg.listeners.push(Listener {
-                name: format!("0.0.0.0_{port}"),
-                address: "0.0.0.0".into(),
-                port,
-                direction: TrafficDirection::Gateway,
-                use_original_dst: false,
-                filter_chains: chains,
-            });
+            cfg.listeners.push(port_listener("0.0.0.0", port, TrafficDirection::Gateway, chains));
         }
     }
 
@@ -837,18 +824,7 @@ impl<'a> Translator<'a> {
                         if sni.is_empty() {
                             continue;
                         }
-                        let single = tls.route.len() == 1;
-                        let clusters = tls
-                            .route
-                            .iter()
-                            .map(|d| WeightedCluster {
-                                cluster: self.destination_cluster(&d.destination, ns, port),
-                                weight: d
-                                    .weight
-                                    .map_or(if single { 100 } else { 0 }, |w| u32::try_from(w).unwrap_or(0)),
-                                headers: HeaderOps::default(),
-                            })
-                            .collect();
+                        let clusters = self.l4_clusters(&tls.route, ns, port);
                         out.push((sni, clusters));
                     }
                 }
@@ -898,6 +874,29 @@ impl<'a> Translator<'a> {
                 })
             })
             .collect()
+    }
+}
+
+/// A listener on one address and port, named as Istio names it
+/// (`0.0.0.0_8080`).
+fn port_listener(address: &str, port: u16, direction: TrafficDirection, filter_chains: Vec<FilterChain>) -> Listener {
+    Listener {
+        name: format!("{address}_{port}"),
+        address: address.to_string(),
+        port,
+        direction,
+        use_original_dst: false,
+        filter_chains,
+    }
+}
+
+/// Istio's weights: a lone destination without a weight takes all the
+/// traffic; among several, an unset weight is 0.
+fn destination_weight(weight: Option<i32>, single: bool) -> u32 {
+    match weight {
+        Some(w) => u32::try_from(w).unwrap_or(0),
+        None if single => 100,
+        None => 0,
     }
 }
 
@@ -981,23 +980,6 @@ fn sidecar_domains(svc: &Service, port: u16, proxy_ns: &str) -> Vec<String> {
     ordered
 }
 
-fn forward_route(name: &str, cluster: &str) -> Route {
-    Route {
-        name: name.into(),
-        matches: vec![],
-        action: RouteAction::Forward {
-            clusters: vec![WeightedCluster { cluster: cluster.into(), weight: 100, headers: HeaderOps::default() }],
-        },
-        rewrite: None,
-        timeout: None,
-        retry: None,
-        fault: None,
-        mirrors: vec![],
-        headers: HeaderOps::default(),
-        cors: None,
-    }
-}
-
 fn https_redirect_route() -> Route {
     Route {
         action: RouteAction::Redirect(Redirect {
@@ -1009,7 +991,7 @@ fn https_redirect_route() -> Route {
             port_from_request: false,
             code: 301,
         }),
-        ..forward_route("https_redirect", "")
+        ..Route::forward("https_redirect", "")
     }
 }
 
@@ -1172,18 +1154,7 @@ fn effective_policy(base: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>
         if let Some(pl) =
             layer.port_level_settings.iter().find(|p| p.port.as_ref().and_then(|p| p.number) == Some(u32::from(port)))
         {
-            if pl.load_balancer.is_some() {
-                out.load_balancer.clone_from(&pl.load_balancer);
-            }
-            if pl.connection_pool.is_some() {
-                out.connection_pool.clone_from(&pl.connection_pool);
-            }
-            if pl.outlier_detection.is_some() {
-                out.outlier_detection.clone_from(&pl.outlier_detection);
-            }
-            if pl.tls.is_some() {
-                out.tls.clone_from(&pl.tls);
-            }
+            overlay(&mut out, &pl.as_policy());
         }
     }
     out

@@ -319,6 +319,19 @@ pub struct PortTrafficPolicy {
     pub tls: Option<ClientTlsSettings>,
 }
 
+impl PortTrafficPolicy {
+    /// The sections a port-level setting can override, as a policy.
+    pub fn as_policy(&self) -> TrafficPolicy {
+        TrafficPolicy {
+            load_balancer: self.load_balancer.clone(),
+            connection_pool: self.connection_pool.clone(),
+            outlier_detection: self.outlier_detection.clone(),
+            tls: self.tls.clone(),
+            ..TrafficPolicy::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RetryBudget {

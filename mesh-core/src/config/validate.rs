@@ -504,18 +504,7 @@ impl Validator {
     }
 
     fn traffic_policy(&mut self, at: &str, tp: &TrafficPolicy, allow_port_level: bool) {
-        if let Some(lb) = &tp.load_balancer {
-            self.load_balancer(&format!("{at}.loadBalancer"), lb);
-        }
-        if let Some(cp) = &tp.connection_pool {
-            self.connection_pool(&format!("{at}.connectionPool"), cp);
-        }
-        if let Some(od) = &tp.outlier_detection {
-            self.outlier_detection(&format!("{at}.outlierDetection"), od);
-        }
-        if let Some(tls) = &tp.tls {
-            self.client_tls(&format!("{at}.tls"), tls);
-        }
+        self.policy_sections(at, tp);
         if !allow_port_level && !tp.port_level_settings.is_empty() {
             self.err(format!("{at}.portLevelSettings"), "not allowed here");
         }
@@ -531,24 +520,29 @@ impl Validator {
                     }
                 }
             }
-            if let Some(lb) = &p.load_balancer {
-                self.load_balancer(&format!("{pat}.loadBalancer"), lb);
-            }
-            if let Some(cp) = &p.connection_pool {
-                self.connection_pool(&format!("{pat}.connectionPool"), cp);
-            }
-            if let Some(od) = &p.outlier_detection {
-                self.outlier_detection(&format!("{pat}.outlierDetection"), od);
-            }
-            if let Some(tls) = &p.tls {
-                self.client_tls(&format!("{pat}.tls"), tls);
-            }
+            self.policy_sections(&pat, &p.as_policy());
         }
         if let Some(rb) = &tp.retry_budget {
             if rb.percent.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
                 self.err(format!("{at}.retryBudget.percent"), "must be between 0 and 100");
             }
             self.duration(&format!("{at}.retryBudget.budgetInterval"), &rb.budget_interval);
+        }
+    }
+
+    /// The sections both a policy and a port-level setting have.
+    fn policy_sections(&mut self, at: &str, tp: &TrafficPolicy) {
+        if let Some(lb) = &tp.load_balancer {
+            self.load_balancer(&format!("{at}.loadBalancer"), lb);
+        }
+        if let Some(cp) = &tp.connection_pool {
+            self.connection_pool(&format!("{at}.connectionPool"), cp);
+        }
+        if let Some(od) = &tp.outlier_detection {
+            self.outlier_detection(&format!("{at}.outlierDetection"), od);
+        }
+        if let Some(tls) = &tp.tls {
+            self.client_tls(&format!("{at}.tls"), tls);
         }
     }
 

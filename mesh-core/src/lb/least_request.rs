@@ -6,7 +6,7 @@
 //! are equally fast (Envoy uses an EDF scheduler with the same intent).
 
 use super::random::pick_cumulative;
-use super::{uniform_weights, Host, LoadBalancer};
+use super::{cumulative_weights, Host, LoadBalancer};
 
 pub struct LeastRequest {
     choice_count: u32,
@@ -15,18 +15,7 @@ pub struct LeastRequest {
 
 impl LeastRequest {
     pub fn new(hosts: &[Host], choice_count: u32) -> LeastRequest {
-        let cumulative = if uniform_weights(hosts) {
-            Vec::new()
-        } else {
-            hosts
-                .iter()
-                .scan(0u64, |sum, h| {
-                    *sum += u64::from(h.weight);
-                    Some(*sum)
-                })
-                .collect()
-        };
-        LeastRequest { choice_count: choice_count.max(1), cumulative }
+        LeastRequest { choice_count: choice_count.max(1), cumulative: cumulative_weights(hosts) }
     }
 }
 

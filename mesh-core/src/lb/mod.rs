@@ -68,6 +68,21 @@ fn uniform_weights(hosts: &[Host]) -> bool {
     hosts.windows(2).all(|w| w[0].weight == w[1].weight)
 }
 
+/// Running totals of the hosts' weights for weighted draws; empty when all
+/// weights are equal (draw uniformly instead).
+fn cumulative_weights(hosts: &[Host]) -> Vec<u64> {
+    if uniform_weights(hosts) {
+        return Vec::new();
+    }
+    hosts
+        .iter()
+        .scan(0u64, |sum, h| {
+            *sum += u64::from(h.weight);
+            Some(*sum)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 pub(crate) fn hosts(n: usize) -> Vec<Host> {
     (0..n).map(|i| Host::new(&format!("10.0.{}.{}", i / 250, i % 250 + 1), 8080, 1)).collect()

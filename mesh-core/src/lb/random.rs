@@ -1,7 +1,7 @@
 //! Random choice, weighted when weights differ (binary search over the
 //! cumulative weights).
 
-use super::{uniform_weights, Host, LoadBalancer};
+use super::{cumulative_weights, Host, LoadBalancer};
 
 pub struct Random {
     /// Cumulative weights; empty when all weights are equal.
@@ -10,18 +10,7 @@ pub struct Random {
 
 impl Random {
     pub fn new(hosts: &[Host]) -> Random {
-        let cumulative = if uniform_weights(hosts) {
-            Vec::new()
-        } else {
-            hosts
-                .iter()
-                .scan(0u64, |sum, h| {
-                    *sum += u64::from(h.weight);
-                    Some(*sum)
-                })
-                .collect()
-        };
-        Random { cumulative }
+        Random { cumulative: cumulative_weights(hosts) }
     }
 }
 

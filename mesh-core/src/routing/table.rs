@@ -397,23 +397,10 @@ impl CompiledRouteMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy_config::{HeaderMatcher, HeaderOps, QueryParamMatcher, RouteAction, VirtualHost, WeightedCluster};
+    use crate::proxy_config::{HeaderMatcher, QueryParamMatcher, VirtualHost};
 
     fn route(name: &str, matches: Vec<RouteMatch>) -> Route {
-        Route {
-            name: name.into(),
-            matches,
-            action: RouteAction::Forward {
-                clusters: vec![WeightedCluster { cluster: name.into(), weight: 1, headers: HeaderOps::default() }],
-            },
-            rewrite: None,
-            timeout: None,
-            retry: None,
-            fault: None,
-            mirrors: vec![],
-            headers: HeaderOps::default(),
-            cors: None,
-        }
+        Route { matches, ..Route::forward(name, name) }
     }
 
     fn config(domains: &[&[&str]], routes: Vec<Route>) -> RouteConfig {
