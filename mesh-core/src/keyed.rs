@@ -92,15 +92,29 @@ where
         }
     }
 
-    /// Replace everything at once: one `Reset` for watchers, never a
-    /// half-applied mix of old and new.
+    /// Replace everything at once. Watchers get the difference as upserts
+    /// and deletes sent back to back under the lock (so a debouncing
+    /// watcher sees them together, and an endpoints-only edit stays one),
+    /// or a single `Reset` when most of the state changed.
     pub fn replace_all(&self, all: KeyedMap<K, V>) {
         let mut state = self.lock();
         if **state == all {
             return;
         }
-        *state = Arc::new(all);
-        let _ = self.changes.send(KeyedEvent::Reset(Arc::clone(&state)));
+        let old = std::mem::replace(&mut *state, Arc::new(all));
+        let mut changes: Vec<KeyedEvent<K, V>> = state
+            .iter()
+            .filter(|(k, v)| old.get(k) != Some(v))
+            .map(|(k, v)| KeyedEvent::Upsert(k.clone(), v.clone()))
+            .collect();
+        changes.extend(old.keys().filter(|k| !state.contains_key(k)).map(|k| KeyedEvent::Delete(k.clone())));
+        if old.is_empty() || changes.len() * 2 > state.len().max(old.len()) {
+            let _ = self.changes.send(KeyedEvent::Reset(Arc::clone(&state)));
+        } else {
+            for change in changes {
+                let _ = self.changes.send(change);
+            }
+        }
     }
 
     /// The current state as a `Reset`, then every change after it.
@@ -221,6 +235,24 @@ mod tests {
         p.delete(&"a".to_string());
         assert_eq!(w.next().await.unwrap(), KeyedEvent::Upsert("b".into(), 2));
         assert_eq!(w.next().await.unwrap(), KeyedEvent::Delete("a".into()));
+    }
+
+    #[tokio::test]
+    async fn replace_all_sends_a_small_difference_as_changes() {
+        let p = Arc::new(Publisher::<u32, u32>::default());
+        p.replace_all((0..10).map(|i| (i, i)).collect());
+        let mut w = p.watch();
+        let _ = w.next().await;
+        let mut next: KeyedMap<u32, u32> = (1..10).map(|i| (i, i)).collect();
+        next.insert(5, 50);
+        next.insert(10, 10);
+        p.replace_all(next.clone());
+        let mut seen = vec![w.next().await.unwrap(), w.next().await.unwrap(), w.next().await.unwrap()];
+        seen.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(seen, [KeyedEvent::Delete(0), KeyedEvent::Upsert(10, 10), KeyedEvent::Upsert(5, 50)]);
+        // Most of it changed: one Reset.
+        p.replace_all((100..110).map(|i| (i, i)).collect());
+        assert!(matches!(w.next().await.unwrap(), KeyedEvent::Reset(all) if all.len() == 10 && all.contains_key(&100)));
     }
 
     #[tokio::test]

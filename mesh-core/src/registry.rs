@@ -93,7 +93,9 @@ impl AggregateRegistry {
     }
 }
 
-fn merge_states(states: &[&ServiceState]) -> ServiceState {
+/// How several sources' views of one hostname combine: the first definition,
+/// the union of endpoints.
+pub fn merge_states(states: &[&ServiceState]) -> ServiceState {
     if let [only] = states {
         return (*only).clone();
     }
