@@ -240,6 +240,9 @@ fn decode_object(raw: &RawObject, default_ns: &str) -> Decode {
                     .map(|e| Problem::error(loc(), e.reason).resource(e.resource.to_string()).field(e.field))
                     .collect(),
             ),
+            Err(ConfigError::Schema { path, reason, .. }) if key.name.is_empty() => {
+                Decode::Invalid(None, vec![Problem::error(loc(), reason).field(path)])
+            }
             Err(ConfigError::Schema { path, reason, .. }) => Decode::Invalid(
                 Some(key.clone()),
                 vec![Problem::error(loc(), reason).resource(key.to_string()).field(path)],
@@ -260,12 +263,8 @@ fn decode_object(raw: &RawObject, default_ns: &str) -> Decode {
         _ => return Decode::Skipped(format!("{api_version} {kind}")),
     };
     match object {
-        Ok(o) if key.name.is_empty() => {
-            drop(o);
-            Decode::Invalid(
-                None,
-                vec![Problem::error(loc(), "is required").resource(key.to_string()).field("metadata.name")],
-            )
+        Ok(_) if key.name.is_empty() => {
+            Decode::Invalid(None, vec![Problem::error(loc(), "is required").field("metadata.name")])
         }
         Ok(o) => Decode::Object(key, o, vec![]),
         Err((path, reason)) => Decode::Invalid(

@@ -71,7 +71,7 @@ fn unknown_fields_are_reported_not_dropped_silently() {
     .unwrap()
     .remove(0);
     let Decoded::Istio { unknown_fields, .. } = config::decode(doc, "default").unwrap() else { panic!() };
-    assert_eq!(unknown_fields, ["spec.htp", "spec.http.0.route.0.wieght"]);
+    assert_eq!(unknown_fields, ["spec.htp", "spec.http[0].route[0].wieght"]);
 }
 
 #[test]

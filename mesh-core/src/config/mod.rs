@@ -244,7 +244,7 @@ fn decode_spec(kind: Kind, value: serde_json::Value, unknown: &mut Vec<String>) 
         value: serde_json::Value,
         unknown: &mut Vec<String>,
     ) -> Result<T, (String, String)> {
-        let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(format!("spec.{path}"));
+        let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(format!("spec{}", field_path(&path)));
         let ignored = serde_ignored::Deserializer::new(value, &mut note_unknown);
         serde_path_to_error::deserialize(ignored).map_err(|e| {
             let path = e.path().to_string();
@@ -263,6 +263,18 @@ fn decode_spec(kind: Kind, value: serde_json::Value, unknown: &mut Vec<String>) 
         Kind::PeerAuthentication => Spec::PeerAuthentication(typed(value, unknown)?),
         Kind::RequestAuthentication => Spec::RequestAuthentication(typed(value, unknown)?),
     })
+}
+
+/// `.http[0].route[0].weight`: the same notation as schema and validation
+/// errors use.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => format!("{}.{key}", field_path(parent)),
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+    }
 }
 
 /// Split a YAML (or JSON) text into its documents, each parsed to a value.
