@@ -4,7 +4,7 @@
 //! file's directory (editors write a temp file and rename it over; a
 //! ConfigMap swaps its `..data` symlink), a directory recursively.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,9 +82,9 @@ impl StaticSource {
 
 /// Watch a directory itself (recursively); a file through its parent
 /// directory, so renames over it and symlink swaps are seen.
-fn watch_target(path: &PathBuf) -> (PathBuf, RecursiveMode) {
+fn watch_target(path: &Path) -> (PathBuf, RecursiveMode) {
     if path.is_dir() {
-        (path.clone(), RecursiveMode::Recursive)
+        (path.to_path_buf(), RecursiveMode::Recursive)
     } else {
         let parent =
             path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from);
