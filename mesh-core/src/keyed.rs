@@ -92,29 +92,24 @@ where
         }
     }
 
-    /// Replace everything at once. Watchers get the difference as upserts
-    /// and deletes sent back to back under the lock (so a debouncing
-    /// watcher sees them together, and an endpoints-only edit stays one),
-    /// or a single `Reset` when most of the state changed.
+    /// Replace everything at once. Every event a watcher gets leaves it
+    /// with a state that was really published: a change to one key goes
+    /// out as that key's `Upsert` or `Delete` (so an endpoints-only edit
+    /// stays one), a change to several as one `Reset`.
     pub fn replace_all(&self, all: KeyedMap<K, V>) {
         let mut state = self.lock();
         if **state == all {
             return;
         }
         let old = std::mem::replace(&mut *state, Arc::new(all));
-        let mut changes: Vec<KeyedEvent<K, V>> = state
-            .iter()
-            .filter(|(k, v)| old.get(k) != Some(v))
-            .map(|(k, v)| KeyedEvent::Upsert(k.clone(), v.clone()))
-            .collect();
-        changes.extend(old.keys().filter(|k| !state.contains_key(k)).map(|k| KeyedEvent::Delete(k.clone())));
-        if old.is_empty() || changes.len() * 2 > state.len().max(old.len()) {
-            let _ = self.changes.send(KeyedEvent::Reset(Arc::clone(&state)));
-        } else {
-            for change in changes {
-                let _ = self.changes.send(change);
-            }
-        }
+        let mut changed = state.iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(k, _)| k);
+        let mut deleted = old.keys().filter(|k| !state.contains_key(k));
+        let event = match (changed.next(), changed.next(), deleted.next(), deleted.next()) {
+            (Some(k), None, None, _) => KeyedEvent::Upsert(k.clone(), state[k].clone()),
+            (None, _, Some(k), None) => KeyedEvent::Delete(k.clone()),
+            _ => KeyedEvent::Reset(Arc::clone(&state)),
+        };
+        let _ = self.changes.send(event);
     }
 
     /// The current state as a `Reset`, then every change after it.
@@ -238,21 +233,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn replace_all_sends_a_small_difference_as_changes() {
+    async fn replace_all_sends_one_change_alone_and_several_as_a_reset() {
         let p = Arc::new(Publisher::<u32, u32>::default());
         p.replace_all((0..10).map(|i| (i, i)).collect());
         let mut w = p.watch();
         let _ = w.next().await;
-        let mut next: KeyedMap<u32, u32> = (1..10).map(|i| (i, i)).collect();
+        let mut next: KeyedMap<u32, u32> = (0..10).map(|i| (i, i)).collect();
         next.insert(5, 50);
-        next.insert(10, 10);
         p.replace_all(next.clone());
-        let mut seen = vec![w.next().await.unwrap(), w.next().await.unwrap(), w.next().await.unwrap()];
-        seen.sort_by_key(|e| format!("{e:?}"));
-        assert_eq!(seen, [KeyedEvent::Delete(0), KeyedEvent::Upsert(10, 10), KeyedEvent::Upsert(5, 50)]);
-        // Most of it changed: one Reset.
-        p.replace_all((100..110).map(|i| (i, i)).collect());
-        assert!(matches!(w.next().await.unwrap(), KeyedEvent::Reset(all) if all.len() == 10 && all.contains_key(&100)));
+        assert_eq!(w.next().await.unwrap(), KeyedEvent::Upsert(5, 50));
+        next.remove(&0);
+        p.replace_all(next.clone());
+        assert_eq!(w.next().await.unwrap(), KeyedEvent::Delete(0));
+        next.insert(1, 10);
+        next.insert(2, 20);
+        p.replace_all(next.clone());
+        assert!(matches!(w.next().await.unwrap(), KeyedEvent::Reset(all) if *all == next));
     }
 
     #[tokio::test]
