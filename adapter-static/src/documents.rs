@@ -18,7 +18,8 @@ pub fn objects(file: &Path, text: &str) -> (Vec<RawObject>, Vec<Problem>) {
     let mut objects = Vec::new();
     let mut problems = Vec::new();
     for (index, (line, doc)) in split(text).into_iter().enumerate() {
-        let location = Location { file: file.to_path_buf(), document: index, line, item: None };
+        let location =
+            Location { file: file.to_path_buf(), document: index, line: first_content_line(line, doc), item: None };
         if doc.trim().is_empty() || doc.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
             continue;
         }
@@ -42,6 +43,17 @@ pub fn objects(file: &Path, text: &str) -> (Vec<RawObject>, Vec<Problem>) {
         }
     }
     (objects, problems)
+}
+
+/// The line of a document's first content (past the `---` marker, blank
+/// lines and comments): where people look for the resource.
+fn first_content_line(start: usize, doc: &str) -> usize {
+    doc.lines()
+        .position(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#')
+        })
+        .map_or(start, |k| start + k)
 }
 
 fn first_line(s: &str) -> String {
@@ -106,7 +118,7 @@ mod tests {
         assert!(problems.is_empty());
         let kinds: Vec<&str> = objs.iter().map(|o| o.value["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["A", "B", "C", "D"]);
-        assert_eq!(objs[1].location.line, 4);
+        assert_eq!(objs.iter().map(|o| o.location.line).collect::<Vec<_>>(), [2, 5, 8, 11]);
     }
 
     #[test]
@@ -116,7 +128,7 @@ mod tests {
         assert_eq!(objs.len(), 2);
         assert_eq!(problems.len(), 1);
         let l = problems[0].location.as_ref().unwrap();
-        assert_eq!((l.document, l.line), (1, 2));
+        assert_eq!((l.document, l.line), (1, 3));
         assert!(problems[0].message.starts_with("not valid YAML"), "{}", problems[0].message);
     }
 

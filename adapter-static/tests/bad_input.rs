@@ -152,7 +152,7 @@ fn a_resource_without_a_name_or_kind_is_reported() {
     common::write(&dir.path().join("more.yaml"), "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {namespace: default}\nspec: {}\n---\napiVersion: v1\nmetadata: {name: x}\n");
     source.reload();
     expect_error(&source, "more.yaml", Some(1), None, Some("metadata.name"), "is required");
-    expect_error(&source, "more.yaml", Some(5), None, Some("kind"), "`kind` is required");
+    expect_error(&source, "more.yaml", Some(6), None, Some("kind"), "`kind` is required");
     assert_eq!(reviews_subset(&source).as_deref(), Some("v1"));
 }
 

@@ -15,6 +15,7 @@
 //! | [`mesh`] | a store and a registry followed as one debounced, consistent snapshot stream |
 //! | [`translate`] | config + registry + proxy identity -> [`ProxyConfig`] |
 //! | [`proxy_config`] | the compiled, Envoy-shaped config one proxy runs |
+//! | [`analyze`] | cross-resource checks (`istioctl analyze`): unknown hosts and subsets, unused subsets, unserved gateways, conflicts, unreachable routes |
 //! | [`routing`] | route tables: host and first-match route lookup, weighted destinations |
 //! | [`lb`] | round robin, random, least request (P2C), ring hash, Maglev, locality |
 //! | [`resilience`] | retries and backoff, circuit breakers, outlier detection |
@@ -133,6 +134,7 @@
 //! assert_eq!(clusters[0].cluster, "outbound|9080|v2|reviews.default.svc.cluster.local");
 //! ```
 
+pub mod analyze;
 pub mod authz;
 pub mod config;
 pub mod fault;

@@ -1,0 +1,166 @@
+//! `meshctl`: check Istio config files before they reach a proxy.
+//!
+//! ```text
+//! meshctl validate PATH...   schema and field validation of every resource
+//! meshctl analyze PATH...    validation plus cross-resource checks
+//! ```
+//!
+//! Paths are files or directories of YAML/JSON (Istio resources, and
+//! Kubernetes Services, EndpointSlices, Pods and Deployments for the
+//! registry). Problems are printed grouped by file, one line each with its
+//! line number; the exit code is 1 when there is an error.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use adapter_static::{Problem, Severity, StaticOptions, StaticSource};
+use clap::{Parser, Subcommand, ValueEnum};
+use mesh_core::analyze;
+use mesh_core::mesh::MeshSnapshot;
+
+#[derive(Parser)]
+#[command(name = "meshctl", about = "Check Istio config for the mesh", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Colour the output: auto (when printing to a terminal and NO_COLOR is unset), always or never.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    color: Color,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate every resource: schema, fields, values.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Validate, then check resources against each other and the registry.
+    Analyze {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// One line of the report.
+struct Line {
+    line: Option<usize>,
+    severity: Severity,
+    resource: Option<String>,
+    field: Option<String>,
+    message: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let colored = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let (paths, analyze) = match cli.command {
+        Command::Validate { paths } => (paths, false),
+        Command::Analyze { paths } => (paths, true),
+    };
+    let source = StaticSource::load(StaticOptions::new(paths));
+    let status = source.status();
+    let mut by_file: BTreeMap<Option<PathBuf>, Vec<Line>> = BTreeMap::new();
+    for p in status.problems {
+        by_file.entry(p.file().map(Path::to_path_buf)).or_default().push(problem_line(p));
+    }
+    if analyze {
+        let mesh = MeshSnapshot::read(&source, &source);
+        let workloads: Vec<analyze::WorkloadLabels> =
+            source.workloads().iter().map(|w| (w.namespace.clone(), w.labels.clone())).collect();
+        let origins = source.origins();
+        for f in analyze::analyze(&mesh, &workloads) {
+            let origin = origins.get(&f.resource);
+            by_file.entry(origin.map(|o| o.file.clone())).or_default().push(Line {
+                line: origin.map(|o| o.line),
+                severity: match f.severity {
+                    analyze::Severity::Error => Severity::Error,
+                    analyze::Severity::Warning => Severity::Warning,
+                },
+                resource: Some(f.resource.to_string()),
+                field: Some(f.field),
+                message: f.message,
+            });
+        }
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let paint = |code: &str, text: &str| if colored { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() };
+    let (mut errors, mut warnings) = (0, 0);
+    for (file, mut lines) in by_file {
+        lines.sort_by_key(|l| (l.line, l.severity));
+        let name = file.as_deref().map_or_else(|| "(no file)".to_string(), display_path);
+        let _ = writeln!(out, "{}", paint("1", &name));
+        for l in lines {
+            let severity = match l.severity {
+                Severity::Error => {
+                    errors += 1;
+                    paint("31", "error")
+                }
+                Severity::Warning => {
+                    warnings += 1;
+                    paint("33", "warning")
+                }
+            };
+            let at = l.line.map_or_else(|| name.clone(), |n| format!("{name}:{n}"));
+            let mut text = format!("  {at}: {severity}");
+            if let Some(r) = &l.resource {
+                text.push_str(&format!(" {}", paint("36", r)));
+            }
+            if let Some(f) = &l.field {
+                text.push_str(&format!(" {}", paint("2", f)));
+            }
+            text.push_str(&format!(": {}", l.message));
+            let _ = writeln!(out, "{text}");
+        }
+        let _ = writeln!(out);
+    }
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let summary = format!(
+        "{}, {} in {} ({}, {})",
+        plural(errors, "error"),
+        plural(warnings, "warning"),
+        plural(status.files, "file"),
+        plural(status.resources, "resource"),
+        plural(status.services, "service")
+    );
+    let _ = writeln!(out, "{}", if errors > 0 { paint("31;1", &summary) } else { paint("32;1", &summary) });
+    if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn problem_line(p: Problem) -> Line {
+    Line {
+        line: p.location.as_ref().map(|l| l.line),
+        severity: p.severity,
+        resource: p.resource,
+        field: p.field,
+        message: p.message,
+    }
+}
+
+/// A path relative to the working directory when it is below it.
+fn display_path(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
+}
