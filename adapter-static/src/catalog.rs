@@ -46,6 +46,17 @@ pub enum Object {
     Deployment(Deployment),
 }
 
+impl Object {
+    /// Does the registry read it (so a change to it means rebuilding the
+    /// registry)?
+    fn feeds_registry(&self) -> bool {
+        match self {
+            Object::Istio(r) => matches!(r.spec, Spec::ServiceEntry(_) | Spec::WorkloadEntry(_)),
+            Object::Service(_) | Object::EndpointSlice(_) | Object::Pod(_) | Object::Deployment(_) => true,
+        }
+    }
+}
+
 /// Kind, namespace and name: what makes two objects the same object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
@@ -70,6 +81,7 @@ struct Parsed {
 /// A file as last parsed, reused while its content does not change.
 #[derive(Clone, Debug)]
 struct CachedFile {
+    fingerprint: Option<files::Fingerprint>,
     hash: u64,
     objects: Vec<Parsed>,
     problems: Vec<Problem>,
@@ -123,11 +135,20 @@ pub struct Loader {
     roots: Vec<PathBuf>,
     options: LoaderOptions,
     files: BTreeMap<PathBuf, CachedFile>,
+    registry: Option<CachedRegistry>,
+}
+
+/// The registry of the last load, and the content hashes of the files it
+/// was built from: reused while those files do not change.
+struct CachedRegistry {
+    sources: Vec<(PathBuf, u64)>,
+    services: RegistrySnapshot,
+    workloads: BTreeSet<Workload>,
 }
 
 impl Loader {
     pub fn new(roots: Vec<PathBuf>, options: LoaderOptions) -> Loader {
-        Loader { roots, options, files: BTreeMap::new() }
+        Loader { roots, options, files: BTreeMap::new(), registry: None }
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -139,8 +160,12 @@ impl Loader {
     pub fn load(&mut self) -> Catalog {
         let (paths, mut problems) = files::discover(&self.roots);
         let mut files = BTreeMap::new();
-        for path in paths {
+        for (path, fingerprint) in paths {
             let previous = self.files.remove(&path);
+            if let Some(p) = previous.as_ref().filter(|p| p.fingerprint.is_some() && p.fingerprint == fingerprint) {
+                files.insert(path, p.clone());
+                continue;
+            }
             let cached = match files::read(&path, self.options.max_file_bytes).text {
                 Err(problem) => {
                     problems.push(keeps_serving(problem, previous.is_some()));
@@ -151,16 +176,29 @@ impl Loader {
                 }
                 Ok(text) => {
                     let hash = xxhash_rust::xxh64::xxh64(text.as_bytes(), 0);
-                    match previous {
+                    let mut cached = match previous {
                         Some(p) if p.hash == hash => p,
                         previous => parse_file(&path, &text, hash, previous.as_ref(), &self.options.default_namespace),
-                    }
+                    };
+                    cached.fingerprint = fingerprint.filter(files::Fingerprint::is_settled);
+                    cached
                 }
             };
             files.insert(path, cached);
         }
         self.files = files;
-        assemble(&self.files, problems)
+        let sources: Vec<(PathBuf, u64)> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.objects.iter().any(|p| p.object.feeds_registry()))
+            .map(|(p, f)| (p.clone(), f.hash))
+            .collect();
+        let reuse =
+            self.registry.as_ref().filter(|r| r.sources == sources).map(|r| (r.services.clone(), r.workloads.clone()));
+        let catalog = assemble(&self.files, problems, reuse);
+        self.registry =
+            Some(CachedRegistry { sources, services: catalog.services.clone(), workloads: catalog.workloads.clone() });
+        catalog
     }
 }
 
@@ -178,10 +216,10 @@ fn parse_file(path: &Path, text: &str, hash: u64, previous: Option<&CachedFile>,
         let problems = syntax_problems.into_iter().map(|p| keeps_serving(p, previous.is_some())).collect();
         return match previous {
             Some(prev) => CachedFile { hash, problems, ..prev.clone() },
-            None => CachedFile { hash, objects: vec![], problems, skipped_kinds: vec![] },
+            None => CachedFile { fingerprint: None, hash, objects: vec![], problems, skipped_kinds: vec![] },
         };
     }
-    let mut out = CachedFile { hash, objects: vec![], problems: vec![], skipped_kinds: vec![] };
+    let mut out = CachedFile { fingerprint: None, hash, objects: vec![], problems: vec![], skipped_kinds: vec![] };
     for raw in raws {
         match decode_object(&raw, default_ns) {
             Decode::Object(key, object, warnings) => {
@@ -274,7 +312,13 @@ fn decode_object(raw: &RawObject, default_ns: &str) -> Decode {
     }
 }
 
-fn assemble(files: &BTreeMap<PathBuf, CachedFile>, mut problems: Vec<Problem>) -> Catalog {
+/// Build the catalog; `registry` is the previous registry and workloads
+/// when none of their source files changed.
+fn assemble(
+    files: &BTreeMap<PathBuf, CachedFile>,
+    mut problems: Vec<Problem>,
+    registry: Option<(RegistrySnapshot, BTreeSet<Workload>)>,
+) -> Catalog {
     let mut catalog = Catalog { files: files.len(), ..Catalog::default() };
     let mut first_seen: BTreeMap<&ObjectKey, &Location> = BTreeMap::new();
     let mut skipped: BTreeMap<&str, &Location> = BTreeMap::new();
@@ -327,15 +371,43 @@ fn assemble(files: &BTreeMap<PathBuf, CachedFile>, mut problems: Vec<Problem>) -
         ));
     }
 
-    // The registry: Kubernetes services first, then ServiceEntries; one
+    match registry {
+        Some((services, workloads)) => {
+            catalog.services = services;
+            catalog.workloads = workloads;
+        }
+        None => build_registry(&mut catalog, &k8s_services, &slices, &pods, &resources),
+    }
+    for (r, location) in resources {
+        catalog.origins.insert(r.key(), location.clone());
+        catalog.config.insert(r.key(), Arc::clone(r));
+    }
+    problems.sort_by(|a, b| {
+        (a.file(), a.location.as_ref().map(|l| (l.line, l.item)))
+            .cmp(&(b.file(), b.location.as_ref().map(|l| (l.line, l.item))))
+    });
+    catalog.problems = problems;
+    catalog
+}
+
+/// The registry: Kubernetes services first, then ServiceEntries; the views
+/// of one hostname merge as the aggregate registry merges them.
+fn build_registry(
+    catalog: &mut Catalog,
+    k8s_services: &[(String, &KubeService)],
+    slices: &BTreeMap<(String, String), Vec<&EndpointSlice>>,
+    pods: &BTreeMap<(String, String), &Pod>,
+    resources: &[(&Arc<Resource>, &Location)],
+) {
+    // Kubernetes services first, then ServiceEntries; one
     // hostname's views merge as the aggregate registry merges them.
     let mut views: BTreeMap<String, Vec<ServiceState>> = BTreeMap::new();
     let all_pods: Vec<&Pod> = pods.values().copied().collect();
-    for (ns, svc) in &k8s_services {
+    for (ns, svc) in k8s_services {
         let service = kube::service(svc, ns);
         let endpoints = match (slices.get(&(ns.clone(), svc.metadata.name.clone())), svc.spec.external_name.as_ref()) {
             (_, Some(external)) if service.mesh_external => vec![mesh_core::model::Endpoint::new(external.clone())],
-            (Some(s), _) => kube::endpoints_from_slices(s, &pods, ns),
+            (Some(s), _) => kube::endpoints_from_slices(s, pods, ns),
             (None, _) => {
                 let in_ns: Vec<&Pod> = all_pods
                     .iter()
@@ -359,7 +431,7 @@ fn assemble(files: &BTreeMap<PathBuf, CachedFile>, mut problems: Vec<Problem>) -
         .collect();
     let workloads: Vec<NamespacedWorkload<'_>> =
         workload_entries.iter().map(|(ns, w)| NamespacedWorkload { namespace: ns, entry: w }).collect();
-    for (r, _) in &resources {
+    for (r, _) in resources {
         match &r.spec {
             Spec::ServiceEntry(se) => {
                 for (service, endpoints) in services_of(se, &r.meta.namespace, &workloads) {
@@ -390,14 +462,4 @@ fn assemble(files: &BTreeMap<PathBuf, CachedFile>, mut problems: Vec<Problem>) -
         }
         catalog.services.insert(host, merged);
     }
-    for (r, location) in resources {
-        catalog.origins.insert(r.key(), location.clone());
-        catalog.config.insert(r.key(), Arc::clone(r));
-    }
-    problems.sort_by(|a, b| {
-        (a.file(), a.location.as_ref().map(|l| (l.line, l.item)))
-            .cmp(&(b.file(), b.location.as_ref().map(|l| (l.line, l.item))))
-    });
-    catalog.problems = problems;
-    catalog
 }

@@ -6,7 +6,7 @@
 //! are symlinks through `..data`, and are followed). Directory symlinks are
 //! followed with loop detection.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::problem::Problem;
@@ -20,25 +20,31 @@ pub struct FileText {
     pub text: Result<String, Problem>,
 }
 
-/// The config files under `roots`, in a stable order, plus problems with
-/// paths that could not be walked.
-pub fn discover(roots: &[PathBuf]) -> (Vec<PathBuf>, Vec<Problem>) {
-    let mut files = BTreeSet::new();
+/// The config files under `roots`, in a stable order, each with what it
+/// looked like when found, plus problems with paths that could not be
+/// walked.
+pub fn discover(roots: &[PathBuf]) -> (Vec<(PathBuf, Option<Fingerprint>)>, Vec<Problem>) {
+    let mut files = BTreeMap::new();
     let mut problems = Vec::new();
     for root in roots {
         let mut visited = BTreeSet::new();
         match std::fs::metadata(root) {
             Err(e) => problems.push(Problem::for_path(root.clone(), format!("cannot read: {e}"))),
             Ok(m) if m.is_dir() => walk(root, &mut visited, &mut files, &mut problems),
-            Ok(_) => {
-                files.insert(root.clone());
+            Ok(m) => {
+                files.insert(root.clone(), Fingerprint::of(&m));
             }
         }
     }
     (files.into_iter().collect(), problems)
 }
 
-fn walk(dir: &Path, visited: &mut BTreeSet<PathBuf>, files: &mut BTreeSet<PathBuf>, problems: &mut Vec<Problem>) {
+fn walk(
+    dir: &Path,
+    visited: &mut BTreeSet<PathBuf>,
+    files: &mut BTreeMap<PathBuf, Option<Fingerprint>>,
+    problems: &mut Vec<Problem>,
+) {
     let canonical = match std::fs::canonicalize(dir) {
         Ok(c) => c,
         Err(e) => {
@@ -70,8 +76,9 @@ fn walk(dir: &Path, visited: &mut BTreeSet<PathBuf>, files: &mut BTreeSet<PathBu
         match std::fs::metadata(&path) {
             Err(e) => problems.push(Problem::for_path(path.clone(), format!("cannot read: {e}"))),
             Ok(m) if m.is_dir() => walk(&path, visited, files, problems),
-            Ok(_) if has_config_extension(&path) => {
-                files.insert(path);
+            Ok(m) if has_config_extension(&path) => {
+                let fingerprint = Fingerprint::of(&m);
+                files.insert(path, fingerprint);
             }
             Ok(_) => {}
         }
@@ -81,6 +88,34 @@ fn walk(dir: &Path, visited: &mut BTreeSet<PathBuf>, files: &mut BTreeSet<PathBu
 
 fn has_config_extension(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// What a file looked like on disk: when it is the same, the content is
+/// taken to be the same and the file is not read again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl Fingerprint {
+    /// File times can be as coarse as a kernel tick, so two same-size
+    /// writes in one tick look alike. Like git's "racily clean" rule, a
+    /// fingerprint is trusted only once the file is a little older.
+    pub fn is_settled(&self) -> bool {
+        self.modified.and_then(|m| m.elapsed().ok()).is_some_and(|age| age > std::time::Duration::from_secs(2))
+    }
+}
+
+impl Fingerprint {
+    fn of(m: &std::fs::Metadata) -> Option<Fingerprint> {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(Fingerprint { len: m.len(), modified: m.modified().ok(), inode })
+    }
 }
 
 /// Read a file as UTF-8 text, refusing files over `max_bytes` and files

@@ -166,7 +166,6 @@ impl StaticSource {
                 Severity::Warning => tracing::info!(target: "adapter_static", "{p}"),
             }
         }
-        let changed = *self.config.snapshot() != catalog.config || *self.services.snapshot() != catalog.services;
         let mut status = lock(&self.status);
         *lock(&self.origins) = Arc::new(catalog.origins);
         *lock(&self.workloads) = Arc::new(catalog.workloads.into_iter().collect());
@@ -174,8 +173,9 @@ impl StaticSource {
         let endpoints = catalog.services.values().map(|s| s.endpoints.len()).sum();
         // Registry first: a route must never name a cluster whose
         // endpoints have not arrived.
-        self.services.replace_all(catalog.services);
-        self.config.replace_all(catalog.config);
+        let services_changed = self.services.replace_all(catalog.services);
+        let config_changed = self.config.replace_all(catalog.config);
+        let changed = services_changed || config_changed;
         *status = Status {
             generation: status.generation + u64::from(changed),
             loaded_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),

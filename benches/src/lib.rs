@@ -129,3 +129,44 @@ pub fn mesh(services: usize, endpoints_per_service: usize) -> (Vec<Resource>, Ve
     }
     (config, registry)
 }
+
+/// Write a file set for adapter-static: `services` Kubernetes Services with
+/// their EndpointSlices (`endpoints_per_service` endpoints each) in one
+/// file, and one file per service with its VirtualService and
+/// DestinationRule. Returns the path of service `i`'s routing file.
+pub fn write_static_mesh(
+    dir: &std::path::Path,
+    services: usize,
+    endpoints_per_service: usize,
+) -> impl Fn(usize) -> std::path::PathBuf {
+    use std::fmt::Write as _;
+    let mut kube = String::new();
+    for s in 0..services {
+        let _ = write!(
+            kube,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc{s}, namespace: default}}\nspec:\n  clusterIP: 10.96.{}.{}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc{s}-x\n  namespace: default\n  labels: {{kubernetes.io/service-name: svc{s}}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080}}\nendpoints:\n",
+            s / 256,
+            s % 256
+        );
+        for e in 0..endpoints_per_service {
+            let _ =
+                writeln!(kube, "- addresses: [10.{}.{}.{}]\n  conditions: {{ready: true}}", s / 256, s % 256, e + 1);
+        }
+    }
+    std::fs::write(dir.join("cluster.yaml"), kube).unwrap_or_else(|e| panic!("{e}"));
+    let routes = dir.join("routes");
+    std::fs::create_dir_all(&routes).unwrap_or_else(|e| panic!("{e}"));
+    for s in 0..services {
+        std::fs::write(routes.join(format!("svc{s}.yaml")), routing_yaml(s, 90)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    move |s| routes.join(format!("svc{s}.yaml"))
+}
+
+/// Service `s`'s VirtualService (a `v1_weight` / rest split) and
+/// DestinationRule.
+pub fn routing_yaml(s: usize, v1_weight: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc{s}, namespace: default}}\nspec:\n  hosts: [svc{s}]\n  http:\n  - match:\n    - headers: {{end-user: {{exact: jason}}}}\n    route:\n    - destination: {{host: svc{s}, subset: v2}}\n  - route:\n    - destination: {{host: svc{s}, subset: v1}}\n      weight: {v1_weight}\n    - destination: {{host: svc{s}, subset: v2}}\n      weight: {}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc{s}, namespace: default}}\nspec:\n  host: svc{s}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n",
+        100 - v1_weight
+    )
+}

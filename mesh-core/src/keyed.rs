@@ -96,20 +96,29 @@ where
     /// with a state that was really published: a change to one key goes
     /// out as that key's `Upsert` or `Delete` (so an endpoints-only edit
     /// stays one), a change to several as one `Reset`.
-    pub fn replace_all(&self, all: KeyedMap<K, V>) {
+    /// Returns whether anything changed.
+    pub fn replace_all(&self, all: KeyedMap<K, V>) -> bool {
         let mut state = self.lock();
-        if **state == all {
-            return;
+        // The first two differences are enough to choose the event.
+        let mut diffs: Vec<(K, bool)> =
+            all.iter().filter(|(k, v)| state.get(*k) != Some(*v)).map(|(k, _)| (k.clone(), true)).take(2).collect();
+        if diffs.len() < 2 {
+            // Every key of `all` was compared; what else differs is keys
+            // that went away.
+            let gone = state.keys().filter(|k| !all.contains_key(*k)).take(2 - diffs.len());
+            diffs.extend(gone.map(|k| (k.clone(), false)).collect::<Vec<_>>());
         }
-        let old = std::mem::replace(&mut *state, Arc::new(all));
-        let mut changed = state.iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(k, _)| k);
-        let mut deleted = old.keys().filter(|k| !state.contains_key(k));
-        let event = match (changed.next(), changed.next(), deleted.next(), deleted.next()) {
-            (Some(k), None, None, _) => KeyedEvent::Upsert(k.clone(), state[k].clone()),
-            (None, _, Some(k), None) => KeyedEvent::Delete(k.clone()),
+        if diffs.is_empty() {
+            return false;
+        }
+        *state = Arc::new(all);
+        let event = match diffs.as_slice() {
+            [(k, true)] => KeyedEvent::Upsert(k.clone(), state[k].clone()),
+            [(k, false)] => KeyedEvent::Delete(k.clone()),
             _ => KeyedEvent::Reset(Arc::clone(&state)),
         };
         let _ = self.changes.send(event);
+        true
     }
 
     /// The current state as a `Reset`, then every change after it.
@@ -249,6 +258,12 @@ mod tests {
         next.insert(2, 20);
         p.replace_all(next.clone());
         assert!(matches!(w.next().await.unwrap(), KeyedEvent::Reset(all) if *all == next));
+        // One change and one removal are two changes: a Reset too.
+        next.insert(3, 30);
+        next.remove(&4);
+        assert!(p.replace_all(next.clone()));
+        assert!(matches!(w.next().await.unwrap(), KeyedEvent::Reset(all) if *all == next));
+        assert!(!p.replace_all(next.clone()), "no change, no event");
     }
 
     #[tokio::test]

@@ -61,7 +61,7 @@ impl MemoryRegistry {
             .into_iter()
             .map(|(s, e)| (s.hostname.clone(), ServiceState { service: Arc::new(s), endpoints: e.into() }))
             .collect();
-        self.services.replace_all(all);
+        let _ = self.services.replace_all(all);
     }
 }
 

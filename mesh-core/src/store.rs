@@ -55,7 +55,7 @@ impl MemoryConfigStore {
 
     /// Swap in a whole new set of resources (one `Reset` for watchers).
     pub fn replace_all(&self, resources: impl IntoIterator<Item = Resource>) {
-        self.resources.replace_all(resources.into_iter().map(|r| (r.key(), Arc::new(r))).collect());
+        let _ = self.resources.replace_all(resources.into_iter().map(|r| (r.key(), Arc::new(r))).collect());
     }
 }
 
