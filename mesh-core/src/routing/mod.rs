@@ -8,5 +8,5 @@ mod weighted;
 
 pub use matcher::CompiledMatcher;
 pub use request::RequestView;
-pub use table::{RouteHit, RouteTable};
+pub use table::{RouteHit, RouteTable, RouteTableError};
 pub use weighted::pick_weighted;

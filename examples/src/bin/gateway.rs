@@ -1,0 +1,85 @@
+//! `gateway --config PATH...`: an Istio ingress gateway from files.
+//!
+//! Serves the Gateway resources that select it (by default it is Istio's
+//! `istio-ingressgateway`, labels `istio=ingressgateway`), with the
+//! VirtualServices bound to them; reloads the files on change; admin on
+//! 15000 and Prometheus on 15090; drains on SIGTERM and exits 0.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use adapter_static::{StaticOptions, StaticSource};
+use clap::Parser;
+use mesh_core::translate::ProxyIdentity;
+use mesh_proxy::{ConfigSource, ProxyBuilder};
+
+#[derive(Parser)]
+#[command(about = "An Istio-config ingress gateway", version)]
+struct Args {
+    /// Files or directories of Istio YAML (and Kubernetes Services, EndpointSlices, Pods).
+    #[arg(long, required = true, num_args = 1..)]
+    config: Vec<std::path::PathBuf>,
+    #[arg(long, default_value = "istio-ingressgateway")]
+    name: String,
+    #[arg(long, default_value = "istio-system")]
+    namespace: String,
+    /// The gateway workload's labels, which Gateway selectors match.
+    #[arg(long, default_value = "istio=ingressgateway", value_delimiter = ',')]
+    labels: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    metrics: SocketAddr,
+    /// Bind listeners on this address rather than 0.0.0.0.
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Seconds to let requests in flight finish when draining.
+    #[arg(long, default_value_t = 5)]
+    drain_timeout: u64,
+    /// A JSON access log line per request on stdout.
+    #[arg(long)]
+    access_log: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let labels = args
+        .labels
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("--labels: `{kv}` is not key=value"))
+        })
+        .collect::<Result<_, _>>()?;
+    let files = Arc::new(StaticSource::load(StaticOptions::new(args.config)));
+    for problem in &files.status().problems {
+        tracing::warn!("{problem}");
+    }
+    let _watch = files.watch_files()?;
+    let identity = ProxyIdentity::gateway(&args.name, &args.namespace, labels);
+    let mut builder = ProxyBuilder::new(ConfigSource::mesh(files.clone(), files, identity))
+        .admin(args.admin)
+        .metrics(args.metrics)
+        .drain_timeout(Duration::from_secs(args.drain_timeout))
+        .access_log(args.access_log);
+    if let Some(ip) = args.bind {
+        builder = builder.bind_ip(ip);
+    }
+    let proxy = builder.start().await?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+        _ = proxy.drain_requested() => tracing::info!("drain requested on the admin server"),
+    }
+    proxy.drain().await;
+    tracing::info!("drained; bye");
+    Ok(())
+}

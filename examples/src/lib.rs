@@ -1,0 +1,3 @@
+//! Shared pieces of the example binaries.
+
+pub mod backend;

@@ -1,0 +1,144 @@
+//! The admin server (Envoy's, on 15000): `/config_dump`, `/clusters`,
+//! `/stats`, `/stats/prometheus`, `/ready`, `/drain`. The Prometheus
+//! endpoint is also served alone on 15090.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use mesh_core::resilience::circuit_breaker::Resource;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::{self, Body};
+use crate::live::SharedConfig;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub live: SharedConfig,
+    pub metrics: Arc<Metrics>,
+    /// Set to `true` to drain the proxy.
+    pub drain: watch::Sender<bool>,
+}
+
+fn reply(status: StatusCode, content_type: &'static str, text: String) -> Response<Body> {
+    let mut r = Response::new(body::full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(value: &serde_json::Value) -> Response<Body> {
+    reply(StatusCode::OK, "application/json", serde_json::to_string_pretty(value).unwrap_or_default())
+}
+
+pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool) -> Response<Body> {
+    let live = state.live.load_full();
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/stats/prometheus") | (&Method::GET, "/metrics") => {
+            reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render())
+        }
+        _ if prometheus_only => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        (&Method::GET, "/config_dump") => {
+            json(&serde_json::json!({ "version": live.config.version, "config": &*live.config }))
+        }
+        (&Method::GET, "/clusters") => {
+            let mut names: Vec<&String> = live.clusters.keys().collect();
+            names.sort();
+            let clusters: Vec<serde_json::Value> = names
+                .into_iter()
+                .map(|name| {
+                    let c = &live.clusters[name];
+                    let endpoints: Vec<serde_json::Value> = c
+                        .addresses
+                        .iter()
+                        .enumerate()
+                        .map(|(i, addr)| {
+                            serde_json::json!({
+                                "address": addr.to_string(),
+                                "health": "HEALTHY",
+                                "ejected": c.outlier.as_ref().is_some_and(|o| o.is_ejected(i)),
+                                "ejections_total": c.outlier.as_ref().map_or(0, |o| o.ejections(i)),
+                                "active_requests": c.hosts[i].active(),
+                                "weight": c.hosts[i].weight,
+                            })
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "name": name,
+                        "endpoints": endpoints,
+                        "unhealthy_endpoints": c.assignment.endpoints.len() - c.addresses.len(),
+                        "circuit_breakers": {
+                            "max_connections": c.breaker.thresholds().max_connections,
+                            "max_pending_requests": c.breaker.thresholds().max_pending_requests,
+                            "max_requests": c.breaker.thresholds().max_requests,
+                            "max_retries": c.breaker.thresholds().max_retries,
+                            "rq_active": c.breaker.active(Resource::Requests),
+                        },
+                    })
+                })
+                .collect();
+            json(&serde_json::json!({ "clusters": clusters }))
+        }
+        (&Method::GET, "/stats") => {
+            let mut lines = vec![format!("server.config_version: {}", live.config.version)];
+            let mut names: Vec<&String> = live.clusters.keys().collect();
+            names.sort();
+            for name in names {
+                let c = &live.clusters[name];
+                lines.push(format!("cluster.{name}.upstream_rq_active: {}", c.breaker.active(Resource::Requests)));
+                lines.push(format!(
+                    "cluster.{name}.upstream_rq_pending_overflow: {}",
+                    c.breaker.overflows(Resource::Requests)
+                ));
+                lines.push(format!(
+                    "cluster.{name}.upstream_rq_retry_overflow: {}",
+                    c.breaker.overflows(Resource::Retries)
+                ));
+                lines.push(format!(
+                    "cluster.{name}.outlier_detection.ejections_active: {}",
+                    c.outlier.as_ref().map_or(0, |o| o.ejected_count())
+                ));
+            }
+            reply(StatusCode::OK, "text/plain", lines.join("\n") + "\n")
+        }
+        (&Method::GET, "/ready") => {
+            if *state.drain.borrow() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n".into())
+            } else if live.config.version.is_empty() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "PRE_INITIALIZING\n".into())
+            } else {
+                reply(StatusCode::OK, "text/plain", "LIVE\n".into())
+            }
+        }
+        (&Method::POST, "/drain") | (&Method::POST, "/drain_listeners") => {
+            let _ = state.drain.send(true);
+            reply(StatusCode::OK, "text/plain", "OK\n".into())
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Serve the admin endpoints (or only Prometheus) on `socket` until stopped.
+pub async fn serve(socket: TcpListener, state: AdminState, prometheus_only: bool, mut stop: watch::Receiver<bool>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = tokio::select! {
+            a = socket.accept() => match a { Ok(a) => a, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let r = handle(&state, &req, prometheus_only);
+            async move { Ok::<_, Infallible>(r) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}

@@ -1,0 +1,578 @@
+//! The request path: from a downstream request to the response, doing what
+//! the compiled config says (Envoy's HTTP connection manager and router).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use mesh_core::authz::{AuthzRequest, Decision};
+use mesh_core::filter::{FilterChain, FilterContext, RequestAction};
+use mesh_core::lb::hash::request_hash;
+use mesh_core::model::Protocol;
+use mesh_core::proxy_config::{
+    AbortStatus, HeaderOps, LbPolicy, Redirect, Route, RouteAction, RouteMatch, StringMatcher, WeightedCluster,
+};
+use mesh_core::resilience::circuit_breaker::Resource as Breaker;
+use mesh_core::resilience::outlier::Observation;
+use mesh_core::resilience::retry::{try_timeout, Outcome, RetryDecision, RetryState};
+use mesh_core::routing::{pick_weighted, RequestView};
+
+use crate::body::{self, Body, REPLAY_LIMIT};
+use crate::cluster::ClusterState;
+use crate::live::{LiveConfig, SharedConfig};
+use crate::metrics::{Metrics, RequestRecord};
+use crate::upstream::Upstreams;
+
+/// Shared by every connection of every listener.
+pub struct Forwarder {
+    pub live: SharedConfig,
+    pub upstreams: Upstreams,
+    pub filters: FilterChain,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Which listener a request came in on.
+#[derive(Clone, Debug)]
+pub struct Ingress {
+    pub listener: String,
+    pub port: u16,
+    pub peer: SocketAddr,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// Headers that belong to one connection, not to the request.
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authenticate"];
+
+/// How the exchange ended, for logs and metrics (Envoy's response flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flag {
+    None,
+    NoRoute,
+    NoCluster,
+    NoHealthyUpstream,
+    Overflow,
+    ConnectFailure,
+    UpstreamReset,
+    Timeout,
+    FaultAbort,
+    Denied,
+}
+
+impl Flag {
+    pub fn code(self) -> &'static str {
+        match self {
+            Flag::None => "-",
+            Flag::NoRoute => "NR",
+            Flag::NoCluster => "NC",
+            Flag::NoHealthyUpstream => "UH",
+            Flag::Overflow => "UO",
+            Flag::ConnectFailure => "UF",
+            Flag::UpstreamReset => "UC",
+            Flag::Timeout => "UT",
+            Flag::FaultAbort => "FI",
+            Flag::Denied => "RBAC",
+        }
+    }
+}
+
+fn local_reply(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(body::full(Bytes::copy_from_slice(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+impl Forwarder {
+    pub async fn handle(&self, req: Request<Incoming>, ingress: &Ingress) -> Response<Body> {
+        let started = Instant::now();
+        let live = self.live.load_full();
+        let (mut head, incoming) = req.into_parts();
+        let request_id = match head.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => {
+                let id = new_request_id();
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    head.headers.insert(X_REQUEST_ID.clone(), v);
+                }
+                id
+            }
+        };
+        let mut record = RequestRecord::new(&head, &request_id, started);
+        let response = self.route_and_forward(&live, &mut head, incoming, ingress, &mut record).await;
+        let mut response = response;
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().entry(X_REQUEST_ID.clone()).or_insert(v);
+        }
+        record.status = response.status().as_u16();
+        record.grpc_status = response.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_string);
+        self.metrics.record(&record, started.elapsed());
+        response
+    }
+
+    async fn route_and_forward(
+        &self,
+        live: &Arc<LiveConfig>,
+        head: &mut http::request::Parts,
+        incoming: Incoming,
+        ingress: &Ingress,
+        record: &mut RequestRecord,
+    ) -> Response<Body> {
+        let route_config = live.config.listeners.iter().find(|l| l.name == ingress.listener).and_then(|l| {
+            l.filter_chains.iter().find_map(|c| match &c.action {
+                mesh_core::proxy_config::ChainAction::Http { route_config, .. } => Some(route_config.clone()),
+                _ => None,
+            })
+        });
+        let Some(table) = route_config.as_deref().and_then(|n| live.routes.get(n)) else {
+            record.flag = Flag::NoRoute;
+            return local_reply(StatusCode::NOT_FOUND, "no route config for this listener\n");
+        };
+        let Some(hit) = table.find(&RequestView::from_parts(head, ingress.port)) else {
+            record.flag = Flag::NoRoute;
+            return local_reply(StatusCode::NOT_FOUND, "");
+        };
+        let route = hit.route;
+        record.route = route.name.clone();
+
+        if !live.authorizer.is_empty() {
+            let host = head
+                .uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .or_else(|| head.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+                .unwrap_or_default();
+            let decision = live.authorizer.evaluate(&AuthzRequest {
+                source_ip: Some(ingress.peer.ip()),
+                remote_ip: None,
+                source_principal: None,
+                request_principal: None,
+                host: &host,
+                method: head.method.as_str(),
+                path: head.uri.path(),
+                port: ingress.port,
+                headers: &head.headers,
+                destination_ip: None,
+                sni: None,
+            });
+            if let Decision::Deny { .. } = decision {
+                record.flag = Flag::Denied;
+                return local_reply(StatusCode::FORBIDDEN, "RBAC: access denied");
+            }
+        }
+
+        let clusters = match &route.action {
+            RouteAction::DirectResponse { status, body } => {
+                let mut r = Response::new(body.clone().map_or_else(body::empty, body::full));
+                *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return r;
+            }
+            RouteAction::Redirect(redirect) => return redirect_response(redirect, head, ingress.port),
+            RouteAction::Forward { clusters } => clusters,
+        };
+        let Some(chosen) = pick_weighted(clusters, fastrand::u64(..)) else {
+            record.flag = Flag::NoCluster;
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n");
+        };
+        record.cluster = chosen.cluster.clone();
+
+        if let Some(fault) = &route.fault {
+            let decision = mesh_core::fault::decide(fault, &mut fastrand::Rng::new());
+            if let Some(delay) = decision.delay {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(abort) = decision.abort {
+                record.flag = Flag::FaultAbort;
+                return abort_response(abort);
+            }
+        }
+
+        // User filters see the routed request.
+        let mut ctx = FilterContext::new(record.request_id.clone(), Some(ingress.peer));
+        ctx.route = Some(route.name.clone());
+        ctx.cluster = Some(chosen.cluster.clone());
+        let (ran, action) = match self.filters.on_request(head, &mut ctx).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return local_reply(StatusCode::INTERNAL_SERVER_ERROR, "filter error\n");
+            }
+        };
+        let mut response = match action {
+            RequestAction::Respond(r) => r.map(body::full),
+            RequestAction::Continue => {
+                apply_request_ops(&mut head.headers, &route.headers);
+                apply_request_ops(&mut head.headers, &chosen.headers);
+                rewrite(head, route);
+                self.forward(live, head, incoming, route, chosen, ingress, record).await
+            }
+        };
+        apply_response_ops(response.headers_mut(), &route.headers);
+        apply_response_ops(response.headers_mut(), &chosen.headers);
+        let (mut parts, body) = response.into_parts();
+        if let Err(e) = self.filters.on_response(ran, &mut parts, &mut ctx).await {
+            tracing::warn!("{e}");
+        }
+        self.filters.on_log(&ctx);
+        Response::from_parts(parts, body)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        live: &Arc<LiveConfig>,
+        head: &mut http::request::Parts,
+        incoming: Incoming,
+        route: &Route,
+        chosen: &WeightedCluster,
+        ingress: &Ingress,
+        record: &mut RequestRecord,
+    ) -> Response<Body> {
+        let Some(cluster) = live.clusters.get(&chosen.cluster) else {
+            record.flag = Flag::NoCluster;
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        };
+        let started = Instant::now();
+        strip_hop_by_hop(&mut head.headers);
+        append_forwarded(&mut head.headers, ingress.peer);
+
+        // Buffer the body only when it may be sent twice, and only when it
+        // is small.
+        let replayable = route.retry.is_some() || !route.mirrors.is_empty();
+        let size = hyper::body::Body::size_hint(&incoming).exact();
+        let mut stream = None;
+        let mut buffered = None;
+        if hyper::body::Body::is_end_stream(&incoming) {
+            buffered = Some(Bytes::new());
+        } else if replayable && size.is_some_and(|s| s <= REPLAY_LIMIT) {
+            match incoming.collect().await {
+                Ok(b) => buffered = Some(b.to_bytes()),
+                Err(_) => {
+                    record.flag = Flag::UpstreamReset;
+                    return local_reply(StatusCode::BAD_REQUEST, "request body could not be read\n");
+                }
+            }
+        } else {
+            stream = Some(incoming);
+        }
+        for mirror in &route.mirrors {
+            if let (Some(body), Some(target)) = (&buffered, live.clusters.get(&mirror.cluster)) {
+                if fastrand::f64() * 100.0 < mirror.percent {
+                    self.mirror(Arc::clone(target), head, body.clone());
+                }
+            }
+        }
+        let hash = match &cluster.config.lb {
+            LbPolicy::RingHash { hash, .. } | LbPolicy::Maglev { hash, .. } => {
+                request_hash(hash, head, Some(ingress.peer.ip()))
+            }
+            _ => None,
+        };
+        let mut retry = route.retry.as_ref().filter(|_| buffered.is_some()).map(RetryState::new);
+        let mut rng = fastrand::Rng::new();
+        let mut tried: Vec<usize> = Vec::new();
+        let mut retry_permit = None;
+        loop {
+            let Some(_request_permit) = cluster.breaker.try_acquire(Breaker::Requests) else {
+                record.flag = Flag::Overflow;
+                let mut r = local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                );
+                r.headers_mut().insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+                return r;
+            };
+            let Some(host) = cluster.pick(hash, &tried) else {
+                record.flag = Flag::NoHealthyUpstream;
+                return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            };
+            let timeout = match try_timeout(
+                route.timeout,
+                route.retry.as_ref().and_then(|r| r.per_try_timeout),
+                started.elapsed(),
+            ) {
+                Ok(t) => t,
+                Err(_) => {
+                    record.flag = Flag::Timeout;
+                    return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+                }
+            };
+            let body = match (&buffered, stream.take()) {
+                (Some(b), _) => body::full(b.clone()),
+                (None, Some(s)) => body::boxed(s),
+                (None, None) => body::empty(),
+            };
+            let addr = cluster.addresses[host];
+            record.upstream_host = Some(addr);
+            let upstream_req = upstream_request(head, addr, body, cluster.config.protocol);
+            let client = if matches!(cluster.config.protocol, Protocol::Http2 | Protocol::Grpc) {
+                &self.upstreams.http2
+            } else {
+                &self.upstreams.http1
+            };
+            cluster.hosts[host].active_requests.fetch_add(1, Ordering::Relaxed);
+            let call = client.request(upstream_req);
+            let result = match timeout {
+                Some(t) => tokio::time::timeout(t, call).await.map_err(|_| ()),
+                None => Ok(call.await),
+            };
+            cluster.hosts[host].active_requests.fetch_sub(1, Ordering::Relaxed);
+            let (outcome, response) = match result {
+                Err(()) => (Outcome::PerTryTimeout, None),
+                Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None),
+                Ok(Err(_)) => (Outcome::Reset { request_sent: true }, None),
+                Ok(Ok(r)) => {
+                    let grpc_status =
+                        r.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+                    let outcome = Outcome::Response {
+                        status: r.status().as_u16(),
+                        grpc_status,
+                        rate_limited: r.headers().contains_key("x-envoy-ratelimited"),
+                    };
+                    (outcome, Some(r))
+                }
+            };
+            if let Some(outlier) = &cluster.outlier {
+                let observation = match outcome {
+                    Outcome::Response { status, .. } => Observation::Status(status),
+                    _ => Observation::LocalOriginFailure,
+                };
+                if let Some(reason) = outlier.record(host, observation, cluster.now()) {
+                    tracing::info!(cluster = %cluster.config.name, endpoint = %addr, ?reason, "outlier detection: host ejected");
+                }
+            }
+            let decision = retry.as_mut().map_or(RetryDecision::Done, |r| r.decide(&outcome, &mut rng));
+            let again = match decision {
+                RetryDecision::RetryAfter(pause) => {
+                    retry_permit = cluster.breaker.try_acquire(Breaker::Retries);
+                    retry_permit.is_some().then_some(pause)
+                }
+                RetryDecision::Done => None,
+            };
+            match (again, response) {
+                (Some(pause), _) => {
+                    tried.push(host);
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                (None, Some(r)) => {
+                    drop(retry_permit);
+                    let mut r = r.map(body::boxed);
+                    strip_hop_by_hop(r.headers_mut());
+                    return r;
+                }
+                (None, None) => {
+                    drop(retry_permit);
+                    return match outcome {
+                        Outcome::PerTryTimeout => {
+                            record.flag = Flag::Timeout;
+                            local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                        }
+                        Outcome::ConnectFailure => {
+                            record.flag = Flag::ConnectFailure;
+                            local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+                        }
+                        _ => {
+                            record.flag = Flag::UpstreamReset;
+                            local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// Send a copy to the mirror cluster and forget it (Envoy's shadowing:
+    /// the host gets `-shadow` appended, the answer is dropped).
+    fn mirror(&self, cluster: Arc<ClusterState>, head: &http::request::Parts, body: Bytes) {
+        let Some(host) = cluster.pick(None, &[]) else { return };
+        let mut shadow = head.clone();
+        if let Some(h) = shadow.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{h}-shadow")) {
+                shadow.headers.insert(http::header::HOST, v);
+            }
+        }
+        let req = upstream_request(&shadow, cluster.addresses[host], body::full(body), cluster.config.protocol);
+        let client = if matches!(cluster.config.protocol, Protocol::Http2 | Protocol::Grpc) {
+            self.upstreams.http2.clone()
+        } else {
+            self.upstreams.http1.clone()
+        };
+        tokio::spawn(async move {
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
+                let _ = r.into_body().collect().await;
+            }
+        });
+    }
+}
+
+fn upstream_request(head: &http::request::Parts, addr: SocketAddr, body: Body, protocol: Protocol) -> Request<Body> {
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}")).unwrap_or_else(|_| Uri::from_static("/"));
+    *req.headers_mut() = head.headers.clone();
+    if !req.headers().contains_key(http::header::HOST) {
+        if let Some(a) = head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(http::header::HOST, a);
+        }
+    }
+    *req.version_mut() =
+        if matches!(protocol, Protocol::Http2 | Protocol::Grpc) { Version::HTTP_2 } else { Version::HTTP_11 };
+    req
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.entry(X_FORWARDED_PROTO.clone()).or_insert(HeaderValue::from_static("http"));
+}
+
+fn set_ops(headers: &mut HeaderMap, remove: &[String], set: &[(String, String)], add: &[(String, String)]) {
+    for name in remove {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in set {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in add {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.append(n, v);
+        }
+    }
+}
+
+fn apply_request_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
+    if !ops.is_empty() {
+        set_ops(headers, &ops.request_remove, &ops.request_set, &ops.request_add);
+    }
+}
+
+fn apply_response_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
+    if !ops.is_empty() {
+        set_ops(headers, &ops.response_remove, &ops.response_set, &ops.response_add);
+    }
+}
+
+/// Istio's `rewrite`: `uri` replaces the part of the path the route's
+/// prefix (or exact) match matched; `authority` replaces the host.
+fn rewrite(head: &mut http::request::Parts, route: &Route) {
+    let Some(rw) = &route.rewrite else { return };
+    if let Some(authority) = rw.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+        head.headers.insert(http::header::HOST, authority);
+    }
+    let path = head.uri.path().to_string();
+    let new_path = if let Some(new_prefix) = &rw.uri_prefix {
+        let matched = route.matches.iter().find_map(|m: &RouteMatch| match &m.uri {
+            Some(StringMatcher::Prefix(p)) if path.starts_with(p.as_str()) => Some(p.len()),
+            Some(StringMatcher::Exact(e)) if path == *e => Some(e.len()),
+            _ => None,
+        });
+        match matched {
+            Some(len) => format!("{new_prefix}{}", &path[len..]),
+            None => new_prefix.clone(),
+        }
+    } else if let Some((pattern, replacement)) = &rw.uri_regex {
+        match regex::Regex::new(pattern) {
+            Ok(re) => re.replace_all(&path, replacement.as_str()).into_owned(),
+            Err(_) => path,
+        }
+    } else {
+        return;
+    };
+    let query = head.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    if let Ok(uri) = Uri::try_from(format!("{new_path}{query}")) {
+        head.uri = uri;
+    }
+}
+
+fn redirect_response(r: &Redirect, head: &http::request::Parts, port: u16) -> Response<Body> {
+    let host = head
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| head.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let bare_host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let authority = r.authority.clone().unwrap_or_else(|| bare_host.to_string());
+    let port = r
+        .port
+        .or(r.port_from_request.then_some(port))
+        .filter(|p| !((scheme == "http" && *p == 80) || (scheme == "https" && *p == 443)));
+    let path = match (&r.path, &r.prefix_rewrite) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => head.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+    };
+    let location = match port {
+        Some(p) => format!("{scheme}://{authority}:{p}{path}"),
+        None => format!("{scheme}://{authority}{path}"),
+    };
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
+}
+
+fn abort_response(abort: AbortStatus) -> Response<Body> {
+    match abort {
+        AbortStatus::Http(code) => {
+            local_reply(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "fault filter abort")
+        }
+        AbortStatus::Grpc(code) => {
+            let mut r = Response::new(body::empty());
+            r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            if let Ok(v) = HeaderValue::from_str(&code.to_string()) {
+                r.headers_mut().insert(GRPC_STATUS.clone(), v);
+            }
+            r
+        }
+    }
+}
+
+/// A random UUID (version 4), as Envoy generates for `x-request-id`.
+fn new_request_id() -> String {
+    let r = fastrand::u128(..);
+    let b = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let h = format!("{b:032x}");
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}

@@ -1,0 +1,349 @@
+//! # mesh-proxy
+//!
+//! The data plane: a hyper proxy that runs mesh-core's `ProxyConfig`.
+//! Feed it Istio config (a `ConfigStore` + `ServiceRegistry` pair, such as
+//! adapter-static) or a stream of `ProxyConfig` (such as an xDS client), say
+//! who it is (a gateway or a workload's sidecar), add your own `Filter`s,
+//! and it serves: routing, weighted splits, load balancing, retries and
+//! timeouts, circuit breaking, outlier detection, fault injection, mirroring,
+//! redirects and rewrites, header operations and authorization, with Istio's
+//! metrics and an Envoy-style admin server.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`forward`] | the request path |
+//! | [`live`] | the compiled config in force, swapped whole |
+//! | [`cluster`] | a cluster's endpoints, balancer, breaker and detector |
+//! | [`listener`] | listeners, added and drained as config changes |
+//! | [`upstream`] | pooled upstream connections (HTTP/1.1 and h2c) |
+//! | [`admin`] | `/config_dump`, `/clusters`, `/stats`, `/ready`, `/drain`, Prometheus |
+//! | [`metrics`] | Istio's metrics and the JSON access log |
+//! | [`body`] | body types and the replay buffer |
+//!
+//! A custom gateway:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use async_trait::async_trait;
+//! use mesh_core::filter::{Filter, FilterContext, FilterError, RequestAction, RequestHead};
+//! use mesh_core::translate::ProxyIdentity;
+//! use mesh_proxy::{ConfigSource, ProxyBuilder};
+//!
+//! struct Stamp;
+//!
+//! #[async_trait]
+//! impl Filter for Stamp {
+//!     fn name(&self) -> &str { "stamp" }
+//!     async fn on_request(&self, req: &mut RequestHead, _ctx: &mut FilterContext) -> Result<RequestAction, FilterError> {
+//!         req.headers.insert("x-gateway", http::HeaderValue::from_static("mine"));
+//!         Ok(RequestAction::Continue)
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let files = Arc::new(adapter_static::StaticSource::load(adapter_static::StaticOptions::new(["config/"])));
+//!     let _watch = files.watch_files()?;
+//!     let identity = ProxyIdentity::gateway("my-gateway", "istio-system", [("istio".to_string(), "ingressgateway".to_string())].into());
+//!     let proxy = ProxyBuilder::new(ConfigSource::mesh(files.clone(), files, identity))
+//!         .filter(Arc::new(Stamp))
+//!         .admin("127.0.0.1:15000".parse()?)
+//!         .start()
+//!         .await?;
+//!     tokio::signal::ctrl_c().await?;
+//!     proxy.drain().await;
+//!     Ok(())
+//! }
+//! ```
+
+pub mod admin;
+pub mod body;
+pub mod cluster;
+pub mod forward;
+pub mod listener;
+pub mod live;
+pub mod metrics;
+pub mod upstream;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::stream::{BoxStream, StreamExt};
+use mesh_core::filter::{Filter, FilterChain};
+use mesh_core::mesh::{self, Debounce};
+use mesh_core::translate::{translate, ProxyIdentity, ProxyKind};
+use mesh_core::{ConfigStore, ProxyConfig, ServiceRegistry};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Mutex};
+
+use crate::forward::Forwarder;
+use crate::listener::Listeners;
+use crate::live::{LiveConfig, SharedConfig};
+use crate::metrics::Metrics;
+
+/// Where the proxy's config comes from.
+pub enum ConfigSource {
+    /// Istio config and services, translated here for `identity`.
+    Mesh {
+        store: Arc<dyn ConfigStore>,
+        registry: Arc<dyn ServiceRegistry>,
+        identity: ProxyIdentity,
+        debounce: Debounce,
+    },
+    /// Ready-made configs (from an xDS client, or code), applied in order.
+    Stream { name: String, namespace: String, configs: BoxStream<'static, ProxyConfig> },
+}
+
+impl ConfigSource {
+    pub fn mesh(
+        store: Arc<dyn ConfigStore>,
+        registry: Arc<dyn ServiceRegistry>,
+        identity: ProxyIdentity,
+    ) -> ConfigSource {
+        ConfigSource::Mesh {
+            store,
+            registry,
+            identity,
+            debounce: Debounce { quiet: Duration::from_millis(20), max: Duration::from_secs(1) },
+        }
+    }
+}
+
+pub struct ProxyBuilder {
+    source: ConfigSource,
+    filters: Vec<Arc<dyn Filter>>,
+    admin: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    bind_ip: Option<IpAddr>,
+    drain_timeout: Duration,
+    access_log: bool,
+}
+
+impl ProxyBuilder {
+    pub fn new(source: ConfigSource) -> ProxyBuilder {
+        ProxyBuilder {
+            source,
+            filters: vec![],
+            admin: None,
+            metrics: None,
+            bind_ip: None,
+            drain_timeout: Duration::from_secs(5),
+            access_log: false,
+        }
+    }
+
+    /// Add a user filter; filters run in the order added.
+    pub fn filter(mut self, filter: Arc<dyn Filter>) -> Self {
+        self.filters.push(filter);
+        self
+    }
+
+    /// Serve the admin endpoints here (Istio: 15000).
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
+    /// Serve Prometheus metrics here (Istio: 15090).
+    pub fn metrics(mut self, addr: SocketAddr) -> Self {
+        self.metrics = Some(addr);
+        self
+    }
+
+    /// Bind listeners on this address instead of the one in the config
+    /// (`0.0.0.0`), e.g. 127.0.0.1 in tests.
+    pub fn bind_ip(mut self, ip: IpAddr) -> Self {
+        self.bind_ip = Some(ip);
+        self
+    }
+
+    /// How long draining waits for connections in flight.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Write a JSON access log line per request to stdout.
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
+    /// Start serving. Listeners come up as the first config arrives.
+    pub async fn start(self) -> std::io::Result<ProxyHandle> {
+        let (name, namespace) = match &self.source {
+            ConfigSource::Mesh { identity, .. } => (identity.name.clone(), identity.namespace.clone()),
+            ConfigSource::Stream { name, namespace, .. } => (name.clone(), namespace.clone()),
+        };
+        let live: SharedConfig = Arc::new(ArcSwap::from_pointee(LiveConfig::empty()));
+        let metrics = Arc::new(Metrics::new(&name, &namespace, self.access_log));
+        let forwarder = Arc::new(Forwarder {
+            live: Arc::clone(&live),
+            upstreams: upstream::Upstreams::new(Duration::from_secs(10), Duration::from_secs(60)),
+            filters: FilterChain::new(self.filters),
+            metrics: Arc::clone(&metrics),
+        });
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let admin_state = admin::AdminState { live: Arc::clone(&live), metrics, drain: drain_tx.clone() };
+        let mut admin_addr = None;
+        for (addr, prometheus_only) in [(self.admin, false), (self.metrics, true)] {
+            if let Some(addr) = addr {
+                let socket = TcpListener::bind(addr).await?;
+                if !prometheus_only {
+                    admin_addr = Some(socket.local_addr()?);
+                }
+                tokio::spawn(admin::serve(socket, admin_state.clone(), prometheus_only, drain_rx.clone()));
+            }
+        }
+        let listeners = Arc::new(Mutex::new(Listeners::new(self.bind_ip, self.drain_timeout)));
+        let (version_tx, version_rx) = watch::channel(String::new());
+        let configs: BoxStream<'static, ProxyConfig> = match self.source {
+            ConfigSource::Mesh { store, registry, identity, debounce } => mesh::watch(&*store, &*registry, debounce)
+                .map(move |update| translate(&update.snapshot, &identity))
+                .boxed(),
+            ConfigSource::Stream { configs, .. } => configs,
+        };
+        tokio::spawn(sweep_outliers(Arc::clone(&live), drain_rx.clone()));
+        let config_task = tokio::spawn(config_loop(
+            configs,
+            Arc::clone(&live),
+            Arc::clone(&forwarder),
+            Arc::clone(&listeners),
+            version_tx,
+            drain_rx.clone(),
+        ));
+        Ok(ProxyHandle {
+            live,
+            listeners,
+            drain: drain_tx,
+            drained: drain_rx,
+            config_task,
+            version: version_rx,
+            admin_addr,
+        })
+    }
+}
+
+async fn config_loop(
+    mut configs: BoxStream<'static, ProxyConfig>,
+    live: SharedConfig,
+    forwarder: Arc<Forwarder>,
+    listeners: Arc<Mutex<Listeners>>,
+    version: watch::Sender<String>,
+    mut drain: watch::Receiver<bool>,
+) {
+    loop {
+        let config = tokio::select! {
+            c = configs.next() => match c { Some(c) => c, None => return },
+            _ = drain.changed() => return,
+        };
+        if config.version == live.load().config.version {
+            continue;
+        }
+        let v = config.version.clone();
+        match LiveConfig::compile(config, &live.load()) {
+            Ok(compiled) => {
+                let listener_config = compiled.config.listeners.clone();
+                live.store(Arc::new(compiled));
+                listeners.lock().await.reconcile(&listener_config, &forwarder).await;
+                tracing::info!(version = %v, "config applied");
+                let _ = version.send(v);
+            }
+            // A config that cannot be compiled never replaces the one
+            // serving.
+            Err(e) => tracing::error!(version = %v, "config rejected, the previous one keeps serving: {e}"),
+        }
+    }
+}
+
+/// Outlier detection's interval sweeps, for every cluster that has it.
+async fn sweep_outliers(live: SharedConfig, mut drain: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = drain.changed() => return,
+        }
+        for cluster in live.load().clusters.values() {
+            cluster.sweep_if_due();
+        }
+    }
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    live: SharedConfig,
+    listeners: Arc<Mutex<Listeners>>,
+    drain: watch::Sender<bool>,
+    drained: watch::Receiver<bool>,
+    config_task: tokio::task::JoinHandle<()>,
+    version: watch::Receiver<String>,
+    admin_addr: Option<SocketAddr>,
+}
+
+impl ProxyHandle {
+    /// The version of the config serving now (empty before the first).
+    pub fn version(&self) -> String {
+        self.live.load().config.version.clone()
+    }
+
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        Arc::clone(&self.live.load().config)
+    }
+
+    /// Wait until a config other than `not` is serving, up to `limit`.
+    pub async fn wait_for_version_change(&self, not: &str, limit: Duration) -> Option<String> {
+        let mut rx = self.version.clone();
+        tokio::time::timeout(limit, async {
+            loop {
+                let v = rx.borrow_and_update().clone();
+                if !v.is_empty() && v != not {
+                    return v;
+                }
+                if rx.changed().await.is_err() {
+                    return String::new();
+                }
+            }
+        })
+        .await
+        .ok()
+        .filter(|v| !v.is_empty())
+    }
+
+    /// Where each listener is bound, by listener name.
+    pub async fn listener_addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners.lock().await.addresses()
+    }
+
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Resolves when a drain was asked for (SIGTERM in the binaries, or
+    /// `POST /drain` on the admin server).
+    pub async fn drain_requested(&self) {
+        let mut rx = self.drained.clone();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Stop accepting, let requests in flight finish (up to the drain
+    /// timeout), and stop.
+    pub async fn drain(self) {
+        let _ = self.drain.send(true);
+        self.config_task.abort();
+        self.listeners.lock().await.shutdown().await;
+    }
+}
+
+/// The identity a gateway binary has by default: Istio's ingress gateway.
+pub fn default_gateway_identity() -> ProxyIdentity {
+    ProxyIdentity {
+        kind: ProxyKind::Gateway,
+        name: "istio-ingressgateway".into(),
+        namespace: "istio-system".into(),
+        labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+        ip: None,
+    }
+}
