@@ -1,0 +1,325 @@
+//! The gateway binary on real traffic: backends and the gateway are child
+//! processes on 127.0.0.1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{backend, free_port, routes, versions, write_mesh, Gateway, Service};
+
+#[test]
+fn bookinfo_reviews_rules_on_real_requests_and_edits_without_restart() {
+    let (_b1, p1) = backend("v1", 0);
+    let (_b2, p2) = backend("v2", 0);
+    let (_b3, p3) = backend("v3", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "reviews", backends: &[("v1", p1), ("v2", p2), ("v3", p3)] }], "");
+    // virtual-service-reviews-jason-v2-v3.yaml, bound to the gateway.
+    let jason = routes("reviews", "  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - route:\n    - destination: {host: reviews, subset: v3}\n");
+    std::fs::write(dir.path().join("routes.yaml"), &jason).unwrap();
+    let g = Gateway::start(dir.path(), port);
+
+    assert_eq!(versions(&g, 20, "/reviews/0", &[("end-user", "jason")]), [("v2".to_string(), 20)].into());
+    assert_eq!(versions(&g, 20, "/reviews/0", &[("end-user", "alice")]), [("v3".to_string(), 20)].into());
+
+    // virtual-service-reviews-90-10.yaml
+    g.apply(dir.path(), "routes.yaml", &routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 90\n    - destination: {host: reviews, subset: v2}\n      weight: 10\n"));
+    let counts = versions(&g, 1000, "/", &[]);
+    let v1 = counts.get("v1").copied().unwrap_or(0);
+    assert_eq!(v1 + counts.get("v2").copied().unwrap_or(0), 1000, "{counts:?}");
+    assert!((870..=930).contains(&v1), "90/10 split gave {counts:?}");
+
+    // virtual-service-reviews-50-v3.yaml
+    g.apply(dir.path(), "routes.yaml", &routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 50\n    - destination: {host: reviews, subset: v3}\n      weight: 50\n"));
+    let counts = versions(&g, 1000, "/", &[]);
+    let v1 = counts.get("v1").copied().unwrap_or(0);
+    assert_eq!(v1 + counts.get("v3").copied().unwrap_or(0), 1000, "{counts:?}");
+    assert!((440..=560).contains(&v1), "50/50 split gave {counts:?}");
+}
+
+#[test]
+fn retries_turn_a_flaky_upstreams_503s_into_200s() {
+    let (_b, p) = backend("v1", 2); // every second request fails
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "flaky", backends: &[("v1", p)] }], "");
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("flaky", "  - route:\n    - destination: {host: flaky}\n    retries: {attempts: 3, retryOn: 5xx}\n"),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    assert_eq!(versions(&g, 100, "/", &[]), [("v1".to_string(), 100)].into());
+
+    g.apply(
+        dir.path(),
+        "routes.yaml",
+        &routes("flaky", "  - route:\n    - destination: {host: flaky}\n    retries: {attempts: 0}\n"),
+    );
+    let counts = versions(&g, 100, "/", &[]);
+    assert!(counts.get("status 503").copied().unwrap_or(0) >= 40, "without retries half fail: {counts:?}");
+}
+
+#[test]
+fn an_outlier_is_ejected_after_consecutive_5xx_and_restored_after_the_ejection_time() {
+    let (_good, good) = backend("v1", 0);
+    let (_bad, bad) = backend("v1", 1); // always 503
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let policy = "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 3, interval: 500ms, baseEjectionTime: 2s, maxEjectionPercent: 100}\n";
+    write_mesh(dir.path(), port, &[Service { name: "pool", backends: &[("v1", good), ("v1", bad)] }], policy);
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("pool", "  - route:\n    - destination: {host: pool}\n    retries: {attempts: 0}\n"),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let ejected = |g: &Gateway| {
+        let clusters: serde_json::Value = serde_json::from_str(&g.admin_get("/clusters").unwrap().body).unwrap();
+        clusters["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "outbound|9080||pool.default.svc.cluster.local")
+            .and_then(|c| {
+                c["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["address"] == format!("127.0.0.1:{bad}"))
+                    .map(|e| e["ejected"].as_bool().unwrap())
+            })
+            .unwrap()
+    };
+    // Round robin alternates: 3 failures of the bad host need ~6 requests.
+    let first = versions(&g, 10, "/", &[]);
+    assert!(first.get("status 503").copied().unwrap_or(0) >= 3, "{first:?}");
+    assert!(ejected(&g), "the failing host is ejected");
+    assert_eq!(versions(&g, 30, "/", &[]), [("v1".to_string(), 30)].into(), "only the good host while ejected");
+    let started = Instant::now();
+    assert!(common::eventually(Duration::from_secs(10), || !ejected(&g)), "restored after the ejection time");
+    assert!(started.elapsed() >= Duration::from_millis(500), "not before the 2 s ejection time was (nearly) over");
+}
+
+#[test]
+fn delay_and_abort_faults() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "ratings", backends: &[("v1", p)] }], "");
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes(
+            "ratings",
+            "  - match:\n    - headers: {end-user: {exact: jason}}\n    fault:\n      delay: {fixedDelay: 400ms, percentage: {value: 100}}\n    route:\n    - destination: {host: ratings}\n  - match:\n    - headers: {end-user: {exact: bob}}\n    fault:\n      abort: {httpStatus: 418, percentage: {value: 100}}\n    route:\n    - destination: {host: ratings}\n  - route:\n    - destination: {host: ratings}\n",
+        ),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let t = Instant::now();
+    assert_eq!(g.get("/", &[("end-user", "jason")]).status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(400), "delayed by the fault");
+    let r = g.get("/", &[("end-user", "bob")]);
+    assert_eq!((r.status, r.body.as_str()), (418, "fault filter abort"));
+    assert_eq!(g.get("/", &[]).status, 200);
+}
+
+#[test]
+fn circuit_breaker_opens_under_concurrency() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(
+        dir.path(),
+        port,
+        &[Service { name: "slow", backends: &[("v1", p)] }],
+        "  trafficPolicy:\n    connectionPool:\n      http: {http2MaxRequests: 2}\n",
+    );
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("slow", "  - route:\n    - destination: {host: slow}\n    retries: {attempts: 0}\n"),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = common::get(port, "/?delay_ms=600", &[]);
+                    (r.status, r.header("x-envoy-overloaded").map(str::to_string))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let overflow = statuses.iter().filter(|(s, o)| *s == 503 && o.as_deref() == Some("true")).count();
+    assert!((1..=3).contains(&ok), "at most 2 in flight (one more may start as one finishes): {statuses:?}");
+    assert_eq!(ok + overflow, 8, "{statuses:?}");
+    let stats = g.admin_get("/stats").unwrap().body;
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("cluster.outbound|9080||slow.default.svc.cluster.local.upstream_rq_pending_overflow"))
+        .unwrap();
+    assert!(!line.ends_with(": 0"), "{line}");
+}
+
+#[test]
+fn dead_upstream_timeouts_and_no_route() {
+    let (_b, p) = backend("v1", 0);
+    let dead = free_port(); // nothing listens there
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(
+        dir.path(),
+        port,
+        &[Service { name: "live", backends: &[("v1", p)] }, Service { name: "dead", backends: &[("v1", dead)] }],
+        "",
+    );
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("x", "  - match: [{uri: {prefix: /dead}}]\n    route:\n    - destination: {host: dead}\n  - match: [{uri: {prefix: /slow}}]\n    timeout: 300ms\n    route:\n    - destination: {host: live}\n  - match: [{uri: {prefix: /live}}]\n    route:\n    - destination: {host: live}\n"),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let r = g.get("/dead", &[]);
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("upstream connect error"), "{}", r.body);
+    let t = Instant::now();
+    let r = g.get("/slow?delay_ms=3000", &[]);
+    assert_eq!((r.status, r.body.as_str()), (504, "upstream request timeout"));
+    assert!(t.elapsed() < Duration::from_millis(2500), "answered at the timeout, not after the backend");
+    assert_eq!(g.get("/nothing-here", &[]).status, 404);
+    assert_eq!(g.get("/live", &[]).status, 200, "and the proxy is still fine");
+}
+
+#[test]
+fn config_edits_during_a_load_loop_lose_no_request() {
+    let (_b1, p1) = backend("v1", 0);
+    let (_b2, p2) = backend("v2", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p1), ("v2", p2)] }], "");
+    let split = |w1: u32| {
+        routes("web", &format!("  - route:\n    - destination: {{host: web, subset: v1}}\n      weight: {w1}\n    - destination: {{host: web, subset: v2}}\n      weight: {}\n", 100 - w1))
+    };
+    std::fs::write(dir.path().join("routes.yaml"), split(100)).unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (failures, total) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let (mut failures, mut total) = (Vec::new(), 0);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && total < 5000 && Instant::now() < deadline {
+                let r = common::get(port, "/", &[]);
+                if r.status != 200 {
+                    failures.push(r.status);
+                }
+                total += 1;
+            }
+            (failures, total)
+        });
+        for w1 in [0, 50, 100, 20, 80] {
+            g.apply(dir.path(), "routes.yaml", &split(w1));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap()
+    });
+    assert!(total > 50, "the loop ran ({total})");
+    assert!(failures.is_empty(), "{} of {total} requests failed: {failures:?}", failures.len());
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
+        .unwrap();
+    let mut g = Gateway::start(dir.path(), port);
+    let in_flight = std::thread::spawn(move || common::get(port, "/?delay_ms=800", &[]).status);
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = g.proc.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(in_flight.join().unwrap(), 200, "the request in flight finished");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = g.proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit after draining");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no longer accepting");
+}
+
+#[test]
+fn malformed_requests_get_4xx_and_never_take_the_proxy_down() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
+        .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let status_of = |bytes: &[u8]| {
+        common::raw(port, bytes).unwrap().split_whitespace().nth(1).map(str::to_string).unwrap_or_default()
+    };
+    assert_eq!(status_of(b"THIS IS NOT HTTP\r\n\r\n"), "400");
+    // Request smuggling: both Content-Length and Transfer-Encoding. The
+    // chunked framing wins (RFC 9112 6.3) and the upstream never sees both.
+    let both = common::raw(port, b"POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n").unwrap();
+    let echoed = common::parse(&both).unwrap();
+    assert_eq!(echoed.status, 200);
+    assert!(
+        !(echoed.body.contains("content-length: 4") && echoed.body.contains("transfer-encoding")),
+        "{}",
+        echoed.body
+    );
+    assert_eq!(status_of(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd"), "400");
+    let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1024 * 1024));
+    assert_eq!(status_of(huge.as_bytes()), "431");
+    assert_eq!(g.get("/", &[]).status, 200, "still serving");
+}
+
+#[test]
+fn header_operations_rewrites_redirects_and_direct_responses() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes(
+            "web",
+            "  - match: [{uri: {prefix: /old}}]\n    redirect: {uri: /new, redirectCode: 308}\n  - match: [{uri: {exact: /health}}]\n    directResponse: {status: 200, body: {string: ok}}\n  - match: [{uri: {prefix: /api/v1}}]\n    rewrite: {uri: /headers}\n    headers:\n      request:\n        set: {x-route: api}\n        remove: [x-secret]\n      response:\n        add: {x-served-by: mesh}\n    route:\n    - destination: {host: web}\n",
+        ),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let r = g.get("/old/page", &[]);
+    assert_eq!((r.status, r.header("location")), (308, Some("http://test.example.com/new")));
+    let r = g.get("/health", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    let r = g.get("/api/v1", &[("x-secret", "s3cret")]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("x-route: api"), "{}", r.body);
+    assert!(!r.body.contains("x-secret"), "{}", r.body);
+    assert!(r.body.contains("x-request-id: "), "a request id is generated: {}", r.body);
+    assert!(r.body.contains("x-forwarded-for: 127.0.0.1"), "{}", r.body);
+    assert_eq!(r.header("x-served-by"), Some("mesh"));
+    assert!(r.header("x-request-id").is_some());
+    let traced = g.get(
+        "/api/v1",
+        &[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("x-request-id", "given-id")],
+    );
+    assert!(
+        traced.body.contains("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736"),
+        "trace headers pass through: {}",
+        traced.body
+    );
+    assert_eq!(traced.header("x-request-id"), Some("given-id"));
+}
