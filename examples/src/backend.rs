@@ -5,7 +5,8 @@
 //!   the body `Hello version: v1, instance: NAME` (as Istio's helloworld);
 //! - `?status=503` answers that status; `?delay_ms=200` waits first;
 //! - `fail_every: N` makes every N-th request answer 503 (a flaky upstream);
-//! - `/headers` answers the request headers it got, one per line.
+//! - `/headers` answers the request headers it got, one per line;
+//! - `/ws` is a WebSocket echo.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -52,8 +53,11 @@ pub async fn serve(socket: TcpListener, backend: Backend) {
     }
 }
 
-async fn answer(state: &State, req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn answer(state: &State, mut req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
     let n = state.served.fetch_add(1, Ordering::Relaxed) + 1;
+    if req.uri().path() == "/ws" {
+        return websocket_echo(&mut req);
+    }
     let query = req.uri().query().unwrap_or("").to_string();
     let param =
         |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).map(str::to_string);
@@ -68,6 +72,7 @@ async fn answer(state: &State, req: Request<Incoming>, _peer: SocketAddr) -> Res
     if b.fail_every > 0 && n % b.fail_every == 0 {
         status = StatusCode::SERVICE_UNAVAILABLE;
     }
+    let protocol = format!("{:?}", req.version());
     let text = if req.uri().path() == "/headers" {
         req.headers().iter().map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?"))).collect()
     } else {
@@ -77,10 +82,44 @@ async fn answer(state: &State, req: Request<Incoming>, _peer: SocketAddr) -> Res
     };
     let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
-    for (name, value) in [("x-backend-version", &b.version), ("x-backend-instance", &b.instance)] {
+    for (name, value) in
+        [("x-backend-version", &b.version), ("x-backend-instance", &b.instance), ("x-backend-protocol", &protocol)]
+    {
         if let Ok(v) = http::HeaderValue::from_str(value) {
             r.headers_mut().insert(name, v);
         }
+    }
+    r
+}
+
+/// Accept a WebSocket handshake and echo every message back.
+fn websocket_echo(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"not a websocket handshake\n")));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() || ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    if let Ok(v) = http::HeaderValue::from_str(&key) {
+        h.insert("sec-websocket-accept", v);
     }
     r
 }

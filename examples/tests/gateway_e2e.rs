@@ -323,3 +323,80 @@ fn header_operations_rewrites_redirects_and_direct_responses() {
     );
     assert_eq!(traced.header("x-request-id"), Some("given-id"));
 }
+
+#[test]
+fn websocket_echo_through_the_gateway() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "ws", backends: &[("v1", p)] }], "");
+    std::fs::write(dir.path().join("routes.yaml"), routes("ws", "  - route:\n    - destination: {host: ws}\n"))
+        .unwrap();
+    let _g = Gateway::start(dir.path(), port);
+    let (mut socket, response) =
+        tungstenite::connect(format!("ws://127.0.0.1:{port}/ws")).expect("websocket handshake through the gateway");
+    assert_eq!(response.status(), 101);
+    for i in 0..20 {
+        let text = format!("message {i}");
+        socket.send(tungstenite::Message::text(text.clone())).unwrap();
+        assert_eq!(socket.read().unwrap(), tungstenite::Message::text(text));
+    }
+    socket.close(None).unwrap();
+}
+
+#[test]
+fn http2_both_ways() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "h2", backends: &[("v1", p)] }], "");
+    // An `http2` port: the gateway speaks HTTP/2 (h2c) upstream.
+    let mesh = std::fs::read_to_string(dir.path().join("mesh.yaml"))
+        .unwrap()
+        .replace("{name: http, port:", "{name: http2, port:");
+    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+    std::fs::write(dir.path().join("routes.yaml"), routes("h2", "  - route:\n    - destination: {host: h2}\n"))
+        .unwrap();
+    let _g = Gateway::start(dir.path(), port);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        for _ in 0..10 {
+            let req = http::Request::get(format!("http://127.0.0.1:{port}/"))
+                .version(http::Version::HTTP_2)
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let r = client.request(req).await.expect("HTTP/2 request through the gateway");
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.version(), http::Version::HTTP_2, "downstream HTTP/2");
+            assert_eq!(r.headers()["x-backend-protocol"], "HTTP/2.0", "upstream HTTP/2");
+        }
+    });
+}
+
+#[test]
+fn custom_filter_example_guards_the_gateway() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
+        .unwrap();
+    let _proc = common::Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_custom-filter"))
+            .arg("--config")
+            .arg(dir.path())
+            .env("API_KEY", "s3cret")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(common::eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let denied = common::get(port, "/headers", &[]);
+    assert_eq!((denied.status, denied.body.as_str()), (401, "x-api-key required\n"));
+    let allowed = common::get(port, "/headers", &[("x-api-key", "s3cret")]);
+    assert_eq!(allowed.status, 200);
+    assert!(allowed.body.contains("x-authenticated: api-key"), "{}", allowed.body);
+}

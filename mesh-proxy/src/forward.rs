@@ -244,7 +244,12 @@ impl Forwarder {
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
         };
         let started = Instant::now();
+        let upgrade = upgrade_protocol(head);
         strip_hop_by_hop(&mut head.headers);
+        if let Some(protocol) = &upgrade {
+            head.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+            head.headers.insert(http::header::UPGRADE, protocol.clone());
+        }
         append_forwarded(&mut head.headers, ingress.peer);
 
         // Buffer the body only when it may be sent twice, and only when it
@@ -328,6 +333,9 @@ impl Forwarder {
                 None => Ok(call.await),
             };
             cluster.hosts[host].active_requests.fetch_sub(1, Ordering::Relaxed);
+            if let Ok(Err(e)) = &result {
+                tracing::debug!(cluster = %cluster.config.name, endpoint = %addr, "upstream error: {e:?}");
+            }
             let (outcome, response) = match result {
                 Err(()) => (Outcome::PerTryTimeout, None),
                 Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None),
@@ -366,8 +374,12 @@ impl Forwarder {
                     tokio::time::sleep(pause).await;
                     continue;
                 }
-                (None, Some(r)) => {
+                (None, Some(mut r)) => {
                     drop(retry_permit);
+                    if r.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
+                        tunnel(head, &mut r);
+                        return r.map(body::boxed);
+                    }
                     let mut r = r.map(body::boxed);
                     strip_hop_by_hop(r.headers_mut());
                     return r;
@@ -415,6 +427,32 @@ impl Forwarder {
             }
         });
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (WebSocket...).
+fn upgrade_protocol(head: &http::request::Parts) -> Option<HeaderValue> {
+    let asks = head
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if asks && head.version == Version::HTTP_11 {
+        head.headers.get(http::header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Once both sides have switched protocols, copy bytes between them.
+fn tunnel(head: &mut http::request::Parts, upstream: &mut Response<Incoming>) {
+    let Some(downstream) = head.extensions.remove::<hyper::upgrade::OnUpgrade>() else { return };
+    let upstream = hyper::upgrade::on(upstream);
+    tokio::spawn(async move {
+        let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else { return };
+        let (mut down, mut up) = (hyper_util::rt::TokioIo::new(down), hyper_util::rt::TokioIo::new(up));
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    });
 }
 
 fn upstream_request(head: &http::request::Parts, addr: SocketAddr, body: Body, protocol: Protocol) -> Request<Body> {
