@@ -400,3 +400,29 @@ fn custom_filter_example_guards_the_gateway() {
     assert_eq!(allowed.status, 200);
     assert!(allowed.body.contains("x-authenticated: api-key"), "{}", allowed.body);
 }
+
+#[test]
+fn cors_preflight_and_response_headers() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "api", backends: &[("v1", p)] }], "");
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("api", "  - corsPolicy:\n      allowOrigins: [{exact: \"https://app.example.com\"}, {regex: \"https://.*\\\\.trusted\\\\.org\"}]\n      allowMethods: [GET, POST]\n      allowHeaders: [x-token]\n      exposeHeaders: [x-backend-version]\n      maxAge: 24h\n      allowCredentials: true\n    route:\n    - destination: {host: api}\n"),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let pre = common::raw(port, b"OPTIONS / HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n").unwrap();
+    let pre = common::parse(&pre).unwrap();
+    assert_eq!(pre.status, 200);
+    assert_eq!(pre.header("access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(pre.header("access-control-allow-methods"), Some("GET,POST"));
+    assert_eq!(pre.header("access-control-max-age"), Some("86400"));
+    assert!(pre.header("x-backend-version").is_none(), "answered by the proxy");
+    let r = g.get("/", &[("origin", "https://a.trusted.org")]);
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (200, Some("https://a.trusted.org")));
+    assert_eq!(r.header("access-control-expose-headers"), Some("x-backend-version"));
+    let other = g.get("/", &[("origin", "https://evil.example")]);
+    assert_eq!((other.status, other.header("access-control-allow-origin")), (200, None));
+}

@@ -16,7 +16,8 @@ use mesh_core::filter::{FilterChain, FilterContext, RequestAction};
 use mesh_core::lb::hash::request_hash;
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{
-    AbortStatus, HeaderOps, LbPolicy, Redirect, Route, RouteAction, RouteMatch, StringMatcher, WeightedCluster,
+    AbortStatus, CorsPolicy, HeaderOps, LbPolicy, Redirect, Route, RouteAction, RouteMatch, StringMatcher,
+    WeightedCluster,
 };
 use mesh_core::resilience::circuit_breaker::Resource as Breaker;
 use mesh_core::resilience::outlier::Observation;
@@ -172,6 +173,31 @@ impl Forwarder {
             }
         }
 
+        let origin = route.cors.as_ref().and_then(|cors| allowed_origin(cors, head));
+        if let (Some(cors), Some(origin)) = (&route.cors, &origin) {
+            if head.method == http::Method::OPTIONS
+                && head.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            {
+                return preflight_response(cors, origin);
+            }
+        }
+        let mut response = self.dispatch(live, head, incoming, route, ingress, record).await;
+        if let (Some(cors), Some(origin)) = (&route.cors, origin) {
+            add_cors_headers(response.headers_mut(), cors, origin);
+        }
+        response
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch(
+        &self,
+        live: &Arc<LiveConfig>,
+        head: &mut http::request::Parts,
+        incoming: Incoming,
+        route: &Route,
+        ingress: &Ingress,
+        record: &mut RequestRecord,
+    ) -> Response<Body> {
         let clusters = match &route.action {
             RouteAction::DirectResponse { status, body } => {
                 let mut r = Response::new(body.clone().map_or_else(body::empty, body::full));
@@ -453,6 +479,49 @@ fn tunnel(head: &mut http::request::Parts, upstream: &mut Response<Incoming>) {
         let (mut down, mut up) = (hyper_util::rt::TokioIo::new(down), hyper_util::rt::TokioIo::new(up));
         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
     });
+}
+
+/// The request's Origin, when the route's CORS policy allows it.
+fn allowed_origin(cors: &CorsPolicy, head: &http::request::Parts) -> Option<HeaderValue> {
+    let origin = head.headers.get(http::header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    cors.allow_origins
+        .iter()
+        .any(|m| mesh_core::routing::CompiledMatcher::new(m, false).is_ok_and(|c| c.matches(text)))
+        .then(|| origin.clone())
+}
+
+fn add_cors_headers(headers: &mut HeaderMap, cors: &CorsPolicy, origin: HeaderValue) {
+    headers.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    if cors.allow_credentials {
+        headers.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&cors.expose_headers.join(",")) {
+        if !cors.expose_headers.is_empty() {
+            headers.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+        }
+    }
+}
+
+/// Envoy answers an allowed CORS preflight itself.
+fn preflight_response(cors: &CorsPolicy, origin: &HeaderValue) -> Response<Body> {
+    let mut r = Response::new(body::empty());
+    let h = r.headers_mut();
+    add_cors_headers(h, cors, origin.clone());
+    for (name, values) in [
+        (http::header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods),
+        (http::header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&values.join(",")) {
+            if !values.is_empty() {
+                h.insert(name, v);
+            }
+        }
+    }
+    if let Some(age) = cors.max_age.and_then(|a| HeaderValue::from_str(&a.as_secs().to_string()).ok()) {
+        h.insert(http::header::ACCESS_CONTROL_MAX_AGE, age);
+    }
+    r
 }
 
 fn upstream_request(head: &http::request::Parts, addr: SocketAddr, body: Body, protocol: Protocol) -> Request<Body> {
