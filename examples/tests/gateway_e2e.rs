@@ -426,3 +426,51 @@ fn cors_preflight_and_response_headers() {
     let other = g.get("/", &[("origin", "https://evil.example")]);
     assert_eq!((other.status, other.header("access-control-allow-origin")), (200, None));
 }
+
+#[test]
+fn grpc_calls_status_and_trailers_through_the_gateway() {
+    let peers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers");
+    let mut server = std::process::Command::new("python3")
+        .arg(peers.join("grpc_echo_server.py"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with grpcio (pip install grpcio)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
+    let _server = common::Proc(server);
+    let grpc_port: u16 = line.trim().parse().expect("the gRPC server's port");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "echo", backends: &[("v1", grpc_port)] }], "");
+    let mesh = std::fs::read_to_string(dir.path().join("mesh.yaml"))
+        .unwrap()
+        .replace("{name: http, port:", "{name: grpc, port:");
+    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("echo", "  - match: [{uri: {prefix: /demo.Echo/}}]\n    route:\n    - destination: {host: echo}\n"),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let out = std::process::Command::new("python3")
+        .arg(peers.join("grpc_echo_client.py"))
+        .arg(port.to_string())
+        .args(["hello", "fail", "again"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        ["ok echo:hello trailer=present", "error UNAVAILABLE told to fail", "ok echo:again trailer=present"],
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = g.admin_get("/stats/prometheus").unwrap().body;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("request_protocol=\"grpc\"")
+            && l.contains("grpc_response_status=\"14\"")),
+        "gRPC status in the metrics:\n{metrics}"
+    );
+}

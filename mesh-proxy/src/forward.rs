@@ -552,8 +552,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in named {
         headers.remove(n);
     }
+    // `te: trailers` is end to end (HTTP/2 allows it, and gRPC requires it
+    // to tell a proxy that would drop trailers).
+    let trailers = headers.get(http::header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for n in HOP_BY_HOP {
         headers.remove(n);
+    }
+    if trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
