@@ -474,3 +474,73 @@ fn grpc_calls_status_and_trailers_through_the_gateway() {
         "gRPC status in the metrics:\n{metrics}"
     );
 }
+
+#[test]
+fn tls_termination_with_certificates_from_files_and_alpn() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cert = rcgen::generate_simple_self_signed(vec!["bookinfo.example.com".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    let mesh = std::fs::read_to_string(dir.path().join("mesh.yaml")).unwrap().replace(
+        "name: http, protocol: HTTP}\n    hosts: [\"*\"]",
+        &format!("name: https, protocol: HTTPS}}\n    hosts: [\"bookinfo.example.com\"]\n    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}", cert_path.display(), key_path.display()),
+    );
+    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        common::routes("web", "  - route:\n    - destination: {host: web}\n")
+            .replace("hosts: [\"*\"]", "hosts: [bookinfo.example.com]"),
+    )
+    .unwrap();
+    let _g = Gateway::start(dir.path(), port);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let (status, version, forwarded_proto) = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("bookinfo.example.com").unwrap();
+            let tls = connector.connect(name, tcp).await.expect("TLS handshake with the gateway");
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let req = |version| {
+                http::Request::get("https://bookinfo.example.com/headers")
+                    .version(version)
+                    .header("host", "bookinfo.example.com")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap()
+            };
+            let response = if alpn == b"h2" {
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+                tokio::spawn(conn);
+                let mut r = req(http::Version::HTTP_2);
+                r.headers_mut().remove("host");
+                send.send_request(r).await.unwrap()
+            } else {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                send.send_request(req(http::Version::HTTP_11)).await.unwrap()
+            };
+            let (status, version) = (response.status(), response.version());
+            let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            (status, version, text.lines().any(|l| l == "x-forwarded-proto: https"))
+        });
+        assert_eq!(status, 200, "over {}", String::from_utf8_lossy(alpn));
+        assert_eq!(version, if alpn == b"h2" { http::Version::HTTP_2 } else { http::Version::HTTP_11 });
+        assert!(forwarded_proto, "the upstream learns the request came over TLS");
+    }
+}

@@ -44,6 +44,10 @@ pub struct Ingress {
     pub listener: String,
     pub port: u16,
     pub peer: SocketAddr,
+    /// The route table chosen at the connection (by SNI, for TLS); `None`:
+    /// the listener's HTTP chain.
+    pub route_config: Option<String>,
+    pub scheme: &'static str,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -130,10 +134,12 @@ impl Forwarder {
         ingress: &Ingress,
         record: &mut RequestRecord,
     ) -> Response<Body> {
-        let route_config = live.config.listeners.iter().find(|l| l.name == ingress.listener).and_then(|l| {
-            l.filter_chains.iter().find_map(|c| match &c.action {
-                mesh_core::proxy_config::ChainAction::Http { route_config, .. } => Some(route_config.clone()),
-                _ => None,
+        let route_config = ingress.route_config.clone().or_else(|| {
+            live.config.listeners.iter().find(|l| l.name == ingress.listener).and_then(|l| {
+                l.filter_chains.iter().find_map(|c| match &c.action {
+                    mesh_core::proxy_config::ChainAction::Http { route_config, .. } => Some(route_config.clone()),
+                    _ => None,
+                })
             })
         });
         let Some(table) = route_config.as_deref().and_then(|n| live.routes.get(n)) else {
@@ -276,7 +282,7 @@ impl Forwarder {
             head.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
             head.headers.insert(http::header::UPGRADE, protocol.clone());
         }
-        append_forwarded(&mut head.headers, ingress.peer);
+        append_forwarded(&mut head.headers, ingress.peer, ingress.scheme);
 
         // Buffer the body only when it may be sent twice, and only when it
         // is small.
@@ -563,7 +569,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
     let ip = peer.ip().to_string();
     let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) => format!("{existing}, {ip}"),
@@ -572,7 +578,7 @@ fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.entry(X_FORWARDED_PROTO.clone()).or_insert(HeaderValue::from_static("http"));
+    headers.entry(X_FORWARDED_PROTO.clone()).or_insert(HeaderValue::from_static(scheme));
 }
 
 fn set_ops(headers: &mut HeaderMap, remove: &[String], set: &[(String, String)], add: &[(String, String)]) {

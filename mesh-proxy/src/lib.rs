@@ -18,6 +18,7 @@
 //! | [`upstream`] | pooled upstream connections (HTTP/1.1 and h2c) |
 //! | [`admin`] | `/config_dump`, `/clusters`, `/stats`, `/ready`, `/drain`, Prometheus |
 //! | [`metrics`] | Istio's metrics and the JSON access log |
+//! | [`tls`] | TLS termination by SNI for gateway listeners |
 //! | [`body`] | body types and the replay buffer |
 //!
 //! A custom gateway:
@@ -63,6 +64,7 @@ pub mod forward;
 pub mod listener;
 pub mod live;
 pub mod metrics;
+pub mod tls;
 pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};

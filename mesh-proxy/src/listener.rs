@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::forward::{Forwarder, Ingress};
+use crate::tls::TlsListener;
 
 /// Slow clients get this long to send their request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,9 +71,16 @@ impl Listeners {
                     continue;
                 }
             };
+            let tls = match TlsListener::for_listener(l) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!("{e}; the listener is not started");
+                    continue;
+                }
+            };
             let address = socket.local_addr().unwrap_or_else(|_| SocketAddr::new(ip, l.port));
             let (stop, stopped) = watch::channel(false);
-            let task = tokio::spawn(serve(socket, l.clone(), Arc::clone(forwarder), stopped, self.drain));
+            let task = tokio::spawn(serve(socket, l.clone(), tls, Arc::clone(forwarder), stopped, self.drain));
             tracing::info!(listener = %name, %address, "listening");
             self.running.insert(name.to_string(), Running { address, config: l.clone(), stop, task });
         }
@@ -99,6 +107,7 @@ impl Listeners {
 async fn serve(
     socket: TcpListener,
     config: Listener,
+    tls: Option<TlsListener>,
     forwarder: Arc<Forwarder>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
@@ -124,21 +133,47 @@ async fn serve(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let ingress = Ingress { listener: config.name.clone(), port: config.port, peer };
         if let Some(clusters) = &tcp {
             tokio::spawn(proxy_tcp(stream, clusters.clone(), Arc::clone(&forwarder)));
             continue;
         }
+        let mut ingress =
+            Ingress { listener: config.name.clone(), port: config.port, peer, route_config: None, scheme: "http" };
         let forwarder = Arc::clone(&forwarder);
-        let service = hyper::service::service_fn(move |req| {
-            let forwarder = Arc::clone(&forwarder);
-            let ingress = ingress.clone();
-            async move { Ok::<_, Infallible>(forwarder.handle(req, &ingress).await) }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let watched = graceful.watch(connection);
+        let builder = builder.clone();
+        let graceful_watch = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            let service = |ingress: Ingress| {
+                hyper::service::service_fn(move |req| {
+                    let forwarder = Arc::clone(&forwarder);
+                    let ingress = ingress.clone();
+                    async move { Ok::<_, Infallible>(forwarder.handle(req, &ingress).await) }
+                })
+            };
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service(ingress)).into_owned();
+                    graceful_watch.watch(conn).await
+                }
+                Some(tls) => {
+                    let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake: {e}");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    ingress.route_config = tls.route_config(stream.get_ref().1.server_name());
+                    ingress.scheme = "https";
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service(ingress)).into_owned();
+                    graceful_watch.watch(conn).await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!("connection: {e}");
             }
         });
