@@ -65,6 +65,10 @@ pub struct Listener {
     /// Sidecar capture listeners hand connections to the listener for the
     /// original destination port instead of serving them themselves.
     pub use_original_dst: bool,
+    /// `false` for a sidecar's per-port listeners: they get connections only
+    /// through the capture listener, and never hold the port (Envoy's
+    /// `bind_to_port`).
+    pub bind_to_port: bool,
     pub filter_chains: Vec<FilterChain>,
 }
 
@@ -72,6 +76,9 @@ pub struct Listener {
 pub struct FilterChain {
     /// SNI names this chain serves (empty: any).
     pub server_names: Vec<String>,
+    /// For capture listeners: the original destination port this chain
+    /// serves (`None`: any).
+    pub destination_port: Option<u16>,
     pub tls: Option<ServerTls>,
     pub action: ChainAction,
 }

@@ -364,8 +364,10 @@ impl<'a> Translator<'a> {
             port: 15001,
             direction: TrafficDirection::Outbound,
             use_original_dst: true,
+            bind_to_port: true,
             filter_chains: vec![FilterChain {
                 server_names: vec![],
+                destination_port: None,
                 tls: None,
                 action: ChainAction::Tcp {
                     clusters: vec![WeightedCluster {
@@ -399,6 +401,7 @@ impl<'a> Translator<'a> {
                             TrafficDirection::Outbound,
                             vec![FilterChain {
                                 server_names: vec![],
+                                destination_port: None,
                                 tls: None,
                                 action: ChainAction::Tcp { clusters },
                             }],
@@ -428,6 +431,7 @@ impl<'a> Translator<'a> {
                 TrafficDirection::Outbound,
                 vec![FilterChain {
                     server_names: vec![],
+                    destination_port: None,
                     tls: None,
                     action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                 }],
@@ -455,7 +459,12 @@ impl<'a> Translator<'a> {
                     clusters: vec![WeightedCluster { cluster, weight: 100, headers: HeaderOps::default() }],
                 }
             };
-            chains.push(FilterChain { server_names: vec![], tls: None, action });
+            chains.push(FilterChain {
+                server_names: vec![],
+                destination_port: Some(port.target_port.unwrap_or(port.port)),
+                tls: None,
+                action,
+            });
         }
         cfg.listeners.push(Listener {
             name: "virtualInbound".into(),
@@ -463,6 +472,7 @@ impl<'a> Translator<'a> {
             port: 15006,
             direction: TrafficDirection::Inbound,
             use_original_dst: true,
+            bind_to_port: true,
             filter_chains: chains,
         });
     }
@@ -716,6 +726,7 @@ impl<'a> Translator<'a> {
                         });
                         chains.push(FilterChain {
                             server_names: hosts.iter().filter(|h| *h != "*").cloned().collect(),
+                            destination_port: None,
                             tls: server.tls.as_ref().map(|t| server_tls(t, &tls_mode)),
                             action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                         });
@@ -737,6 +748,7 @@ impl<'a> Translator<'a> {
                     for (sni, clusters) in routes {
                         chains.push(FilterChain {
                             server_names: sni,
+                            destination_port: None,
                             tls: terminates_tls
                                 .then(|| server.tls.as_ref().map(|t| server_tls(t, &tls_mode)))
                                 .flatten(),
@@ -751,6 +763,7 @@ impl<'a> Translator<'a> {
                     .push(RouteConfig { name: route_name.clone(), virtual_hosts: http_vhosts.into_values().collect() });
                 chains.push(FilterChain {
                     server_names: vec![],
+                    destination_port: None,
                     tls: None,
                     action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                 });
@@ -884,6 +897,8 @@ fn port_listener(address: &str, port: u16, direction: TrafficDirection, filter_c
         name: format!("{address}_{port}"),
         address: address.to_string(),
         port,
+        // A sidecar's per-port listeners are reached through 15001 only.
+        bind_to_port: direction == TrafficDirection::Gateway,
         direction,
         use_original_dst: false,
         filter_chains,

@@ -244,4 +244,8 @@ fn translation_is_deterministic_and_versioned() {
     }
     let listeners: Vec<&str> = a.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(listeners, ["virtualOutbound", "0.0.0.0_9080", "virtualInbound"]);
+    // Only the capture listeners hold ports; 9080 is reached through 15001.
+    let bound: Vec<(&str, u16)> =
+        a.listeners.iter().filter(|l| l.bind_to_port).map(|l| (l.name.as_str(), l.port)).collect();
+    assert_eq!(bound, [("virtualOutbound", 15001), ("virtualInbound", 15006)]);
 }

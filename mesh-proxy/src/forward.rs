@@ -48,6 +48,9 @@ pub struct Ingress {
     /// the listener's HTTP chain.
     pub route_config: Option<String>,
     pub scheme: &'static str,
+    /// An explicit HTTP proxy port: the route table is the one of the port
+    /// in the request's authority (`http://reviews:9080/` -> `9080`).
+    pub route_by_authority_port: bool,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -134,7 +137,17 @@ impl Forwarder {
         ingress: &Ingress,
         record: &mut RequestRecord,
     ) -> Response<Body> {
-        let route_config = ingress.route_config.clone().or_else(|| {
+        // An explicit proxy port routes by the port the request names.
+        let by_authority = ingress.route_by_authority_port.then(|| {
+            let authority = head
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| head.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+                .unwrap_or("");
+            authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(80).to_string()
+        });
+        let route_config = by_authority.or_else(|| ingress.route_config.clone()).or_else(|| {
             live.config.listeners.iter().find(|l| l.name == ingress.listener).and_then(|l| {
                 l.filter_chains.iter().find_map(|c| match &c.action {
                     mesh_core::proxy_config::ChainAction::Http { route_config, .. } => Some(route_config.clone()),

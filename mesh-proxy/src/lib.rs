@@ -121,6 +121,7 @@ pub struct ProxyBuilder {
     bind_ip: Option<IpAddr>,
     drain_timeout: Duration,
     access_log: bool,
+    http_proxy: Option<SocketAddr>,
 }
 
 impl ProxyBuilder {
@@ -133,7 +134,15 @@ impl ProxyBuilder {
             bind_ip: None,
             drain_timeout: Duration::from_secs(5),
             access_log: false,
+            http_proxy: None,
         }
+    }
+
+    /// Also serve an explicit HTTP proxy port, for apps that set
+    /// `http_proxy` instead of having their traffic captured.
+    pub fn http_proxy(mut self, addr: SocketAddr) -> Self {
+        self.http_proxy = Some(addr);
+        self
     }
 
     /// Add a user filter; filters run in the order added.
@@ -198,6 +207,10 @@ impl ProxyBuilder {
                 }
                 tokio::spawn(admin::serve(socket, admin_state.clone(), prometheus_only, drain_rx.clone()));
             }
+        }
+        if let Some(addr) = self.http_proxy {
+            let socket = TcpListener::bind(addr).await?;
+            tokio::spawn(listener::serve_http_proxy(socket, Arc::clone(&forwarder), drain_rx.clone()));
         }
         let listeners = Arc::new(Mutex::new(Listeners::new(self.bind_ip, self.drain_timeout)));
         let (version_tx, version_rx) = watch::channel(String::new());

@@ -42,11 +42,11 @@ impl Listeners {
     }
 
     /// Bind what the config has and is not bound; drain what it no longer
-    /// has. Sidecar capture listeners (original destination) are left to
-    /// the sidecar's own code.
+    /// has. Listeners with `bind_to_port: false` (a sidecar's per-port
+    /// listeners) get their connections from the capture listener.
     pub async fn reconcile(&mut self, listeners: &[Listener], forwarder: &Arc<Forwarder>) {
         let wanted: HashMap<&str, &Listener> =
-            listeners.iter().filter(|l| !l.use_original_dst).map(|l| (l.name.as_str(), l)).collect();
+            listeners.iter().filter(|l| l.bind_to_port).map(|l| (l.name.as_str(), l)).collect();
         let gone: Vec<String> = self
             .running
             .keys()
@@ -133,12 +133,25 @@ async fn serve(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        if let Some(clusters) = &tcp {
-            tokio::spawn(proxy_tcp(stream, clusters.clone(), Arc::clone(&forwarder)));
-            continue;
-        }
-        let mut ingress =
-            Ingress { listener: config.name.clone(), port: config.port, peer, route_config: None, scheme: "http" };
+        let plain = Ingress {
+            listener: config.name.clone(),
+            port: config.port,
+            peer,
+            route_config: None,
+            scheme: "http",
+            route_by_authority_port: false,
+        };
+        let mut ingress = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
+            Target::Http(ingress) => ingress,
+            Target::Tcp(clusters) => {
+                tokio::spawn(proxy_tcp(stream, clusters, Arc::clone(&forwarder)));
+                continue;
+            }
+            Target::Passthrough(to) => {
+                tokio::spawn(passthrough(stream, to));
+                continue;
+            }
+        };
         let forwarder = Arc::clone(&forwarder);
         let builder = builder.clone();
         let graceful_watch = graceful.watcher();
@@ -182,6 +195,110 @@ async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain) => tracing::warn!(listener = %config.name, "drain deadline passed with connections open"),
+    }
+}
+
+/// What to do with an accepted connection.
+enum Target {
+    Http(Ingress),
+    Tcp(Vec<mesh_core::proxy_config::WeightedCluster>),
+    /// Nothing in the config is for it: on to where it was going.
+    Passthrough(SocketAddr),
+}
+
+fn target(
+    stream: &TcpStream,
+    listener: &Listener,
+    tcp: Option<&Vec<mesh_core::proxy_config::WeightedCluster>>,
+    forwarder: &Forwarder,
+    mut ingress: Ingress,
+) -> Target {
+    if !listener.use_original_dst {
+        return match tcp {
+            Some(clusters) => Target::Tcp(clusters.clone()),
+            None => Target::Http(ingress),
+        };
+    }
+    // A capture listener: the connection was redirected here by iptables;
+    // serve it as the listener for where it was going would.
+    let Some(original) = original_destination(stream) else { return Target::Http(ingress) };
+    let live = forwarder.live.load();
+    let chain_action = match listener.direction {
+        TrafficDirection::Inbound => listener
+            .filter_chains
+            .iter()
+            .find(|c| c.destination_port == Some(original.port()))
+            .map(|c| (c.action.clone(), listener.name.clone())),
+        _ => live
+            .config
+            .listeners
+            .iter()
+            .filter(|l| !l.use_original_dst && l.port == original.port())
+            .find(|l| l.address == original.ip().to_string())
+            .or_else(|| {
+                live.config
+                    .listeners
+                    .iter()
+                    .find(|l| !l.use_original_dst && l.port == original.port() && l.address == "0.0.0.0")
+            })
+            .and_then(|l| l.filter_chains.first().map(|c| (c.action.clone(), l.name.clone()))),
+    };
+    match chain_action {
+        Some((ChainAction::Http { route_config, .. }, name)) => {
+            ingress.listener = name;
+            ingress.port = original.port();
+            ingress.route_config = Some(route_config);
+            Target::Http(ingress)
+        }
+        Some((ChainAction::Tcp { clusters }, _)) => Target::Tcp(clusters),
+        None => Target::Passthrough(original),
+    }
+}
+
+/// Where a connection redirected by iptables (`REDIRECT`) was going.
+fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
+    let sockaddr = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::OriginalDst).ok()?;
+    let ip = std::net::Ipv4Addr::from(u32::from_be(sockaddr.sin_addr.s_addr));
+    let original = SocketAddr::new(ip.into(), u16::from_be(sockaddr.sin_port));
+    // Not redirected: the "original" destination is this socket itself.
+    (stream.local_addr().ok() != Some(original)).then_some(original)
+}
+
+/// Istio's passthrough clusters: no config for it, so straight on.
+async fn passthrough(mut downstream: TcpStream, to: SocketAddr) {
+    if let Ok(Ok(mut upstream)) = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(to)).await {
+        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+    }
+}
+
+/// Serve an explicit HTTP proxy port (apps with `http_proxy` set): routes
+/// come from the route table of the port in each request's authority.
+pub async fn serve_http_proxy(socket: TcpListener, forwarder: Arc<Forwarder>, mut stop: watch::Receiver<bool>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let port = socket.local_addr().map_or(0, |a| a.port());
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = socket.accept() => match a { Ok(a) => a, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let ingress = Ingress {
+            listener: "explicitOutbound".into(),
+            port,
+            peer,
+            route_config: None,
+            scheme: "http",
+            route_by_authority_port: true,
+        };
+        let forwarder = Arc::clone(&forwarder);
+        let service = hyper::service::service_fn(move |req| {
+            let forwarder = Arc::clone(&forwarder);
+            let ingress = ingress.clone();
+            async move { Ok::<_, Infallible>(forwarder.handle(req, &ingress).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
     }
 }
 

@@ -55,7 +55,11 @@ impl Response {
 
 /// Send raw bytes, read the whole answer (the connection closes).
 pub fn raw(port: u16, request: &[u8]) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    raw_to("127.0.0.1", port, request)
+}
+
+pub fn raw_to(host: &str, port: u16, request: &[u8]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect((host, port))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
     s.write_all(request)?;
     let mut out = Vec::new();

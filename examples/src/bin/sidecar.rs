@@ -1,0 +1,84 @@
+//! `sidecar --config PATH --ip POD_IP --labels app=reviews,version=v1`: the
+//! proxy next to one workload. Captured outbound traffic arrives on 15001,
+//! inbound on 15006 (see `mesh-iptables`); apps that set `http_proxy` can
+//! use 15080. Run it as the UID the iptables rules exclude (1337).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use adapter_static::{StaticOptions, StaticSource};
+use clap::Parser;
+use mesh_core::translate::ProxyIdentity;
+use mesh_proxy::{ConfigSource, ProxyBuilder};
+
+#[derive(Parser)]
+#[command(about = "An Istio-config sidecar proxy", version)]
+struct Args {
+    #[arg(long, required = true, num_args = 1..)]
+    config: Vec<std::path::PathBuf>,
+    /// The workload's name, for metrics.
+    #[arg(long, default_value = "workload")]
+    name: String,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The workload's labels (sourceLabels, selectors).
+    #[arg(long, default_value = "", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// The workload's IP: finds the services it serves inbound.
+    #[arg(long)]
+    ip: Option<String>,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    metrics: SocketAddr,
+    /// An explicit HTTP proxy port for apps that set http_proxy.
+    #[arg(long, default_value = "127.0.0.1:15080")]
+    http_proxy: SocketAddr,
+    #[arg(long, default_value_t = 5)]
+    drain_timeout: u64,
+    #[arg(long)]
+    access_log: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let labels = args
+        .labels
+        .iter()
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("--labels: `{kv}` is not key=value"))
+        })
+        .collect::<Result<_, _>>()?;
+    let files = Arc::new(StaticSource::load(StaticOptions::new(args.config)));
+    for problem in &files.status().problems {
+        tracing::warn!("{problem}");
+    }
+    let _watch = files.watch_files()?;
+    let mut identity = ProxyIdentity::sidecar(&args.name, &args.namespace, labels);
+    identity.ip = args.ip;
+    let proxy = ProxyBuilder::new(ConfigSource::mesh(files.clone(), files, identity))
+        .admin(args.admin)
+        .metrics(args.metrics)
+        .http_proxy(args.http_proxy)
+        .drain_timeout(Duration::from_secs(args.drain_timeout))
+        .access_log(args.access_log)
+        .start()
+        .await?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+        _ = proxy.drain_requested() => tracing::info!("drain requested on the admin server"),
+    }
+    proxy.drain().await;
+    Ok(())
+}

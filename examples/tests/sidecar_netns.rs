@@ -1,0 +1,164 @@
+//! The sidecar capturing a pod's traffic both ways, in a network namespace
+//! with iptables, as Istio's sidecar does. Needs root (`ip netns`,
+//! `iptables`, running the proxy as UID 1337); CI runs as root.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::Proc;
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The pod's network namespace; deleting it removes its veth and rules.
+struct Pod {
+    ns: String,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Run python3 inside the pod namespace; its stdout, trimmed, or its
+/// error.
+fn in_pod(ns: &str, code: &str) -> Result<String, String> {
+    let out =
+        Command::new("ip").args(["netns", "exec", ns, "python3", "-c", code]).output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_string())
+    }
+}
+
+#[test]
+fn sidecar_captures_a_pods_traffic_both_ways() {
+    let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    assert_eq!(uid.trim(), "0", "this test needs root: ip netns, iptables, and running the proxy as UID 1337");
+    let n = std::process::id() % 200 + 20;
+    let (ns, vh, vp) = (format!("meshpod{n}"), format!("mvh{n}"), format!("mvp{n}"));
+    let (host_ip, pod_ip, vip) = (format!("10.77.{n}.1"), format!("10.77.{n}.2"), format!("10.96.{n}.10"));
+    let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
+    run(&["ip", "netns", "add", &ns]);
+    let pod = Pod { ns: ns.clone() };
+    run(&["ip", "link", "add", &vh, "type", "veth", "peer", "name", &vp]);
+    run(&["ip", "link", "set", &vp, "netns", &ns]);
+    run(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", &vh]);
+    run(&["ip", "link", "set", &vh, "up"]);
+    for args in [
+        vec!["ip", "addr", "add", &format!("{pod_ip}/24"), "dev", &vp],
+        vec!["ip", "link", "set", &vp, "up"],
+        vec!["ip", "link", "set", "lo", "up"],
+        vec!["ip", "route", "add", "default", "via", &host_ip],
+    ] {
+        let mut full = vec!["ip", "netns", "exec", &ns];
+        full.extend(args.iter().map(|s| &**s));
+        run(&full);
+    }
+
+    // reviews v1 and v2 run outside the pod; the app inside it.
+    let host_backend = |version: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_demo-backend"))
+            .args(["--version", version, "--host", &host_ip])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        (Proc(child), line.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap())
+    };
+    let (_v1, p1) = host_backend("v1");
+    let (_v2, p2) = host_backend("v2");
+    let _app = Proc(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                env!("CARGO_BIN_EXE_demo-backend"),
+                "--version",
+                "app",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "8080",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // The proxy runs as UID 1337, so its files must be readable by it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sidecar = dir.path().join("sidecar");
+    std::fs::copy(env!("CARGO_BIN_EXE_sidecar"), &sidecar).unwrap();
+    std::fs::set_permissions(&sidecar, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let slice = |name: &str, svc: &str, ip: &str, port: u16, pod: &str, labels: &str| {
+        format!("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n- addresses: [{ip}]\n  targetRef: {{kind: Pod, name: {pod}, namespace: default}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: default, labels: {labels}}}\nstatus: {{phase: Running, podIP: {ip}}}\n")
+    };
+    let mesh = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  clusterIP: {vip}\n  ports: [{{name: http, port: 9080}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: productpage, namespace: default}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n{}{}{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  host: reviews\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: v2}}\n",
+        slice("reviews-v1", "reviews", &host_ip, p1, "reviews-v1", "{app: reviews, version: v1}"),
+        slice("reviews-v2", "reviews", &host_ip, p2, "reviews-v2", "{app: reviews, version: v2}"),
+        slice("productpage", "productpage", &pod_ip, 8080, "productpage-v1", "{app: productpage, version: v1}"),
+    );
+    let mesh_file = config.join("mesh.yaml");
+    std::fs::write(&mesh_file, mesh).unwrap();
+    std::fs::set_permissions(&mesh_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _sidecar = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", &ns, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"])
+            .arg(&sidecar)
+            .arg("--config")
+            .arg(&config)
+            .args(["--ip", &pod_ip, "--labels", "app=productpage,version=v1", "--name", "productpage-v1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ready =
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:15000/ready', timeout=1).status)";
+    assert!(
+        common::eventually(Duration::from_secs(20), || in_pod(&ns, ready).as_deref() == Ok("200")),
+        "sidecar not ready"
+    );
+    run(&["ip", "netns", "exec", &ns, env!("CARGO_BIN_EXE_mesh-iptables"), "--apply"]);
+
+    // Outbound: the app calls the reviews VIP; iptables sends it to 15001,
+    // and the VirtualService sends it to v2.
+    let call = format!("import urllib.request; r = urllib.request.urlopen('http://{vip}:9080/', timeout=5); print(r.headers['x-backend-version'])");
+    for _ in 0..5 {
+        assert_eq!(in_pod(&ns, &call).as_deref(), Ok("v2"), "outbound through the sidecar");
+    }
+
+    // Inbound: a caller outside the pod reaches the app through 15006.
+    let r = common::parse(
+        &common::raw_to(&pod_ip, 8080, b"GET /headers HTTP/1.1\r\nHost: productpage\r\nConnection: close\r\n\r\n")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((r.status, r.header("x-backend-version")), (200, Some("app")));
+    assert!(
+        r.body.contains(&format!("x-forwarded-for: {host_ip}")),
+        "the request went through the sidecar: {}",
+        r.body
+    );
+    assert!(r.body.contains("x-request-id: "), "{}", r.body);
+
+    // An app that sets http_proxy instead.
+    let proxied = format!("import urllib.request as u; o = u.build_opener(u.ProxyHandler({{'http': 'http://127.0.0.1:15080'}})); print(o.open('http://{vip}:9080/', timeout=5).headers['x-backend-version'])");
+    assert_eq!(in_pod(&ns, &proxied).as_deref(), Ok("v2"), "the explicit proxy port routes too");
+    drop(pod);
+}
