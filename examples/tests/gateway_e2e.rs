@@ -544,3 +544,101 @@ fn tls_termination_with_certificates_from_files_and_alpn() {
         assert!(forwarded_proto, "the upstream learns the request came over TLS");
     }
 }
+
+#[test]
+fn slow_clients_and_upstreams_that_reset_mid_response() {
+    // A raw upstream that promises 1000 bytes, sends 10, and hangs up.
+    let broken = std::process::Command::new("python3")
+        .args(["-c", "import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 0)); s.listen(16)\nprint(s.getsockname()[1], flush=True)\nwhile True:\n    c, _ = s.accept()\n    c.recv(65536)\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 1000\\r\\n\\r\\n0123456789')\n    c.close()\n"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut broken = common::Proc(broken);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(broken.0.stdout.take().unwrap()), &mut line).unwrap();
+    let broken_port: u16 = line.trim().parse().unwrap();
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(
+        dir.path(),
+        port,
+        &[
+            Service { name: "web", backends: &[("v1", p)] },
+            Service { name: "broken", backends: &[("v1", broken_port)] },
+        ],
+        "",
+    );
+    std::fs::write(dir.path().join("routes.yaml"), routes("x", "  - match: [{uri: {prefix: /broken}}]\n    route:\n    - destination: {host: broken}\n  - route:\n    - destination: {host: web}\n")).unwrap();
+    let g = Gateway::start_with(dir.path(), port, &["--header-read-timeout", "1"], std::process::Stdio::null());
+
+    // Headers are already on their way when the body breaks: the client
+    // gets a reset connection (or a visibly short body), never a whole-
+    // looking answer.
+    for _ in 0..3 {
+        let text =
+            common::raw(port, b"GET /broken HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap_or_default();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        assert!(text.is_empty() || (text.starts_with("HTTP/1.1 200") && body.len() < 1000), "{text:?}");
+    }
+
+    // A client that never finishes its headers is cut off.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut slow, &mut buf);
+    assert!(started.elapsed() < Duration::from_secs(6), "closed after the 1 s header timeout, not left open");
+    assert_eq!(g.get("/", &[]).status, 200, "and the proxy serves on");
+}
+
+#[test]
+fn json_access_log_and_drain_from_the_admin_server() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("web", "  - name: to-web\n    route:\n    - destination: {host: web}\n"),
+    )
+    .unwrap();
+    let mut g = Gateway::start_with(dir.path(), port, &["--access-log"], std::process::Stdio::piped());
+    let stdout = g.proc.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    assert_eq!(g.get("/path?q=1", &[("x-request-id", "log-me-1")]).status, 200);
+    let entry = loop {
+        let line = rx.recv_timeout(Duration::from_secs(5)).expect("an access log line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON access log");
+        if v["x_request_id"] == "log-me-1" {
+            break v;
+        }
+    };
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/path?q=1");
+    assert_eq!(entry["response_code"], 200);
+    assert_eq!(entry["response_flags"], "-");
+    assert_eq!(entry["route_name"], "to-web");
+    assert_eq!(entry["upstream_cluster"], "outbound|9080||web.default.svc.cluster.local");
+    assert_eq!(entry["upstream_host"], format!("127.0.0.1:{p}"));
+
+    let drain =
+        common::raw(g.admin, b"POST /drain HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .unwrap();
+    assert!(drain.starts_with("HTTP/1.1 200"), "{drain}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = g.proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit after /drain");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+}

@@ -122,6 +122,7 @@ pub struct ProxyBuilder {
     drain_timeout: Duration,
     access_log: bool,
     http_proxy: Option<SocketAddr>,
+    header_timeout: Duration,
 }
 
 impl ProxyBuilder {
@@ -135,6 +136,7 @@ impl ProxyBuilder {
             drain_timeout: Duration::from_secs(5),
             access_log: false,
             http_proxy: None,
+            header_timeout: Duration::from_secs(10),
         }
     }
 
@@ -176,6 +178,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// How long a client may take to send its request headers (default
+    /// 10 s); slower connections are closed.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
+    }
+
     /// Write a JSON access log line per request to stdout.
     pub fn access_log(mut self, on: bool) -> Self {
         self.access_log = on;
@@ -212,7 +221,7 @@ impl ProxyBuilder {
             let socket = TcpListener::bind(addr).await?;
             tokio::spawn(listener::serve_http_proxy(socket, Arc::clone(&forwarder), drain_rx.clone()));
         }
-        let listeners = Arc::new(Mutex::new(Listeners::new(self.bind_ip, self.drain_timeout)));
+        let listeners = Arc::new(Mutex::new(Listeners::new(self.bind_ip, self.drain_timeout, self.header_timeout)));
         let (version_tx, version_rx) = watch::channel(String::new());
         let configs: BoxStream<'static, ProxyConfig> = match self.source {
             ConfigSource::Mesh { store, registry, identity, debounce } => mesh::watch(&*store, &*registry, debounce)

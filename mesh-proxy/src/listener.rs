@@ -18,9 +18,6 @@ use tokio::sync::watch;
 use crate::forward::{Forwarder, Ingress};
 use crate::tls::TlsListener;
 
-/// Slow clients get this long to send their request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 struct Running {
     address: SocketAddr,
     /// The listener's config, to notice when it must be rebound.
@@ -34,11 +31,14 @@ pub struct Listeners {
     running: HashMap<String, Running>,
     bind_ip: Option<IpAddr>,
     drain: Duration,
+    /// Slow clients get this long to send their request headers (and
+    /// their TLS handshake).
+    header_timeout: Duration,
 }
 
 impl Listeners {
-    pub fn new(bind_ip: Option<IpAddr>, drain: Duration) -> Listeners {
-        Listeners { running: HashMap::new(), bind_ip, drain }
+    pub fn new(bind_ip: Option<IpAddr>, drain: Duration, header_timeout: Duration) -> Listeners {
+        Listeners { running: HashMap::new(), bind_ip, drain, header_timeout }
     }
 
     /// Bind what the config has and is not bound; drain what it no longer
@@ -80,7 +80,15 @@ impl Listeners {
             };
             let address = socket.local_addr().unwrap_or_else(|_| SocketAddr::new(ip, l.port));
             let (stop, stopped) = watch::channel(false);
-            let task = tokio::spawn(serve(socket, l.clone(), tls, Arc::clone(forwarder), stopped, self.drain));
+            let task = tokio::spawn(serve(
+                socket,
+                l.clone(),
+                tls,
+                Arc::clone(forwarder),
+                stopped,
+                self.drain,
+                self.header_timeout,
+            ));
             tracing::info!(listener = %name, %address, "listening");
             self.running.insert(name.to_string(), Running { address, config: l.clone(), stop, task });
         }
@@ -111,10 +119,11 @@ async fn serve(
     forwarder: Arc<Forwarder>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
+    header_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     let tcp = config.filter_chains.iter().find_map(|c| match &c.action {
         ChainAction::Tcp { clusters } if config.direction != TrafficDirection::Outbound || !config.use_original_dst => {
             Some(clusters.clone())
@@ -171,7 +180,7 @@ async fn serve(
                     graceful_watch.watch(conn).await
                 }
                 Some(tls) => {
-                    let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor.accept(stream)).await {
+                    let stream = match tokio::time::timeout(header_timeout, tls.acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!("TLS handshake: {e}");

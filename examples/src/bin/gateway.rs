@@ -40,6 +40,9 @@ struct Args {
     /// A JSON access log line per request on stdout.
     #[arg(long)]
     access_log: bool,
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, default_value_t = 10)]
+    header_read_timeout: u64,
 }
 
 #[tokio::main]
@@ -68,7 +71,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .admin(args.admin)
         .metrics(args.metrics)
         .drain_timeout(Duration::from_secs(args.drain_timeout))
-        .access_log(args.access_log);
+        .access_log(args.access_log)
+        .header_read_timeout(Duration::from_secs(args.header_read_timeout));
     if let Some(ip) = args.bind {
         builder = builder.bind_ip(ip);
     }

@@ -163,6 +163,11 @@ pub struct Gateway {
 impl Gateway {
     /// Start the gateway binary on `dir` and wait until it is ready.
     pub fn start(dir: &Path, port: u16) -> Gateway {
+        Gateway::start_with(dir, port, &[], Stdio::null())
+    }
+
+    /// Start with extra arguments, and stdout sent to `stdout`.
+    pub fn start_with(dir: &Path, port: u16, extra: &[&str], stdout: Stdio) -> Gateway {
         let admin = free_port();
         let metrics = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
@@ -178,8 +183,9 @@ impl Gateway {
                 "--drain-timeout",
                 "5",
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .spawn()
             .expect("start gateway");
         let g = Gateway { proc: Proc(child), port, admin };
