@@ -295,13 +295,20 @@ fn header_operations_rewrites_redirects_and_direct_responses() {
         dir.path().join("routes.yaml"),
         routes(
             "web",
-            "  - match: [{uri: {prefix: /old}}]\n    redirect: {uri: /new, redirectCode: 308}\n  - match: [{uri: {exact: /health}}]\n    directResponse: {status: 200, body: {string: ok}}\n  - match: [{uri: {prefix: /api/v1}}]\n    rewrite: {uri: /headers}\n    headers:\n      request:\n        set: {x-route: api}\n        remove: [x-secret]\n      response:\n        add: {x-served-by: mesh}\n    route:\n    - destination: {host: web}\n",
+            "  - match: [{uri: {prefix: /re/}}]\n    rewrite: {uriRegexRewrite: {match: \"^/re/(h[a-z]+)/x$\", rewrite: \"/\\\\1\"}}\n    route:\n    - destination: {host: web}\n  - match: [{uri: {prefix: /old}}]\n    redirect: {uri: /new, redirectCode: 308}\n  - match: [{uri: {exact: /health}}]\n    directResponse: {status: 200, body: {string: ok}}\n  - match: [{uri: {prefix: /api/v1}}]\n    rewrite: {uri: /headers}\n    headers:\n      request:\n        set: {x-route: api}\n        remove: [x-secret]\n      response:\n        add: {x-served-by: mesh}\n    route:\n    - destination: {host: web}\n",
         ),
     )
     .unwrap();
     let g = Gateway::start(dir.path(), port);
     let r = g.get("/old/page", &[]);
     assert_eq!((r.status, r.header("location")), (308, Some("http://test.example.com/new")));
+    let r = g.get("/re/headers/x", &[]);
+    assert!(
+        r.status == 200 && r.body.contains("x-request-id"),
+        "uriRegexRewrite sent /re/headers/x to /headers: {} {}",
+        r.status,
+        r.body
+    );
     let r = g.get("/health", &[]);
     assert_eq!((r.status, r.body.as_str()), (200, "ok"));
     let r = g.get("/api/v1", &[("x-secret", "s3cret")]);

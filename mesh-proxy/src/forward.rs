@@ -1,6 +1,7 @@
 //! The request path: from a downstream request to the response, doing what
 //! the compiled config says (Envoy's HTTP connection manager and router).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use mesh_core::proxy_config::{
 use mesh_core::resilience::circuit_breaker::Resource as Breaker;
 use mesh_core::resilience::outlier::Observation;
 use mesh_core::resilience::retry::{try_timeout, Outcome, RetryDecision, RetryState};
-use mesh_core::routing::{pick_weighted, RequestView};
+use mesh_core::routing::{pick_weighted, CompiledMatcher, RequestView};
 
 use crate::body::{self, Body, REPLAY_LIMIT};
 use crate::cluster::ClusterState;
@@ -147,15 +148,10 @@ impl Forwarder {
                 .unwrap_or("");
             authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(80).to_string()
         });
-        let route_config = by_authority.or_else(|| ingress.route_config.clone()).or_else(|| {
-            live.config.listeners.iter().find(|l| l.name == ingress.listener).and_then(|l| {
-                l.filter_chains.iter().find_map(|c| match &c.action {
-                    mesh_core::proxy_config::ChainAction::Http { route_config, .. } => Some(route_config.clone()),
-                    _ => None,
-                })
-            })
-        });
-        let Some(table) = route_config.as_deref().and_then(|n| live.routes.get(n)) else {
+        let route_config = by_authority.or_else(|| ingress.route_config.clone());
+        let route_config =
+            route_config.as_deref().or_else(|| live.listener_routes.get(&ingress.listener).map(String::as_str));
+        let Some(table) = route_config.and_then(|n| live.routes.get(n)) else {
             record.flag = Flag::NoRoute;
             return local_reply(StatusCode::NOT_FOUND, "no route config for this listener\n");
         };
@@ -192,7 +188,7 @@ impl Forwarder {
             }
         }
 
-        let origin = route.cors.as_ref().and_then(|cors| allowed_origin(cors, head));
+        let origin = route.cors.as_ref().and_then(|cors| allowed_origin(cors, head, &live.regexes));
         if let (Some(cors), Some(origin)) = (&route.cors, &origin) {
             if head.method == http::Method::OPTIONS
                 && head.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -259,7 +255,7 @@ impl Forwarder {
             RequestAction::Continue => {
                 apply_request_ops(&mut head.headers, &route.headers);
                 apply_request_ops(&mut head.headers, &chosen.headers);
-                rewrite(head, route);
+                rewrite(head, route, &live.regexes);
                 self.forward(live, head, incoming, route, chosen, ingress, record).await
             }
         };
@@ -501,12 +497,21 @@ fn tunnel(head: &mut http::request::Parts, upstream: &mut Response<Incoming>) {
 }
 
 /// The request's Origin, when the route's CORS policy allows it.
-fn allowed_origin(cors: &CorsPolicy, head: &http::request::Parts) -> Option<HeaderValue> {
+fn allowed_origin(
+    cors: &CorsPolicy,
+    head: &http::request::Parts,
+    regexes: &HashMap<String, CompiledMatcher>,
+) -> Option<HeaderValue> {
     let origin = head.headers.get(http::header::ORIGIN)?;
     let text = origin.to_str().ok()?;
     cors.allow_origins
         .iter()
-        .any(|m| mesh_core::routing::CompiledMatcher::new(m, false).is_ok_and(|c| c.matches(text)))
+        .any(|m| match m {
+            StringMatcher::Exact(e) => e == text,
+            StringMatcher::Prefix(p) => text.starts_with(p.as_str()),
+            StringMatcher::Regex(r) => regexes.get(r).is_some_and(|c| c.matches(text)),
+            StringMatcher::Present => true,
+        })
         .then(|| origin.clone())
 }
 
@@ -624,7 +629,7 @@ fn apply_response_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
 
 /// Istio's `rewrite`: `uri` replaces the part of the path the route's
 /// prefix (or exact) match matched; `authority` replaces the host.
-fn rewrite(head: &mut http::request::Parts, route: &Route) {
+fn rewrite(head: &mut http::request::Parts, route: &Route, regexes: &HashMap<String, CompiledMatcher>) {
     let Some(rw) = &route.rewrite else { return };
     if let Some(authority) = rw.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
         head.headers.insert(http::header::HOST, authority);
@@ -641,9 +646,11 @@ fn rewrite(head: &mut http::request::Parts, route: &Route) {
             None => new_prefix.clone(),
         }
     } else if let Some((pattern, replacement)) = &rw.uri_regex {
-        match regex::Regex::new(pattern) {
-            Ok(re) => re.replace_all(&path, replacement.as_str()).into_owned(),
-            Err(_) => path,
+        match regexes.get(pattern) {
+            Some(CompiledMatcher::Regex(re)) => {
+                re.replace_all(&path, re2_substitution(replacement).as_str()).into_owned()
+            }
+            _ => path,
         }
     } else {
         return;
@@ -652,6 +659,24 @@ fn rewrite(head: &mut http::request::Parts, route: &Route) {
     if let Ok(uri) = Uri::try_from(format!("{new_path}{query}")) {
         head.uri = uri;
     }
+}
+
+/// RE2 (Istio, Envoy) writes substitutions as `\1`; the regex crate as
+/// `${1}`.
+fn re2_substitution(rewrite: &str) -> String {
+    let mut out = String::with_capacity(rewrite.len() + 4);
+    let mut chars = rewrite.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                out.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            ('$', _) => out.push_str("$$"),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn redirect_response(r: &Redirect, head: &http::request::Parts, port: u16) -> Response<Body> {
@@ -707,4 +732,13 @@ fn new_request_id() -> String {
     let b = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     let h = format!("{b:032x}");
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn re2_substitutions_become_regex_crate_ones() {
+        assert_eq!(super::re2_substitution("\\2/instance/\\1"), "${2}/instance/${1}");
+        assert_eq!(super::re2_substitution("/cost$"), "/cost$$");
+    }
 }

@@ -8,15 +8,20 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use mesh_core::authz::Authorizer;
 use mesh_core::proxy_config::ProxyConfig;
-use mesh_core::routing::{RouteTable, RouteTableError};
+use mesh_core::proxy_config::{ChainAction, StringMatcher};
+use mesh_core::routing::{CompiledMatcher, RouteTable, RouteTableError};
 
 use crate::cluster::ClusterState;
 
 pub struct LiveConfig {
     pub config: Arc<ProxyConfig>,
     pub routes: HashMap<String, RouteTable>,
+    /// The route table of each listener's HTTP chain, by listener name.
+    pub listener_routes: HashMap<String, String>,
     pub clusters: HashMap<String, Arc<ClusterState>>,
     pub authorizer: Authorizer,
+    /// Regexes of rewrites and CORS origins, compiled once.
+    pub regexes: HashMap<String, CompiledMatcher>,
 }
 
 impl LiveConfig {
@@ -31,8 +36,10 @@ impl LiveConfig {
                 authorization: vec![],
             }),
             routes: HashMap::new(),
+            listener_routes: HashMap::new(),
             clusters: HashMap::new(),
             authorizer: Authorizer::default(),
+            regexes: HashMap::new(),
         }
     }
 
@@ -55,7 +62,37 @@ impl LiveConfig {
             })
             .collect();
         let authorizer = Authorizer::new(&config.authorization);
-        Ok(LiveConfig { config: Arc::new(config), routes, clusters, authorizer })
+        let listener_routes = config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                l.filter_chains.iter().find_map(|c| match &c.action {
+                    ChainAction::Http { route_config, .. } => Some((l.name.clone(), route_config.clone())),
+                    ChainAction::Tcp { .. } => None,
+                })
+            })
+            .collect();
+        let mut regexes = HashMap::new();
+        for route in config.route_configs.iter().flat_map(|r| &r.virtual_hosts).flat_map(|v| &v.routes) {
+            let patterns =
+                route
+                    .rewrite
+                    .iter()
+                    .filter_map(|r| r.uri_regex.as_ref().map(|(p, _)| StringMatcher::Regex(p.clone())))
+                    .chain(route.cors.iter().flat_map(|c| {
+                        c.allow_origins.iter().filter(|m| matches!(m, StringMatcher::Regex(_))).cloned()
+                    }));
+            for m in patterns {
+                if let StringMatcher::Regex(p) = &m {
+                    // Validation already rejected bad regexes; one that still
+                    // fails to compile simply never matches.
+                    if let Ok(compiled) = CompiledMatcher::new(&m, false) {
+                        regexes.insert(p.clone(), compiled);
+                    }
+                }
+            }
+        }
+        Ok(LiveConfig { config: Arc::new(config), routes, listener_routes, clusters, authorizer, regexes })
     }
 }
 
