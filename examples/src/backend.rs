@@ -6,7 +6,8 @@
 //! - `?status=503` answers that status; `?delay_ms=200` waits first;
 //! - `fail_every: N` makes every N-th request answer 503 (a flaky upstream);
 //! - `/headers` answers the request headers it got, one per line;
-//! - `/ws` is a WebSocket echo.
+//! - `/ws` is a WebSocket echo;
+//! - `/served` answers how many requests came before it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -57,6 +58,9 @@ async fn answer(state: &State, mut req: Request<Incoming>, _peer: SocketAddr) ->
     let n = state.served.fetch_add(1, Ordering::Relaxed) + 1;
     if req.uri().path() == "/ws" {
         return websocket_echo(&mut req);
+    }
+    if req.uri().path() == "/served" {
+        return Response::new(Full::new(Bytes::from(format!("{}\n", n - 1))));
     }
     let query = req.uri().query().unwrap_or("").to_string();
     let param =

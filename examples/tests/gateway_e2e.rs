@@ -649,3 +649,78 @@ fn json_access_log_and_drain_from_the_admin_server() {
     };
     assert!(status.success());
 }
+
+#[test]
+fn mirroring_ring_hash_tcp_routes_and_listeners_added_and_removed() {
+    let (_v1, p1) = backend("v1", 0);
+    let (_v2, p2) = backend("v2", 0);
+    let (_shadow, ps) = backend("shadow", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ring = "  trafficPolicy:\n    loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n";
+    write_mesh(
+        dir.path(),
+        port,
+        &[
+            Service { name: "web", backends: &[("v1", p1), ("v2", p2)] },
+            Service { name: "shadow", backends: &[("shadow", ps)] },
+        ],
+        ring,
+    );
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("web", "  - route:\n    - destination: {host: web}\n    mirror: {host: shadow}\n    mirrorPercentage: {value: 100}\n"),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+
+    // Ring hash: a user sticks to one endpoint; users spread over both.
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..20 {
+        let user = format!("user-{user}");
+        let first = g.get("/", &[("x-user", &user)]).header("x-backend-version").unwrap().to_string();
+        for _ in 0..5 {
+            assert_eq!(
+                g.get("/", &[("x-user", &user)]).header("x-backend-version"),
+                Some(first.as_str()),
+                "{user} must stick"
+            );
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "users spread over both endpoints: {seen:?}");
+
+    // Mirroring: every answer came from the primary, and the shadow got a
+    // copy of each of the 120 requests (fire and forget, so eventually).
+    assert_ne!(g.get("/", &[]).header("x-backend-version"), Some("shadow"));
+    let served = || common::get(ps, "/served", &[]).body.trim().parse::<u32>().unwrap_or(0);
+    assert!(common::eventually(Duration::from_secs(5), || served() >= 121), "the shadow saw {} copies", served());
+
+    // A TCP server on a second port, added by an edit, split by weight,
+    // then removed by another edit.
+    let tcp_port = free_port();
+    let tcp_gateway = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: tcp-gw, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: tcp-routes, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [tcp-gw]\n  tcp:\n  - route:\n    - destination: {{host: web, subset: v1}}\n      weight: 100\n    - destination: {{host: web, subset: v2}}\n      weight: 0\n"
+    );
+    g.apply(dir.path(), "tcp.yaml", &tcp_gateway);
+    assert!(
+        common::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_ok()),
+        "the new listener is up"
+    );
+    for _ in 0..5 {
+        let r = common::get(tcp_port, "/", &[]);
+        assert_eq!(
+            (r.status, r.header("x-backend-version")),
+            (200, Some("v1")),
+            "bytes relayed to the weighted TCP destination"
+        );
+    }
+    let before = g.version();
+    std::fs::remove_file(dir.path().join("tcp.yaml")).unwrap();
+    assert!(common::eventually(Duration::from_secs(10), || g.version() != before), "the delete was applied");
+    assert!(
+        common::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_err()),
+        "the removed listener is gone"
+    );
+    assert_eq!(g.get("/", &[]).status, 200, "the other listener kept serving");
+}
