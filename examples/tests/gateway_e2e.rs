@@ -724,3 +724,31 @@ fn mirroring_ring_hash_tcp_routes_and_listeners_added_and_removed() {
     );
     assert_eq!(g.get("/", &[]).status, 200, "the other listener kept serving");
 }
+
+#[test]
+fn local_rate_limit_from_an_envoy_filter() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
+        .unwrap();
+    // As in Istio's rate limiting task, for the ingress gateway.
+    std::fs::write(
+        dir.path().join("ratelimit.yaml"),
+        "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: filter-local-ratelimit-gw, namespace: istio-system}\nspec:\n  workloadSelector:\n    labels: {istio: ingressgateway}\n  configPatches:\n    - applyTo: HTTP_FILTER\n      match:\n        context: GATEWAY\n      patch:\n        operation: INSERT_BEFORE\n        value:\n          name: envoy.filters.http.local_ratelimit\n          typed_config:\n            \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n            value:\n              stat_prefix: http_local_rate_limiter\n              token_bucket: {max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}\n              response_headers_to_add:\n              - header: {key: x-local-rate-limit, value: 'true'}\n",
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let statuses: Vec<u16> = (0..6).map(|_| g.get("/", &[]).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    let limited = g.get("/", &[]);
+    assert_eq!((limited.body.as_str(), limited.header("x-local-rate-limit")), ("local_rate_limited", Some("true")));
+    // An edit elsewhere does not refill the bucket.
+    g.apply(
+        dir.path(),
+        "routes.yaml",
+        &routes("web", "  - name: renamed\n    route:\n    - destination: {host: web}\n"),
+    );
+    assert_eq!(g.get("/", &[]).status, 429);
+}

@@ -45,6 +45,7 @@ pub fn analyze(mesh: &MeshSnapshot, workloads: &[WorkloadLabels]) -> Vec<Finding
     a.virtual_services();
     a.destination_rules();
     a.gateways();
+    a.envoy_filters();
     a.findings.sort_by_cached_key(|f| (f.resource.to_string(), f.field.clone(), f.message.clone()));
     a.findings
 }
@@ -223,6 +224,23 @@ impl Analysis<'_> {
                             subset.name,
                             state.endpoints.len()
                         ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn envoy_filters(&mut self) {
+        for r in of_kind(&self.mesh.config, Kind::EnvoyFilter) {
+            let Spec::EnvoyFilter(ef) = &r.spec else { continue };
+            for (i, p) in ef.config_patches.iter().enumerate() {
+                if crate::rate_limit::local_rate_limit_of(p).is_none() {
+                    self.add(
+                        Severity::Warning,
+                        &r.key(),
+                        format!("spec.configPatches[{i}]"),
+                        "this mesh reads EnvoyFilter only for Envoy's local rate limit filter; this patch is ignored"
+                            .into(),
                     );
                 }
             }

@@ -22,6 +22,9 @@ pub struct ProxyConfig {
     /// The AuthorizationPolicies that apply to this proxy, in evaluation
     /// order (namespace, name).
     pub authorization: Vec<AuthorizationPolicyRef>,
+    /// Local rate limits (from EnvoyFilters) that apply to this proxy.
+    #[serde(default)]
+    pub local_rate_limits: Vec<crate::rate_limit::LocalRateLimit>,
 }
 
 /// One AuthorizationPolicy as it applies to a proxy.

@@ -108,3 +108,105 @@ mod tests {
         assert_eq!(taken.load(Ordering::Relaxed), 1000);
     }
 }
+
+/// Envoy's local rate limit filter as an EnvoyFilter inserts it (Istio's
+/// rate limiting task): a token bucket, where it applies, and the headers
+/// added to the 429s it answers.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LocalRateLimit {
+    pub max_tokens: u32,
+    pub tokens_per_fill: u32,
+    #[serde(with = "crate::config::duration::text")]
+    pub fill_interval: Duration,
+    /// `SIDECAR_INBOUND`, `SIDECAR_OUTBOUND`, `GATEWAY` or `ANY`.
+    pub context: String,
+    pub response_headers: Vec<(String, String)>,
+}
+
+const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
+
+/// `None` when the patch is not Envoy's local rate limit filter; the
+/// filter's settings, or why they cannot be read, when it is.
+pub fn local_rate_limit_of(
+    patch: &crate::config::networking::EnvoyConfigObjectPatch,
+) -> Option<Result<LocalRateLimit, String>> {
+    let value = patch.patch.as_ref()?.value.as_ref()?;
+    let typed = value.get("typed_config")?;
+    let type_name = |v: &serde_json::Value, k: &str| v.get(k).and_then(|t| t.as_str()).unwrap_or_default().to_string();
+    let is_ours = value.get("name").and_then(|n| n.as_str()) == Some(LOCAL_RATE_LIMIT)
+        || type_name(typed, "@type").contains("local_ratelimit")
+        || type_name(typed, "type_url").contains("local_ratelimit");
+    if !is_ours {
+        return None;
+    }
+    // Either the filter config itself, or wrapped in a udpa TypedStruct.
+    let config = if type_name(typed, "@type").ends_with("TypedStruct") { typed.get("value")? } else { typed };
+    Some((|| {
+        let bucket = config.get("token_bucket").ok_or("token_bucket is required")?;
+        let number = |k: &str| bucket.get(k).and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
+        let max_tokens = number("max_tokens").ok_or("token_bucket.max_tokens is required")?;
+        let tokens_per_fill = number("tokens_per_fill").unwrap_or(1);
+        let interval =
+            bucket.get("fill_interval").and_then(|v| v.as_str()).ok_or("token_bucket.fill_interval is required")?;
+        let fill_interval =
+            crate::config::duration::parse(interval).map_err(|e| format!("token_bucket.fill_interval: {e}"))?;
+        if fill_interval.is_zero() || max_tokens == 0 {
+            return Err("token_bucket needs max_tokens > 0 and a fill_interval > 0".to_string());
+        }
+        let response_headers = config
+            .get("response_headers_to_add")
+            .and_then(|h| h.as_array())
+            .map(|hs| {
+                hs.iter()
+                    .filter_map(|h| {
+                        let header = h.get("header")?;
+                        Some((
+                            header.get("key")?.as_str()?.to_ascii_lowercase(),
+                            header.get("value")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let context =
+            patch.match_.as_ref().and_then(|m| m.get("context")).and_then(|c| c.as_str()).unwrap_or("ANY").to_string();
+        Ok(LocalRateLimit {
+            max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
+            tokens_per_fill: u32::try_from(tokens_per_fill).unwrap_or(u32::MAX),
+            fill_interval,
+            context,
+            response_headers,
+        })
+    })())
+}
+
+#[cfg(test)]
+mod envoy_filter_tests {
+    use crate::config::{Resource, Spec};
+
+    #[test]
+    fn reads_istios_local_rate_limit_task() {
+        let r = Resource::from_yaml(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: filter-local-ratelimit-svc, namespace: istio-system}\nspec:\n  workloadSelector:\n    labels: {app: productpage}\n  configPatches:\n    - applyTo: HTTP_FILTER\n      match:\n        context: SIDECAR_INBOUND\n        listener:\n          filterChain:\n            filter:\n              name: envoy.filters.network.http_connection_manager\n      patch:\n        operation: INSERT_BEFORE\n        value:\n          name: envoy.filters.http.local_ratelimit\n          typed_config:\n            \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n            value:\n              stat_prefix: http_local_rate_limiter\n              token_bucket:\n                max_tokens: 4\n                tokens_per_fill: 4\n                fill_interval: 60s\n              response_headers_to_add:\n                - append: false\n                  header:\n                    key: x-local-rate-limit\n                    value: 'true'\n",
+        )
+        .unwrap();
+        let Spec::EnvoyFilter(ef) = r.spec else { panic!() };
+        let limit = super::local_rate_limit_of(&ef.config_patches[0]).unwrap().unwrap();
+        assert_eq!((limit.max_tokens, limit.tokens_per_fill, limit.fill_interval.as_secs()), (4, 4, 60));
+        assert_eq!(limit.context, "SIDECAR_INBOUND");
+        assert_eq!(limit.response_headers, [("x-local-rate-limit".to_string(), "true".to_string())]);
+    }
+
+    #[test]
+    fn a_broken_bucket_is_a_validation_error() {
+        let err = Resource::from_yaml(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: rl}\nspec:\n  configPatches:\n  - applyTo: HTTP_FILTER\n    patch:\n      operation: INSERT_BEFORE\n      value:\n        name: envoy.filters.http.local_ratelimit\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n          token_bucket: {max_tokens: 10, fill_interval: soon}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("spec.configPatches[0].patch.value: token_bucket.fill_interval: duration `soon`"),
+            "{err}"
+        );
+    }
+}

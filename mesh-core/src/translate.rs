@@ -100,6 +100,7 @@ pub fn translate(mesh: &MeshSnapshot, proxy: &ProxyIdentity) -> ProxyConfig {
         clusters,
         endpoints,
         authorization: t.authorization_policies(),
+        local_rate_limits: t.local_rate_limits(),
     };
     match proxy.kind {
         ProxyKind::Sidecar => t.sidecar_listeners(&mut cfg),
@@ -858,6 +859,25 @@ impl<'a> Translator<'a> {
             }
         }
         out
+    }
+
+    /// EnvoyFilters in the proxy's namespace (or the root namespace) whose
+    /// selector matches it, that insert Envoy's local rate limit filter.
+    fn local_rate_limits(&self) -> Vec<crate::rate_limit::LocalRateLimit> {
+        of_kind(self.config, Kind::EnvoyFilter)
+            .filter(|r| r.meta.namespace == self.proxy.namespace || r.meta.namespace == ROOT_NAMESPACE)
+            .filter_map(|r| match &r.spec {
+                Spec::EnvoyFilter(ef) => Some(ef),
+                _ => None,
+            })
+            .filter(|ef| ef.workload_selector.as_ref().is_none_or(|s| labels_match(&s.labels, &self.proxy.labels)))
+            .flat_map(|ef| ef.config_patches.iter().filter_map(|p| crate::rate_limit::local_rate_limit_of(p)?.ok()))
+            .filter(|l| match l.context.as_str() {
+                "GATEWAY" => self.proxy.kind == ProxyKind::Gateway,
+                "SIDECAR_INBOUND" | "SIDECAR_OUTBOUND" => self.proxy.kind == ProxyKind::Sidecar,
+                _ => true,
+            })
+            .collect()
     }
 
     // ------------------------------------------------------------ security

@@ -77,6 +77,7 @@ pub enum Flag {
     Timeout,
     FaultAbort,
     Denied,
+    RateLimited,
 }
 
 impl Flag {
@@ -92,6 +93,7 @@ impl Flag {
             Flag::Timeout => "UT",
             Flag::FaultAbort => "FI",
             Flag::Denied => "RBAC",
+            Flag::RateLimited => "RL",
         }
     }
 }
@@ -151,6 +153,18 @@ impl Forwarder {
         let route_config = by_authority.or_else(|| ingress.route_config.clone());
         let route_config =
             route_config.as_deref().or_else(|| live.listener_routes.get(&ingress.listener).map(String::as_str));
+        for limiter in live.rate_limits.get(&ingress.listener).into_iter().flatten() {
+            if !limiter.try_acquire() {
+                record.flag = Flag::RateLimited;
+                let mut r = local_reply(StatusCode::TOO_MANY_REQUESTS, "local_rate_limited");
+                for (name, value) in &limiter.limit.response_headers {
+                    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                        r.headers_mut().insert(n, v);
+                    }
+                }
+                return r;
+            }
+        }
         let Some(table) = route_config.and_then(|n| live.routes.get(n)) else {
             record.flag = Flag::NoRoute;
             return local_reply(StatusCode::NOT_FOUND, "no route config for this listener\n");

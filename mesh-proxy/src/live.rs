@@ -8,7 +8,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use mesh_core::authz::Authorizer;
 use mesh_core::proxy_config::ProxyConfig;
-use mesh_core::proxy_config::{ChainAction, StringMatcher};
+use std::time::Instant;
+
+use mesh_core::proxy_config::{ChainAction, StringMatcher, TrafficDirection};
+use mesh_core::rate_limit::{LocalRateLimit, TokenBucket};
 use mesh_core::routing::{CompiledMatcher, RouteTable, RouteTableError};
 
 use crate::cluster::ClusterState;
@@ -22,6 +25,22 @@ pub struct LiveConfig {
     pub authorizer: Authorizer,
     /// Regexes of rewrites and CORS origins, compiled once.
     pub regexes: HashMap<String, CompiledMatcher>,
+    /// The local rate limits of each listener, by listener name.
+    pub rate_limits: HashMap<String, Vec<Arc<RateLimiter>>>,
+}
+
+/// A local rate limit with its bucket; kept across configs that do not
+/// change it, so an edit elsewhere does not refill it.
+pub struct RateLimiter {
+    pub limit: LocalRateLimit,
+    pub bucket: TokenBucket,
+    started: Instant,
+}
+
+impl RateLimiter {
+    pub fn try_acquire(&self) -> bool {
+        self.bucket.try_acquire(self.started.elapsed())
+    }
 }
 
 impl LiveConfig {
@@ -34,12 +53,14 @@ impl LiveConfig {
                 clusters: vec![],
                 endpoints: vec![],
                 authorization: vec![],
+                local_rate_limits: vec![],
             }),
             routes: HashMap::new(),
             listener_routes: HashMap::new(),
             clusters: HashMap::new(),
             authorizer: Authorizer::default(),
             regexes: HashMap::new(),
+            rate_limits: HashMap::new(),
         }
     }
 
@@ -92,7 +113,34 @@ impl LiveConfig {
                 }
             }
         }
-        Ok(LiveConfig { config: Arc::new(config), routes, listener_routes, clusters, authorizer, regexes })
+        let limiters: Vec<Arc<RateLimiter>> = config
+            .local_rate_limits
+            .iter()
+            .map(|l| {
+                let old = previous.rate_limits.values().flatten().find(|r| r.limit == *l);
+                old.cloned().unwrap_or_else(|| {
+                    Arc::new(RateLimiter {
+                        limit: l.clone(),
+                        bucket: TokenBucket::new(l.max_tokens, l.tokens_per_fill, l.fill_interval),
+                        started: Instant::now(),
+                    })
+                })
+            })
+            .collect();
+        let rate_limits = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let applies = |r: &&Arc<RateLimiter>| match r.limit.context.as_str() {
+                    "SIDECAR_INBOUND" => l.direction == TrafficDirection::Inbound,
+                    "SIDECAR_OUTBOUND" => l.direction == TrafficDirection::Outbound,
+                    "GATEWAY" => l.direction == TrafficDirection::Gateway,
+                    _ => true,
+                };
+                (l.name.clone(), limiters.iter().filter(applies).cloned().collect())
+            })
+            .collect();
+        Ok(LiveConfig { config: Arc::new(config), routes, listener_routes, clusters, authorizer, regexes, rate_limits })
     }
 }
 

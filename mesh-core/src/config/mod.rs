@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConfigError, ValidationError};
 pub use validate::validate;
 
-use networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use networking::{DestinationRule, EnvoyFilter, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// The Istio resource kinds the mesh understands.
@@ -30,10 +30,11 @@ pub enum Kind {
     AuthorizationPolicy,
     PeerAuthentication,
     RequestAuthentication,
+    EnvoyFilter,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -43,6 +44,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
         Kind::RequestAuthentication,
+        Kind::EnvoyFilter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::EnvoyFilter => "EnvoyFilter",
         }
     }
 
@@ -130,6 +133,7 @@ pub enum Spec {
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
     RequestAuthentication(RequestAuthentication),
+    EnvoyFilter(EnvoyFilter),
 }
 
 impl Spec {
@@ -144,6 +148,7 @@ impl Spec {
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
             Spec::RequestAuthentication(_) => Kind::RequestAuthentication,
+            Spec::EnvoyFilter(_) => Kind::EnvoyFilter,
         }
     }
 }
@@ -262,6 +267,7 @@ fn decode_spec(kind: Kind, value: serde_json::Value, unknown: &mut Vec<String>) 
         Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(typed(value, unknown)?),
         Kind::PeerAuthentication => Spec::PeerAuthentication(typed(value, unknown)?),
         Kind::RequestAuthentication => Spec::RequestAuthentication(typed(value, unknown)?),
+        Kind::EnvoyFilter => Spec::EnvoyFilter(typed(value, unknown)?),
     })
 }
 

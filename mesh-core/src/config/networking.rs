@@ -620,3 +620,34 @@ pub struct OutboundTrafficPolicy {
     pub mode: Option<String>,
     pub egress_proxy: Option<Destination>,
 }
+
+// ---------------------------------------------------------------- EnvoyFilter
+
+/// Raw patches to Envoy's config. The mesh understands one use: inserting
+/// Envoy's local rate limit HTTP filter, as Istio's rate limiting task
+/// does; other patches are reported as not supported.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvoyFilter {
+    pub workload_selector: Option<EntryWorkloadSelector>,
+    pub target_refs: Vec<serde_json::Value>,
+    pub config_patches: Vec<EnvoyConfigObjectPatch>,
+    pub priority: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvoyConfigObjectPatch {
+    pub apply_to: Option<String>,
+    #[serde(rename = "match")]
+    pub match_: Option<serde_json::Value>,
+    pub patch: Option<EnvoyPatch>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvoyPatch {
+    pub operation: Option<String>,
+    pub value: Option<serde_json::Value>,
+    pub filter_class: Option<String>,
+}

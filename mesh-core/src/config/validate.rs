@@ -45,6 +45,7 @@ pub fn validate(resource: &Resource) -> Vec<ValidationError> {
         Spec::AuthorizationPolicy(ap) => v.authorization_policy(ap),
         Spec::PeerAuthentication(pa) => v.peer_authentication(pa),
         Spec::RequestAuthentication(ra) => v.request_authentication(ra),
+        Spec::EnvoyFilter(ef) => v.envoy_filter(ef),
     }
     v.errors
 }
@@ -935,6 +936,19 @@ impl Validator {
                 self.err(format!("{at}[{k}]"), "empty value");
             } else if inner.contains('*') || (v.starts_with('*') && v.ends_with('*') && v.len() > 1) {
                 self.err(format!("{at}[{k}]"), format!("`{v}`: `*` is allowed only as a prefix or a suffix"));
+            }
+        }
+    }
+
+    /// Only the local rate limit filter is read; other patches are not
+    /// errors (Istio accepts them) but are reported as unsupported when
+    /// translated.
+    fn envoy_filter(&mut self, ef: &EnvoyFilter) {
+        for (i, p) in ef.config_patches.iter().enumerate() {
+            if let Some(bucket) = crate::rate_limit::local_rate_limit_of(p) {
+                if let Err(reason) = bucket {
+                    self.err(format!("spec.configPatches[{i}].patch.value"), reason);
+                }
             }
         }
     }
