@@ -945,10 +945,8 @@ impl Validator {
     /// translated.
     fn envoy_filter(&mut self, ef: &EnvoyFilter) {
         for (i, p) in ef.config_patches.iter().enumerate() {
-            if let Some(bucket) = crate::rate_limit::local_rate_limit_of(p) {
-                if let Err(reason) = bucket {
-                    self.err(format!("spec.configPatches[{i}].patch.value"), reason);
-                }
+            if let Some(Err(reason)) = crate::rate_limit::local_rate_limit_of(p) {
+                self.err(format!("spec.configPatches[{i}].patch.value"), reason);
             }
         }
     }
