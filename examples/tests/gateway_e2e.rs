@@ -752,3 +752,48 @@ fn local_rate_limit_from_an_envoy_filter() {
     );
     assert_eq!(g.get("/", &[]).status, 429);
 }
+
+#[test]
+fn destination_rule_connect_timeout_bounds_a_hanging_connect() {
+    // A listener that never accepts, its queue filled: connects hang.
+    let mut hang = std::process::Command::new("python3")
+        .args(["-c", "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)\nprint(s.getsockname()[1], flush=True)\ntime.sleep(120)\n"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(hang.stdout.take().unwrap()), &mut line).unwrap();
+    let _hang = common::Proc(hang);
+    let hang_port: u16 = line.trim().parse().unwrap();
+    let _fillers: Vec<_> = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(
+                &format!("127.0.0.1:{hang_port}").parse().unwrap(),
+                Duration::from_millis(200),
+            )
+            .ok()
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(
+        dir.path(),
+        port,
+        &[Service { name: "hang", backends: &[("v1", hang_port)] }],
+        "  trafficPolicy:\n    connectionPool:\n      tcp: {connectTimeout: 300ms}\n",
+    );
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("hang", "  - route:\n    - destination: {host: hang}\n    retries: {attempts: 0}\n"),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let started = Instant::now();
+    let r = g.get("/", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "gave up at the 300 ms connect timeout, not the 10 s default ({:?})",
+        started.elapsed()
+    );
+}

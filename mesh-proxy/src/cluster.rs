@@ -14,6 +14,8 @@ use mesh_core::proxy_config::{Cluster, ClusterLoadAssignment};
 use mesh_core::resilience::circuit_breaker::CircuitBreaker;
 use mesh_core::resilience::outlier::OutlierDetector;
 
+use crate::upstream::{UpstreamClient, Upstreams};
+
 pub struct ClusterState {
     pub config: Cluster,
     pub assignment: ClusterLoadAssignment,
@@ -27,10 +29,12 @@ pub struct ClusterState {
     pub started: Instant,
     /// Milliseconds (on that clock) of the last outlier sweep.
     last_sweep_ms: AtomicU64,
+    /// The pooled client for this cluster's connection settings.
+    pub client: UpstreamClient,
 }
 
 impl ClusterState {
-    pub fn new(config: &Cluster, assignment: Option<&ClusterLoadAssignment>) -> ClusterState {
+    pub fn new(config: &Cluster, assignment: Option<&ClusterLoadAssignment>, upstreams: &Upstreams) -> ClusterState {
         let assignment = assignment
             .cloned()
             .unwrap_or_else(|| ClusterLoadAssignment { cluster_name: config.name.clone(), endpoints: vec![] });
@@ -53,6 +57,7 @@ impl ClusterState {
             balancer,
             started: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
+            client: upstreams.client_for(config),
         }
     }
 

@@ -376,11 +376,7 @@ impl Forwarder {
             let addr = cluster.addresses[host];
             record.upstream_host = Some(addr);
             let upstream_req = upstream_request(head, addr, body, cluster.config.protocol);
-            let client = if matches!(cluster.config.protocol, Protocol::Http2 | Protocol::Grpc) {
-                &self.upstreams.http2
-            } else {
-                &self.upstreams.http1
-            };
+            let client = &cluster.client;
             cluster.hosts[host].active_requests.fetch_add(1, Ordering::Relaxed);
             let call = client.request(upstream_req);
             let result = match timeout {
@@ -471,11 +467,7 @@ impl Forwarder {
             }
         }
         let req = upstream_request(&shadow, cluster.addresses[host], body::full(body), cluster.config.protocol);
-        let client = if matches!(cluster.config.protocol, Protocol::Http2 | Protocol::Grpc) {
-            self.upstreams.http2.clone()
-        } else {
-            self.upstreams.http1.clone()
-        };
+        let client = cluster.client.clone();
         tokio::spawn(async move {
             if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
                 let _ = r.into_body().collect().await;

@@ -201,7 +201,7 @@ impl ProxyBuilder {
         let metrics = Arc::new(Metrics::new(&name, &namespace, self.access_log));
         let forwarder = Arc::new(Forwarder {
             live: Arc::clone(&live),
-            upstreams: upstream::Upstreams::new(Duration::from_secs(10), Duration::from_secs(60)),
+            upstreams: upstream::Upstreams::default(),
             filters: FilterChain::new(self.filters),
             metrics: Arc::clone(&metrics),
         });
@@ -267,7 +267,7 @@ async fn config_loop(
             continue;
         }
         let v = config.version.clone();
-        match LiveConfig::compile(config, &live.load()) {
+        match LiveConfig::compile(config, &live.load(), &forwarder.upstreams) {
             Ok(compiled) => {
                 let listener_config = compiled.config.listeners.clone();
                 live.store(Arc::new(compiled));

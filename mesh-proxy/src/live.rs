@@ -15,6 +15,7 @@ use mesh_core::rate_limit::{LocalRateLimit, TokenBucket};
 use mesh_core::routing::{CompiledMatcher, RouteTable, RouteTableError};
 
 use crate::cluster::ClusterState;
+use crate::upstream::Upstreams;
 
 pub struct LiveConfig {
     pub config: Arc<ProxyConfig>,
@@ -67,7 +68,11 @@ impl LiveConfig {
     /// Compile `config`, reusing the state of clusters that did not change
     /// from `previous`. A route table that does not compile rejects the
     /// whole config (the previous one keeps serving).
-    pub fn compile(config: ProxyConfig, previous: &LiveConfig) -> Result<LiveConfig, RouteTableError> {
+    pub fn compile(
+        config: ProxyConfig,
+        previous: &LiveConfig,
+        upstreams: &Upstreams,
+    ) -> Result<LiveConfig, RouteTableError> {
         let routes =
             config.route_configs.iter().map(|r| Ok((r.name.clone(), RouteTable::new(r)?))).collect::<Result<_, _>>()?;
         let clusters = config
@@ -77,7 +82,7 @@ impl LiveConfig {
                 let assignment = config.load_assignment(&c.name);
                 let state = match previous.clusters.get(&c.name) {
                     Some(old) if old.unchanged(c, assignment) => Arc::clone(old),
-                    _ => Arc::new(ClusterState::new(c, assignment)),
+                    _ => Arc::new(ClusterState::new(c, assignment, upstreams)),
                 };
                 (c.name.clone(), state)
             })
