@@ -797,3 +797,76 @@ fn destination_rule_connect_timeout_bounds_a_hanging_connect() {
         started.elapsed()
     );
 }
+
+#[test]
+fn every_load_balancer_on_real_traffic() {
+    let (_v1, p1) = backend("v1", 0);
+    let (_v2, p2) = backend("v2", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let policy = |lb: &str| format!("  trafficPolicy:\n    loadBalancer: {lb}\n");
+    write_mesh(
+        dir.path(),
+        port,
+        &[Service { name: "web", backends: &[("v1", p1), ("v2", p2)] }],
+        &policy("{simple: ROUND_ROBIN}"),
+    );
+    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
+        .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let mesh = std::fs::read_to_string(dir.path().join("mesh.yaml")).unwrap();
+    for lb in [
+        "{simple: ROUND_ROBIN}",
+        "{simple: RANDOM}",
+        "{simple: LEAST_REQUEST}",
+        "{consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 65537}}}",
+        "{consistentHash: {httpQueryParameterName: u, ringHash: {minimumRingSize: 2048}}}",
+    ] {
+        let text = mesh.replace(&policy("{simple: ROUND_ROBIN}"), &policy(lb));
+        if lb != "{simple: ROUND_ROBIN}" {
+            g.apply(dir.path(), "mesh.yaml", &text);
+        }
+        let hashed = lb.contains("consistentHash");
+        let counts = versions(&g, 200, "/?u=fixed", &[("x-user", "fixed")]);
+        if hashed {
+            assert_eq!(counts.len(), 1, "{lb}: one key, one endpoint: {counts:?}");
+            let spread: std::collections::BTreeSet<String> = (0..40)
+                .map(|i| {
+                    g.get(&format!("/?u=user{i}"), &[("x-user", &format!("user{i}"))])
+                        .header("x-backend-version")
+                        .unwrap_or("?")
+                        .to_string()
+                })
+                .collect();
+            assert_eq!(spread.len(), 2, "{lb}: keys spread over both endpoints");
+        } else {
+            let v1 = counts.get("v1").copied().unwrap_or(0);
+            assert!((60..=140).contains(&v1) && v1 + counts.get("v2").copied().unwrap_or(0) == 200, "{lb}: {counts:?}");
+        }
+    }
+}
+
+#[test]
+fn per_try_timeouts_bound_each_try() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "slow", backends: &[("v1", p)] }], "");
+    // Every try of a 1 s request times out at 200 ms and is retried (twice),
+    // well inside the 3 s route timeout.
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("slow", "  - timeout: 3s\n    retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}\n    route:\n    - destination: {host: slow}\n"),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let started = Instant::now();
+    let r = g.get("/?delay_ms=1000", &[]);
+    let took = started.elapsed();
+    assert_eq!((r.status, r.body.as_str()), (504, "upstream request timeout"));
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_millis(1500),
+        "three tries of 200 ms, not one of 1 s or the 3 s route timeout: {took:?}"
+    );
+    assert_eq!(g.get("/", &[]).status, 200);
+}
