@@ -283,6 +283,11 @@ fn malformed_requests_get_4xx_and_never_take_the_proxy_down() {
     let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1024 * 1024));
     assert_eq!(status_of(huge.as_bytes()), "431");
     assert_eq!(g.get("/", &[]).status, 200, "still serving");
+    let counted = |stats: &str, name: &str| {
+        stats.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let stats = g.admin_get("/stats").unwrap().body;
+    assert!(counted(&stats, "http.downstream_rq_malformed") >= 3, "malformed requests are counted:\n{stats}");
 }
 
 #[test]
@@ -598,6 +603,11 @@ fn slow_clients_and_upstreams_that_reset_mid_response() {
     let _ = std::io::Read::read_to_end(&mut slow, &mut buf);
     assert!(started.elapsed() < Duration::from_secs(6), "closed after the 1 s header timeout, not left open");
     assert_eq!(g.get("/", &[]).status, 200, "and the proxy serves on");
+    let stats = g.admin_get("/stats").unwrap().body;
+    let counted =
+        |name: &str| stats.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))?.parse::<u64>().ok()).unwrap_or(0);
+    assert!(counted("http.downstream_header_timeout") >= 1, "{stats}");
+    assert!(counted("cluster.outbound|9080||broken.default.svc.cluster.local.upstream_rq_rx_reset") >= 1, "{stats}");
 }
 
 #[test]

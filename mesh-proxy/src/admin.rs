@@ -13,7 +13,10 @@ use mesh_core::resilience::circuit_breaker::Resource;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use std::sync::atomic::Ordering;
+
 use crate::body::{self, Body};
+use crate::forward::DownstreamStats;
 use crate::live::SharedConfig;
 use crate::metrics::Metrics;
 
@@ -23,6 +26,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Set to `true` to drain the proxy.
     pub drain: watch::Sender<bool>,
+    /// Downstream failures counted outside the request path.
+    pub downstream: Arc<DownstreamStats>,
 }
 
 fn reply(status: StatusCode, content_type: &'static str, text: String) -> Response<Body> {
@@ -85,7 +90,13 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
             json(&serde_json::json!({ "clusters": clusters }))
         }
         (&Method::GET, "/stats") => {
-            let mut lines = vec![format!("server.config_version: {}", live.config.version)];
+            let d = &state.downstream;
+            let mut lines = vec![
+                format!("server.config_version: {}", live.config.version),
+                format!("http.downstream_rq_malformed: {}", d.malformed.load(Ordering::Relaxed)),
+                format!("http.downstream_header_timeout: {}", d.header_timeouts.load(Ordering::Relaxed)),
+                format!("http.downstream_cx_error: {}", d.connection_errors.load(Ordering::Relaxed)),
+            ];
             let mut names: Vec<&String> = live.clusters.keys().collect();
             names.sort();
             for name in names {
@@ -98,6 +109,10 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
                 lines.push(format!(
                     "cluster.{name}.upstream_rq_retry_overflow: {}",
                     c.breaker.overflows(Resource::Retries)
+                ));
+                lines.push(format!(
+                    "cluster.{name}.upstream_rq_rx_reset: {}",
+                    c.upstream_rx_resets.load(Ordering::Relaxed)
                 ));
                 lines.push(format!(
                     "cluster.{name}.outlier_detection.ejections_active: {}",

@@ -31,6 +31,8 @@ pub struct ClusterState {
     last_sweep_ms: AtomicU64,
     /// The pooled client for this cluster's connection settings.
     pub client: UpstreamClient,
+    /// Responses whose body broke off (Envoy: `upstream_rq_rx_reset`).
+    pub upstream_rx_resets: AtomicU64,
 }
 
 impl ClusterState {
@@ -58,6 +60,7 @@ impl ClusterState {
             started: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
             client: upstreams.client_for(config),
+            upstream_rx_resets: AtomicU64::new(0),
         }
     }
 

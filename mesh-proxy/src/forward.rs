@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,32 @@ pub struct Forwarder {
     pub upstreams: Upstreams,
     pub filters: FilterChain,
     pub metrics: Arc<Metrics>,
+    pub stats: Arc<DownstreamStats>,
+}
+
+/// Downstream failures that never reach the request path: hyper answers
+/// them (400, 431) or closes the connection itself.
+#[derive(Debug, Default)]
+pub struct DownstreamStats {
+    /// Requests that did not parse (Envoy: `downstream_rq_rx_reset` and
+    /// codec errors), including header blocks over the limit.
+    pub malformed: AtomicU64,
+    /// Clients too slow with their request headers or TLS handshake.
+    pub header_timeouts: AtomicU64,
+    /// Connections that ended in any other error.
+    pub connection_errors: AtomicU64,
+}
+
+impl DownstreamStats {
+    /// Count a connection's error by kind.
+    pub fn count(&self, error: &(dyn std::error::Error + 'static)) {
+        let counter = match error.downcast_ref::<hyper::Error>() {
+            Some(e) if e.is_parse() || e.is_parse_status() => &self.malformed,
+            Some(e) if e.is_timeout() => &self.header_timeouts,
+            _ => &self.connection_errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Which listener a request came in on.
@@ -431,7 +457,14 @@ impl Forwarder {
                         tunnel(head, &mut r);
                         return r.map(body::boxed);
                     }
-                    let mut r = r.map(body::boxed);
+                    let cluster = Arc::clone(cluster);
+                    let mut r = r.map(move |b| {
+                        body::boxed(http_body_util::BodyExt::map_err(b, move |e| {
+                            // The upstream broke off mid-response.
+                            cluster.upstream_rx_resets.fetch_add(1, Ordering::Relaxed);
+                            e
+                        }))
+                    });
                     strip_hop_by_hop(r.headers_mut());
                     return r;
                 }

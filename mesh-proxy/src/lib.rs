@@ -204,9 +204,15 @@ impl ProxyBuilder {
             upstreams: upstream::Upstreams::default(),
             filters: FilterChain::new(self.filters),
             metrics: Arc::clone(&metrics),
+            stats: Arc::default(),
         });
         let (drain_tx, drain_rx) = watch::channel(false);
-        let admin_state = admin::AdminState { live: Arc::clone(&live), metrics, drain: drain_tx.clone() };
+        let admin_state = admin::AdminState {
+            live: Arc::clone(&live),
+            metrics,
+            drain: drain_tx.clone(),
+            downstream: Arc::clone(&forwarder.stats),
+        };
         let mut admin_addr = None;
         for (addr, prometheus_only) in [(self.admin, false), (self.metrics, true)] {
             if let Some(addr) = addr {

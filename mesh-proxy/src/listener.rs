@@ -162,6 +162,7 @@ async fn serve(
             }
         };
         let forwarder = Arc::clone(&forwarder);
+        let stats = Arc::clone(&forwarder.stats);
         let builder = builder.clone();
         let graceful_watch = graceful.watcher();
         let tls = tls.clone();
@@ -184,9 +185,13 @@ async fn serve(
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!("TLS handshake: {e}");
+                            stats.connection_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             return;
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            stats.header_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
                     };
                     ingress.route_config = tls.route_config(stream.get_ref().1.server_name());
                     ingress.scheme = "https";
@@ -197,6 +202,7 @@ async fn serve(
             };
             if let Err(e) = result {
                 tracing::debug!("connection: {e}");
+                stats.count(&*e);
             }
         });
     }
