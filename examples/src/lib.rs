@@ -1,3 +1,40 @@
 //! Shared pieces of the example binaries.
 
 pub mod backend;
+
+use mesh_core::model::Labels;
+use mesh_proxy::ProxyHandle;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// `app=reviews,version=v1` as given to `--labels`.
+pub fn parse_labels(pairs: &[String]) -> Result<Labels, String> {
+    pairs
+        .iter()
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("--labels: `{kv}` is not key=value"))
+        })
+        .collect()
+}
+
+/// Serve until SIGTERM, Ctrl-C or `POST /drain`, then drain.
+pub async fn serve_until_stopped(proxy: ProxyHandle) -> std::io::Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+        _ = proxy.drain_requested() => tracing::info!("drain requested on the admin server"),
+    }
+    proxy.drain().await;
+    tracing::info!("drained");
+    Ok(())
+}

@@ -166,16 +166,11 @@ impl Forwarder {
         ingress: &Ingress,
         record: &mut RequestRecord,
     ) -> Response<Body> {
+        let authority = RequestView::from_parts(head, ingress.port).authority.to_string();
         // An explicit proxy port routes by the port the request names.
-        let by_authority = ingress.route_by_authority_port.then(|| {
-            let authority = head
-                .uri
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| head.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
-                .unwrap_or("");
-            authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(80).to_string()
-        });
+        let by_authority = ingress
+            .route_by_authority_port
+            .then(|| authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(80).to_string());
         let route_config = by_authority.or_else(|| ingress.route_config.clone());
         let route_config =
             route_config.as_deref().or_else(|| live.listener_routes.get(&ingress.listener).map(String::as_str));
@@ -203,18 +198,12 @@ impl Forwarder {
         record.route = route.name.clone();
 
         if !live.authorizer.is_empty() {
-            let host = head
-                .uri
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .or_else(|| head.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-                .unwrap_or_default();
             let decision = live.authorizer.evaluate(&AuthzRequest {
                 source_ip: Some(ingress.peer.ip()),
                 remote_ip: None,
                 source_principal: None,
                 request_principal: None,
-                host: &host,
+                host: &authority,
                 method: head.method.as_str(),
                 path: head.uri.path(),
                 port: ingress.port,

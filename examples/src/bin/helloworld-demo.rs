@@ -15,9 +15,7 @@ use mesh_proxy::{default_gateway_identity, ConfigSource, ProxyBuilder};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    examples::init_tracing();
     for (version, port) in [("v1", 5001), ("v2", 5002)] {
         let socket = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await

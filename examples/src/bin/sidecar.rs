@@ -43,21 +43,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    examples::init_tracing();
     let args = Args::parse();
-    let labels = args
-        .labels
-        .iter()
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| format!("--labels: `{kv}` is not key=value"))
-        })
-        .collect::<Result<_, _>>()?;
+    let labels = examples::parse_labels(&args.labels)?;
     let files = Arc::new(StaticSource::load(StaticOptions::new(args.config)));
     for problem in &files.status().problems {
         tracing::warn!("{problem}");
@@ -73,12 +61,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .access_log(args.access_log)
         .start()
         .await?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
-        _ = proxy.drain_requested() => tracing::info!("drain requested on the admin server"),
-    }
-    proxy.drain().await;
+    examples::serve_until_stopped(proxy).await?;
     Ok(())
 }
