@@ -6,10 +6,15 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::forward::Flag;
@@ -37,12 +42,76 @@ struct RequestLabels {
     connection_security_policy: &'static str,
 }
 
-type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<RequestLabels, AtomicHistogram, fn() -> AtomicHistogram>;
+
+/// A histogram of durations updated with atomics only (prometheus-client's
+/// own takes a mutex per observation).
+#[derive(Clone, Debug)]
+pub struct AtomicHistogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+struct HistogramInner {
+    /// One per bucket of `DURATION_BUCKETS`, then +Inf; not cumulative.
+    counts: Vec<AtomicU64>,
+    sum_bits: AtomicU64,
+    count: AtomicU64,
+}
+
+impl AtomicHistogram {
+    fn new() -> AtomicHistogram {
+        AtomicHistogram(Arc::new(HistogramInner {
+            counts: (0..=DURATION_BUCKETS.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_bits: AtomicU64::new(0f64.to_bits()),
+            count: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = DURATION_BUCKETS.iter().position(|b| v <= *b).unwrap_or(DURATION_BUCKETS.len());
+        self.0.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .0
+            .sum_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some((f64::from_bits(bits) + v).to_bits()));
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let bounds = DURATION_BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> = bounds.zip(self.0.counts.iter().map(|c| c.load(Ordering::Relaxed))).collect();
+        let sum = f64::from_bits(self.0.sum_bits.load(Ordering::Relaxed));
+        encoder.encode_histogram::<NoLabelSet>(sum, self.0.count.load(Ordering::Relaxed), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// What distinguishes one series from another within a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Outcome {
+    status: u16,
+    flag: Flag,
+    grpc_status: Option<u16>,
+    grpc: bool,
+}
+
+type Handles = HashMap<Outcome, (Counter, AtomicHistogram)>;
 
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily,
+    /// Series already resolved, by cluster then outcome: the request path
+    /// reads these without locks or allocation.
+    resolved: ArcSwap<HashMap<String, Arc<ArcSwap<Handles>>>>,
     /// `source` for a gateway or an outbound sidecar.
     reporter: &'static str,
     workload: String,
@@ -93,8 +162,8 @@ impl RequestRecord {
     }
 }
 
-fn new_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
+fn new_histogram() -> AtomicHistogram {
+    AtomicHistogram::new()
 }
 
 impl Metrics {
@@ -112,6 +181,7 @@ impl Metrics {
             registry,
             requests,
             durations,
+            resolved: ArcSwap::from_pointee(HashMap::new()),
             reporter: "source",
             workload: workload.into(),
             namespace: namespace.into(),
@@ -120,6 +190,35 @@ impl Metrics {
     }
 
     pub fn record(&self, r: &RequestRecord, took: Duration) {
+        let outcome = Outcome {
+            status: r.status,
+            flag: r.flag,
+            grpc_status: r.grpc_status.as_deref().and_then(|g| g.parse().ok()),
+            grpc: r.grpc,
+        };
+        let ms = took.as_secs_f64() * 1000.0;
+        let hit =
+            self.resolved.load().get(r.cluster.as_str()).is_some_and(|cluster| match cluster.load().get(&outcome) {
+                Some((counter, histogram)) => {
+                    counter.inc();
+                    histogram.observe(ms);
+                    true
+                }
+                None => false,
+            });
+        if !hit {
+            let (counter, histogram) = self.resolve(r, outcome);
+            counter.inc();
+            histogram.observe(ms);
+        }
+        if self.access_log {
+            self.log(r, took);
+        }
+    }
+
+    /// The first request of a (cluster, outcome): make its series and
+    /// remember the handles.
+    fn resolve(&self, r: &RequestRecord, outcome: Outcome) -> (Counter, AtomicHistogram) {
         // `outbound|9080|v2|reviews.default.svc.cluster.local`
         let mut parts = r.cluster.splitn(4, '|').skip(2);
         let subset = parts.next().filter(|s| !s.is_empty()).unwrap_or("unknown");
@@ -140,11 +239,23 @@ impl Metrics {
             response_flags: r.flag.code(),
             connection_security_policy: "unknown",
         };
-        self.requests.get_or_create(&labels).inc();
-        self.durations.get_or_create(&labels).observe(took.as_secs_f64() * 1000.0);
-        if self.access_log {
-            self.log(r, took);
-        }
+        let handles = (self.requests.get_or_create_owned(&labels), self.durations.get_or_create_owned(&labels));
+        let existing = self.resolved.load().get(r.cluster.as_str()).cloned();
+        let cluster = existing.unwrap_or_else(|| {
+            let fresh: Arc<ArcSwap<Handles>> = Arc::default();
+            self.resolved.rcu(|all| {
+                let mut all = HashMap::clone(all);
+                all.entry(r.cluster.clone()).or_insert_with(|| Arc::clone(&fresh));
+                all
+            });
+            self.resolved.load().get(r.cluster.as_str()).cloned().unwrap_or(fresh)
+        });
+        cluster.rcu(|known| {
+            let mut known = HashMap::clone(known);
+            known.insert(outcome, handles.clone());
+            known
+        });
+        handles
     }
 
     fn log(&self, r: &RequestRecord, took: Duration) {
@@ -173,5 +284,71 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cluster: &str, status: u16) -> RequestRecord {
+        let (head, _) = http::Request::get("http://web/x").body(()).unwrap().into_parts();
+        let mut r = RequestRecord::new(&head, "id", Instant::now());
+        r.cluster = cluster.to_string();
+        r.status = status;
+        r
+    }
+
+    #[test]
+    fn series_and_histograms_render_as_prometheus_text() {
+        let m = Metrics::new("gw", "istio-system", false);
+        for _ in 0..3 {
+            m.record(&record("outbound|9080|v2|reviews.default.svc.cluster.local", 200), Duration::from_millis(3));
+        }
+        m.record(&record("outbound|9080|v2|reviews.default.svc.cluster.local", 503), Duration::from_millis(700));
+        m.record(&record("", 404), Duration::from_micros(100));
+        let text = m.render();
+        let line = |prefix: &str, needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix) && l.contains(needle))
+                .unwrap_or_else(|| panic!("no {prefix} {needle} in\n{text}"))
+                .to_string()
+        };
+        assert!(
+            line("istio_requests_total{", "response_code=\"200\"").contains("destination_version=\"v2\"")
+                && line("istio_requests_total{", "response_code=\"200\"").ends_with(" 3")
+        );
+        assert!(line("istio_requests_total{", "response_code=\"503\"").ends_with(" 1"));
+        assert!(line("istio_requests_total{", "response_code=\"404\"").contains("response_flags=\"-\""));
+        // 3 ms falls in le=5; 700 ms in le=1000; cumulative counts.
+        assert!(
+            text.lines().any(|l| l.contains("response_code=\"200\"") && l.contains("le=\"5.0\"") && l.ends_with(" 3")),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l.contains("response_code=\"200\"") && l.contains("le=\"1.0\"") && l.ends_with(" 0")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("response_code=\"503\"") && l.contains("le=\"500.0\"") && l.ends_with(" 0")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("response_code=\"503\"") && l.contains("le=\"1000.0\"") && l.ends_with(" 1")),
+            "{text}"
+        );
+        assert!(line("istio_request_duration_milliseconds_count{", "response_code=\"200\"").ends_with(" 3"));
+        let sum: f64 = line("istio_request_duration_milliseconds_sum{", "response_code=\"200\"")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 9.0).abs() < 0.01, "{sum}");
+        // Repeat outcomes reuse the resolved handles: one entry per outcome.
+        let resolved = m.resolved.load();
+        assert_eq!(resolved["outbound|9080|v2|reviews.default.svc.cluster.local"].load().len(), 2);
     }
 }
