@@ -7,7 +7,9 @@
 //! - `fail_every: N` makes every N-th request answer 503 (a flaky upstream);
 //! - `/headers` answers the request headers it got, one per line;
 //! - `/ws` is a WebSocket echo;
-//! - `/served` answers how many requests came before it.
+//! - `/served` answers how many requests came before it;
+//! - `x-backend-connection-requests` says how many requests the connection
+//!   has carried.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,9 +45,16 @@ pub async fn serve(socket: TcpListener, backend: Backend) {
     loop {
         let Ok((stream, peer)) = socket.accept().await else { continue };
         let state = Arc::clone(&state);
+        // Requests this connection has carried, for keep-alive checks.
+        let on_connection = Arc::new(AtomicU64::new(0));
         let service = hyper::service::service_fn(move |req| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(answer(&state, req, peer).await) }
+            let seen = on_connection.fetch_add(1, Ordering::Relaxed) + 1;
+            async move {
+                let mut r = answer(&state, req, peer).await;
+                r.headers_mut().insert("x-backend-connection-requests", http::HeaderValue::from(seen));
+                Ok::<_, Infallible>(r)
+            }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         tokio::spawn(async move {

@@ -324,15 +324,20 @@ fn header_operations_rewrites_redirects_and_direct_responses() {
     assert!(r.body.contains("x-forwarded-for: 127.0.0.1"), "{}", r.body);
     assert_eq!(r.header("x-served-by"), Some("mesh"));
     assert!(r.header("x-request-id").is_some());
-    let traced = g.get(
-        "/api/v1",
-        &[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("x-request-id", "given-id")],
-    );
-    assert!(
-        traced.body.contains("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736"),
-        "trace headers pass through: {}",
-        traced.body
-    );
+    let trace_headers = [
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("tracestate", "congo=t61rcWkgMzE"),
+        ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+        ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
+        ("x-b3-sampled", "1"),
+        ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"),
+        ("x-request-id", "given-id"),
+    ];
+    let traced = g.get("/api/v1", &trace_headers);
+    for (name, value) in &trace_headers {
+        assert!(traced.body.contains(&format!("{name}: {value}")), "{name} passes through: {}", traced.body);
+    }
     assert_eq!(traced.header("x-request-id"), Some("given-id"));
 }
 
@@ -879,4 +884,30 @@ fn per_try_timeouts_bound_each_try() {
         "three tries of 200 ms, not one of 1 s or the 3 s route timeout: {took:?}"
     );
     assert_eq!(g.get("/", &[]).status, 200);
+}
+
+#[test]
+fn max_requests_per_connection() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
+        .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let most = |g: &Gateway| {
+        (0..10)
+            .map(|_| g.get("/", &[]).header("x-backend-connection-requests").unwrap_or("0").parse::<u32>().unwrap())
+            .max()
+            .unwrap()
+    };
+    assert!(most(&g) > 1, "connections are kept alive and reused by default");
+    let mesh = std::fs::read_to_string(dir.path().join("mesh.yaml")).unwrap().replace(
+        "  subsets:\n",
+        "  trafficPolicy:\n    connectionPool:\n      http: {maxRequestsPerConnection: 1}\n  subsets:\n",
+    );
+    g.apply(dir.path(), "mesh.yaml", &mesh);
+    // The connection already open carries one more request, then closes.
+    assert_eq!(g.get("/", &[]).status, 200);
+    assert_eq!(most(&g), 1, "one request per upstream connection");
 }

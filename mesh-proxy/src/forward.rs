@@ -390,7 +390,10 @@ impl Forwarder {
             };
             let addr = cluster.addresses[host];
             record.upstream_host = Some(addr);
-            let upstream_req = upstream_request(head, addr, body, cluster.config.protocol);
+            let mut upstream_req = upstream_request(head, addr, body, cluster.config.protocol);
+            if upstream_req.version() == Version::HTTP_11 && cluster.close_after(host) {
+                upstream_req.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             let client = &cluster.client;
             cluster.hosts[host].active_requests.fetch_add(1, Ordering::Relaxed);
             let call = client.request(upstream_req);
