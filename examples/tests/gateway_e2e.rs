@@ -911,3 +911,26 @@ fn max_requests_per_connection() {
     assert_eq!(g.get("/", &[]).status, 200);
     assert_eq!(most(&g), 1, "one request per upstream connection");
 }
+
+#[test]
+fn idle_upstream_connections_close_after_the_idle_timeout() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(
+        dir.path(),
+        port,
+        &[Service { name: "web", backends: &[("v1", p)] }],
+        "  trafficPolicy:\n    connectionPool:\n      http: {idleTimeout: 300ms}\n",
+    );
+    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
+        .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    let on_connection =
+        |g: &Gateway| g.get("/", &[]).header("x-backend-connection-requests").unwrap_or("0").parse::<u32>().unwrap();
+    let first = on_connection(&g);
+    assert_eq!(on_connection(&g), first + 1, "back to back, the pooled connection is reused");
+    // Waiting out the idle timeout is the behavior under test.
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(on_connection(&g), 1, "after 300 ms idle the connection was closed and a new one opened");
+}

@@ -458,6 +458,9 @@ impl Forwarder {
                         }))
                     });
                     strip_hop_by_hop(r.headers_mut());
+                    // Answer in the client's HTTP version, whatever the
+                    // upstream spoke (an HTTP/1.0 server, an h2 one).
+                    *r.version_mut() = head.version;
                     return r;
                 }
                 (None, None) => {

@@ -1,0 +1,102 @@
+//! The library with a stream of ready-made `ProxyConfig`s (what an xDS
+//! client or your own code produces), against a real backend process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mesh_core::config::Resource;
+use mesh_core::mesh::MeshSnapshot;
+use mesh_core::model::{Endpoint, Protocol, Resolution, Service, ServicePort};
+use mesh_core::registry::MemoryRegistry;
+use mesh_core::store::MemoryConfigStore;
+use mesh_core::translate::translate;
+use mesh_core::{ConfigStore, ServiceRegistry};
+use mesh_proxy::{default_gateway_identity, ConfigSource, ProxyBuilder};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn config(gateway_port: u16, backend_port: u16, routes: &str) -> mesh_core::ProxyConfig {
+    let store = MemoryConfigStore::new();
+    let gateway = format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {gateway_port}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n");
+    let vs = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n{routes}");
+    store.upsert(Resource::from_yaml(&gateway).unwrap());
+    store.upsert(Resource::from_yaml(&vs).unwrap());
+    let registry = MemoryRegistry::new("code");
+    let mut endpoint = Endpoint::new("127.0.0.1");
+    endpoint.ports.insert("http".into(), backend_port);
+    registry.upsert(
+        Service {
+            hostname: "app.default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            ports: vec![ServicePort { name: "http".into(), port: 80, protocol: Protocol::Http, target_port: None }],
+            labels: Default::default(),
+            addresses: vec![],
+            resolution: Resolution::Static,
+            mesh_external: false,
+        },
+        vec![endpoint],
+    );
+    translate(&MeshSnapshot { config: store.snapshot(), services: registry.snapshot() }, &default_gateway_identity())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_a_stream_of_proxy_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello from python\n").unwrap();
+    let mut child = Command::new("python3")
+        .args(["-u", "-c", "import http.server, sys\nh = http.server.ThreadingHTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\nprint(h.server_address[1], flush=True)\nh.serve_forever()\n"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _backend = Proc(child);
+    let backend_port: u16 = line.trim().parse().unwrap();
+    let port = free_port();
+
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(config(port, backend_port, "  - route:\n    - destination: {host: app}\n")).unwrap();
+    let configs = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed();
+    let proxy = ProxyBuilder::new(ConfigSource::Stream { name: "custom".into(), namespace: "default".into(), configs })
+        .bind_ip("127.0.0.1".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let first = proxy.wait_for_version_change("", Duration::from_secs(10)).await.expect("the first config applies");
+    let answer = tokio::task::spawn_blocking(move || get(port, "/hello.txt")).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello from python\n"), "{answer}");
+
+    // The next config in the stream replaces it.
+    tx.send(config(port, backend_port, "  - directResponse: {status: 418, body: {string: teapot}}\n")).unwrap();
+    let second =
+        proxy.wait_for_version_change(&first, Duration::from_secs(10)).await.expect("the second config applies");
+    assert_ne!(first, second);
+    let answer = tokio::task::spawn_blocking(move || get(port, "/hello.txt")).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 418") && answer.ends_with("teapot"), "{answer}");
+    assert_eq!(proxy.config().version, second);
+    proxy.drain().await;
+}
