@@ -910,6 +910,8 @@ fn max_requests_per_connection() {
     // The connection already open carries one more request, then closes.
     assert_eq!(g.get("/", &[]).status, 200);
     assert_eq!(most(&g), 1, "one request per upstream connection");
+    g.apply(dir.path(), "mesh.yaml", &mesh.replace("maxRequestsPerConnection: 1", "maxRequestsPerConnection: 3"));
+    assert_eq!(most(&g), 3, "each connection carries up to 3 requests, and no more");
 }
 
 #[test]

@@ -33,8 +33,6 @@ pub struct ClusterState {
     pub client: UpstreamClient,
     /// Responses whose body broke off (Envoy: `upstream_rq_rx_reset`).
     pub upstream_rx_resets: AtomicU64,
-    /// Requests sent to each host, for `maxRequestsPerConnection`.
-    sent: Vec<AtomicU64>,
 }
 
 impl ClusterState {
@@ -51,7 +49,6 @@ impl ClusterState {
         let addresses = usable.iter().map(|(e, ip)| SocketAddr::new(*ip, e.port)).collect();
         let hosts: Vec<Host> = usable.iter().map(|(e, _)| Host::from_endpoint(e)).collect();
         let balancer = lb::build(&config.lb, &hosts);
-        let host_count = hosts.len();
         ClusterState {
             breaker: CircuitBreaker::new(config.circuit_breakers, config.retry_budget.clone()),
             outlier: config.outlier_detection.clone().map(|od| OutlierDetector::new(od, hosts.len())),
@@ -64,7 +61,6 @@ impl ClusterState {
             last_sweep_ms: AtomicU64::new(0),
             client: upstreams.client_for(config),
             upstream_rx_resets: AtomicU64::new(0),
-            sent: (0..host_count).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -82,17 +78,6 @@ impl ClusterState {
             for host in outlier.sweep(now) {
                 tracing::info!(cluster = %self.config.name, endpoint = %self.addresses[host], "outlier detection: host returned");
             }
-        }
-    }
-
-    /// Whether a request to `host` should close its HTTP/1.1 connection
-    /// afterwards (`maxRequestsPerConnection`). hyper's pool has no
-    /// per-connection count, so every N-th request to a host closes its
-    /// connection: exact for 1 (no keep-alive), an average for more.
-    pub fn close_after(&self, host: usize) -> bool {
-        match (self.config.max_requests_per_connection, self.sent.get(host)) {
-            (Some(n), Some(sent)) => (sent.fetch_add(1, Ordering::Relaxed) + 1) % u64::from(n.max(1)) == 0,
-            _ => false,
         }
     }
 

@@ -29,7 +29,7 @@ use crate::body::{self, Body, REPLAY_LIMIT};
 use crate::cluster::ClusterState;
 use crate::live::{LiveConfig, SharedConfig};
 use crate::metrics::{Metrics, RequestRecord};
-use crate::upstream::Upstreams;
+use crate::upstream::{ConnectionRequests, Upstreams};
 
 /// Shared by every connection of every listener.
 pub struct Forwarder {
@@ -391,9 +391,7 @@ impl Forwarder {
             let addr = cluster.addresses[host];
             record.upstream_host = Some(addr);
             let mut upstream_req = upstream_request(head, addr, body, cluster.config.protocol);
-            if upstream_req.version() == Version::HTTP_11 && cluster.close_after(host) {
-                upstream_req.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            }
+            let connection = hyper_util::client::legacy::connect::capture_connection(&mut upstream_req);
             let client = &cluster.client;
             cluster.hosts[host].active_requests.fetch_add(1, Ordering::Relaxed);
             let call = client.request(upstream_req);
@@ -402,6 +400,16 @@ impl Forwarder {
                 None => Ok(call.await),
             };
             cluster.hosts[host].active_requests.fetch_sub(1, Ordering::Relaxed);
+            // maxRequestsPerConnection: a connection that has carried its
+            // share is not reused.
+            if let (Some(max), Ok(Ok(response))) = (cluster.config.max_requests_per_connection, &result) {
+                let carried = response.extensions().get::<ConnectionRequests>().map_or(0, ConnectionRequests::add);
+                if carried >= u64::from(max) {
+                    if let Some(c) = connection.connection_metadata().as_ref() {
+                        c.poison();
+                    }
+                }
+            }
             if let Ok(Err(e)) = &result {
                 tracing::debug!(cluster = %cluster.config.name, endpoint = %addr, "upstream error: {e:?}");
             }
