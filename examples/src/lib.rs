@@ -2,6 +2,9 @@
 
 pub mod backend;
 
+use std::sync::Arc;
+
+use adapter_static::{FileWatch, StaticOptions, StaticSource};
 use mesh_core::model::Labels;
 use mesh_proxy::ProxyHandle;
 
@@ -11,6 +14,19 @@ pub fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Istio config from files, its problems logged, reloaded on change for as
+/// long as the returned watch lives.
+pub fn watched_config(
+    paths: Vec<std::path::PathBuf>,
+) -> Result<(Arc<StaticSource>, FileWatch), Box<dyn std::error::Error>> {
+    let files = Arc::new(StaticSource::load(StaticOptions::new(paths)));
+    for problem in &files.status().problems {
+        tracing::warn!("{problem}");
+    }
+    let watch = files.watch_files().map_err(Box::new)?;
+    Ok((files, watch))
 }
 
 /// `app=reviews,version=v1` as given to `--labels`.

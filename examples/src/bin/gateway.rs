@@ -6,10 +6,8 @@
 //! 15000 and Prometheus on 15090; drains on SIGTERM and exits 0.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use adapter_static::{StaticOptions, StaticSource};
 use clap::Parser;
 use mesh_core::translate::ProxyIdentity;
 use mesh_proxy::{ConfigSource, ProxyBuilder};
@@ -50,11 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let args = Args::parse();
     let labels = examples::parse_labels(&args.labels)?;
-    let files = Arc::new(StaticSource::load(StaticOptions::new(args.config)));
-    for problem in &files.status().problems {
-        tracing::warn!("{problem}");
-    }
-    let _watch = files.watch_files()?;
+    let (files, _watch) = examples::watched_config(args.config)?;
     let identity = ProxyIdentity::gateway(&args.name, &args.namespace, labels);
     let mut builder = ProxyBuilder::new(ConfigSource::mesh(files.clone(), files, identity))
         .admin(args.admin)

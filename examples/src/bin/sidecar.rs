@@ -4,10 +4,8 @@
 //! use 15080. Run it as the UID the iptables rules exclude (1337).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use adapter_static::{StaticOptions, StaticSource};
 use clap::Parser;
 use mesh_core::translate::ProxyIdentity;
 use mesh_proxy::{ConfigSource, ProxyBuilder};
@@ -46,11 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let args = Args::parse();
     let labels = examples::parse_labels(&args.labels)?;
-    let files = Arc::new(StaticSource::load(StaticOptions::new(args.config)));
-    for problem in &files.status().problems {
-        tracing::warn!("{problem}");
-    }
-    let _watch = files.watch_files()?;
+    let (files, _watch) = examples::watched_config(args.config)?;
     let mut identity = ProxyIdentity::sidecar(&args.name, &args.namespace, labels);
     identity.ip = args.ip;
     let proxy = ProxyBuilder::new(ConfigSource::mesh(files.clone(), files, identity))
