@@ -12,7 +12,6 @@
 //!   has carried.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +42,7 @@ pub async fn serve(socket: TcpListener, backend: Backend) {
     let state = Arc::new(State { backend, served: AtomicU64::new(0) });
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let Ok((stream, peer)) = socket.accept().await else { continue };
+        let Ok((stream, _)) = socket.accept().await else { continue };
         let state = Arc::clone(&state);
         // Requests this connection has carried, for keep-alive checks.
         let on_connection = Arc::new(AtomicU64::new(0));
@@ -51,7 +50,7 @@ pub async fn serve(socket: TcpListener, backend: Backend) {
             let state = Arc::clone(&state);
             let seen = on_connection.fetch_add(1, Ordering::Relaxed) + 1;
             async move {
-                let mut r = answer(&state, req, peer).await;
+                let mut r = answer(&state, req).await;
                 r.headers_mut().insert("x-backend-connection-requests", http::HeaderValue::from(seen));
                 Ok::<_, Infallible>(r)
             }
@@ -63,7 +62,7 @@ pub async fn serve(socket: TcpListener, backend: Backend) {
     }
 }
 
-async fn answer(state: &State, mut req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn answer(state: &State, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     let n = state.served.fetch_add(1, Ordering::Relaxed) + 1;
     if req.uri().path() == "/ws" {
         return websocket_echo(&mut req);

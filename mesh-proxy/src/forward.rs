@@ -146,7 +146,7 @@ impl Forwarder {
                 id
             }
         };
-        let mut record = RequestRecord::new(&head, &request_id, started);
+        let mut record = RequestRecord::new(&head, &request_id);
         let response = self.route_and_forward(&live, &mut head, incoming, ingress, &mut record).await;
         let mut response = response;
         if let Ok(v) = HeaderValue::from_str(&request_id) {

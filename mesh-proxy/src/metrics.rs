@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,7 +136,7 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    pub fn new(head: &http::request::Parts, request_id: &str, _started: Instant) -> RequestRecord {
+    pub fn new(head: &http::request::Parts, request_id: &str) -> RequestRecord {
         RequestRecord {
             method: head.method.to_string(),
             path: head.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
@@ -293,7 +293,7 @@ mod tests {
 
     fn record(cluster: &str, status: u16) -> RequestRecord {
         let (head, _) = http::Request::get("http://web/x").body(()).unwrap().into_parts();
-        let mut r = RequestRecord::new(&head, "id", Instant::now());
+        let mut r = RequestRecord::new(&head, "id");
         r.cluster = cluster.to_string();
         r.status = status;
         r
