@@ -255,11 +255,11 @@ def main():
         for label, routes, path in [("", small, "/hello")] + ([(" (1k routes)", {
                 "prefixes": [f"/svc{i}/" for i in range(1000)],
                 "addresses": [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]}, "/svc999/hello")] if args.large else []):
-            # mesh-proxy: the gateway binary, one Tokio worker, access log on.
+            # mesh-proxy: the gateway binary, one worker thread, access log on.
             d = tempfile.mkdtemp(dir=work)
             port = free_port()
             mesh_config(d, port, backend_port, routes)
-            mesh = start([gateway_bin, "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"],
+            mesh = start([gateway_bin, "--workers", "1", "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"],
                          env=dict(os.environ, TOKIO_WORKER_THREADS="1", RUST_LOG="error"))
             try:
                 rows.append(measure("mesh-proxy" + label, mesh, port, path, args))

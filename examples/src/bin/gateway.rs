@@ -41,12 +41,19 @@ struct Args {
     /// Seconds a client may take to send its request headers.
     #[arg(long, default_value_t = 10)]
     header_read_timeout: u64,
+    /// Worker threads; 1 runs everything on one thread, with no work
+    /// stealing (as Envoy's `--concurrency 1`). Default: one per core.
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    examples::init_tracing();
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    examples::runtime(args.workers)?.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    examples::init_tracing();
     let labels = examples::parse_labels(&args.labels)?;
     let (files, _watch) = examples::watched_config(args.config)?;
     let identity = ProxyIdentity::gateway(&args.name, &args.namespace, labels);

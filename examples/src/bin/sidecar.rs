@@ -37,12 +37,19 @@ struct Args {
     drain_timeout: u64,
     #[arg(long)]
     access_log: bool,
+    /// Worker threads; 1 runs everything on one thread. Default: one per
+    /// core.
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    examples::init_tracing();
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    examples::runtime(args.workers)?.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    examples::init_tracing();
     let labels = examples::parse_labels(&args.labels)?;
     let (files, _watch) = examples::watched_config(args.config)?;
     let mut identity = ProxyIdentity::sidecar(&args.name, &args.namespace, labels);
