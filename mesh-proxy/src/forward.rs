@@ -268,28 +268,34 @@ impl Forwarder {
             }
         }
 
-        // User filters see the routed request.
-        let mut ctx = FilterContext::new(record.request_id.clone(), Some(ingress.peer));
-        ctx.route = Some(route.name.clone());
-        ctx.cluster = Some(chosen.cluster.clone());
-        let (ran, action) = match self.filters.on_request(head, &mut ctx).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("{e}");
-                return local_reply(StatusCode::INTERNAL_SERVER_ERROR, "filter error\n");
+        // User filters see the routed request; with none, nothing is built
+        // for them.
+        let mut filtered = None;
+        if !self.filters.is_empty() {
+            let mut ctx = FilterContext::new(record.request_id.clone(), Some(ingress.peer));
+            ctx.route = Some(route.name.clone());
+            ctx.cluster = Some(chosen.cluster.clone());
+            match self.filters.on_request(head, &mut ctx).await {
+                Ok((ran, action)) => filtered = Some((ran, action, ctx)),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    return local_reply(StatusCode::INTERNAL_SERVER_ERROR, "filter error\n");
+                }
             }
-        };
-        let mut response = match action {
-            RequestAction::Respond(r) => r.map(body::full),
-            RequestAction::Continue => {
-                apply_request_ops(&mut head.headers, &route.headers);
-                apply_request_ops(&mut head.headers, &chosen.headers);
-                rewrite(head, route, &live.regexes);
-                self.forward(live, head, incoming, route, chosen, ingress, record).await
-            }
-        };
+        }
+        let mut response =
+            match filtered.as_mut().map(|(_, action, _)| std::mem::replace(action, RequestAction::Continue)) {
+                Some(RequestAction::Respond(r)) => r.map(body::full),
+                _ => {
+                    apply_request_ops(&mut head.headers, &route.headers);
+                    apply_request_ops(&mut head.headers, &chosen.headers);
+                    rewrite(head, route, &live.regexes);
+                    self.forward(live, head, incoming, route, chosen, ingress, record).await
+                }
+            };
         apply_response_ops(response.headers_mut(), &route.headers);
         apply_response_ops(response.headers_mut(), &chosen.headers);
+        let Some((ran, _, mut ctx)) = filtered else { return response };
         let (mut parts, body) = response.into_parts();
         if let Err(e) = self.filters.on_response(ran, &mut parts, &mut ctx).await {
             tracing::warn!("{e}");
