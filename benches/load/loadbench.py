@@ -44,6 +44,17 @@ def wait_port(port, limit=20.0):
     raise RuntimeError(f"nothing listening on {port} after {limit}s")
 
 
+def wait_for(probe, what, limit=10.0):
+    """The first truthy result of `probe`, polled until `limit` seconds."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        result = probe()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise RuntimeError(f"no {what} after {limit}s")
+
+
 def cpu_seconds(pid):
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
@@ -280,8 +291,8 @@ def main():
             nginx_config(cfg, port, h2_port, backend_port)
             nginx = start(["nginx", "-c", cfg, "-e", "/dev/null"])
             try:
-                time.sleep(0.5)
-                worker = int(subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split()[0])
+                worker = wait_for(lambda: subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split(), "nginx's worker")
+                worker = int(worker[0])
                 proc = type("P", (), {"pid": worker})
                 rows.append(measure("nginx", proc, port, path, args, h2_port=h2_port))
             finally:

@@ -240,7 +240,13 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
         .unwrap();
     let mut g = Gateway::start(dir.path(), port);
     let in_flight = std::thread::spawn(move || common::get(port, "/?delay_ms=800", &[]).status);
-    std::thread::sleep(Duration::from_millis(200));
+    // SIGTERM once the request is being served upstream.
+    let in_flight_upstream = || {
+        g.admin_get("/stats").is_some_and(|r| {
+            r.body.lines().any(|l| l == "cluster.outbound|9080||web.default.svc.cluster.local.upstream_rq_active: 1")
+        })
+    };
+    assert!(common::eventually(Duration::from_secs(5), in_flight_upstream), "the request never reached the upstream");
     let pid = g.proc.0.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert_eq!(in_flight.join().unwrap(), 200, "the request in flight finished");

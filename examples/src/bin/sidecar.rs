@@ -4,7 +4,6 @@
 //! use 15080. Run it as the UID the iptables rules exclude (1337).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use clap::Parser;
 use mesh_core::translate::ProxyIdentity;
@@ -13,8 +12,8 @@ use mesh_proxy::{ConfigSource, ProxyBuilder};
 #[derive(Parser)]
 #[command(about = "An Istio-config sidecar proxy", version)]
 struct Args {
-    #[arg(long, required = true, num_args = 1..)]
-    config: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    proxy: examples::ProxyArgs,
     /// The workload's name, for metrics.
     #[arg(long, default_value = "workload")]
     name: String,
@@ -26,40 +25,26 @@ struct Args {
     /// The workload's IP: finds the services it serves inbound.
     #[arg(long)]
     ip: Option<String>,
-    #[arg(long, default_value = "127.0.0.1:15000")]
-    admin: SocketAddr,
-    #[arg(long, default_value = "0.0.0.0:15090")]
-    metrics: SocketAddr,
     /// An explicit HTTP proxy port for apps that set http_proxy.
     #[arg(long, default_value = "127.0.0.1:15080")]
     http_proxy: SocketAddr,
-    #[arg(long, default_value_t = 5)]
-    drain_timeout: u64,
-    #[arg(long)]
-    access_log: bool,
-    /// Worker threads; 1 runs everything on one thread. Default: one per
-    /// core.
-    #[arg(long)]
-    workers: Option<usize>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    examples::runtime(args.workers)?.block_on(run(args))
+    examples::runtime(args.proxy.workers)?.block_on(run(args))
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let labels = examples::parse_labels(&args.labels)?;
-    let (files, _watch) = examples::watched_config(args.config)?;
+    let (files, _watch) = examples::watched_config(args.proxy.config.clone())?;
     let mut identity = ProxyIdentity::sidecar(&args.name, &args.namespace, labels);
     identity.ip = args.ip;
-    let proxy = ProxyBuilder::new(ConfigSource::mesh(files.clone(), files, identity))
-        .admin(args.admin)
-        .metrics(args.metrics)
+    let proxy = args
+        .proxy
+        .apply(ProxyBuilder::new(ConfigSource::mesh(files.clone(), files, identity)))
         .http_proxy(args.http_proxy)
-        .drain_timeout(Duration::from_secs(args.drain_timeout))
-        .access_log(args.access_log)
         .start()
         .await?;
     examples::serve_until_stopped(proxy).await?;
