@@ -250,14 +250,7 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
     let pid = g.proc.0.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert_eq!(in_flight.join().unwrap(), 200, "the request in flight finished");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = g.proc.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not exit after draining");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = g.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no longer accepting");
 }
@@ -660,14 +653,7 @@ fn json_access_log_and_drain_from_the_admin_server() {
         common::raw(g.admin, b"POST /drain HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .unwrap();
     assert!(drain.starts_with("HTTP/1.1 200"), "{drain}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = g.proc.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not exit after /drain");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = g.wait_exit(Duration::from_secs(10));
     assert!(status.success());
 }
 

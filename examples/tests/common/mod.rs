@@ -224,6 +224,16 @@ impl Gateway {
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         get(self.port, path, headers)
     }
+
+    /// Wait up to `limit` for the gateway process to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        eventually(limit, || {
+            status = self.proc.0.try_wait().expect("poll the gateway process");
+            status.is_some()
+        });
+        status.unwrap_or_else(|| panic!("the gateway did not exit within {limit:?}"))
+    }
 }
 
 /// How many of `n` requests each backend version answered.
