@@ -136,44 +136,40 @@ impl Forwarder {
         let started = Instant::now();
         let live = self.live.load_full();
         let (mut head, incoming) = req.into_parts();
-        let request_id = match head.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            Some(id) if !id.is_empty() => id.to_string(),
+        let request_id = match head.headers.get(&X_REQUEST_ID) {
+            Some(id) if !id.is_empty() && id.to_str().is_ok() => id.clone(),
             _ => {
                 let id = new_request_id();
-                if let Ok(v) = HeaderValue::from_str(&id) {
-                    head.headers.insert(X_REQUEST_ID.clone(), v);
-                }
+                head.headers.insert(X_REQUEST_ID.clone(), id.clone());
                 id
             }
         };
-        let mut record = RequestRecord::new(&head, &request_id);
-        let response = self.route_and_forward(&live, &mut head, incoming, ingress, &mut record).await;
-        let mut response = response;
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().entry(X_REQUEST_ID.clone()).or_insert(v);
-        }
+        let mut record = self.metrics.start(&head, request_id);
+        let mut response = self.route_and_forward(&live, &mut head, incoming, ingress, &mut record).await;
+        response.headers_mut().entry(X_REQUEST_ID.clone()).or_insert_with(|| record.request_id.clone());
         record.status = response.status().as_u16();
         record.grpc_status = response.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_string);
         self.metrics.record(&record, started.elapsed());
         response
     }
 
-    async fn route_and_forward(
+    async fn route_and_forward<'a>(
         &self,
-        live: &Arc<LiveConfig>,
+        live: &'a Arc<LiveConfig>,
         head: &mut http::request::Parts,
         incoming: Incoming,
         ingress: &Ingress,
-        record: &mut RequestRecord,
+        record: &mut RequestRecord<'a>,
     ) -> Response<Body> {
-        let authority = RequestView::from_parts(head, ingress.port).authority.to_string();
         // An explicit proxy port routes by the port the request names.
-        let by_authority = ingress
-            .route_by_authority_port
-            .then(|| authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(80).to_string());
-        let route_config = by_authority.or_else(|| ingress.route_config.clone());
-        let route_config =
-            route_config.as_deref().or_else(|| live.listener_routes.get(&ingress.listener).map(String::as_str));
+        let by_authority = ingress.route_by_authority_port.then(|| {
+            let authority = RequestView::from_parts(head, ingress.port).authority;
+            authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(80).to_string()
+        });
+        let route_config = by_authority
+            .as_deref()
+            .or(ingress.route_config.as_deref())
+            .or_else(|| live.listener_routes.get(&ingress.listener).map(String::as_str));
         for limiter in live.rate_limits.get(&ingress.listener).into_iter().flatten() {
             if !limiter.try_acquire() {
                 record.flag = Flag::RateLimited;
@@ -195,7 +191,7 @@ impl Forwarder {
             return local_reply(StatusCode::NOT_FOUND, "");
         };
         let route = hit.route;
-        record.route = route.name.clone();
+        record.route = &route.name;
 
         if !live.authorizer.is_empty() {
             let decision = live.authorizer.evaluate(&AuthzRequest {
@@ -203,7 +199,7 @@ impl Forwarder {
                 remote_ip: None,
                 source_principal: None,
                 request_principal: None,
-                host: &authority,
+                host: RequestView::from_parts(head, ingress.port).authority,
                 method: head.method.as_str(),
                 path: head.uri.path(),
                 port: ingress.port,
@@ -233,14 +229,14 @@ impl Forwarder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn dispatch(
+    async fn dispatch<'a>(
         &self,
-        live: &Arc<LiveConfig>,
+        live: &'a Arc<LiveConfig>,
         head: &mut http::request::Parts,
         incoming: Incoming,
-        route: &Route,
+        route: &'a Route,
         ingress: &Ingress,
-        record: &mut RequestRecord,
+        record: &mut RequestRecord<'a>,
     ) -> Response<Body> {
         let clusters = match &route.action {
             RouteAction::DirectResponse { status, body } => {
@@ -255,7 +251,7 @@ impl Forwarder {
             record.flag = Flag::NoCluster;
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n");
         };
-        record.cluster = chosen.cluster.clone();
+        record.cluster = &chosen.cluster;
 
         if let Some(fault) = &route.fault {
             let decision = mesh_core::fault::decide(fault, &mut fastrand::Rng::new());
@@ -272,7 +268,7 @@ impl Forwarder {
         // for them.
         let mut filtered = None;
         if !self.filters.is_empty() {
-            let mut ctx = FilterContext::new(record.request_id.clone(), Some(ingress.peer));
+            let mut ctx = FilterContext::new(record.request_id.to_str().unwrap_or_default(), Some(ingress.peer));
             ctx.route = Some(route.name.clone());
             ctx.cluster = Some(chosen.cluster.clone());
             match self.filters.on_request(head, &mut ctx).await {
@@ -313,7 +309,7 @@ impl Forwarder {
         route: &Route,
         chosen: &WeightedCluster,
         ingress: &Ingress,
-        record: &mut RequestRecord,
+        record: &mut RequestRecord<'_>,
     ) -> Response<Body> {
         let Some(cluster) = live.clusters.get(&chosen.cluster) else {
             record.flag = Flag::NoCluster;
@@ -775,15 +771,31 @@ fn abort_response(abort: AbortStatus) -> Response<Body> {
 }
 
 /// A random UUID (version 4), as Envoy generates for `x-request-id`.
-fn new_request_id() -> String {
+/// A random (version 4) UUID, as `x-request-id`.
+fn new_request_id() -> HeaderValue {
     let r = fastrand::u128(..);
     let b = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let h = format!("{b:032x}");
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    let [a, b, c, d, e] = [b >> 96, (b >> 80) & 0xffff, (b >> 64) & 0xffff, (b >> 48) & 0xffff, b & 0xffff_ffff_ffff];
+    let id = format!("{a:08x}-{b:04x}-{c:04x}-{d:04x}-{e:012x}");
+    // Hex digits and dashes are always a valid header value.
+    HeaderValue::try_from(id).expect("a UUID is a valid header value")
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        for _ in 0..100 {
+            let id = super::new_request_id();
+            let id = id.to_str().unwrap();
+            let groups: Vec<&str> = id.split('-').collect();
+            assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
+            assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{id}");
+            assert!(groups[2].starts_with('4'), "version 4: {id}");
+            assert!(matches!(&groups[3][..1], "8" | "9" | "a" | "b"), "RFC 4122 variant: {id}");
+        }
+    }
+
     #[test]
     fn re2_substitutions_become_regex_crate_ones() {
         assert_eq!(super::re2_substitution("\\2/instance/\\1"), "${2}/instance/${1}");

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -119,26 +120,34 @@ pub struct Metrics {
     access_log: bool,
 }
 
-/// What one request did, for metrics and the access log.
-pub struct RequestRecord {
-    pub method: String,
-    pub path: String,
-    pub authority: String,
-    pub request_id: String,
-    pub route: String,
-    pub cluster: String,
+/// What one request did, for metrics and the access log. Route and cluster
+/// names borrow from the live config the request was served with, so
+/// recording costs no copies.
+pub struct RequestRecord<'a> {
+    pub request_id: HeaderValue,
+    pub route: &'a str,
+    pub cluster: &'a str,
     pub upstream_host: Option<SocketAddr>,
     pub status: u16,
     pub grpc_status: Option<String>,
     pub flag: Flag,
     pub grpc: bool,
+    /// Only kept when the access log is on.
+    request_line: Option<RequestLine>,
+}
+
+/// The parts of the request the access log prints, as it arrived.
+struct RequestLine {
+    method: http::Method,
+    path: String,
+    authority: String,
     started_at: SystemTime,
 }
 
-impl RequestRecord {
-    pub fn new(head: &http::request::Parts, request_id: &str) -> RequestRecord {
-        RequestRecord {
-            method: head.method.to_string(),
+impl RequestLine {
+    fn of(head: &http::request::Parts) -> RequestLine {
+        RequestLine {
+            method: head.method.clone(),
             path: head.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
             authority: head
                 .uri
@@ -146,17 +155,6 @@ impl RequestRecord {
                 .map(|a| a.to_string())
                 .or_else(|| head.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
                 .unwrap_or_default(),
-            request_id: request_id.to_string(),
-            route: String::new(),
-            cluster: String::new(),
-            upstream_host: None,
-            status: 0,
-            grpc_status: None,
-            flag: Flag::None,
-            grpc: head
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
             started_at: SystemTime::now(),
         }
     }
@@ -189,7 +187,25 @@ impl Metrics {
         }
     }
 
-    pub fn record(&self, r: &RequestRecord, took: Duration) {
+    /// Start the record of one request.
+    pub fn start<'a>(&self, head: &http::request::Parts, request_id: HeaderValue) -> RequestRecord<'a> {
+        RequestRecord {
+            request_id,
+            route: "",
+            cluster: "",
+            upstream_host: None,
+            status: 0,
+            grpc_status: None,
+            flag: Flag::None,
+            grpc: head
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
+            request_line: self.access_log.then(|| RequestLine::of(head)),
+        }
+    }
+
+    pub fn record(&self, r: &RequestRecord<'_>, took: Duration) {
         let outcome = Outcome {
             status: r.status,
             flag: r.flag,
@@ -197,28 +213,27 @@ impl Metrics {
             grpc: r.grpc,
         };
         let ms = took.as_secs_f64() * 1000.0;
-        let hit =
-            self.resolved.load().get(r.cluster.as_str()).is_some_and(|cluster| match cluster.load().get(&outcome) {
-                Some((counter, histogram)) => {
-                    counter.inc();
-                    histogram.observe(ms);
-                    true
-                }
-                None => false,
-            });
+        let hit = self.resolved.load().get(r.cluster).is_some_and(|cluster| match cluster.load().get(&outcome) {
+            Some((counter, histogram)) => {
+                counter.inc();
+                histogram.observe(ms);
+                true
+            }
+            None => false,
+        });
         if !hit {
             let (counter, histogram) = self.resolve(r, outcome);
             counter.inc();
             histogram.observe(ms);
         }
-        if self.access_log {
-            self.log(r, took);
+        if let Some(line) = &r.request_line {
+            self.log(r, line, took);
         }
     }
 
     /// The first request of a (cluster, outcome): make its series and
     /// remember the handles.
-    fn resolve(&self, r: &RequestRecord, outcome: Outcome) -> (Counter, AtomicHistogram) {
+    fn resolve(&self, r: &RequestRecord<'_>, outcome: Outcome) -> (Counter, AtomicHistogram) {
         // `outbound|9080|v2|reviews.default.svc.cluster.local`
         let mut parts = r.cluster.splitn(4, '|').skip(2);
         let subset = parts.next().filter(|s| !s.is_empty()).unwrap_or("unknown");
@@ -240,15 +255,15 @@ impl Metrics {
             connection_security_policy: "unknown",
         };
         let handles = (self.requests.get_or_create_owned(&labels), self.durations.get_or_create_owned(&labels));
-        let existing = self.resolved.load().get(r.cluster.as_str()).cloned();
+        let existing = self.resolved.load().get(r.cluster).cloned();
         let cluster = existing.unwrap_or_else(|| {
             let fresh: Arc<ArcSwap<Handles>> = Arc::default();
             self.resolved.rcu(|all| {
                 let mut all = HashMap::clone(all);
-                all.entry(r.cluster.clone()).or_insert_with(|| Arc::clone(&fresh));
+                all.entry(r.cluster.to_string()).or_insert_with(|| Arc::clone(&fresh));
                 all
             });
-            self.resolved.load().get(r.cluster.as_str()).cloned().unwrap_or(fresh)
+            self.resolved.load().get(r.cluster).cloned().unwrap_or(fresh)
         });
         cluster.rcu(|known| {
             let mut known = HashMap::clone(known);
@@ -258,23 +273,23 @@ impl Metrics {
         handles
     }
 
-    fn log(&self, r: &RequestRecord, took: Duration) {
-        let start_ms = r.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let line = serde_json::json!({
+    fn log(&self, r: &RequestRecord<'_>, line: &RequestLine, took: Duration) {
+        let start_ms = line.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let entry = serde_json::json!({
             "start_time_ms": start_ms,
-            "method": r.method,
-            "path": r.path,
-            "authority": r.authority,
+            "method": line.method.as_str(),
+            "path": line.path,
+            "authority": line.authority,
             "response_code": r.status,
             "response_flags": r.flag.code(),
             "duration_ms": took.as_secs_f64() * 1000.0,
             "upstream_host": r.upstream_host.map(|h| h.to_string()),
             "upstream_cluster": r.cluster,
             "route_name": r.route,
-            "x_request_id": r.request_id,
+            "x_request_id": r.request_id.to_str().unwrap_or_default(),
         });
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{entry}");
     }
 
     /// The Prometheus text exposition.
@@ -291,10 +306,10 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    fn record(cluster: &str, status: u16) -> RequestRecord {
+    fn record<'a>(m: &Metrics, cluster: &'a str, status: u16) -> RequestRecord<'a> {
         let (head, _) = http::Request::get("http://web/x").body(()).unwrap().into_parts();
-        let mut r = RequestRecord::new(&head, "id");
-        r.cluster = cluster.to_string();
+        let mut r = m.start(&head, HeaderValue::from_static("id"));
+        r.cluster = cluster;
         r.status = status;
         r
     }
@@ -303,10 +318,10 @@ mod tests {
     fn series_and_histograms_render_as_prometheus_text() {
         let m = Metrics::new("gw", "istio-system", false);
         for _ in 0..3 {
-            m.record(&record("outbound|9080|v2|reviews.default.svc.cluster.local", 200), Duration::from_millis(3));
+            m.record(&record(&m, "outbound|9080|v2|reviews.default.svc.cluster.local", 200), Duration::from_millis(3));
         }
-        m.record(&record("outbound|9080|v2|reviews.default.svc.cluster.local", 503), Duration::from_millis(700));
-        m.record(&record("", 404), Duration::from_micros(100));
+        m.record(&record(&m, "outbound|9080|v2|reviews.default.svc.cluster.local", 503), Duration::from_millis(700));
+        m.record(&record(&m, "", 404), Duration::from_micros(100));
         let text = m.render();
         let line = |prefix: &str, needle: &str| {
             text.lines()
