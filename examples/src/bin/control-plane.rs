@@ -1,0 +1,153 @@
+//! `control-plane --config PATH...`: Istio config from files in, xDS out.
+//!
+//! Serves ADS (state of the world and delta) on 15010 to Envoy, proxyless
+//! gRPC and mesh-proxy, pushing on every change of the files (debounced),
+//! and debug endpoints on 15014:
+//! - `/debug/syncz`: every connected node, what it was sent, ACKed, NACKed
+//! - `/debug/config_dump?proxyID=ID`: the config a node is sent
+//! - `/ready`: 200 once the sources synced (nothing is pushed before)
+//! - `/metrics`: Prometheus counters of connections, pushes and rejects
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use mesh_core::mesh::{self, Debounce};
+use mesh_xds::cache::SnapshotCache;
+use mesh_xds::generator::Generator;
+use mesh_xds::server::AdsServer;
+use mesh_xds::status::SyncStatus;
+
+#[derive(Parser)]
+#[command(about = "An Istio-config xDS control plane", version)]
+struct Args {
+    /// Istio YAML files or directories (reloaded on change).
+    #[arg(long, required = true)]
+    config: Vec<std::path::PathBuf>,
+    /// The ADS gRPC address.
+    #[arg(long, default_value = "0.0.0.0:15010")]
+    xds: SocketAddr,
+    /// The debug and metrics address.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    debug: SocketAddr,
+    /// Push once changes have been quiet this long (milliseconds)...
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
+    /// ...or at the latest this long after the first (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    debounce_max_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    examples::init_tracing();
+    let args = Args::parse();
+    let (files, _watch) = examples::watched_config(args.config.clone())?;
+    let generator = Generator::new(Arc::new(SnapshotCache::new()));
+    let debounce =
+        Debounce { quiet: Duration::from_millis(args.debounce_ms), max: Duration::from_millis(args.debounce_max_ms) };
+    tokio::spawn(generator.clone().run(mesh::watch(files.as_ref(), files.as_ref(), debounce)));
+    let status = Arc::new(SyncStatus::default());
+    let ads = AdsServer::new(generator.clone(), status.clone());
+
+    let xds = tokio::net::TcpListener::bind(args.xds).await?;
+    let debug_listener = tokio::net::TcpListener::bind(args.debug).await?;
+    tracing::info!(xds = %xds.local_addr()?, debug = %debug_listener.local_addr()?, "control plane listening");
+    tokio::spawn(serve_debug(debug_listener, generator, status));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping");
+    };
+    ads.serve(xds, shutdown).await?;
+    Ok(())
+}
+
+async fn serve_debug(listener: tokio::net::TcpListener, generator: Arc<Generator>, status: Arc<SyncStatus>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (generator, status) = (generator.clone(), status.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = debug_response(&req, &generator, &status);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
+
+fn debug_response(
+    req: &Request<hyper::body::Incoming>,
+    generator: &Generator,
+    status: &SyncStatus,
+) -> Response<Full<Bytes>> {
+    let query = |name: &str| {
+        req.uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(percent_decode)
+    };
+    let (code, body) = match req.uri().path() {
+        "/debug/syncz" => (StatusCode::OK, mesh_xds::debug::syncz(status).to_string()),
+        "/debug/config_dump" => match query("proxyID") {
+            None => (StatusCode::BAD_REQUEST, "missing ?proxyID=\n".to_string()),
+            Some(id) => match mesh_xds::debug::config_dump(generator, status, &id) {
+                Ok(v) => (StatusCode::OK, serde_json::to_string_pretty(&v).unwrap_or_default()),
+                Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")),
+            },
+        },
+        "/ready" if generator.mesh().is_some() => (StatusCode::OK, "ready\n".to_string()),
+        "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "sources not synced\n".to_string()),
+        "/metrics" => (StatusCode::OK, metrics(status)),
+        _ => (StatusCode::NOT_FOUND, "/debug/syncz, /debug/config_dump?proxyID=, /ready, /metrics\n".to_string()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response
+}
+
+/// Istio's names for the same figures.
+fn metrics(status: &SyncStatus) -> String {
+    let t = status.totals();
+    format!(
+        "# TYPE pilot_xds gauge\npilot_xds {}\n# TYPE pilot_xds_pushes counter\npilot_xds_pushes_total {}\n# TYPE pilot_total_xds_rejects counter\npilot_total_xds_rejects_total {}\n",
+        t.connected, t.pushes, t.nacks
+    )
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()),
+        ) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

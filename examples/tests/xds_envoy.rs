@@ -1,0 +1,167 @@
+//! Envoy 1.40 driven by the control-plane binary over ADS: both are child
+//! processes on 127.0.0.1, with real backends behind Envoy.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    backend, envoy_binary, eventually, free_port, get, parse, raw, routes, versions_at, write_mesh, Proc, Service,
+};
+
+/// The control-plane binary on `dir`; returns it with its xDS and debug ports.
+fn control_plane(dir: &Path) -> (Proc, u16, u16) {
+    let (xds, debug) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .arg("--config")
+        .arg(dir)
+        .args(["--xds", &format!("127.0.0.1:{xds}"), "--debug", &format!("127.0.0.1:{debug}"), "--debounce-ms", "20"])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start control-plane");
+    let cp = Proc(child);
+    assert!(
+        eventually(Duration::from_secs(20), || debug_get(debug, "/ready").is_some_and(|r| r.status == 200)),
+        "control plane not ready"
+    );
+    (cp, xds, debug)
+}
+
+fn debug_get(port: u16, path: &str) -> Option<common::Response> {
+    parse(&raw(port, format!("GET {path} HTTP/1.1\r\nHost: debug\r\nConnection: close\r\n\r\n").as_bytes()).ok()?)
+}
+
+/// Envoy as Istio's ingress gateway (`router~` node, `istio=ingressgateway`
+/// labels), all its config from ADS.
+fn envoy(dir: &Path, xds: u16) -> (Proc, u16) {
+    let admin = free_port();
+    let bootstrap = format!(
+        r#"node:
+  id: router~127.0.0.1~istio-ingressgateway-1.default~default.svc.cluster.local
+  cluster: istio-ingressgateway
+  metadata: {{NAMESPACE: default, LABELS: {{istio: ingressgateway}}}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
+"#
+    );
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, bootstrap).expect("write the Envoy bootstrap");
+    let log = std::fs::File::create(dir.join("envoy.log")).expect("envoy log");
+    let child = Command::new(envoy_binary())
+        .args(["-c", &path.to_string_lossy(), "--disable-hot-restart", "--base-id", &admin.to_string(), "-l", "warn"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start envoy");
+    (Proc(child), admin)
+}
+
+#[test]
+fn envoy_routes_by_the_bookinfo_rules_follows_edits_and_keeps_config_after_a_nack() {
+    let (_b1, p1) = backend("v1", 0);
+    let (_b2, p2) = backend("v2", 0);
+    let (_b3, p3) = backend("v3", 0);
+    let config = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(
+        config.path(),
+        port,
+        &[Service { name: "reviews", backends: &[("v1", p1), ("v2", p2), ("v3", p3)] }],
+        "",
+    );
+    let jason = "  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - route:\n    - destination: {host: reviews, subset: v3}\n";
+    std::fs::write(config.path().join("routes.yaml"), routes("reviews", jason)).unwrap();
+    let (_cp, xds, debug) = control_plane(config.path());
+    let work = tempfile::tempdir().unwrap();
+    let (_envoy, _admin) = envoy(work.path(), xds);
+    let envoy_log = || std::fs::read_to_string(work.path().join("envoy.log")).unwrap_or_default();
+
+    // virtual-service-reviews-jason-v2-v3.yaml
+    assert!(
+        eventually(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && get(port, "/", &[("end-user", "jason")]).status == 200),
+        "Envoy never served the gateway listener; its log:\n{}",
+        envoy_log()
+    );
+    assert_eq!(versions_at(port, 20, "/reviews/0", &[("end-user", "jason")]), [("v2".to_string(), 20)].into());
+    assert_eq!(versions_at(port, 20, "/reviews/0", &[("end-user", "alice")]), [("v3".to_string(), 20)].into());
+
+    // virtual-service-reviews-90-10.yaml, timed from the write to the first
+    // request that shows it.
+    let edited = Instant::now();
+    std::fs::write(
+        config.path().join("routes.yaml"),
+        routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 90\n    - destination: {host: reviews, subset: v2}\n      weight: 10\n"),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || get(port, "/", &[]).header("x-backend-version") == Some("v1")),
+        "the edit did not reach Envoy in 10 s"
+    );
+    eprintln!("edit to effect through the control plane and Envoy: {:?}", edited.elapsed());
+    let counts = versions_at(port, 1000, "/", &[]);
+    let v1 = counts.get("v1").copied().unwrap_or(0);
+    assert_eq!(v1 + counts.get("v2").copied().unwrap_or(0), 1000, "{counts:?}");
+    assert!((870..=930).contains(&v1), "90/10 split gave {counts:?}");
+
+    // A route Istio accepts and Envoy rejects: RE2's program size limit
+    // (100 by default) is Envoy's, not the regex syntax's.
+    let big = "[a-z]{400}[0-9]{400}";
+    let rejected = routes(
+        "reviews",
+        &format!("  - match:\n    - uri: {{regex: \"/{big}\"}}\n    route:\n    - destination: {{host: reviews, subset: v3}}\n  - route:\n    - destination: {{host: reviews, subset: v3}}\n"),
+    );
+    std::fs::write(config.path().join("routes.yaml"), rejected).unwrap();
+    let mut syncz = serde_json::Value::Null;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            syncz =
+                debug_get(debug, "/debug/syncz").and_then(|r| serde_json::from_str(&r.body).ok()).unwrap_or_default();
+            syncz["totals"]["nacks"].as_u64().unwrap_or(0) > 0
+        }),
+        "no NACK recorded: {syncz}"
+    );
+    let nack = &syncz["nodes"][0]["types"]["RDS"]["last_nack"];
+    assert!(nack["message"].as_str().unwrap_or("").contains("program size"), "NACK detail: {nack}");
+    // Envoy kept the last good routes: still 90/10 between v1 and v2, no v3.
+    let counts = versions_at(port, 200, "/", &[]);
+    assert_eq!(counts.get("v1").copied().unwrap_or(0) + counts.get("v2").copied().unwrap_or(0), 200, "{counts:?}");
+    let metrics = debug_get(debug, "/metrics").map(|r| r.body).unwrap_or_default();
+    assert!(metrics.contains("pilot_total_xds_rejects_total 1"), "{metrics}");
+
+    // The config a node is sent, by its id.
+    let dump = debug_get(
+        debug,
+        "/debug/config_dump?proxyID=router~127.0.0.1~istio-ingressgateway-1.default~default.svc.cluster.local",
+    )
+    .unwrap();
+    assert_eq!(dump.status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump.body).unwrap();
+    assert!(
+        dump["resources"]["CDS"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local")),
+        "{dump}"
+    );
+}

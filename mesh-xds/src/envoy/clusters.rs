@@ -1,0 +1,198 @@
+//! CDS: one Envoy `Cluster` per mesh-core cluster.
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    circuit_breakers::{thresholds::RetryBudget, Thresholds},
+    cluster::{
+        ClusterDiscoveryType, CommonLbConfig, DiscoveryType as EnvoyDiscovery, EdsClusterConfig, LbConfig,
+        LbPolicy as EnvoyLb, LeastRequestLbConfig, MaglevLbConfig, RingHashLbConfig,
+    },
+    CircuitBreakers, Cluster as EnvoyCluster, OutlierDetection,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    data_source::Specifier, transport_socket::ConfigType as SocketConfig, DataSource, Http1ProtocolOptions,
+    Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions, TransportSocket,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher,
+    TlsCertificate, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options::{explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions},
+    HttpProtocolOptions,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use mesh_core::model::Protocol;
+use mesh_core::proxy_config::{Cluster, DiscoveryType, LbPolicy, OutlierDetectionConfig, ProxyConfig, UpstreamTls};
+
+use super::{ads, any, duration, endpoints, uint32};
+
+pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig) -> EnvoyCluster {
+    let mut out = EnvoyCluster {
+        name: c.name.clone(),
+        connect_timeout: Some(duration(c.connect_timeout)),
+        circuit_breakers: Some(circuit_breakers(c)),
+        outlier_detection: c.outlier_detection.as_ref().map(outlier_detection),
+        transport_socket: c.tls.as_ref().and_then(upstream_tls),
+        typed_extension_protocol_options: protocol_options(c),
+        ..Default::default()
+    };
+    let discovery = match c.discovery {
+        DiscoveryType::Eds => {
+            out.eds_cluster_config = Some(EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() });
+            EnvoyDiscovery::Eds
+        }
+        DiscoveryType::Dns => EnvoyDiscovery::StrictDns,
+        DiscoveryType::Static => EnvoyDiscovery::Static,
+        DiscoveryType::OriginalDst => EnvoyDiscovery::OriginalDst,
+    };
+    out.cluster_discovery_type = Some(ClusterDiscoveryType::Type(discovery as i32));
+    if matches!(c.discovery, DiscoveryType::Dns | DiscoveryType::Static) {
+        out.load_assignment = cfg.load_assignment(&c.name).map(endpoints::load_assignment);
+    }
+    let (policy, config) = match &c.lb {
+        LbPolicy::RoundRobin => (EnvoyLb::RoundRobin, None),
+        LbPolicy::Random => (EnvoyLb::Random, None),
+        LbPolicy::LeastRequest { choice_count } => (
+            EnvoyLb::LeastRequest,
+            Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+                choice_count: uint32(*choice_count),
+                ..Default::default()
+            })),
+        ),
+        LbPolicy::RingHash { minimum_ring_size, .. } => (
+            EnvoyLb::RingHash,
+            Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size: Some(envoy_types::pb::google::protobuf::UInt64Value { value: *minimum_ring_size }),
+                ..Default::default()
+            })),
+        ),
+        LbPolicy::Maglev { table_size, .. } => (
+            EnvoyLb::Maglev,
+            Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+                table_size: Some(envoy_types::pb::google::protobuf::UInt64Value { value: *table_size }),
+            })),
+        ),
+        LbPolicy::Passthrough => (EnvoyLb::ClusterProvided, None),
+    };
+    out.lb_policy = policy as i32;
+    out.lb_config = config;
+    if let Some(od) = &c.outlier_detection {
+        out.common_lb_config = Some(CommonLbConfig {
+            healthy_panic_threshold: Some(Percent { value: od.min_health_percent as f64 }),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+fn circuit_breakers(c: &Cluster) -> CircuitBreakers {
+    let t = c.circuit_breakers;
+    CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: uint32(t.max_connections),
+            max_pending_requests: uint32(t.max_pending_requests),
+            max_requests: uint32(t.max_requests),
+            max_retries: uint32(t.max_retries),
+            retry_budget: c.retry_budget.as_ref().map(|b| RetryBudget {
+                budget_percent: Some(Percent { value: b.percent }),
+                min_retry_concurrency: uint32(b.min_retry_concurrency),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Istio's mapping: a threshold that is set is enforced at 100%; one that
+/// is not is switched off rather than left at Envoy's default.
+fn outlier_detection(od: &OutlierDetectionConfig) -> OutlierDetection {
+    let enforce = |v: Option<u32>| uint32(if v.is_some() { 100 } else { 0 });
+    OutlierDetection {
+        consecutive_5xx: od.consecutive_5xx.and_then(uint32),
+        enforcing_consecutive_5xx: enforce(od.consecutive_5xx),
+        consecutive_gateway_failure: od.consecutive_gateway_errors.and_then(uint32),
+        enforcing_consecutive_gateway_failure: enforce(od.consecutive_gateway_errors),
+        consecutive_local_origin_failure: od.consecutive_local_origin_failures.and_then(uint32),
+        enforcing_consecutive_local_origin_failure: enforce(od.consecutive_local_origin_failures),
+        split_external_local_origin_errors: od.split_external_local_origin_errors,
+        interval: Some(duration(od.interval)),
+        base_ejection_time: Some(duration(od.base_ejection_time)),
+        max_ejection_time: Some(duration(od.max_ejection_time)),
+        max_ejection_percent: uint32(od.max_ejection_percent),
+        ..Default::default()
+    }
+}
+
+/// HTTP/2 toward gRPC and HTTP/2 ports, pool limits for every HTTP cluster.
+fn protocol_options(c: &Cluster) -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
+    let upstream = match c.protocol {
+        Protocol::Http2 | Protocol::Grpc => ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default()),
+        Protocol::Http => ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default()),
+        _ => return HashMap::new(),
+    };
+    let options = HttpProtocolOptions {
+        common_http_protocol_options: Some(CommonHttpOptions {
+            idle_timeout: c.idle_timeout.map(duration),
+            max_requests_per_connection: c.max_requests_per_connection.and_then(uint32),
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(upstream),
+        })),
+        ..Default::default()
+    };
+    HashMap::from([("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(), any(&options))])
+}
+
+fn file(path: &Option<String>) -> Option<DataSource> {
+    path.as_ref().map(|p| DataSource { specifier: Some(Specifier::Filename(p.clone())), ..Default::default() })
+}
+
+/// DestinationRule `tls`: SIMPLE and MUTUAL from files (ISTIO_MUTUAL needs
+/// the mesh's certificates, which do not exist yet).
+fn upstream_tls(tls: &UpstreamTls) -> Option<TransportSocket> {
+    if tls.mode == "DISABLE" {
+        return None;
+    }
+    let validation = (!tls.insecure_skip_verify).then(|| CertificateValidationContext {
+        trusted_ca: file(&tls.ca_certificates),
+        match_typed_subject_alt_names: tls
+            .subject_alt_names
+            .iter()
+            .map(|san| SubjectAltNameMatcher {
+                san_type: 2, // DNS
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(MatchPattern::Exact(san.clone())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
+    let mut certificates = Vec::new();
+    if tls.client_certificate.is_some() {
+        certificates.push(TlsCertificate {
+            certificate_chain: file(&tls.client_certificate),
+            private_key: file(&tls.private_key),
+            ..Default::default()
+        });
+    }
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: certificates,
+            validation_context_type: validation.map(ValidationContextType::ValidationContext),
+            ..Default::default()
+        }),
+        sni: tls.sni.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(SocketConfig::TypedConfig(any(&context))),
+    })
+}

@@ -1,0 +1,203 @@
+//! LDS: listeners with their filter chains (HTTP connection manager over
+//! RDS, or TCP proxy), and for proxyless gRPC the `api_listener`s its xDS
+//! resolver looks up by `host:port`.
+
+use envoy_types::pb::envoy::config::core::v3::{
+    data_source::Specifier, transport_socket::ConfigType as SocketConfig, DataSource,
+    TrafficDirection as EnvoyDirection, TransportSocket,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter::ConfigType as FilterConfig, listener_filter::ConfigType as ListenerFilterConfig, ApiListener, Filter,
+    FilterChain as EnvoyFilterChain, FilterChainMatch, Listener as EnvoyListener, ListenerFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{CodecType, RouteSpecifier},
+    http_filter::ConfigType as HttpFilterConfig,
+    HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    tcp_proxy::{weighted_cluster::ClusterWeight, ClusterSpecifier, WeightedCluster},
+    TcpProxy,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
+    TlsCertificate,
+};
+use mesh_core::proxy_config::{
+    ChainAction, FilterChain, Listener, ProxyConfig, ServerTls, TrafficDirection, WeightedCluster as MeshWeighted,
+};
+
+use super::routes::{CORS_FILTER, FAULT_FILTER};
+use super::{ads, any, boolean, endpoints::socket_address, uint32};
+
+pub(super) fn listener(l: &Listener) -> EnvoyListener {
+    let chains: Vec<EnvoyFilterChain> = l.filter_chains.iter().filter_map(|c| filter_chain(c, l)).collect();
+    let mut listener_filters = Vec::new();
+    if l.use_original_dst {
+        listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.original_dst".into(),
+            config_type: Some(ListenerFilterConfig::TypedConfig(any(&OriginalDst::default()))),
+            ..Default::default()
+        });
+    }
+    if l.filter_chains.iter().any(|c| !c.server_names.is_empty()) {
+        listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(ListenerFilterConfig::TypedConfig(any(&TlsInspector::default()))),
+            ..Default::default()
+        });
+    }
+    EnvoyListener {
+        name: l.name.clone(),
+        address: Some(socket_address(&l.address, l.port)),
+        filter_chains: chains,
+        listener_filters,
+        use_original_dst: l.use_original_dst.then(|| boolean(true)).flatten(),
+        bind_to_port: (!l.bind_to_port).then(|| boolean(false)).flatten(),
+        traffic_direction: match l.direction {
+            TrafficDirection::Inbound => EnvoyDirection::Inbound,
+            TrafficDirection::Outbound | TrafficDirection::Gateway => EnvoyDirection::Outbound,
+        } as i32,
+        ..Default::default()
+    }
+}
+
+/// `None` for a TLS chain whose certificate Envoy could not load: its
+/// `credentialName` needs SDS, which this server does not serve yet.
+fn filter_chain(c: &FilterChain, l: &Listener) -> Option<EnvoyFilterChain> {
+    let transport_socket = match &c.tls {
+        Some(tls) if tls.mode != "PASSTHROUGH" => Some(downstream_tls(tls)?),
+        _ => None,
+    };
+    let filter = match &c.action {
+        ChainAction::Http { route_config, .. } => Filter {
+            name: "envoy.filters.network.http_connection_manager".into(),
+            config_type: Some(FilterConfig::TypedConfig(any(&http_connection_manager(
+                &l.name,
+                route_config,
+                l.direction == TrafficDirection::Gateway,
+                true,
+            )))),
+        },
+        ChainAction::Tcp { clusters } => Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(FilterConfig::TypedConfig(any(&tcp_proxy(&l.name, clusters)))),
+        },
+    };
+    Some(EnvoyFilterChain {
+        filter_chain_match: Some(FilterChainMatch {
+            server_names: c.server_names.clone(),
+            destination_port: c.destination_port.and_then(|p| uint32(u32::from(p))),
+            ..Default::default()
+        }),
+        filters: vec![filter],
+        transport_socket,
+        ..Default::default()
+    })
+}
+
+fn http_filter<T: prost::Message + prost::Name + Default>(name: &str) -> HttpFilter {
+    HttpFilter {
+        name: name.into(),
+        config_type: Some(HttpFilterConfig::TypedConfig(any(&T::default()))),
+        ..Default::default()
+    }
+}
+
+/// Fault and CORS filters are present but empty: routes turn them on with
+/// per-route config. gRPC's xDS client knows only the router and fault.
+fn http_connection_manager(stat_prefix: &str, route_config: &str, gateway: bool, envoy: bool) -> HttpConnectionManager {
+    let mut http_filters = vec![http_filter::<HttpFault>(FAULT_FILTER)];
+    if envoy {
+        http_filters.push(http_filter::<Cors>(CORS_FILTER));
+    }
+    http_filters.push(http_filter::<Router>("envoy.filters.http.router"));
+    HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: route_config.to_string(),
+        })),
+        http_filters,
+        use_remote_address: gateway.then(|| boolean(true)).flatten(),
+        ..Default::default()
+    }
+}
+
+fn tcp_proxy(stat_prefix: &str, clusters: &[MeshWeighted]) -> TcpProxy {
+    let specifier = match clusters {
+        [only] => ClusterSpecifier::Cluster(only.cluster.clone()),
+        _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: clusters
+                .iter()
+                .map(|c| ClusterWeight { name: c.cluster.clone(), weight: c.weight, ..Default::default() })
+                .collect(),
+        }),
+    };
+    TcpProxy { stat_prefix: stat_prefix.to_string(), cluster_specifier: Some(specifier), ..Default::default() }
+}
+
+fn file(path: &Option<String>) -> Option<DataSource> {
+    path.as_ref().map(|p| DataSource { specifier: Some(Specifier::Filename(p.clone())), ..Default::default() })
+}
+
+fn downstream_tls(tls: &ServerTls) -> Option<TransportSocket> {
+    tls.certificate_chain.as_ref()?;
+    let mutual = tls.mode == "MUTUAL";
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: file(&tls.certificate_chain),
+                private_key: file(&tls.private_key),
+                ..Default::default()
+            }],
+            validation_context_type: (mutual && tls.ca_certificates.is_some()).then(|| {
+                ValidationContextType::ValidationContext(CertificateValidationContext {
+                    trusted_ca: file(&tls.ca_certificates),
+                    ..Default::default()
+                })
+            }),
+            alpn_protocols: tls.alpn.clone(),
+            ..Default::default()
+        }),
+        require_client_certificate: mutual.then(|| boolean(true)).flatten(),
+        ..Default::default()
+    };
+    Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(SocketConfig::TypedConfig(any(&context))),
+    })
+}
+
+/// For gRPC: one `api_listener` per name a client may dial
+/// (`reviews.default.svc.cluster.local:9080`, `reviews:9080`, ...), taken
+/// from the outbound virtual hosts' domains, each pointing at the route
+/// table that serves it.
+pub(super) fn api_listeners(cfg: &ProxyConfig) -> Vec<(String, EnvoyListener)> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in &cfg.listeners {
+        for c in &l.filter_chains {
+            let ChainAction::Http { route_config, .. } = &c.action else { continue };
+            let Some(rc) = cfg.route_config(route_config) else { continue };
+            for domain in rc.virtual_hosts.iter().flat_map(|vh| &vh.domains) {
+                if domain.contains('*') || !domain.contains(':') {
+                    continue;
+                }
+                out.entry(domain.clone()).or_insert_with(|| EnvoyListener {
+                    name: domain.clone(),
+                    api_listener: Some(ApiListener {
+                        api_listener: Some(any(&http_connection_manager(domain, route_config, false, false))),
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    out.into_iter().collect()
+}

@@ -1,0 +1,183 @@
+//! Translation checked field by field on a bookinfo-like mesh; Envoy
+//! itself checks the same resources in `examples/tests/xds_envoy.rs`.
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+use envoy_types::pb::envoy::config::route::v3::{route, route_action, route_match, RouteConfiguration};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager, HttpConnectionManager,
+};
+use mesh_core::config::{self, Decoded};
+use mesh_core::mesh::MeshSnapshot;
+use mesh_core::model::{Endpoint, Protocol, Resolution, Service, ServicePort};
+use mesh_core::registry::MemoryRegistry;
+use mesh_core::store::MemoryConfigStore;
+use mesh_core::translate::{translate, ProxyIdentity};
+use mesh_core::{ConfigStore, ServiceRegistry};
+use prost::Message;
+
+use super::{resources, Flavor};
+use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+
+const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers: {end-user: {exact: jason}}
+    - uri: {prefix: /jason}
+    fault:
+      abort: {httpStatus: 418, percentage: {value: 12.5}}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 90
+    - destination: {host: reviews, subset: v3}
+      weight: 10
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: "5xx,connect-failure"}
+    timeout: 10s
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 65537}}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 5s, baseEjectionTime: 30s}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+"#;
+
+fn mesh() -> MeshSnapshot {
+    let store = MemoryConfigStore::new();
+    for doc in config::parse_documents(CONFIG).unwrap() {
+        if let Decoded::Istio { resource, .. } = config::decode(doc, "default").unwrap() {
+            store.upsert(resource);
+        }
+    }
+    let registry = MemoryRegistry::new("test");
+    let endpoints = ["v1", "v2", "v3"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut e = Endpoint::new(format!("10.0.0.{}", i + 1));
+            e.labels.insert("version".into(), v.to_string());
+            e
+        })
+        .collect();
+    registry.upsert(
+        Service {
+            hostname: "reviews.default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            ports: vec![ServicePort { name: "http".into(), port: 9080, protocol: Protocol::Http, target_port: None }],
+            labels: Default::default(),
+            addresses: vec![],
+            resolution: Resolution::Static,
+            mesh_external: false,
+        },
+        endpoints,
+    );
+    MeshSnapshot { config: store.snapshot(), services: registry.snapshot() }
+}
+
+fn sidecar(flavor: Flavor) -> ResourceSet {
+    let cfg = translate(&mesh(), &ProxyIdentity::sidecar("productpage-v1", "default", Default::default()));
+    resources(&cfg, flavor)
+}
+
+fn decode<M: Message + Default>(set: &ResourceSet, type_url: &str, name: &str) -> M {
+    let r = set.get(type_url, name).unwrap_or_else(|| {
+        panic!("no {type_url} {name}: {:?}", set.of_type(type_url).map(|m| m.keys().collect::<Vec<_>>()))
+    });
+    M::decode(r.body.value.as_slice()).unwrap()
+}
+
+const V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
+
+#[test]
+fn clusters_are_eds_with_maglev_and_outlier_detection() {
+    let set = sidecar(Flavor::Envoy);
+    let c: Cluster = decode(&set, CLUSTER, V1);
+    assert_eq!(c.cluster_discovery_type, Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)));
+    assert_eq!(c.lb_policy, cluster::LbPolicy::Maglev as i32);
+    let Some(cluster::LbConfig::MaglevLbConfig(m)) = &c.lb_config else { panic!("{:?}", c.lb_config) };
+    assert_eq!(m.table_size.as_ref().map(|v| v.value), Some(65537));
+    let od = c.outlier_detection.unwrap();
+    assert_eq!(od.consecutive_5xx.map(|v| v.value), Some(3));
+    assert_eq!(od.enforcing_consecutive_5xx.map(|v| v.value), Some(100));
+    assert_eq!(od.interval.map(|d| d.seconds), Some(5));
+    assert!(c.eds_cluster_config.is_some());
+}
+
+#[test]
+fn endpoints_of_a_subset_only() {
+    let set = sidecar(Flavor::Envoy);
+    let la: ClusterLoadAssignment = decode(&set, ENDPOINT, V1);
+    let hosts: Vec<_> = la.endpoints.iter().flat_map(|l| &l.lb_endpoints).collect();
+    assert_eq!(hosts.len(), 1);
+    let text = format!("{:?}", hosts[0]);
+    assert!(text.contains("10.0.0.1") && text.contains("9080"), "{text}");
+}
+
+#[test]
+fn routes_keep_istio_semantics() {
+    let set = sidecar(Flavor::Envoy);
+    let rc: RouteConfiguration = decode(&set, ROUTE, "9080");
+    let vh = rc.virtual_hosts.iter().find(|v| v.domains.iter().any(|d| d == "reviews")).expect("reviews virtual host");
+    // Two matches (OR) become two routes with the same action, then the default.
+    assert_eq!(vh.routes.len(), 3);
+    let header = &vh.routes[0].r#match.as_ref().unwrap().headers[0];
+    assert_eq!(header.name, "end-user");
+    assert_eq!(
+        vh.routes[1].r#match.as_ref().unwrap().path_specifier,
+        Some(route_match::PathSpecifier::Prefix("/jason".into()))
+    );
+    let fault: HttpFault =
+        Message::decode(vh.routes[0].typed_per_filter_config["envoy.filters.http.fault"].value.as_slice()).unwrap();
+    assert_eq!(fault.abort.unwrap().percentage.unwrap().numerator, 125_000);
+    let Some(route::Action::Route(action)) = &vh.routes[2].action else { panic!() };
+    let Some(route_action::ClusterSpecifier::WeightedClusters(w)) = &action.cluster_specifier else { panic!() };
+    let weights: Vec<(String, u32)> =
+        w.clusters.iter().map(|c| (c.name.clone(), c.weight.as_ref().unwrap().value)).collect();
+    assert_eq!(weights, [(V1.to_string(), 90), ("outbound|9080|v3|reviews.default.svc.cluster.local".to_string(), 10)]);
+    let retry = action.retry_policy.as_ref().unwrap();
+    assert_eq!(retry.retry_on, "5xx,connect-failure");
+    assert_eq!(retry.num_retries.as_ref().unwrap().value, 3);
+    assert_eq!(action.timeout.as_ref().unwrap().seconds, 10);
+    // The DestinationRule's consistent hash, on the route as Envoy wants it.
+    assert_eq!(action.hash_policy.len(), 1);
+}
+
+#[test]
+fn sidecar_listeners_use_rds_over_ads() {
+    let set = sidecar(Flavor::Envoy);
+    let l: Listener = decode(&set, LISTENER, "0.0.0.0_9080");
+    assert_eq!(l.bind_to_port.map(|b| b.value), Some(false));
+    let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else { panic!() };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier else { panic!() };
+    assert_eq!(rds.route_config_name, "9080");
+    assert_eq!(hcm.http_filters.last().unwrap().name, "envoy.filters.http.router");
+    assert!(set.get(LISTENER, "virtualOutbound").is_some());
+}
+
+#[test]
+fn proxyless_grpc_gets_api_listeners_by_dial_target() {
+    let set = sidecar(Flavor::ProxylessGrpc);
+    let l: Listener = decode(&set, LISTENER, "reviews.default.svc.cluster.local:9080");
+    let hcm = HttpConnectionManager::decode(l.api_listener.unwrap().api_listener.unwrap().value.as_slice()).unwrap();
+    let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["envoy.filters.http.fault", "envoy.filters.http.router"]);
+    assert!(set.get(LISTENER, "reviews:9080").is_some());
+    assert!(set.get(LISTENER, "virtualOutbound").is_none(), "gRPC gets no socket listeners");
+}

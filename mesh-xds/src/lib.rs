@@ -1,0 +1,28 @@
+//! # mesh-xds
+//!
+//! Pilot's job: mesh-core's [`ProxyConfig`](mesh_core::ProxyConfig) served
+//! over the xDS protocol to Envoy, proxyless gRPC and mesh-proxy.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`envoy`] | `ProxyConfig` -> Envoy v3 listeners, routes, clusters, endpoints |
+//! | [`resources`] | type URLs, encoded resources with content versions, push order |
+//! | [`node`] | an xDS `Node` (Istio's id and metadata, gRPC's bootstrap) -> the identity translation needs |
+//! | [`cache`] | snapshots per node key, and what a subscription should be sent (SotW and delta) |
+//! | [`sotw`] | the state-of-the-world stream protocol as a state machine: ACK, NACK, nonces, push order |
+//! | [`delta`] | the incremental stream protocol as a state machine: subscriptions, what the client holds, removals |
+//! | [`generator`] | the mesh -> one snapshot per connected node key, rebuilt on change |
+//! | [`server`] | the ADS gRPC service (SotW and delta) over the generator's snapshots |
+//! | [`debug`] | JSON views for debug endpoints: `syncz`, a node's config dump |
+//! | [`status`] | what each node was sent, ACKed and NACKed (`syncz`) |
+
+pub mod cache;
+pub mod debug;
+pub mod delta;
+pub mod envoy;
+pub mod generator;
+pub mod node;
+pub mod resources;
+pub mod server;
+pub mod sotw;
+pub mod status;
