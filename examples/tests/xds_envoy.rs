@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    backend, envoy_binary, eventually, free_port, get, parse, raw, routes, versions_at, write_mesh, Proc, Service,
+    backend, envoy_binary, eventually, free_port, get, parse, raw, routes, versions_at, write_mesh, Proc, Response, Service,
 };
 
 /// The control-plane binary on `dir`; returns it with its xDS and debug ports.
@@ -29,13 +29,13 @@ fn control_plane(dir: &Path) -> (Proc, u16, u16) {
     (cp, xds, debug)
 }
 
-fn debug_get(port: u16, path: &str) -> Option<common::Response> {
+fn debug_get(port: u16, path: &str) -> Option<Response> {
     parse(&raw(port, format!("GET {path} HTTP/1.1\r\nHost: debug\r\nConnection: close\r\n\r\n").as_bytes()).ok()?)
 }
 
 /// Envoy as Istio's ingress gateway (`router~` node, `istio=ingressgateway`
 /// labels), all its config from ADS.
-fn envoy(dir: &Path, xds: u16) -> (Proc, u16) {
+fn envoy(dir: &Path, xds: u16, api_type: &str) -> (Proc, u16) {
     let admin = free_port();
     let bootstrap = format!(
         r#"node:
@@ -46,7 +46,7 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
   cds_config: {{ads: {{}}, resource_api_version: V3}}
@@ -94,7 +94,7 @@ fn envoy_routes_by_the_bookinfo_rules_follows_edits_and_keeps_config_after_a_nac
     std::fs::write(config.path().join("routes.yaml"), routes("reviews", jason)).unwrap();
     let (_cp, xds, debug) = control_plane(config.path());
     let work = tempfile::tempdir().unwrap();
-    let (_envoy, _admin) = envoy(work.path(), xds);
+    let (_envoy, _admin) = envoy(work.path(), xds, "GRPC");
     let envoy_log = || std::fs::read_to_string(work.path().join("envoy.log")).unwrap_or_default();
 
     // virtual-service-reviews-jason-v2-v3.yaml
@@ -164,4 +164,106 @@ fn envoy_routes_by_the_bookinfo_rules_follows_edits_and_keeps_config_after_a_nac
             .is_some_and(|c| c.iter().any(|c| c["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local")),
         "{dump}"
     );
+}
+
+/// Wait until Envoy serves `path` on `port` with a 200.
+fn wait_served(port: u16, path: &str, log: &Path) {
+    assert!(
+        eventually(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && get(port, path, &[]).status == 200),
+        "Envoy never served {path}; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn delta_xds_drives_envoy_too() {
+    let (_b1, p1) = backend("v1", 0);
+    let (_b2, p2) = backend("v2", 0);
+    let config = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(config.path(), port, &[Service { name: "reviews", backends: &[("v1", p1), ("v2", p2)] }], "");
+    std::fs::write(config.path().join("routes.yaml"), routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v1}\n")).unwrap();
+    let (_cp, xds, debug) = control_plane(config.path());
+    let work = tempfile::tempdir().unwrap();
+    let (_envoy, _admin) = envoy(work.path(), xds, "DELTA_GRPC");
+    wait_served(port, "/", &work.path().join("envoy.log"));
+    assert_eq!(versions_at(port, 10, "/", &[]), [("v1".to_string(), 10)].into());
+
+    std::fs::write(config.path().join("routes.yaml"), routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v2}\n")).unwrap();
+    assert!(eventually(Duration::from_secs(10), || get(port, "/", &[]).header("x-backend-version") == Some("v2")), "the edit did not reach Envoy");
+    assert_eq!(versions_at(port, 10, "/", &[]), [("v2".to_string(), 10)].into());
+    let syncz: serde_json::Value = serde_json::from_str(&debug_get(debug, "/debug/syncz").unwrap().body).unwrap();
+    let node = &syncz["nodes"][0];
+    assert_eq!(node["protocol"], "delta", "{syncz}");
+    // Only the route changed: one RDS push after the first, no CDS or EDS.
+    assert_eq!(node["types"]["RDS"]["pushes"], 2, "{syncz}");
+    assert_eq!(node["types"]["CDS"]["pushes"], 1, "{syncz}");
+    assert_eq!(node["types"]["RDS"]["nacks"], 0, "{syncz}");
+}
+
+/// Istio's resilience features as Envoy executes them: retries, timeouts,
+/// fault injection, consistent hashing and the circuit breaker.
+#[test]
+fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
+    let (_flaky, flaky) = backend("v1", 2); // every second request fails
+    let (_b1, p1) = backend("v1", 0);
+    let (_b2, p2) = backend("v2", 0);
+    let (_b3, p3) = backend("v3", 0);
+    let config = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let hashing = "  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n";
+    write_mesh(
+        config.path(),
+        port,
+        &[Service { name: "flaky", backends: &[("v1", flaky)] }, Service { name: "reviews", backends: &[("v1", p1), ("v2", p2), ("v3", p3)] }],
+        hashing,
+    );
+    // A service whose DestinationRule allows one connection and one waiting request.
+    std::fs::write(
+        config.path().join("limited.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: limited, namespace: default}}\nspec:\n  ports: [{{name: http, port: 9080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: limited, namespace: default, labels: {{kubernetes.io/service-name: limited}}}}\naddressType: IPv4\nports: [{{name: http, port: {p1}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: limited, namespace: default}}\nspec:\n  host: limited\n  trafficPolicy:\n    connectionPool:\n      tcp: {{maxConnections: 1}}\n      http: {{http1MaxPendingRequests: 1, http2MaxRequests: 1}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        config.path().join("routes.yaml"),
+        routes(
+            "all",
+            "  - match: [{uri: {prefix: /flaky}}]\n    route: [{destination: {host: flaky}}]\n    retries: {attempts: 3, retryOn: 5xx}\n  - match: [{uri: {prefix: /slow}}]\n    route: [{destination: {host: reviews}}]\n    timeout: 300ms\n  - match: [{uri: {prefix: /fault}}]\n    route: [{destination: {host: reviews}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n  - match: [{uri: {prefix: /limited}}]\n    route: [{destination: {host: limited}}]\n  - route: [{destination: {host: reviews}}]\n",
+        ),
+    )
+    .unwrap();
+    let (_cp, xds, _debug) = control_plane(config.path());
+    let work = tempfile::tempdir().unwrap();
+    let (_envoy, _admin) = envoy(work.path(), xds, "GRPC");
+    wait_served(port, "/", &work.path().join("envoy.log"));
+
+    // Retries hide every second failure.
+    assert_eq!(versions_at(port, 40, "/flaky", &[]), [("v1".to_string(), 40)].into());
+    // The route timeout cuts a 2 s answer at 300 ms.
+    let started = Instant::now();
+    assert_eq!(get(port, "/slow?delay_ms=2000", &[]).status, 504);
+    assert!(started.elapsed() < Duration::from_millis(1500), "timeout took {:?}", started.elapsed());
+    // Fault injection answers for the upstream.
+    assert_eq!(get(port, "/fault", &[]).status, 418);
+    // Ring hash on x-user: one user sticks to one backend, users spread.
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..12 {
+        let user = format!("user-{user}");
+        let counts = versions_at(port, 5, "/", &[("x-user", &user)]);
+        assert_eq!(counts.len(), 1, "{user} moved between backends: {counts:?}");
+        seen.extend(counts.into_keys());
+    }
+    assert!(seen.len() >= 2, "12 users all hashed to {seen:?}");
+    // The circuit breaker: 8 concurrent slow requests against 1 connection
+    // and 1 pending slot; the overflow is answered 503 by Envoy itself.
+    let answers: Vec<Response> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8).map(|_| s.spawn(|| get(port, "/limited?delay_ms=500", &[]))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let overflowed = answers.iter().filter(|r| r.status == 503 && r.header("x-envoy-overloaded") == Some("true")).count();
+    let served = answers.iter().filter(|r| r.status == 200).count();
+    assert!(overflowed >= 1 && served >= 1, "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
 }
