@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    backend, envoy_binary, eventually, free_port, get, parse, raw, routes, versions_at, write_mesh, Proc, Response, Service,
+    backend, envoy_binary, eventually, free_port, get, parse, raw, routes, versions_at, write_mesh, Proc, Response,
+    Service,
 };
 
 /// The control-plane binary on `dir`; returns it with its xDS and debug ports.
@@ -183,15 +184,26 @@ fn delta_xds_drives_envoy_too() {
     let config = tempfile::tempdir().unwrap();
     let port = free_port();
     write_mesh(config.path(), port, &[Service { name: "reviews", backends: &[("v1", p1), ("v2", p2)] }], "");
-    std::fs::write(config.path().join("routes.yaml"), routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v1}\n")).unwrap();
+    std::fs::write(
+        config.path().join("routes.yaml"),
+        routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v1}\n"),
+    )
+    .unwrap();
     let (_cp, xds, debug) = control_plane(config.path());
     let work = tempfile::tempdir().unwrap();
     let (_envoy, _admin) = envoy(work.path(), xds, "DELTA_GRPC");
     wait_served(port, "/", &work.path().join("envoy.log"));
     assert_eq!(versions_at(port, 10, "/", &[]), [("v1".to_string(), 10)].into());
 
-    std::fs::write(config.path().join("routes.yaml"), routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v2}\n")).unwrap();
-    assert!(eventually(Duration::from_secs(10), || get(port, "/", &[]).header("x-backend-version") == Some("v2")), "the edit did not reach Envoy");
+    std::fs::write(
+        config.path().join("routes.yaml"),
+        routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v2}\n"),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || get(port, "/", &[]).header("x-backend-version") == Some("v2")),
+        "the edit did not reach Envoy"
+    );
     assert_eq!(versions_at(port, 10, "/", &[]), [("v2".to_string(), 10)].into());
     let syncz: serde_json::Value = serde_json::from_str(&debug_get(debug, "/debug/syncz").unwrap().body).unwrap();
     let node = &syncz["nodes"][0];
@@ -216,7 +228,10 @@ fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
     write_mesh(
         config.path(),
         port,
-        &[Service { name: "flaky", backends: &[("v1", flaky)] }, Service { name: "reviews", backends: &[("v1", p1), ("v2", p2), ("v3", p3)] }],
+        &[
+            Service { name: "flaky", backends: &[("v1", flaky)] },
+            Service { name: "reviews", backends: &[("v1", p1), ("v2", p2), ("v3", p3)] },
+        ],
         hashing,
     );
     // A service whose DestinationRule allows one connection and one waiting request.
@@ -263,7 +278,8 @@ fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
         let handles: Vec<_> = (0..8).map(|_| s.spawn(|| get(port, "/limited?delay_ms=500", &[]))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let overflowed = answers.iter().filter(|r| r.status == 503 && r.header("x-envoy-overloaded") == Some("true")).count();
+    let overflowed =
+        answers.iter().filter(|r| r.status == 503 && r.header("x-envoy-overloaded") == Some("true")).count();
     let served = answers.iter().filter(|r| r.status == 200).count();
     assert!(overflowed >= 1 && served >= 1, "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
 }

@@ -1,6 +1,8 @@
 """A real gRPC server for the proxy tests: /demo.Echo/Say answers
 b"echo:" + request, or fails with UNAVAILABLE when the request is b"fail".
-Prints its port, then serves until killed."""
+With a version argument (`grpc_echo_server.py v2`) it also sends it as the
+`x-backend-version` header. Prints its port, then serves until killed."""
+import sys
 from concurrent import futures
 
 import grpc
@@ -9,6 +11,8 @@ import grpc
 def say(request, context):
     if request == b"fail":
         context.abort(grpc.StatusCode.UNAVAILABLE, "told to fail")
+    if len(sys.argv) > 1:
+        context.send_initial_metadata((("x-backend-version", sys.argv[1]),))
     context.set_trailing_metadata((("x-echo-trailer", "present"),))
     return b"echo:" + request
 

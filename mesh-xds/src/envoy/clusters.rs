@@ -27,9 +27,9 @@ use envoy_types::pb::envoy::r#type::v3::Percent;
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{Cluster, DiscoveryType, LbPolicy, OutlierDetectionConfig, ProxyConfig, UpstreamTls};
 
-use super::{ads, any, duration, endpoints, uint32};
+use super::{ads, any, duration, endpoints, uint32, Flavor};
 
-pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig) -> EnvoyCluster {
+pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig, flavor: Flavor) -> EnvoyCluster {
     let mut out = EnvoyCluster {
         name: c.name.clone(),
         connect_timeout: Some(duration(c.connect_timeout)),
@@ -52,7 +52,7 @@ pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig) -> EnvoyCluster {
     if matches!(c.discovery, DiscoveryType::Dns | DiscoveryType::Static) {
         out.load_assignment = cfg.load_assignment(&c.name).map(endpoints::load_assignment);
     }
-    let (policy, config) = match &c.lb {
+    let (policy, config) = match &lb_policy(&c.lb, flavor) {
         LbPolicy::RoundRobin => (EnvoyLb::RoundRobin, None),
         LbPolicy::Random => (EnvoyLb::Random, None),
         LbPolicy::LeastRequest { choice_count } => (
@@ -86,6 +86,19 @@ pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig) -> EnvoyCluster {
         });
     }
     out
+}
+
+/// gRPC's xDS client balances only by round robin and ring hash (it
+/// rejects the rest): least request and random become round robin, Maglev
+/// becomes ring hash on the same key, as Istio's gRPC generator does.
+fn lb_policy(lb: &LbPolicy, flavor: Flavor) -> LbPolicy {
+    match (flavor, lb) {
+        (Flavor::ProxylessGrpc, LbPolicy::LeastRequest { .. } | LbPolicy::Random) => LbPolicy::RoundRobin,
+        (Flavor::ProxylessGrpc, LbPolicy::Maglev { hash, .. }) => {
+            LbPolicy::RingHash { minimum_ring_size: 1024, hash: hash.clone() }
+        }
+        _ => lb.clone(),
+    }
 }
 
 fn circuit_breakers(c: &Cluster) -> CircuitBreakers {

@@ -32,7 +32,7 @@ pub enum Flavor {
 pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> ResourceSet {
     let mut set = ResourceSet::default();
     for c in &cfg.clusters {
-        set.insert(CLUSTER, Resource::new(c.name.clone(), &clusters::cluster(c, cfg)));
+        set.insert(CLUSTER, Resource::new(c.name.clone(), &clusters::cluster(c, cfg, flavor)));
     }
     for la in &cfg.endpoints {
         // DNS and static clusters carry their endpoints inline.
@@ -41,7 +41,7 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> ResourceSet {
         }
     }
     for rc in &cfg.route_configs {
-        set.insert(ROUTE, Resource::new(rc.name.clone(), &routes::route_configuration(rc, cfg)));
+        set.insert(ROUTE, Resource::new(rc.name.clone(), &routes::route_configuration(rc, cfg, flavor)));
     }
     match flavor {
         Flavor::Envoy => {

@@ -36,12 +36,12 @@ use mesh_core::proxy_config::{
     RouteAction as MeshAction, RouteConfig, RouteMatch, StringMatcher,
 };
 
-use super::{any, boolean, duration, percent, uint32};
+use super::{any, boolean, duration, percent, uint32, Flavor};
 
 pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
 pub(super) const CORS_FILTER: &str = "envoy.filters.http.cors";
 
-pub(super) fn route_configuration(rc: &RouteConfig, cfg: &ProxyConfig) -> RouteConfiguration {
+pub(super) fn route_configuration(rc: &RouteConfig, cfg: &ProxyConfig, flavor: Flavor) -> RouteConfiguration {
     RouteConfiguration {
         name: rc.name.clone(),
         virtual_hosts: rc
@@ -50,7 +50,7 @@ pub(super) fn route_configuration(rc: &RouteConfig, cfg: &ProxyConfig) -> RouteC
             .map(|vh| EnvoyVirtualHost {
                 name: vh.name.clone(),
                 domains: vh.domains.clone(),
-                routes: vh.routes.iter().flat_map(|r| route(r, cfg)).collect(),
+                routes: vh.routes.iter().flat_map(|r| route(r, cfg, flavor)).collect(),
                 ..Default::default()
             })
             .collect(),
@@ -63,13 +63,14 @@ pub(super) fn route_configuration(rc: &RouteConfig, cfg: &ProxyConfig) -> RouteC
 
 /// Istio's `match` list is an OR; Envoy's route has one match, so a route
 /// with several matches becomes several routes with the same action.
-fn route(r: &Route, cfg: &ProxyConfig) -> Vec<EnvoyRoute> {
+fn route(r: &Route, cfg: &ProxyConfig, flavor: Flavor) -> Vec<EnvoyRoute> {
     let action = action(r, cfg);
     let mut per_filter = HashMap::new();
     if let Some(fault) = &r.fault {
         per_filter.insert(FAULT_FILTER.to_string(), any(&http_fault(fault)));
     }
-    if let Some(cors) = &r.cors {
+    // gRPC has no CORS filter, and rejects config for filters it lacks.
+    if let Some(cors) = r.cors.as_ref().filter(|_| flavor == Flavor::Envoy) {
         per_filter.insert(CORS_FILTER.to_string(), any(&cors_policy(cors)));
     }
     let matches: Vec<EnvoyRouteMatch> =

@@ -180,4 +180,7 @@ fn proxyless_grpc_gets_api_listeners_by_dial_target() {
     assert_eq!(names, ["envoy.filters.http.fault", "envoy.filters.http.router"]);
     assert!(set.get(LISTENER, "reviews:9080").is_some());
     assert!(set.get(LISTENER, "virtualOutbound").is_none(), "gRPC gets no socket listeners");
+    // gRPC balances by round robin or ring hash only: Maglev becomes ring hash.
+    let c: Cluster = decode(&set, CLUSTER, V1);
+    assert_eq!(c.lb_policy, cluster::LbPolicy::RingHash as i32);
 }
