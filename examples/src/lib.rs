@@ -12,8 +12,12 @@ use mesh_proxy::ProxyHandle;
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
     /// Files or directories of Istio YAML (and Kubernetes Services, EndpointSlices, Pods).
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, required_unless_present = "xds", conflicts_with = "xds", num_args = 1..)]
     pub config: Vec<std::path::PathBuf>,
+    /// Take config from this xDS (ADS) server instead, e.g. the
+    /// control-plane binary's `http://127.0.0.1:15010`.
+    #[arg(long)]
+    pub xds: Option<String>,
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: std::net::SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15090")]
@@ -43,6 +47,28 @@ impl ProxyArgs {
             .header_read_timeout(std::time::Duration::from_secs(self.header_read_timeout))
             .access_log(self.access_log)
     }
+}
+
+/// Where the proxy's config comes from: the files (reloaded for as long as
+/// the returned watch lives), or an xDS server the proxy subscribes to as
+/// a node with this identity.
+pub fn config_source(
+    args: &ProxyArgs,
+    identity: mesh_core::translate::ProxyIdentity,
+) -> Result<(mesh_proxy::ConfigSource, Option<FileWatch>), Box<dyn std::error::Error>> {
+    if let Some(server) = &args.xds {
+        let node = mesh_xds::node::node_for(&identity);
+        tracing::info!(%server, node = %node.id, "config from xDS");
+        let client = mesh_xds::client::start(mesh_xds::client::ClientOptions::new(server.clone(), node, identity.kind));
+        let source = mesh_proxy::ConfigSource::Stream {
+            name: identity.name,
+            namespace: identity.namespace,
+            configs: client.configs,
+        };
+        return Ok((source, None));
+    }
+    let (files, watch) = watched_config(args.config.clone())?;
+    Ok((mesh_proxy::ConfigSource::mesh(files.clone(), files, identity), Some(watch)))
 }
 
 /// The proxy's runtime: with one worker, a current-thread runtime (no work

@@ -8,31 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    backend, envoy_binary, eventually, free_port, get, parse, raw, routes, versions_at, write_mesh, Proc, Response,
-    Service,
+    backend, control_plane, debug_get, envoy_binary, eventually, free_port, get, routes, versions_at, write_mesh, Proc,
+    Response, Service,
 };
-
-/// The control-plane binary on `dir`; returns it with its xDS and debug ports.
-fn control_plane(dir: &Path) -> (Proc, u16, u16) {
-    let (xds, debug) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
-        .arg("--config")
-        .arg(dir)
-        .args(["--xds", &format!("127.0.0.1:{xds}"), "--debug", &format!("127.0.0.1:{debug}"), "--debounce-ms", "20"])
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("start control-plane");
-    let cp = Proc(child);
-    assert!(
-        eventually(Duration::from_secs(20), || debug_get(debug, "/ready").is_some_and(|r| r.status == 200)),
-        "control plane not ready"
-    );
-    (cp, xds, debug)
-}
-
-fn debug_get(port: u16, path: &str) -> Option<Response> {
-    parse(&raw(port, format!("GET {path} HTTP/1.1\r\nHost: debug\r\nConnection: close\r\n\r\n").as_bytes()).ok()?)
-}
 
 /// Envoy as Istio's ingress gateway (`router~` node, `istio=ingressgateway`
 /// labels), all its config from ADS.

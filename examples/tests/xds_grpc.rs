@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, free_port, parse, raw, Proc};
+use common::{control_plane, eventually, Proc};
 
 fn peers() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
@@ -40,26 +40,6 @@ fn write_config(dir: &Path, v1: u16, v2: u16) {
         ));
     }
     std::fs::write(dir.join("mesh.yaml"), y).expect("write mesh.yaml");
-}
-
-fn control_plane(dir: &Path) -> (Proc, u16) {
-    let (xds, debug) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
-        .arg("--config")
-        .arg(dir)
-        .args(["--xds", &format!("127.0.0.1:{xds}"), "--debug", &format!("127.0.0.1:{debug}")])
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("start control-plane");
-    let cp = Proc(child);
-    let ready = || {
-        raw(debug, b"GET /ready HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
-            .ok()
-            .and_then(|t| parse(&t))
-            .is_some_and(|r| r.status == 200)
-    };
-    assert!(eventually(Duration::from_secs(20), ready), "control plane not ready");
-    (cp, xds)
 }
 
 /// gRPC's bootstrap: our server, a sidecar-style node id in `default`.
@@ -110,8 +90,9 @@ fn python_grpcio_resolves_through_xds_and_splits_by_weight() {
     let (_s2, p2) = grpc_backend("v2");
     let config = tempfile::tempdir().unwrap();
     write_config(config.path(), p1, p2);
-    let (_cp, xds) = control_plane(config.path());
-    let bootstrap = bootstrap(config.path(), xds);
+    let (_cp, xds, _debug) = control_plane(config.path());
+    let work = tempfile::tempdir().unwrap();
+    let bootstrap = bootstrap(work.path(), xds);
     let mut cmd = Command::new("python3");
     cmd.arg(peers().join("grpc_xds_client.py"))
         .args(["echo.default.svc.cluster.local:7070", "500"])
@@ -130,8 +111,9 @@ fn node_grpc_js_xds_resolves_through_xds_and_splits_by_weight() {
     let (_s2, p2) = grpc_backend("v2");
     let config = tempfile::tempdir().unwrap();
     write_config(config.path(), p1, p2);
-    let (_cp, xds) = control_plane(config.path());
-    let bootstrap = bootstrap(config.path(), xds);
+    let (_cp, xds, _debug) = control_plane(config.path());
+    let work = tempfile::tempdir().unwrap();
+    let bootstrap = bootstrap(work.path(), xds);
     let mut cmd = Command::new("node");
     cmd.arg(peers().join("grpc_xds_client.js"))
         .args(["echo.default.svc.cluster.local:7070", "500"])

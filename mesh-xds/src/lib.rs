@@ -6,6 +6,8 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`envoy`] | `ProxyConfig` -> Envoy v3 listeners, routes, clusters, endpoints |
+//! | [`client`] | an ADS client that feeds mesh-proxy: subscribe, ACK/NACK, warm, reconnect with backoff |
+//! | [`import`] | Envoy v3 resources -> `ProxyConfig`, how mesh-proxy consumes xDS; refusals name resource and field |
 //! | [`resources`] | type URLs, encoded resources with content versions, push order |
 //! | [`node`] | an xDS `Node` (Istio's id and metadata, gRPC's bootstrap) -> the identity translation needs |
 //! | [`cache`] | snapshots per node key, and what a subscription should be sent (SotW and delta) |
@@ -17,10 +19,12 @@
 //! | [`status`] | what each node was sent, ACKed and NACKed (`syncz`) |
 
 pub mod cache;
+pub mod client;
 pub mod debug;
 pub mod delta;
 pub mod envoy;
 pub mod generator;
+pub mod import;
 pub mod node;
 pub mod resources;
 pub mod server;

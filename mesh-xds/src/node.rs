@@ -71,6 +71,32 @@ pub fn parse(node: Option<&Node>) -> Result<NodeInfo, NodeError> {
     })
 }
 
+/// The node a proxy with this identity presents, in Istio's format (so
+/// any Istio-aware control plane can read it).
+pub fn node_for(identity: &ProxyIdentity) -> Node {
+    let kind = match identity.kind {
+        ProxyKind::Sidecar => "sidecar",
+        ProxyKind::Gateway => "router",
+    };
+    let ns = &identity.namespace;
+    let text = |s: &str| Value { kind: Some(Kind::StringValue(s.to_string())) };
+    let labels = Struct { fields: identity.labels.iter().map(|(k, v)| (k.clone(), text(v))).collect() };
+    let mut fields = std::collections::HashMap::from([
+        ("NAMESPACE".to_string(), text(ns)),
+        ("NAME".to_string(), text(&identity.name)),
+        ("LABELS".to_string(), Value { kind: Some(Kind::StructValue(labels)) }),
+    ]);
+    if let Some(ip) = &identity.ip {
+        fields.insert("INSTANCE_IPS".to_string(), text(ip));
+    }
+    Node {
+        id: format!("{kind}~{}~{}.{ns}~{ns}.svc.cluster.local", identity.ip.as_deref().unwrap_or(""), identity.name),
+        metadata: Some(Struct { fields }),
+        user_agent_name: "mesh-proxy".into(),
+        ..Default::default()
+    }
+}
+
 fn field<'a>(meta: Option<&'a Struct>, key: &str) -> Option<&'a Kind> {
     meta?.fields.get(key)?.kind.as_ref()
 }
@@ -161,6 +187,17 @@ mod tests {
         assert_eq!(parse(None), Err(NodeError::Missing));
         assert!(matches!(parse(Some(&node("gateway~1~a.b~c", vec![]))), Err(NodeError::BadId(_))));
         assert!(matches!(parse(Some(&node("no-namespace", vec![]))), Err(NodeError::BadId(_))));
+    }
+
+    #[test]
+    fn node_for_is_read_back_as_the_same_identity() {
+        let mut identity =
+            ProxyIdentity::sidecar("reviews-v2", "shop", [("version".to_string(), "v2".to_string())].into());
+        identity.ip = Some("10.0.0.9".into());
+        let n = parse(Some(&node_for(&identity))).unwrap();
+        assert_eq!((n.identity, n.flavor), (identity, Flavor::Envoy));
+        let gw = ProxyIdentity::gateway("ingress", "istio-system", Default::default());
+        assert_eq!(parse(Some(&node_for(&gw))).unwrap().identity, gw);
     }
 
     #[test]

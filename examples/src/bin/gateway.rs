@@ -1,4 +1,5 @@
-//! `gateway --config PATH...`: an Istio ingress gateway from files.
+//! `gateway --config PATH...`: an Istio ingress gateway from files (or
+//! `--xds URL`: from a control plane).
 //!
 //! Serves the Gateway resources that select it (by default it is Istio's
 //! `istio-ingressgateway`, labels `istio=ingressgateway`), with the
@@ -9,7 +10,7 @@ use std::net::IpAddr;
 
 use clap::Parser;
 use mesh_core::translate::ProxyIdentity;
-use mesh_proxy::{ConfigSource, ProxyBuilder};
+use mesh_proxy::ProxyBuilder;
 
 #[derive(Parser)]
 #[command(about = "An Istio-config ingress gateway", version)]
@@ -36,9 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let labels = examples::parse_labels(&args.labels)?;
-    let (files, _watch) = examples::watched_config(args.proxy.config.clone())?;
     let identity = ProxyIdentity::gateway(&args.name, &args.namespace, labels);
-    let mut builder = args.proxy.apply(ProxyBuilder::new(ConfigSource::mesh(files.clone(), files, identity)));
+    let (source, _watch) = examples::config_source(&args.proxy, identity)?;
+    let mut builder = args.proxy.apply(ProxyBuilder::new(source));
     if let Some(ip) = args.bind {
         builder = builder.bind_ip(ip);
     }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use mesh_core::translate::ProxyIdentity;
-use mesh_proxy::{ConfigSource, ProxyBuilder};
+use mesh_proxy::ProxyBuilder;
 
 #[derive(Parser)]
 #[command(about = "An Istio-config sidecar proxy", version)]
@@ -38,15 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let labels = examples::parse_labels(&args.labels)?;
-    let (files, _watch) = examples::watched_config(args.proxy.config.clone())?;
     let mut identity = ProxyIdentity::sidecar(&args.name, &args.namespace, labels);
     identity.ip = args.ip;
-    let proxy = args
-        .proxy
-        .apply(ProxyBuilder::new(ConfigSource::mesh(files.clone(), files, identity)))
-        .http_proxy(args.http_proxy)
-        .start()
-        .await?;
+    let (source, _watch) = examples::config_source(&args.proxy, identity)?;
+    let proxy = args.proxy.apply(ProxyBuilder::new(source)).http_proxy(args.http_proxy).start().await?;
     examples::serve_until_stopped(proxy).await?;
     Ok(())
 }

@@ -133,6 +133,29 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The control-plane binary on `dir`, ready; with its xDS and debug ports.
+pub fn control_plane(dir: &Path) -> (Proc, u16, u16) {
+    let (xds, debug) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .arg("--config")
+        .arg(dir)
+        .args(["--xds", &format!("127.0.0.1:{xds}"), "--debug", &format!("127.0.0.1:{debug}"), "--debounce-ms", "20"])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start control-plane");
+    let cp = Proc(child);
+    assert!(
+        eventually(Duration::from_secs(20), || debug_get(debug, "/ready").is_some_and(|r| r.status == 200)),
+        "control plane not ready"
+    );
+    (cp, xds, debug)
+}
+
+/// GET on the control plane's debug port.
+pub fn debug_get(port: u16, path: &str) -> Option<Response> {
+    parse(&raw(port, format!("GET {path} HTTP/1.1\r\nHost: debug\r\nConnection: close\r\n\r\n").as_bytes()).ok()?)
+}
+
 /// A service's backends: `(version, port)`.
 pub struct Service<'a> {
     pub name: &'a str,
@@ -185,11 +208,19 @@ impl Gateway {
 
     /// Start with extra arguments, and stdout sent to `stdout`.
     pub fn start_with(dir: &Path, port: u16, extra: &[&str], stdout: Stdio) -> Gateway {
+        Gateway::launch(&["--config", &dir.to_string_lossy()], port, extra, stdout)
+    }
+
+    /// Start with its config from an xDS server (`http://127.0.0.1:PORT`).
+    pub fn start_xds(server: &str, port: u16) -> Gateway {
+        Gateway::launch(&["--xds", server], port, &[], Stdio::null())
+    }
+
+    fn launch(source: &[&str], port: u16, extra: &[&str], stdout: Stdio) -> Gateway {
         let admin = free_port();
         let metrics = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--config")
-            .arg(dir)
+            .args(source)
             .args([
                 "--admin",
                 &format!("127.0.0.1:{admin}"),

@@ -93,4 +93,4 @@ fn percent(p: f64) -> FractionalPercent {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -58,7 +58,7 @@ spec:
   - {name: v3, labels: {version: v3}}
 "#;
 
-fn mesh() -> MeshSnapshot {
+pub(crate) fn mesh() -> MeshSnapshot {
     let store = MemoryConfigStore::new();
     for doc in config::parse_documents(CONFIG).unwrap() {
         if let Decoded::Istio { resource, .. } = config::decode(doc, "default").unwrap() {

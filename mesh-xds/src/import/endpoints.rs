@@ -1,0 +1,51 @@
+//! EDS (and inline load assignments) -> endpoints.
+
+use envoy_types::pb::envoy::config::core::v3::{
+    address::Address as AddressKind, socket_address::PortSpecifier, Address, HealthStatus,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment as EnvoyLoadAssignment,
+};
+use mesh_core::model::{Health, Locality};
+use mesh_core::proxy_config::{ClusterLoadAssignment, LbEndpoint};
+
+use super::ImportError;
+
+pub fn load_assignment(la: &EnvoyLoadAssignment) -> Result<ClusterLoadAssignment, ImportError> {
+    let err = |field: String, msg: &str| ImportError::new("ClusterLoadAssignment", &la.cluster_name, field, msg);
+    let mut endpoints = Vec::new();
+    for (i, group) in la.endpoints.iter().enumerate() {
+        let locality = group
+            .locality
+            .as_ref()
+            .map(|l| Locality { region: l.region.clone(), zone: l.zone.clone(), subzone: l.sub_zone.clone() })
+            .unwrap_or_default();
+        for (j, e) in group.lb_endpoints.iter().enumerate() {
+            let field = format!("endpoints[{i}].lb_endpoints[{j}].endpoint.address");
+            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                return Err(err(field, "only endpoints with an address are supported"));
+            };
+            let (address, port) = socket_address(ep.address.as_ref())
+                .ok_or_else(|| err(field, "a socket address with a port value is required"))?;
+            endpoints.push(LbEndpoint {
+                address,
+                port,
+                weight: e.load_balancing_weight.as_ref().map_or(1, |w| w.value.max(1)),
+                locality: locality.clone(),
+                health: match HealthStatus::try_from(e.health_status).unwrap_or(HealthStatus::Unknown) {
+                    HealthStatus::Unhealthy | HealthStatus::Timeout => Health::Unhealthy,
+                    HealthStatus::Draining => Health::Draining,
+                    _ => Health::Healthy,
+                },
+                labels: Default::default(),
+            });
+        }
+    }
+    Ok(ClusterLoadAssignment { cluster_name: la.cluster_name.clone(), endpoints })
+}
+
+pub(super) fn socket_address(address: Option<&Address>) -> Option<(String, u16)> {
+    let Some(AddressKind::SocketAddress(sa)) = address?.address.as_ref() else { return None };
+    let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else { return None };
+    Some((sa.address.clone(), u16::try_from(port).ok()?))
+}
