@@ -1,0 +1,270 @@
+//! xDS at scale: 1,000 lightweight ADS clients (one process) against the
+//! ADS server (a child process, so its RSS is its own) serving a mesh of
+//! 1,000 services and 10,000 endpoints.
+//!
+//! Measures the connect storm (all clients connecting at once until each
+//! has CDS, EDS, LDS and RDS), the time from one endpoint change and from
+//! one route change to each client receiving it, and the server's RSS.
+//!
+//! ```sh
+//! cargo bench -p benches --bench xds_scale -- [--clients 1000] [--workloads 10] [--rounds 5]
+//! ```
+//! Clients are replicas of `--workloads` distinct workloads (identical
+//! replicas share one translation on the server).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, Cluster};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::{filter::ConfigType, Listener};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, HttpConnectionManager,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DiscoveryRequest,
+};
+use mesh_core::mesh::{self, Debounce};
+use mesh_core::registry::MemoryRegistry;
+use mesh_core::store::MemoryConfigStore;
+use mesh_core::translate::ProxyIdentity;
+use mesh_xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use prost::Message;
+
+const DEBOUNCE: Duration = Duration::from_millis(10);
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--server") {
+        server();
+    } else {
+        clients();
+    }
+}
+
+// ------------------------------------------------------------------ server
+
+fn server() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let (config, services) = benches::mesh(1000, 10);
+        let store = Arc::new(MemoryConfigStore::new());
+        store.replace_all(config);
+        let registry = Arc::new(MemoryRegistry::new("bench"));
+        registry.replace_all(services.clone());
+        let generator = mesh_xds::generator::Generator::new(Arc::new(mesh_xds::cache::SnapshotCache::new()));
+        let debounce = Debounce { quiet: DEBOUNCE, max: Duration::from_millis(100) };
+        tokio::spawn(generator.clone().run(mesh::watch(store.as_ref(), registry.as_ref(), debounce)));
+        generator.ready().await;
+        let ads = mesh_xds::server::AdsServer::new(generator, Arc::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        println!("port {}", listener.local_addr().expect("addr").port());
+        tokio::spawn(ads.serve(listener, std::future::pending()));
+        // Changes, one per line: `endpoint N` or `route N`.
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+        let mut round = 0u32;
+        while let Ok(Some(line)) = lines.next_line().await {
+            round += 1;
+            match line.split_once(' ') {
+                Some(("endpoint", n)) => {
+                    let n: usize = n.parse().expect("service number");
+                    let (service, mut endpoints) = services[n].clone();
+                    endpoints[0].address = format!("10.200.{}.{}", round / 250, round % 250 + 1);
+                    registry.upsert(service, endpoints);
+                }
+                Some(("route", n)) => {
+                    let yaml = benches::routing_yaml(n.parse().expect("service number"), 50 + round % 40);
+                    for doc in mesh_core::config::parse_documents(&yaml).expect("yaml") {
+                        if let mesh_core::config::Decoded::Istio { resource, .. } = mesh_core::config::decode(doc, "default").expect("decode") {
+                            store.upsert(resource);
+                        }
+                    }
+                }
+                _ => eprintln!("unknown command {line:?}"),
+            }
+        }
+    });
+}
+
+// ------------------------------------------------------------------ clients
+
+/// Per client: when it had every type (ns since the epoch), and when it
+/// last received EDS and RDS.
+#[derive(Default)]
+struct Stamps {
+    ready: AtomicU64,
+    eds: AtomicU64,
+    rds: AtomicU64,
+}
+
+fn clients() {
+    let clients = arg("--clients", 1000);
+    let workloads = arg("--workloads", 10);
+    let rounds = arg("--rounds", 5);
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Command::new(exe).arg("--server").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("server");
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port line");
+    let port: u16 = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port");
+    let mut commands = child.stdin.take().expect("stdin");
+    let idle_rss = rss(pid, "VmRSS");
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let epoch = Instant::now();
+    let stamps: Arc<Vec<Stamps>> = Arc::new((0..clients).map(|_| Stamps::default()).collect());
+    rt.block_on(async {
+        let storm = Instant::now();
+        for i in 0..clients {
+            let stamps = stamps.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client(port, i, workloads, &stamps[i], epoch).await {
+                    eprintln!("client {i}: {e}");
+                }
+            });
+        }
+        wait_all(&stamps, |s| &s.ready, Duration::from_secs(120), "connect storm").await;
+        let served = stamps.iter().map(|s| s.ready.load(Ordering::Relaxed)).max().unwrap_or(0);
+        let storm_s = (Duration::from_nanos(served) - storm.duration_since(epoch)).as_secs_f64();
+        println!("connect storm: {clients} clients ({workloads} workloads) fully served in {storm_s:.2} s");
+        println!("server RSS: {:.1} MB idle before clients, {:.1} MB after the storm, peak {:.1} MB", idle_rss, rss(pid, "VmRSS"), rss(pid, "VmHWM"));
+
+        for (what, command, pick) in [("endpoint", "endpoint", 0usize), ("route", "route", 1)] {
+            let mut latencies = Vec::new();
+            for round in 0..rounds {
+                for s in stamps.iter() {
+                    s.eds.store(0, Ordering::Relaxed);
+                    s.rds.store(0, Ordering::Relaxed);
+                }
+                let service = (round * 97 + 13) % 1000;
+                let t0 = epoch.elapsed().as_nanos() as u64;
+                writeln!(commands, "{command} {service}").expect("send change");
+                wait_all(&stamps, |s| field(s, pick), Duration::from_secs(60), what).await;
+                latencies.extend(stamps.iter().map(|s| (field(s, pick).load(Ordering::Relaxed) - t0) as f64 / 1e6));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            latencies.sort_by(f64::total_cmp);
+            let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+            println!(
+                "{what} change to each client, {rounds} rounds (ms, including the {} ms debounce): p50 {:.0}, p99 {:.0}, max {:.0}",
+                DEBOUNCE.as_millis(),
+                at(0.5),
+                at(0.99),
+                latencies.last().copied().unwrap_or(0.0)
+            );
+        }
+        println!("server RSS peak: {:.1} MB", rss(pid, "VmHWM"));
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// EDS (0) or RDS (1) arrival.
+fn field(s: &Stamps, pick: usize) -> &AtomicU64 {
+    if pick == 0 {
+        &s.eds
+    } else {
+        &s.rds
+    }
+}
+
+async fn wait_all(stamps: &[Stamps], field: impl Fn(&Stamps) -> &AtomicU64, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let done = stamps.iter().filter(|s| field(s).load(Ordering::Relaxed) > 0).count();
+        if done == stamps.len() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: only {done} of {} clients after {limit:?}", stamps.len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn rss(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// One ADS client: CDS and LDS, then the EDS and RDS names they give; ACKs
+/// every response.
+async fn client(port: u16, i: usize, workloads: usize, stamps: &Stamps, epoch: Instant) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let now = || epoch.elapsed().as_nanos() as u64;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await?;
+    let mut ads = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
+    let identity = ProxyIdentity::sidecar(&format!("client-{}", i % workloads), "default", [("app".to_string(), format!("client-{}", i % workloads))].into());
+    let node: Node = mesh_xds::node::node_for(&identity);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let req = |type_url: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
+        type_url: type_url.into(),
+        resource_names: names,
+        version_info: version,
+        response_nonce: nonce,
+        ..Default::default()
+    };
+    tx.send(DiscoveryRequest { node: Some(node), ..req(CLUSTER, vec![], String::new(), String::new()) }).await?;
+    tx.send(req(LISTENER, vec![], String::new(), String::new())).await?;
+    let mut responses = ads.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(resp) = responses.message().await? {
+        match resp.type_url.as_str() {
+            CLUSTER => {
+                let eds: Vec<String> = resp
+                    .resources
+                    .iter()
+                    .filter_map(|a| Cluster::decode(a.value.as_slice()).ok())
+                    .filter(|c| c.cluster_discovery_type == Some(ClusterDiscoveryType::Type(3)))
+                    .map(|c| c.name)
+                    .collect();
+                if names.get(ENDPOINT) != Some(&eds) {
+                    names.insert(ENDPOINT.into(), eds.clone());
+                    tx.send(req(ENDPOINT, eds, String::new(), String::new())).await?;
+                }
+            }
+            LISTENER => {
+                let mut rds: Vec<String> = resp
+                    .resources
+                    .iter()
+                    .filter_map(|a| Listener::decode(a.value.as_slice()).ok())
+                    .flat_map(|l| l.filter_chains)
+                    .flat_map(|c| c.filters)
+                    .filter_map(|f| match f.config_type {
+                        Some(ConfigType::TypedConfig(any)) => HttpConnectionManager::decode(any.value.as_slice()).ok(),
+                        _ => None,
+                    })
+                    .filter_map(|h| match h.route_specifier {
+                        Some(RouteSpecifier::Rds(r)) => Some(r.route_config_name),
+                        _ => None,
+                    })
+                    .collect();
+                rds.sort();
+                rds.dedup();
+                if names.get(ROUTE) != Some(&rds) {
+                    names.insert(ROUTE.into(), rds.clone());
+                    tx.send(req(ROUTE, rds, String::new(), String::new())).await?;
+                }
+            }
+            ENDPOINT => stamps.eds.store(now(), Ordering::Relaxed),
+            ROUTE => stamps.rds.store(now(), Ordering::Relaxed),
+            _ => {}
+        }
+        seen.insert(resp.type_url.clone());
+        if seen.len() == 4 && stamps.ready.load(Ordering::Relaxed) == 0 {
+            stamps.ready.store(now(), Ordering::Relaxed);
+        }
+        let names = names.get(&resp.type_url).cloned().unwrap_or_default();
+        tx.send(req(&resp.type_url, names, resp.version_info, resp.nonce)).await?;
+    }
+    Ok(())
+}
