@@ -82,7 +82,9 @@ fn server() {
                 Some(("route", n)) => {
                     let yaml = benches::routing_yaml(n.parse().expect("service number"), 50 + round % 40);
                     for doc in mesh_core::config::parse_documents(&yaml).expect("yaml") {
-                        if let mesh_core::config::Decoded::Istio { resource, .. } = mesh_core::config::decode(doc, "default").expect("decode") {
+                        if let mesh_core::config::Decoded::Istio { resource, .. } =
+                            mesh_core::config::decode(doc, "default").expect("decode")
+                        {
                             store.upsert(resource);
                         }
                     }
@@ -109,10 +111,28 @@ fn clients() {
     let workloads = arg("--workloads", 10);
     let rounds = arg("--rounds", 5);
     let exe = std::env::current_exe().expect("own path");
-    let mut child = Command::new(exe).arg("--server").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("server");
+    // XDS_SCALE_WRAP="heaptrack -o /tmp/ht" profiles the server.
+    let wrap = std::env::var("XDS_SCALE_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    let mut child = command.arg("--server").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("server");
     let pid = child.id();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port line");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    // Wrappers (a profiler) may print first.
+    while !line.starts_with("port ") {
+        line.clear();
+        if out.read_line(&mut line).expect("port line") == 0 {
+            panic!("the server exited before printing its port");
+        }
+    }
     let port: u16 = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port");
     let mut commands = child.stdin.take().expect("stdin");
     let idle_rss = rss(pid, "VmRSS");
@@ -198,11 +218,21 @@ fn rss(pid: u32, field: &str) -> f64 {
 
 /// One ADS client: CDS and LDS, then the EDS and RDS names they give; ACKs
 /// every response.
-async fn client(port: u16, i: usize, workloads: usize, stamps: &Stamps, epoch: Instant) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn client(
+    port: u16,
+    i: usize,
+    workloads: usize,
+    stamps: &Stamps,
+    epoch: Instant,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let now = || epoch.elapsed().as_nanos() as u64;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await?;
     let mut ads = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
-    let identity = ProxyIdentity::sidecar(&format!("client-{}", i % workloads), "default", [("app".to_string(), format!("client-{}", i % workloads))].into());
+    let identity = ProxyIdentity::sidecar(
+        &format!("client-{}", i % workloads),
+        "default",
+        [("app".to_string(), format!("client-{}", i % workloads))].into(),
+    );
     let node: Node = mesh_xds::node::node_for(&identity);
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let req = |type_url: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
@@ -214,7 +244,8 @@ async fn client(port: u16, i: usize, workloads: usize, stamps: &Stamps, epoch: I
     };
     tx.send(DiscoveryRequest { node: Some(node), ..req(CLUSTER, vec![], String::new(), String::new()) }).await?;
     tx.send(req(LISTENER, vec![], String::new(), String::new())).await?;
-    let mut responses = ads.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut responses =
+        ads.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
     let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     let mut seen = std::collections::BTreeSet::new();
     while let Some(resp) = responses.message().await? {

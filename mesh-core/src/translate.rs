@@ -110,6 +110,16 @@ pub fn translate(mesh: &MeshSnapshot, proxy: &ProxyIdentity) -> ProxyConfig {
     cfg
 }
 
+/// The endpoints of one proxy's outbound clusters of these services only:
+/// all an endpoint-only change needs rebuilt.
+pub fn load_assignments(
+    mesh: &MeshSnapshot,
+    proxy: &ProxyIdentity,
+    hostnames: &BTreeSet<String>,
+) -> Vec<ClusterLoadAssignment> {
+    Translator::new(mesh, proxy).outbound_clusters(|h| hostnames.contains(h)).1
+}
+
 /// A digest of a config's content (its version left out).
 pub fn version_of(cfg: &ProxyConfig) -> String {
     if cfg.version.is_empty() {
@@ -255,10 +265,12 @@ impl<'a> Translator<'a> {
         best.map(|(_, _, dr)| dr)
     }
 
-    fn clusters(&self) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+    /// Outbound clusters and their endpoints, for the visible services
+    /// `wanted` accepts.
+    fn outbound_clusters(&self, wanted: impl Fn(&str) -> bool) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
         let mut clusters = Vec::new();
         let mut assignments = Vec::new();
-        for state in &self.services {
+        for state in self.services.iter().filter(|s| wanted(&s.service.hostname)) {
             let svc = &state.service;
             let dr = self.destination_rule(&svc.hostname, &svc.namespace);
             for port in &svc.ports {
@@ -291,6 +303,11 @@ impl<'a> Translator<'a> {
                 }
             }
         }
+        (clusters, assignments)
+    }
+
+    fn clusters(&self) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+        let (mut clusters, mut assignments) = self.outbound_clusters(|_| true);
         if self.proxy.kind == ProxyKind::Sidecar {
             for (port, _) in self.inbound_ports() {
                 let name = cluster_name("inbound", port.port, None, "");

@@ -16,6 +16,17 @@ pub struct Snapshot {
     /// The `ProxyConfig` version these resources were built from.
     pub config_version: String,
     pub resources: ResourceSet,
+    /// When this snapshot was made from another by changing a few
+    /// resources of a type: the map it replaced and the names changed,
+    /// so streams that had the old map send just those (O(changed), not
+    /// O(resources)).
+    pub changes: BTreeMap<String, TypeChange>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypeChange {
+    pub from: Arc<crate::resources::TypeMap>,
+    pub names: BTreeSet<String>,
 }
 
 /// What a client subscribed to for one type.
@@ -77,8 +88,8 @@ impl Snapshot {
     /// version), the subscribed resources that are new or changed, and the
     /// subscribed ones it holds that no longer exist.
     pub fn delta(&self, type_url: &str, sub: &Subscription, known: &BTreeMap<String, String>) -> DeltaChange {
-        let empty = BTreeMap::new();
-        let all = self.resources.of_type(type_url).unwrap_or(&empty);
+        let empty = Arc::default();
+        let all: &crate::resources::TypeMap = self.resources.of_type(type_url).unwrap_or(&empty);
         let updated =
             all.values().filter(|r| sub.wants(&r.name) && known.get(&r.name) != Some(&r.version)).cloned().collect();
         let removed = known.keys().filter(|n| sub.wants(n) && !all.contains_key(*n)).cloned().collect();

@@ -8,13 +8,14 @@
 //! versions are not resent until they change.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as PbResource,
 };
 
 use crate::cache::{Snapshot, Subscription};
-use crate::resources::{is_wildcard_type, PUSH_ORDER};
+use crate::resources::{is_wildcard_type, TypeMap, PUSH_ORDER};
 use crate::sotw::Received;
 use crate::status::{Nack, TypeSync};
 
@@ -22,6 +23,10 @@ struct TypeState {
     sub: Subscription,
     known: BTreeMap<String, String>,
     sync: TypeSync,
+    /// The snapshot's map of this type when last diffed; the same `Arc`
+    /// and no subscription change since means nothing to send.
+    seen: Option<Arc<TypeMap>>,
+    resubscribed: bool,
 }
 
 impl TypeState {
@@ -75,9 +80,12 @@ impl DeltaStream {
             },
             known: req.initial_resource_versions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             sync: TypeSync::default(),
+            seen: None,
+            resubscribed: true,
         });
         // Subscription changes count whatever the nonce says.
         state.apply_subscription(&req.resource_names_subscribe, &req.resource_names_unsubscribe);
+        state.resubscribed |= !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
         let received = if first || req.response_nonce.is_empty() {
             Received::Subscribe
         } else if state.sync.sent_nonce.as_deref() != Some(req.response_nonce.as_str()) {
@@ -104,6 +112,12 @@ impl DeltaStream {
 
     fn respond(&mut self, type_url: &str, snapshot: &Snapshot) -> Option<DeltaDiscoveryResponse> {
         let state = self.types.get_mut(type_url)?;
+        let current = snapshot.resources.of_type(type_url).cloned().unwrap_or_default();
+        if !state.resubscribed && state.seen.as_ref().is_some_and(|seen| Arc::ptr_eq(seen, &current)) {
+            return None;
+        }
+        state.seen = Some(current);
+        state.resubscribed = false;
         let change = snapshot.delta(type_url, &state.sub, &state.known);
         if change.is_empty() {
             return None;

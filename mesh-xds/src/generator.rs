@@ -1,46 +1,86 @@
 //! From the mesh to the cache: every connected node key gets a snapshot
 //! built from the latest mesh, rebuilt when the mesh changes.
 //!
-//! Translation runs once per key, not per connection: identical sidecars
+//! Translation runs once per key, not per connection: identical proxies
 //! (same namespace, labels, IP, flavor) share one. An endpoint-only change
-//! is translated like any other; the cache's per-resource versions then
-//! make only EDS go out, and only to nodes whose endpoints moved.
+//! re-encodes just the changed services' endpoints into each key's
+//! previous snapshot. Encoded resources are interned, so keys that get the
+//! same cluster or endpoints share one copy. Translations run one at a
+//! time: each holds a whole config in memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, StreamExt};
 use mesh_core::mesh::{MeshSnapshot, MeshUpdate};
-use mesh_core::translate::translate;
+use mesh_core::translate::{load_assignments, translate};
 use mesh_core::ProxyConfig;
 use tokio::sync::watch;
 
-use crate::cache::{Snapshot, SnapshotCache};
+use crate::cache::{Snapshot, SnapshotCache, TypeChange};
 use crate::envoy;
 use crate::node::NodeInfo;
+use crate::resources::{Resource, ResourceSet, ENDPOINT};
 
 struct Attached {
     node: NodeInfo,
     connections: usize,
 }
 
+/// Encoded resources by type and name, shared across keys while equal.
+#[derive(Default)]
+struct Interner {
+    resources: HashMap<(String, String), Arc<Resource>>,
+}
+
+impl Interner {
+    fn intern(&mut self, type_url: &str, r: Arc<Resource>) -> Arc<Resource> {
+        let slot = self.resources.entry((type_url.to_string(), r.name.clone())).or_insert_with(|| r.clone());
+        if slot.version != r.version {
+            *slot = r;
+        }
+        slot.clone()
+    }
+
+    fn intern_set(&mut self, set: ResourceSet) -> ResourceSet {
+        let mut out = ResourceSet::default();
+        for (type_url, items) in set.types {
+            let interned =
+                Arc::unwrap_or_clone(items).into_iter().map(|(name, r)| (name, self.intern(&type_url, r))).collect();
+            out.types.insert(type_url, Arc::new(interned));
+        }
+        out
+    }
+}
+
 pub struct Generator {
     cache: Arc<SnapshotCache>,
     mesh: watch::Sender<Option<Arc<MeshSnapshot>>>,
     attached: Mutex<HashMap<String, Attached>>,
+    interner: Mutex<Interner>,
+    building: Mutex<()>,
 }
 
 /// Build one node's config and its resources.
 pub fn build(mesh: &MeshSnapshot, node: &NodeInfo) -> (ProxyConfig, Snapshot) {
     let config = translate(mesh, &node.identity);
-    let snapshot =
-        Snapshot { config_version: config.version.clone(), resources: envoy::resources(&config, node.flavor) };
+    let snapshot = Snapshot {
+        config_version: config.version.clone(),
+        resources: envoy::resources(&config, node.flavor),
+        changes: Default::default(),
+    };
     (config, snapshot)
 }
 
 impl Generator {
     pub fn new(cache: Arc<SnapshotCache>) -> Arc<Generator> {
-        Arc::new(Generator { cache, mesh: watch::channel(None).0, attached: Mutex::default() })
+        Arc::new(Generator {
+            cache,
+            mesh: watch::channel(None).0,
+            attached: Mutex::default(),
+            interner: Mutex::default(),
+            building: Mutex::default(),
+        })
     }
 
     pub fn cache(&self) -> &Arc<SnapshotCache> {
@@ -65,7 +105,7 @@ impl Generator {
     pub async fn attach(self: &Arc<Self>, node: &NodeInfo) -> watch::Receiver<Option<Arc<Snapshot>>> {
         let key = node.key();
         let first = {
-            let mut attached = self.lock();
+            let mut attached = lock(&self.attached);
             let entry = attached.entry(key.clone()).or_insert_with(|| Attached { node: node.clone(), connections: 0 });
             entry.connections += 1;
             entry.connections == 1
@@ -76,7 +116,7 @@ impl Generator {
                 let node = node.clone();
                 let this = self.clone();
                 // Translation is CPU work: keep it off the reactor.
-                let _ = tokio::task::spawn_blocking(move || this.cache.set(&node.key(), build(&mesh, &node).1)).await;
+                let _ = tokio::task::spawn_blocking(move || this.rebuild(&mesh, &node)).await;
             }
         }
         rx
@@ -84,12 +124,12 @@ impl Generator {
 
     /// The node an attached key was built for.
     pub fn node_for_key(&self, key: &str) -> Option<NodeInfo> {
-        self.lock().get(key).map(|a| a.node.clone())
+        lock(&self.attached).get(key).map(|a| a.node.clone())
     }
 
     pub fn detach(&self, node: &NodeInfo) {
         let key = node.key();
-        let mut attached = self.lock();
+        let mut attached = lock(&self.attached);
         if let Some(entry) = attached.get_mut(&key) {
             entry.connections -= 1;
             if entry.connections == 0 {
@@ -100,14 +140,59 @@ impl Generator {
         }
     }
 
-    /// A new mesh: rebuild every attached key.
-    pub fn update(&self, mesh: MeshSnapshot) {
-        let mesh = Arc::new(mesh);
+    /// A new mesh: rebuild every attached key, or only the endpoints of
+    /// the services whose endpoints alone changed.
+    pub fn update(&self, update: MeshUpdate) {
+        let mesh = Arc::new(update.snapshot);
         self.mesh.send_replace(Some(mesh.clone()));
-        let nodes: Vec<NodeInfo> = self.lock().values().map(|a| a.node.clone()).collect();
+        let nodes: Vec<NodeInfo> = lock(&self.attached).values().map(|a| a.node.clone()).collect();
         for node in nodes {
-            self.cache.set(&node.key(), build(&mesh, &node).1);
+            if !(update.changes.endpoints_only() && self.update_endpoints(&mesh, &node, &update.changes.endpoints)) {
+                self.rebuild(&mesh, &node);
+            }
         }
+    }
+
+    fn rebuild(&self, mesh: &MeshSnapshot, node: &NodeInfo) {
+        let _one_at_a_time = lock(&self.building);
+        let key = node.key();
+        let (_, built) = build(mesh, node);
+        let mut next = Snapshot { resources: lock(&self.interner).intern_set(built.resources), ..built };
+        if let Some(previous) = self.cache.get(&key) {
+            share_unchanged(&previous, &mut next);
+        }
+        self.cache.set(&key, next);
+    }
+
+    /// Re-encode the changed services' endpoints into the key's snapshot.
+    /// `false` when that is not enough: no snapshot yet, or a changed
+    /// service's endpoints live inside its cluster (DNS, static).
+    fn update_endpoints(&self, mesh: &MeshSnapshot, node: &NodeInfo, hosts: &BTreeSet<String>) -> bool {
+        let key = node.key();
+        let Some(previous) = self.cache.get(&key) else { return false };
+        let assignments = load_assignments(mesh, &node.identity, hosts);
+        if assignments.iter().any(|la| previous.resources.get(ENDPOINT, &la.cluster_name).is_none()) {
+            return false;
+        }
+        let mut next = Snapshot { changes: Default::default(), ..(*previous).clone() };
+        let mut change = TypeChange {
+            from: previous.resources.of_type(ENDPOINT).cloned().unwrap_or_default(),
+            names: BTreeSet::new(),
+        };
+        let mut digest = xxhash_rust::xxh64::Xxh64::new(0);
+        digest.update(previous.config_version.as_bytes());
+        let mut interner = lock(&self.interner);
+        for la in &assignments {
+            let r = interner.intern(ENDPOINT, Arc::new(envoy::endpoint_resource(la)));
+            digest.update(r.version.as_bytes());
+            change.names.insert(r.name.clone());
+            next.resources.insert_shared(ENDPOINT, r);
+        }
+        drop(interner);
+        next.config_version = format!("{:016x}", digest.digest());
+        next.changes.insert(ENDPOINT.to_string(), change);
+        self.cache.set(&key, next);
+        true
     }
 
     /// Follow the mesh until its stream ends.
@@ -116,17 +201,47 @@ impl Generator {
         while let Some(update) = updates.next().await {
             let this = self.clone();
             let started = std::time::Instant::now();
+            let endpoints_only = update.changes.endpoints_only();
             let keys = tokio::task::spawn_blocking(move || {
-                this.update(update.snapshot);
-                this.lock().len()
+                this.update(update);
+                lock(&this.attached).len()
             })
             .await
             .unwrap_or(0);
-            tracing::info!(keys, elapsed_ms = started.elapsed().as_millis() as u64, "mesh changed, snapshots rebuilt");
+            tracing::info!(
+                keys,
+                endpoints_only,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "mesh changed, snapshots rebuilt"
+            );
         }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attached>> {
-        self.attached.lock().unwrap_or_else(|e| e.into_inner())
+/// Keep the previous map of every type whose resources did not change (so
+/// streams skip it in O(1)), and record which names changed in the rest.
+fn share_unchanged(previous: &Snapshot, next: &mut Snapshot) {
+    for (type_url, map) in next.resources.types.iter_mut() {
+        let Some(old) = previous.resources.of_type(type_url) else { continue };
+        let same_names = old.len() == map.len() && old.keys().zip(map.keys()).all(|(a, b)| a == b);
+        if !same_names {
+            continue;
+        }
+        let changed: BTreeSet<String> = map
+            .iter()
+            .zip(old.values())
+            .filter(|((_, new), old)| !Arc::ptr_eq(new, old))
+            .map(|((name, _), _)| name.clone())
+            .collect();
+        if changed.is_empty() {
+            *map = old.clone();
+        } else {
+            next.changes.insert(type_url.clone(), TypeChange { from: old.clone(), names: changed });
+        }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves its data whole.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

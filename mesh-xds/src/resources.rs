@@ -54,24 +54,45 @@ impl Resource {
     }
 }
 
-/// Resources of every type, by type URL then name.
+/// The resources of one type, by name.
+pub type TypeMap = BTreeMap<String, Arc<Resource>>;
+
+/// Resources of every type, by type URL then name. Each type's map is
+/// shared: a snapshot that changes only endpoints shares the other maps
+/// with its predecessor, and streams see in O(1) that they did not change.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResourceSet {
-    pub types: BTreeMap<String, BTreeMap<String, Arc<Resource>>>,
+    pub types: BTreeMap<String, Arc<TypeMap>>,
 }
 
 impl ResourceSet {
     pub fn insert(&mut self, type_url: &str, resource: Resource) {
-        self.types.entry(type_url.to_string()).or_default().insert(resource.name.clone(), Arc::new(resource));
+        self.insert_shared(type_url, Arc::new(resource));
     }
 
-    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
+    pub fn insert_shared(&mut self, type_url: &str, resource: Arc<Resource>) {
+        Arc::make_mut(self.types.entry(type_url.to_string()).or_default()).insert(resource.name.clone(), resource);
+    }
+
+    pub fn of_type(&self, type_url: &str) -> Option<&Arc<TypeMap>> {
         self.types.get(type_url)
     }
 
     pub fn get(&self, type_url: &str, name: &str) -> Option<&Arc<Resource>> {
         self.types.get(type_url)?.get(name)
     }
+}
+
+/// The version after `changed` replaced resources of a set at `base`.
+pub fn next_version(base: &str, changed: &[Arc<Resource>]) -> String {
+    let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+    h.update(base.as_bytes());
+    for r in changed {
+        h.update(r.name.as_bytes());
+        h.update(&[0]);
+        h.update(r.version.as_bytes());
+    }
+    format!("{:016x}", h.digest())
 }
 
 /// The version of a set of resources: a digest of their names and

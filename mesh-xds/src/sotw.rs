@@ -6,7 +6,10 @@
 //! `error_detail` is a NACK of that nonce, after which the same version
 //! is not sent again (only a new one is); a change of subscribed names, a
 //! first request and a new version are answered. Snapshots are pushed in
-//! make-before-break order.
+//! make-before-break order. LDS and CDS responses carry every resource
+//! (one left out is deleted); RDS and EDS responses carry only the
+//! resources that changed since they were last sent, as the protocol
+//! allows, so one endpoint change does not resend every endpoint.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use crate::cache::{Snapshot, Subscription};
-use crate::resources::{Resource, PUSH_ORDER};
+use crate::resources::{is_wildcard_type, next_version, Resource, TypeMap, PUSH_ORDER};
 use crate::status::{Nack, TypeSync};
 
 /// How a request was read.
@@ -31,6 +34,10 @@ pub enum Received {
 struct TypeState {
     sub: Subscription,
     sync: TypeSync,
+    /// The snapshot's map of this type when last answered: unchanged
+    /// (the same `Arc`) means nothing to send, found in O(1); for RDS and
+    /// EDS it is also what the next push is diffed against.
+    seen: Option<Arc<TypeMap>>,
 }
 
 #[derive(Default)]
@@ -55,10 +62,11 @@ impl SotwStream {
     ) -> (Received, Option<DiscoveryResponse>) {
         let sub = Subscription::from_names(&req.type_url, &req.resource_names);
         let first = !self.types.contains_key(&req.type_url);
-        let state = self
-            .types
-            .entry(req.type_url.clone())
-            .or_insert_with(|| TypeState { sub: sub.clone(), sync: TypeSync::default() });
+        let state = self.types.entry(req.type_url.clone()).or_insert_with(|| TypeState {
+            sub: sub.clone(),
+            sync: TypeSync::default(),
+            seen: None,
+        });
         let received = if first || req.response_nonce.is_empty() {
             Received::Subscribe
         } else if state.sync.sent_nonce.as_deref() != Some(req.response_nonce.as_str()) {
@@ -87,9 +95,36 @@ impl SotwStream {
 
     fn respond(&mut self, type_url: &str, snapshot: &Snapshot, force: bool) -> Option<DiscoveryResponse> {
         let state = self.types.get_mut(type_url)?;
-        let (version, resources) = snapshot.sotw(type_url, &state.sub);
+        let current = snapshot.resources.of_type(type_url).cloned().unwrap_or_default();
+        if !force && state.seen.as_ref().is_some_and(|seen| Arc::ptr_eq(seen, &current)) {
+            return None;
+        }
+        let seen = state.seen.replace(current);
+        let (version, mut resources) = match (&seen, snapshot.changes.get(type_url)) {
+            // The snapshot says what changed since the map this stream
+            // last answered from: send just that.
+            (Some(seen), Some(change)) if !force && !is_wildcard_type(type_url) && Arc::ptr_eq(seen, &change.from) => {
+                let changed: Vec<Arc<Resource>> = change
+                    .names
+                    .iter()
+                    .filter(|n| state.sub.wants(n))
+                    .filter_map(|n| snapshot.resources.get(type_url, n).cloned())
+                    .collect();
+                if changed.is_empty() {
+                    return None;
+                }
+                let version = next_version(state.sync.sent_version.as_deref().unwrap_or(""), &changed);
+                (version, changed)
+            }
+            _ => snapshot.sotw(type_url, &state.sub),
+        };
         if !force && state.sync.sent_version.as_deref() == Some(version.as_str()) {
             return None;
+        }
+        if !force && !is_wildcard_type(type_url) {
+            if let Some(seen) = seen {
+                resources.retain(|r| seen.get(&r.name).is_none_or(|old| old.version != r.version));
+            }
         }
         self.nonce += 1;
         let nonce = self.nonce.to_string();
@@ -196,6 +231,61 @@ mod tests {
         // Subscribing to b as well is answered at once, in the ACK.
         let (_, resp) = st.on_request(&request(ENDPOINT, &["a", "b"], &first.version_info, &first.nonce), Some(&s1));
         assert_eq!(resp.unwrap().resources.len(), 2);
+    }
+
+    #[test]
+    fn endpoint_and_route_pushes_carry_only_what_changed() {
+        let s1 = snapshot(&[(ENDPOINT, "a", b"1"), (ENDPOINT, "b", b"1"), (CLUSTER, "a", b"1"), (CLUSTER, "b", b"1")]);
+        let mut st = SotwStream::new();
+        let eds = st.on_request(&request(ENDPOINT, &["a", "b"], "", ""), Some(&s1)).1.unwrap();
+        let cds = st.on_request(&request(CLUSTER, &[], "", ""), Some(&s1)).1.unwrap();
+        assert_eq!((eds.resources.len(), cds.resources.len()), (2, 2));
+        let s2 = snapshot(&[(ENDPOINT, "a", b"1"), (ENDPOINT, "b", b"2"), (CLUSTER, "a", b"1"), (CLUSTER, "b", b"2")]);
+        let pushed = st.on_snapshot(&s2);
+        let sizes: Vec<(String, usize)> = pushed.iter().map(|r| (r.type_url.clone(), r.resources.len())).collect();
+        // CDS is the whole state of the world; EDS only the changed set.
+        assert_eq!(sizes, [(CLUSTER.to_string(), 2), (ENDPOINT.to_string(), 1)]);
+        // Re-subscribing sends the whole set again.
+        let (_, again) = st.on_request(&request(ENDPOINT, &["a", "b"], "", ""), Some(&s2));
+        assert_eq!(again.unwrap().resources.len(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_that_names_its_changes_is_pushed_without_a_full_diff() {
+        let s1 = snapshot(&[(ENDPOINT, "a", b"1"), (ENDPOINT, "b", b"1"), (ENDPOINT, "c", b"1")]);
+        let mut st = SotwStream::new();
+        let first = st.on_request(&request(ENDPOINT, &["a", "b"], "", ""), Some(&s1)).1.unwrap();
+        st.on_request(&request(ENDPOINT, &["a", "b"], &first.version_info, &first.nonce), Some(&s1));
+        let mut s2 = s1.clone();
+        let mut change = crate::cache::TypeChange {
+            from: s1.resources.of_type(ENDPOINT).unwrap().clone(),
+            names: Default::default(),
+        };
+        for (name, body) in [("b", b"2"), ("c", b"2")] {
+            s2.resources.insert(
+                ENDPOINT,
+                Resource::from_any(name.into(), Any { type_url: ENDPOINT.into(), value: body.to_vec() }),
+            );
+            change.names.insert(name.to_string());
+        }
+        s2.changes.insert(ENDPOINT.to_string(), change);
+        let pushed = st.on_snapshot(&s2);
+        assert_eq!(pushed.len(), 1);
+        let names: Vec<_> = pushed[0].resources.iter().map(|a| a.value.clone()).collect();
+        assert_eq!(names, [b"2".to_vec()], "only b: c is not subscribed");
+        assert_ne!(pushed[0].version_info, first.version_info);
+        // Nothing this stream wants changed: no push at all.
+        let mut s3 = s2.clone();
+        s3.resources
+            .insert(ENDPOINT, Resource::from_any("c".into(), Any { type_url: ENDPOINT.into(), value: b"3".to_vec() }));
+        s3.changes.insert(
+            ENDPOINT.to_string(),
+            crate::cache::TypeChange {
+                from: s2.resources.of_type(ENDPOINT).unwrap().clone(),
+                names: ["c".to_string()].into(),
+            },
+        );
+        assert!(st.on_snapshot(&s3).is_empty());
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> ResourceSet {
     set
 }
 
+/// One EDS resource: what an endpoint-only change re-encodes.
+pub fn endpoint_resource(la: &mesh_core::proxy_config::ClusterLoadAssignment) -> Resource {
+    Resource::new(la.cluster_name.clone(), &endpoints::load_assignment(la))
+}
+
 fn any<T: Message + Name>(msg: &T) -> Any {
     Any { type_url: T::type_url(), value: msg.encode_to_vec() }
 }
