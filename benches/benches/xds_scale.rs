@@ -34,6 +34,12 @@ use mesh_core::translate::ProxyIdentity;
 use mesh_xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use prost::Message;
 
+/// As the control-plane binary: many streams' short-lived buffers on
+/// several threads fragment glibc's per-thread arenas (1,000 clients: 510 MB
+/// RSS with glibc, 433 MB with jemalloc, 244 MB with mimalloc).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEBOUNCE: Duration = Duration::from_millis(10);
 
 fn arg(name: &str, default: usize) -> usize {

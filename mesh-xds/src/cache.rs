@@ -34,7 +34,9 @@ pub struct TypeChange {
 pub enum Subscription {
     /// Everything of the type (LDS and CDS, and an empty SotW name list).
     Wildcard,
-    Names(BTreeSet<String>),
+    /// Shared: streams that subscribe to the same names (every replica of
+    /// a workload asks for the same thousands of clusters) hold one set.
+    Names(Arc<BTreeSet<String>>),
 }
 
 impl Subscription {
@@ -43,7 +45,7 @@ impl Subscription {
         if names.is_empty() && crate::resources::is_wildcard_type(type_url) || names.iter().any(|n| n == "*") {
             Subscription::Wildcard
         } else {
-            Subscription::Names(names.iter().cloned().collect())
+            Subscription::Names(shared_names(names))
         }
     }
 
@@ -53,6 +55,28 @@ impl Subscription {
             Subscription::Names(names) => names.contains(name),
         }
     }
+}
+
+/// The one shared set with these names.
+fn shared_names(names: &[String]) -> Arc<BTreeSet<String>> {
+    static SETS: std::sync::OnceLock<Mutex<HashMap<u64, std::sync::Weak<BTreeSet<String>>>>> =
+        std::sync::OnceLock::new();
+    let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+    for n in names {
+        h.update(n.as_bytes());
+        h.update(&[0]);
+    }
+    let set: BTreeSet<String> = names.iter().cloned().collect();
+    let mut sets = SETS.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(shared) = sets.get(&h.digest()).and_then(|w| w.upgrade()).filter(|s| **s == set) {
+        return shared;
+    }
+    if sets.len().is_power_of_two() {
+        sets.retain(|_, w| w.strong_count() > 0);
+    }
+    let shared = Arc::new(set);
+    sets.insert(h.digest(), Arc::downgrade(&shared));
+    shared
 }
 
 /// A delta answer: what the client lacks or has stale, and what it holds
@@ -176,7 +200,7 @@ mod tests {
     }
 
     fn names(n: &[&str]) -> Subscription {
-        Subscription::Names(n.iter().map(|s| s.to_string()).collect())
+        Subscription::Names(Arc::new(n.iter().map(|s| s.to_string()).collect()))
     }
 
     #[test]

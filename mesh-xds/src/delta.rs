@@ -38,6 +38,7 @@ impl TypeState {
             self.sub = Subscription::Wildcard;
         }
         if let Subscription::Names(names) = &mut self.sub {
+            let names = Arc::make_mut(names);
             names.extend(subscribe.iter().filter(|n| *n != "*").cloned());
             for n in unsubscribe {
                 names.remove(n);

@@ -14,6 +14,7 @@
 //! | [`sotw`] | the state-of-the-world stream protocol as a state machine: ACK, NACK, nonces, push order |
 //! | [`delta`] | the incremental stream protocol as a state machine: subscriptions, what the client holds, removals |
 //! | [`generator`] | the mesh -> one snapshot per connected node key, rebuilt on change |
+//! | [`grpc`] | gRPC framing over hyper's HTTP/2 server, sending shared resource bytes without copies |
 //! | [`server`] | the ADS gRPC service (SotW and delta) over the generator's snapshots |
 //! | [`debug`] | JSON views for debug endpoints: `syncz`, a node's config dump |
 //! | [`status`] | what each node was sent, ACKed and NACKed (`syncz`) |
@@ -24,6 +25,7 @@ pub mod debug;
 pub mod delta;
 pub mod envoy;
 pub mod generator;
+pub mod grpc;
 pub mod import;
 pub mod node;
 pub mod resources;

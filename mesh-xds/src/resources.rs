@@ -41,6 +41,10 @@ pub struct Resource {
     /// A digest of the encoded resource.
     pub version: String,
     pub body: Any,
+    /// The resource as a `resources` field of a `DiscoveryResponse`, encoded
+    /// once: every state-of-the-world push of it, to any number of
+    /// streams, shares these bytes.
+    pub wire: bytes::Bytes,
 }
 
 impl Resource {
@@ -50,7 +54,11 @@ impl Resource {
 
     pub fn from_any(name: String, body: Any) -> Resource {
         let version = format!("{:016x}", xxhash_rust::xxh64::xxh64(&body.value, 0));
-        Resource { name, version, body }
+        let mut wire = Vec::with_capacity(body.encoded_len() + 8);
+        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut wire);
+        prost::encoding::encode_varint(body.encoded_len() as u64, &mut wire);
+        body.encode_raw(&mut wire);
+        Resource { name, version, body, wire: wire.into() }
     }
 }
 

@@ -1,29 +1,29 @@
 //! The ADS gRPC service: one task per stream drives a protocol state
 //! machine ([`SotwStream`] or [`DeltaStream`]) with the client's requests
 //! and the cache's snapshots, and records what happened in [`SyncStatus`].
+//! The transport is [`crate::grpc`].
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::{BufMut, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer},
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::Snapshot;
 use crate::delta::DeltaStream;
 use crate::generator::Generator;
+use crate::grpc::{self, FrameParts, GrpcStatus};
 use crate::node::{self, NodeInfo};
 use crate::resources::short_name;
-use crate::sotw::{Received, SotwStream};
+use crate::sotw::{Received, SotwResponse, SotwStream};
 use crate::status::{NodeSync, SyncStatus, TypeSync};
+
+const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// What the stream task needs from either protocol.
 trait Protocol: Default + Send + 'static {
@@ -36,11 +36,12 @@ trait Protocol: Default + Send + 'static {
     fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<Self::Resp>;
     fn sync(&self, type_url: &str) -> Option<&TypeSync>;
     fn resp_type(resp: &Self::Resp) -> &str;
+    fn encode(resp: Self::Resp) -> FrameParts;
 }
 
 impl Protocol for SotwStream {
     type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
+    type Resp = SotwResponse;
     const NAME: &'static str = "sotw";
     fn node(req: &DiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
@@ -48,21 +49,31 @@ impl Protocol for SotwStream {
     fn type_url(req: &DiscoveryRequest) -> &str {
         &req.type_url
     }
-    fn on_request(
-        &mut self,
-        req: &DiscoveryRequest,
-        snapshot: Option<&Snapshot>,
-    ) -> (Received, Option<DiscoveryResponse>) {
+    fn on_request(&mut self, req: &DiscoveryRequest, snapshot: Option<&Snapshot>) -> (Received, Option<SotwResponse>) {
         SotwStream::on_request(self, req, snapshot)
     }
-    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<SotwResponse> {
         SotwStream::on_snapshot(self, snapshot)
     }
     fn sync(&self, type_url: &str) -> Option<&TypeSync> {
         SotwStream::sync(self, type_url)
     }
-    fn resp_type(resp: &DiscoveryResponse) -> &str {
+    fn resp_type(resp: &SotwResponse) -> &str {
         &resp.type_url
+    }
+    /// `DiscoveryResponse` fields around the resources' shared bytes.
+    fn encode(resp: SotwResponse) -> FrameParts {
+        use prost::encoding::string;
+        let mut head = BytesMut::new();
+        string::encode(1, &resp.version_info, &mut head);
+        let mut tail = BytesMut::new();
+        string::encode(4, &resp.type_url, &mut tail);
+        string::encode(5, &resp.nonce, &mut tail);
+        let len = head.len() + tail.len() + resp.resources.iter().map(|r| r.wire.len()).sum::<usize>();
+        let mut framed = BytesMut::with_capacity(5 + head.len());
+        framed.put(grpc::frame_header(len));
+        framed.put(head);
+        FrameParts { head: framed.freeze(), resources: resp.resources, tail: tail.freeze() }
     }
 }
 
@@ -92,6 +103,9 @@ impl Protocol for DeltaStream {
     fn resp_type(resp: &DeltaDiscoveryResponse) -> &str {
         &resp.type_url
     }
+    fn encode(resp: DeltaDiscoveryResponse) -> FrameParts {
+        grpc::encode_message(&resp)
+    }
 }
 
 /// The Aggregated Discovery Service over a [`Generator`]'s snapshots.
@@ -100,8 +114,6 @@ pub struct AdsServer {
     generator: Arc<Generator>,
     status: Arc<SyncStatus>,
 }
-
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl AdsServer {
     pub fn new(generator: Arc<Generator>, status: Arc<SyncStatus>) -> AdsServer {
@@ -112,24 +124,57 @@ impl AdsServer {
         &self.status
     }
 
-    /// Serve ADS on a listener until `shutdown` completes.
+    /// Serve ADS (HTTP/2, gRPC) on a listener until `shutdown` completes.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<(), tonic::transport::Error> {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .add_service(AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(64 << 20))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-            .await
+    ) -> std::io::Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => { tracing::warn!(error = %e, "xDS accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                },
+                _ = &mut shutdown => return Ok(()),
+            };
+            let _ = stream.set_nodelay(true);
+            let server = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let server = server.clone();
+                    async move { Ok::<_, std::convert::Infallible>(server.call(req, peer)) }
+                });
+                let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                http2
+                    .initial_stream_window_size(1 << 20)
+                    .initial_connection_window_size(4 << 20)
+                    .keep_alive_interval(Some(Duration::from_secs(30)))
+                    .timer(hyper_util::rt::TokioTimer::new());
+                if let Err(e) = http2.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await {
+                    tracing::debug!(%peer, error = %e, "xDS connection ended");
+                }
+            });
+        }
     }
 
-    fn start<P: Protocol>(&self, mut inbound: Streaming<P::Req>, peer: Option<SocketAddr>) -> ResponseStream<P::Resp>
-    where
-        P::Req: prost::Message + Default,
-    {
-        let (tx, rx) = mpsc::channel(8);
+    fn call(&self, req: http::Request<hyper::body::Incoming>, peer: SocketAddr) -> http::Response<grpc::GrpcBody> {
+        match req.uri().path() {
+            SOTW_METHOD => self.start::<SotwStream>(grpc::request_messages(req), peer),
+            DELTA_METHOD => self.start::<DeltaStream>(grpc::request_messages(req), peer),
+            other => {
+                grpc::status_response(&GrpcStatus::new(GrpcStatus::UNIMPLEMENTED, format!("unknown method {other}")))
+            }
+        }
+    }
+
+    fn start<P: Protocol>(
+        &self,
+        mut inbound: impl Stream<Item = Result<P::Req, GrpcStatus>> + Send + Unpin + 'static,
+        peer: SocketAddr,
+    ) -> http::Response<grpc::GrpcBody> {
+        let (tx, rx) = mpsc::channel(2);
         let server = self.clone();
         tokio::spawn(async move {
             let first = match inbound.next().await {
@@ -139,25 +184,23 @@ impl AdsServer {
             let node = match node::parse(P::node(&first)) {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::warn!(?peer, error = %e, "xDS stream refused");
-                    let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                    tracing::warn!(%peer, error = %e, "xDS stream refused");
+                    let _ = tx.send(Err(GrpcStatus::new(GrpcStatus::INVALID_ARGUMENT, e.to_string()))).await;
                     return;
                 }
             };
             server.drive::<P>(node, first, inbound, tx).await;
         });
-        Box::pin(ReceiverStream::new(rx))
+        grpc::streaming_response(rx)
     }
 
     async fn drive<P: Protocol>(
         &self,
         node: NodeInfo,
         first: P::Req,
-        mut inbound: Streaming<P::Req>,
-        tx: mpsc::Sender<Result<P::Resp, Status>>,
-    ) where
-        P::Req: prost::Message + Default,
-    {
+        mut inbound: impl Stream<Item = Result<P::Req, GrpcStatus>> + Unpin,
+        tx: mpsc::Sender<Result<FrameParts, GrpcStatus>>,
+    ) {
         let mut snapshots = self.generator.attach(&node).await;
         let id = self.status.connect(NodeSync {
             node_id: node.id.clone(),
@@ -183,7 +226,7 @@ impl AdsServer {
                 tokio::select! {
                     req = inbound.next() => match req {
                         Some(Ok(req)) => { next = Some(req); continue; }
-                        Some(Err(e)) => { tracing::debug!(node = %node.id, error = %e, "xDS stream error"); break; }
+                        Some(Err(e)) => { tracing::debug!(node = %node.id, error = ?e, "xDS stream error"); break; }
                         None => break,
                     },
                     changed = snapshots.changed() => {
@@ -198,7 +241,7 @@ impl AdsServer {
             };
             for resp in out {
                 let type_url = P::resp_type(&resp).to_string();
-                if tx.send(Ok(resp)).await.is_err() {
+                if tx.send(Ok(P::encode(resp))).await.is_err() {
                     break 'stream;
                 }
                 self.record(id, &protocol, &type_url);
@@ -213,27 +256,5 @@ impl AdsServer {
         if let Some(sync) = protocol.sync(type_url) {
             self.status.update(id, short_name(type_url), sync);
         }
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        Ok(Response::new(self.start::<SotwStream>(request.into_inner(), peer)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        Ok(Response::new(self.start::<DeltaStream>(request.into_inner(), peer)))
     }
 }

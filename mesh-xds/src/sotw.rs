@@ -20,6 +20,29 @@ use crate::cache::{Snapshot, Subscription};
 use crate::resources::{is_wildcard_type, next_version, Resource, TypeMap, PUSH_ORDER};
 use crate::status::{Nack, TypeSync};
 
+/// A response to send: a `DiscoveryResponse` whose resources are shared
+/// with the cache rather than copied (see [`Resource::wire`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SotwResponse {
+    pub version_info: String,
+    pub type_url: String,
+    pub nonce: String,
+    pub resources: Vec<Arc<Resource>>,
+}
+
+impl SotwResponse {
+    /// The protobuf message (a copy, for tests and clients in process).
+    pub fn to_message(&self) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: self.version_info.clone(),
+            resources: self.resources.iter().map(|r| r.body.clone()).collect(),
+            type_url: self.type_url.clone(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// How a request was read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Received {
@@ -59,7 +82,7 @@ impl SotwStream {
         &mut self,
         req: &DiscoveryRequest,
         snapshot: Option<&Snapshot>,
-    ) -> (Received, Option<DiscoveryResponse>) {
+    ) -> (Received, Option<SotwResponse>) {
         let sub = Subscription::from_names(&req.type_url, &req.resource_names);
         let first = !self.types.contains_key(&req.type_url);
         let state = self.types.entry(req.type_url.clone()).or_insert_with(|| TypeState {
@@ -87,13 +110,13 @@ impl SotwStream {
     }
 
     /// A new snapshot: the responses it calls for, clusters first.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<SotwResponse> {
         let mut order: Vec<String> = PUSH_ORDER.iter().map(|t| t.to_string()).collect();
         order.extend(self.types.keys().filter(|t| !PUSH_ORDER.contains(&t.as_str())).cloned());
         order.iter().filter_map(|t| self.respond(t, snapshot, false)).collect()
     }
 
-    fn respond(&mut self, type_url: &str, snapshot: &Snapshot, force: bool) -> Option<DiscoveryResponse> {
+    fn respond(&mut self, type_url: &str, snapshot: &Snapshot, force: bool) -> Option<SotwResponse> {
         let state = self.types.get_mut(type_url)?;
         let current = snapshot.resources.of_type(type_url).cloned().unwrap_or_default();
         if !force && state.seen.as_ref().is_some_and(|seen| Arc::ptr_eq(seen, &current)) {
@@ -131,13 +154,7 @@ impl SotwStream {
         state.sync.sent_version = Some(version.clone());
         state.sync.sent_nonce = Some(nonce.clone());
         state.sync.pushes += 1;
-        Some(DiscoveryResponse {
-            version_info: version,
-            resources: resources.iter().map(|r: &Arc<Resource>| r.body.clone()).collect(),
-            type_url: type_url.to_string(),
-            nonce,
-            ..Default::default()
-        })
+        Some(SotwResponse { version_info: version, type_url: type_url.to_string(), nonce, resources })
     }
 }
 
@@ -271,7 +288,7 @@ mod tests {
         s2.changes.insert(ENDPOINT.to_string(), change);
         let pushed = st.on_snapshot(&s2);
         assert_eq!(pushed.len(), 1);
-        let names: Vec<_> = pushed[0].resources.iter().map(|a| a.value.clone()).collect();
+        let names: Vec<_> = pushed[0].resources.iter().map(|r| r.body.value.clone()).collect();
         assert_eq!(names, [b"2".to_vec()], "only b: c is not subscribed");
         assert_ne!(pushed[0].version_info, first.version_info);
         // Nothing this stream wants changed: no push at all.
