@@ -1,12 +1,22 @@
 //! # mesh-xds
 //!
 //! Pilot's job: mesh-core's [`ProxyConfig`](mesh_core::ProxyConfig) served
-//! over the xDS protocol to Envoy, proxyless gRPC and mesh-proxy.
+//! over the xDS protocol to Envoy, proxyless gRPC and mesh-proxy; and the
+//! client side, so mesh-proxy can be driven by a control plane.
+//!
+//! The data flow, server side: the mesh (a `ConfigStore` and a
+//! `ServiceRegistry`, debounced by `mesh_core::mesh::watch`) goes to the
+//! [`generator`], which translates it once per connected node key into a
+//! [`cache::Snapshot`] of Envoy resources ([`envoy`]), each encoded once.
+//! A stream task per connection drives a protocol state machine
+//! ([`sotw`] or [`delta`]) with the client's requests and the snapshots,
+//! and [`grpc`] writes the answers. Client side, [`client`] subscribes,
+//! turns the resources back into a `ProxyConfig` ([`import`]) and ACKs or
+//! NACKs.
 //!
 //! | module | what it holds |
 //! |---|---|
 //! | [`envoy`] | `ProxyConfig` -> Envoy v3 listeners, routes, clusters, endpoints |
-//! | [`client`] | an ADS client that feeds mesh-proxy: subscribe, ACK/NACK, warm, reconnect with backoff |
 //! | [`import`] | Envoy v3 resources -> `ProxyConfig`, how mesh-proxy consumes xDS; refusals name resource and field |
 //! | [`resources`] | type URLs, encoded resources with content versions, push order |
 //! | [`node`] | an xDS `Node` (Istio's id and metadata, gRPC's bootstrap) -> the identity translation needs |
@@ -14,10 +24,15 @@
 //! | [`sotw`] | the state-of-the-world stream protocol as a state machine: ACK, NACK, nonces, push order |
 //! | [`delta`] | the incremental stream protocol as a state machine: subscriptions, what the client holds, removals |
 //! | [`generator`] | the mesh -> one snapshot per connected node key, rebuilt on change |
+//! | [`server`] | the ADS service (SotW and delta) over the generator's snapshots |
 //! | [`grpc`] | gRPC framing over hyper's HTTP/2 server, sending shared resource bytes without copies |
-//! | [`server`] | the ADS gRPC service (SotW and delta) over the generator's snapshots |
-//! | [`debug`] | JSON views for debug endpoints: `syncz`, a node's config dump |
+//! | [`client`] | an ADS client that feeds mesh-proxy: subscribe, ACK/NACK, warm, reconnect with backoff |
 //! | [`status`] | what each node was sent, ACKed and NACKed (`syncz`) |
+//! | [`debug`] | JSON views for debug endpoints: `syncz`, a node's config dump |
+//!
+//! Not translated yet: AuthorizationPolicy (Envoy RBAC), local rate limits
+//! from EnvoyFilters, locality failover priorities, SDS (TLS certificates
+//! are referenced as files), so neither direction carries them.
 
 pub mod cache;
 pub mod client;

@@ -166,3 +166,32 @@ async fn subscribe_ack_nack_and_reconnect() {
     assert_eq!(endpoint_of(&next), "10.0.0.2");
     assert!(xds.status.lock().unwrap().connects >= 2);
 }
+
+/// A stream whose first request has no node is refused with a status
+/// that says why; an unknown method gets UNIMPLEMENTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_grpc_statuses() {
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = Server::start(listener);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut ads = AggregatedDiscoveryServiceClient::new(channel.clone());
+    let first = DiscoveryRequest { type_url: CLUSTER.into(), ..Default::default() };
+    let outcome = async {
+        let mut responses = ads.stream_aggregated_resources(futures_util::stream::iter([first])).await?.into_inner();
+        responses.message().await
+    };
+    let status = tokio::time::timeout(Duration::from_secs(10), outcome).await.expect("an answer").unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("must carry a node"), "{status:?}");
+
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/envoy.service.discovery.v3.AggregatedDiscoveryService/Nope");
+    let codec = tonic_prost::ProstCodec::<DiscoveryRequest, DiscoveryRequest>::default();
+    let status = grpc.unary(tonic::Request::new(DiscoveryRequest::default()), path, codec).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+}
