@@ -84,8 +84,9 @@ fn assert_split(counts: &serde_json::Map<String, serde_json::Value>, calls: u64,
     assert!((0.62..=0.78).contains(&share), "{what}: 70/30 split gave {counts:?}");
 }
 
-#[test]
-fn python_grpcio_resolves_through_xds_and_splits_by_weight() {
+/// Two gRPC servers, the control plane on the 70/30 config, and `client`
+/// (a program and its script) making 500 calls through xDS.
+fn split_through_xds(program: &str, script: &str, what: &str) {
     let (_s1, p1) = grpc_backend("v1");
     let (_s2, p2) = grpc_backend("v2");
     let config = tempfile::tempdir().unwrap();
@@ -93,12 +94,17 @@ fn python_grpcio_resolves_through_xds_and_splits_by_weight() {
     let (_cp, xds, _debug) = control_plane(config.path());
     let work = tempfile::tempdir().unwrap();
     let bootstrap = bootstrap(work.path(), xds);
-    let mut cmd = Command::new("python3");
-    cmd.arg(peers().join("grpc_xds_client.py"))
+    let mut cmd = Command::new(program);
+    cmd.arg(peers().join(script))
         .args(["echo.default.svc.cluster.local:7070", "500"])
         .env("GRPC_XDS_BOOTSTRAP", &bootstrap);
-    let counts = run_client(cmd, "the grpcio xDS client");
-    assert_split(&counts, 500, "grpcio");
+    let counts = run_client(cmd, what);
+    assert_split(&counts, 500, what);
+}
+
+#[test]
+fn python_grpcio_resolves_through_xds_and_splits_by_weight() {
+    split_through_xds("python3", "grpc_xds_client.py", "the grpcio xDS client");
 }
 
 #[test]
@@ -107,17 +113,5 @@ fn node_grpc_js_xds_resolves_through_xds_and_splits_by_weight() {
         peers().join("node_modules/@grpc/grpc-js-xds").exists(),
         "Node peers missing: run `npm ci --prefix examples/tests/peers` (.ci/run does)"
     );
-    let (_s1, p1) = grpc_backend("v1");
-    let (_s2, p2) = grpc_backend("v2");
-    let config = tempfile::tempdir().unwrap();
-    write_config(config.path(), p1, p2);
-    let (_cp, xds, _debug) = control_plane(config.path());
-    let work = tempfile::tempdir().unwrap();
-    let bootstrap = bootstrap(work.path(), xds);
-    let mut cmd = Command::new("node");
-    cmd.arg(peers().join("grpc_xds_client.js"))
-        .args(["echo.default.svc.cluster.local:7070", "500"])
-        .env("GRPC_XDS_BOOTSTRAP", &bootstrap);
-    let counts = run_client(cmd, "the grpc-js-xds client");
-    assert_split(&counts, 500, "grpc-js-xds");
+    split_through_xds("node", "grpc_xds_client.js", "the grpc-js-xds client");
 }

@@ -85,6 +85,20 @@ pub struct Service {
 }
 
 impl Service {
+    /// A plain in-mesh service with one HTTP port (`http`), as a
+    /// Kubernetes Service with a ClusterIP is.
+    pub fn http(hostname: &str, namespace: &str, port: u16) -> Service {
+        Service {
+            hostname: hostname.into(),
+            namespace: namespace.into(),
+            ports: vec![ServicePort { name: "http".into(), port, protocol: Protocol::Http, target_port: None }],
+            labels: Labels::new(),
+            addresses: Vec::new(),
+            resolution: Resolution::Static,
+            mesh_external: false,
+        }
+    }
+
     pub fn port(&self, number: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == number)
     }

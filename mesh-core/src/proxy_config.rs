@@ -147,9 +147,7 @@ impl Route {
         Route {
             name: name.into(),
             matches: vec![],
-            action: RouteAction::Forward {
-                clusters: vec![WeightedCluster { cluster: cluster.into(), weight: 100, headers: HeaderOps::default() }],
-            },
+            action: RouteAction::Forward { clusters: vec![WeightedCluster::only(cluster)] },
             rewrite: None,
             timeout: None,
             retry: None,
@@ -216,6 +214,13 @@ pub struct WeightedCluster {
     pub weight: u32,
     /// Header operations of this destination only.
     pub headers: HeaderOps,
+}
+
+impl WeightedCluster {
+    /// The whole of the traffic to one cluster.
+    pub fn only(cluster: &str) -> WeightedCluster {
+        WeightedCluster { cluster: cluster.into(), weight: 100, headers: HeaderOps::default() }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

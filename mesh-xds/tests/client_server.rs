@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
 use futures_util::StreamExt;
 use mesh_core::config::{self, Decoded};
 use mesh_core::mesh::MeshSnapshot;
-use mesh_core::model::{Endpoint, Protocol, Resolution, Service, ServicePort};
+use mesh_core::model::{Endpoint, Service};
 use mesh_core::registry::MemoryRegistry;
 use mesh_core::store::MemoryConfigStore;
 use mesh_core::translate::ProxyIdentity;
@@ -52,18 +52,7 @@ fn snapshot(identity: &ProxyIdentity, address: &str) -> Snapshot {
         }
     }
     let registry = MemoryRegistry::new("test");
-    registry.upsert(
-        Service {
-            hostname: "backend.default.svc.cluster.local".into(),
-            namespace: "default".into(),
-            ports: vec![ServicePort { name: "http".into(), port: 80, protocol: Protocol::Http, target_port: None }],
-            labels: Default::default(),
-            addresses: vec![],
-            resolution: Resolution::Static,
-            mesh_external: false,
-        },
-        vec![Endpoint::new(address)],
-    );
+    registry.upsert(Service::http("backend.default.svc.cluster.local", "default", 80), vec![Endpoint::new(address)]);
     let mesh = MeshSnapshot { config: store.snapshot(), services: registry.snapshot() };
     let info = node::parse(Some(&node_for(identity))).unwrap();
     build(&mesh, &info).1

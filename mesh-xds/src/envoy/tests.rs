@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use mesh_core::config::{self, Decoded};
 use mesh_core::mesh::MeshSnapshot;
-use mesh_core::model::{Endpoint, Protocol, Resolution, Service, ServicePort};
+use mesh_core::model::{Endpoint, Service};
 use mesh_core::registry::MemoryRegistry;
 use mesh_core::store::MemoryConfigStore;
 use mesh_core::translate::{translate, ProxyIdentity};
@@ -75,18 +75,7 @@ pub(crate) fn mesh() -> MeshSnapshot {
             e
         })
         .collect();
-    registry.upsert(
-        Service {
-            hostname: "reviews.default.svc.cluster.local".into(),
-            namespace: "default".into(),
-            ports: vec![ServicePort { name: "http".into(), port: 9080, protocol: Protocol::Http, target_port: None }],
-            labels: Default::default(),
-            addresses: vec![],
-            resolution: Resolution::Static,
-            mesh_external: false,
-        },
-        endpoints,
-    );
+    registry.upsert(Service::http("reviews.default.svc.cluster.local", "default", 9080), endpoints);
     MeshSnapshot { config: store.snapshot(), services: registry.snapshot() }
 }
 

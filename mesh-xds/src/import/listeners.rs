@@ -83,9 +83,7 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
         "envoy.filters.network.tcp_proxy" => {
             let tcp: TcpProxy = decode(any, KIND).map_err(located)?;
             let clusters = match &tcp.cluster_specifier {
-                Some(ClusterSpecifier::Cluster(c)) => {
-                    vec![WeightedCluster { cluster: c.clone(), weight: 100, headers: HeaderOps::default() }]
-                }
+                Some(ClusterSpecifier::Cluster(c)) => vec![WeightedCluster::only(c)],
                 Some(ClusterSpecifier::WeightedClusters(w)) => w
                     .clusters
                     .iter()

@@ -212,9 +212,7 @@ fn route(er: &EnvoyRoute, at: &str, name: &str) -> Result<(Route, Option<HashPol
 
 fn forward(route: &mut Route, a: &EnvoyRouteAction, at: &str, name: &str) -> Result<RouteAction, ImportError> {
     let clusters = match &a.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(c)) => {
-            vec![WeightedCluster { cluster: c.clone(), weight: 100, headers: HeaderOps::default() }]
-        }
+        Some(ClusterSpecifier::Cluster(c)) => vec![WeightedCluster::only(c)],
         Some(ClusterSpecifier::WeightedClusters(w)) => w
             .clusters
             .iter()
