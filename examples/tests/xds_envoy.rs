@@ -193,13 +193,15 @@ fn delta_xds_drives_envoy_too() {
 }
 
 /// Istio's resilience features as Envoy executes them: retries, timeouts,
-/// fault injection, consistent hashing and the circuit breaker.
+/// fault injection, consistent hashing, the circuit breaker and outlier
+/// ejection.
 #[test]
 fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
     let (_flaky, flaky) = backend("v1", 2); // every second request fails
     let (_b1, p1) = backend("v1", 0);
     let (_b2, p2) = backend("v2", 0);
     let (_b3, p3) = backend("v3", 0);
+    let (_broken, broken) = backend("v2", 1); // every request fails
     let config = tempfile::tempdir().unwrap();
     let port = free_port();
     let hashing = "  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n";
@@ -220,11 +222,17 @@ fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
         ),
     )
     .unwrap();
+    // A service with a healthy and a broken endpoint, and outlier detection.
+    let mut ejecting = String::from("apiVersion: v1\nkind: Service\nmetadata: {name: ejecting, namespace: default}\nspec:\n  ports: [{name: http, port: 9080}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ejecting, namespace: default}\nspec:\n  host: ejecting\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n");
+    for (i, p) in [p1, broken].iter().enumerate() {
+        ejecting.push_str(&format!("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: ejecting-{i}, namespace: default, labels: {{kubernetes.io/service-name: ejecting}}}}\naddressType: IPv4\nports: [{{name: http, port: {p}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"));
+    }
+    std::fs::write(config.path().join("ejecting.yaml"), ejecting).unwrap();
     std::fs::write(
         config.path().join("routes.yaml"),
         routes(
             "all",
-            "  - match: [{uri: {prefix: /flaky}}]\n    route: [{destination: {host: flaky}}]\n    retries: {attempts: 3, retryOn: 5xx}\n  - match: [{uri: {prefix: /slow}}]\n    route: [{destination: {host: reviews}}]\n    timeout: 300ms\n  - match: [{uri: {prefix: /fault}}]\n    route: [{destination: {host: reviews}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n  - match: [{uri: {prefix: /limited}}]\n    route: [{destination: {host: limited}}]\n  - route: [{destination: {host: reviews}}]\n",
+            "  - match: [{uri: {prefix: /flaky}}]\n    route: [{destination: {host: flaky}}]\n    retries: {attempts: 3, retryOn: 5xx}\n  - match: [{uri: {prefix: /slow}}]\n    route: [{destination: {host: reviews}}]\n    timeout: 300ms\n  - match: [{uri: {prefix: /fault}}]\n    route: [{destination: {host: reviews}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n  - match: [{uri: {prefix: /limited}}]\n    route: [{destination: {host: limited}}]\n  - match: [{uri: {prefix: /ejecting}}]\n    route: [{destination: {host: ejecting}}]\n    retries: {attempts: 0}\n  - route: [{destination: {host: reviews}}]\n",
         ),
     )
     .unwrap();
@@ -260,4 +268,9 @@ fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
         answers.iter().filter(|r| r.status == 503 && r.header("x-envoy-overloaded") == Some("true")).count();
     let served = answers.iter().filter(|r| r.status == 200).count();
     assert!(overflowed >= 1 && served >= 1, "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
+    // Outlier detection: the broken endpoint is ejected after two 503s in
+    // a row, and then every request goes to the healthy one.
+    let warmup = versions_at(port, 20, "/ejecting", &[]);
+    assert!(warmup.get("status 503").copied().unwrap_or(0) <= 4, "ejection took too long: {warmup:?}");
+    assert_eq!(versions_at(port, 30, "/ejecting", &[]), [("v1".to_string(), 30)].into());
 }
