@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::duration::{opt_text, text};
-use crate::model::{Health, Labels, Locality, Protocol};
+use crate::model::{Health, Locality, Protocol};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProxyConfig {
@@ -468,7 +468,6 @@ pub struct LbEndpoint {
     pub weight: u32,
     pub locality: Locality,
     pub health: Health,
-    pub labels: Labels,
 }
 
 /// Metadata shown in config dumps about what the config was built for.

@@ -295,7 +295,6 @@ impl<'a> Translator<'a> {
                                 weight: e.weight.max(1),
                                 locality: e.locality.clone(),
                                 health: e.health,
-                                labels: e.labels.clone(),
                             })
                             .collect();
                         assignments.push(ClusterLoadAssignment { cluster_name: name, endpoints });
@@ -339,7 +338,6 @@ impl<'a> Translator<'a> {
                         weight: 1,
                         locality: Default::default(),
                         health: Default::default(),
-                        labels: Default::default(),
                     }],
                 });
             }

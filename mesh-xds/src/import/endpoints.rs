@@ -37,7 +37,6 @@ pub fn load_assignment(la: &EnvoyLoadAssignment) -> Result<ClusterLoadAssignment
                     HealthStatus::Draining => Health::Draining,
                     _ => Health::Healthy,
                 },
-                labels: Default::default(),
             });
         }
     }

@@ -34,7 +34,7 @@ fn round_trip(cfg: &ProxyConfig, kind: ProxyKind) -> ProxyConfig {
 }
 
 /// What xDS does not carry (yet): policies mesh-proxy enforces itself,
-/// endpoint labels (subsets are already resolved), gRPC-ness of a port
+/// gRPC-ness of a port
 /// (HTTP/2 on the wire either way), and the config's order.
 fn comparable(mut cfg: ProxyConfig) -> ProxyConfig {
     cfg.version.clear();
@@ -81,9 +81,6 @@ fn comparable(mut cfg: ProxyConfig) -> ProxyConfig {
     cfg.endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     for la in &mut cfg.endpoints {
         la.endpoints.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
-        for e in &mut la.endpoints {
-            e.labels.clear();
-        }
     }
     cfg
 }
