@@ -13,11 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as EnvoyLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener as EnvoyListener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DiscoveryRequest, DiscoveryResponse,
 };
@@ -139,68 +135,52 @@ impl State {
 
     /// Apply one response, all or nothing.
     fn apply(&mut self, resp: &DiscoveryResponse, kind: ProxyKind) -> Result<&'static str, ImportError> {
-        let located = |e: ImportError, i: usize| {
-            if e.name == "?" {
-                ImportError { name: format!("resources[{i}]"), ..e }
-            } else {
-                e
-            }
-        };
-        let type_url = match resp.type_url.as_str() {
+        match resp.type_url.as_str() {
             CLUSTER => {
-                let mut next = BTreeMap::new();
-                for (i, any) in resp.resources.iter().enumerate() {
-                    let c =
-                        import::cluster(&import::decode::<EnvoyCluster>(any, "Cluster").map_err(|e| located(e, i))?)?;
-                    next.insert(c.0.name.clone(), c);
-                }
-                self.clusters = next;
-                CLUSTER
+                self.clusters = import_all(resp, "Cluster", import::cluster, |c| c.0.name.clone())?;
+                Ok(CLUSTER)
             }
             LISTENER => {
-                let mut next = BTreeMap::new();
-                for (i, any) in resp.resources.iter().enumerate() {
-                    let l = import::listener(
-                        &import::decode::<EnvoyListener>(any, "Listener").map_err(|e| located(e, i))?,
-                        kind,
-                    )?;
-                    next.insert(l.name.clone(), l);
-                }
-                self.listeners = next;
-                LISTENER
+                self.listeners = import_all(resp, "Listener", |l| import::listener(l, kind), |l| l.name.clone())?;
+                Ok(LISTENER)
             }
             ROUTE => {
-                let mut next = BTreeMap::new();
-                for (i, any) in resp.resources.iter().enumerate() {
-                    let r = import::route_config(
-                        &import::decode::<RouteConfiguration>(any, "RouteConfiguration").map_err(|e| located(e, i))?,
-                    )?;
-                    // What mesh-proxy would refuse later (a regex it cannot
-                    // compile), refused now so the control plane hears of it.
+                let routes = import_all(resp, "RouteConfiguration", import::route_config, |r| r.config.name.clone())?;
+                // What mesh-proxy would refuse later (a regex it cannot
+                // compile), refused now so the control plane hears of it.
+                for r in routes.values() {
                     RouteTable::new(&r.config).map_err(|e| {
                         ImportError::new("RouteConfiguration", &r.config.name, "virtual_hosts", e.to_string())
                     })?;
-                    next.insert(r.config.name.clone(), r);
                 }
-                self.routes = next;
-                ROUTE
+                self.routes = routes;
+                Ok(ROUTE)
             }
             ENDPOINT => {
-                let mut next = BTreeMap::new();
-                for (i, any) in resp.resources.iter().enumerate() {
-                    let la = import::load_assignment(
-                        &import::decode::<EnvoyLoadAssignment>(any, "ClusterLoadAssignment")
-                            .map_err(|e| located(e, i))?,
-                    )?;
-                    next.insert(la.cluster_name.clone(), la);
-                }
-                self.endpoints = next;
-                ENDPOINT
+                self.endpoints =
+                    import_all(resp, "ClusterLoadAssignment", import::load_assignment, |la| la.cluster_name.clone())?;
+                Ok(ENDPOINT)
             }
-            other => return Err(ImportError::new("type", other, "type_url", "not subscribed")),
-        };
-        Ok(type_url)
+            other => Err(ImportError::new("type", other, "type_url", "not subscribed")),
+        }
     }
+}
+
+/// Every resource of a response decoded as `M` and imported, by name; the
+/// first one that fails fails the whole response.
+fn import_all<M: prost::Message + prost::Name + Default, T>(
+    resp: &DiscoveryResponse,
+    kind: &'static str,
+    import: impl Fn(&M) -> Result<T, ImportError>,
+    name: impl Fn(&T) -> String,
+) -> Result<BTreeMap<String, T>, ImportError> {
+    let mut out = BTreeMap::new();
+    for (i, any) in resp.resources.iter().enumerate() {
+        let msg = import::decode::<M>(any, kind).map_err(|e| ImportError { name: format!("resources[{i}]"), ..e })?;
+        let item = import(&msg)?;
+        out.insert(name(&item), item);
+    }
+    Ok(out)
 }
 
 fn request(options: &ClientOptions, state: &State, type_url: &'static str, with_node: bool) -> DiscoveryRequest {

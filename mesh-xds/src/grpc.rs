@@ -139,12 +139,9 @@ fn trailers(status: &GrpcStatus) -> HeaderMap {
     let mut t = HeaderMap::new();
     t.insert("grpc-status", HeaderValue::from(status.code));
     if !status.message.is_empty() {
-        // grpc-message is percent-encoded; keep what is safe as is.
-        let encoded: String = status
-            .message
-            .bytes()
-            .map(|b| if (0x20..0x7f).contains(&b) && b != b'%' { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect();
+        // gRPC's spec: percent-encode all but printable ASCII and `%`.
+        const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+        let encoded = percent_encoding::utf8_percent_encode(&status.message, GRPC_MESSAGE).to_string();
         if let Ok(v) = HeaderValue::from_str(&encoded) {
             t.insert("grpc-message", v);
         }

@@ -88,12 +88,17 @@ impl Drop for Server {
     }
 }
 
-async fn wait_for(status: &std::sync::Mutex<ClientStatus>, what: &str, cond: impl Fn(&ClientStatus) -> bool) {
+/// Poll `cond` until it holds; fail after 10 s.
+async fn until(what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond(&status.lock().unwrap()) {
-        assert!(Instant::now() < deadline, "{what}: {:?}", status.lock().unwrap());
+    while !cond() {
+        assert!(Instant::now() < deadline, "no {what} within 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn wait_for(status: &std::sync::Mutex<ClientStatus>, what: &str, cond: impl Fn(&ClientStatus) -> bool) {
+    until(what, || cond(&status.lock().unwrap())).await;
 }
 
 fn endpoint_of(cfg: &ProxyConfig) -> String {
@@ -132,11 +137,7 @@ async fn subscribe_ack_nack_and_reconnect() {
     let status = xds.status.lock().unwrap().clone();
     assert!(status.last_nack.as_deref().unwrap_or("").contains("Cluster \"bad\": lb_policy"), "{status:?}");
     assert_eq!(status.configs_emitted, 1, "nothing new may be applied");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.status.totals().nacks == 0 {
-        assert!(Instant::now() < deadline, "the server never saw the NACK");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the server sees the NACK", || server.status.totals().nacks > 0).await;
     let nodes = server.status.nodes();
     assert_eq!(nodes[0].types["CDS"].nacks, 1);
     assert!(nodes[0].types["CDS"].last_nack.as_ref().unwrap().message.contains("lb_policy"));

@@ -102,7 +102,7 @@ fn debug_response(
             .unwrap_or("")
             .split('&')
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .map(percent_decode)
+            .map(|v| percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned())
     };
     let (code, body) = match req.uri().path() {
         "/debug/syncz" => (StatusCode::OK, mesh_xds::debug::syncz(status).to_string()),
@@ -130,30 +130,4 @@ fn metrics(status: &SyncStatus) -> String {
         "# TYPE pilot_xds gauge\npilot_xds {}\n# TYPE pilot_xds_pushes counter\npilot_xds_pushes_total {}\n# TYPE pilot_total_xds_rejects counter\npilot_total_xds_rejects_total {}\n",
         t.connected, t.pushes, t.nacks
     )
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (
-            bytes[i],
-            bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()),
-        ) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

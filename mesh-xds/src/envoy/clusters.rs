@@ -11,8 +11,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster as EnvoyCluster, OutlierDetection,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    data_source::Specifier, transport_socket::ConfigType as SocketConfig, DataSource, Http1ProtocolOptions,
-    Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions, TransportSocket,
+    transport_socket::ConfigType as SocketConfig, Http1ProtocolOptions, Http2ProtocolOptions,
+    HttpProtocolOptions as CommonHttpOptions, TransportSocket,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher,
@@ -27,7 +27,7 @@ use envoy_types::pb::envoy::r#type::v3::Percent;
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{Cluster, DiscoveryType, LbPolicy, OutlierDetectionConfig, ProxyConfig, UpstreamTls};
 
-use super::{ads, any, duration, endpoints, uint32, Flavor};
+use super::{ads, any, duration, endpoints, file, uint32, Flavor};
 
 pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig, flavor: Flavor) -> EnvoyCluster {
     let mut out = EnvoyCluster {
@@ -159,10 +159,6 @@ fn protocol_options(c: &Cluster) -> HashMap<String, envoy_types::pb::google::pro
         ..Default::default()
     };
     HashMap::from([("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(), any(&options))])
-}
-
-fn file(path: &Option<String>) -> Option<DataSource> {
-    path.as_ref().map(|p| DataSource { specifier: Some(Specifier::Filename(p.clone())), ..Default::default() })
 }
 
 /// DestinationRule `tls`: SIMPLE and MUTUAL from files (ISTIO_MUTUAL needs

@@ -3,8 +3,7 @@
 //! resolver looks up by `host:port`.
 
 use envoy_types::pb::envoy::config::core::v3::{
-    data_source::Specifier, transport_socket::ConfigType as SocketConfig, DataSource,
-    TrafficDirection as EnvoyDirection, TransportSocket,
+    transport_socket::ConfigType as SocketConfig, TrafficDirection as EnvoyDirection, TransportSocket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     filter::ConfigType as FilterConfig, listener_filter::ConfigType as ListenerFilterConfig, ApiListener, Filter,
@@ -33,7 +32,7 @@ use mesh_core::proxy_config::{
 };
 
 use super::routes::{CORS_FILTER, FAULT_FILTER};
-use super::{ads, any, boolean, endpoints::socket_address, uint32};
+use super::{ads, any, boolean, endpoints::socket_address, file, uint32};
 
 pub(super) fn listener(l: &Listener) -> EnvoyListener {
     let chains: Vec<EnvoyFilterChain> = l.filter_chains.iter().filter_map(|c| filter_chain(c, l)).collect();
@@ -141,10 +140,6 @@ fn tcp_proxy(stat_prefix: &str, clusters: &[MeshWeighted]) -> TcpProxy {
         }),
     };
     TcpProxy { stat_prefix: stat_prefix.to_string(), cluster_specifier: Some(specifier), ..Default::default() }
-}
-
-fn file(path: &Option<String>) -> Option<DataSource> {
-    path.as_ref().map(|p| DataSource { specifier: Some(Specifier::Filename(p.clone())), ..Default::default() })
 }
 
 fn downstream_tls(tls: &ServerTls) -> Option<TransportSocket> {

@@ -67,6 +67,12 @@ fn any<T: Message + Name>(msg: &T) -> Any {
     Any { type_url: T::type_url(), value: msg.encode_to_vec() }
 }
 
+/// A file Envoy reads itself (certificates, keys, CAs).
+fn file(path: &Option<String>) -> Option<envoy_types::pb::envoy::config::core::v3::DataSource> {
+    use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+    path.as_ref().map(|p| DataSource { specifier: Some(Specifier::Filename(p.clone())), ..Default::default() })
+}
+
 /// Dynamic resources come over the same ADS stream.
 fn ads() -> ConfigSource {
     ConfigSource {

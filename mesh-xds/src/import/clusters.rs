@@ -4,9 +4,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType as EnvoyDiscovery, LbConfig, LbPolicy as EnvoyLb},
     Cluster as EnvoyCluster, OutlierDetection,
 };
-use envoy_types::pb::envoy::config::core::v3::{
-    data_source::Specifier, transport_socket::ConfigType as SocketConfig, DataSource,
-};
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, UpstreamTlsContext,
 };
@@ -21,7 +19,7 @@ use mesh_core::proxy_config::{
     OutlierDetectionConfig, RetryBudgetConfig, UpstreamTls,
 };
 
-use super::{decode, duration, endpoints::load_assignment, ImportError};
+use super::{decode, duration, endpoints::load_assignment, file, ImportError};
 
 const KIND: &str = "Cluster";
 
@@ -178,13 +176,6 @@ fn outlier_detection(od: &OutlierDetection, c: &EnvoyCluster) -> OutlierDetectio
             .as_ref()
             .and_then(|l| l.healthy_panic_threshold.as_ref())
             .map_or(50, |p| p.value as u32),
-    }
-}
-
-fn file(source: Option<&DataSource>) -> Option<String> {
-    match source?.specifier.as_ref()? {
-        Specifier::Filename(f) => Some(f.clone()),
-        _ => None,
     }
 }
 

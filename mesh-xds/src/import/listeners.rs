@@ -2,8 +2,7 @@
 //! from files.
 
 use envoy_types::pb::envoy::config::core::v3::{
-    data_source::Specifier, transport_socket::ConfigType as SocketConfig, DataSource,
-    TrafficDirection as EnvoyDirection,
+    transport_socket::ConfigType as SocketConfig, TrafficDirection as EnvoyDirection,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     filter::ConfigType as FilterConfig, FilterChain as EnvoyFilterChain, Listener as EnvoyListener,
@@ -22,7 +21,7 @@ use mesh_core::proxy_config::{
 };
 use mesh_core::translate::ProxyKind;
 
-use super::{decode, endpoints::socket_address, ImportError};
+use super::{decode, endpoints::socket_address, file, ImportError};
 
 const KIND: &str = "Listener";
 
@@ -123,13 +122,6 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
         tls,
         action,
     })
-}
-
-fn file(source: Option<&DataSource>) -> Option<String> {
-    match source?.specifier.as_ref()? {
-        Specifier::Filename(f) => Some(f.clone()),
-        _ => None,
-    }
 }
 
 fn downstream_tls(ctx: &DownstreamTlsContext) -> ServerTls {

@@ -104,6 +104,15 @@ pub fn proxy_config(
     Ok(assemble(listeners, routes, clusters.into_iter().map(|c| c.0).collect(), assignments))
 }
 
+/// The path of a file data source (inline data is not carried back).
+fn file(source: Option<&envoy_types::pb::envoy::config::core::v3::DataSource>) -> Option<String> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    match source?.specifier.as_ref()? {
+        Specifier::Filename(f) => Some(f.clone()),
+        _ => None,
+    }
+}
+
 fn duration(d: &PbDuration) -> std::time::Duration {
     std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }
