@@ -1,6 +1,7 @@
 //! Shared pieces of the example binaries.
 
 pub mod backend;
+pub mod sources;
 
 use std::sync::Arc;
 
@@ -11,12 +12,11 @@ use mesh_proxy::ProxyHandle;
 /// The options the gateway and the sidecar share.
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
-    /// Files or directories of Istio YAML (and Kubernetes Services, EndpointSlices, Pods).
-    #[arg(long, required_unless_present = "xds", conflicts_with = "xds", num_args = 1..)]
-    pub config: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    pub sources: sources::SourceArgs,
     /// Take config from this xDS (ADS) server instead, e.g. the
     /// control-plane binary's `http://127.0.0.1:15010`.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["config", "kubeconfig", "kubernetes"])]
     pub xds: Option<String>,
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: std::net::SocketAddr,
@@ -49,13 +49,14 @@ impl ProxyArgs {
     }
 }
 
-/// Where the proxy's config comes from: the files (reloaded for as long as
-/// the returned watch lives), or an xDS server the proxy subscribes to as
-/// a node with this identity.
-pub fn config_source(
+/// Where the proxy's config comes from: the sources (files, Kubernetes;
+/// followed for as long as the returned value lives, and synced before
+/// this returns), or an xDS server the proxy subscribes to as a node with
+/// this identity.
+pub async fn config_source(
     args: &ProxyArgs,
     identity: mesh_core::translate::ProxyIdentity,
-) -> Result<(mesh_proxy::ConfigSource, Option<FileWatch>), Box<dyn std::error::Error>> {
+) -> Result<(mesh_proxy::ConfigSource, Option<sources::Sources>), Box<dyn std::error::Error>> {
     if let Some(server) = &args.xds {
         let node = mesh_xds::node::node_for(&identity);
         tracing::info!(%server, node = %node.id, "config from xDS");
@@ -67,8 +68,12 @@ pub fn config_source(
         };
         return Ok((source, None));
     }
-    let (files, watch) = watched_config(args.config.clone())?;
-    Ok((mesh_proxy::ConfigSource::mesh(files.clone(), files, identity), Some(watch)))
+    if args.sources.is_empty() {
+        return Err("give --config, --kubeconfig, --kubernetes or --xds".into());
+    }
+    let sources = args.sources.start().await?;
+    sources.ready().await;
+    Ok((mesh_proxy::ConfigSource::mesh(sources.store.clone(), sources.registry.clone(), identity), Some(sources)))
 }
 
 /// The proxy's runtime: with one worker, a current-thread runtime (no work

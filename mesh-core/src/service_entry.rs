@@ -2,8 +2,13 @@
 //! ServiceEntry controller reads them: one service per host, endpoints
 //! from `endpoints` or from the WorkloadEntries a `workloadSelector` picks.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use crate::config::networking::{ServiceEntry, WorkloadEntry};
-use crate::model::{labels_match, Endpoint, Locality, Protocol, Resolution, Service, ServicePort};
+use crate::config::{Resource, Spec};
+use crate::model::{labels_match, Endpoint, Locality, Protocol, Resolution, Service, ServicePort, ServiceState};
+use crate::registry::merge_states;
 
 /// A WorkloadEntry with the namespace it lives in.
 pub struct NamespacedWorkload<'a> {
@@ -68,6 +73,30 @@ pub fn services_of(
         .collect()
 }
 
+/// The services of every ServiceEntry among `resources`, endpoints
+/// selected from the WorkloadEntries among them; one state per hostname
+/// (entries that share a host are merged as the aggregate registry does).
+pub fn services_of_all<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Vec<ServiceState> {
+    let resources: Vec<&Resource> = resources.into_iter().collect();
+    let workloads: Vec<NamespacedWorkload<'_>> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::WorkloadEntry(entry) => Some(NamespacedWorkload { namespace: &r.meta.namespace, entry }),
+            _ => None,
+        })
+        .collect();
+    let mut by_host: BTreeMap<String, Vec<ServiceState>> = BTreeMap::new();
+    for r in &resources {
+        if let Spec::ServiceEntry(se) = &r.spec {
+            for (service, endpoints) in services_of(se, &r.meta.namespace, &workloads) {
+                let state = ServiceState { service: Arc::new(service), endpoints: endpoints.into() };
+                by_host.entry(state.service.hostname.clone()).or_default().push(state);
+            }
+        }
+    }
+    by_host.into_values().map(|states| merge_states(&states.iter().collect::<Vec<_>>())).collect()
+}
+
 fn endpoint_of(we: &WorkloadEntry) -> Option<Endpoint> {
     let mut e = Endpoint::new(we.address.clone()?);
     e.ports = we.ports.iter().filter_map(|(name, p)| Some((name.clone(), u16::try_from(*p).ok()?))).collect();
@@ -81,7 +110,6 @@ fn endpoint_of(we: &WorkloadEntry) -> Option<Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Resource, Spec};
 
     fn spec<T>(yaml: &str, pick: impl Fn(Spec) -> Option<T>) -> (T, String) {
         let r = Resource::from_yaml(yaml).unwrap();

@@ -133,15 +133,23 @@ impl State {
         ))
     }
 
+    fn forget_unnamed(&mut self) {
+        let (routes, endpoints) = (self.route_names(), self.endpoint_names());
+        self.routes.retain(|name, _| routes.contains(name));
+        self.endpoints.retain(|name, _| endpoints.contains(name));
+    }
+
     /// Apply one response, all or nothing.
     fn apply(&mut self, resp: &DiscoveryResponse, kind: ProxyKind) -> Result<&'static str, ImportError> {
         match resp.type_url.as_str() {
             CLUSTER => {
                 self.clusters = import_all(resp, "Cluster", import::cluster, |c| c.0.name.clone())?;
+                self.forget_unnamed();
                 Ok(CLUSTER)
             }
             LISTENER => {
                 self.listeners = import_all(resp, "Listener", |l| import::listener(l, kind), |l| l.name.clone())?;
+                self.forget_unnamed();
                 Ok(LISTENER)
             }
             ROUTE => {
@@ -153,12 +161,18 @@ impl State {
                         ImportError::new("RouteConfiguration", &r.config.name, "virtual_hosts", e.to_string())
                     })?;
                 }
-                self.routes = routes;
+                // Routes and endpoints are asked for by name, so a response
+                // may carry only the ones that changed (the server's partial
+                // pushes): merge, then forget what nothing names any more.
+                self.routes.extend(routes);
+                self.forget_unnamed();
                 Ok(ROUTE)
             }
             ENDPOINT => {
-                self.endpoints =
+                let endpoints =
                     import_all(resp, "ClusterLoadAssignment", import::load_assignment, |la| la.cluster_name.clone())?;
+                self.endpoints.extend(endpoints);
+                self.forget_unnamed();
                 Ok(ENDPOINT)
             }
             other => Err(ImportError::new("type", other, "type_url", "not subscribed")),

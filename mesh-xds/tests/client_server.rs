@@ -14,11 +14,11 @@ use mesh_core::registry::MemoryRegistry;
 use mesh_core::store::MemoryConfigStore;
 use mesh_core::translate::ProxyIdentity;
 use mesh_core::{ConfigStore, ProxyConfig, ServiceRegistry};
-use mesh_xds::cache::{Snapshot, SnapshotCache};
+use mesh_xds::cache::{Snapshot, SnapshotCache, TypeChange};
 use mesh_xds::client::{self, ClientOptions, ClientStatus};
 use mesh_xds::generator::{build, Generator};
 use mesh_xds::node::{self, node_for};
-use mesh_xds::resources::{Resource, CLUSTER};
+use mesh_xds::resources::{Resource, CLUSTER, ENDPOINT};
 use mesh_xds::server::AdsServer;
 use mesh_xds::status::SyncStatus;
 
@@ -53,6 +53,7 @@ fn snapshot(identity: &ProxyIdentity, address: &str) -> Snapshot {
     }
     let registry = MemoryRegistry::new("test");
     registry.upsert(Service::http("backend.default.svc.cluster.local", "default", 80), vec![Endpoint::new(address)]);
+    registry.upsert(Service::http("other.default.svc.cluster.local", "default", 80), vec![Endpoint::new("10.9.9.9")]);
     let mesh = MeshSnapshot { config: store.snapshot(), services: registry.snapshot() };
     let info = node::parse(Some(&node_for(identity))).unwrap();
     build(&mesh, &info).1
@@ -155,6 +156,35 @@ async fn subscribe_ack_nack_and_reconnect() {
         .unwrap();
     assert_eq!(endpoint_of(&next), "10.0.0.2");
     assert!(xds.status.lock().unwrap().connects >= 2);
+}
+
+/// The server sends only the endpoints that changed (SotW allows it for
+/// resources asked for by name): the client merges them into what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_endpoint_pushes_are_merged() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::start(listener);
+    let identity =
+        ProxyIdentity::gateway("gw-1", "default", [("istio".to_string(), "ingressgateway".to_string())].into());
+    let key = node::parse(Some(&node_for(&identity))).unwrap().key();
+    let before = snapshot(&identity, "10.0.0.1");
+    server.cache.set(&key, before.clone());
+    let mut xds = client::start(ClientOptions::new(format!("http://{addr}"), node_for(&identity), identity.kind));
+    let first = tokio::time::timeout(Duration::from_secs(10), xds.configs.next()).await.expect("a config").unwrap();
+    assert_eq!(endpoint_of(&first), "10.0.0.1");
+
+    let backend = "outbound|80||backend.default.svc.cluster.local";
+    let mut after = snapshot(&identity, "10.0.0.2");
+    let from = before.resources.of_type(ENDPOINT).expect("endpoints").clone();
+    after.changes.insert(ENDPOINT.to_string(), TypeChange { from, names: [backend.to_string()].into() });
+    server.cache.set(&key, after);
+    let next = tokio::time::timeout(Duration::from_secs(10), xds.configs.next()).await.expect("a config").unwrap();
+    assert_eq!(endpoint_of(&next), "10.0.0.2");
+    let other = next.load_assignment("outbound|80||other.default.svc.cluster.local").expect("kept");
+    assert_eq!(other.endpoints[0].address, "10.9.9.9");
+    let eds = &server.status.nodes()[0].types["EDS"];
+    assert_eq!(eds.pushes, 2, "{eds:?}");
 }
 
 /// A stream whose first request has no node is refused with a status

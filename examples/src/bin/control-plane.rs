@@ -1,4 +1,5 @@
-//! `control-plane --config PATH...`: Istio config from files in, xDS out.
+//! `control-plane --config PATH... | --kubeconfig FILE | --kubernetes`:
+//! services and Istio config from files and/or Kubernetes in, xDS out.
 //!
 //! Serves ADS (state of the world and delta) on 15010 to Envoy, proxyless
 //! gRPC and mesh-proxy, pushing on every change of the files (debounced),
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
+use examples::sources::Sources;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use mesh_core::mesh::{self, Debounce};
@@ -31,9 +33,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(about = "An Istio-config xDS control plane", version)]
 struct Args {
-    /// Istio YAML files or directories (reloaded on change).
-    #[arg(long, required = true)]
-    config: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    sources: examples::sources::SourceArgs,
     /// The ADS gRPC address.
     #[arg(long, default_value = "0.0.0.0:15010")]
     xds: SocketAddr,
@@ -52,18 +53,24 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let args = Args::parse();
-    let (files, _watch) = examples::watched_config(args.config.clone())?;
+    let sources = Arc::new(args.sources.start().await?);
     let generator = Generator::new(Arc::new(SnapshotCache::new()));
     let debounce =
         Debounce { quiet: Duration::from_millis(args.debounce_ms), max: Duration::from_millis(args.debounce_max_ms) };
-    tokio::spawn(generator.clone().run(mesh::watch(files.as_ref(), files.as_ref(), debounce)));
+    let (run_sources, run_generator) = (sources.clone(), generator.clone());
+    tokio::spawn(async move {
+        // Nothing is pushed before the sources have synced.
+        run_sources.ready().await;
+        let changes = mesh::watch(run_sources.store.as_ref(), run_sources.registry.as_ref(), debounce);
+        run_generator.run(changes).await;
+    });
     let status = Arc::new(SyncStatus::default());
     let ads = AdsServer::new(generator.clone(), status.clone());
 
     let xds = tokio::net::TcpListener::bind(args.xds).await?;
     let debug_listener = tokio::net::TcpListener::bind(args.debug).await?;
     tracing::info!(xds = %xds.local_addr()?, debug = %debug_listener.local_addr()?, "control plane listening");
-    tokio::spawn(serve_debug(debug_listener, generator, status));
+    tokio::spawn(serve_debug(debug_listener, generator, status, sources));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -76,13 +83,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn serve_debug(listener: tokio::net::TcpListener, generator: Arc<Generator>, status: Arc<SyncStatus>) {
+async fn serve_debug(
+    listener: tokio::net::TcpListener,
+    generator: Arc<Generator>,
+    status: Arc<SyncStatus>,
+    sources: Arc<Sources>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let (generator, status) = (generator.clone(), status.clone());
+        let (generator, status, sources) = (generator.clone(), status.clone(), sources.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = debug_response(&req, &generator, &status);
+                let response = debug_response(&req, &generator, &status, &sources);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -95,6 +107,7 @@ fn debug_response(
     req: &Request<hyper::body::Incoming>,
     generator: &Generator,
     status: &SyncStatus,
+    sources: &Sources,
 ) -> Response<Full<Bytes>> {
     let query = |name: &str| {
         req.uri()
@@ -115,7 +128,7 @@ fn debug_response(
         },
         "/ready" if generator.mesh().is_some() => (StatusCode::OK, "ready\n".to_string()),
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "sources not synced\n".to_string()),
-        "/metrics" => (StatusCode::OK, metrics(status)),
+        "/metrics" => (StatusCode::OK, metrics(status) + &sources.metrics()),
         _ => (StatusCode::NOT_FOUND, "/debug/syncz, /debug/config_dump?proxyID=, /ready, /metrics\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

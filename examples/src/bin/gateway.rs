@@ -38,7 +38,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let labels = examples::parse_labels(&args.labels)?;
     let identity = ProxyIdentity::gateway(&args.name, &args.namespace, labels);
-    let (source, _watch) = examples::config_source(&args.proxy, identity)?;
+    let (source, _watch) = examples::config_source(&args.proxy, identity).await?;
     let mut builder = args.proxy.apply(ProxyBuilder::new(source));
     if let Some(ip) = args.bind {
         builder = builder.bind_ip(ip);

@@ -40,7 +40,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let labels = examples::parse_labels(&args.labels)?;
     let mut identity = ProxyIdentity::sidecar(&args.name, &args.namespace, labels);
     identity.ip = args.ip;
-    let (source, _watch) = examples::config_source(&args.proxy, identity)?;
+    let (source, _watch) = examples::config_source(&args.proxy, identity).await?;
     let proxy = args.proxy.apply(ProxyBuilder::new(source)).http_proxy(args.http_proxy).start().await?;
     examples::serve_until_stopped(proxy).await?;
     Ok(())

@@ -135,10 +135,15 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// The control-plane binary on `dir`, ready; with its xDS and debug ports.
 pub fn control_plane(dir: &Path) -> (Proc, u16, u16) {
+    control_plane_on(&["--config", &dir.to_string_lossy()])
+}
+
+/// The control-plane binary on these sources (`--config DIR`,
+/// `--kubeconfig FILE`), ready; with its xDS and debug ports.
+pub fn control_plane_on(sources: &[&str]) -> (Proc, u16, u16) {
     let (xds, debug) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
-        .arg("--config")
-        .arg(dir)
+        .args(sources)
         .args(["--xds", &format!("127.0.0.1:{xds}"), "--debug", &format!("127.0.0.1:{debug}"), "--debounce-ms", "20"])
         .env("RUST_LOG", "warn")
         .spawn()
@@ -216,7 +221,8 @@ impl Gateway {
         Gateway::launch(&["--xds", server], port, &[], Stdio::null())
     }
 
-    fn launch(source: &[&str], port: u16, extra: &[&str], stdout: Stdio) -> Gateway {
+    /// Start on these sources (`--config DIR`, `--kubeconfig FILE`, `--xds URL`).
+    pub fn launch(source: &[&str], port: u16, extra: &[&str], stdout: Stdio) -> Gateway {
         let admin = free_port();
         let metrics = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))

@@ -62,6 +62,23 @@ impl Kind {
         }
     }
 
+    /// The resource name of the kind's CRD (`virtualservices`), as in
+    /// API paths and RBAC rules.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::VirtualService => "virtualservices",
+            Kind::DestinationRule => "destinationrules",
+            Kind::Gateway => "gateways",
+            Kind::ServiceEntry => "serviceentries",
+            Kind::WorkloadEntry => "workloadentries",
+            Kind::Sidecar => "sidecars",
+            Kind::AuthorizationPolicy => "authorizationpolicies",
+            Kind::PeerAuthentication => "peerauthentications",
+            Kind::RequestAuthentication => "requestauthentications",
+            Kind::EnvoyFilter => "envoyfilters",
+        }
+    }
+
     pub fn group(self) -> &'static str {
         match self {
             Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication => "security.istio.io",

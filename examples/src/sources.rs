@@ -1,0 +1,151 @@
+//! Where the binaries read the mesh from: files, Kubernetes, or both
+//! (Kubernetes first: its definition of a service wins, endpoints are the
+//! union, config is the union).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use adapter_k8s::{KubeOptions, KubeSource, LabelSelector};
+use adapter_static::{FileWatch, StaticSource};
+use mesh_core::registry::AggregateRegistry;
+use mesh_core::store::AggregateConfigStore;
+use mesh_core::{ConfigStore, ServiceRegistry};
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SourceArgs {
+    /// Files or directories of Istio YAML (and Kubernetes Services,
+    /// EndpointSlices, Pods), reloaded on change.
+    #[arg(long, num_args = 1..)]
+    pub config: Vec<PathBuf>,
+    /// Read services and Istio CRDs from the Kubernetes cluster of this
+    /// kubeconfig file.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Read from Kubernetes: in a pod, its cluster (the service account);
+    /// elsewhere $KUBECONFIG or ~/.kube/config.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Istio's discovery selectors: only namespaces whose labels match one
+    /// of them (kubectl syntax, e.g. `istio-discovery=enabled`) are seen.
+    #[arg(long)]
+    pub discovery_selector: Vec<String>,
+}
+
+/// The mesh's sources, running.
+pub struct Sources {
+    pub store: Arc<dyn ConfigStore>,
+    pub registry: Arc<dyn ServiceRegistry>,
+    pub files: Option<Arc<StaticSource>>,
+    pub kube: Option<Arc<KubeSource>>,
+    /// Reloads the files while it lives.
+    _watch: Option<FileWatch>,
+}
+
+impl SourceArgs {
+    pub fn is_empty(&self) -> bool {
+        self.config.is_empty() && self.kubeconfig.is_none() && !self.kubernetes
+    }
+
+    fn uses_kubernetes(&self) -> bool {
+        self.kubeconfig.is_some() || self.kubernetes
+    }
+
+    /// Start every source given. Kubernetes is still syncing when this
+    /// returns: see [`Sources::ready`].
+    pub async fn start(&self) -> Result<Sources, Box<dyn std::error::Error>> {
+        if self.is_empty() {
+            return Err("give --config, --kubeconfig or --kubernetes".into());
+        }
+        let mut stores: Vec<Arc<dyn ConfigStore>> = Vec::new();
+        let mut registries: Vec<Arc<dyn ServiceRegistry>> = Vec::new();
+        let mut kube = None;
+        if self.uses_kubernetes() {
+            let source = Arc::new(KubeSource::start(self.kube_client().await?, self.kube_options()?));
+            stores.push(source.clone());
+            registries.push(source.clone());
+            kube = Some(source);
+        }
+        let (mut files, mut watch) = (None, None);
+        if !self.config.is_empty() {
+            let (source, w) = crate::watched_config(self.config.clone())?;
+            stores.push(source.clone());
+            registries.push(source.clone());
+            (files, watch) = (Some(source), Some(w));
+        }
+        let (store, registry): (Arc<dyn ConfigStore>, Arc<dyn ServiceRegistry>) = if stores.len() == 1 {
+            (stores.remove(0), registries.remove(0))
+        } else {
+            (Arc::new(AggregateConfigStore::new(stores)), Arc::new(AggregateRegistry::new(registries)))
+        };
+        Ok(Sources { store, registry, files, kube, _watch: watch })
+    }
+
+    async fn kube_client(&self) -> Result<kube::Client, Box<dyn std::error::Error>> {
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+            }
+            None => kube::Config::infer().await.map_err(|e| format!("--kubernetes: {e}"))?,
+        };
+        tracing::info!(server = %config.cluster_url, "reading Kubernetes");
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    fn kube_options(&self) -> Result<KubeOptions, Box<dyn std::error::Error>> {
+        let discovery_selectors = self
+            .discovery_selector
+            .iter()
+            .map(|s| LabelSelector::parse(s).map_err(|e| format!("--discovery-selector: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(KubeOptions { cluster_domain: self.cluster_domain.clone(), discovery_selectors, ..KubeOptions::default() })
+    }
+}
+
+impl Sources {
+    /// Resolves once every source has its initial state, so that nothing
+    /// is pushed or served from a half-known mesh.
+    pub async fn ready(&self) {
+        if let Some(kube) = &self.kube {
+            if !kube.is_ready() {
+                tracing::info!("waiting for the Kubernetes watches to list");
+            }
+            kube.ready().await;
+        }
+    }
+
+    /// Prometheus lines for the sources' own health.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        if let Some(kube) = &self.kube {
+            let s = kube.status();
+            out.push_str(&format!(
+                "# TYPE mesh_k8s_synced gauge\nmesh_k8s_synced {}\n\
+                 # TYPE mesh_k8s_invalid_objects gauge\nmesh_k8s_invalid_objects {}\n\
+                 # TYPE mesh_k8s_invalid_objects_total counter\nmesh_k8s_invalid_objects_total {}\n\
+                 # TYPE mesh_k8s_lists_total counter\nmesh_k8s_lists_total {}\n\
+                 # TYPE mesh_k8s_watch_errors_total counter\nmesh_k8s_watch_errors_total {}\n",
+                u8::from(s.synced),
+                s.invalid.len(),
+                s.invalid_total,
+                s.lists_total,
+                s.watch_errors_total
+            ));
+        }
+        if let Some(files) = &self.files {
+            let s = files.status();
+            out.push_str(&format!(
+                "# TYPE mesh_config_errors gauge\nmesh_config_errors {}\n\
+                 # TYPE mesh_config_loads_with_errors_total counter\nmesh_config_loads_with_errors_total {}\n",
+                s.errors, s.loads_with_errors_total
+            ));
+        }
+        out
+    }
+}

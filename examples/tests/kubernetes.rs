@@ -1,0 +1,167 @@
+//! The binaries on Kubernetes: the gateway with `--kubeconfig`, and the
+//! control plane with `--kubeconfig` feeding a gateway over xDS, against
+//! the fake API server (adapter-k8s's example, a child process) holding
+//! Services, Pods, EndpointSlices and Istio CRDs that point at real
+//! backends; edits made through the API change routing.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    backend, control_plane_on, debug_get, eventually, free_port, routes, versions, write_mesh, Gateway, Proc, Service,
+};
+
+/// The fake API server; its address.
+fn fake_apiserver() -> (Proc, String) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join("fake_apiserver");
+    let mut child = Command::new(&bin).stdout(Stdio::piped()).spawn().unwrap_or_else(|e| {
+        panic!("{}: {e} (built by `cargo test --workspace` or `cargo build -p adapter-k8s --examples`)", bin.display())
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("address line");
+    let addr = line.trim().strip_prefix("listening on ").expect("address").to_string();
+    (Proc(child), addr)
+}
+
+/// Create or replace an object through the API, as `kubectl apply` would.
+fn apply(api: &str, object: &serde_json::Value) {
+    let kind = object["kind"].as_str().expect("kind");
+    let ns = object["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = object["metadata"]["name"].as_str().expect("name");
+    let collection = match kind {
+        "Service" => format!("/api/v1/namespaces/{ns}/services"),
+        "Pod" => format!("/api/v1/namespaces/{ns}/pods"),
+        "EndpointSlice" => format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"),
+        _ => {
+            let api_version = object["apiVersion"].as_str().expect("apiVersion");
+            let istio = mesh_core::config::Kind::from_type(api_version, kind).expect("an Istio kind");
+            format!("/apis/{api_version}/namespaces/{ns}/{}", istio.plural())
+        }
+    };
+    let body = object.to_string();
+    let send = |method: &str, path: &str| {
+        let mut stream = std::net::TcpStream::connect(api).expect("connect to the API server");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut out = String::new();
+        let _ = stream.read_to_string(&mut out);
+        out
+    };
+    let created = send("POST", &collection);
+    if created.starts_with("HTTP/1.1 409") {
+        let replaced = send("PUT", &format!("{collection}/{name}"));
+        assert!(replaced.starts_with("HTTP/1.1 200"), "replace {kind} {name}: {replaced}");
+    } else {
+        assert!(created.starts_with("HTTP/1.1 201"), "create {kind} {name}: {created}");
+    }
+}
+
+fn apply_yaml(api: &str, text: &str) {
+    for doc in mesh_core::config::parse_documents(text).expect("yaml") {
+        apply(api, &doc);
+    }
+}
+
+const RULES: &str = "  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 80\n    - destination: {host: reviews, subset: v3}\n      weight: 20\n";
+
+#[test]
+fn gateway_and_control_plane_read_kubernetes() {
+    let (_b1, p1) = backend("v1", 0);
+    let (_b2, p2) = backend("v2", 0);
+    let (_b3, p3) = backend("v3", 0);
+    let (_api, api) = fake_apiserver();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // The same objects the file tests use, through the API this time.
+    write_mesh(dir.path(), port, &[Service { name: "reviews", backends: &[("v1", p1), ("v2", p2), ("v3", p3)] }], "");
+    apply_yaml(&api, &std::fs::read_to_string(dir.path().join("mesh.yaml")).unwrap());
+    apply_yaml(&api, &routes("reviews", RULES));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{api}\"}}\nusers:\n- name: tester\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: tester}}\ncurrent-context: fake\n"),
+    )
+    .unwrap();
+    let kubeconfig = kubeconfig.to_string_lossy().to_string();
+
+    let direct = Gateway::launch(&["--kubeconfig", &kubeconfig], port, &[], Stdio::null());
+    assert_eq!(versions(&direct, 20, "/", &[("end-user", "jason")]), [("v2".to_string(), 20)].into());
+    let split = versions(&direct, 500, "/", &[]);
+    let v1 = split.get("v1").copied().unwrap_or(0);
+    assert!((370..=430).contains(&v1) && v1 + split.get("v3").copied().unwrap_or(0) == 500, "80/20 gave {split:?}");
+    drop(direct);
+
+    let (_cp, xds, debug) = control_plane_on(&["--kubeconfig", &kubeconfig]);
+    let metrics = debug_get(debug, "/metrics").expect("metrics").body;
+    assert!(metrics.contains("mesh_k8s_synced 1"), "{metrics}");
+    let g = Gateway::start_xds(&format!("http://127.0.0.1:{xds}"), port);
+    assert_eq!(versions(&g, 20, "/", &[("end-user", "jason")]), [("v2".to_string(), 20)].into());
+
+    // An edit through the API reaches the gateway over xDS.
+    apply_yaml(&api, &routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v3}\n"));
+    assert!(
+        eventually(Duration::from_secs(10), || versions(&g, 5, "/", &[]) == [("v3".to_string(), 5)].into()),
+        "the VirtualService edit did not reach the gateway"
+    );
+    // v3's pod scaled away (its slice emptied): an endpoint-only push,
+    // and the subset has nowhere to go.
+    apply(
+        &api,
+        &serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "reviews-2", "namespace": "default", "labels": {"kubernetes.io/service-name": "reviews"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": p3}], "endpoints": []
+        }),
+    );
+    let mut last = None;
+    let emptied = eventually(Duration::from_secs(10), || {
+        let r = g.get("/", &[]);
+        last = Some((r.status, r.body.clone()));
+        r.status == 503
+    });
+    assert!(emptied, "routing to an emptied subset should answer 503, got {last:?}");
+    // The other subsets kept their endpoints through that push.
+    apply_yaml(&api, &routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v2}\n"));
+    assert!(
+        eventually(Duration::from_secs(10), || versions(&g, 5, "/", &[]) == [("v2".to_string(), 5)].into()),
+        "v2 should still serve"
+    );
+}
+
+/// The manifest grants list and watch on exactly what the adapter reads.
+#[test]
+fn deployment_manifest_grants_only_list_and_watch_on_what_is_read() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes/control-plane.yaml");
+    let docs = mesh_core::config::parse_documents(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").expect("a ClusterRole");
+    let mut granted = Vec::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let verbs: Vec<&str> = rule["verbs"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+        assert_eq!(verbs, ["list", "watch"], "{rule}");
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                granted.push((group.as_str().unwrap().to_string(), resource.as_str().unwrap().to_string()));
+            }
+        }
+    }
+    let mut read: Vec<(String, String)> =
+        adapter_k8s::READS.iter().map(|(g, r)| (g.to_string(), r.to_string())).collect();
+    granted.sort();
+    read.sort();
+    assert_eq!(granted, read);
+    // Every Istio kind the mesh understands is read.
+    for kind in mesh_core::config::Kind::ALL {
+        assert!(read.iter().any(|(g, r)| g == kind.group() && r == kind.plural()), "{kind} is not read");
+    }
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert_eq!(args[0], "--kubernetes");
+}
