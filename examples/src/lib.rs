@@ -16,7 +16,7 @@ pub struct ProxyArgs {
     pub sources: sources::SourceArgs,
     /// Take config from this xDS (ADS) server instead, e.g. the
     /// control-plane binary's `http://127.0.0.1:15010`.
-    #[arg(long, conflicts_with_all = ["config", "kubeconfig", "kubernetes"])]
+    #[arg(long, conflicts_with_all = ["config", "kubeconfig", "kubernetes", "consul"])]
     pub xds: Option<String>,
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: std::net::SocketAddr,
@@ -69,7 +69,7 @@ pub async fn config_source(
         return Ok((source, None));
     }
     if args.sources.is_empty() {
-        return Err("give --config, --kubeconfig, --kubernetes or --xds".into());
+        return Err("give --config, --kubeconfig, --kubernetes, --consul or --xds".into());
     }
     let sources = args.sources.start().await?;
     sources.ready().await;

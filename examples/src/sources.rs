@@ -1,10 +1,12 @@
-//! Where the binaries read the mesh from: files, Kubernetes, or both
-//! (Kubernetes first: its definition of a service wins, endpoints are the
-//! union, config is the union).
+//! Where the binaries read the mesh from: files, Kubernetes, Consul, or
+//! several (in that order of preference: the first definition of a
+//! service wins, endpoints are the union, config is the union).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use adapter_consul::api::{AgentOptions, ConsulClient};
+use adapter_consul::{ConsulKvStore, ConsulRegistry, WatchOptions};
 use adapter_k8s::{KubeOptions, KubeSource, LabelSelector};
 use adapter_static::{FileWatch, StaticSource};
 use mesh_core::registry::AggregateRegistry;
@@ -32,6 +34,20 @@ pub struct SourceArgs {
     /// of them (kubectl syntax, e.g. `istio-discovery=enabled`) are seen.
     #[arg(long)]
     pub discovery_selector: Vec<String>,
+    /// Read services from this Consul agent (`127.0.0.1:8500`,
+    /// `https://consul:8501`); the token and TLS files also come from
+    /// CONSUL_HTTP_TOKEN, CONSUL_CACERT, CONSUL_CLIENT_CERT/KEY.
+    #[arg(long)]
+    pub consul: Option<String>,
+    #[arg(long, requires = "consul")]
+    pub consul_token: Option<String>,
+    #[arg(long, requires = "consul")]
+    pub consul_datacenter: Option<String>,
+    #[arg(long, requires = "consul")]
+    pub consul_ca: Option<PathBuf>,
+    /// Also read Istio YAML from the keys under this Consul KV prefix.
+    #[arg(long, requires = "consul")]
+    pub consul_kv_prefix: Option<String>,
 }
 
 /// The mesh's sources, running.
@@ -40,13 +56,15 @@ pub struct Sources {
     pub registry: Arc<dyn ServiceRegistry>,
     pub files: Option<Arc<StaticSource>>,
     pub kube: Option<Arc<KubeSource>>,
+    pub consul: Option<Arc<ConsulRegistry>>,
+    pub consul_kv: Option<Arc<ConsulKvStore>>,
     /// Reloads the files while it lives.
     _watch: Option<FileWatch>,
 }
 
 impl SourceArgs {
     pub fn is_empty(&self) -> bool {
-        self.config.is_empty() && self.kubeconfig.is_none() && !self.kubernetes
+        self.config.is_empty() && self.kubeconfig.is_none() && !self.kubernetes && self.consul.is_none()
     }
 
     fn uses_kubernetes(&self) -> bool {
@@ -57,7 +75,7 @@ impl SourceArgs {
     /// returns: see [`Sources::ready`].
     pub async fn start(&self) -> Result<Sources, Box<dyn std::error::Error>> {
         if self.is_empty() {
-            return Err("give --config, --kubeconfig or --kubernetes".into());
+            return Err("give --config, --kubeconfig, --kubernetes or --consul".into());
         }
         let mut stores: Vec<Arc<dyn ConfigStore>> = Vec::new();
         let mut registries: Vec<Arc<dyn ServiceRegistry>> = Vec::new();
@@ -68,6 +86,23 @@ impl SourceArgs {
             registries.push(source.clone());
             kube = Some(source);
         }
+        let (mut consul, mut consul_kv) = (None, None);
+        if let Some(address) = &self.consul {
+            let mut agent = AgentOptions::new(address.clone());
+            agent.token = self.consul_token.clone();
+            agent.datacenter = self.consul_datacenter.clone();
+            agent.ca_file = self.consul_ca.clone();
+            let client = ConsulClient::new(&agent.with_env()).map_err(|e| format!("--consul: {e}"))?;
+            tracing::info!(agent = %address, "reading Consul");
+            let registry = Arc::new(ConsulRegistry::start(client.clone(), WatchOptions::default()));
+            registries.push(registry.clone());
+            consul = Some(registry);
+            if let Some(prefix) = &self.consul_kv_prefix {
+                let store = Arc::new(ConsulKvStore::start(client, prefix, WatchOptions::default()));
+                stores.push(store.clone());
+                consul_kv = Some(store);
+            }
+        }
         let (mut files, mut watch) = (None, None);
         if !self.config.is_empty() {
             let (source, w) = crate::watched_config(self.config.clone())?;
@@ -75,12 +110,11 @@ impl SourceArgs {
             registries.push(source.clone());
             (files, watch) = (Some(source), Some(w));
         }
-        let (store, registry): (Arc<dyn ConfigStore>, Arc<dyn ServiceRegistry>) = if stores.len() == 1 {
-            (stores.remove(0), registries.remove(0))
-        } else {
-            (Arc::new(AggregateConfigStore::new(stores)), Arc::new(AggregateRegistry::new(registries)))
-        };
-        Ok(Sources { store, registry, files, kube, _watch: watch })
+        let store: Arc<dyn ConfigStore> =
+            if stores.len() == 1 { stores.remove(0) } else { Arc::new(AggregateConfigStore::new(stores)) };
+        let registry: Arc<dyn ServiceRegistry> =
+            if registries.len() == 1 { registries.remove(0) } else { Arc::new(AggregateRegistry::new(registries)) };
+        Ok(Sources { store, registry, files, kube, consul, consul_kv, _watch: watch })
     }
 
     async fn kube_client(&self) -> Result<kube::Client, Box<dyn std::error::Error>> {
@@ -118,6 +152,15 @@ impl Sources {
             }
             kube.ready().await;
         }
+        if let Some(consul) = &self.consul {
+            if !consul.is_ready() {
+                tracing::info!("waiting for the Consul catalog");
+            }
+            consul.ready().await;
+        }
+        if let Some(kv) = &self.consul_kv {
+            kv.ready().await;
+        }
     }
 
     /// Prometheus lines for the sources' own health.
@@ -136,6 +179,25 @@ impl Sources {
                 s.invalid_total,
                 s.lists_total,
                 s.watch_errors_total
+            ));
+        }
+        if let Some(consul) = &self.consul {
+            let s = consul.status();
+            out.push_str(&format!(
+                "# TYPE mesh_consul_synced gauge\nmesh_consul_synced {}\n\
+                 # TYPE mesh_consul_requests_total counter\nmesh_consul_requests_total {}\n\
+                 # TYPE mesh_consul_errors_total counter\nmesh_consul_errors_total {}\n\
+                 # TYPE mesh_consul_index_resets_total counter\nmesh_consul_index_resets_total {}\n",
+                u8::from(s.synced),
+                s.requests_total,
+                s.errors_total,
+                s.index_resets_total
+            ));
+        }
+        if let Some(kv) = &self.consul_kv {
+            out.push_str(&format!(
+                "# TYPE mesh_consul_kv_problems gauge\nmesh_consul_kv_problems {}\n",
+                kv.status().problems.len()
             ));
         }
         if let Some(files) = &self.files {

@@ -1,5 +1,6 @@
-//! `control-plane --config PATH... | --kubeconfig FILE | --kubernetes`:
-//! services and Istio config from files and/or Kubernetes in, xDS out.
+//! `control-plane --config PATH... | --kubeconfig FILE | --kubernetes |
+//! --consul ADDR`: services and Istio config from files, Kubernetes and/or
+//! Consul in, xDS out.
 //!
 //! Serves ADS (state of the world and delta) on 15010 to Envoy, proxyless
 //! gRPC and mesh-proxy, pushing on every change of the files (debounced),

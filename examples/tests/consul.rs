@@ -1,0 +1,94 @@
+//! The gateway on Consul: services from the fake Consul agent's catalog
+//! (adapter-consul's example, a child process) pointing at real backends,
+//! Istio config from its KV store; health and KV changes change routing.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{backend, eventually, free_port, versions, Gateway, Proc};
+
+fn fake_consul() -> (Proc, String) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join("fake_consul");
+    let mut child = Command::new(&bin).stdout(Stdio::piped()).spawn().unwrap_or_else(|e| {
+        panic!("{}: {e} (built by `cargo test --workspace` or `cargo test -p adapter-consul`)", bin.display())
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("address line");
+    let addr = line.trim().strip_prefix("listening on ").expect("address").to_string();
+    (Proc(child), addr)
+}
+
+fn put(agent: &str, path: &str, body: &str) {
+    let mut stream = std::net::TcpStream::connect(agent).expect("connect to the agent");
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: consul\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "PUT {path}: {out}");
+}
+
+fn register(agent: &str, version: &str, port: u16, check: &str) {
+    let id = format!("reviews-{version}");
+    let body = serde_json::json!({
+        "Node": format!("node-{version}"), "Address": "127.0.0.1",
+        "Service": {"ID": id, "Service": "reviews", "Tags": [format!("version={version}")], "Port": port,
+                    "Meta": {"protocol": "http"}},
+        "Check": {"CheckID": format!("service:{id}"), "Name": "http", "Status": check, "ServiceID": id}
+    });
+    put(agent, "/v1/catalog/register", &body.to_string());
+}
+
+fn routes(port: u16, http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  host: reviews.service.consul\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n  - {{name: v3, labels: {{version: v3}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n{http}"
+    )
+}
+
+#[test]
+fn gateway_routes_on_the_consul_catalog_and_kv() {
+    let (_b1, p1) = backend("v1", 0);
+    let (_b2, p2) = backend("v2", 0);
+    let (_b3, p3) = backend("v3", 0);
+    let (_consul, agent) = fake_consul();
+    for (version, port) in [("v1", p1), ("v2", p2), ("v3", p3)] {
+        register(&agent, version, port, "passing");
+    }
+    let port = free_port();
+    let split = "  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews.service.consul, subset: v2}\n  - route:\n    - destination: {host: reviews.service.consul, subset: v1}\n      weight: 80\n    - destination: {host: reviews.service.consul, subset: v3}\n      weight: 20\n";
+    put(&agent, "/v1/kv/mesh/reviews.yaml", &routes(port, split));
+
+    let g = Gateway::launch(&["--consul", &agent, "--consul-kv-prefix", "mesh/"], port, &[], Stdio::null());
+    assert_eq!(versions(&g, 20, "/", &[("end-user", "jason")]), [("v2".to_string(), 20)].into());
+    let seen = versions(&g, 500, "/", &[]);
+    let v1 = seen.get("v1").copied().unwrap_or(0);
+    assert!((370..=430).contains(&v1) && v1 + seen.get("v3").copied().unwrap_or(0) == 500, "80/20 gave {seen:?}");
+
+    // v1's check goes critical: its subset is left with nowhere to go
+    // (503, as Envoy answers), v3 keeps its share.
+    register(&agent, "v1", p1, "critical");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let seen = versions(&g, 40, "/", &[]);
+            !seen.contains_key("v1") && seen.contains_key("v3") && seen.contains_key("status 503")
+        }),
+        "v1 should have left"
+    );
+    // A KV edit: all to v2.
+    put(
+        &agent,
+        "/v1/kv/mesh/reviews.yaml",
+        &routes(port, "  - route:\n    - destination: {host: reviews.service.consul, subset: v2}\n"),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || versions(&g, 10, "/", &[]) == [("v2".to_string(), 10)].into()),
+        "the KV edit should route everything to v2"
+    );
+}
