@@ -4,34 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{backend, eventually, free_port, versions, Gateway, Proc};
-
-fn fake_consul() -> (Proc, String) {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join("fake_consul");
-    let mut child = Command::new(&bin).stdout(Stdio::piped()).spawn().unwrap_or_else(|e| {
-        panic!("{}: {e} (built by `cargo test --workspace` or `cargo test -p adapter-consul`)", bin.display())
-    });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("address line");
-    let addr = line.trim().strip_prefix("listening on ").expect("address").to_string();
-    (Proc(child), addr)
-}
+use common::{backend, eventually, fake_server, free_port, send, versions, Gateway};
 
 fn put(agent: &str, path: &str, body: &str) {
-    let mut stream = std::net::TcpStream::connect(agent).expect("connect to the agent");
-    write!(
-        stream,
-        "PUT {path} HTTP/1.1\r\nHost: consul\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut out = String::new();
-    let _ = stream.read_to_string(&mut out);
+    let out = send(agent, "PUT", path, body);
     assert!(out.starts_with("HTTP/1.1 200"), "PUT {path}: {out}");
 }
 
@@ -57,7 +36,7 @@ fn gateway_routes_on_the_consul_catalog_and_kv() {
     let (_b1, p1) = backend("v1", 0);
     let (_b2, p2) = backend("v2", 0);
     let (_b3, p3) = backend("v3", 0);
-    let (_consul, agent) = fake_consul();
+    let (_consul, agent) = fake_server("fake_consul");
     for (version, port) in [("v1", p1), ("v2", p2), ("v3", p3)] {
         register(&agent, version, port, "passing");
     }

@@ -6,26 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    backend, control_plane_on, debug_get, eventually, free_port, routes, versions, write_mesh, Gateway, Proc, Service,
+    backend, control_plane_on, debug_get, eventually, fake_server, free_port, routes, send, versions, write_mesh,
+    Gateway, Service,
 };
-
-/// The fake API server; its address.
-fn fake_apiserver() -> (Proc, String) {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join("fake_apiserver");
-    let mut child = Command::new(&bin).stdout(Stdio::piped()).spawn().unwrap_or_else(|e| {
-        panic!("{}: {e} (built by `cargo test --workspace` or `cargo build -p adapter-k8s --examples`)", bin.display())
-    });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("address line");
-    let addr = line.trim().strip_prefix("listening on ").expect("address").to_string();
-    (Proc(child), addr)
-}
 
 /// Create or replace an object through the API, as `kubectl apply` would.
 fn apply(api: &str, object: &serde_json::Value) {
@@ -43,21 +30,9 @@ fn apply(api: &str, object: &serde_json::Value) {
         }
     };
     let body = object.to_string();
-    let send = |method: &str, path: &str| {
-        let mut stream = std::net::TcpStream::connect(api).expect("connect to the API server");
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write");
-        let mut out = String::new();
-        let _ = stream.read_to_string(&mut out);
-        out
-    };
-    let created = send("POST", &collection);
+    let created = send(api, "POST", &collection, &body);
     if created.starts_with("HTTP/1.1 409") {
-        let replaced = send("PUT", &format!("{collection}/{name}"));
+        let replaced = send(api, "PUT", &format!("{collection}/{name}"), &body);
         assert!(replaced.starts_with("HTTP/1.1 200"), "replace {kind} {name}: {replaced}");
     } else {
         assert!(created.starts_with("HTTP/1.1 201"), "create {kind} {name}: {created}");
@@ -77,7 +52,7 @@ fn gateway_and_control_plane_read_kubernetes() {
     let (_b1, p1) = backend("v1", 0);
     let (_b2, p2) = backend("v2", 0);
     let (_b3, p3) = backend("v3", 0);
-    let (_api, api) = fake_apiserver();
+    let (_api, api) = fake_server("fake_apiserver");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // The same objects the file tests use, through the API this time.

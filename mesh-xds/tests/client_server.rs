@@ -107,14 +107,21 @@ fn endpoint_of(cfg: &ProxyConfig) -> String {
     la.endpoints[0].address.clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_ack_nack_and_reconnect() {
+/// A server on an ephemeral port and the test gateway's identity and
+/// cache key.
+fn server_and_gateway() -> (Server, std::net::SocketAddr, ProxyIdentity, String) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = Server::start(listener);
     let identity =
         ProxyIdentity::gateway("gw-1", "default", [("istio".to_string(), "ingressgateway".to_string())].into());
     let key = node::parse(Some(&node_for(&identity))).unwrap().key();
+    (server, addr, identity, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_ack_nack_and_reconnect() {
+    let (server, addr, identity, key) = server_and_gateway();
     let good = snapshot(&identity, "10.0.0.1");
     server.cache.set(&key, good.clone());
 
@@ -162,12 +169,7 @@ async fn subscribe_ack_nack_and_reconnect() {
 /// resources asked for by name): the client merges them into what it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_endpoint_pushes_are_merged() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = Server::start(listener);
-    let identity =
-        ProxyIdentity::gateway("gw-1", "default", [("istio".to_string(), "ingressgateway".to_string())].into());
-    let key = node::parse(Some(&node_for(&identity))).unwrap().key();
+    let (server, addr, identity, key) = server_and_gateway();
     let before = snapshot(&identity, "10.0.0.1");
     server.cache.set(&key, before.clone());
     let mut xds = client::start(ClientOptions::new(format!("http://{addr}"), node_for(&identity), identity.kind));

@@ -119,6 +119,37 @@ fn dechunk(mut rest: &str) -> Option<String> {
     }
 }
 
+/// A test server from another crate's examples (adapter-k8s's
+/// `fake_apiserver`, adapter-consul's `fake_consul`), which prints
+/// `listening on ADDR`; with that address.
+pub fn fake_server(example: &str) -> (Proc, String) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join(example);
+    let mut child = Command::new(&bin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (`cargo test --workspace` builds it)", bin.display()));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("address line");
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{example}: {line:?}")).to_string();
+    (Proc(child), addr)
+}
+
+/// One HTTP/1.1 request with a body to `addr` (`127.0.0.1:PORT`); the
+/// whole response as text.
+pub fn send(addr: &str, method: &str, path: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
+}
+
 /// Poll `cond` until it holds or `limit` passes.
 pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
