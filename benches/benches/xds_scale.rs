@@ -65,7 +65,15 @@ fn server() {
         store.replace_all(config);
         let registry = Arc::new(MemoryRegistry::new("bench"));
         registry.replace_all(services.clone());
-        let generator = mesh_xds::generator::Generator::new(Arc::new(mesh_xds::cache::SnapshotCache::new()));
+        // As the control-plane binary: mimalloc gives back what each
+        // whole-mesh translation freed.
+        let hook: mesh_xds::generator::AfterTranslation = Arc::new(|| {
+            // SAFETY: `mi_collect` takes no pointers and may be called from
+            // any thread at any time (mimalloc's documented contract).
+            unsafe { libmimalloc_sys::mi_collect(true) }
+        });
+        let cache = Arc::new(mesh_xds::cache::SnapshotCache::new());
+        let generator = mesh_xds::generator::Generator::with_after_translation(cache, Some(hook));
         let debounce = Debounce { quiet: DEBOUNCE, max: Duration::from_millis(100) };
         tokio::spawn(generator.clone().run(mesh::watch(store.as_ref(), registry.as_ref(), debounce)));
         generator.ready().await;

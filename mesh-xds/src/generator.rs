@@ -59,7 +59,13 @@ pub struct Generator {
     attached: Mutex<HashMap<String, Attached>>,
     interner: Mutex<Interner>,
     building: Mutex<()>,
+    after_translation: Option<AfterTranslation>,
 }
+
+/// Called on the translating thread after each whole-mesh translation,
+/// with its garbage freed: where a binary can have its allocator return
+/// that memory (see `control-plane`).
+pub type AfterTranslation = Arc<dyn Fn() + Send + Sync>;
 
 /// Build one node's config and its resources.
 pub fn build(mesh: &MeshSnapshot, node: &NodeInfo) -> (ProxyConfig, Snapshot) {
@@ -74,12 +80,17 @@ pub fn build(mesh: &MeshSnapshot, node: &NodeInfo) -> (ProxyConfig, Snapshot) {
 
 impl Generator {
     pub fn new(cache: Arc<SnapshotCache>) -> Arc<Generator> {
+        Generator::with_after_translation(cache, None)
+    }
+
+    pub fn with_after_translation(cache: Arc<SnapshotCache>, hook: Option<AfterTranslation>) -> Arc<Generator> {
         Arc::new(Generator {
             cache,
             mesh: watch::channel(None).0,
             attached: Mutex::default(),
             interner: Mutex::default(),
             building: Mutex::default(),
+            after_translation: hook,
         })
     }
 
@@ -162,6 +173,9 @@ impl Generator {
             share_unchanged(&previous, &mut next);
         }
         self.cache.set(&key, next);
+        if let Some(hook) = &self.after_translation {
+            hook();
+        }
     }
 
     /// Re-encode the changed services' endpoints into the key's snapshot.

@@ -22,6 +22,11 @@ use crate::resources::short_name;
 use crate::sotw::{Received, SotwResponse, SotwStream};
 use crate::status::{NodeSync, SyncStatus, TypeSync};
 
+/// What one stream may have queued in HTTP/2 before it waits for the
+/// client to read: four 16 KiB chunks. hyper's default (400 KiB) let a
+/// connect storm queue up to 400 MB across 1,000 slow clients.
+const SEND_BUFFER: usize = 64 * 1024;
+
 const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
@@ -150,6 +155,7 @@ impl AdsServer {
                 http2
                     .initial_stream_window_size(1 << 20)
                     .initial_connection_window_size(4 << 20)
+                    .max_send_buf_size(SEND_BUFFER)
                     .keep_alive_interval(Some(Duration::from_secs(30)))
                     .timer(hyper_util::rt::TokioTimer::new());
                 if let Err(e) = http2.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await {
