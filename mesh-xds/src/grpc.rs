@@ -172,8 +172,11 @@ pub fn request_messages<M: Message + Default + 'static>(
                 if buf.len() >= 5 + len {
                     buf.advance(5);
                     let msg = buf.split_to(len);
-                    // Do not keep a large request's buffer for the life of the stream.
-                    if buf.is_empty() && buf.capacity() > 64 * 1024 {
+                    // `buf` still shares the message's allocation (as large
+                    // as the largest request: an EDS ACK names every
+                    // cluster): let it go with the message rather than keep
+                    // it for the life of the stream. Requests are rare.
+                    if buf.is_empty() {
                         buf = BytesMut::new();
                     }
                     let item = M::decode(msg.freeze())
