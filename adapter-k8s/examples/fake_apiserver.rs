@@ -237,6 +237,7 @@ impl Server {
             (Method::GET, true) => self.get(&target),
             (Method::POST, false) => self.write(&target, &body, true),
             (Method::PUT, true) => self.write(&target, &body, false),
+            (Method::PATCH, true) if target.status => self.patch_status(&target, &body),
             (Method::DELETE, true) => self.delete(&target),
             _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported here"),
         }
@@ -525,6 +526,20 @@ impl Server {
         full(code, Self::with_type(&object, &target.ty, &target.version))
     }
 
+    /// A JSON merge patch (RFC 7386) of the status subresource, as
+    /// controllers report on objects.
+    fn patch_status(&self, target: &Target, body: &[u8]) -> Response<Body> {
+        let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", "the patch must be JSON");
+        };
+        let Some(mut object) = self.lock().objects.get(&Self::key(target)).cloned() else {
+            return status(StatusCode::NOT_FOUND, "NotFound", "not found");
+        };
+        merge_patch(&mut object["status"], &patch["status"]);
+        object["metadata"]["resourceVersion"] = Value::Null;
+        self.write(target, object.to_string().as_bytes(), false)
+    }
+
     fn delete(&self, target: &Target) -> Response<Body> {
         let mut state = self.lock();
         let key = Self::key(target);
@@ -549,6 +564,25 @@ impl Server {
         });
         let rv = state.rv;
         state.history.push(Event { rv, group: ty.group, plural: ty.plural, namespace, kind, object });
+    }
+}
+
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in fields {
+        if v.is_null() {
+            if let Some(map) = target.as_object_mut() {
+                map.remove(k);
+            }
+        } else {
+            merge_patch(&mut target[k], v);
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! Istio's CRDs: which version of each kind the API server serves, and an
 //! object of any served version read into a mesh-core resource.
 
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::Client;
-use mesh_core::config::{self, Kind, Resource};
+use mesh_core::config::{self, Kind, Resource, ResourceKey};
 
 /// The versions the mesh reads, most preferred first: a cluster that has
 /// only older Istio CRDs installed is read at the newest version it has.
@@ -72,4 +72,30 @@ pub fn resource_of(kind: Kind, api: &ApiResource, mut object: DynamicObject) -> 
         Ok(config::Decoded::Other { .. }) => Err(invalid(format!("{} is not an Istio type", api.api_version))),
         Err(e) => Err(invalid(e.to_string())),
     }
+}
+
+/// Write what is wrong with an object to its status, or clear it: a
+/// `Reconciled` condition and Istio's IST0106 `SchemaValidationError`, as
+/// istiod reports invalid config it was given anyway.
+pub async fn write_status(
+    client: &Client,
+    api: &ApiResource,
+    key: &ResourceKey,
+    invalid: Option<&Invalid>,
+) -> Result<(), kube::Error> {
+    let status = match invalid {
+        Some(invalid) => serde_json::json!({
+            "conditions": [{"type": "Reconciled", "status": "False", "reason": "InvalidConfig", "message": invalid.error}],
+            "validationMessages": [{"level": "ERROR", "type": {"code": "IST0106", "name": "SchemaValidationError"},
+                                    "documentationUrl": "https://istio.io/latest/docs/reference/config/analysis/ist0106/"}]
+        }),
+        None => serde_json::json!({
+            "conditions": [{"type": "Reconciled", "status": "True"}],
+            "validationMessages": null
+        }),
+    };
+    let objects = Api::<DynamicObject>::namespaced_with(client.clone(), &key.namespace, api);
+    let patch = serde_json::json!({"status": status});
+    objects.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
 }

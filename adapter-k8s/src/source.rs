@@ -35,11 +35,22 @@ pub struct KubeOptions {
     pub discovery_selectors: Vec<LabelSelector>,
     /// Read the Istio CRDs as config (off when config comes from elsewhere).
     pub istio_config: bool,
+    /// Write what is wrong with an invalid Istio object to its status (a
+    /// `Reconciled: False` condition with the error, and Istio's IST0106
+    /// `SchemaValidationError` message), and clear it once fixed, as
+    /// istiod does with status enabled. Needs `patch` on the kinds'
+    /// `/status` besides `list` and `watch`.
+    pub write_status: bool,
 }
 
 impl Default for KubeOptions {
     fn default() -> Self {
-        KubeOptions { cluster_domain: "cluster.local".into(), discovery_selectors: Vec::new(), istio_config: true }
+        KubeOptions {
+            cluster_domain: "cluster.local".into(),
+            discovery_selectors: Vec::new(),
+            istio_config: true,
+            write_status: false,
+        }
     }
 }
 
@@ -104,6 +115,7 @@ impl KubeSource {
             config: Arc::clone(&config),
             status: Arc::clone(&status),
             ready: ready_tx,
+            status_writer: None,
         };
         let task = tokio::spawn(sync.run(client, options, Arc::clone(&counters))).abort_handle();
         KubeSource { services, config, ready, status, counters, task }
@@ -203,6 +215,8 @@ struct Sync {
     config: Arc<Publisher<ResourceKey, Arc<Resource>>>,
     status: Arc<Mutex<Status>>,
     ready: signal::Sender<bool>,
+    /// Where to write objects' status, when asked to.
+    status_writer: Option<(Client, BTreeMap<Kind, ApiResource>)>,
 }
 
 /// Backoff for what kube-rs does not retry itself (discovery).
@@ -300,6 +314,9 @@ impl Sync {
                     }
                 }
             };
+        }
+        if options.write_status {
+            self.status_writer = Some((client.clone(), crds.iter().cloned().collect()));
         }
         let streams = watches(&client, &options, crds, &counters);
         let mut pending: BTreeSet<String> = streams.iter().map(|(name, _)| name.clone()).collect();
@@ -419,11 +436,14 @@ impl Sync {
     fn take(&mut self, key: ResourceKey, decoded: Result<Resource, Invalid>) {
         match decoded {
             Ok(resource) => {
-                self.invalid.remove(&key);
+                if self.invalid.remove(&key).is_some() {
+                    self.write_status(&key, None);
+                }
                 self.resources.insert(key, Arc::new(resource));
             }
             Err(invalid) => {
                 if self.invalid.get(&key) != Some(&invalid) {
+                    self.write_status(&key, Some(&invalid));
                     self.invalid_total += 1;
                     tracing::warn!(target: "adapter_k8s", "{invalid}; skipped{}",
                         if self.resources.contains_key(&key) { ", the last good version still applies" } else { "" });
@@ -431,6 +451,19 @@ impl Sync {
                 self.invalid.insert(key, invalid);
             }
         }
+    }
+
+    /// Say on the object what is wrong with it (or that nothing is), when
+    /// asked to; only on a change, so the write's own event ends there.
+    fn write_status(&self, key: &ResourceKey, invalid: Option<&Invalid>) {
+        let Some((client, apis)) = &self.status_writer else { return };
+        let Some(api) = apis.get(&key.kind) else { return };
+        let (client, api, key, invalid) = (client.clone(), api.clone(), key.clone(), invalid.cloned());
+        tokio::spawn(async move {
+            if let Err(e) = crds::write_status(&client, &api, &key, invalid.as_ref()).await {
+                tracing::warn!(target: "adapter_k8s", object = %key, error = %e, "could not write the status");
+            }
+        });
     }
 
     /// A Kubernetes service merged with ServiceEntries of the same host.

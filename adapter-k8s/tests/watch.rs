@@ -46,6 +46,19 @@ fn reviews_rule(v1_weight: u32) -> serde_json::Value {
     })
 }
 
+/// The status of a VirtualService once its `Reconciled` condition is `want`.
+async fn wait_status(cluster: &Cluster, name: &str, want: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = cluster.istio_status("virtualservices", "default", name).await;
+        if status["conditions"][0]["status"] == want {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name}: no Reconciled={want} in {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn v1_weight(source: &KubeSource) -> Option<u32> {
     let key = ResourceKey { kind: Kind::VirtualService, namespace: "default".into(), name: "reviews".into() };
     let r = ConfigStore::get(source, &key)?;
@@ -143,7 +156,7 @@ async fn virtual_service_edits_and_invalid_objects() {
     bad["metadata"]["name"] = json!("broken");
     bad["spec"]["http"][0]["route"][0]["weight"] = json!("heavy");
     cluster.apply_istio("default", bad, "v1").await.expect("stored by the API server");
-    let source = started(&fake, KubeOptions::default()).await;
+    let source = started(&fake, KubeOptions { write_status: true, ..KubeOptions::default() }).await;
 
     assert_eq!(v1_weight(&source), Some(90));
     let status = source.status();
@@ -152,6 +165,10 @@ async fn virtual_service_edits_and_invalid_objects() {
     assert_eq!((invalid.kind, invalid.name.as_str()), (Kind::VirtualService, "broken"));
     assert!(invalid.error.contains("spec.http[0].route[0].weight"), "{}", invalid.error);
     assert_eq!(ConfigStore::list(&source, Kind::VirtualService).len(), 1);
+    // Written back on the object, as istiod does with status enabled.
+    let written = wait_status(&cluster, "broken", "False").await;
+    assert!(written["conditions"][0]["message"].as_str().unwrap_or("").contains("weight"), "{written}");
+    assert_eq!(written["validationMessages"][0]["type"]["code"], "IST0106");
 
     // An edit flows through.
     let mut events = ConfigStore::watch(&source);
@@ -172,10 +189,14 @@ async fn virtual_service_edits_and_invalid_objects() {
     assert_eq!(v1_weight(&source), Some(10));
     assert_eq!(status.invalid_total, 2);
 
-    // Fixed again: the report goes away.
+    assert_eq!(wait_status(&cluster, "reviews", "False").await["validationMessages"][0]["level"], "ERROR");
+
+    // Fixed again: the report goes away, on the object too.
     cluster.apply_istio("default", reviews_rule(30), "v1").await.expect("fixed");
     eventually(10, "fixed", || (v1_weight(&source) == Some(30) && source.status().invalid.len() == 1).then_some(()))
         .await;
+    let cleared = wait_status(&cluster, "reviews", "True").await;
+    assert!(cleared.get("validationMessages").is_none(), "{cleared}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

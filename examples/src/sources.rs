@@ -34,6 +34,10 @@ pub struct SourceArgs {
     /// of them (kubectl syntax, e.g. `istio-discovery=enabled`) are seen.
     #[arg(long)]
     pub discovery_selector: Vec<String>,
+    /// Write what is wrong with an invalid Istio object to its status
+    /// (needs `patch` on the kinds' `/status`).
+    #[arg(long)]
+    pub write_status: bool,
     /// Read services from this Consul agent (`127.0.0.1:8500`,
     /// `https://consul:8501`); the token and TLS files also come from
     /// CONSUL_HTTP_TOKEN, CONSUL_CACERT, CONSUL_CLIENT_CERT/KEY.
@@ -138,7 +142,12 @@ impl SourceArgs {
             .iter()
             .map(|s| LabelSelector::parse(s).map_err(|e| format!("--discovery-selector: {e}")))
             .collect::<Result<_, _>>()?;
-        Ok(KubeOptions { cluster_domain: self.cluster_domain.clone(), discovery_selectors, ..KubeOptions::default() })
+        Ok(KubeOptions {
+            cluster_domain: self.cluster_domain.clone(),
+            discovery_selectors,
+            write_status: self.write_status,
+            ..KubeOptions::default()
+        })
     }
 }
 

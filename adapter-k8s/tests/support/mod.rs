@@ -254,6 +254,14 @@ impl Cluster {
         deployments
     }
 
+    /// The `status` of a networking.istio.io/v1 object.
+    pub async fn istio_status(&self, plural: &str, ns: &str, name: &str) -> Value {
+        let gvk = kube::api::GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService");
+        let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+        let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &ar);
+        api.get(name).await.expect("get").data["status"].clone()
+    }
+
     /// An Istio object through the API, at `version` of its group.
     pub async fn apply_istio(&self, ns: &str, object: Value, version: &str) -> Result<(), kube::Error> {
         let kind = object["kind"].as_str().expect("kind").to_string();
