@@ -16,8 +16,7 @@ use serde::Serialize;
 use tokio::sync::watch as signal;
 
 use crate::api::{ConsulClient, KvPair};
-use crate::query::{Counters, Query};
-use crate::registry::WatchOptions;
+use crate::query::{Counters, Query, WatchOptions};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct KvStatus {

@@ -32,10 +32,10 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use adapter_consul::api::{AgentOptions, ConsulClient};
-//! use adapter_consul::{ConsulRegistry, WatchOptions};
+//! use adapter_consul::{ConsulRegistry, RegistryOptions};
 //!
 //! let client = ConsulClient::new(&AgentOptions::new("127.0.0.1:8500").with_env())?;
-//! let registry = ConsulRegistry::start(client, WatchOptions::default());
+//! let registry = ConsulRegistry::start(client, RegistryOptions::default());
 //! registry.ready().await; // the catalog and every service answered once
 //! # Ok(()) }
 //! ```
@@ -50,4 +50,5 @@ pub mod query;
 pub mod registry;
 
 pub use kv::ConsulKvStore;
-pub use registry::{ConsulRegistry, WatchOptions};
+pub use query::WatchOptions;
+pub use registry::{ConsulRegistry, RegistryOptions};

@@ -4,13 +4,33 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
 use crate::api::ConsulClient;
 use crate::blocking::{pause_before_next, Backoff, IndexStep, QueryIndex};
-use crate::registry::WatchOptions;
+
+/// How one watch paces and retries its queries.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// The least time between the starts of two queries.
+    pub min_interval: Duration,
+    /// Backoff after a failed query: from `min`, doubling, capped at `max`,
+    /// jittered.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            min_interval: Duration::from_millis(100),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Counters shared by every watch of one source.
 #[derive(Default)]
@@ -46,7 +66,7 @@ pub struct Query {
     path: String,
     index: QueryIndex,
     backoff: Backoff,
-    min_interval: std::time::Duration,
+    min_interval: Duration,
     last_start: Option<Instant>,
     counters: std::sync::Arc<Counters>,
 }

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 use mesh_core::keyed::Publisher;
@@ -16,28 +15,12 @@ use tokio::task::JoinHandle;
 
 use crate::api::{ConsulClient, HealthEntry};
 use crate::catalog::{service_of, Naming};
-use crate::query::{Counters, Query};
+use crate::query::{Counters, Query, WatchOptions};
 
-#[derive(Clone, Debug)]
-pub struct WatchOptions {
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
     pub naming: Naming,
-    /// The least time between the starts of two queries of one watch.
-    pub min_interval: Duration,
-    /// Backoff after a failed query: from `min`, doubling, capped at `max`,
-    /// jittered.
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-}
-
-impl Default for WatchOptions {
-    fn default() -> Self {
-        WatchOptions {
-            naming: Naming::default(),
-            min_interval: Duration::from_millis(100),
-            backoff_min: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(30),
-        }
-    }
+    pub watch: WatchOptions,
 }
 
 /// What the watches have done: for logs, metrics, tests and the bench.
@@ -67,7 +50,7 @@ struct Progress {
 
 struct Shared {
     client: ConsulClient,
-    options: WatchOptions,
+    options: RegistryOptions,
     services: Arc<Publisher<String, ServiceState>>,
     counters: Arc<Counters>,
     progress: Mutex<Progress>,
@@ -80,7 +63,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     fn query(&self, path: String) -> Query {
-        Query::new(self.client.clone(), path, &self.options, self.counters.clone())
+        Query::new(self.client.clone(), path, &self.options.watch, self.counters.clone())
     }
 
     fn answered(&self, service: Option<&str>) {
@@ -180,7 +163,7 @@ impl Drop for ConsulRegistry {
 
 impl ConsulRegistry {
     /// Start watching; call within a tokio runtime.
-    pub fn start(client: ConsulClient, options: WatchOptions) -> ConsulRegistry {
+    pub fn start(client: ConsulClient, options: RegistryOptions) -> ConsulRegistry {
         let (ready_tx, ready) = signal::channel(false);
         let shared = Arc::new(Shared {
             client,

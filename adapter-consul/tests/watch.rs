@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use adapter_consul::api::{AgentOptions, ConsulClient};
-use adapter_consul::{ConsulKvStore, ConsulRegistry, WatchOptions};
+use adapter_consul::{ConsulKvStore, ConsulRegistry, RegistryOptions, WatchOptions};
 use mesh_core::config::{Kind, ResourceKey, Spec};
 use mesh_core::model::Health;
 use mesh_core::{ConfigStore, ServiceRegistry};
@@ -35,12 +35,16 @@ fn watch_options() -> WatchOptions {
     }
 }
 
+fn registry_options() -> RegistryOptions {
+    RegistryOptions { watch: watch_options(), ..RegistryOptions::default() }
+}
+
 async fn started(agent: AgentOptions) -> ConsulRegistry {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let registry = ConsulRegistry::start(ConsulClient::new(&agent).expect("client"), watch_options());
+    let registry = ConsulRegistry::start(ConsulClient::new(&agent).expect("client"), registry_options());
     tokio::time::timeout(Duration::from_secs(20), registry.ready()).await.expect("initial sync");
     registry
 }
@@ -182,7 +186,7 @@ async fn acl_token_and_tls() {
     // No token: refused, reported, retried.
     let mut agent = options(&url);
     agent.ca_file = Some(cert_file.clone());
-    let refused = ConsulRegistry::start(ConsulClient::new(&agent).unwrap(), watch_options());
+    let refused = ConsulRegistry::start(ConsulClient::new(&agent).unwrap(), registry_options());
     eventually(10, "a 403", || refused.status().last_error.filter(|e| e.contains("403"))).await;
     assert!(!refused.is_ready());
     drop(refused);
@@ -194,7 +198,7 @@ async fn acl_token_and_tls() {
 
     // Without the CA the agent's certificate is not trusted.
     agent.ca_file = None;
-    let untrusted = ConsulRegistry::start(ConsulClient::new(&agent).unwrap(), watch_options());
+    let untrusted = ConsulRegistry::start(ConsulClient::new(&agent).unwrap(), registry_options());
     eventually(10, "a TLS failure", || untrusted.status().last_error.filter(|e| !e.contains("403"))).await;
     assert!(!untrusted.is_ready());
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use adapter_consul::api::{AgentOptions, ConsulClient};
-use adapter_consul::{ConsulRegistry, WatchOptions};
+use adapter_consul::{ConsulRegistry, RegistryOptions};
 use mesh_core::ServiceRegistry;
 
 const SERVICES: usize = 1000;
@@ -79,7 +79,7 @@ fn main() {
             let mut agent = AgentOptions::new(addr.clone());
             agent.wait = wait;
             let started = Instant::now();
-            let registry = ConsulRegistry::start(ConsulClient::new(&agent).expect("client"), WatchOptions::default());
+            let registry = ConsulRegistry::start(ConsulClient::new(&agent).expect("client"), RegistryOptions::default());
             registry.ready().await;
             let sync = started.elapsed();
             let snapshot = registry.snapshot();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use adapter_consul::api::{AgentOptions, ConsulClient};
-use adapter_consul::{ConsulKvStore, ConsulRegistry, WatchOptions};
+use adapter_consul::{ConsulKvStore, ConsulRegistry, RegistryOptions, WatchOptions};
 use adapter_k8s::{KubeOptions, KubeSource, LabelSelector};
 use adapter_static::{FileWatch, StaticSource};
 use mesh_core::registry::AggregateRegistry;
@@ -98,7 +98,7 @@ impl SourceArgs {
             agent.ca_file = self.consul_ca.clone();
             let client = ConsulClient::new(&agent.with_env()).map_err(|e| format!("--consul: {e}"))?;
             tracing::info!(agent = %address, "reading Consul");
-            let registry = Arc::new(ConsulRegistry::start(client.clone(), WatchOptions::default()));
+            let registry = Arc::new(ConsulRegistry::start(client.clone(), RegistryOptions::default()));
             registries.push(registry.clone());
             consul = Some(registry);
             if let Some(prefix) = &self.consul_kv_prefix {
