@@ -22,6 +22,8 @@ impl Maglev {
         }
         let total: f64 = hosts.iter().map(|h| f64::from(h.weight)).sum();
         struct Entry {
+            /// The host's index in `hosts`.
+            host: u32,
             weight: f64,
             target: f64,
             /// The host's next candidate slot: offset + skip * next, mod M,
@@ -29,11 +31,18 @@ impl Maglev {
             slot: u64,
             skip: u64,
         }
-        let mut entries: Vec<Entry> = hosts
-            .iter()
-            .map(|h| {
+        // Envoy fills the table in the order of the hosts' hash keys, so
+        // that the same hosts give the same table whatever order they were
+        // listed in; contested slots go to whoever comes first.
+        let mut order: Vec<usize> = (0..hosts.len()).collect();
+        order.sort_by(|a, b| hosts[*a].hash_key.cmp(&hosts[*b].hash_key).then(a.cmp(b)));
+        let mut entries: Vec<Entry> = order
+            .into_iter()
+            .map(|i| {
+                let h = &hosts[i];
                 let key = h.hash_key.as_bytes();
                 Entry {
+                    host: i as u32,
                     weight: f64::from(h.weight) / total,
                     target: 0.0,
                     slot: xxh64(key, 0) % size,
@@ -46,7 +55,7 @@ impl Maglev {
         let mut filled = 0u64;
         let mut iteration = 1u64;
         while filled < size {
-            for (index, e) in entries.iter_mut().enumerate() {
+            for e in entries.iter_mut() {
                 if filled == size {
                     break;
                 }
@@ -62,7 +71,7 @@ impl Maglev {
                         e.slot -= size;
                     }
                 }
-                table[e.slot as usize] = index as u32;
+                table[e.slot as usize] = e.host;
                 e.slot += e.skip;
                 if e.slot >= size {
                     e.slot -= size;
@@ -93,6 +102,23 @@ impl LoadBalancer for Maglev {
 mod tests {
     use super::*;
     use crate::lb::hosts;
+
+    /// Envoy builds the table in hash-key order, so the same hosts listed
+    /// in another order give the same table.
+    #[test]
+    fn table_does_not_depend_on_host_order() {
+        let spec: Vec<(u16, u32)> = (0..40u16).map(|i| (8000 + i, u32::from(i % 5) + 1)).collect();
+        let forward: Vec<Host> = spec.iter().map(|(p, w)| Host::new("10.0.0.1", *p, *w)).collect();
+        let backward: Vec<Host> = spec.iter().rev().map(|(p, w)| Host::new("10.0.0.1", *p, *w)).collect();
+        let (a, b) = (Maglev::new(&forward, DEFAULT_TABLE_SIZE), Maglev::new(&backward, DEFAULT_TABLE_SIZE));
+        let differ = a
+            .table()
+            .iter()
+            .zip(b.table())
+            .filter(|(x, y)| forward[**x as usize].hash_key != backward[**y as usize].hash_key)
+            .count();
+        assert_eq!(differ, 0, "{differ} of {DEFAULT_TABLE_SIZE} slots differ");
+    }
 
     #[test]
     fn table_is_full_and_balanced() {
