@@ -187,6 +187,11 @@ impl ClusterState {
         Touched::Everything
     }
 
+    /// The pods of a namespace.
+    pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a PodRecord> + 'a {
+        self.pods.iter().filter(move |((ns, _), _)| ns == namespace).map(|(_, p)| p)
+    }
+
     /// Every service the mesh sees, by hostname.
     pub fn states(&self) -> impl Iterator<Item = (String, ServiceState)> + '_ {
         self.services.keys().filter_map(|name| Some((self.hostname(name), self.state_of(name)?)))

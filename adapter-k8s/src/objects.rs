@@ -171,16 +171,25 @@ pub struct PodRecord {
     /// The `istio-locality` label (`region.zone.subzone`), which overrides
     /// the node's.
     pub locality: Option<Locality>,
+    /// The pod's IP while it runs and is ready: what a ServiceEntry's
+    /// `workloadSelector` can pick.
+    pub address: Option<String>,
 }
 
 impl PodRecord {
     pub fn from_kube(pod: &core::Pod) -> PodRecord {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let locality = labels.get("istio-locality").map(|l| Locality::parse(&l.replace('.', "/")));
+        let status = pod.status.as_ref();
+        let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         PodRecord {
             labels: Arc::new(labels),
             service_account: pod.spec.as_ref().and_then(|s| s.service_account_name.clone()),
             locality,
+            address: status.and_then(|s| s.pod_ip.clone()).filter(|_| running && ready),
         }
     }
 }

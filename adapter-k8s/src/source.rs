@@ -12,10 +12,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher;
 use kube::{Api, Client};
+use mesh_core::config::networking::WorkloadEntry;
 use mesh_core::config::{Kind, Resource, ResourceKey, Spec};
 use mesh_core::keyed::{KeyedMap, Publisher};
 use mesh_core::model::{Labels, ServiceState};
 use mesh_core::registry::{merge_states, RegistryEvent, RegistrySnapshot, ServiceRegistry};
+use mesh_core::service_entry::{services_of_all, NamespacedWorkload};
 use mesh_core::store::{ConfigEvent, ConfigSnapshot, ConfigStore};
 use serde::Serialize;
 use tokio::sync::watch as signal;
@@ -367,11 +369,19 @@ impl Sync {
                 Change::Apply((name, record)) => cluster.apply_slice(name, record),
                 Change::Delete((name, _)) => cluster.apply_slice(name, None),
             },
-            Update::Pods(change) => match change {
-                Change::Reset(all) => cluster.reset_pods(all),
-                Change::Apply((name, record)) => cluster.apply_pod(name, Some(record)),
-                Change::Delete((name, _)) => cluster.apply_pod(name, None),
-            },
+            Update::Pods(change) => {
+                let touched = match change {
+                    Change::Reset(all) => cluster.reset_pods(all),
+                    Change::Apply((name, record)) => cluster.apply_pod(name, Some(record)),
+                    Change::Delete((name, _)) => cluster.apply_pod(name, None),
+                };
+                // Pods can be ServiceEntry endpoints too.
+                if self.entries_select_pods() {
+                    self.compute_entry_services();
+                    return Touches { services: Touched::Everything, config: None };
+                }
+                touched
+            }
             Update::Nodes(change) => match change {
                 Change::Reset(all) => cluster.reset_nodes(all),
                 Change::Apply((name, record)) => cluster.apply_node(name, Some(record)),
@@ -414,21 +424,52 @@ impl Sync {
             }
         };
         let touched = if matches!(kind, Kind::ServiceEntry | Kind::WorkloadEntry) {
-            self.entry_services = mesh_core::service_entry::services_of_all(
-                self.resources
-                    .values()
-                    .filter(|r| matches!(r.spec, Spec::ServiceEntry(_) | Spec::WorkloadEntry(_)))
-                    .filter(|r| self.cluster.selects(&r.meta.namespace))
-                    .map(Arc::as_ref),
-            )
-            .into_iter()
-            .map(|s| (s.service.hostname.clone(), s))
-            .collect();
+            self.compute_entry_services();
             Touched::Everything
         } else {
             Touched::Nothing
         };
         Touches { services: touched, config: Some(keys) }
+    }
+
+    /// Whether some ServiceEntry selects workloads (and so pods).
+    fn entries_select_pods(&self) -> bool {
+        self.resources.values().any(|r| matches!(&r.spec, Spec::ServiceEntry(se) if se.workload_selector.is_some()))
+    }
+
+    /// The ServiceEntries' services, their selectors applied to
+    /// WorkloadEntries and to the ready pods of their namespace.
+    fn compute_entry_services(&mut self) {
+        let entries: Vec<&Resource> = self
+            .resources
+            .values()
+            .filter(|r| matches!(r.spec, Spec::ServiceEntry(_) | Spec::WorkloadEntry(_)))
+            .filter(|r| self.cluster.selects(&r.meta.namespace))
+            .map(Arc::as_ref)
+            .collect();
+        let selecting: BTreeSet<&str> = entries
+            .iter()
+            .filter(|r| matches!(&r.spec, Spec::ServiceEntry(se) if se.workload_selector.is_some()))
+            .map(|r| r.meta.namespace.as_str())
+            .collect();
+        let pods: Vec<(&str, WorkloadEntry)> = selecting
+            .iter()
+            .flat_map(|ns| self.cluster.pods_in(ns).map(move |p| (*ns, p)))
+            .filter_map(|(ns, p)| {
+                let entry = WorkloadEntry {
+                    address: Some(p.address.clone()?),
+                    labels: p.labels.as_ref().clone(),
+                    service_account: p.service_account.clone(),
+                    locality: p.locality.as_ref().map(ToString::to_string),
+                    ..WorkloadEntry::default()
+                };
+                Some((ns, entry))
+            })
+            .collect();
+        let platform: Vec<NamespacedWorkload<'_>> =
+            pods.iter().map(|(namespace, entry)| NamespacedWorkload { namespace, entry }).collect();
+        self.entry_services =
+            services_of_all(entries, &platform).into_iter().map(|s| (s.service.hostname.clone(), s)).collect();
     }
 
     /// Keep a valid object; report an invalid one and keep serving its

@@ -101,6 +101,28 @@ async fn bookinfo_scaling_readiness_and_watch_timeouts() {
     assert_eq!(seen, ["v1", "v2", "v3"]);
     assert_eq!(ConfigStore::list(&source, Kind::DestinationRule).len(), 4);
 
+    // A ServiceEntry's workloadSelector picks the ready pods too.
+    let entry = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "reviews-internal", "namespace": "default"},
+        "spec": {"hosts": ["reviews.mesh.internal"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                 "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}],
+                 "workloadSelector": {"labels": {"app": "reviews"}}}
+    });
+    cluster.apply_istio("default", entry, "v1").await.expect("service entry");
+    let selected = eventually(10, "pods selected by the ServiceEntry", || {
+        versions(&source, "reviews.mesh.internal").filter(|v| v.len() == 3)
+    })
+    .await;
+    assert_eq!(selected.values().collect::<std::collections::BTreeSet<_>>().len(), 3, "{selected:?}");
+    cluster.set_ready("default", "reviews-v1-0", false).await;
+    eventually(10, "a not-ready pod leaves the ServiceEntry", || {
+        versions(&source, "reviews.mesh.internal").filter(|v| v.len() == 2)
+    })
+    .await;
+    cluster.set_ready("default", "reviews-v1-0", true).await;
+    cluster.sync_slice("default", "reviews").await;
+
     // Scale reviews-v2 up to 3 replicas, after several watch timeouts.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let v2 = deployments.iter().find(|d| d["metadata"]["name"] == "reviews-v2").expect("reviews-v2");

@@ -74,17 +74,23 @@ pub fn services_of(
 }
 
 /// The services of every ServiceEntry among `resources`, endpoints
-/// selected from the WorkloadEntries among them; one state per hostname
-/// (entries that share a host are merged as the aggregate registry does).
-pub fn services_of_all<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Vec<ServiceState> {
+/// selected from the WorkloadEntries among them and from `platform`
+/// workloads (Kubernetes pods, as Istio's selectors also pick); one state
+/// per hostname (entries that share a host are merged as the aggregate
+/// registry does).
+pub fn services_of_all<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    platform: &[NamespacedWorkload<'_>],
+) -> Vec<ServiceState> {
     let resources: Vec<&Resource> = resources.into_iter().collect();
-    let workloads: Vec<NamespacedWorkload<'_>> = resources
+    let mut workloads: Vec<NamespacedWorkload<'_>> = resources
         .iter()
         .filter_map(|r| match &r.spec {
             Spec::WorkloadEntry(entry) => Some(NamespacedWorkload { namespace: &r.meta.namespace, entry }),
             _ => None,
         })
         .collect();
+    workloads.extend(platform.iter().map(|w| NamespacedWorkload { namespace: w.namespace, entry: w.entry }));
     let mut by_host: BTreeMap<String, Vec<ServiceState>> = BTreeMap::new();
     for r in &resources {
         if let Spec::ServiceEntry(se) = &r.spec {
