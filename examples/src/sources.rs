@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use adapter_consul::api::{AgentOptions, ConsulClient};
+use adapter_consul::catalog::Naming;
 use adapter_consul::{ConsulKvStore, ConsulRegistry, RegistryOptions, WatchOptions};
 use adapter_k8s::{KubeOptions, KubeSource, LabelSelector};
 use adapter_static::{FileWatch, StaticSource};
@@ -52,6 +53,13 @@ pub struct SourceArgs {
     /// Also read Istio YAML from the keys under this Consul KV prefix.
     #[arg(long, requires = "consul")]
     pub consul_kv_prefix: Option<String>,
+    /// Consul services are `<name>.<domain>` in the mesh.
+    #[arg(long, default_value = "service.consul")]
+    pub consul_domain: String,
+    /// The namespace Consul services belong to (where their
+    /// DestinationRules and Sidecar visibility are looked up).
+    #[arg(long, default_value = "default")]
+    pub consul_namespace: String,
 }
 
 /// The mesh's sources, running.
@@ -98,7 +106,9 @@ impl SourceArgs {
             agent.ca_file = self.consul_ca.clone();
             let client = ConsulClient::new(&agent.with_env()).map_err(|e| format!("--consul: {e}"))?;
             tracing::info!(agent = %address, "reading Consul");
-            let registry = Arc::new(ConsulRegistry::start(client.clone(), RegistryOptions::default()));
+            let naming = Naming { domain: self.consul_domain.clone(), namespace: self.consul_namespace.clone() };
+            let options = RegistryOptions { naming, ..RegistryOptions::default() };
+            let registry = Arc::new(ConsulRegistry::start(client.clone(), options));
             registries.push(registry.clone());
             consul = Some(registry);
             if let Some(prefix) = &self.consul_kv_prefix {

@@ -27,7 +27,7 @@ fn register(agent: &str, version: &str, port: u16, check: &str) {
 
 fn routes(port: u16, http: &str) -> String {
     format!(
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  host: reviews.service.consul\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n  - {{name: v3, labels: {{version: v3}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n{http}"
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  host: reviews.dc1.consul\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n  - {{name: v3, labels: {{version: v3}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n{http}"
     )
 }
 
@@ -41,10 +41,12 @@ fn gateway_routes_on_the_consul_catalog_and_kv() {
         register(&agent, version, port, "passing");
     }
     let port = free_port();
-    let split = "  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews.service.consul, subset: v2}\n  - route:\n    - destination: {host: reviews.service.consul, subset: v1}\n      weight: 80\n    - destination: {host: reviews.service.consul, subset: v3}\n      weight: 20\n";
+    let split = "  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews.dc1.consul, subset: v2}\n  - route:\n    - destination: {host: reviews.dc1.consul, subset: v1}\n      weight: 80\n    - destination: {host: reviews.dc1.consul, subset: v3}\n      weight: 20\n";
     put(&agent, "/v1/kv/mesh/reviews.yaml", &routes(port, split));
 
-    let g = Gateway::launch(&["--consul", &agent, "--consul-kv-prefix", "mesh/"], port, &[], Stdio::null());
+    // Named in a domain of our own, as `--consul-domain` allows.
+    let source = ["--consul", &agent, "--consul-kv-prefix", "mesh/", "--consul-domain", "dc1.consul"];
+    let g = Gateway::launch(&source, port, &[], Stdio::null());
     assert_eq!(versions(&g, 20, "/", &[("end-user", "jason")]), [("v2".to_string(), 20)].into());
     let seen = versions(&g, 500, "/", &[]);
     let v1 = seen.get("v1").copied().unwrap_or(0);
@@ -64,7 +66,7 @@ fn gateway_routes_on_the_consul_catalog_and_kv() {
     put(
         &agent,
         "/v1/kv/mesh/reviews.yaml",
-        &routes(port, "  - route:\n    - destination: {host: reviews.service.consul, subset: v2}\n"),
+        &routes(port, "  - route:\n    - destination: {host: reviews.dc1.consul, subset: v2}\n"),
     );
     assert!(
         eventually(Duration::from_secs(10), || versions(&g, 10, "/", &[]) == [("v2".to_string(), 10)].into()),
