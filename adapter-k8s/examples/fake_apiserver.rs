@@ -14,7 +14,8 @@
 //! - discovery of `/apis/{group}` and `/apis/{group}/{version}`; CRD objects
 //!   are stored once and served in every version (`--istio-versions`).
 //!
-//! Test controls (not in the real API): `POST /fake/compact` forgets the
+//! Test controls (not in the real API): `POST /fake/stats` says how many
+//! watch requests were answered, `POST /fake/compact` forgets the
 //! event history (every older resourceVersion gets 410), `POST
 //! /fake/drop-watches` closes every watch stream, `POST /fake/pause-watches`
 //! closes them and answers new watches with 503 until `POST
@@ -119,6 +120,9 @@ struct State {
     history: Vec<Event>,
     watchers: Vec<Watcher>,
     watches_paused: bool,
+    /// Watch requests answered, for tests that wait for watches to come
+    /// back after the server closed them.
+    watches_served: u64,
 }
 
 struct Server {
@@ -212,7 +216,7 @@ impl Server {
             .split('&')
             .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
             .filter(|(k, _)| !k.is_empty())
-            .map(|(k, v)| (k.to_string(), v.replace("%2F", "/").replace("%3D", "=")))
+            .map(|(k, v)| (k.to_string(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()))
             .collect();
         if let Some(resp) = self.control(&parts.method, &path) {
             return resp;
@@ -259,9 +263,10 @@ impl Server {
                 state.watchers.clear();
             }
             "/fake/resume-watches" => state.watches_paused = false,
+            "/fake/stats" => {}
             _ => return Some(status(StatusCode::NOT_FOUND, "NotFound", "unknown control")),
         }
-        Some(full(StatusCode::OK, json!({"rv": state.rv})))
+        Some(full(StatusCode::OK, json!({"rv": state.rv, "watches_served": state.watches_served})))
     }
 
     fn discovery(&self, path: &str) -> Option<Response<Body>> {
@@ -395,6 +400,7 @@ impl Server {
                     }
                 }
             }
+            state.watches_served += 1;
             state.watchers.push(Watcher {
                 group: target.ty.group,
                 plural: target.ty.plural,
@@ -600,6 +606,7 @@ async fn main() -> std::io::Result<()> {
             history: Vec::new(),
             watchers: Vec::new(),
             watches_paused: false,
+            watches_served: 0,
         }),
     });
     println!("listening on {}", listener.local_addr()?);

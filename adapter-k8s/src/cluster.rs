@@ -39,9 +39,9 @@ pub struct ClusterState {
     slices: HashMap<ObjectName, SliceRecord>,
     slices_by_service: HashMap<ObjectName, BTreeSet<String>>,
     pods: HashMap<ObjectName, PodRecord>,
-    /// The services whose slices name a pod: who to recompute when it
-    /// changes.
-    pod_services: HashMap<ObjectName, BTreeSet<String>>,
+    /// The services whose slices name a pod, each with how many slice
+    /// addresses name it: who to recompute when the pod changes.
+    pod_services: HashMap<ObjectName, BTreeMap<String, usize>>,
     nodes: HashMap<String, NodeRecord>,
 }
 
@@ -83,7 +83,8 @@ impl ClusterState {
             let service = (namespace.clone(), record.service.clone());
             self.slices_by_service.entry(service.clone()).or_default().insert(slice.clone());
             for pod in record.addresses.iter().filter_map(|a| a.pod.clone()) {
-                self.pod_services.entry((namespace.clone(), pod)).or_default().insert(record.service.clone());
+                let services = self.pod_services.entry((namespace.clone(), pod)).or_default();
+                *services.entry(record.service.clone()).or_default() += 1;
             }
             self.slices.insert(key, record);
             touched.insert(service);
@@ -101,21 +102,15 @@ impl ClusterState {
         }
         for pod in old.addresses.iter().filter_map(|a| a.pod.as_ref()) {
             let key = (namespace.to_string(), pod.clone());
-            // Another slice of the same service may still name the pod.
-            let still = self.slices_by_service.get(&service).is_some_and(|names| {
-                names.iter().any(|n| {
-                    self.slices
-                        .get(&(namespace.to_string(), n.clone()))
-                        .is_some_and(|s| s.addresses.iter().any(|a| a.pod.as_deref() == Some(pod.as_str())))
-                })
-            });
-            if !still {
-                if let Some(services) = self.pod_services.get_mut(&key) {
+            let Some(services) = self.pod_services.get_mut(&key) else { continue };
+            if let Some(count) = services.get_mut(&old.service) {
+                *count -= 1;
+                if *count == 0 {
                     services.remove(&old.service);
-                    if services.is_empty() {
-                        self.pod_services.remove(&key);
-                    }
                 }
+            }
+            if services.is_empty() {
+                self.pod_services.remove(&key);
             }
         }
     }
@@ -126,7 +121,7 @@ impl ClusterState {
             None => self.pods.remove(&name).is_some(),
         };
         match self.pod_services.get(&name) {
-            Some(services) if changed => Touched::many(services.iter().map(|s| (name.0.clone(), s.clone()))),
+            Some(services) if changed => Touched::many(services.keys().map(|s| (name.0.clone(), s.clone()))),
             _ => Touched::Nothing,
         }
     }
@@ -235,5 +230,54 @@ impl ClusterState {
             }
         }
         Some(ServiceState { service: Arc::clone(&record.service), endpoints: endpoints.into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::SliceAddress;
+
+    fn slice(pods: &[&str]) -> SliceRecord {
+        SliceRecord {
+            service: "reviews".into(),
+            ports: Arc::default(),
+            addresses: pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| SliceAddress {
+                    address: format!("10.0.0.{i}"),
+                    health: Health::Healthy,
+                    zone: None,
+                    node: None,
+                    pod: Some(p.to_string()),
+                })
+                .collect(),
+        }
+    }
+
+    fn name(n: &str) -> ObjectName {
+        ("default".into(), n.into())
+    }
+
+    fn pod() -> PodRecord {
+        PodRecord { labels: Arc::default(), service_account: None, locality: None, address: None }
+    }
+
+    /// A pod in two slices of its service (as during a rollout) stays
+    /// tied to the service until the last slice naming it goes.
+    #[test]
+    fn pod_changes_touch_the_services_whose_slices_name_it() {
+        let mut state = ClusterState::new("cluster.local", Vec::new());
+        state.apply_slice(name("reviews-a"), Some(slice(&["p1", "p2"])));
+        state.apply_slice(name("reviews-b"), Some(slice(&["p1"])));
+        state.apply_slice(name("reviews-a"), None);
+        let mut relabelled = pod();
+        relabelled.labels = Arc::new([("version".to_string(), "v2".to_string())].into());
+        assert_eq!(state.apply_pod(name("p1"), Some(relabelled.clone())), Touched::one(name("reviews")));
+        assert_eq!(state.apply_pod(name("p2"), Some(relabelled.clone())), Touched::Nothing);
+        state.apply_slice(name("reviews-b"), None);
+        assert_eq!(state.apply_pod(name("p1"), Some(pod())), Touched::Nothing);
+        assert!(state.pod_services.is_empty());
     }
 }

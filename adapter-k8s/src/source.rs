@@ -293,11 +293,19 @@ fn watches(
     all
 }
 
+/// Which Istio resources an event may have changed.
+#[derive(Debug, PartialEq)]
+enum ConfigTouched {
+    Nothing,
+    One(ResourceKey),
+    /// A relist, or a namespace that came into or went out of view.
+    All,
+}
+
 /// What one event asks to publish again.
 struct Touches {
     services: Touched,
-    /// `None`: nothing; `Some(None)`: every resource; `Some(keys)`: those.
-    config: Option<Option<Vec<ResourceKey>>>,
+    config: ConfigTouched,
 }
 
 impl Sync {
@@ -335,7 +343,7 @@ impl Sync {
                 }
                 synced = true;
                 self.publish_services(Touched::Everything);
-                self.publish_config(None);
+                self.publish_config(ConfigTouched::All);
                 self.update_status(true);
                 let _ = self.ready.send(true);
                 tracing::info!(target: "adapter_k8s", services = self.services.snapshot().len(),
@@ -343,9 +351,7 @@ impl Sync {
                 continue;
             }
             self.publish_services(touches.services);
-            if let Some(keys) = touches.config {
-                self.publish_config(keys);
-            }
+            self.publish_config(touches.config);
             self.update_status(true);
         }
     }
@@ -378,7 +384,7 @@ impl Sync {
                 // Pods can be ServiceEntry endpoints too.
                 if self.entries_select_pods() {
                     self.compute_entry_services();
-                    return Touches { services: Touched::Everything, config: None };
+                    return Touches { services: Touched::Everything, config: ConfigTouched::Nothing };
                 }
                 touched
             }
@@ -394,12 +400,12 @@ impl Sync {
                     Change::Delete((name, _)) => cluster.apply_namespace(name, None),
                 };
                 // Which namespaces are seen changes config too.
-                let config = (touched != Touched::Nothing).then_some(None);
+                let config = if touched == Touched::Nothing { ConfigTouched::Nothing } else { ConfigTouched::All };
                 return Touches { services: touched, config };
             }
             Update::Config(kind, change) => return self.apply_config(kind, change),
         };
-        Touches { services: touched, config: None }
+        Touches { services: touched, config: ConfigTouched::Nothing }
     }
 
     fn apply_config(&mut self, kind: Kind, change: Change<(ResourceKey, Result<Resource, Invalid>)>) -> Touches {
@@ -411,16 +417,16 @@ impl Sync {
                 for (key, decoded) in all {
                     self.take(key, decoded);
                 }
-                None
+                ConfigTouched::All
             }
             Change::Apply((key, decoded)) => {
                 self.take(key.clone(), decoded);
-                Some(vec![key])
+                ConfigTouched::One(key)
             }
             Change::Delete((key, _)) => {
                 self.resources.remove(&key);
                 self.invalid.remove(&key);
-                Some(vec![key])
+                ConfigTouched::One(key)
             }
         };
         let touched = if matches!(kind, Kind::ServiceEntry | Kind::WorkloadEntry) {
@@ -429,7 +435,7 @@ impl Sync {
         } else {
             Touched::Nothing
         };
-        Touches { services: touched, config: Some(keys) }
+        Touches { services: touched, config: keys }
     }
 
     /// Whether some ServiceEntry selects workloads (and so pods).
@@ -539,21 +545,18 @@ impl Sync {
         }
     }
 
-    fn publish_config(&self, keys: Option<Vec<ResourceKey>>) {
+    fn publish_config(&self, touched: ConfigTouched) {
         let visible = |key: &ResourceKey| self.cluster.selects(&key.namespace);
-        match keys {
-            None => {
+        match touched {
+            ConfigTouched::Nothing => {}
+            ConfigTouched::All => {
                 let all = self.resources.iter().filter(|(k, _)| visible(k)).map(|(k, r)| (k.clone(), Arc::clone(r)));
                 self.config.replace_all(all.collect());
             }
-            Some(keys) => {
-                for key in keys {
-                    match self.resources.get(&key).filter(|_| visible(&key)) {
-                        Some(r) => self.config.upsert(key, Arc::clone(r)),
-                        None => self.config.delete(&key),
-                    }
-                }
-            }
+            ConfigTouched::One(key) => match self.resources.get(&key).filter(|_| visible(&key)) {
+                Some(r) => self.config.upsert(key, Arc::clone(r)),
+                None => self.config.delete(&key),
+            },
         }
     }
 

@@ -123,8 +123,14 @@ async fn bookinfo_scaling_readiness_and_watch_timeouts() {
     cluster.set_ready("default", "reviews-v1-0", true).await;
     cluster.sync_slice("default", "reviews").await;
 
-    // Scale reviews-v2 up to 3 replicas, after several watch timeouts.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Scale reviews-v2 up to 3 replicas, once the server has closed every
+    // watch at least twice (1 s timeouts) and the adapter has come back.
+    let first_round = fake.watches_served().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while fake.watches_served().await < 3 * first_round {
+        assert!(std::time::Instant::now() < deadline, "the watches did not come back after the server closed them");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let v2 = deployments.iter().find(|d| d["metadata"]["name"] == "reviews-v2").expect("reviews-v2");
     cluster.scale("default", v2, 3, "10.1.9").await;
     cluster.sync_slice("default", "reviews").await;

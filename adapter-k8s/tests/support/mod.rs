@@ -76,9 +76,9 @@ impl FakeApi {
         Client::try_from(kube::Config::new(url)).expect("client")
     }
 
-    /// One of the server's test controls (`compact`, `drop-watches`,
-    /// `pause-watches`, `resume-watches`).
-    pub async fn control(&self, what: &str) {
+    /// One of the server's test controls (`stats`, `compact`,
+    /// `drop-watches`, `pause-watches`, `resume-watches`); its answer.
+    pub async fn control(&self, what: &str) -> Value {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(&self.addr).expect("connect");
         write!(stream, "POST /fake/{what} HTTP/1.1\r\nHost: fake\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -86,6 +86,13 @@ impl FakeApi {
         let mut out = String::new();
         let _ = stream.read_to_string(&mut out);
         assert!(out.starts_with("HTTP/1.1 200"), "control {what}: {out}");
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("{}");
+        serde_json::from_str(body).unwrap_or_default()
+    }
+
+    /// Watch requests the server has answered.
+    pub async fn watches_served(&self) -> u64 {
+        self.control("stats").await["watches_served"].as_u64().unwrap_or(0)
     }
 }
 
