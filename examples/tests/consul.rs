@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{backend, eventually, fake_server, free_port, send, versions, Gateway};
+use common::{eventually, fake_server, free_port, reviews_backends, send, versions, Gateway};
 
 fn put(agent: &str, path: &str, body: &str) {
     let out = send(agent, "PUT", path, body);
@@ -33,9 +33,7 @@ fn routes(port: u16, http: &str) -> String {
 
 #[test]
 fn gateway_routes_on_the_consul_catalog_and_kv() {
-    let (_b1, p1) = backend("v1", 0);
-    let (_b2, p2) = backend("v2", 0);
-    let (_b3, p3) = backend("v3", 0);
+    let (_backends, [p1, p2, p3]) = reviews_backends();
     let (_consul, agent) = fake_server("fake_consul");
     for (version, port) in [("v1", p1), ("v2", p2), ("v3", p3)] {
         register(&agent, version, port, "passing");

@@ -5,13 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{backend, free_port, routes, versions, write_mesh, Gateway, Service};
+use common::{backend, free_port, reviews_backends, routes, versions, write_mesh, Gateway, Service};
 
 #[test]
 fn bookinfo_reviews_rules_on_real_requests_and_edits_without_restart() {
-    let (_b1, p1) = backend("v1", 0);
-    let (_b2, p2) = backend("v2", 0);
-    let (_b3, p3) = backend("v3", 0);
+    let (_backends, [p1, p2, p3]) = reviews_backends();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     write_mesh(dir.path(), port, &[Service { name: "reviews", backends: &[("v1", p1), ("v2", p2), ("v3", p3)] }], "");

@@ -10,8 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    backend, control_plane_on, debug_get, eventually, fake_server, free_port, routes, send, versions, write_mesh,
-    Gateway, Service,
+    control_plane_on, debug_get, eventually, fake_server, free_port, reviews_backends, routes, send, versions,
+    write_mesh, Gateway, Service,
 };
 
 /// Create or replace an object through the API, as `kubectl apply` would.
@@ -49,9 +49,7 @@ const RULES: &str = "  - match:\n    - headers: {end-user: {exact: jason}}\n    
 
 #[test]
 fn gateway_and_control_plane_read_kubernetes() {
-    let (_b1, p1) = backend("v1", 0);
-    let (_b2, p2) = backend("v2", 0);
-    let (_b3, p3) = backend("v3", 0);
+    let (_backends, [p1, p2, p3]) = reviews_backends();
     let (_api, api) = fake_server("fake_apiserver");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    backend, control_plane, debug_get, envoy_binary, eventually, free_port, get, routes, versions_at, write_mesh, Proc,
-    Response, Service,
+    backend, control_plane, debug_get, envoy_binary, eventually, free_port, get, reviews_backends, routes, versions_at,
+    write_mesh, Proc, Response, Service,
 };
 
 /// Envoy as Istio's ingress gateway (`router~` node, `istio=ingressgateway`
@@ -58,9 +58,7 @@ static_resources:
 
 #[test]
 fn envoy_routes_by_the_bookinfo_rules_follows_edits_and_keeps_config_after_a_nack() {
-    let (_b1, p1) = backend("v1", 0);
-    let (_b2, p2) = backend("v2", 0);
-    let (_b3, p3) = backend("v3", 0);
+    let (_backends, [p1, p2, p3]) = reviews_backends();
     let config = tempfile::tempdir().unwrap();
     let port = free_port();
     write_mesh(
@@ -198,9 +196,7 @@ fn delta_xds_drives_envoy_too() {
 #[test]
 fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
     let (_flaky, flaky) = backend("v1", 2); // every second request fails
-    let (_b1, p1) = backend("v1", 0);
-    let (_b2, p2) = backend("v2", 0);
-    let (_b3, p3) = backend("v3", 0);
+    let (_backends, [p1, p2, p3]) = reviews_backends();
     let (_broken, broken) = backend("v2", 1); // every request fails
     let config = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{backend, control_plane, free_port, routes, versions, write_mesh, Gateway, Service};
+use common::{control_plane, free_port, reviews_backends, routes, versions, write_mesh, Gateway, Service};
 
 const RULES: &str = "  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - match:\n    - headers: {end-user: {exact: bob}}\n    fault:\n      abort: {httpStatus: 418, percentage: {value: 100}}\n    route:\n    - destination: {host: reviews, subset: v1}\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 80\n    - destination: {host: reviews, subset: v3}\n      weight: 20\n";
 
@@ -21,9 +21,7 @@ fn observe(g: &Gateway) -> (BTreeMap<String, usize>, BTreeMap<String, usize>, BT
 
 #[test]
 fn gateway_over_xds_routes_as_from_files_and_follows_edits() {
-    let (_b1, p1) = backend("v1", 0);
-    let (_b2, p2) = backend("v2", 0);
-    let (_b3, p3) = backend("v3", 0);
+    let (_backends, [p1, p2, p3]) = reviews_backends();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     write_mesh(dir.path(), port, &[Service { name: "reviews", backends: &[("v1", p1), ("v2", p2), ("v3", p3)] }], "");

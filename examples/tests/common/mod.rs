@@ -119,6 +119,12 @@ fn dechunk(mut rest: &str) -> Option<String> {
     }
 }
 
+/// `demo-backend`s answering as reviews v1, v2 and v3; their ports.
+pub fn reviews_backends() -> (Vec<Proc>, [u16; 3]) {
+    let (procs, ports): (Vec<Proc>, Vec<u16>) = ["v1", "v2", "v3"].into_iter().map(|v| backend(v, 0)).unzip();
+    (procs, [ports[0], ports[1], ports[2]])
+}
+
 /// A test server from another crate's examples (adapter-k8s's
 /// `fake_apiserver`, adapter-consul's `fake_consul`), which prints
 /// `listening on ADDR`; with that address.
