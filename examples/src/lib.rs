@@ -1,6 +1,7 @@
 //! Shared pieces of the example binaries.
 
 pub mod backend;
+pub mod scrape;
 pub mod sources;
 
 use std::sync::Arc;

@@ -14,6 +14,8 @@ use mesh_core::registry::AggregateRegistry;
 use mesh_core::store::AggregateConfigStore;
 use mesh_core::{ConfigStore, ServiceRegistry};
 
+use crate::scrape::Scrape;
+
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SourceArgs {
     /// Files or directories of Istio YAML (and Kubernetes Services,
@@ -182,51 +184,38 @@ impl Sources {
         }
     }
 
-    /// Prometheus lines for the sources' own health.
-    pub fn metrics(&self) -> String {
-        let mut out = String::new();
+    /// The sources' own health, for `/metrics`.
+    pub fn metrics(&self, scrape: &mut Scrape) {
         if let Some(kube) = &self.kube {
             let s = kube.status();
-            out.push_str(&format!(
-                "# TYPE mesh_k8s_synced gauge\nmesh_k8s_synced {}\n\
-                 # TYPE mesh_k8s_invalid_objects gauge\nmesh_k8s_invalid_objects {}\n\
-                 # TYPE mesh_k8s_invalid_objects_total counter\nmesh_k8s_invalid_objects_total {}\n\
-                 # TYPE mesh_k8s_lists_total counter\nmesh_k8s_lists_total {}\n\
-                 # TYPE mesh_k8s_watch_errors_total counter\nmesh_k8s_watch_errors_total {}\n",
-                u8::from(s.synced),
-                s.invalid.len(),
-                s.invalid_total,
-                s.lists_total,
-                s.watch_errors_total
-            ));
+            scrape.gauge("mesh_k8s_synced", "Every Kubernetes watch has listed once", u64::from(s.synced));
+            scrape.gauge("mesh_k8s_invalid_objects", "Istio objects skipped as invalid now", s.invalid.len() as u64);
+            scrape.counter("mesh_k8s_invalid_objects_reported", "Invalid Istio objects reported", s.invalid_total);
+            scrape.counter("mesh_k8s_lists", "Lists done by the Kubernetes watches", s.lists_total);
+            scrape.counter("mesh_k8s_watch_errors", "Kubernetes watch errors", s.watch_errors_total);
         }
         if let Some(consul) = &self.consul {
             let s = consul.status();
-            out.push_str(&format!(
-                "# TYPE mesh_consul_synced gauge\nmesh_consul_synced {}\n\
-                 # TYPE mesh_consul_requests_total counter\nmesh_consul_requests_total {}\n\
-                 # TYPE mesh_consul_errors_total counter\nmesh_consul_errors_total {}\n\
-                 # TYPE mesh_consul_index_resets_total counter\nmesh_consul_index_resets_total {}\n",
-                u8::from(s.synced),
-                s.requests_total,
-                s.errors_total,
-                s.index_resets_total
-            ));
+            scrape.gauge(
+                "mesh_consul_synced",
+                "The Consul catalog and its services answered once",
+                u64::from(s.synced),
+            );
+            scrape.counter("mesh_consul_requests", "Blocking queries sent to Consul", s.requests_total);
+            scrape.counter("mesh_consul_errors", "Failed Consul queries", s.errors_total);
+            scrape.counter("mesh_consul_index_resets", "Consul indexes that went backwards", s.index_resets_total);
         }
         if let Some(kv) = &self.consul_kv {
-            out.push_str(&format!(
-                "# TYPE mesh_consul_kv_problems gauge\nmesh_consul_kv_problems {}\n",
-                kv.status().problems.len()
-            ));
+            scrape.gauge("mesh_consul_kv_problems", "Consul KV keys not applied", kv.status().problems.len() as u64);
         }
         if let Some(files) = &self.files {
             let s = files.status();
-            out.push_str(&format!(
-                "# TYPE mesh_config_errors gauge\nmesh_config_errors {}\n\
-                 # TYPE mesh_config_loads_with_errors_total counter\nmesh_config_loads_with_errors_total {}\n",
-                s.errors, s.loads_with_errors_total
-            ));
+            scrape.gauge("mesh_config_errors", "Config file errors in the last load", s.errors as u64);
+            scrape.counter(
+                "mesh_config_loads_with_errors",
+                "Config loads that found errors",
+                s.loads_with_errors_total,
+            );
         }
-        out
     }
 }

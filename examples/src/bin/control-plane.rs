@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
+use examples::scrape::Scrape;
 use examples::sources::Sources;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
@@ -137,7 +138,7 @@ fn debug_response(
         },
         "/ready" if generator.mesh().is_some() => (StatusCode::OK, "ready\n".to_string()),
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "sources not synced\n".to_string()),
-        "/metrics" => (StatusCode::OK, metrics(status) + &sources.metrics()),
+        "/metrics" => (StatusCode::OK, metrics(status, sources)),
         _ => (StatusCode::NOT_FOUND, "/debug/syncz, /debug/config_dump?proxyID=, /ready, /metrics\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -146,10 +147,12 @@ fn debug_response(
 }
 
 /// Istio's names for the same figures.
-fn metrics(status: &SyncStatus) -> String {
+fn metrics(status: &SyncStatus, sources: &Sources) -> String {
     let t = status.totals();
-    format!(
-        "# TYPE pilot_xds gauge\npilot_xds {}\n# TYPE pilot_xds_pushes counter\npilot_xds_pushes_total {}\n# TYPE pilot_total_xds_rejects counter\npilot_total_xds_rejects_total {}\n",
-        t.connected, t.pushes, t.nacks
-    )
+    let mut scrape = Scrape::default();
+    scrape.gauge("pilot_xds", "Connected xDS clients", t.connected);
+    scrape.counter("pilot_xds_pushes", "xDS responses sent", t.pushes);
+    scrape.counter("pilot_total_xds_rejects", "xDS responses NACKed", t.nacks);
+    sources.metrics(&mut scrape);
+    scrape.encode()
 }
