@@ -224,7 +224,8 @@ struct Sync {
 /// Backoff for what kube-rs does not retry itself (discovery).
 async fn retry_delay(attempt: u32) {
     let base = Duration::from_millis(250 * 2u64.saturating_pow(attempt.min(7))).min(Duration::from_secs(30));
-    let jitter = base.mul_f64(0.5 * (f64::from(attempt.wrapping_mul(2654435761) % 1000) / 1000.0));
+    // Up to half again, at random, so restarted control planes spread out.
+    let jitter = base.mul_f64(0.5 * fastrand::f64());
     tokio::time::sleep(base + jitter).await;
 }
 
