@@ -94,8 +94,6 @@ impl ConsulKvStore {
             let mut keys: BTreeMap<String, KeyState> = BTreeMap::new();
             loop {
                 let Some(pairs) = query.next::<Vec<KvPair>>().await else { continue };
-                // 404: nothing under the prefix.
-                let pairs = pairs.unwrap_or_default();
                 let present: std::collections::BTreeSet<&str> = pairs.iter().map(|p| p.key.as_str()).collect();
                 keys.retain(|k, _| present.contains(k.as_str()));
                 for pair in &pairs {

@@ -89,9 +89,10 @@ impl Query {
         }
     }
 
-    /// The next answer that is new (`Some(None)`: 404); `None` when the
-    /// wait expired with nothing new. Failures are retried here.
-    pub async fn next<T: DeserializeOwned>(&mut self) -> Option<Option<T>> {
+    /// The next answer that is new (a 404, no such KV prefix, is the empty
+    /// value); `None` when the wait expired with nothing new. Failures are
+    /// retried here.
+    pub async fn next<T: DeserializeOwned + Default>(&mut self) -> Option<T> {
         loop {
             if let Some(last) = self.last_start {
                 tokio::time::sleep(pause_before_next(last.elapsed(), self.min_interval)).await;
@@ -108,7 +109,7 @@ impl Query {
                     }
                     return match step {
                         IndexStep::Unchanged => None,
-                        IndexStep::Advanced | IndexStep::Reset => Some(answer.value),
+                        IndexStep::Advanced | IndexStep::Reset => Some(answer.value.unwrap_or_default()),
                     };
                 }
                 Err(e) => {

@@ -88,7 +88,7 @@ async fn watch_service(shared: Arc<Shared>, name: String) {
     let mut query = shared.query(path);
     loop {
         let Some(entries) = query.next::<Vec<HealthEntry>>().await else { continue };
-        let (service, endpoints) = service_of(&name, &entries.unwrap_or_default(), &shared.options.naming);
+        let (service, endpoints) = service_of(&name, &entries, &shared.options.naming);
         let state = ServiceState { service: Arc::new(service), endpoints: endpoints.into() };
         {
             let progress = lock(&shared.progress);
@@ -123,7 +123,7 @@ async fn watch_catalog(shared: Arc<Shared>) {
     loop {
         let Some(catalog) = query.next::<BTreeMap<String, Option<Vec<String>>>>().await else { continue };
         // Consul lists itself; it is not a mesh service.
-        let names: BTreeSet<String> = catalog.unwrap_or_default().into_keys().filter(|n| n != "consul").collect();
+        let names: BTreeSet<String> = catalog.into_keys().filter(|n| n != "consul").collect();
         let gone: Vec<String> = watches.keys().filter(|n| !names.contains(*n)).cloned().collect();
         for name in gone {
             watches.remove(&name);
