@@ -10,9 +10,6 @@
 //! - then, outside criterion, the memory the adapter state takes after the
 //!   sync (goal: under 200 MB), counted by the global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use adapter_k8s::cluster::{ClusterState, Touched};
 use adapter_k8s::objects::{object_name, PodRecord, ServiceRecord, SliceRecord};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -22,45 +19,8 @@ use mesh_core::keyed::KeyedMap;
 use mesh_core::model::ServiceState;
 use serde_json::json;
 
-/// The system allocator, counting the bytes in use and their peak.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is passed unchanged to `System`, which upholds the
-// `GlobalAlloc` contract; the counters only observe sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's layout contract is forwarded as is.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` came from this allocator with `layout`.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: benches::alloc::Counting<std::alloc::System> = benches::alloc::Counting::new(std::alloc::System);
 
 const NAMESPACES: usize = 50;
 const SERVICES: usize = 5000;
@@ -179,16 +139,16 @@ fn k8s_registry(c: &mut Criterion) {
 
     // Memory: what stays after the sync (the state and what is published),
     // the objects themselves dropped as the watches drop them.
-    let objects_bytes = LIVE.load(Ordering::Relaxed);
+    let objects_bytes = ALLOCATOR.live_bytes();
     let kept = {
-        let before = LIVE.load(Ordering::Relaxed);
-        PEAK.store(before, Ordering::Relaxed);
+        let before = ALLOCATOR.live_bytes();
+        ALLOCATOR.reset_peak();
         let kept = initial_sync(&objects);
-        let after = LIVE.load(Ordering::Relaxed);
+        let after = ALLOCATOR.live_bytes();
         println!(
             "k8s_registry memory: adapter state after the sync {:.1} MB (goal: under 200 MB); peak during the sync {:.1} MB above the decoded objects ({:.1} MB)",
             (after - before) as f64 / 1e6,
-            (PEAK.load(Ordering::Relaxed) - before) as f64 / 1e6,
+            (ALLOCATOR.peak_bytes() - before) as f64 / 1e6,
             objects_bytes as f64 / 1e6,
         );
         kept

@@ -38,7 +38,7 @@ use prost::Message;
 /// several threads fragment glibc's per-thread arenas (1,000 clients: 510 MB
 /// RSS with glibc, 433 MB with jemalloc, 244 MB with mimalloc).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: benches::alloc::Counting<mimalloc::MiMalloc> = benches::alloc::Counting::new(mimalloc::MiMalloc);
 
 const DEBOUNCE: Duration = Duration::from_millis(10);
 
@@ -103,6 +103,19 @@ fn server() {
                         }
                     }
                 }
+                // A profiler wrapping the server then sees what is live
+                // at this point as leaked.
+                _ if line == "exit" => std::process::exit(0),
+                _ if line == "heap" => {
+                    let classes: Vec<String> = ALLOCATOR
+                        .live_by_size()
+                        .iter()
+                        .map(|(size, bytes)| format!("{size}+: {:.1} MB", *bytes as f64 / 1e6))
+                        .collect();
+                    eprintln!("live heap by allocation size: {}", classes.join(", "));
+                    println!("heap {} {}", ALLOCATOR.live_bytes(), ALLOCATOR.peak_bytes());
+                    ALLOCATOR.reset_peak();
+                }
                 _ => eprintln!("unknown command {line:?}"),
             }
         }
@@ -150,6 +163,7 @@ fn clients() {
     let port: u16 = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port");
     let mut commands = child.stdin.take().expect("stdin");
     let idle_rss = rss(pid, "VmRSS");
+    let (idle_heap, _) = live_heap(&mut commands, &mut out);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let epoch = Instant::now();
@@ -168,7 +182,8 @@ fn clients() {
         let served = stamps.iter().map(|s| s.ready.load(Ordering::Relaxed)).max().unwrap_or(0);
         let storm_s = (Duration::from_nanos(served) - storm.duration_since(epoch)).as_secs_f64();
         println!("connect storm: {clients} clients ({workloads} workloads) fully served in {storm_s:.2} s");
-        println!("server RSS: {:.1} MB idle before clients, {:.1} MB after the storm, peak {:.1} MB", idle_rss, rss(pid, "VmRSS"), rss(pid, "VmHWM"));
+        let (heap, heap_peak) = live_heap(&mut commands, &mut out);
+        println!("server RSS (live heap), MB: idle {idle_rss:.1} ({idle_heap:.1}), after the storm {:.1} ({heap:.1}), peak {:.1} ({heap_peak:.1})", rss(pid, "VmRSS"), rss(pid, "VmHWM"));
 
         for (what, command, pick) in [("endpoint", "endpoint", 0usize), ("route", "route", 1)] {
             let mut latencies = Vec::new();
@@ -194,9 +209,14 @@ fn clients() {
                 latencies.last().copied().unwrap_or(0.0)
             );
         }
-        println!("server RSS peak: {:.1} MB", rss(pid, "VmHWM"));
+        let (heap, heap_peak) = live_heap(&mut commands, &mut out);
+        println!("server RSS (live heap), MB: after the changes {:.1} ({heap:.1}), peak {:.1} ({heap_peak:.1} during the changes)", rss(pid, "VmRSS"), rss(pid, "VmHWM"));
     });
-    let _ = child.kill();
+    if wrap.is_empty() {
+        let _ = child.kill();
+    } else {
+        let _ = writeln!(commands, "exit");
+    }
     let _ = child.wait();
 }
 
@@ -219,6 +239,26 @@ async fn wait_all(stamps: &[Stamps], field: impl Fn(&Stamps) -> &AtomicU64, limi
         assert!(Instant::now() < deadline, "{what}: only {done} of {} clients after {limit:?}", stamps.len());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The server's bytes allocated and not freed (MB), as its counting
+/// allocator sees them: RSS above this is what the allocator keeps.
+fn live_heap(commands: &mut impl Write, out: &mut impl BufRead) -> (f64, f64) {
+    writeln!(commands, "heap").expect("ask the server");
+    let mut line = String::new();
+    while !line.starts_with("heap ") {
+        line.clear();
+        if out.read_line(&mut line).expect("heap line") == 0 {
+            panic!("the server exited");
+        }
+    }
+    let mut figures = line
+        .trim()
+        .strip_prefix("heap ")
+        .unwrap_or_default()
+        .split(' ')
+        .map(|n| n.parse::<f64>().unwrap_or(0.0) / 1048576.0);
+    (figures.next().unwrap_or(0.0), figures.next().unwrap_or(0.0))
 }
 
 fn rss(pid: u32, field: &str) -> f64 {

@@ -1,6 +1,8 @@
 //! Fixtures shared by the criterion benches in `benches/`: synthetic route
 //! tables, endpoint sets and meshes of a given size.
 
+pub mod alloc;
+
 use mesh_core::config::Resource;
 use mesh_core::lb::Host;
 use mesh_core::model::{Endpoint, Protocol, Resolution, Service, ServicePort};

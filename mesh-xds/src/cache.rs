@@ -249,7 +249,7 @@ mod tests {
         cache.set("k", snapshot(&[("a", b"2")]));
         rx.changed().await.unwrap();
         let seen = rx.borrow_and_update().clone().unwrap();
-        assert_eq!(seen.resources.get(ENDPOINT, "a").unwrap().body.value, b"2");
+        assert_eq!(seen.resources.get(ENDPOINT, "a").unwrap().value(), b"2");
         // An identical snapshot wakes nobody.
         cache.set("k", snapshot(&[("a", b"2")]));
         assert!(!rx.has_changed().unwrap());

@@ -142,7 +142,7 @@ impl DeltaStream {
                 .map(|r| PbResource {
                     name: r.name.clone(),
                     version: r.version.clone(),
-                    resource: Some(r.body.clone()),
+                    resource: Some(r.body()),
                     ..Default::default()
                 })
                 .collect(),

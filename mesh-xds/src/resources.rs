@@ -35,30 +35,70 @@ pub fn short_name(type_url: &str) -> &str {
     }
 }
 
+/// One named resource, held only as it goes on the wire: every push of it,
+/// to any number of streams, shares these bytes, and nothing else keeps a
+/// second copy of the message.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
     pub name: String,
-    /// A digest of the encoded resource.
+    /// A digest of the encoded message.
     pub version: String,
-    pub body: Any,
-    /// The resource as a `resources` field of a `DiscoveryResponse`, encoded
-    /// once: every state-of-the-world push of it, to any number of
-    /// streams, shares these bytes.
+    /// The resource as a `resources` field of a `DiscoveryResponse`: the
+    /// field's key and length, then an `Any` (type URL, then the message).
     pub wire: bytes::Bytes,
+    /// Where the `Any` starts in `wire`, and where the message does.
+    any_at: u8,
+    value_at: u32,
 }
 
 impl Resource {
     pub fn new<T: Message + Name>(name: String, msg: &T) -> Resource {
-        Resource::from_any(name, Any { type_url: T::type_url(), value: msg.encode_to_vec() })
+        Resource::encode(name, &T::type_url(), msg.encoded_len(), |wire| msg.encode_raw(wire))
     }
 
     pub fn from_any(name: String, body: Any) -> Resource {
-        let version = format!("{:016x}", xxhash_rust::xxh64::xxh64(&body.value, 0));
-        let mut wire = Vec::with_capacity(body.encoded_len() + 8);
-        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut wire);
-        prost::encoding::encode_varint(body.encoded_len() as u64, &mut wire);
-        body.encode_raw(&mut wire);
-        Resource { name, version, body, wire: wire.into() }
+        Resource::from_encoded(name, &body.type_url, &body.value)
+    }
+
+    /// A message encoded elsewhere (piece by piece, say).
+    pub fn from_encoded(name: String, type_url: &str, value: &[u8]) -> Resource {
+        Resource::encode(name, type_url, value.len(), |wire| wire.extend_from_slice(value))
+    }
+
+    /// Encode straight into the wire form, in one allocation of its exact
+    /// size.
+    fn encode(name: String, type_url: &str, value_len: usize, value: impl FnOnce(&mut Vec<u8>)) -> Resource {
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+        let any_len = key_len(1)
+            + encoded_len_varint(type_url.len() as u64)
+            + type_url.len()
+            + key_len(2)
+            + encoded_len_varint(value_len as u64)
+            + value_len;
+        let mut wire = Vec::with_capacity(key_len(2) + encoded_len_varint(any_len as u64) + any_len);
+        encode_key(2, WireType::LengthDelimited, &mut wire);
+        encode_varint(any_len as u64, &mut wire);
+        let any_at = wire.len() as u8;
+        encode_key(1, WireType::LengthDelimited, &mut wire);
+        encode_varint(type_url.len() as u64, &mut wire);
+        wire.extend_from_slice(type_url.as_bytes());
+        encode_key(2, WireType::LengthDelimited, &mut wire);
+        encode_varint(value_len as u64, &mut wire);
+        let value_at = wire.len() as u32;
+        value(&mut wire);
+        debug_assert_eq!(wire.len(), value_at as usize + value_len, "encoded_len disagrees with encode_raw");
+        let version = format!("{:016x}", xxhash_rust::xxh64::xxh64(&wire[value_at as usize..], 0));
+        Resource { name, version, wire: wire.into(), any_at, value_at }
+    }
+
+    /// The encoded message.
+    pub fn value(&self) -> &[u8] {
+        &self.wire[self.value_at as usize..]
+    }
+
+    /// The resource as an `Any` (a copy: for delta responses and tests).
+    pub fn body(&self) -> Any {
+        Any::decode(&self.wire[self.any_at as usize..]).expect("a resource decodes as `encode` wrote it")
     }
 }
 

@@ -35,7 +35,7 @@ impl SotwResponse {
     pub fn to_message(&self) -> DiscoveryResponse {
         DiscoveryResponse {
             version_info: self.version_info.clone(),
-            resources: self.resources.iter().map(|r| r.body.clone()).collect(),
+            resources: self.resources.iter().map(|r| r.body()).collect(),
             type_url: self.type_url.clone(),
             nonce: self.nonce.clone(),
             ..Default::default()
@@ -288,7 +288,7 @@ mod tests {
         s2.changes.insert(ENDPOINT.to_string(), change);
         let pushed = st.on_snapshot(&s2);
         assert_eq!(pushed.len(), 1);
-        let names: Vec<_> = pushed[0].resources.iter().map(|r| r.body.value.clone()).collect();
+        let names: Vec<_> = pushed[0].resources.iter().map(|r| r.value().to_vec()).collect();
         assert_eq!(names, [b"2".to_vec()], "only b: c is not subscribed");
         assert_ne!(pushed[0].version_info, first.version_info);
         // Nothing this stream wants changed: no push at all.

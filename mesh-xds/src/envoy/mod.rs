@@ -41,7 +41,8 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> ResourceSet {
         }
     }
     for rc in &cfg.route_configs {
-        set.insert(ROUTE, Resource::new(rc.name.clone(), &routes::route_configuration(rc, cfg, flavor)));
+        let encoded = routes::encoded_route_configuration(rc, cfg, flavor);
+        set.insert(ROUTE, Resource::from_encoded(rc.name.clone(), ROUTE, &encoded));
     }
     match flavor {
         Flavor::Envoy => {

@@ -33,30 +33,42 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use mesh_core::proxy_config::{
     AbortStatus, CorsPolicy, FaultPolicy, HashPolicy, LbPolicy, ProxyConfig, RetryPolicy, Route,
-    RouteAction as MeshAction, RouteConfig, RouteMatch, StringMatcher,
+    RouteAction as MeshAction, RouteConfig, RouteMatch, StringMatcher, VirtualHost,
 };
+use prost::Message;
 
 use super::{any, boolean, duration, percent, uint32, Flavor};
 
 pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
 pub(super) const CORS_FILTER: &str = "envoy.filters.http.cors";
 
-pub(super) fn route_configuration(rc: &RouteConfig, cfg: &ProxyConfig, flavor: Flavor) -> RouteConfiguration {
-    RouteConfiguration {
+/// A route table, encoded one virtual host at a time: a 1,000-host
+/// table's message tree is several times its encoding, and this way only
+/// one host's tree is alive at once. (Repeated message fields are just
+/// concatenated on the wire, so the bytes decode as the whole message.)
+pub(super) fn encoded_route_configuration(rc: &RouteConfig, cfg: &ProxyConfig, flavor: Flavor) -> Vec<u8> {
+    let table = RouteConfiguration {
         name: rc.name.clone(),
-        virtual_hosts: rc
-            .virtual_hosts
-            .iter()
-            .map(|vh| EnvoyVirtualHost {
-                name: vh.name.clone(),
-                domains: vh.domains.clone(),
-                routes: vh.routes.iter().flat_map(|r| route(r, cfg, flavor)).collect(),
-                ..Default::default()
-            })
-            .collect(),
         // Istio's default: a route to an unknown cluster is not a reason
         // to reject the whole table.
         validate_clusters: boolean(false),
+        ..Default::default()
+    };
+    let mut encoded = table.encode_to_vec();
+    for vh in &rc.virtual_hosts {
+        prost::encoding::message::encode(VIRTUAL_HOSTS_FIELD, &virtual_host(vh, cfg, flavor), &mut encoded);
+    }
+    encoded
+}
+
+/// `RouteConfiguration.virtual_hosts`.
+const VIRTUAL_HOSTS_FIELD: u32 = 2;
+
+fn virtual_host(vh: &VirtualHost, cfg: &ProxyConfig, flavor: Flavor) -> EnvoyVirtualHost {
+    EnvoyVirtualHost {
+        name: vh.name.clone(),
+        domains: vh.domains.clone(),
+        routes: vh.routes.iter().flat_map(|r| route(r, cfg, flavor)).collect(),
         ..Default::default()
     }
 }

@@ -88,7 +88,7 @@ fn decode<M: Message + Default>(set: &ResourceSet, type_url: &str, name: &str) -
     let r = set.get(type_url, name).unwrap_or_else(|| {
         panic!("no {type_url} {name}: {:?}", set.of_type(type_url).map(|m| m.keys().collect::<Vec<_>>()))
     });
-    M::decode(r.body.value.as_slice()).unwrap()
+    M::decode(r.value()).unwrap()
 }
 
 const V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";

@@ -16,9 +16,7 @@ use crate::envoy::{resources, tests::mesh, Flavor};
 use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 fn all<M: Message + Default>(set: &ResourceSet, type_url: &str) -> Vec<M> {
-    set.of_type(type_url)
-        .map(|m| m.values().map(|r| M::decode(r.body.value.as_slice()).unwrap()).collect())
-        .unwrap_or_default()
+    set.of_type(type_url).map(|m| m.values().map(|r| M::decode(r.value()).unwrap()).collect()).unwrap_or_default()
 }
 
 fn round_trip(cfg: &ProxyConfig, kind: ProxyKind) -> ProxyConfig {
