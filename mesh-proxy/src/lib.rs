@@ -16,8 +16,10 @@
 //! | [`cluster`] | a cluster's endpoints, balancer, breaker and detector |
 //! | [`listener`] | listeners, added and drained as config changes |
 //! | [`upstream`] | pooled upstream connections (HTTP/1.1 and h2c) |
+//! | [`http1`] | the HTTP/1.1 upstream client, run in the request's task |
 //! | [`admin`] | `/config_dump`, `/clusters`, `/stats`, `/ready`, `/drain`, Prometheus |
-//! | [`metrics`] | Istio's metrics and the JSON access log |
+//! | [`metrics`] | Istio's metrics |
+//! | [`access_log`] | the JSON access log, buffered |
 //! | [`tls`] | TLS termination by SNI for gateway listeners |
 //! | [`body`] | body types and the replay buffer |
 //!
@@ -57,10 +59,12 @@
 //! }
 //! ```
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cluster;
 pub mod forward;
+pub mod http1;
 pub mod listener;
 pub mod live;
 pub mod metrics;
@@ -185,7 +189,9 @@ impl ProxyBuilder {
         self
     }
 
-    /// Write a JSON access log line per request to stdout.
+    /// Write a JSON access log line per request to stdout, buffered as
+    /// Envoy buffers its file log: written out every second, at 64 KiB
+    /// and when draining.
     pub fn access_log(mut self, on: bool) -> Self {
         self.access_log = on;
         self
@@ -209,7 +215,7 @@ impl ProxyBuilder {
         let (drain_tx, drain_rx) = watch::channel(false);
         let admin_state = admin::AdminState {
             live: Arc::clone(&live),
-            metrics,
+            metrics: Arc::clone(&metrics),
             drain: drain_tx.clone(),
             downstream: Arc::clone(&forwarder.stats),
         };
@@ -235,7 +241,8 @@ impl ProxyBuilder {
                 .boxed(),
             ConfigSource::Stream { configs, .. } => configs,
         };
-        tokio::spawn(sweep_outliers(Arc::clone(&live), drain_rx.clone()));
+        tokio::spawn(sweep(Arc::clone(&forwarder), drain_rx.clone()));
+        tokio::spawn(flush_access_log(Arc::clone(&metrics), drain_rx.clone()));
         let config_task = tokio::spawn(config_loop(
             configs,
             Arc::clone(&live),
@@ -252,6 +259,7 @@ impl ProxyBuilder {
             config_task,
             version: version_rx,
             admin_addr,
+            metrics,
         })
     }
 }
@@ -288,16 +296,29 @@ async fn config_loop(
     }
 }
 
-/// Outlier detection's interval sweeps, for every cluster that has it.
-async fn sweep_outliers(live: SharedConfig, mut drain: watch::Receiver<bool>) {
+/// Outlier detection's interval sweeps, for every cluster that has it,
+/// and idle upstream connections closed at their idle timeout.
+async fn sweep(forwarder: Arc<Forwarder>, mut drain: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = drain.changed() => return,
         }
-        for cluster in live.load().clusters.values() {
+        for cluster in forwarder.live.load().clusters.values() {
             cluster.sweep_if_due();
+        }
+        forwarder.upstreams.close_expired();
+    }
+}
+
+/// The access log's flush timer.
+async fn flush_access_log(metrics: Arc<Metrics>, mut drain: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(access_log::FLUSH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => metrics.flush_access_log(),
+            _ = drain.changed() => return,
         }
     }
 }
@@ -311,6 +332,7 @@ pub struct ProxyHandle {
     config_task: tokio::task::JoinHandle<()>,
     version: watch::Receiver<String>,
     admin_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
 }
 
 impl ProxyHandle {
@@ -364,6 +386,7 @@ impl ProxyHandle {
         let _ = self.drain.send(true);
         self.config_task.abort();
         self.listeners.lock().await.shutdown().await;
+        self.metrics.flush_access_log();
     }
 }
 

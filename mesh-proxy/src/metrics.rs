@@ -2,7 +2,6 @@
 //! `istio_request_duration_milliseconds`) with Istio's labels, so existing
 //! dashboards work, and a JSON access log line per request.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::forward::Flag;
 
 /// Istio's buckets for request durations, in milliseconds.
@@ -117,7 +117,7 @@ pub struct Metrics {
     reporter: &'static str,
     workload: String,
     namespace: String,
-    access_log: bool,
+    access_log: Option<AccessLog>,
 }
 
 /// What one request did, for metrics and the access log. Route and cluster
@@ -183,7 +183,7 @@ impl Metrics {
             reporter: "source",
             workload: workload.into(),
             namespace: namespace.into(),
-            access_log,
+            access_log: access_log.then(AccessLog::default),
         }
     }
 
@@ -201,7 +201,7 @@ impl Metrics {
                 .headers
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
-            request_line: self.access_log.then(|| RequestLine::of(head)),
+            request_line: self.access_log.as_ref().map(|_| RequestLine::of(head)),
         }
     }
 
@@ -274,22 +274,27 @@ impl Metrics {
     }
 
     fn log(&self, r: &RequestRecord<'_>, line: &RequestLine, took: Duration) {
-        let start_ms = line.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let entry = serde_json::json!({
-            "start_time_ms": start_ms,
-            "method": line.method.as_str(),
-            "path": line.path,
-            "authority": line.authority,
-            "response_code": r.status,
-            "response_flags": r.flag.code(),
-            "duration_ms": took.as_secs_f64() * 1000.0,
-            "upstream_host": r.upstream_host.map(|h| h.to_string()),
-            "upstream_cluster": r.cluster,
-            "route_name": r.route,
-            "x_request_id": r.request_id.to_str().unwrap_or_default(),
+        let Some(log) = &self.access_log else { return };
+        log.write(&Entry {
+            start_time_ms: line.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()),
+            method: line.method.as_str(),
+            path: &line.path,
+            authority: &line.authority,
+            response_code: r.status,
+            response_flags: r.flag.code(),
+            duration_ms: took.as_secs_f64() * 1000.0,
+            upstream_host: r.upstream_host,
+            upstream_cluster: r.cluster,
+            route_name: r.route,
+            x_request_id: r.request_id.to_str().unwrap_or_default(),
         });
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{entry}");
+    }
+
+    /// Write out the buffered access log lines.
+    pub fn flush_access_log(&self) {
+        if let Some(log) = &self.access_log {
+            log.flush();
+        }
     }
 
     /// The Prometheus text exposition.

@@ -1,14 +1,17 @@
-//! Connections to upstream endpoints: hyper's pooled clients (keep-alive,
-//! one pool per endpoint address), one client per distinct cluster
-//! connection setting: HTTP/1.1 or HTTP/2 (h2c), connect timeout, idle
-//! timeout. Clusters pick theirs when a config is compiled, never per
-//! request, and configs share clients so pools survive config changes.
+//! Connections to upstream endpoints, pooled per endpoint address, one
+//! pool per distinct cluster connection setting (HTTP/1.1 or HTTP/2 (h2c),
+//! connect timeout, idle timeout). Clusters pick theirs when a config is
+//! compiled, never per request, and configs share pools so connections
+//! survive config changes.
 //!
-//! Each connection carries a count of the requests it served, so that
-//! `maxRequestsPerConnection` can retire exactly the connections that
-//! reached it (hyper's pool has no such limit of its own).
+//! HTTP/1.1 goes through [`crate::http1`], driven by the request's own
+//! task; HTTP/2 and upgrades (WebSocket) through hyper's pooled client.
+//! Each of hyper's connections carries a count of the requests it served,
+//! so that `maxRequestsPerConnection` can retire exactly the connections
+//! that reached it (hyper's pool has no such limit of its own).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use http::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,7 +27,8 @@ use mesh_core::model::Protocol;
 use mesh_core::proxy_config::Cluster;
 use tokio::net::TcpStream;
 
-use crate::body::Body;
+use crate::body::{self, Body};
+use crate::http1::{Http1Error, Http1Pool, RequestBody, RequestHead};
 
 pub type UpstreamClient = Client<CountingConnector, Body>;
 
@@ -40,18 +45,108 @@ struct PoolKey {
 #[derive(Default)]
 pub struct Upstreams {
     clients: Mutex<HashMap<PoolKey, UpstreamClient>>,
+    http1: Mutex<HashMap<PoolKey, Arc<Http1Pool>>>,
+}
+
+/// How a cluster reaches its endpoints.
+#[derive(Clone)]
+pub struct ClusterConnections {
+    /// HTTP/2, and HTTP/1.1 upgrades.
+    pub hyper: UpstreamClient,
+    /// Plain HTTP/1.1; `None` for an HTTP/2 cluster.
+    pub http1: Option<Arc<Http1Pool>>,
+    pub max_requests_per_connection: Option<u32>,
 }
 
 impl Upstreams {
-    /// The client for a cluster's settings (config time only).
-    pub fn client_for(&self, cluster: &Cluster) -> UpstreamClient {
+    /// The pools for a cluster's settings (config time only).
+    pub fn connections_for(&self, cluster: &Cluster) -> ClusterConnections {
         let key = PoolKey {
             http2: matches!(cluster.protocol, Protocol::Http2 | Protocol::Grpc),
             connect_timeout: cluster.connect_timeout,
             idle_timeout: cluster.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
         };
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients.entry(key).or_insert_with(|| build(key)).clone()
+        let hyper = self
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_insert_with(|| build(key))
+            .clone();
+        let http1 = (!key.http2).then(|| {
+            let mut pools = self.http1.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(
+                pools.entry(key).or_insert_with(|| Arc::new(Http1Pool::new(key.connect_timeout, key.idle_timeout))),
+            )
+        });
+        ClusterConnections { hyper, http1, max_requests_per_connection: cluster.max_requests_per_connection }
+    }
+
+    /// Close the HTTP/1.1 connections idle past their idle timeout (hyper's
+    /// pool does this for its own).
+    pub fn close_expired(&self) {
+        for pool in self.http1.lock().unwrap_or_else(PoisonError::into_inner).values() {
+            pool.close_expired();
+        }
+    }
+}
+
+/// Why an upstream request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Http1(#[from] Http1Error),
+    #[error(transparent)]
+    Hyper(#[from] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Http1(e) => e.is_connect(),
+            UpstreamError::Hyper(e) => e.is_connect(),
+        }
+    }
+}
+
+impl ClusterConnections {
+    /// Send a request to one endpoint; the response's extensions carry
+    /// hyper's upgrade handle when the request asked for one.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        head: &http::request::Parts,
+        body: RequestBody,
+        upgrade: bool,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        if let (Some(pool), false) = (&self.http1, upgrade) {
+            let head = RequestHead { method: &head.method, path, headers: &head.headers };
+            let response = pool.send(addr, head, body, self.max_requests_per_connection).await?;
+            return Ok(response.map(body::boxed));
+        }
+        let body = match body {
+            RequestBody::Full(b) => body::full(b),
+            RequestBody::Stream(s) => s,
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}")).unwrap_or_else(|_| Uri::from_static("/"));
+        *req.headers_mut() = head.headers.clone();
+        *req.version_mut() = if self.http1.is_none() { Version::HTTP_2 } else { Version::HTTP_11 };
+        let connection = hyper_util::client::legacy::connect::capture_connection(&mut req);
+        let response = self.hyper.request(req).await?;
+        // maxRequestsPerConnection: a connection that has carried its
+        // share is not reused.
+        if let Some(max) = self.max_requests_per_connection {
+            let carried = response.extensions().get::<ConnectionRequests>().map_or(0, ConnectionRequests::add);
+            if carried >= u64::from(max) {
+                if let Some(c) = connection.connection_metadata().as_ref() {
+                    c.poison();
+                }
+            }
+        }
+        Ok(response.map(body::boxed))
     }
 }
 

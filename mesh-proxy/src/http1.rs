@@ -1,0 +1,698 @@
+//! A lean HTTP/1.1 client for upstream requests, driven by the request's
+//! own task.
+//!
+//! Why not hyper's pooled client for HTTP/1.1: it runs each connection as
+//! a task of its own and hands it every request over a channel, a task
+//! switch each way per request, and holds about 34 KB per connection
+//! (the task, two channel blocks, buffers: `benches/README.md`). Here the
+//! request's task writes the request and parses the response head
+//! (`httparse`) on a pooled socket; the response body reads on from that
+//! socket and puts the connection back in the pool when it ends. An idle
+//! connection is its socket and nothing else.
+//!
+//! HTTP/2 upstreams and upgrades (WebSocket) stay on hyper's client.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+
+/// Response heads larger than this are refused (Envoy's default
+/// `max_response_headers_kb` is 60).
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+/// How much is read at a time.
+const READ_SIZE: usize = 8 * 1024;
+/// A chunk-size line (with extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Http1Error {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("connect timeout after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed before the response")]
+    Closed,
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+    #[error("request body: {0}")]
+    RequestBody(crate::body::BoxError),
+}
+
+impl Http1Error {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Http1Error::Connect(_) | Http1Error::ConnectTimeout(_))
+    }
+
+    /// What a pooled connection the server had already closed gives.
+    fn is_stale_connection(&self) -> bool {
+        use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        match self {
+            Http1Error::Closed => true,
+            Http1Error::Io(e) => matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted),
+            _ => false,
+        }
+    }
+}
+
+/// What goes upstream: the request head as the proxy built it.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    /// Origin form: path and query.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// A request body: whole (and so sendable again on a fresh connection when
+/// a pooled one turns out closed), or streamed.
+pub enum RequestBody {
+    Full(Bytes),
+    Stream(Body),
+}
+
+/// Idle connections by endpoint, for one set of connection settings.
+pub struct Http1Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// Requests this connection has carried.
+    requests: u64,
+}
+
+impl Conn {
+    /// Read more into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.io.poll_read_ready(cx))?;
+            self.buf.reserve(READ_SIZE);
+            match self.io.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    /// The response has been read whole: forget the read readiness it
+    /// left, without a system call, so that the idle check finds the
+    /// socket unready unless something new (a close) arrives. A close that
+    /// came with the response itself goes unseen until the next request,
+    /// which then retries on a new connection.
+    fn forget_readiness(&self) {
+        let _ = self.io.try_io(tokio::io::Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// An idle connection is usable while the peer has neither closed it
+    /// nor sent anything unasked.
+    fn still_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+impl Http1Pool {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Http1Pool {
+        Http1Pool { idle: Mutex::default(), connect_timeout, idle_timeout }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection to `addr` that is still good.
+    fn checkout(&self, addr: SocketAddr) -> Option<Conn> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(&addr)?;
+        while let Some(Idle { conn, since }) = list.pop() {
+            if since.elapsed() < self.idle_timeout && conn.still_open() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, addr: SocketAddr, mut conn: Conn) {
+        // Idle connections keep no buffer.
+        if conn.buf.is_empty() {
+            conn.buf = BytesMut::new();
+        }
+        self.lock().entry(addr).or_default().push(Idle { conn, since: Instant::now() });
+    }
+
+    /// Close the connections idle for longer than the idle timeout.
+    pub fn close_expired(&self) {
+        let mut idle = self.lock();
+        idle.retain(|_, list| {
+            list.retain(|i| i.since.elapsed() < self.idle_timeout);
+            !list.is_empty()
+        });
+    }
+
+    /// Idle connections held, for stats.
+    pub fn idle_connections(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn, Http1Error> {
+        let io = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => return Err(Http1Error::Connect(e)),
+            Err(_) => return Err(Http1Error::ConnectTimeout(self.connect_timeout)),
+        };
+        let _ = io.set_nodelay(true);
+        Ok(Conn { io, buf: BytesMut::new(), requests: 0 })
+    }
+
+    /// Send a request to `addr` and read the response head; the body
+    /// follows as the response's body. A connection that has carried
+    /// `max_requests` is closed after its response.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        head: RequestHead<'_>,
+        body: RequestBody,
+        max_requests: Option<u32>,
+    ) -> Result<Response<ResponseBody>, Http1Error> {
+        let mut body = Some(body);
+        loop {
+            let (mut conn, reused) = match self.checkout(addr) {
+                Some(conn) => (conn, true),
+                None => (self.connect(addr).await?, false),
+            };
+            let sending = body.take().unwrap_or(RequestBody::Full(Bytes::new()));
+            let replay = match &sending {
+                RequestBody::Full(b) if reused => Some(b.clone()),
+                _ => None,
+            };
+            match exchange(&mut conn, addr, &head, sending).await {
+                Ok(parsed) => {
+                    conn.requests += 1;
+                    let reusable = parsed.keep_alive && max_requests.is_none_or(|m| conn.requests < u64::from(m));
+                    let (head, framing) = (parsed.head, parsed.framing);
+                    let mut response =
+                        ResponseBody { conn: Some(conn), framing, pool: reusable.then(|| (Arc::clone(self), addr)) };
+                    response.finish_if_done();
+                    return Ok(Response::from_parts(head, response));
+                }
+                // A pooled connection the server closed as the request
+                // went out: once more on a new one, as hyper does.
+                Err(e) if e.is_stale_connection() && replay.is_some() => body = replay.map(RequestBody::Full),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A parsed response head and how its body is framed.
+struct Parsed {
+    head: http::response::Parts,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+async fn exchange(
+    conn: &mut Conn,
+    addr: SocketAddr,
+    head: &RequestHead<'_>,
+    body: RequestBody,
+) -> Result<Parsed, Http1Error> {
+    let chunked = matches!(body, RequestBody::Stream(_)) && !head.headers.contains_key(CONTENT_LENGTH);
+    let mut out = BytesMut::with_capacity(512 + if let RequestBody::Full(b) = &body { b.len() } else { 0 });
+    write_head(&mut out, addr, head, &body, chunked);
+    match body {
+        RequestBody::Full(b) => {
+            out.put(b);
+            conn.io.write_all(&out).await?;
+        }
+        RequestBody::Stream(mut stream) => {
+            conn.io.write_all(&out).await?;
+            while let Some(frame) = stream.frame().await {
+                let frame = frame.map_err(Http1Error::RequestBody)?;
+                let Ok(data) = frame.into_data() else { continue };
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    let size = format!("{:x}\r\n", data.len());
+                    conn.io.write_all(size.as_bytes()).await?;
+                    conn.io.write_all(&data).await?;
+                    conn.io.write_all(b"\r\n").await?;
+                } else {
+                    conn.io.write_all(&data).await?;
+                }
+            }
+            if chunked {
+                conn.io.write_all(b"0\r\n\r\n").await?;
+            }
+        }
+    }
+    read_head(conn, head.method).await
+}
+
+fn write_head(out: &mut BytesMut, addr: SocketAddr, head: &RequestHead<'_>, body: &RequestBody, chunked: bool) {
+    out.put_slice(head.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(head.path.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in head.headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if !head.headers.contains_key(HOST) {
+        out.put_slice(format!("host: {addr}\r\n").as_bytes());
+    }
+    match body {
+        RequestBody::Full(b) if !b.is_empty() && !head.headers.contains_key(CONTENT_LENGTH) => {
+            out.put_slice(format!("content-length: {}\r\n", b.len()).as_bytes());
+        }
+        _ if chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    out.put_slice(b"\r\n");
+}
+
+async fn read_head(conn: &mut Conn, method: &Method) -> Result<Parsed, Http1Error> {
+    loop {
+        if let Some(parsed) = parse_head(&mut conn.buf, method)? {
+            // 1xx answers (100 Continue) come before the real one.
+            if parsed.head.status.is_informational() && parsed.head.status != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            return Ok(parsed);
+        }
+        if conn.buf.len() > MAX_HEAD {
+            return Err(Http1Error::Malformed("response headers too large"));
+        }
+        if conn.fill().await? == 0 {
+            return Err(if conn.buf.is_empty() { Http1Error::Closed } else { Http1Error::Malformed("truncated head") });
+        }
+    }
+}
+
+/// A whole response head from the front of `buf`, consumed; `None` until
+/// one has arrived.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Http1Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let used = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::Malformed("too many headers")),
+        Err(_) => return Err(Http1Error::Malformed("invalid response head")),
+    };
+    let status = response.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(Http1Error::Malformed("status"))?;
+    let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut map = HeaderMap::with_capacity(response.headers.len());
+    for h in response.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Http1Error::Malformed("header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| Http1Error::Malformed("header value"))?;
+        map.append(name, value);
+    }
+    buf.advance(used);
+    let framing = framing(&map, status, method)?;
+    // After a 101 the connection speaks another protocol.
+    let keep_alive =
+        framing != Framing::UntilClose && status != StatusCode::SWITCHING_PROTOCOLS && keeps_alive(&map, version);
+    let mut head = Response::new(()).into_parts().0;
+    head.status = status;
+    head.version = version;
+    head.headers = map;
+    Ok(Some(Parsed { head, framing, keep_alive }))
+}
+
+/// RFC 9112, section 6.3: how the response body ends.
+fn framing(headers: &HeaderMap, status: StatusCode, method: &Method) -> Result<Framing, Http1Error> {
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Length(0));
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        let last = headers.get_all(TRANSFER_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
+        return Ok(match last.last() {
+            Some(coding) if coding.trim().eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+            _ => Framing::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.to_str().map_err(|_| Http1Error::Malformed("content-length"))?.split(',') {
+            let n: u64 = part.trim().parse().map_err(|_| Http1Error::Malformed("content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Http1Error::Malformed("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match version {
+        Version::HTTP_10 => has("keep-alive"),
+        _ => !has("close"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the server closes the connection.
+    UntilClose,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    /// This many bytes of the chunk are left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+/// A response body read from its upstream connection, which goes back to
+/// the pool when the body has been read to its end.
+pub struct ResponseBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    /// Where the connection goes back to; `None`: it closes.
+    pool: Option<(Arc<Http1Pool>, SocketAddr)>,
+}
+
+impl ResponseBody {
+    fn finish_if_done(&mut self) {
+        if self.framing == Framing::Length(0) {
+            self.framing = Framing::Done;
+        }
+        if self.framing != Framing::Done {
+            return;
+        }
+        if let (Some(conn), Some((pool, addr))) = (self.conn.take(), self.pool.take()) {
+            // Bytes past the response: the server is not speaking HTTP/1.1
+            // as it should; do not reuse.
+            if conn.buf.is_empty() {
+                conn.forget_readiness();
+                pool.checkin(addr, conn);
+            }
+        }
+    }
+
+    /// The next piece of the body, or `None` at its end.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
+            match self.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    self.finish_if_done();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) if !conn.buf.is_empty() => {
+                    let n = left.min(conn.buf.len() as u64);
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    self.framing = match self.framing {
+                        Framing::Length(_) => Framing::Length(left - n),
+                        _ if left == n => Framing::Chunked(Chunk::DataEnd),
+                        _ => Framing::Chunked(Chunk::Data(left - n)),
+                    };
+                    if self.framing == Framing::Length(0) {
+                        self.finish_if_done();
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Framing::UntilClose if !conn.buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(conn.buf.split().freeze())));
+                }
+                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        conn.buf.advance(used);
+                        self.framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                        continue;
+                    }
+                    Ok(httparse::Status::Partial) if conn.buf.len() > MAX_CHUNK_LINE => {
+                        return Poll::Ready(Some(Err(invalid("chunk size line too long"))));
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(_) => return Poll::Ready(Some(Err(invalid("invalid chunk size")))),
+                },
+                Framing::Chunked(Chunk::DataEnd) if conn.buf.len() >= 2 => {
+                    if &conn.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(invalid("chunk not followed by CRLF"))));
+                    }
+                    conn.buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                    continue;
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    if let Some(end) = conn.buf.windows(2).position(|w| w == b"\r\n") {
+                        conn.buf.advance(end + 2);
+                        if end == 0 {
+                            self.framing = Framing::Done;
+                            self.finish_if_done();
+                        }
+                        continue;
+                    }
+                    if conn.buf.len() > MAX_HEAD {
+                        return Poll::Ready(Some(Err(invalid("trailers too large"))));
+                    }
+                }
+                _ => {}
+            }
+            // Nothing usable buffered: read on.
+            let read = ready!(conn.poll_fill(cx));
+            match read {
+                Ok(0) if self.framing == Framing::UntilClose => {
+                    self.framing = Framing::Done;
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection mid-body",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let data = ready!(this.poll_data(cx));
+        if data.as_ref().is_some_and(Result::is_err) {
+            // A broken body leaves the connection in an unknown state.
+            this.conn = None;
+            this.pool = None;
+        }
+        Poll::Ready(data.map(|d| d.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done | Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], method: &Method) -> Result<Option<Parsed>, Http1Error> {
+        parse_head(&mut BytesMut::from(raw), method)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let p = |raw: &str| parse(raw.as_bytes(), &Method::GET).unwrap().unwrap();
+        assert_eq!(p("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").framing, Framing::Length(5));
+        assert_eq!(
+            p("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n").framing,
+            Framing::Chunked(Chunk::Size),
+            "transfer-encoding wins over content-length"
+        );
+        assert_eq!(p("HTTP/1.1 200 OK\r\n\r\n").framing, Framing::UntilClose);
+        assert!(!p("HTTP/1.1 200 OK\r\n\r\n").keep_alive, "read-until-close cannot be reused");
+        assert_eq!(p("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Length(0));
+        let head = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", &Method::HEAD).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Length(0), "a HEAD response has no body");
+        assert!(p("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n").keep_alive);
+        assert!(!p("HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\n").keep_alive);
+        assert!(!p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").keep_alive);
+        assert!(p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n").keep_alive);
+        assert_eq!(p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").head.version, Version::HTTP_10);
+    }
+
+    #[test]
+    fn bad_heads_are_refused_and_partial_ones_wait() {
+        assert!(parse(b"HTTP/1.1 200 OK\r\ncontent-le", &Method::GET).unwrap().is_none());
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"NOTHTTP\r\n\r\n",
+        ] {
+            assert!(parse(bad, &Method::GET).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn request_heads_carry_host_and_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let head = RequestHead { method: &Method::POST, path: "/p?q=1", headers: &headers };
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let mut out = BytesMut::new();
+        write_head(&mut out, addr, &head, &RequestBody::Full(Bytes::from_static(b"abc")), false);
+        assert_eq!(&out[..], b"POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: 127.0.0.1:8080\r\ncontent-length: 3\r\n\r\n");
+        let mut out = BytesMut::new();
+        write_head(&mut out, addr, &head, &RequestBody::Stream(crate::body::empty()), true);
+        assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
+    }
+
+    use tokio::io::AsyncReadExt;
+
+    /// A server on 127.0.0.1 that answers each request on a connection with
+    /// the next of `answers`, written a few bytes at a time, and closes the
+    /// connection after the last; one connection per list.
+    async fn server(connections: Vec<Vec<&'static [u8]>>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            for answers in connections {
+                let (mut s, _) = listener.accept().await.unwrap();
+                for answer in answers {
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut buf = [0u8; 1024];
+                        let n = s.read(&mut buf).await.unwrap();
+                        assert!(n > 0, "the client closed early");
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    for piece in answer.chunks(7) {
+                        s.write_all(piece).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        });
+        (addr, task)
+    }
+
+    async fn get(pool: &Arc<Http1Pool>, addr: SocketAddr) -> Result<(StatusCode, Bytes), Http1Error> {
+        let headers = HeaderMap::new();
+        let head = RequestHead { method: &Method::GET, path: "/", headers: &headers };
+        let response = pool.send(addr, head, RequestBody::Full(Bytes::new()), None).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    fn pool() -> Arc<Http1Pool> {
+        Arc::new(Http1Pool::new(Duration::from_secs(2), Duration::from_secs(60)))
+    }
+
+    #[tokio::test]
+    async fn chunked_and_sized_bodies_are_read_whole_on_one_kept_connection() {
+        let (addr, server) = server(vec![vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 3\r\n\r\nabc",
+        ]])
+        .await;
+        let pool = pool();
+        assert_eq!(get(&pool, addr).await.unwrap(), (StatusCode::OK, Bytes::from_static(b"hello world")));
+        assert_eq!(pool.idle_connections(), 1, "back in the pool once the body ended");
+        assert_eq!(get(&pool, addr).await.unwrap(), (StatusCode::CREATED, Bytes::from_static(b"abc")));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_server_closed_is_replaced() {
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (addr, server) = server(vec![vec![ok], vec![ok]]).await;
+        let pool = pool();
+        assert_eq!(get(&pool, addr).await.unwrap().1, "ok");
+        // The server has closed the first connection; the pool may not
+        // have seen it yet.
+        assert_eq!(get(&pool, addr).await.unwrap().1, "ok");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_and_the_connection_is_not_kept() {
+        let (addr, server) = server(vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"]]).await;
+        let pool = pool();
+        let err = get(&pool, addr).await.unwrap_err();
+        assert!(err.to_string().contains("mid-body"), "{err}");
+        assert_eq!(pool.idle_connections(), 0);
+        server.await.unwrap();
+    }
+}
