@@ -77,6 +77,26 @@ fn server() {
         let debounce = Debounce { quiet: DEBOUNCE, max: Duration::from_millis(100) };
         tokio::spawn(generator.clone().run(mesh::watch(store.as_ref(), registry.as_ref(), debounce)));
         generator.ready().await;
+        if std::env::var("XDS_SCALE_TRANSLATION_HEAP").is_ok() {
+            let mesh = generator.mesh().expect("mesh");
+            let identity =
+                ProxyIdentity::sidecar("client-0", "default", [("app".to_string(), "client-0".to_string())].into());
+            let node = mesh_xds::node::parse(Some(&mesh_xds::node::node_for(&identity))).expect("node");
+            let before = ALLOCATOR.live_bytes();
+            ALLOCATOR.reset_peak();
+            let config = mesh_core::translate::translate(&mesh, &node.identity);
+            let translated = ALLOCATOR.live_bytes() - before;
+            let resources = mesh_xds::envoy::resources(&config, node.flavor);
+            let encoded = ALLOCATOR.live_bytes() - before - translated;
+            drop(config);
+            drop(resources);
+            eprintln!(
+                "translation heap: ProxyConfig {:.1} MB, resources {:.1} MB, peak {:.1} MB",
+                translated as f64 / 1e6,
+                encoded as f64 / 1e6,
+                (ALLOCATOR.peak_bytes() - before) as f64 / 1e6
+            );
+        }
         let ads = mesh_xds::server::AdsServer::new(generator, Arc::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         println!("port {}", listener.local_addr().expect("addr").port());
@@ -113,6 +133,12 @@ fn server() {
                         .map(|(size, bytes)| format!("{size}+: {:.1} MB", *bytes as f64 / 1e6))
                         .collect();
                     eprintln!("live heap by allocation size: {}", classes.join(", "));
+                    let classes: Vec<String> = ALLOCATOR
+                        .peak_by_size()
+                        .iter()
+                        .map(|(size, bytes)| format!("{size}+: {:.1} MB", *bytes as f64 / 1e6))
+                        .collect();
+                    eprintln!("... and at the peak: {}", classes.join(", "));
                     println!("heap {} {}", ALLOCATOR.live_bytes(), ALLOCATOR.peak_bytes());
                     ALLOCATOR.reset_peak();
                 }

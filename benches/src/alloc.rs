@@ -10,6 +10,11 @@ pub struct Counting<A> {
     peak: AtomicUsize,
     /// Live bytes by size class: sizes in `[2^k, 2^(k+1))` count in `k`.
     by_class: [AtomicUsize; CLASSES],
+    /// `by_class` when the peak was reached (approximately: copied as the
+    /// peak grows, racing with other threads).
+    at_peak: [AtomicUsize; CLASSES],
+    /// The live bytes when `at_peak` was copied.
+    copied_at: AtomicUsize,
 }
 
 const CLASSES: usize = 40;
@@ -21,6 +26,8 @@ impl<A> Counting<A> {
             live: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             by_class: [const { AtomicUsize::new(0) }; CLASSES],
+            at_peak: [const { AtomicUsize::new(0) }; CLASSES],
+            copied_at: AtomicUsize::new(0),
         }
     }
 
@@ -36,14 +43,24 @@ impl<A> Counting<A> {
 
     pub fn reset_peak(&self) {
         self.peak.store(self.live_bytes(), Ordering::Relaxed);
+        self.copied_at.store(self.live_bytes(), Ordering::Relaxed);
     }
 
     /// Live bytes by allocation size class, largest share first:
     /// `(smallest size of the class, bytes)`, the classes over 1% only.
     pub fn live_by_size(&self) -> Vec<(usize, usize)> {
-        let total = self.live_bytes().max(1);
+        Self::largest(&self.by_class, self.live_bytes())
+    }
+
+    /// [`Counting::live_by_size`] as it was at the peak.
+    pub fn peak_by_size(&self) -> Vec<(usize, usize)> {
+        Self::largest(&self.at_peak, self.peak_bytes())
+    }
+
+    fn largest(by_class: &[AtomicUsize; CLASSES], total: usize) -> Vec<(usize, usize)> {
+        let total = total.max(1);
         let mut classes: Vec<(usize, usize)> = (0..CLASSES)
-            .map(|k| (1usize << k, self.by_class[k].load(Ordering::Relaxed)))
+            .map(|k| (1usize << k, by_class[k].load(Ordering::Relaxed)))
             .filter(|(_, bytes)| *bytes * 100 >= total)
             .collect();
         classes.sort_by_key(|c| std::cmp::Reverse(c.1));
@@ -55,9 +72,18 @@ impl<A> Counting<A> {
     }
 
     fn grew(&self, by: usize) {
+        self.by_class[Self::class(by)].fetch_add(by, Ordering::Relaxed);
         let live = self.live.fetch_add(by, Ordering::Relaxed) + by;
         self.peak.fetch_max(live, Ordering::Relaxed);
-        self.by_class[Self::class(by)].fetch_add(by, Ordering::Relaxed);
+        // A new peak by 1 MB since the last copy: remember its make-up.
+        let copied_at = self.copied_at.load(Ordering::Relaxed);
+        if live > copied_at + (1 << 20)
+            && self.copied_at.compare_exchange(copied_at, live, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            for (at, now) in self.at_peak.iter().zip(&self.by_class) {
+                at.store(now.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
     }
 
     fn shrank(&self, by: usize) {

@@ -6,7 +6,8 @@
 //! re-encodes just the changed services' endpoints into each key's
 //! previous snapshot. Encoded resources are interned, so keys that get the
 //! same cluster or endpoints share one copy. Translations run one at a
-//! time: each holds a whole config in memory.
+//! time, on a thread of their own ([`Translator`]): each holds a whole
+//! config in memory.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -53,12 +54,47 @@ impl Interner {
     }
 }
 
+/// The thread translations run on. One thread, not Tokio's blocking pool:
+/// a translation's garbage (17 MB for a 1,000-service mesh) then stays in
+/// one allocator heap that the next translation reuses, instead of being
+/// left behind on whichever pool thread ran it.
+struct Translator {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Translator {
+    fn start() -> Translator {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        // The thread ends when the generator (and with it `jobs`) goes; a
+        // job that panics fails alone, as on the blocking pool.
+        std::thread::Builder::new()
+            .name("xds-translate".into())
+            .spawn(move || {
+                for job in queue {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .expect("cannot start the translation thread");
+        Translator { jobs }
+    }
+
+    /// Run `job` on the translation thread; `None` if it panicked.
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let _ = self.jobs.send(Box::new(move || {
+            let _ = done.send(job());
+        }));
+        result.await.ok()
+    }
+}
+
 pub struct Generator {
     cache: Arc<SnapshotCache>,
     mesh: watch::Sender<Option<Arc<MeshSnapshot>>>,
     attached: Mutex<HashMap<String, Attached>>,
     interner: Mutex<Interner>,
     building: Mutex<()>,
+    translator: Translator,
     after_translation: Option<AfterTranslation>,
 }
 
@@ -90,6 +126,7 @@ impl Generator {
             attached: Mutex::default(),
             interner: Mutex::default(),
             building: Mutex::default(),
+            translator: Translator::start(),
             after_translation: hook,
         })
     }
@@ -127,7 +164,7 @@ impl Generator {
                 let node = node.clone();
                 let this = self.clone();
                 // Translation is CPU work: keep it off the reactor.
-                let _ = tokio::task::spawn_blocking(move || this.rebuild(&mesh, &node)).await;
+                self.translator.run(move || this.rebuild(&mesh, &node)).await;
             }
         }
         rx
@@ -216,12 +253,14 @@ impl Generator {
             let this = self.clone();
             let started = std::time::Instant::now();
             let endpoints_only = update.changes.endpoints_only();
-            let keys = tokio::task::spawn_blocking(move || {
-                this.update(update);
-                lock(&this.attached).len()
-            })
-            .await
-            .unwrap_or(0);
+            let keys = self
+                .translator
+                .run(move || {
+                    this.update(update);
+                    lock(&this.attached).len()
+                })
+                .await
+                .unwrap_or(0);
             tracing::info!(
                 keys,
                 endpoints_only,
