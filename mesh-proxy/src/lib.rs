@@ -127,7 +127,11 @@ pub struct ProxyBuilder {
     access_log: bool,
     http_proxy: Option<SocketAddr>,
     header_timeout: Duration,
+    after_config: Option<AfterConfig>,
 }
+
+/// Called after each config is applied, on the thread that applied it.
+pub type AfterConfig = Arc<dyn Fn() + Send + Sync>;
 
 impl ProxyBuilder {
     pub fn new(source: ConfigSource) -> ProxyBuilder {
@@ -141,7 +145,15 @@ impl ProxyBuilder {
             access_log: false,
             http_proxy: None,
             header_timeout: Duration::from_secs(10),
+            after_config: None,
         }
+    }
+
+    /// Run `hook` after each config is applied: where a binary can have
+    /// its allocator give back what building the config freed.
+    pub fn after_config_applied(mut self, hook: AfterConfig) -> Self {
+        self.after_config = Some(hook);
+        self
     }
 
     /// Also serve an explicit HTTP proxy port, for apps that set
@@ -250,6 +262,7 @@ impl ProxyBuilder {
             Arc::clone(&listeners),
             version_tx,
             drain_rx.clone(),
+            self.after_config,
         ));
         Ok(ProxyHandle {
             live,
@@ -271,6 +284,7 @@ async fn config_loop(
     listeners: Arc<Mutex<Listeners>>,
     version: watch::Sender<String>,
     mut drain: watch::Receiver<bool>,
+    after_config: Option<AfterConfig>,
 ) {
     loop {
         let config = tokio::select! {
@@ -288,6 +302,9 @@ async fn config_loop(
                 listeners.lock().await.reconcile(&listener_config, &forwarder).await;
                 tracing::info!(version = %v, "config applied");
                 let _ = version.send(v);
+                if let Some(hook) = &after_config {
+                    hook();
+                }
             }
             // A config that cannot be compiled never replaces the one
             // serving.

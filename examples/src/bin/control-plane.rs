@@ -56,15 +56,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let args = Args::parse();
     let sources = Arc::new(args.sources.start().await?);
-    // A whole-mesh translation frees tens of megabytes on a blocking-pool
+    // A whole-mesh translation frees tens of megabytes on the translation
     // thread; mimalloc keeps them in that thread's heap unless told
     // (`benches/xds_scale.rs`: 1,000 clients, peak 255 MB to 200 MB).
-    let give_back: mesh_xds::generator::AfterTranslation = Arc::new(|| {
-        // SAFETY: `mi_collect` takes no pointers and may be called from any
-        // thread at any time (mimalloc's documented contract).
-        unsafe { libmimalloc_sys::mi_collect(true) }
-    });
-    let generator = Generator::with_after_translation(Arc::new(SnapshotCache::new()), Some(give_back));
+    let generator =
+        Generator::with_after_translation(Arc::new(SnapshotCache::new()), Some(examples::give_back_memory()));
     let debounce =
         Debounce { quiet: Duration::from_millis(args.debounce_ms), max: Duration::from_millis(args.debounce_max_ms) };
     let (run_sources, run_generator) = (sources.clone(), generator.clone());
