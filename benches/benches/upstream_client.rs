@@ -66,8 +66,8 @@ fn upstream_client(c: &mut Criterion) {
         })
     });
 
-    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    let hyper =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let uri: http::Uri = format!("http://{addr}/hello").parse().expect("uri");
     c.bench_function("upstream_client/hyper_util_legacy", |b| {
         b.iter(|| {

@@ -127,18 +127,8 @@ fn server() {
                 // at this point as leaked.
                 _ if line == "exit" => std::process::exit(0),
                 _ if line == "heap" => {
-                    let classes: Vec<String> = ALLOCATOR
-                        .live_by_size()
-                        .iter()
-                        .map(|(size, bytes)| format!("{size}+: {:.1} MB", *bytes as f64 / 1e6))
-                        .collect();
-                    eprintln!("live heap by allocation size: {}", classes.join(", "));
-                    let classes: Vec<String> = ALLOCATOR
-                        .peak_by_size()
-                        .iter()
-                        .map(|(size, bytes)| format!("{size}+: {:.1} MB", *bytes as f64 / 1e6))
-                        .collect();
-                    eprintln!("... and at the peak: {}", classes.join(", "));
+                    eprintln!("live heap by allocation size: {}", by_size(&ALLOCATOR.live_by_size()));
+                    eprintln!("... and at the peak: {}", by_size(&ALLOCATOR.peak_by_size()));
                     println!("heap {} {}", ALLOCATOR.live_bytes(), ALLOCATOR.peak_bytes());
                     ALLOCATOR.reset_peak();
                 }
@@ -146,6 +136,13 @@ fn server() {
             }
         }
     });
+}
+
+/// `512+: 12.5 MB, 1024+: 7.2 MB, ...`
+fn by_size(classes: &[(usize, usize)]) -> String {
+    let parts: Vec<String> =
+        classes.iter().map(|(size, bytes)| format!("{size}+: {:.1} MB", *bytes as f64 / 1e6)).collect();
+    parts.join(", ")
 }
 
 // ------------------------------------------------------------------ clients

@@ -877,6 +877,69 @@ fn per_try_timeouts_bound_each_try() {
 }
 
 #[test]
+fn upstream_responses_framed_every_way_http_1_1_allows() {
+    // A raw HTTP/1.1 upstream: chunked with an extension and a trailer,
+    // sent in pieces; close-delimited (HTTP/1.0, no length); a 100
+    // Continue before the answer; and a connection closed after each
+    // answer without saying so, which the proxy will have pooled.
+    let script = r#"
+import socket, threading, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 0)); s.listen(64)
+print(s.getsockname()[1], flush=True)
+def serve(c):
+    buf = b''
+    while True:
+        while b'\r\n\r\n' not in buf:
+            d = c.recv(65536)
+            if not d:
+                c.close(); return
+            buf += d
+        head, buf = buf.split(b'\r\n\r\n', 1)
+        path = head.split(b' ')[1]
+        if path == b'/chunked':
+            for piece in [b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel', b'lo\r\n6\r\n wor', b'ld\r\n0\r\nx-trailer: t\r\n\r\n']:
+                c.sendall(piece); time.sleep(0.01)
+        elif path == b'/close':
+            c.sendall(b'HTTP/1.0 200 OK\r\n\r\nuntil the close'); c.close(); return
+        elif path == b'/continue':
+            c.sendall(b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok')
+        else:
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce'); c.close(); return
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    let raw = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut raw = common::Proc(raw);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(raw.0.stdout.take().unwrap()), &mut line).unwrap();
+    let raw_port: u16 = line.trim().parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "raw", backends: &[("v1", raw_port)] }], "");
+    std::fs::write(dir.path().join("routes.yaml"), routes("raw", "  - route:\n    - destination: {host: raw}\n"))
+        .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    for _ in 0..3 {
+        let r = g.get("/chunked", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, "hello world"));
+        let r = g.get("/continue", &[]);
+        assert_eq!((r.status, r.body.as_str()), (201, "ok"));
+        let r = g.get("/close", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, "until the close"));
+    }
+    // Each of these finds the connection of the one before closed (the
+    // upstream hung up after answering) and goes out on a new one.
+    for _ in 0..10 {
+        let r = g.get("/once", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, "once"));
+    }
+}
+
+#[test]
 fn max_requests_per_connection() {
     let (_b, p) = backend("v1", 0);
     let dir = tempfile::tempdir().unwrap();
