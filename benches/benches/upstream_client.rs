@@ -7,7 +7,6 @@
 //! every request with an 11-byte body.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,12 +54,12 @@ fn upstream_client(c: &mut Criterion) {
     headers.insert(http::header::HOST, HeaderValue::from_static("backend"));
     headers.insert(http::header::USER_AGENT, HeaderValue::from_static("bench"));
 
-    let ours = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
+    let ours = Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)).host(addr);
     c.bench_function("upstream_client/mesh_proxy_http1", |b| {
         b.iter(|| {
             rt.block_on(async {
                 let head = RequestHead { method: &Method::GET, path: "/hello", headers: &headers };
-                let response = ours.send(addr, head, RequestBody::Full(Bytes::new()), None).await.expect("response");
+                let response = ours.send(head, RequestBody::Full(Bytes::new()), None).await.expect("response");
                 response.into_body().collect().await.expect("body").to_bytes()
             })
         })

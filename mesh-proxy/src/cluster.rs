@@ -46,9 +46,10 @@ impl ClusterState {
             .filter(|e| e.health == Health::Healthy)
             .filter_map(|e| Some((e, e.address.parse::<std::net::IpAddr>().ok()?)))
             .collect();
-        let addresses = usable.iter().map(|(e, ip)| SocketAddr::new(*ip, e.port)).collect();
+        let addresses: Vec<SocketAddr> = usable.iter().map(|(e, ip)| SocketAddr::new(*ip, e.port)).collect();
         let hosts: Vec<Host> = usable.iter().map(|(e, _)| Host::from_endpoint(e)).collect();
         let balancer = lb::build(&config.lb, &hosts);
+        let connections = upstreams.connections_for(config, &addresses);
         ClusterState {
             breaker: CircuitBreaker::new(config.circuit_breakers, config.retry_budget.clone()),
             outlier: config.outlier_detection.clone().map(|od| OutlierDetector::new(od, hosts.len())),
@@ -59,7 +60,7 @@ impl ClusterState {
             balancer,
             started: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
-            connections: upstreams.connections_for(config),
+            connections,
             upstream_rx_resets: AtomicU64::new(0),
         }
     }

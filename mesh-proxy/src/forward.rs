@@ -400,7 +400,7 @@ impl Forwarder {
             let addr = cluster.addresses[host];
             record.upstream_host = Some(addr);
             cluster.hosts[host].active_requests.fetch_add(1, Ordering::Relaxed);
-            let call = cluster.connections.send(addr, head, body, upgrade.is_some());
+            let call = cluster.connections.send(host, addr, head, body, upgrade.is_some());
             let result = match timeout {
                 Some(t) => tokio::time::timeout(t, call).await.map_err(|_| ()),
                 None => Ok(call.await),
@@ -500,7 +500,7 @@ impl Forwarder {
         }
         let addr = cluster.addresses[host];
         tokio::spawn(async move {
-            let call = cluster.connections.send(addr, &shadow, RequestBody::Full(body), false);
+            let call = cluster.connections.send(host, addr, &shadow, RequestBody::Full(body), false);
             if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(30), call).await {
                 let _ = r.into_body().collect().await;
             }

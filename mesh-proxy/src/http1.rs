@@ -86,11 +86,26 @@ pub enum RequestBody {
     Stream(Body),
 }
 
-/// Idle connections by endpoint, for one set of connection settings.
+/// The endpoints' pools for one set of connection settings. Clusters look
+/// up their endpoints' [`HostPool`]s when a config is compiled, so a
+/// request takes its connection without a lookup, and configs that name
+/// the same endpoint share its connections.
 pub struct Http1Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    hosts: Mutex<HashMap<SocketAddr, Arc<HostPool>>>,
+    settings: Settings,
+}
+
+#[derive(Clone, Copy)]
+struct Settings {
     connect_timeout: Duration,
     idle_timeout: Duration,
+}
+
+/// One endpoint's idle connections.
+pub struct HostPool {
+    addr: SocketAddr,
+    idle: Mutex<Vec<Idle>>,
+    settings: Settings,
 }
 
 struct Idle {
@@ -142,85 +157,106 @@ impl Conn {
 
 impl Http1Pool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Http1Pool {
-        Http1Pool { idle: Mutex::default(), connect_timeout, idle_timeout }
+        Http1Pool { hosts: Mutex::default(), settings: Settings { connect_timeout, idle_timeout } }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<HostPool>>> {
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pool of one endpoint (config time).
+    pub fn host(&self, addr: SocketAddr) -> Arc<HostPool> {
+        let settings = self.settings;
+        Arc::clone(
+            self.lock().entry(addr).or_insert_with(|| Arc::new(HostPool { addr, idle: Mutex::default(), settings })),
+        )
+    }
+
+    /// Close the connections idle for longer than the idle timeout, and
+    /// forget endpoints no config names that have none left.
+    pub fn close_expired(&self) {
+        self.lock().retain(|_, host| {
+            host.close_expired();
+            Arc::strong_count(host) > 1 || host.idle_connections() > 0
+        });
+    }
+
+    /// Idle connections held, for stats.
+    pub fn idle_connections(&self) -> usize {
+        self.lock().values().map(|h| h.idle_connections()).sum()
+    }
+}
+
+impl HostPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used idle connection to `addr` that is still good.
-    fn checkout(&self, addr: SocketAddr) -> Option<Conn> {
+    /// The most recently used idle connection that is still good.
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
-        let list = idle.get_mut(&addr)?;
-        while let Some(Idle { conn, since }) = list.pop() {
-            if since.elapsed() < self.idle_timeout && conn.still_open() {
+        while let Some(Idle { conn, since }) = idle.pop() {
+            if since.elapsed() < self.settings.idle_timeout && conn.still_open() {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, addr: SocketAddr, mut conn: Conn) {
+    fn checkin(&self, mut conn: Conn) {
         // Idle connections keep no buffer.
         if conn.buf.is_empty() {
             conn.buf = BytesMut::new();
         }
-        self.lock().entry(addr).or_default().push(Idle { conn, since: Instant::now() });
+        self.lock().push(Idle { conn, since: Instant::now() });
     }
 
-    /// Close the connections idle for longer than the idle timeout.
-    pub fn close_expired(&self) {
-        let mut idle = self.lock();
-        idle.retain(|_, list| {
-            list.retain(|i| i.since.elapsed() < self.idle_timeout);
-            !list.is_empty()
-        });
+    fn close_expired(&self) {
+        self.lock().retain(|i| i.since.elapsed() < self.settings.idle_timeout);
     }
 
-    /// Idle connections held, for stats.
     pub fn idle_connections(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().len()
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Conn, Http1Error> {
-        let io = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+    async fn connect(&self) -> Result<Conn, Http1Error> {
+        let timeout = self.settings.connect_timeout;
+        let io = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => return Err(Http1Error::Connect(e)),
-            Err(_) => return Err(Http1Error::ConnectTimeout(self.connect_timeout)),
+            Err(_) => return Err(Http1Error::ConnectTimeout(timeout)),
         };
         let _ = io.set_nodelay(true);
         Ok(Conn { io, buf: BytesMut::new(), requests: 0 })
     }
 
-    /// Send a request to `addr` and read the response head; the body
-    /// follows as the response's body. A connection that has carried
+    /// Send a request to this endpoint and read the response head; the
+    /// body follows as the response's body. A connection that has carried
     /// `max_requests` is closed after its response.
     pub async fn send(
         self: &Arc<Self>,
-        addr: SocketAddr,
         head: RequestHead<'_>,
         body: RequestBody,
         max_requests: Option<u32>,
     ) -> Result<Response<ResponseBody>, Http1Error> {
         let mut body = Some(body);
         loop {
-            let (mut conn, reused) = match self.checkout(addr) {
+            let (mut conn, reused) = match self.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect(addr).await?, false),
+                None => (self.connect().await?, false),
             };
             let sending = body.take().unwrap_or(RequestBody::Full(Bytes::new()));
             let replay = match &sending {
                 RequestBody::Full(b) if reused => Some(b.clone()),
                 _ => None,
             };
-            match exchange(&mut conn, addr, &head, sending).await {
+            match exchange(&mut conn, self.addr, &head, sending).await {
                 Ok(parsed) => {
                     conn.requests += 1;
                     let reusable = parsed.keep_alive && max_requests.is_none_or(|m| conn.requests < u64::from(m));
                     let (head, framing) = (parsed.head, parsed.framing);
                     let mut response =
-                        ResponseBody { conn: Some(conn), framing, pool: reusable.then(|| (Arc::clone(self), addr)) };
+                        ResponseBody { conn: Some(conn), framing, pool: reusable.then(|| Arc::clone(self)) };
                     response.finish_if_done();
                     return Ok(Response::from_parts(head, response));
                 }
@@ -423,7 +459,7 @@ pub struct ResponseBody {
     conn: Option<Conn>,
     framing: Framing,
     /// Where the connection goes back to; `None`: it closes.
-    pool: Option<(Arc<Http1Pool>, SocketAddr)>,
+    pool: Option<Arc<HostPool>>,
 }
 
 impl ResponseBody {
@@ -434,12 +470,12 @@ impl ResponseBody {
         if self.framing != Framing::Done {
             return;
         }
-        if let (Some(conn), Some((pool, addr))) = (self.conn.take(), self.pool.take()) {
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
             // Bytes past the response: the server is not speaking HTTP/1.1
             // as it should; do not reuse.
             if conn.buf.is_empty() {
                 conn.forget_readiness();
-                pool.checkin(addr, conn);
+                pool.checkin(conn);
             }
         }
     }
@@ -647,17 +683,17 @@ mod tests {
         (addr, task)
     }
 
-    async fn get(pool: &Arc<Http1Pool>, addr: SocketAddr) -> Result<(StatusCode, Bytes), Http1Error> {
+    async fn get(pool: &Http1Pool, addr: SocketAddr) -> Result<(StatusCode, Bytes), Http1Error> {
         let headers = HeaderMap::new();
         let head = RequestHead { method: &Method::GET, path: "/", headers: &headers };
-        let response = pool.send(addr, head, RequestBody::Full(Bytes::new()), None).await?;
+        let response = pool.host(addr).send(head, RequestBody::Full(Bytes::new()), None).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))
     }
 
-    fn pool() -> Arc<Http1Pool> {
-        Arc::new(Http1Pool::new(Duration::from_secs(2), Duration::from_secs(60)))
+    fn pool() -> Http1Pool {
+        Http1Pool::new(Duration::from_secs(2), Duration::from_secs(60))
     }
 
     #[tokio::test]

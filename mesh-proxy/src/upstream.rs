@@ -28,7 +28,7 @@ use mesh_core::proxy_config::Cluster;
 use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
-use crate::http1::{Http1Error, Http1Pool, RequestBody, RequestHead};
+use crate::http1::{HostPool, Http1Error, Http1Pool, RequestBody, RequestHead};
 
 pub type UpstreamClient = Client<CountingConnector, Body>;
 
@@ -45,7 +45,7 @@ struct PoolKey {
 #[derive(Default)]
 pub struct Upstreams {
     clients: Mutex<HashMap<PoolKey, UpstreamClient>>,
-    http1: Mutex<HashMap<PoolKey, Arc<Http1Pool>>>,
+    http1: Mutex<HashMap<PoolKey, Http1Pool>>,
 }
 
 /// How a cluster reaches its endpoints.
@@ -53,14 +53,15 @@ pub struct Upstreams {
 pub struct ClusterConnections {
     /// HTTP/2, and HTTP/1.1 upgrades.
     pub hyper: UpstreamClient,
-    /// Plain HTTP/1.1; `None` for an HTTP/2 cluster.
-    pub http1: Option<Arc<Http1Pool>>,
+    /// Plain HTTP/1.1, by endpoint (parallel to the cluster's addresses);
+    /// `None` for an HTTP/2 cluster.
+    pub http1: Option<Vec<Arc<HostPool>>>,
     pub max_requests_per_connection: Option<u32>,
 }
 
 impl Upstreams {
-    /// The pools for a cluster's settings (config time only).
-    pub fn connections_for(&self, cluster: &Cluster) -> ClusterConnections {
+    /// The pools for a cluster's settings and endpoints (config time only).
+    pub fn connections_for(&self, cluster: &Cluster, addresses: &[SocketAddr]) -> ClusterConnections {
         let key = PoolKey {
             http2: matches!(cluster.protocol, Protocol::Http2 | Protocol::Grpc),
             connect_timeout: cluster.connect_timeout,
@@ -75,9 +76,8 @@ impl Upstreams {
             .clone();
         let http1 = (!key.http2).then(|| {
             let mut pools = self.http1.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(
-                pools.entry(key).or_insert_with(|| Arc::new(Http1Pool::new(key.connect_timeout, key.idle_timeout))),
-            )
+            let pool = pools.entry(key).or_insert_with(|| Http1Pool::new(key.connect_timeout, key.idle_timeout));
+            addresses.iter().map(|a| pool.host(*a)).collect()
         });
         ClusterConnections { hyper, http1, max_requests_per_connection: cluster.max_requests_per_connection }
     }
@@ -110,19 +110,21 @@ impl UpstreamError {
 }
 
 impl ClusterConnections {
-    /// Send a request to one endpoint; the response's extensions carry
-    /// hyper's upgrade handle when the request asked for one.
+    /// Send a request to one endpoint (`host`, at `addr`); the response's
+    /// extensions carry hyper's upgrade handle when the request asked for
+    /// one.
     pub async fn send(
         &self,
+        host: usize,
         addr: SocketAddr,
         head: &http::request::Parts,
         body: RequestBody,
         upgrade: bool,
     ) -> Result<Response<Body>, UpstreamError> {
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        if let (Some(pool), false) = (&self.http1, upgrade) {
+        if let (Some(pool), false) = (self.http1.as_ref().and_then(|hosts| hosts.get(host)), upgrade) {
             let head = RequestHead { method: &head.method, path, headers: &head.headers };
-            let response = pool.send(addr, head, body, self.max_requests_per_connection).await?;
+            let response = pool.send(head, body, self.max_requests_per_connection).await?;
             return Ok(response.map(body::boxed));
         }
         let body = match body {
