@@ -127,8 +127,11 @@ fn server() {
                 // at this point as leaked.
                 _ if line == "exit" => std::process::exit(0),
                 _ if line == "heap" => {
-                    eprintln!("live heap by allocation size: {}", by_size(&ALLOCATOR.live_by_size()));
-                    eprintln!("... and at the peak: {}", by_size(&ALLOCATOR.peak_by_size()));
+                    eprintln!(
+                        "live heap by allocation size: {}",
+                        benches::alloc::by_size_text(&ALLOCATOR.live_by_size())
+                    );
+                    eprintln!("... and at the peak: {}", benches::alloc::by_size_text(&ALLOCATOR.peak_by_size()));
                     println!("heap {} {}", ALLOCATOR.live_bytes(), ALLOCATOR.peak_bytes());
                     ALLOCATOR.reset_peak();
                 }
@@ -136,13 +139,6 @@ fn server() {
             }
         }
     });
-}
-
-/// `512+: 12.5 MB, 1024+: 7.2 MB, ...`
-fn by_size(classes: &[(usize, usize)]) -> String {
-    let parts: Vec<String> =
-        classes.iter().map(|(size, bytes)| format!("{size}+: {:.1} MB", *bytes as f64 / 1e6)).collect();
-    parts.join(", ")
 }
 
 // ------------------------------------------------------------------ clients

@@ -92,6 +92,13 @@ impl<A> Counting<A> {
     }
 }
 
+/// `(size class, bytes)` pairs as `512+: 12.5 MB, 1024+: 7.2 MB, ...`.
+pub fn by_size_text(classes: &[(usize, usize)]) -> String {
+    let parts: Vec<String> =
+        classes.iter().map(|(size, bytes)| format!("{size}+: {:.2} MB", *bytes as f64 / 1e6)).collect();
+    parts.join(", ")
+}
+
 // SAFETY: every call is passed unchanged to `inner`, which upholds the
 // `GlobalAlloc` contract; the counters only observe sizes.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {

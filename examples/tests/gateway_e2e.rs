@@ -231,11 +231,7 @@ fn config_edits_during_a_load_loop_lose_no_request() {
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
     let (_b, p) = backend("v1", 0);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
-    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
-        .unwrap();
+    let (dir, port) = one_service("web", p);
     let mut g = Gateway::start(dir.path(), port);
     let in_flight = std::thread::spawn(move || common::get(port, "/?delay_ms=800", &[]).status);
     // SIGTERM once the request is being served upstream.
@@ -256,11 +252,7 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
 #[test]
 fn malformed_requests_get_4xx_and_never_take_the_proxy_down() {
     let (_b, p) = backend("v1", 0);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
-    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
-        .unwrap();
+    let (dir, port) = one_service("web", p);
     let g = Gateway::start(dir.path(), port);
     let status_of = |bytes: &[u8]| {
         common::raw(port, bytes).unwrap().split_whitespace().nth(1).map(str::to_string).unwrap_or_default()
@@ -393,11 +385,7 @@ fn http2_both_ways() {
 #[test]
 fn custom_filter_example_guards_the_gateway() {
     let (_b, p) = backend("v1", 0);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
-    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
-        .unwrap();
+    let (dir, port) = one_service("web", p);
     let _proc = common::Proc(
         std::process::Command::new(env!("CARGO_BIN_EXE_custom-filter"))
             .arg("--config")
@@ -559,18 +547,35 @@ fn tls_termination_with_certificates_from_files_and_alpn() {
     }
 }
 
-#[test]
-fn slow_clients_and_upstreams_that_reset_mid_response() {
-    // A raw upstream that promises 1000 bytes, sends 10, and hangs up.
-    let broken = std::process::Command::new("python3")
-        .args(["-c", "import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 0)); s.listen(16)\nprint(s.getsockname()[1], flush=True)\nwhile True:\n    c, _ = s.accept()\n    c.recv(65536)\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 1000\\r\\n\\r\\n0123456789')\n    c.close()\n"])
+/// Config for a gateway that routes everything to one service with one
+/// (`v1`) backend: the directory, and the gateway's port.
+fn one_service(name: &str, backend_port: u16) -> (tempfile::TempDir, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name, backends: &[("v1", backend_port)] }], "");
+    let route = format!("  - route:\n    - destination: {{host: {name}}}\n");
+    std::fs::write(dir.path().join("routes.yaml"), routes(name, &route)).unwrap();
+    (dir, port)
+}
+
+/// A Python upstream speaking raw HTTP/1.1 as `script` says; the script
+/// prints its port first.
+fn raw_upstream(script: &str) -> (common::Proc, u16) {
+    let child = std::process::Command::new("python3")
+        .args(["-c", script])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut broken = common::Proc(broken);
+    let mut child = common::Proc(child);
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(broken.0.stdout.take().unwrap()), &mut line).unwrap();
-    let broken_port: u16 = line.trim().parse().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.0.stdout.take().unwrap()), &mut line).unwrap();
+    (child, line.trim().parse().unwrap())
+}
+
+#[test]
+fn slow_clients_and_upstreams_that_reset_mid_response() {
+    // A raw upstream that promises 1000 bytes, sends 10, and hangs up.
+    let (_broken, broken_port) = raw_upstream("import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 0)); s.listen(16)\nprint(s.getsockname()[1], flush=True)\nwhile True:\n    c, _ = s.accept()\n    c.recv(65536)\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 1000\\r\\n\\r\\n0123456789')\n    c.close()\n");
     let (_b, p) = backend("v1", 0);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -733,11 +738,7 @@ fn mirroring_ring_hash_tcp_routes_and_listeners_added_and_removed() {
 #[test]
 fn local_rate_limit_from_an_envoy_filter() {
     let (_b, p) = backend("v1", 0);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
-    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
-        .unwrap();
+    let (dir, port) = one_service("web", p);
     // As in Istio's rate limiting task, for the ingress gateway.
     std::fs::write(
         dir.path().join("ratelimit.yaml"),
@@ -908,20 +909,8 @@ def serve(c):
 while True:
     c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
-    let raw = std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut raw = common::Proc(raw);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(raw.0.stdout.take().unwrap()), &mut line).unwrap();
-    let raw_port: u16 = line.trim().parse().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_mesh(dir.path(), port, &[Service { name: "raw", backends: &[("v1", raw_port)] }], "");
-    std::fs::write(dir.path().join("routes.yaml"), routes("raw", "  - route:\n    - destination: {host: raw}\n"))
-        .unwrap();
+    let (_raw, raw_port) = raw_upstream(script);
+    let (dir, port) = one_service("raw", raw_port);
     let g = Gateway::start(dir.path(), port);
     for _ in 0..3 {
         let r = g.get("/chunked", &[]);
@@ -942,11 +931,7 @@ while True:
 #[test]
 fn max_requests_per_connection() {
     let (_b, p) = backend("v1", 0);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
-    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
-        .unwrap();
+    let (dir, port) = one_service("web", p);
     let g = Gateway::start(dir.path(), port);
     let most = |g: &Gateway| {
         (0..10)
