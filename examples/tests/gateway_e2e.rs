@@ -970,7 +970,17 @@ fn idle_upstream_connections_close_after_the_idle_timeout() {
         |g: &Gateway| g.get("/", &[]).header("x-backend-connection-requests").unwrap_or("0").parse::<u32>().unwrap();
     let first = on_connection(&g);
     assert_eq!(on_connection(&g), first + 1, "back to back, the pooled connection is reused");
+    let idle = || {
+        let stats = g.admin_get("/stats").unwrap().body;
+        stats.lines().find_map(|l| {
+            l.strip_prefix("cluster.outbound|9080||web.default.svc.cluster.local.upstream_cx_idle_http1: ")?
+                .parse::<u32>()
+                .ok()
+        })
+    };
+    assert_eq!(idle(), Some(1), "one idle pooled connection");
     // Waiting out the idle timeout is the behavior under test.
     std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(idle(), Some(0), "closed by the pool's sweep at its idle timeout");
     assert_eq!(on_connection(&g), 1, "after 300 ms idle the connection was closed and a new one opened");
 }

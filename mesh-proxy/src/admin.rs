@@ -112,8 +112,10 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
                 ));
                 lines.push(format!(
                     "cluster.{name}.upstream_rq_rx_reset: {}",
-                    c.upstream_rx_resets.load(Ordering::Relaxed)
+                    c.connections.upstream_rx_resets.load(Ordering::Relaxed)
                 ));
+                let idle = c.connections.http1.iter().flatten().map(|h| h.idle_connections()).sum::<usize>();
+                lines.push(format!("cluster.{name}.upstream_cx_idle_http1: {idle}"));
                 lines.push(format!(
                     "cluster.{name}.outlier_detection.ejections_active: {}",
                     c.outlier.as_ref().map_or(0, |o| o.ejected_count())

@@ -31,8 +31,6 @@ pub struct ClusterState {
     last_sweep_ms: AtomicU64,
     /// The connection pools for this cluster's settings.
     pub connections: ClusterConnections,
-    /// Responses whose body broke off (Envoy: `upstream_rq_rx_reset`).
-    pub upstream_rx_resets: AtomicU64,
 }
 
 impl ClusterState {
@@ -61,7 +59,6 @@ impl ClusterState {
             started: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
             connections,
-            upstream_rx_resets: AtomicU64::new(0),
         }
     }
 

@@ -26,7 +26,7 @@ use mesh_core::routing::{pick_weighted, CompiledMatcher, RequestView};
 
 use crate::body::{self, Body, REPLAY_LIMIT};
 use crate::cluster::ClusterState;
-use crate::http1::RequestBody;
+use crate::http1::{connection_has, connection_tokens, RequestBody};
 use crate::live::{LiveConfig, SharedConfig};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::upstream::Upstreams;
@@ -453,14 +453,6 @@ impl Forwarder {
                         tunnel(head, &mut r);
                         return r;
                     }
-                    let cluster = Arc::clone(cluster);
-                    let mut r = r.map(move |b| {
-                        body::boxed(http_body_util::BodyExt::map_err(b, move |e| {
-                            // The upstream broke off mid-response.
-                            cluster.upstream_rx_resets.fetch_add(1, Ordering::Relaxed);
-                            e
-                        }))
-                    });
                     strip_hop_by_hop(r.headers_mut());
                     // Answer in the client's HTTP version, whatever the
                     // upstream spoke (an HTTP/1.0 server, an h2 one).
@@ -510,13 +502,7 @@ impl Forwarder {
 
 /// The protocol an HTTP/1.1 request asks to upgrade to (WebSocket...).
 fn upgrade_protocol(head: &http::request::Parts) -> Option<HeaderValue> {
-    let asks = head
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
-    if asks && head.version == Version::HTTP_11 {
+    if connection_has(&head.headers, "upgrade") && head.version == Version::HTTP_11 {
         head.headers.get(http::header::UPGRADE).cloned()
     } else {
         None
@@ -588,13 +574,8 @@ fn preflight_response(cors: &CorsPolicy, origin: &HeaderValue) -> Response<Body>
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    let named: Vec<HeaderName> =
+        connection_tokens(headers).filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect();
     for n in named {
         headers.remove(n);
     }

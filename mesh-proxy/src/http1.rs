@@ -13,6 +13,7 @@
 //! HTTP/2 upstreams and upgrades (WebSocket) stay on hyper's client.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,6 +26,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
+use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -299,10 +301,10 @@ async fn exchange(
                     continue;
                 }
                 if chunked {
-                    let size = format!("{:x}\r\n", data.len());
-                    conn.io.write_all(size.as_bytes()).await?;
-                    conn.io.write_all(&data).await?;
-                    conn.io.write_all(b"\r\n").await?;
+                    // Size line, data and CRLF in one vectored write.
+                    let mut size = BytesMut::with_capacity(20);
+                    let _ = write!(size, "{:x}\r\n", data.len());
+                    conn.io.write_all_buf(&mut size.chain(data).chain(&b"\r\n"[..])).await?;
                 } else {
                     conn.io.write_all(&data).await?;
                 }
@@ -326,12 +328,13 @@ fn write_head(out: &mut BytesMut, addr: SocketAddr, head: &RequestHead<'_>, body
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    // Writing into a BytesMut cannot fail.
     if !head.headers.contains_key(HOST) {
-        out.put_slice(format!("host: {addr}\r\n").as_bytes());
+        let _ = write!(out, "host: {addr}\r\n");
     }
     match body {
         RequestBody::Full(b) if !b.is_empty() && !head.headers.contains_key(CONTENT_LENGTH) => {
-            out.put_slice(format!("content-length: {}\r\n", b.len()).as_bytes());
+            let _ = write!(out, "content-length: {}\r\n", b.len());
         }
         _ if chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
@@ -370,13 +373,25 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Htt
     };
     let status = response.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(Http1Error::Malformed("status"))?;
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let mut map = HeaderMap::with_capacity(response.headers.len());
+    // Values are taken as slices of the head's bytes, not copied: where
+    // each one starts in `buf`, then the head split off.
+    let base = buf.as_ptr() as usize;
+    let mut values: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
     for h in response.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Http1Error::Malformed("header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| Http1Error::Malformed("header value"))?;
+        let start = (h.value.as_ptr() as usize).wrapping_sub(base);
+        if start.checked_add(h.value.len()).is_none_or(|end| end > used) {
+            return Err(Http1Error::Malformed("header value"));
+        }
+        values.push((name, start, h.value.len()));
+    }
+    let head_bytes = buf.split_to(used).freeze();
+    let mut map = HeaderMap::with_capacity(values.len());
+    for (name, start, len) in values {
+        let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..start + len))
+            .map_err(|_| Http1Error::Malformed("header value"))?;
         map.append(name, value);
     }
-    buf.advance(used);
     let framing = framing(&map, status, method)?;
     // After a 101 the connection speaks another protocol.
     let keep_alive =
@@ -417,15 +432,18 @@ fn framing(headers: &HeaderMap, status: StatusCode, method: &Method) -> Result<F
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
+/// The tokens of the `Connection` header fields (`close`, `upgrade`, the
+/// names of other hop-by-hop headers), trimmed.
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+}
+
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
 fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token| connection_has(headers, token);
     match version {
         Version::HTTP_10 => has("keep-alive"),
         _ => !has("close"),
@@ -625,6 +643,10 @@ mod tests {
         assert!(!p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").keep_alive);
         assert!(p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n").keep_alive);
         assert_eq!(p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").head.version, Version::HTTP_10);
+        let head = p("HTTP/1.1 200 OK\r\nx-a: one two\r\nx-empty:\r\nX-A: 2\r\ncontent-length: 0\r\n\r\n").head;
+        let x_a: Vec<_> = head.headers.get_all("x-a").iter().collect();
+        assert_eq!(x_a, ["one two", "2"], "values as sent, repeated names kept in order");
+        assert_eq!(head.headers["x-empty"], "");
     }
 
     #[test]
@@ -720,6 +742,35 @@ mod tests {
         // have seen it yet.
         assert_eq!(get(&pool, addr).await.unwrap().1, "ok");
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_streamed_request_body_goes_chunked() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            while !seen.ends_with(b"0\r\n\r\n") {
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed early");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+            String::from_utf8(seen).unwrap()
+        });
+        let pieces = futures_util::stream::iter(
+            ["hello", "", " world"].map(|p| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(p)))),
+        );
+        let body = crate::body::boxed(http_body_util::StreamBody::new(pieces));
+        let headers = HeaderMap::new();
+        let head = RequestHead { method: &Method::POST, path: "/up", headers: &headers };
+        let response = pool().host(addr).send(head, RequestBody::Stream(body), None).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let sent = server.await.unwrap();
+        assert!(sent.contains("transfer-encoding: chunked\r\n"), "{sent}");
+        assert!(sent.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "{sent}");
     }
 
     #[tokio::test]

@@ -403,7 +403,7 @@ impl ProxyHandle {
         let _ = self.drain.send(true);
         self.config_task.abort();
         self.listeners.lock().await.shutdown().await;
-        self.metrics.flush_access_log();
+        self.metrics.drain_access_log();
     }
 }
 

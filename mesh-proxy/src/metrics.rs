@@ -1,6 +1,7 @@
 //! Istio's standard metrics (`istio_requests_total`,
 //! `istio_request_duration_milliseconds`) with Istio's labels, so existing
-//! dashboards work, and a JSON access log line per request.
+//! dashboards work; each request's line of the access log
+//! ([`crate::access_log`]) is written from here.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -290,10 +291,17 @@ impl Metrics {
         });
     }
 
-    /// Write out the buffered access log lines.
+    /// Hand the buffered access log lines to its writer.
     pub fn flush_access_log(&self) {
         if let Some(log) = &self.access_log {
             log.flush();
+        }
+    }
+
+    /// Write out the access log and wait until it is written (draining).
+    pub fn drain_access_log(&self) {
+        if let Some(log) = &self.access_log {
+            log.flush_and_wait();
         }
     }
 

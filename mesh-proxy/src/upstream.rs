@@ -57,6 +57,8 @@ pub struct ClusterConnections {
     /// `None` for an HTTP/2 cluster.
     pub http1: Option<Vec<Arc<HostPool>>>,
     pub max_requests_per_connection: Option<u32>,
+    /// Responses whose body broke off (Envoy: `upstream_rq_rx_reset`).
+    pub upstream_rx_resets: Arc<AtomicU64>,
 }
 
 impl Upstreams {
@@ -79,7 +81,12 @@ impl Upstreams {
             let pool = pools.entry(key).or_insert_with(|| Http1Pool::new(key.connect_timeout, key.idle_timeout));
             addresses.iter().map(|a| pool.host(*a)).collect()
         });
-        ClusterConnections { hyper, http1, max_requests_per_connection: cluster.max_requests_per_connection }
+        ClusterConnections {
+            hyper,
+            http1,
+            max_requests_per_connection: cluster.max_requests_per_connection,
+            upstream_rx_resets: Arc::default(),
+        }
     }
 
     /// Close the HTTP/1.1 connections idle past their idle timeout (hyper's
@@ -125,7 +132,7 @@ impl ClusterConnections {
         if let (Some(pool), false) = (self.http1.as_ref().and_then(|hosts| hosts.get(host)), upgrade) {
             let head = RequestHead { method: &head.method, path, headers: &head.headers };
             let response = pool.send(head, body, self.max_requests_per_connection).await?;
-            return Ok(response.map(body::boxed));
+            return Ok(self.counting_resets(response));
         }
         let body = match body {
             RequestBody::Full(b) => body::full(b),
@@ -148,7 +155,23 @@ impl ClusterConnections {
                 }
             }
         }
-        Ok(response.map(body::boxed))
+        Ok(self.counting_resets(response))
+    }
+
+    /// The response with its body boxed (once), counting a body that
+    /// breaks off mid-response.
+    fn counting_resets<B>(&self, response: Response<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<body::BoxError>,
+    {
+        let resets = Arc::clone(&self.upstream_rx_resets);
+        response.map(|b| {
+            body::boxed(http_body_util::BodyExt::map_err(b, move |e| {
+                resets.fetch_add(1, Ordering::Relaxed);
+                e
+            }))
+        })
     }
 }
 

@@ -126,8 +126,8 @@ pub fn streaming_response(rx: mpsc::Receiver<Outgoing>) -> Response<GrpcBody> {
             }
             let mut chunk = BytesMut::with_capacity(len);
             chunk.put(first);
-            for i in *next..end {
-                chunk.put_slice(parts.part(i).map_or(&[][..], |p| p.as_ref()));
+            for part in (*next..end).filter_map(|i| parts.part(i)) {
+                chunk.put_slice(part);
             }
             *next = end;
             chunk.freeze()
