@@ -127,7 +127,7 @@
 //! let mesh = MeshSnapshot { config: store.snapshot(), services: registry.snapshot() };
 //! let proxy = ProxyIdentity::sidecar("productpage-v1", "default", Default::default());
 //! let cfg = translate(&mesh, &proxy);
-//! let table = RouteTable::new(cfg.route_config("9080").unwrap()).unwrap();
+//! let table = RouteTable::new(cfg.route_config("9080").unwrap().clone()).unwrap();
 //! let (head, _) = http::Request::get("http://reviews:9080/").header("end-user", "jason").body(()).unwrap().into_parts();
 //! let hit = table.find(&RequestView::from_parts(&head, 9080)).unwrap();
 //! let mesh_core::proxy_config::RouteAction::Forward { clusters } = &hit.route.action else { unreachable!() };

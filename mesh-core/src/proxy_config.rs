@@ -4,6 +4,7 @@
 //! thing, and immutable: a change is a new `ProxyConfig`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,8 @@ pub struct ProxyConfig {
     /// A digest of everything below: equal configs have equal versions.
     pub version: String,
     pub listeners: Vec<Listener>,
-    pub route_configs: Vec<RouteConfig>,
+    /// Shared with the route tables compiled from them.
+    pub route_configs: Vec<Arc<RouteConfig>>,
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
     /// The AuthorizationPolicies that apply to this proxy, in evaluation
@@ -36,7 +38,7 @@ pub struct AuthorizationPolicyRef {
 }
 
 impl ProxyConfig {
-    pub fn route_config(&self, name: &str) -> Option<&RouteConfig> {
+    pub fn route_config(&self, name: &str) -> Option<&Arc<RouteConfig>> {
         self.route_configs.iter().find(|r| r.name == name)
     }
 
@@ -130,14 +132,16 @@ pub struct Route {
     /// Any one of these must match (Istio's `match` list); empty matches all.
     pub matches: Vec<RouteMatch>,
     pub action: RouteAction,
-    pub rewrite: Option<Rewrite>,
+    // Policies most routes leave unset are boxed, so that a route is not
+    // sized by all of them.
+    pub rewrite: Option<Box<Rewrite>>,
     #[serde(with = "opt_text", default)]
     pub timeout: Option<Duration>,
-    pub retry: Option<RetryPolicy>,
+    pub retry: Option<Box<RetryPolicy>>,
     pub fault: Option<FaultPolicy>,
     pub mirrors: Vec<MirrorPolicy>,
     pub headers: HeaderOps,
-    pub cors: Option<CorsPolicy>,
+    pub cors: Option<Box<CorsPolicy>>,
 }
 
 impl Route {
@@ -201,7 +205,7 @@ pub enum RouteAction {
     Forward {
         clusters: Vec<WeightedCluster>,
     },
-    Redirect(Redirect),
+    Redirect(Box<Redirect>),
     DirectResponse {
         status: u16,
         body: Option<String>,

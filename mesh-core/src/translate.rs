@@ -5,6 +5,7 @@
 //! gives the same output byte for byte, and the version is a digest of it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -440,7 +441,7 @@ impl<'a> Translator<'a> {
                 });
             }
             let route_name = port.to_string();
-            cfg.route_configs.push(RouteConfig { name: route_name.clone(), virtual_hosts: vhosts });
+            cfg.route_configs.push(Arc::new(RouteConfig { name: route_name.clone(), virtual_hosts: vhosts }));
             cfg.listeners.push(port_listener(
                 "0.0.0.0",
                 port,
@@ -461,14 +462,14 @@ impl<'a> Translator<'a> {
             let cluster = cluster_name("inbound", port.port, None, "");
             let action = if port.protocol.is_http() || port.protocol == Protocol::Unknown {
                 let name = format!("inbound|{}||", port.port);
-                cfg.route_configs.push(RouteConfig {
+                cfg.route_configs.push(Arc::new(RouteConfig {
                     name: name.clone(),
                     virtual_hosts: vec![VirtualHost {
                         name: format!("inbound|http|{}", port.port),
                         domains: vec!["*".into()],
                         routes: vec![Route::forward("default", &cluster)],
                     }],
-                });
+                }));
                 ChainAction::Http { route_config: name, protocol: port.protocol }
             } else {
                 ChainAction::Tcp {
@@ -496,7 +497,7 @@ impl<'a> Translator<'a> {
     /// Istio's route when no VirtualService covers a host.
     fn default_route(&self, host: &str, port: u16) -> Route {
         let mut route = Route::forward("default", &cluster_name("outbound", port, None, host));
-        route.retry = Some(default_retry_policy());
+        route.retry = Some(Box::new(default_retry_policy()));
         route
     }
 
@@ -548,7 +549,7 @@ impl<'a> Translator<'a> {
             }
             let name = http.name.clone().unwrap_or_else(|| format!("{ns}.{}.{i}", r.meta.name));
             let action = if let Some(redirect) = &http.redirect {
-                RouteAction::Redirect(Redirect {
+                RouteAction::Redirect(Box::new(Redirect {
                     path: redirect.uri.clone(),
                     prefix_rewrite: redirect.prefix_rewrite.clone(),
                     authority: redirect.authority.clone(),
@@ -556,7 +557,7 @@ impl<'a> Translator<'a> {
                     port: redirect.port.and_then(|p| u16::try_from(p).ok()),
                     port_from_request: redirect.derive_port.as_deref() == Some("FROM_REQUEST_PORT"),
                     code: redirect.redirect_code.and_then(|c| u16::try_from(c).ok()).unwrap_or(301),
-                })
+                }))
             } else if let Some(direct) = &http.direct_response {
                 RouteAction::DirectResponse {
                     status: u16::try_from(direct.status).unwrap_or(500),
@@ -570,15 +571,17 @@ impl<'a> Translator<'a> {
                     .map(|d| WeightedCluster {
                         cluster: self.destination_cluster(&d.destination, ns, port),
                         weight: destination_weight(d.weight, single),
-                        headers: header_ops(d.headers.as_ref()),
+                        headers: header_ops(d.headers.as_deref()),
                     })
                     .collect();
                 RouteAction::Forward { clusters }
             };
-            let rewrite = http.rewrite.as_ref().map(|rw| Rewrite {
-                uri_prefix: rw.uri.clone(),
-                uri_regex: rw.uri_regex_rewrite.as_ref().map(|r| (r.pattern.clone(), r.rewrite.clone())),
-                authority: rw.authority.clone(),
+            let rewrite = http.rewrite.as_ref().map(|rw| {
+                Box::new(Rewrite {
+                    uri_prefix: rw.uri.clone(),
+                    uri_regex: rw.uri_regex_rewrite.as_ref().map(|r| (r.pattern.clone(), r.rewrite.clone())),
+                    authority: rw.authority.clone(),
+                })
             });
             let timeout = http.timeout.as_deref().and_then(|t| duration::parse(t).ok()).filter(|d| !d.is_zero());
             let mut mirrors: Vec<MirrorPolicy> = http
@@ -604,11 +607,11 @@ impl<'a> Translator<'a> {
                 action,
                 rewrite,
                 timeout,
-                retry: retry_policy(http.retries.as_ref()),
-                fault: http.fault.as_ref().map(fault_policy),
+                retry: retry_policy(http.retries.as_deref()).map(Box::new),
+                fault: http.fault.as_deref().map(fault_policy),
                 mirrors,
-                headers: header_ops(http.headers.as_ref()),
-                cors: http.cors_policy.as_ref().map(cors_policy),
+                headers: header_ops(http.headers.as_deref()),
+                cors: http.cors_policy.as_deref().map(cors_policy).map(Box::new),
             });
         }
         out
@@ -736,10 +739,10 @@ impl<'a> Translator<'a> {
                             server.name.as_deref().unwrap_or(&server.port.name),
                             gw_name.replace('/', ".")
                         );
-                        cfg.route_configs.push(RouteConfig {
+                        cfg.route_configs.push(Arc::new(RouteConfig {
                             name: route_name.clone(),
                             virtual_hosts: vhosts.into_values().collect(),
-                        });
+                        }));
                         chains.push(FilterChain {
                             server_names: hosts.iter().filter(|h| *h != "*").cloned().collect(),
                             destination_port: None,
@@ -775,8 +778,10 @@ impl<'a> Translator<'a> {
             }
             if plain_http {
                 let route_name = format!("http.{port}");
-                cfg.route_configs
-                    .push(RouteConfig { name: route_name.clone(), virtual_hosts: http_vhosts.into_values().collect() });
+                cfg.route_configs.push(Arc::new(RouteConfig {
+                    name: route_name.clone(),
+                    virtual_hosts: http_vhosts.into_values().collect(),
+                }));
                 chains.push(FilterChain {
                     server_names: vec![],
                     destination_port: None,
@@ -1032,7 +1037,7 @@ fn sidecar_domains(svc: &Service, port: u16, proxy_ns: &str) -> Vec<String> {
 
 fn https_redirect_route() -> Route {
     Route {
-        action: RouteAction::Redirect(Redirect {
+        action: RouteAction::Redirect(Box::new(Redirect {
             path: None,
             prefix_rewrite: None,
             authority: None,
@@ -1040,7 +1045,7 @@ fn https_redirect_route() -> Route {
             port: None,
             port_from_request: false,
             code: 301,
-        }),
+        })),
         ..Route::forward("https_redirect", "")
     }
 }

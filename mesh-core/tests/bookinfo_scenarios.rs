@@ -35,7 +35,7 @@ fn clusters(route: &Route) -> Vec<(&str, u32)> {
 }
 
 fn table(cfg: &ProxyConfig, name: &str) -> RouteTable {
-    RouteTable::new(cfg.route_config(name).unwrap_or_else(|| panic!("no route config {name}"))).unwrap()
+    RouteTable::new(cfg.route_config(name).unwrap_or_else(|| panic!("no route config {name}")).clone()).unwrap()
 }
 
 #[test]

@@ -147,7 +147,7 @@ fn source_labels_select_routes_per_proxy() {
     let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http:\n  - match:\n    - sourceLabels: {app: productpage}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - route:\n    - destination: {host: reviews, subset: v1}\n";
     let registry = bookinfo_registry();
     let first_cluster = |cfg: &ProxyConfig| {
-        let table = RouteTable::new(cfg.route_config("9080").unwrap()).unwrap();
+        let table = RouteTable::new(cfg.route_config("9080").unwrap().clone()).unwrap();
         let (head, _) = http::Request::get("http://reviews:9080/").body(()).unwrap().into_parts();
         let hit = table.find(&RequestView::from_parts(&head, 9080)).unwrap();
         let RouteAction::Forward { clusters } = &hit.route.action else { panic!() };
@@ -187,11 +187,11 @@ fn gateway_https_server_gets_a_tls_chain_per_server() {
     let tls = chain.tls.as_ref().unwrap();
     assert_eq!((tls.mode.as_str(), tls.certificate_chain.as_deref()), ("SIMPLE", Some("/certs/tls.crt")));
     let ChainAction::Http { route_config, .. } = &chain.action else { panic!() };
-    let table = RouteTable::new(cfg.route_config(route_config).unwrap()).unwrap();
+    let table = RouteTable::new(cfg.route_config(route_config).unwrap().clone()).unwrap();
     let (head, _) = http::Request::get("https://bookinfo.example.com/productpage").body(()).unwrap().into_parts();
     assert!(table.find(&RequestView::from_parts(&head, 443)).is_some());
     // Port 80 redirects to https.
-    let table = RouteTable::new(cfg.route_config("http.80").unwrap()).unwrap();
+    let table = RouteTable::new(cfg.route_config("http.80").unwrap().clone()).unwrap();
     let (head, _) = http::Request::get("http://bookinfo.example.com/productpage").body(()).unwrap().into_parts();
     let hit = table.find(&RequestView::from_parts(&head, 80)).unwrap();
     let RouteAction::Redirect(r) = &hit.route.action else { panic!("expected a redirect") };

@@ -1,7 +1,6 @@
 //! The request path: from a downstream request to the response, doing what
 //! the compiled config says (Envoy's HTTP connection manager and router).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +22,9 @@ use mesh_core::resilience::circuit_breaker::Resource as Breaker;
 use mesh_core::resilience::outlier::Observation;
 use mesh_core::resilience::retry::{try_timeout, Outcome, RetryDecision, RetryState};
 use mesh_core::routing::{pick_weighted, CompiledMatcher, RequestView};
+use rustc_hash::FxHashMap;
 
+use crate::ascii;
 use crate::body::{self, Body, REPLAY_LIMIT};
 use crate::cluster::ClusterState;
 use crate::http1::{connection_has, connection_tokens, RequestBody};
@@ -87,8 +88,16 @@ static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloa
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Headers that belong to one connection, not to the request.
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authenticate"];
+static HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHENTICATE,
+];
+static X_ENVOY_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited");
 
 /// How the exchange ended, for logs and metrics (Envoy's response flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,7 +157,9 @@ impl Forwarder {
         let mut response = self.route_and_forward(&live, &mut head, incoming, ingress, &mut record).await;
         response.headers_mut().entry(X_REQUEST_ID.clone()).or_insert_with(|| record.request_id.clone());
         record.status = response.status().as_u16();
-        record.grpc_status = response.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if record.grpc {
+            record.grpc_status = response.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_string);
+        }
         self.metrics.record(&record, started.elapsed());
         response
     }
@@ -363,7 +374,7 @@ impl Forwarder {
             }
             _ => None,
         };
-        let mut retry = route.retry.as_ref().filter(|_| buffered.is_some()).map(RetryState::new);
+        let mut retry = route.retry.as_deref().filter(|_| buffered.is_some()).map(RetryState::new);
         let mut rng = fastrand::Rng::new();
         let mut tried: Vec<usize> = Vec::new();
         let mut retry_permit = None;
@@ -414,12 +425,18 @@ impl Forwarder {
                 Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None),
                 Ok(Err(_)) => (Outcome::Reset { request_sent: true }, None),
                 Ok(Ok(r)) => {
-                    let grpc_status =
-                        r.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+                    // Only gRPC answers carry a grpc-status; only a retry
+                    // policy asks about rate limiting.
+                    let grpc_status = record
+                        .grpc
+                        .then(|| r.headers().get(&GRPC_STATUS))
+                        .flatten()
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
                     let outcome = Outcome::Response {
                         status: r.status().as_u16(),
                         grpc_status,
-                        rate_limited: r.headers().contains_key("x-envoy-ratelimited"),
+                        rate_limited: retry.is_some() && r.headers().contains_key(&X_ENVOY_RATELIMITED),
                     };
                     (outcome, Some(r))
                 }
@@ -524,7 +541,7 @@ fn tunnel(head: &mut http::request::Parts, upstream: &mut Response<Body>) {
 fn allowed_origin(
     cors: &CorsPolicy,
     head: &http::request::Parts,
-    regexes: &HashMap<String, CompiledMatcher>,
+    regexes: &FxHashMap<String, CompiledMatcher>,
 ) -> Option<HeaderValue> {
     let origin = head.headers.get(http::header::ORIGIN)?;
     let text = origin.to_str().ok()?;
@@ -573,6 +590,11 @@ fn preflight_response(cors: &CorsPolicy, origin: &HeaderValue) -> Response<Body>
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one look at the names is cheaper
+    // than a hashed removal of each.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> =
         connection_tokens(headers).filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect();
@@ -582,7 +604,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `te: trailers` is end to end (HTTP/2 allows it, and gRPC requires it
     // to tell a proxy that would drop trailers).
     let trailers = headers.get(http::header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         headers.remove(n);
     }
     if trailers {
@@ -591,12 +613,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    let mut value = Vec::with_capacity(64);
+    if let Some(existing) = headers.get(&X_FORWARDED_FOR) {
+        value.extend_from_slice(existing.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    ascii::push_ip(&mut value, peer.ip());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.entry(X_FORWARDED_PROTO.clone()).or_insert(HeaderValue::from_static(scheme));
@@ -632,7 +655,7 @@ fn apply_response_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
 
 /// Istio's `rewrite`: `uri` replaces the part of the path the route's
 /// prefix (or exact) match matched; `authority` replaces the host.
-fn rewrite(head: &mut http::request::Parts, route: &Route, regexes: &HashMap<String, CompiledMatcher>) {
+fn rewrite(head: &mut http::request::Parts, route: &Route, regexes: &FxHashMap<String, CompiledMatcher>) {
     let Some(rw) = &route.rewrite else { return };
     if let Some(authority) = rw.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
         head.headers.insert(http::header::HOST, authority);
@@ -730,14 +753,22 @@ fn abort_response(abort: AbortStatus) -> Response<Body> {
 }
 
 /// A random UUID (version 4), as Envoy generates for `x-request-id`.
-/// A random (version 4) UUID, as `x-request-id`.
 fn new_request_id() -> HeaderValue {
     let r = fastrand::u128(..);
-    let b = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let [a, b, c, d, e] = [b >> 96, (b >> 80) & 0xffff, (b >> 64) & 0xffff, (b >> 48) & 0xffff, b & 0xffff_ffff_ffff];
-    let id = format!("{a:08x}-{b:04x}-{c:04x}-{d:04x}-{e:012x}");
+    let bits = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let mut id = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            id[at] = b'-';
+            at += 1;
+        }
+        id[at] = ascii::HEX_DIGITS[usize::from(byte >> 4)];
+        id[at + 1] = ascii::HEX_DIGITS[usize::from(byte & 0xf)];
+        at += 2;
+    }
     // Hex digits and dashes are always a valid header value.
-    HeaderValue::try_from(id).expect("a UUID is a valid header value")
+    HeaderValue::from_bytes(&id).expect("a UUID is a valid header value")
 }
 
 #[cfg(test)]

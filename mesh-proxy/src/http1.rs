@@ -121,6 +121,30 @@ struct Conn {
     buf: BytesMut,
     /// Requests this connection has carried.
     requests: u64,
+    names: KnownNames,
+}
+
+/// The header names this connection's responses used: a server sends the
+/// same ones every time, and a name seen before is then neither validated
+/// nor allocated again.
+#[derive(Default)]
+struct KnownNames(Vec<HeaderName>);
+
+/// How many names a connection remembers.
+const KNOWN_NAMES: usize = 16;
+
+impl KnownNames {
+    fn name(&mut self, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some(known) = self.0.iter().find(|n| n.as_str().as_bytes() == raw) {
+            return Ok(known.clone());
+        }
+        let name = HeaderName::from_bytes(raw)?;
+        // Only names sent in lower case would ever match again.
+        if self.0.len() < KNOWN_NAMES && name.as_str().as_bytes() == raw {
+            self.0.push(name.clone());
+        }
+        Ok(name)
+    }
 }
 
 impl Conn {
@@ -229,7 +253,7 @@ impl HostPool {
             Err(_) => return Err(Http1Error::ConnectTimeout(timeout)),
         };
         let _ = io.set_nodelay(true);
-        Ok(Conn { io, buf: BytesMut::new(), requests: 0 })
+        Ok(Conn { io, buf: BytesMut::new(), requests: 0, names: KnownNames::default() })
     }
 
     /// Send a request to this endpoint and read the response head; the
@@ -334,7 +358,9 @@ fn write_head(out: &mut BytesMut, addr: SocketAddr, head: &RequestHead<'_>, body
     }
     match body {
         RequestBody::Full(b) if !b.is_empty() && !head.headers.contains_key(CONTENT_LENGTH) => {
-            let _ = write!(out, "content-length: {}\r\n", b.len());
+            out.put_slice(b"content-length: ");
+            out.put_slice(itoa::Buffer::new().format(b.len()).as_bytes());
+            out.put_slice(b"\r\n");
         }
         _ if chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
@@ -344,7 +370,7 @@ fn write_head(out: &mut BytesMut, addr: SocketAddr, head: &RequestHead<'_>, body
 
 async fn read_head(conn: &mut Conn, method: &Method) -> Result<Parsed, Http1Error> {
     loop {
-        if let Some(parsed) = parse_head(&mut conn.buf, method)? {
+        if let Some(parsed) = parse_head(&mut conn.buf, &mut conn.names, method)? {
             // 1xx answers (100 Continue) come before the real one.
             if parsed.head.status.is_informational() && parsed.head.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
@@ -362,15 +388,17 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<Parsed, Http1Erro
 
 /// A whole response head from the front of `buf`, consumed; `None` until
 /// one has arrived.
-fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Http1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let used = match response.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::Malformed("too many headers")),
-        Err(_) => return Err(Http1Error::Malformed("invalid response head")),
-    };
+fn parse_head(buf: &mut BytesMut, names: &mut KnownNames, method: &Method) -> Result<Option<Parsed>, Http1Error> {
+    // Left uninitialized: zeroing 100 headers cost more than parsing them.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let used =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut headers) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::Malformed("too many headers")),
+            Err(_) => return Err(Http1Error::Malformed("invalid response head")),
+        };
     let status = response.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(Http1Error::Malformed("status"))?;
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     // Values are taken as slices of the head's bytes, not copied: where
@@ -378,7 +406,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Htt
     let base = buf.as_ptr() as usize;
     let mut values: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
     for h in response.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Http1Error::Malformed("header name"))?;
+        let name = names.name(h.name.as_bytes()).map_err(|_| Http1Error::Malformed("header name"))?;
         let start = (h.value.as_ptr() as usize).wrapping_sub(base);
         if start.checked_add(h.value.len()).is_none_or(|end| end > used) {
             return Err(Http1Error::Malformed("header value"));
@@ -621,7 +649,7 @@ mod tests {
     use super::*;
 
     fn parse(raw: &[u8], method: &Method) -> Result<Option<Parsed>, Http1Error> {
-        parse_head(&mut BytesMut::from(raw), method)
+        parse_head(&mut BytesMut::from(raw), &mut KnownNames::default(), method)
     }
 
     #[test]
@@ -660,6 +688,23 @@ mod tests {
         ] {
             assert!(parse(bad, &Method::GET).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn header_names_a_connection_saw_before_are_reused_as_they_were() {
+        let mut names = KnownNames::default();
+        let raw = b"HTTP/1.1 200 OK\r\nX-Upper: 1\r\nx-backend: a\r\ncontent-length: 0\r\nx-backend: b\r\n\r\n";
+        for _ in 0..3 {
+            let parsed = parse_head(&mut BytesMut::from(&raw[..]), &mut names, &Method::GET).unwrap().unwrap();
+            let h = &parsed.head.headers;
+            assert_eq!(h.get("x-upper").unwrap(), "1");
+            assert_eq!(h.get_all("x-backend").iter().collect::<Vec<_>>(), ["a", "b"]);
+            assert_eq!(h.len(), 4);
+        }
+        // Lower-case names are remembered once each; `X-Upper` never is.
+        let known: Vec<&str> = names.0.iter().map(HeaderName::as_str).collect();
+        assert_eq!(known, ["x-backend", "content-length"]);
+        assert!(names.name(b"bad name").is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! | [`access_log`] | the JSON access log, buffered |
 //! | [`tls`] | TLS termination by SNI for gateway listeners |
 //! | [`body`] | body types and the replay buffer |
+//! | `ascii` | addresses, numbers and JSON strings written without `core::fmt` |
 //!
 //! A custom gateway:
 //!
@@ -70,6 +71,8 @@ pub mod live;
 pub mod metrics;
 pub mod tls;
 pub mod upstream;
+
+mod ascii;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 //! and cluster state), swapped whole. A request loads it once and keeps it
 //! to the end, so a swap never changes a request in flight.
 
-use std::collections::HashMap;
+// Looked up on every request by short strings: a fast hash, not SipHash.
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -19,15 +20,15 @@ use crate::upstream::Upstreams;
 
 pub struct LiveConfig {
     pub config: Arc<ProxyConfig>,
-    pub routes: HashMap<String, RouteTable>,
+    pub routes: FxHashMap<String, RouteTable>,
     /// The route table of each listener's HTTP chain, by listener name.
-    pub listener_routes: HashMap<String, String>,
-    pub clusters: HashMap<String, Arc<ClusterState>>,
+    pub listener_routes: FxHashMap<String, String>,
+    pub clusters: FxHashMap<String, Arc<ClusterState>>,
     pub authorizer: Authorizer,
     /// Regexes of rewrites and CORS origins, compiled once.
-    pub regexes: HashMap<String, CompiledMatcher>,
+    pub regexes: FxHashMap<String, CompiledMatcher>,
     /// The local rate limits of each listener, by listener name.
-    pub rate_limits: HashMap<String, Vec<Arc<RateLimiter>>>,
+    pub rate_limits: FxHashMap<String, Vec<Arc<RateLimiter>>>,
 }
 
 /// A local rate limit with its bucket; kept across configs that do not
@@ -56,12 +57,12 @@ impl LiveConfig {
                 authorization: vec![],
                 local_rate_limits: vec![],
             }),
-            routes: HashMap::new(),
-            listener_routes: HashMap::new(),
-            clusters: HashMap::new(),
+            routes: FxHashMap::default(),
+            listener_routes: FxHashMap::default(),
+            clusters: FxHashMap::default(),
             authorizer: Authorizer::default(),
-            regexes: HashMap::new(),
-            rate_limits: HashMap::new(),
+            regexes: FxHashMap::default(),
+            rate_limits: FxHashMap::default(),
         }
     }
 
@@ -73,8 +74,11 @@ impl LiveConfig {
         previous: &LiveConfig,
         upstreams: &Upstreams,
     ) -> Result<LiveConfig, RouteTableError> {
-        let routes =
-            config.route_configs.iter().map(|r| Ok((r.name.clone(), RouteTable::new(r)?))).collect::<Result<_, _>>()?;
+        let routes = config
+            .route_configs
+            .iter()
+            .map(|r| Ok((r.name.clone(), RouteTable::new(Arc::clone(r))?)))
+            .collect::<Result<_, _>>()?;
         let clusters = config
             .clusters
             .iter()
@@ -98,7 +102,7 @@ impl LiveConfig {
                 })
             })
             .collect();
-        let mut regexes = HashMap::new();
+        let mut regexes = FxHashMap::default();
         for route in config.route_configs.iter().flat_map(|r| &r.virtual_hosts).flat_map(|v| &v.routes) {
             let patterns =
                 route

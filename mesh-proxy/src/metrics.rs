@@ -6,17 +6,18 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+// Looked up on every request: a fast hash, not SipHash.
 use http::HeaderValue;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use rustc_hash::FxHashMap;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::forward::Flag;
@@ -105,7 +106,7 @@ struct Outcome {
     grpc: bool,
 }
 
-type Handles = HashMap<Outcome, (Counter, AtomicHistogram)>;
+type Handles = FxHashMap<Outcome, (Counter, AtomicHistogram)>;
 
 pub struct Metrics {
     registry: Registry,
@@ -113,7 +114,7 @@ pub struct Metrics {
     durations: HistogramFamily,
     /// Series already resolved, by cluster then outcome: the request path
     /// reads these without locks or allocation.
-    resolved: ArcSwap<HashMap<String, Arc<ArcSwap<Handles>>>>,
+    resolved: ArcSwap<FxHashMap<String, Arc<ArcSwap<Handles>>>>,
     /// `source` for a gateway or an outbound sidecar.
     reporter: &'static str,
     workload: String,
@@ -137,11 +138,12 @@ pub struct RequestRecord<'a> {
     request_line: Option<RequestLine>,
 }
 
-/// The parts of the request the access log prints, as it arrived.
+/// The parts of the request the access log prints, as it arrived (shared
+/// with the request's own head, not copied).
 struct RequestLine {
     method: http::Method,
-    path: String,
-    authority: String,
+    uri: http::Uri,
+    host: Option<HeaderValue>,
     started_at: SystemTime,
 }
 
@@ -149,14 +151,20 @@ impl RequestLine {
     fn of(head: &http::request::Parts) -> RequestLine {
         RequestLine {
             method: head.method.clone(),
-            path: head.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
-            authority: head
-                .uri
-                .authority()
-                .map(|a| a.to_string())
-                .or_else(|| head.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-                .unwrap_or_default(),
+            uri: head.uri.clone(),
+            host: head.headers.get(http::header::HOST).cloned(),
             started_at: SystemTime::now(),
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
+    fn authority(&self) -> &str {
+        match self.uri.authority() {
+            Some(a) => a.as_str(),
+            None => self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default(),
         }
     }
 }
@@ -180,7 +188,7 @@ impl Metrics {
             registry,
             requests,
             durations,
-            resolved: ArcSwap::from_pointee(HashMap::new()),
+            resolved: ArcSwap::from_pointee(FxHashMap::default()),
             reporter: "source",
             workload: workload.into(),
             namespace: namespace.into(),
@@ -260,14 +268,14 @@ impl Metrics {
         let cluster = existing.unwrap_or_else(|| {
             let fresh: Arc<ArcSwap<Handles>> = Arc::default();
             self.resolved.rcu(|all| {
-                let mut all = HashMap::clone(all);
+                let mut all = FxHashMap::clone(all);
                 all.entry(r.cluster.to_string()).or_insert_with(|| Arc::clone(&fresh));
                 all
             });
             self.resolved.load().get(r.cluster).cloned().unwrap_or(fresh)
         });
         cluster.rcu(|known| {
-            let mut known = HashMap::clone(known);
+            let mut known = FxHashMap::clone(known);
             known.insert(outcome, handles.clone());
             known
         });
@@ -277,13 +285,13 @@ impl Metrics {
     fn log(&self, r: &RequestRecord<'_>, line: &RequestLine, took: Duration) {
         let Some(log) = &self.access_log else { return };
         log.write(&Entry {
-            start_time_ms: line.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()),
+            start_time: line.started_at.duration_since(UNIX_EPOCH).unwrap_or_default(),
             method: line.method.as_str(),
-            path: &line.path,
-            authority: &line.authority,
+            path: line.path(),
+            authority: line.authority(),
             response_code: r.status,
             response_flags: r.flag.code(),
-            duration_ms: took.as_secs_f64() * 1000.0,
+            duration: took,
             upstream_host: r.upstream_host,
             upstream_cluster: r.cluster,
             route_name: r.route,

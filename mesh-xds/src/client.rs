@@ -157,7 +157,7 @@ impl State {
                 // What mesh-proxy would refuse later (a regex it cannot
                 // compile), refused now so the control plane hears of it.
                 for r in routes.values() {
-                    RouteTable::new(&r.config).map_err(|e| {
+                    RouteTable::new(Arc::clone(&r.config)).map_err(|e| {
                         ImportError::new("RouteConfiguration", &r.config.name, "virtual_hosts", e.to_string())
                     })?;
                 }

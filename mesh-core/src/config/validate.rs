@@ -272,14 +272,14 @@ impl Validator {
             if let Some(rr) = &rw.uri_regex_rewrite {
                 self.regex(&format!("{at}.rewrite.uriRegexRewrite.match"), &rr.pattern);
             }
-            let header_sets_authority = |h: &Option<Headers>| {
-                h.as_ref().and_then(|h| h.request.as_ref()).is_some_and(|r| {
+            let header_sets_authority = |h: Option<&Headers>| {
+                h.and_then(|h| h.request.as_ref()).is_some_and(|r| {
                     r.set.keys().chain(r.add.keys()).any(|k| k.eq_ignore_ascii_case("host") || k == ":authority")
                 })
             };
             if rw.authority.is_some()
-                && (header_sets_authority(&route.headers)
-                    || route.route.iter().any(|d| header_sets_authority(&d.headers)))
+                && (header_sets_authority(route.headers.as_deref())
+                    || route.route.iter().any(|d| header_sets_authority(d.headers.as_deref())))
             {
                 self.err(format!("{at}.rewrite.authority"), "the authority is rewritten twice: by rewrite.authority and by a request header operation on host/:authority");
             }

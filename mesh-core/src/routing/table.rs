@@ -7,6 +7,7 @@
 //! have nothing to index.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use regex::RegexSet;
 use rustc_hash::FxHashMap;
@@ -26,19 +27,19 @@ pub struct RouteHit<'a> {
 }
 
 pub struct RouteTable {
-    name: String,
+    /// What the table indexes: routes are answered from it, not copied.
+    config: Arc<RouteConfig>,
     exact_hosts: FxHashMap<String, u32>,
     /// `*.example.com` as (`.example.com`, vhost), longest suffix first.
     suffix_hosts: Vec<(String, u32)>,
     /// `example.*` as (`example.`, vhost), longest prefix first.
     prefix_hosts: Vec<(String, u32)>,
     catch_all: Option<u32>,
+    /// One per virtual host of `config`, in its order.
     vhosts: Vec<CompiledVirtualHost>,
 }
 
 struct CompiledVirtualHost {
-    name: String,
-    routes: Vec<Route>,
     /// One per (route, match) in order: the entry id order is the match
     /// order.
     entries: Vec<Entry>,
@@ -91,9 +92,10 @@ pub struct RouteTableError {
 }
 
 impl RouteTable {
-    pub fn new(config: &RouteConfig) -> Result<RouteTable, RouteTableError> {
+    pub fn new(config: impl Into<Arc<RouteConfig>>) -> Result<RouteTable, RouteTableError> {
+        let config = config.into();
         let mut table = RouteTable {
-            name: config.name.clone(),
+            config: Arc::clone(&config),
             exact_hosts: FxHashMap::default(),
             suffix_hosts: Vec::new(),
             prefix_hosts: Vec::new(),
@@ -114,7 +116,7 @@ impl RouteTable {
                     table.exact_hosts.entry(d).or_insert(i);
                 }
             }
-            let compiled = compile_vhost(&vh.name, &vh.routes).map_err(|(route, reason)| RouteTableError {
+            let compiled = compile_vhost(&vh.routes).map_err(|(route, reason)| RouteTableError {
                 route_config: config.name.clone(),
                 virtual_host: vh.name.clone(),
                 route,
@@ -128,14 +130,16 @@ impl RouteTable {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.config.name
     }
 
     /// The first route of the request's virtual host that matches it.
     pub fn find(&self, req: &RequestView<'_>) -> Option<RouteHit<'_>> {
-        let vh = &self.vhosts[self.find_virtual_host(req.authority)? as usize];
-        let entry = vh.find(req)?;
-        let route_index = vh.entries[entry as usize].route as usize;
+        let i = self.find_virtual_host(req.authority)? as usize;
+        let compiled = &self.vhosts[i];
+        let entry = compiled.find(req)?;
+        let route_index = compiled.entries[entry as usize].route as usize;
+        let vh = &self.config.virtual_hosts[i];
         Some(RouteHit { virtual_host: &vh.name, route: &vh.routes[route_index], route_index })
     }
 
@@ -202,7 +206,7 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn compile_vhost(name: &str, routes: &[Route]) -> Result<CompiledVirtualHost, (String, String)> {
+fn compile_vhost(routes: &[Route]) -> Result<CompiledVirtualHost, (String, String)> {
     let mut entries = Vec::new();
     let mut index = Index::default();
     let mut regex_patterns = Vec::new();
@@ -273,7 +277,7 @@ fn compile_vhost(name: &str, routes: &[Route]) -> Result<CompiledVirtualHost, (S
         index.regexes = Some((set, regex_entries));
     }
     let any_ignore_case = entries.iter().any(|e| e.matcher.ignore_uri_case);
-    Ok(CompiledVirtualHost { name: name.to_string(), routes: routes.to_vec(), entries, index, any_ignore_case })
+    Ok(CompiledVirtualHost { entries, index, any_ignore_case })
 }
 
 fn compile_match(m: &RouteMatch) -> Result<CompiledRouteMatch, regex::Error> {
@@ -433,7 +437,7 @@ mod tests {
 
     #[test]
     fn host_lookup_follows_envoy_order() {
-        let t = RouteTable::new(&config(
+        let t = RouteTable::new(config(
             &[&["*"], &["*.example.com"], &["api.example.com", "api.example.com:8080"], &["*.com"], &["api.*"]],
             vec![route("r", vec![])],
         ))
@@ -505,7 +509,7 @@ mod tests {
             ),
             route("catch-all", vec![]),
         ];
-        let t = RouteTable::new(&config(&[&["*"]], routes)).unwrap();
+        let t = RouteTable::new(config(&[&["*"]], routes)).unwrap();
         let name = |u: &str, h: &[(&str, &str)]| find(&t, &format!("http://x{u}"), h).unwrap().1.to_string();
         assert_eq!(name("/a/b", &[("end-user", "jason")]), "header");
         assert_eq!(name("/a/b", &[]), "exact");
@@ -561,7 +565,7 @@ mod tests {
                 routes.push(route(&format!("r{i}"), vec![m]));
             }
             let cfg = config(&[&["*"]], routes.clone());
-            let t = RouteTable::new(&cfg).unwrap();
+            let t = RouteTable::new(cfg).unwrap();
             let vh = &t.vhosts[0];
             for _ in 0..300 {
                 let p = path(&mut rng);
@@ -602,7 +606,7 @@ mod tests {
     #[test]
     fn bad_regex_names_the_route() {
         let err =
-            RouteTable::new(&config(&[&["*"]], vec![route("broken", vec![uri(StringMatcher::Regex("(".into()))])]))
+            RouteTable::new(config(&[&["*"]], vec![route("broken", vec![uri(StringMatcher::Regex("(".into()))])]))
                 .err()
                 .unwrap();
         assert!(err.to_string().contains("route `broken`"), "{err}");

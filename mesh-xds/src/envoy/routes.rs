@@ -223,7 +223,7 @@ fn forward(r: &Route, clusters: &[mesh_core::proxy_config::WeightedCluster], cfg
         // Istio turns Envoy's 15 s default off: no timeout unless the
         // VirtualService sets one.
         timeout: Some(duration(r.timeout.unwrap_or_default())),
-        retry_policy: r.retry.as_ref().map(retry_policy),
+        retry_policy: r.retry.as_deref().map(retry_policy),
         request_mirror_policies: r
             .mirrors
             .iter()

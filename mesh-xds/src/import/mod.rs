@@ -47,7 +47,7 @@ impl ImportError {
 /// Envoy hashes on the route, mesh-core on the cluster.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImportedRoutes {
-    pub config: RouteConfig,
+    pub config: std::sync::Arc<RouteConfig>,
     pub hash_by_cluster: BTreeMap<String, HashPolicy>,
 }
 

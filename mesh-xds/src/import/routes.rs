@@ -3,6 +3,7 @@
 //! Istio's OR of matches).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{
     data_source::Specifier, header_value_option::HeaderAppendAction, HeaderValueOption,
@@ -67,7 +68,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<ImportedRoutes, ImportErr
         }
         virtual_hosts.push(VirtualHost { name: vh.name.clone(), domains: vh.domains.clone(), routes });
     }
-    Ok(ImportedRoutes { config: RouteConfig { name: rc.name.clone(), virtual_hosts }, hash_by_cluster })
+    Ok(ImportedRoutes { config: Arc::new(RouteConfig { name: rc.name.clone(), virtual_hosts }), hash_by_cluster })
 }
 
 fn err(name: &str, field: String, message: impl Into<String>) -> ImportError {
@@ -151,7 +152,7 @@ fn route(er: &EnvoyRoute, at: &str, name: &str) -> Result<(Route, Option<HashPol
             field: format!("{at}.typed_per_filter_config"),
             ..e
         })?;
-        route.cors = Some(cors(&c));
+        route.cors = Some(Box::new(cors(&c)));
     }
     let mut hash = None;
     route.action = match &er.action {
@@ -171,7 +172,7 @@ fn route(er: &EnvoyRoute, at: &str, name: &str) -> Result<(Route, Option<HashPol
             });
             forward(&mut route, a, at, name)?
         }
-        Some(Action::Redirect(r)) => RouteAction::Redirect(Redirect {
+        Some(Action::Redirect(r)) => RouteAction::Redirect(Box::new(Redirect {
             path: match &r.path_rewrite_specifier {
                 Some(PathRewriteSpecifier::PathRedirect(p)) => Some(p.clone()),
                 _ => None,
@@ -195,7 +196,7 @@ fn route(er: &EnvoyRoute, at: &str, name: &str) -> Result<(Route, Option<HashPol
                 Ok(RedirectResponseCode::PermanentRedirect) => 308,
                 _ => 301,
             },
-        }),
+        })),
         Some(Action::DirectResponse(d)) => RouteAction::DirectResponse {
             status: u16::try_from(d.status)
                 .map_err(|_| err(name, format!("{at}.direct_response.status"), "not an HTTP status"))?,
@@ -239,7 +240,7 @@ fn forward(route: &mut Route, a: &EnvoyRouteAction, at: &str, name: &str) -> Res
     route.retry = a.retry_policy.as_ref().map(|r| {
         let (retry_on, _) = RetryOn::parse(&r.retry_on);
         let backoff = r.retry_back_off.as_ref();
-        RetryPolicy {
+        Box::new(RetryPolicy {
             attempts: r.num_retries.as_ref().map_or(1, |n| n.value),
             per_try_timeout: r.per_try_timeout.as_ref().map(duration),
             retry_on,
@@ -254,7 +255,7 @@ fn forward(route: &mut Route, a: &EnvoyRouteAction, at: &str, name: &str) -> Res
                 .retry_host_predicate
                 .iter()
                 .any(|p| p.name == "envoy.retry_host_predicates.previous_hosts"),
-        }
+        })
     });
     route.mirrors = a
         .request_mirror_policies
@@ -275,8 +276,8 @@ fn forward(route: &mut Route, a: &EnvoyRouteAction, at: &str, name: &str) -> Res
             _ => None,
         },
     };
-    route.rewrite =
-        (rewrite.uri_prefix.is_some() || rewrite.uri_regex.is_some() || rewrite.authority.is_some()).then_some(rewrite);
+    route.rewrite = (rewrite.uri_prefix.is_some() || rewrite.uri_regex.is_some() || rewrite.authority.is_some())
+        .then(|| Box::new(rewrite));
     Ok(RouteAction::Forward { clusters })
 }
 
