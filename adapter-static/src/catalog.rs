@@ -31,7 +31,7 @@ use mesh_core::registry::{merge_states, RegistrySnapshot};
 use mesh_core::service_entry::{services_of, NamespacedWorkload};
 use mesh_core::store::ConfigSnapshot;
 
-use crate::documents::{self, RawObject};
+use crate::documents;
 use crate::files;
 use crate::kube::{self, Deployment, EndpointSlice, KubeService, Pod};
 use crate::problem::{Location, Problem, Severity};
@@ -221,7 +221,9 @@ fn parse_file(path: &Path, text: &str, hash: u64, previous: Option<&CachedFile>,
     }
     let mut out = CachedFile { fingerprint: None, hash, objects: vec![], problems: vec![], skipped_kinds: vec![] };
     for raw in raws {
-        match decode_object(&raw, default_ns) {
+        // Each document's tree is handed over, not copied, and gone once
+        // decoded: the load's peak is then one tree, not two.
+        match decode_object(raw.value, &raw.location, default_ns) {
             Decode::Object(key, object, warnings) => {
                 out.problems.extend(warnings);
                 out.objects.push(Parsed { location: raw.location, key, object: Arc::new(object) });
@@ -247,20 +249,20 @@ enum Decode {
     Invalid(Option<ObjectKey>, Vec<Problem>),
 }
 
-fn decode_object(raw: &RawObject, default_ns: &str) -> Decode {
-    let loc = || Some(raw.location.clone());
-    let text = |field: &str| raw.value.get(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+fn decode_object(value: serde_json::Value, location: &Location, default_ns: &str) -> Decode {
+    let loc = || Some(location.clone());
+    let text = |field: &str| value.get(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let (api_version, kind) = (text("apiVersion"), text("kind"));
     if api_version.is_empty() || kind.is_empty() {
         let missing = if api_version.is_empty() { "apiVersion" } else { "kind" };
         return Decode::Invalid(None, vec![Problem::error(loc(), format!("`{missing}` is required")).field(missing)]);
     }
-    let meta = raw.value.get("metadata");
+    let meta = value.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
     let namespace = meta.and_then(|m| m.get("namespace")).and_then(|n| n.as_str()).unwrap_or(default_ns).to_string();
     let key = ObjectKey { kind: kind.clone(), namespace, name };
     if config::Kind::from_type(&api_version, &kind).is_some() {
-        return match config::decode(raw.value.clone(), default_ns) {
+        return match config::decode(value, default_ns) {
             Ok(Decoded::Istio { resource, unknown_fields }) => {
                 let warnings = unknown_fields
                     .into_iter()
@@ -290,14 +292,14 @@ fn decode_object(raw: &RawObject, default_ns: &str) -> Decode {
             }
         };
     }
-    fn typed<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, (String, String)> {
-        serde_path_to_error::deserialize(value.clone()).map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+    fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, (String, String)> {
+        serde_path_to_error::deserialize(value).map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
     }
     let object = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => typed(&raw.value).map(Object::Service),
-        ("discovery.k8s.io/v1", "EndpointSlice") => typed(&raw.value).map(Object::EndpointSlice),
-        ("v1", "Pod") => typed(&raw.value).map(Object::Pod),
-        ("apps/v1", "Deployment") => typed(&raw.value).map(Object::Deployment),
+        ("v1", "Service") => typed(value).map(Object::Service),
+        ("discovery.k8s.io/v1", "EndpointSlice") => typed(value).map(Object::EndpointSlice),
+        ("v1", "Pod") => typed(value).map(Object::Pod),
+        ("apps/v1", "Deployment") => typed(value).map(Object::Deployment),
         _ => return Decode::Skipped(format!("{api_version} {kind}")),
     };
     match object {

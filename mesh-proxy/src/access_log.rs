@@ -42,12 +42,9 @@ impl Entry<'_> {
     fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"start_time_ms\":");
         push_int(out, self.start_time.as_millis());
-        out.extend_from_slice(b",\"method\":");
-        push_json_str(out, self.method);
-        out.extend_from_slice(b",\"path\":");
-        push_json_str(out, self.path);
-        out.extend_from_slice(b",\"authority\":");
-        push_json_str(out, self.authority);
+        let strings: [(&[u8], &str); 3] =
+            [(b",\"method\":", self.method), (b",\"path\":", self.path), (b",\"authority\":", self.authority)];
+        push_json_fields(out, strings);
         out.extend_from_slice(b",\"response_code\":");
         push_int(out, self.response_code);
         out.extend_from_slice(b",\"response_flags\":");
@@ -71,13 +68,23 @@ impl Entry<'_> {
             }
             None => out.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(b",\"upstream_cluster\":");
-        push_json_str(out, self.upstream_cluster);
-        out.extend_from_slice(b",\"route_name\":");
-        push_json_str(out, self.route_name);
-        out.extend_from_slice(b",\"x_request_id\":");
-        push_json_str(out, self.x_request_id);
+        push_json_fields(
+            out,
+            [
+                (b",\"upstream_cluster\":", self.upstream_cluster),
+                (b",\"route_name\":", self.route_name),
+                (b",\"x_request_id\":", self.x_request_id),
+            ],
+        );
         out.extend_from_slice(b"}\n");
+    }
+}
+
+/// String fields, each key given with its comma, colon and quotes.
+fn push_json_fields<const N: usize>(out: &mut Vec<u8>, fields: [(&[u8], &str); N]) {
+    for (key, value) in fields {
+        out.extend_from_slice(key);
+        push_json_str(out, value);
     }
 }
 
