@@ -2,8 +2,6 @@
 //! and cluster state), swapped whole. A request loads it once and keeps it
 //! to the end, so a swap never changes a request in flight.
 
-// Looked up on every request by short strings: a fast hash, not SipHash.
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -14,6 +12,8 @@ use std::time::Instant;
 use mesh_core::proxy_config::{ChainAction, StringMatcher, TrafficDirection};
 use mesh_core::rate_limit::{LocalRateLimit, TokenBucket};
 use mesh_core::routing::{CompiledMatcher, RouteTable, RouteTableError};
+// Looked up on every request by short strings: a fast hash, not SipHash.
+use rustc_hash::FxHashMap;
 
 use crate::cluster::ClusterState;
 use crate::upstream::Upstreams;

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-// Looked up on every request: a fast hash, not SipHash.
 use http::HeaderValue;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+// Looked up on every request: a fast hash, not SipHash.
 use rustc_hash::FxHashMap;
 
 use crate::access_log::{AccessLog, Entry};
