@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use mesh_core::authz::{AuthzRequest, Decision};
 use mesh_core::filter::{FilterChain, FilterContext, RequestAction};
 use mesh_core::lb::hash::request_hash;
@@ -27,10 +26,12 @@ use rustc_hash::FxHashMap;
 use crate::ascii;
 use crate::body::{self, Body, REPLAY_LIMIT};
 use crate::cluster::ClusterState;
-use crate::http1::{connection_has, connection_tokens, RequestBody};
+use crate::downstream::OnUpgrade;
+use crate::http1::RequestBody;
 use crate::live::{LiveConfig, SharedConfig};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::upstream::Upstreams;
+use crate::wire::{connection_has, connection_tokens};
 
 /// Shared by every connection of every listener.
 pub struct Forwarder {
@@ -41,8 +42,8 @@ pub struct Forwarder {
     pub stats: Arc<DownstreamStats>,
 }
 
-/// Downstream failures that never reach the request path: hyper answers
-/// them (400, 431) or closes the connection itself.
+/// Downstream failures that never reach the request path: the connection
+/// answers them (400, 431, 408) or closes itself.
 #[derive(Debug, Default)]
 pub struct DownstreamStats {
     /// Requests that did not parse (Envoy: `downstream_rq_rx_reset` and
@@ -57,9 +58,12 @@ pub struct DownstreamStats {
 impl DownstreamStats {
     /// Count a connection's error by kind.
     pub fn count(&self, error: &(dyn std::error::Error + 'static)) {
-        let counter = match error.downcast_ref::<hyper::Error>() {
-            Some(e) if e.is_parse() || e.is_parse_status() => &self.malformed,
-            Some(e) if e.is_timeout() => &self.header_timeouts,
+        use crate::downstream::ServeError;
+        let counter = match (error.downcast_ref::<ServeError>(), error.downcast_ref::<hyper::Error>()) {
+            (Some(ServeError::Malformed(_)), _) => &self.malformed,
+            (Some(ServeError::HeaderTimeout(_)), _) => &self.header_timeouts,
+            (_, Some(e)) if e.is_parse() || e.is_parse_status() => &self.malformed,
+            (_, Some(e)) if e.is_timeout() => &self.header_timeouts,
             _ => &self.connection_errors,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -141,7 +145,7 @@ fn local_reply(status: StatusCode, text: &str) -> Response<Body> {
 }
 
 impl Forwarder {
-    pub async fn handle(&self, req: Request<Incoming>, ingress: &Ingress) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Body>, ingress: &Ingress) -> Response<Body> {
         let started = Instant::now();
         let live = self.live.load_full();
         let (mut head, incoming) = req.into_parts();
@@ -168,7 +172,7 @@ impl Forwarder {
         &self,
         live: &'a Arc<LiveConfig>,
         head: &mut http::request::Parts,
-        incoming: Incoming,
+        incoming: Body,
         ingress: &Ingress,
         record: &mut RequestRecord<'a>,
     ) -> Response<Body> {
@@ -244,7 +248,7 @@ impl Forwarder {
         &self,
         live: &'a Arc<LiveConfig>,
         head: &mut http::request::Parts,
-        incoming: Incoming,
+        incoming: Body,
         route: &'a Route,
         ingress: &Ingress,
         record: &mut RequestRecord<'a>,
@@ -316,7 +320,7 @@ impl Forwarder {
         &self,
         live: &Arc<LiveConfig>,
         head: &mut http::request::Parts,
-        incoming: Incoming,
+        incoming: Body,
         route: &Route,
         chosen: &WeightedCluster,
         ingress: &Ingress,
@@ -405,7 +409,7 @@ impl Forwarder {
             };
             let body = match (&buffered, stream.take()) {
                 (Some(b), _) => RequestBody::Full(b.clone()),
-                (None, Some(s)) => RequestBody::Stream(body::boxed(s)),
+                (None, Some(s)) => RequestBody::Stream(s),
                 (None, None) => RequestBody::Full(Bytes::new()),
             };
             let addr = cluster.addresses[host];
@@ -528,11 +532,11 @@ fn upgrade_protocol(head: &http::request::Parts) -> Option<HeaderValue> {
 
 /// Once both sides have switched protocols, copy bytes between them.
 fn tunnel(head: &mut http::request::Parts, upstream: &mut Response<Body>) {
-    let Some(downstream) = head.extensions.remove::<hyper::upgrade::OnUpgrade>() else { return };
+    let Some(downstream) = head.extensions.remove::<OnUpgrade>() else { return };
     let upstream = hyper::upgrade::on(upstream);
     tokio::spawn(async move {
-        let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else { return };
-        let (mut down, mut up) = (hyper_util::rt::TokioIo::new(down), hyper_util::rt::TokioIo::new(up));
+        let (Some(mut down), Ok(up)) = (downstream.connection().await, upstream.await) else { return };
+        let mut up = hyper_util::rt::TokioIo::new(up);
         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
     });
 }

@@ -22,24 +22,15 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
-use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::Body;
-
-/// Response heads larger than this are refused (Envoy's default
-/// `max_response_headers_kb` is 60).
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
-/// How much is read at a time.
-const READ_SIZE: usize = 8 * 1024;
-/// A chunk-size line (with extensions) longer than this is refused.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
+use crate::wire::{self, Decoded, Framing, KnownNames, RawHeaders, Seen, MAX_HEAD, MAX_HEADERS, READ_SIZE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Http1Error {
@@ -122,29 +113,6 @@ struct Conn {
     /// Requests this connection has carried.
     requests: u64,
     names: KnownNames,
-}
-
-/// The header names this connection's responses used: a server sends the
-/// same ones every time, and a name seen before is then neither validated
-/// nor allocated again.
-#[derive(Default)]
-struct KnownNames(Vec<HeaderName>);
-
-/// How many names a connection remembers.
-const KNOWN_NAMES: usize = 16;
-
-impl KnownNames {
-    fn name(&mut self, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-        if let Some(known) = self.0.iter().find(|n| n.as_str().as_bytes() == raw) {
-            return Ok(known.clone());
-        }
-        let name = HeaderName::from_bytes(raw)?;
-        // Only names sent in lower case would ever match again.
-        if self.0.len() < KNOWN_NAMES && name.as_str().as_bytes() == raw {
-            self.0.push(name.clone());
-        }
-        Ok(name)
-    }
 }
 
 impl Conn {
@@ -401,29 +369,15 @@ fn parse_head(buf: &mut BytesMut, names: &mut KnownNames, method: &Method) -> Re
         };
     let status = response.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(Http1Error::Malformed("status"))?;
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    // Values are taken as slices of the head's bytes, not copied: where
-    // each one starts in `buf`, then the head split off.
-    let base = buf.as_ptr() as usize;
-    let mut values: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
-    for h in response.headers.iter() {
-        let name = names.name(h.name.as_bytes()).map_err(|_| Http1Error::Malformed("header name"))?;
-        let start = (h.value.as_ptr() as usize).wrapping_sub(base);
-        if start.checked_add(h.value.len()).is_none_or(|end| end > used) {
-            return Err(Http1Error::Malformed("header value"));
-        }
-        values.push((name, start, h.value.len()));
-    }
+    let mut raw = RawHeaders::default();
+    raw.locate(response.headers, buf, used, names).map_err(Http1Error::Malformed)?;
     let head_bytes = buf.split_to(used).freeze();
-    let mut map = HeaderMap::with_capacity(values.len());
-    for (name, start, len) in values {
-        let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..start + len))
-            .map_err(|_| Http1Error::Malformed("header value"))?;
-        map.append(name, value);
-    }
-    let framing = framing(&map, status, method)?;
+    let map = raw.take_map(&head_bytes).map_err(Http1Error::Malformed)?;
+    let framing = framing(&map, raw.seen, status, method)?;
     // After a 101 the connection speaks another protocol.
-    let keep_alive =
-        framing != Framing::UntilClose && status != StatusCode::SWITCHING_PROTOCOLS && keeps_alive(&map, version);
+    let keep_alive = framing != Framing::UntilClose
+        && status != StatusCode::SWITCHING_PROTOCOLS
+        && wire::keeps_alive(&map, raw.seen, version);
     let mut head = Response::new(()).into_parts().0;
     head.status = status;
     head.version = version;
@@ -432,7 +386,7 @@ fn parse_head(buf: &mut BytesMut, names: &mut KnownNames, method: &Method) -> Re
 }
 
 /// RFC 9112, section 6.3: how the response body ends.
-fn framing(headers: &HeaderMap, status: StatusCode, method: &Method) -> Result<Framing, Http1Error> {
+fn framing(headers: &HeaderMap, seen: Seen, status: StatusCode, method: &Method) -> Result<Framing, Http1Error> {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -440,63 +394,7 @@ fn framing(headers: &HeaderMap, status: StatusCode, method: &Method) -> Result<F
     {
         return Ok(Framing::Length(0));
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        let last = headers.get_all(TRANSFER_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
-        return Ok(match last.last() {
-            Some(coding) if coding.trim().eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
-            _ => Framing::UntilClose,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().map_err(|_| Http1Error::Malformed("content-length"))?.split(',') {
-            let n: u64 = part.trim().parse().map_err(|_| Http1Error::Malformed("content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Http1Error::Malformed("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
-}
-
-/// The tokens of the `Connection` header fields (`close`, `upgrade`, the
-/// names of other hop-by-hop headers), trimmed.
-pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
-}
-
-pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
-}
-
-fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
-    let has = |token| connection_has(headers, token);
-    match version {
-        Version::HTTP_10 => has("keep-alive"),
-        _ => !has("close"),
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    /// This many bytes are left.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the server closes the connection.
-    UntilClose,
-    Done,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    /// This many bytes of the chunk are left.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
+    Ok(wire::framing_of(headers, seen).map_err(Http1Error::Malformed)?.unwrap_or(Framing::UntilClose))
 }
 
 /// A response body read from its upstream connection, which goes back to
@@ -530,64 +428,17 @@ impl ResponseBody {
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
-            match self.framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(0) => {
+            match wire::decode(&mut self.framing, &mut conn.buf)? {
+                Decoded::Data(data) => {
+                    self.finish_if_done();
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Decoded::End => {
                     self.finish_if_done();
                     return Poll::Ready(None);
                 }
-                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) if !conn.buf.is_empty() => {
-                    let n = left.min(conn.buf.len() as u64);
-                    let data = conn.buf.split_to(n as usize).freeze();
-                    self.framing = match self.framing {
-                        Framing::Length(_) => Framing::Length(left - n),
-                        _ if left == n => Framing::Chunked(Chunk::DataEnd),
-                        _ => Framing::Chunked(Chunk::Data(left - n)),
-                    };
-                    if self.framing == Framing::Length(0) {
-                        self.finish_if_done();
-                    }
-                    return Poll::Ready(Some(Ok(data)));
-                }
-                Framing::UntilClose if !conn.buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(conn.buf.split().freeze())));
-                }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        conn.buf.advance(used);
-                        self.framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                        continue;
-                    }
-                    Ok(httparse::Status::Partial) if conn.buf.len() > MAX_CHUNK_LINE => {
-                        return Poll::Ready(Some(Err(invalid("chunk size line too long"))));
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(_) => return Poll::Ready(Some(Err(invalid("invalid chunk size")))),
-                },
-                Framing::Chunked(Chunk::DataEnd) if conn.buf.len() >= 2 => {
-                    if &conn.buf[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(invalid("chunk not followed by CRLF"))));
-                    }
-                    conn.buf.advance(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
-                    continue;
-                }
-                Framing::Chunked(Chunk::Trailers) => {
-                    if let Some(end) = conn.buf.windows(2).position(|w| w == b"\r\n") {
-                        conn.buf.advance(end + 2);
-                        if end == 0 {
-                            self.framing = Framing::Done;
-                            self.finish_if_done();
-                        }
-                        continue;
-                    }
-                    if conn.buf.len() > MAX_HEAD {
-                        return Poll::Ready(Some(Err(invalid("trailers too large"))));
-                    }
-                }
-                _ => {}
+                Decoded::NeedMore => {}
             }
-            // Nothing usable buffered: read on.
             let read = ready!(conn.poll_fill(cx));
             match read {
                 Ok(0) if self.framing == Framing::UntilClose => {
@@ -610,10 +461,6 @@ impl ResponseBody {
             }
         }
     }
-}
-
-fn invalid(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 impl hyper::body::Body for ResponseBody {
@@ -647,6 +494,8 @@ impl hyper::body::Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Chunk;
+    use http::HeaderValue;
 
     fn parse(raw: &[u8], method: &Method) -> Result<Option<Parsed>, Http1Error> {
         parse_head(&mut BytesMut::from(raw), &mut KnownNames::default(), method)
@@ -702,8 +551,7 @@ mod tests {
             assert_eq!(h.len(), 4);
         }
         // Lower-case names are remembered once each; `X-Upper` never is.
-        let known: Vec<&str> = names.0.iter().map(HeaderName::as_str).collect();
-        assert_eq!(known, ["x-backend", "content-length"]);
+        assert_eq!(names.known(), ["x-backend", "content-length"]);
         assert!(names.name(b"bad name").is_err());
     }
 

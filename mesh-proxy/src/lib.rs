@@ -16,12 +16,14 @@
 //! | [`cluster`] | a cluster's endpoints, balancer, breaker and detector |
 //! | [`listener`] | listeners, added and drained as config changes |
 //! | [`upstream`] | pooled upstream connections (HTTP/1.1 and h2c) |
+//! | [`downstream`] | the HTTP/1.1 server side of a downstream connection, run in its task |
 //! | [`http1`] | the HTTP/1.1 upstream client, run in the request's task |
 //! | [`admin`] | `/config_dump`, `/clusters`, `/stats`, `/ready`, `/drain`, Prometheus |
 //! | [`metrics`] | Istio's metrics |
 //! | [`access_log`] | the JSON access log, buffered |
 //! | [`tls`] | TLS termination by SNI for gateway listeners |
 //! | [`body`] | body types and the replay buffer |
+//! | `wire` | HTTP/1.1 message syntax both directions share: heads, framing, body decoding |
 //! | `ascii` | addresses, numbers and JSON strings written without `core::fmt` |
 //!
 //! A custom gateway:
@@ -64,6 +66,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cluster;
+pub mod downstream;
 pub mod forward;
 pub mod http1;
 pub mod listener;
@@ -73,6 +76,7 @@ pub mod tls;
 pub mod upstream;
 
 mod ascii;
+mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -8,13 +8,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+
+use http::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use mesh_core::proxy_config::{ChainAction, Listener, TrafficDirection};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::body::{self, BoxError};
+use crate::downstream::{self, drained, Io, Served, Settings};
 use crate::forward::{Forwarder, Ingress};
 use crate::tls::TlsListener;
 
@@ -121,9 +126,8 @@ async fn serve(
     drain: Duration,
     header_timeout: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let settings = Settings { header_timeout, idle_timeout: IDLE_TIMEOUT };
+    let connections = Connections::new();
     let tcp = config.filter_chains.iter().find_map(|c| match &c.action {
         ChainAction::Tcp { clusters } if config.direction != TrafficDirection::Outbound || !config.use_original_dst => {
             Some(clusters.clone())
@@ -162,42 +166,31 @@ async fn serve(
             }
         };
         let forwarder = Arc::clone(&forwarder);
-        let stats = Arc::clone(&forwarder.stats);
-        let builder = builder.clone();
-        let graceful_watch = graceful.watcher();
+        let (open, mut draining) = connections.open();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let service = |ingress: Ingress| {
-                hyper::service::service_fn(move |req| {
-                    let forwarder = Arc::clone(&forwarder);
-                    let ingress = ingress.clone();
-                    async move { Ok::<_, Infallible>(forwarder.handle(req, &ingress).await) }
-                })
-            };
+            let _open = open;
+            let stats = &forwarder.stats;
             let result = match tls {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service(ingress)).into_owned();
-                    graceful_watch.watch(conn).await
-                }
+                None => serve_http(stream, false, settings, &mut draining, &forwarder, &ingress).await,
                 Some(tls) => {
                     let stream = match tokio::time::timeout(header_timeout, tls.acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!("TLS handshake: {e}");
-                            stats.connection_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            stats.connection_errors.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
                         Err(_) => {
-                            stats.header_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
                     };
-                    ingress.route_config = tls.route_config(stream.get_ref().1.server_name());
+                    let session = stream.get_ref().1;
+                    ingress.route_config = tls.route_config(session.server_name());
                     ingress.scheme = "https";
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service(ingress)).into_owned();
-                    graceful_watch.watch(conn).await
+                    let h2 = session.alpn_protocol() == Some(b"h2");
+                    serve_http(stream, h2, settings, &mut draining, &forwarder, &ingress).await
                 }
             };
             if let Err(e) = result {
@@ -207,9 +200,88 @@ async fn serve(
         });
     }
     drop(socket);
+    if !connections.drain(drain).await {
+        tracing::warn!(listener = %config.name, "drain deadline passed with connections open");
+    }
+}
+
+/// How long a kept-alive downstream connection may wait for its next
+/// request (Envoy's default `idle_timeout`).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// One downstream connection: HTTP/1.1 in this task, HTTP/2 (ALPN `h2`,
+/// or the h2c preface) on hyper's server.
+async fn serve_http<IO: Io>(
+    io: IO,
+    alpn_h2: bool,
+    settings: Settings,
+    draining: &mut watch::Receiver<bool>,
+    forwarder: &Arc<Forwarder>,
+    ingress: &Ingress,
+) -> Result<(), BoxError> {
+    if alpn_h2 {
+        return serve_h2(io, draining, forwarder, ingress).await;
+    }
+    match downstream::serve(io, settings, draining, |req| forwarder.handle(req, ingress)).await? {
+        Served::Closed => Ok(()),
+        Served::Http2(io) => serve_h2(io, draining, forwarder, ingress).await,
+    }
+}
+
+async fn serve_h2<IO: Io>(
+    io: IO,
+    draining: &mut watch::Receiver<bool>,
+    forwarder: &Arc<Forwarder>,
+    ingress: &Ingress,
+) -> Result<(), BoxError> {
+    let forwarder = Arc::clone(forwarder);
+    let ingress = Arc::new(ingress.clone());
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let forwarder = Arc::clone(&forwarder);
+        let ingress = Arc::clone(&ingress);
+        async move { Ok::<_, Infallible>(forwarder.handle(req.map(body::boxed), &ingress).await) }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service);
+    let mut conn = pin!(conn);
     tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(drain) => tracing::warn!(listener = %config.name, "drain deadline passed with connections open"),
+        served = conn.as_mut() => served?,
+        () = drained(draining) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await?;
+        }
+    }
+    Ok(())
+}
+
+/// A listener's open connections: each holds a token while it runs, and
+/// all are told when the listener drains.
+struct Connections {
+    draining: watch::Sender<bool>,
+    open: mpsc::Sender<()>,
+    closed: mpsc::Receiver<()>,
+}
+
+impl Connections {
+    fn new() -> Connections {
+        let (open, closed) = mpsc::channel(1);
+        Connections { draining: watch::channel(false).0, open, closed }
+    }
+
+    /// A new connection's token and drain signal.
+    fn open(&self) -> (mpsc::Sender<()>, watch::Receiver<bool>) {
+        (self.open.clone(), self.draining.subscribe())
+    }
+
+    /// Tell every connection to finish, and wait up to `deadline` for
+    /// the last to close; `false`: some were still open.
+    async fn drain(self, deadline: Duration) -> bool {
+        let Connections { draining, open, mut closed } = self;
+        let _ = draining.send(true);
+        drop(open);
+        // `None` once every token has been dropped.
+        tokio::time::timeout(deadline, closed.recv()).await.is_ok()
     }
 }
 
@@ -289,13 +361,15 @@ async fn passthrough(mut downstream: TcpStream, to: SocketAddr) {
 /// Serve an explicit HTTP proxy port (apps with `http_proxy` set): routes
 /// come from the route table of the port in each request's authority.
 pub async fn serve_http_proxy(socket: TcpListener, forwarder: Arc<Forwarder>, mut stop: watch::Receiver<bool>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
     let port = socket.local_addr().map_or(0, |a| a.port());
+    let settings = Settings { header_timeout: Duration::from_secs(10), idle_timeout: IDLE_TIMEOUT };
+    let connections = Connections::new();
     loop {
         let (stream, peer) = tokio::select! {
             a = socket.accept() => match a { Ok(a) => a, Err(_) => continue },
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         };
+        let _ = stream.set_nodelay(true);
         let ingress = Ingress {
             listener: "explicitOutbound".into(),
             port,
@@ -305,16 +379,15 @@ pub async fn serve_http_proxy(socket: TcpListener, forwarder: Arc<Forwarder>, mu
             route_by_authority_port: true,
         };
         let forwarder = Arc::clone(&forwarder);
-        let service = hyper::service::service_fn(move |req| {
-            let forwarder = Arc::clone(&forwarder);
-            let ingress = ingress.clone();
-            async move { Ok::<_, Infallible>(forwarder.handle(req, &ingress).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let (open, mut draining) = connections.open();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _open = open;
+            if let Err(e) = serve_http(stream, false, settings, &mut draining, &forwarder, &ingress).await {
+                forwarder.stats.count(&*e);
+            }
         });
     }
+    connections.drain(Duration::ZERO).await;
 }
 
 /// A `tcp` route: the weighted cluster's endpoint, bytes copied both ways.

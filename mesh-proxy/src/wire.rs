@@ -1,0 +1,331 @@
+//! HTTP/1.1 message syntax shared by both directions (RFC 9112): header
+//! blocks turned into `HeaderMap`s, how a body is framed, and a body decoded
+//! out of a connection's read buffer. Pure functions over bytes; the
+//! upstream client ([`crate::http1`]) and the downstream server
+//! ([`crate::downstream`]) own the sockets.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
+use smallvec::SmallVec;
+
+/// Heads larger than this are refused (Envoy's default
+/// `max_request_headers_kb` and `max_response_headers_kb` are 60).
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEADERS: usize = 100;
+/// How much is read at a time.
+pub(crate) const READ_SIZE: usize = 8 * 1024;
+/// A chunk-size line (with extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// The header names a connection's messages used: a peer sends the same
+/// ones every time, and a name seen before is then neither validated nor
+/// allocated again.
+#[derive(Default)]
+pub(crate) struct KnownNames(Vec<HeaderName>);
+
+/// How many names a connection remembers.
+const KNOWN_NAMES: usize = 16;
+
+impl KnownNames {
+    pub(crate) fn name(&mut self, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some(known) = self.0.iter().find(|n| n.as_str().as_bytes() == raw) {
+            return Ok(known.clone());
+        }
+        let name = HeaderName::from_bytes(raw)?;
+        // Only names sent in lower case would ever match again.
+        if self.0.len() < KNOWN_NAMES && name.as_str().as_bytes() == raw {
+            self.0.push(name.clone());
+        }
+        Ok(name)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn known(&self) -> Vec<&str> {
+        self.0.iter().map(HeaderName::as_str).collect()
+    }
+}
+
+/// The header fields httparse found, as offsets into the head's bytes,
+/// and which of the fields that shape the message were among them.
+#[derive(Default)]
+pub(crate) struct RawHeaders {
+    located: SmallVec<[(HeaderName, usize, usize); 16]>,
+    pub(crate) seen: Seen,
+}
+
+/// Which framing and connection fields a head has: when it has none, the
+/// questions about them are answered without a lookup.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Seen {
+    pub(crate) content_length: bool,
+    pub(crate) transfer_encoding: bool,
+    pub(crate) connection: bool,
+    pub(crate) expect: bool,
+    pub(crate) upgrade: bool,
+}
+
+/// Room for the fields the proxy adds (`x-request-id`, `x-forwarded-*`,
+/// `host`...), so that the map is not grown and rehashed for them.
+const ADDED_HEADERS: usize = 6;
+
+impl RawHeaders {
+    /// Note where each value starts in `buf` (whose first `used` bytes are
+    /// the head), so that the values can be sliced out of the head once it
+    /// is split off, not copied.
+    pub(crate) fn locate(
+        &mut self,
+        parsed: &[httparse::Header<'_>],
+        buf: &[u8],
+        used: usize,
+        names: &mut KnownNames,
+    ) -> Result<(), &'static str> {
+        let base = buf.as_ptr() as usize;
+        for h in parsed {
+            let name = names.name(h.name.as_bytes()).map_err(|_| "header name")?;
+            let seen = &mut self.seen;
+            seen.content_length |= name == CONTENT_LENGTH;
+            seen.transfer_encoding |= name == TRANSFER_ENCODING;
+            seen.connection |= name == CONNECTION;
+            seen.expect |= name == EXPECT;
+            seen.upgrade |= name == UPGRADE;
+            let start = (h.value.as_ptr() as usize).wrapping_sub(base);
+            if start.checked_add(h.value.len()).is_none_or(|end| end > used) {
+                return Err("header value");
+            }
+            self.located.push((name, start, h.value.len()));
+        }
+        Ok(())
+    }
+
+    /// The header map, its values slices of `head`.
+    pub(crate) fn take_map(&mut self, head: &Bytes) -> Result<HeaderMap, &'static str> {
+        let mut map = HeaderMap::with_capacity(self.located.len() + ADDED_HEADERS);
+        for (name, start, len) in self.located.drain(..) {
+            let value = HeaderValue::from_maybe_shared(head.slice(start..start + len)).map_err(|_| "header value")?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+}
+
+/// How a message body ends (RFC 9112, section 6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the peer closes the connection (responses only).
+    UntilClose,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    Size,
+    /// This many bytes of the chunk are left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+/// The framing the headers ask for: chunked when the last transfer coding
+/// is `chunked` (it wins over any Content-Length); `None` for another last
+/// coding (until close for a response, refused for a request); else the
+/// Content-Length, which must agree with itself; else `UntilClose` (for a
+/// request: no body).
+pub(crate) fn framing_of(headers: &HeaderMap, seen: Seen) -> Result<Option<Framing>, &'static str> {
+    if seen.transfer_encoding {
+        let codings =
+            headers.get_all(TRANSFER_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
+        return Ok(match codings.last() {
+            Some(coding) if coding.trim().eq_ignore_ascii_case("chunked") => Some(Framing::Chunked(Chunk::Size)),
+            _ => None,
+        });
+    }
+    if !seen.content_length {
+        return Ok(Some(Framing::UntilClose));
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.to_str().map_err(|_| "content-length")?.split(',') {
+            let part = part.trim();
+            // `u64::from_str` takes a leading `+`; the grammar does not.
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("content-length");
+            }
+            let n: u64 = part.parse().map_err(|_| "content-length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting content-length");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(Some(length.map_or(Framing::UntilClose, Framing::Length)))
+}
+
+/// The tokens of the `Connection` header fields (`close`, `upgrade`, the
+/// names of other hop-by-hop headers), trimmed.
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+}
+
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// Whether the peer may send another message on this connection.
+pub(crate) fn keeps_alive(headers: &HeaderMap, seen: Seen, version: Version) -> bool {
+    if !seen.connection {
+        return version != Version::HTTP_10;
+    }
+    match version {
+        Version::HTTP_10 => connection_has(headers, "keep-alive"),
+        _ => !connection_has(headers, "close"),
+    }
+}
+
+/// One step of decoding a body out of a read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    Data(Bytes),
+    /// The body is whole (`framing` is `Done`).
+    End,
+    /// Nothing usable buffered: read more, then call again.
+    NeedMore,
+}
+
+/// The next piece of the body framed by `framing` from the front of `buf`,
+/// consumed, with `framing` moved on. Trailers are read and dropped.
+pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> io::Result<Decoded> {
+    loop {
+        match *framing {
+            Framing::Done => return Ok(Decoded::End),
+            Framing::Length(0) => {
+                *framing = Framing::Done;
+                return Ok(Decoded::End);
+            }
+            Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
+                let n = left.min(buf.len() as u64);
+                let data = buf.split_to(n as usize).freeze();
+                *framing = match *framing {
+                    Framing::Length(_) if left == n => Framing::Done,
+                    Framing::Length(_) => Framing::Length(left - n),
+                    _ if left == n => Framing::Chunked(Chunk::DataEnd),
+                    _ => Framing::Chunked(Chunk::Data(left - n)),
+                };
+                return Ok(Decoded::Data(data));
+            }
+            Framing::UntilClose if !buf.is_empty() => return Ok(Decoded::Data(buf.split().freeze())),
+            Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    buf.advance(used);
+                    *framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                }
+                Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                    return Err(invalid("chunk size line too long"))
+                }
+                Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+                Err(_) => return Err(invalid("invalid chunk size")),
+            },
+            Framing::Chunked(Chunk::DataEnd) if buf.len() >= 2 => {
+                if &buf[..2] != b"\r\n" {
+                    return Err(invalid("chunk not followed by CRLF"));
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers) => match buf.windows(2).position(|w| w == b"\r\n") {
+                Some(end) => {
+                    buf.advance(end + 2);
+                    if end == 0 {
+                        *framing = Framing::Done;
+                    }
+                }
+                None if buf.len() > MAX_HEAD => return Err(invalid("trailers too large")),
+                None => return Ok(Decoded::NeedMore),
+            },
+            _ => return Ok(Decoded::NeedMore),
+        }
+    }
+}
+
+pub(crate) fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(framing: Framing, wire: &[u8], piece: usize) -> io::Result<(Vec<u8>, Framing, usize)> {
+        let mut framing = framing;
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decode(&mut framing, &mut buf)? {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::End => return Ok((body, framing, buf.len() + wire.len() - fed)),
+                Decoded::NeedMore if fed == wire.len() => return Ok((body, framing, 0)),
+                Decoded::NeedMore => {
+                    let end = (fed + piece).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_decode_the_same_however_the_bytes_arrive() {
+        let chunked = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        for piece in [1, 3, 7, 1000] {
+            let (body, framing, left) = decode_all(Framing::Chunked(Chunk::Size), chunked, piece).unwrap();
+            assert_eq!((body.as_slice(), framing), (&b"hello world"[..], Framing::Done), "pieces of {piece}");
+            assert_eq!(left, 4, "the next message's bytes are left alone");
+            let (body, framing, left) = decode_all(Framing::Length(5), b"helloNEXT", piece).unwrap();
+            assert_eq!((body.as_slice(), framing, left), (&b"hello"[..], Framing::Done, 4));
+        }
+        let (body, framing, _) = decode_all(Framing::Chunked(Chunk::Size), b"5\r\nhel", 2).unwrap();
+        assert_eq!((body.as_slice(), framing), (&b"hel"[..], Framing::Chunked(Chunk::Data(2))), "waits for more");
+        for bad in [&b"zz\r\n"[..], b"5\r\nhelloXX", &[b'1'; 5000]] {
+            assert!(decode_all(Framing::Chunked(Chunk::Size), bad, 1000).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let map = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (n, v) in pairs {
+                m.append(*n, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let framing_of = |m: &HeaderMap| {
+            let seen = Seen {
+                content_length: m.contains_key(CONTENT_LENGTH),
+                transfer_encoding: m.contains_key(TRANSFER_ENCODING),
+                ..Seen::default()
+            };
+            framing_of(m, seen)
+        };
+        assert_eq!(framing_of(&map(&[("content-length", "5")])), Ok(Some(Framing::Length(5))));
+        assert_eq!(framing_of(&map(&[("content-length", "5, 5")])), Ok(Some(Framing::Length(5))));
+        assert_eq!(
+            framing_of(&map(&[("transfer-encoding", "gzip, chunked"), ("content-length", "5")])),
+            Ok(Some(Framing::Chunked(Chunk::Size)))
+        );
+        assert_eq!(framing_of(&map(&[("transfer-encoding", "gzip")])), Ok(None));
+        assert_eq!(framing_of(&map(&[])), Ok(Some(Framing::UntilClose)));
+        for bad in ["-1", "+5", "", "5 5", "0x5"] {
+            assert!(framing_of(&map(&[("content-length", bad)])).is_err(), "{bad:?}");
+        }
+        assert!(framing_of(&map(&[("content-length", "5"), ("content-length", "6")])).is_err());
+    }
+}
