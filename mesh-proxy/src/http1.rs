@@ -338,7 +338,9 @@ fn write_head(out: &mut BytesMut, addr: SocketAddr, head: &RequestHead<'_>, body
 
 async fn read_head(conn: &mut Conn, method: &Method) -> Result<Parsed, Http1Error> {
     loop {
-        if let Some(parsed) = parse_head(&mut conn.buf, &mut conn.names, method)? {
+        // An empty buffer: the answer has not come yet, nothing to parse.
+        let parsed = if conn.buf.is_empty() { None } else { parse_head(&mut conn.buf, &mut conn.names, method)? };
+        if let Some(parsed) = parsed {
             // 1xx answers (100 Continue) come before the real one.
             if parsed.head.status.is_informational() && parsed.head.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
