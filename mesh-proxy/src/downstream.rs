@@ -38,7 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::body::{self, Body, BoxError};
-use crate::wire::{self, Decoded, Framing, KnownNames, RawHeaders, MAX_HEAD, MAX_HEADERS, READ_SIZE};
+use crate::wire::{self, Decoded, Framing, RawHeaders, MAX_HEAD, MAX_HEADERS, READ_SIZE};
 
 /// A connection's byte stream: TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -112,7 +112,6 @@ where
         io,
         buf: BytesMut::with_capacity(READ_SIZE),
         out: BytesMut::new(),
-        names: KnownNames::default(),
         settings,
         idle_since: now,
         head_started: Some(now),
@@ -197,7 +196,6 @@ struct Conn<IO> {
     buf: BytesMut,
     /// What is being written; kept between answers.
     out: BytesMut,
-    names: KnownNames,
     settings: Settings,
     /// When the last answer went out.
     idle_since: Instant,
@@ -247,7 +245,7 @@ impl<IO: Io> Conn<IO> {
                     if self.buf.len() >= H2_PREFACE.len() {
                         return Ok(Head::Http2);
                     }
-                } else if let Some(parsed) = parse_request(&mut self.buf, &mut self.names)? {
+                } else if let Some(parsed) = parse_request(&mut self.buf)? {
                     self.first = false;
                     self.head_started = None;
                     return Ok(Head::Request(parsed));
@@ -558,7 +556,7 @@ fn format_hex(n: usize) -> smallvec::SmallVec<[u8; 16]> {
 
 /// A whole request head from the front of `buf`, consumed; `None` until
 /// one has arrived.
-fn parse_request(buf: &mut BytesMut, names: &mut KnownNames) -> Result<Option<Parsed>, ServeError> {
+fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, ServeError> {
     // Left uninitialized: zeroing 100 headers cost more than parsing them.
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
@@ -582,7 +580,7 @@ fn parse_request(buf: &mut BytesMut, names: &mut KnownNames) -> Result<Option<Pa
     let path_start = (path.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
     let path_len = path.len();
     let mut raw = RawHeaders::default();
-    raw.locate(request.headers, buf, used, names).map_err(ServeError::Malformed)?;
+    raw.locate(request.headers, buf, used).map_err(ServeError::Malformed)?;
     let head_bytes = buf.split_to(used).freeze();
     if path_start.checked_add(path_len).is_none_or(|end| end > used) {
         return Err(ServeError::Malformed("request target"));

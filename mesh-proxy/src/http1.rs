@@ -30,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::Body;
-use crate::wire::{self, Decoded, Framing, KnownNames, RawHeaders, Seen, MAX_HEAD, MAX_HEADERS, READ_SIZE};
+use crate::wire::{self, Decoded, Framing, RawHeaders, Seen, MAX_HEAD, MAX_HEADERS, READ_SIZE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Http1Error {
@@ -112,7 +112,6 @@ struct Conn {
     buf: BytesMut,
     /// Requests this connection has carried.
     requests: u64,
-    names: KnownNames,
 }
 
 impl Conn {
@@ -221,7 +220,7 @@ impl HostPool {
             Err(_) => return Err(Http1Error::ConnectTimeout(timeout)),
         };
         let _ = io.set_nodelay(true);
-        Ok(Conn { io, buf: BytesMut::new(), requests: 0, names: KnownNames::default() })
+        Ok(Conn { io, buf: BytesMut::new(), requests: 0 })
     }
 
     /// Send a request to this endpoint and read the response head; the
@@ -339,7 +338,7 @@ fn write_head(out: &mut BytesMut, addr: SocketAddr, head: &RequestHead<'_>, body
 async fn read_head(conn: &mut Conn, method: &Method) -> Result<Parsed, Http1Error> {
     loop {
         // An empty buffer: the answer has not come yet, nothing to parse.
-        let parsed = if conn.buf.is_empty() { None } else { parse_head(&mut conn.buf, &mut conn.names, method)? };
+        let parsed = if conn.buf.is_empty() { None } else { parse_head(&mut conn.buf, method)? };
         if let Some(parsed) = parsed {
             // 1xx answers (100 Continue) come before the real one.
             if parsed.head.status.is_informational() && parsed.head.status != StatusCode::SWITCHING_PROTOCOLS {
@@ -358,7 +357,7 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<Parsed, Http1Erro
 
 /// A whole response head from the front of `buf`, consumed; `None` until
 /// one has arrived.
-fn parse_head(buf: &mut BytesMut, names: &mut KnownNames, method: &Method) -> Result<Option<Parsed>, Http1Error> {
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Http1Error> {
     // Left uninitialized: zeroing 100 headers cost more than parsing them.
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
@@ -372,7 +371,7 @@ fn parse_head(buf: &mut BytesMut, names: &mut KnownNames, method: &Method) -> Re
     let status = response.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(Http1Error::Malformed("status"))?;
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let mut raw = RawHeaders::default();
-    raw.locate(response.headers, buf, used, names).map_err(Http1Error::Malformed)?;
+    raw.locate(response.headers, buf, used).map_err(Http1Error::Malformed)?;
     let head_bytes = buf.split_to(used).freeze();
     let map = raw.take_map(&head_bytes).map_err(Http1Error::Malformed)?;
     let framing = framing(&map, raw.seen, status, method)?;
@@ -500,7 +499,7 @@ mod tests {
     use http::HeaderValue;
 
     fn parse(raw: &[u8], method: &Method) -> Result<Option<Parsed>, Http1Error> {
-        parse_head(&mut BytesMut::from(raw), &mut KnownNames::default(), method)
+        parse_head(&mut BytesMut::from(raw), method)
     }
 
     #[test]
@@ -542,19 +541,21 @@ mod tests {
     }
 
     #[test]
-    fn header_names_a_connection_saw_before_are_reused_as_they_were() {
-        let mut names = KnownNames::default();
+    fn header_names_seen_before_are_reused_as_they_were() {
         let raw = b"HTTP/1.1 200 OK\r\nX-Upper: 1\r\nx-backend: a\r\ncontent-length: 0\r\nx-backend: b\r\n\r\n";
         for _ in 0..3 {
-            let parsed = parse_head(&mut BytesMut::from(&raw[..]), &mut names, &Method::GET).unwrap().unwrap();
+            let parsed = parse_head(&mut BytesMut::from(&raw[..]), &Method::GET).unwrap().unwrap();
             let h = &parsed.head.headers;
             assert_eq!(h.get("x-upper").unwrap(), "1");
             assert_eq!(h.get_all("x-backend").iter().collect::<Vec<_>>(), ["a", "b"]);
             assert_eq!(h.len(), 4);
         }
         // Lower-case names are remembered once each; `X-Upper` never is.
-        assert_eq!(names.known(), ["x-backend", "content-length"]);
-        assert!(names.name(b"bad name").is_err());
+        let known = wire::known_names();
+        let times = |name: &str| known.iter().filter(|n| *n == name).count();
+        assert_eq!((times("x-backend"), times("content-length")), (1, 1), "{known:?}");
+        assert!(!known.iter().any(|n| n == "x-upper"), "{known:?}");
+        assert!(wire::header_name(b"bad name").is_err());
     }
 
     #[test]

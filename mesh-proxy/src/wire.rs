@@ -20,32 +20,39 @@ pub(crate) const READ_SIZE: usize = 8 * 1024;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
-/// The header names a connection's messages used: a peer sends the same
+/// The header names this thread's connections saw: peers send the same
 /// ones every time, and a name seen before is then neither validated nor
-/// allocated again.
-#[derive(Default)]
-pub(crate) struct KnownNames(Vec<HeaderName>);
+/// allocated again. Kept per thread, not per connection: a thousand pooled
+/// upstream connections to one service would each hold the same list.
+struct KnownNames(Vec<HeaderName>);
 
-/// How many names a connection remembers.
-const KNOWN_NAMES: usize = 16;
+/// How many names a thread remembers (the first ones it meets).
+const KNOWN_NAMES: usize = 32;
 
-impl KnownNames {
-    pub(crate) fn name(&mut self, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-        if let Some(known) = self.0.iter().find(|n| n.as_str().as_bytes() == raw) {
-            return Ok(known.clone());
+thread_local! {
+    static KNOWN: std::cell::RefCell<KnownNames> = const { std::cell::RefCell::new(KnownNames(Vec::new())) };
+}
+
+/// The header name for `raw`, validated (and lower-cased) unless this
+/// thread has seen it before.
+pub(crate) fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    KNOWN.with(|known| {
+        let mut known = known.borrow_mut();
+        if let Some(name) = known.0.iter().find(|n| n.as_str().as_bytes() == raw) {
+            return Ok(name.clone());
         }
         let name = HeaderName::from_bytes(raw)?;
         // Only names sent in lower case would ever match again.
-        if self.0.len() < KNOWN_NAMES && name.as_str().as_bytes() == raw {
-            self.0.push(name.clone());
+        if known.0.len() < KNOWN_NAMES && name.as_str().as_bytes() == raw {
+            known.0.push(name.clone());
         }
         Ok(name)
-    }
+    })
+}
 
-    #[cfg(test)]
-    pub(crate) fn known(&self) -> Vec<&str> {
-        self.0.iter().map(HeaderName::as_str).collect()
-    }
+#[cfg(test)]
+pub(crate) fn known_names() -> Vec<String> {
+    KNOWN.with(|known| known.borrow().0.iter().map(|n| n.as_str().to_string()).collect())
 }
 
 /// The header fields httparse found, as offsets into the head's bytes,
@@ -80,11 +87,10 @@ impl RawHeaders {
         parsed: &[httparse::Header<'_>],
         buf: &[u8],
         used: usize,
-        names: &mut KnownNames,
     ) -> Result<(), &'static str> {
         let base = buf.as_ptr() as usize;
         for h in parsed {
-            let name = names.name(h.name.as_bytes()).map_err(|_| "header name")?;
+            let name = header_name(h.name.as_bytes()).map_err(|_| "header name")?;
             let seen = &mut self.seen;
             seen.content_length |= name == CONTENT_LENGTH;
             seen.transfer_encoding |= name == TRANSFER_ENCODING;
