@@ -260,8 +260,15 @@ pub struct HeaderOps {
 }
 
 impl HeaderOps {
+    /// Asked twice per request and route: no default is built to compare.
     pub fn is_empty(&self) -> bool {
-        *self == HeaderOps::default()
+        let HeaderOps { request_set, request_add, request_remove, response_set, response_add, response_remove } = self;
+        request_set.is_empty()
+            && request_add.is_empty()
+            && request_remove.is_empty()
+            && response_set.is_empty()
+            && response_add.is_empty()
+            && response_remove.is_empty()
     }
 }
 
@@ -476,3 +483,24 @@ pub struct LbEndpoint {
 
 /// Metadata shown in config dumps about what the config was built for.
 pub type Metadata = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_ops_are_empty_only_with_no_operation_at_all() {
+        assert!(HeaderOps::default().is_empty());
+        let pair = || vec![("x-a".to_string(), "1".to_string())];
+        for ops in [
+            HeaderOps { request_set: pair(), ..HeaderOps::default() },
+            HeaderOps { request_add: pair(), ..HeaderOps::default() },
+            HeaderOps { request_remove: vec!["x-a".into()], ..HeaderOps::default() },
+            HeaderOps { response_set: pair(), ..HeaderOps::default() },
+            HeaderOps { response_add: pair(), ..HeaderOps::default() },
+            HeaderOps { response_remove: vec!["x-a".into()], ..HeaderOps::default() },
+        ] {
+            assert!(!ops.is_empty(), "{ops:?}");
+        }
+    }
+}
