@@ -201,7 +201,14 @@ impl HostPool {
         if conn.buf.is_empty() {
             conn.buf = BytesMut::new();
         }
-        self.lock().push(Idle { conn, since: Instant::now() });
+        let mut idle = self.lock();
+        if idle.len() == idle.capacity() {
+            // Grown from one, not four: with many endpoints (P2C over a
+            // thousand) each mostly holds one idle connection.
+            let more = idle.len().max(1);
+            idle.reserve_exact(more);
+        }
+        idle.push(Idle { conn, since: Instant::now() });
     }
 
     fn close_expired(&self) {
