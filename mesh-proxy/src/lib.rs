@@ -1,6 +1,7 @@
 //! # mesh-proxy
 //!
-//! The data plane: a hyper proxy that runs mesh-core's `ProxyConfig`.
+//! The data plane: a proxy that runs mesh-core's `ProxyConfig` (its own
+//! HTTP/1.1 codec both ways, hyper for HTTP/2).
 //! Feed it Istio config (a `ConfigStore` + `ServiceRegistry` pair, such as
 //! adapter-static) or a stream of `ProxyConfig` (such as an xDS client), say
 //! who it is (a gateway or a workload's sidecar), add your own `Filter`s,

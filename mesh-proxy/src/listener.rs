@@ -1,6 +1,7 @@
 //! Listeners: a socket per listener of the config, added and removed as the
-//! config changes, each serving HTTP/1.1 and HTTP/2 (h2c prior knowledge)
-//! or proxying TCP, and draining gracefully when removed or stopped.
+//! config changes, each serving HTTP/1.1 ([`crate::downstream`]) and HTTP/2
+//! (h2c prior knowledge or ALPN `h2`, on hyper's server) or proxying TCP, and
+//! draining gracefully when removed or stopped.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
