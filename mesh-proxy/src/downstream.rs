@@ -141,28 +141,35 @@ where
             tx
         });
 
-        let response = match framing {
-            Framing::Done => handle(Request::from_parts(head, body::empty())).await,
-            // All of it came with the head: no channel, no reading on.
+        // The body: none, whole (it came with the head), or streamed from
+        // the connection while the handler runs. One handler future either
+        // way: it is the largest part of the connection's task.
+        let mut reader = None;
+        let body = match framing {
+            Framing::Done => body::empty(),
             Framing::Length(n) if n <= conn.buf.len() as u64 => {
-                let whole = conn.buf.split_to(n as usize).freeze();
                 framing = Framing::Done;
-                handle(Request::from_parts(head, body::full(whole))).await
+                body::full(conn.buf.split_to(n as usize).freeze())
             }
             _ => {
                 let (frames, rx) = mpsc::channel(2);
                 let (want, wanted) = oneshot::channel();
-                let size = match framing {
+                let left = match framing {
                     Framing::Length(n) => Some(n),
                     _ => None,
                 };
-                let body = StreamedBody { rx, want: Some(want), left: size };
-                let request = Request::from_parts(head, body::boxed(body));
-                let reading = pin!(conn.read_body(&mut framing, frames, expect_continue.then_some(wanted)));
-                let answering = pin!(handle(request));
-                match select(answering, reading).await {
+                reader = Some((frames, expect_continue.then_some(wanted)));
+                body::boxed(StreamedBody { rx, want: Some(want), left })
+            }
+        };
+        let mut answering = pin!(handle(Request::from_parts(head, body)));
+        let response = match reader {
+            None => answering.await,
+            Some((frames, wanted)) => {
+                let reading = pin!(conn.read_body(&mut framing, frames, wanted));
+                match select(answering.as_mut(), reading).await {
                     Either::Left((response, _)) => response,
-                    Either::Right((_, answering)) => answering.await,
+                    Either::Right(((), _)) => answering.await,
                 }
             }
         };
@@ -271,13 +278,24 @@ impl<IO: Io> Conn<IO> {
                         Some(started) => started + self.settings.header_timeout,
                         None => self.idle_since + self.settings.idle_timeout,
                     };
-                    if Instant::now() >= due {
+                    let now = Instant::now();
+                    if now >= due {
                         return match self.head_started {
                             Some(_) => Err(ServeError::HeaderTimeout(self.settings.header_timeout)),
                             None => Ok(Head::Closed),
                         };
                     }
-                    timer.as_mut().reset(due.into());
+                    // Idle for a header timeout with nothing buffered: give
+                    // the buffers back (as nginx does), so that many idle
+                    // keep-alive clients cost little; a connection holding
+                    // them is looked at again a header timeout later.
+                    let idle = self.head_started.is_none() && self.buf.is_empty();
+                    if idle && now >= self.idle_since + self.settings.header_timeout {
+                        self.buf = BytesMut::new();
+                        self.out = BytesMut::new();
+                    }
+                    let next = if self.buf.capacity() > 0 { due.min(now + self.settings.header_timeout) } else { due };
+                    timer.as_mut().reset(next.into());
                 }
                 () = &mut drained, if self.buf.is_empty() && !drained.is_terminated() => return Ok(Head::Closed),
             }
@@ -286,6 +304,15 @@ impl<IO: Io> Conn<IO> {
 
     /// Read more into the buffer; `Ok(0)` is the end of the stream.
     async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() == 0 {
+            // Given back while idle: take a buffer again only once bytes
+            // come (the rest of them on the next read).
+            let mut first = [0u8; 256];
+            let n = self.io.read(&mut first).await?;
+            self.buf.reserve(READ_SIZE);
+            self.buf.extend_from_slice(&first[..n]);
+            return Ok(n);
+        }
         if self.buf.capacity() - self.buf.len() < MIN_READ {
             // Takes back the front of the buffer once the requests that
             // point into it are gone.
@@ -909,12 +936,15 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
         assert!(matches!(served.await.unwrap(), Err(ServeError::HeaderTimeout(_))));
 
-        // Kept alive past the header timeout: idle is not slow.
+        // Kept alive past the header timeout: idle is not slow. (Idle that
+        // long, the connection gave its buffers back; the next request,
+        // longer than the first read after that, takes them again.)
         let (mut client, drain, served) = connect().await;
         client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
         read_until(&mut client, "expect", 1).await;
-        tokio::time::sleep(SETTINGS.header_timeout * 2).await;
-        client.write_all(b"GET /b HTTP/1.1\r\n\r\n").await.unwrap();
+        tokio::time::sleep(SETTINGS.header_timeout * 3).await;
+        let long = format!("GET /b HTTP/1.1\r\nx-pad: {}\r\n\r\n", "p".repeat(600));
+        client.write_all(long.as_bytes()).await.unwrap();
         assert!(read_until(&mut client, "expect", 1).await.contains("GET /b"));
         drain.send(true).unwrap();
         assert!(matches!(served.await.unwrap(), Ok(Served::Closed)), "an idle connection closes on drain");
