@@ -6,6 +6,17 @@ use std::net::{IpAddr, SocketAddr};
 
 pub const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// `n` in lower-case hex, no leading zeros (a chunk-size line).
+pub fn hex(n: usize) -> smallvec::SmallVec<[u8; 16]> {
+    let mut digits = smallvec::SmallVec::new();
+    let mut shift = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1) * 4;
+    while shift > 0 {
+        shift -= 4;
+        digits.push(HEX_DIGITS[(n >> shift) & 0xf]);
+    }
+    digits
+}
+
 pub fn push_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
@@ -79,6 +90,13 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_sizes_in_hex() {
+        for n in [0usize, 1, 15, 16, 255, 4096, 0x1234_5678] {
+            assert_eq!(hex(n).as_slice(), format!("{n:x}").as_bytes());
+        }
+    }
 
     fn text(write: impl FnOnce(&mut Vec<u8>)) -> String {
         let mut out = Vec::new();

@@ -37,6 +37,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::ascii;
 use crate::body::{self, Body, BoxError};
 use crate::wire::{self, Decoded, Framing, RawHeaders, MAX_HEAD, MAX_HEADERS, READ_SIZE};
 
@@ -56,9 +57,12 @@ pub struct Settings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// Answered with 400 or 431 and closed.
+    /// Answered with 400 and closed.
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    /// Answered with 431 and closed.
+    #[error("request head too large: {0}")]
+    TooLarge(&'static str),
     /// Answered with 408 and closed.
     #[error("request headers not received within {0:?}")]
     HeaderTimeout(Duration),
@@ -383,22 +387,19 @@ impl<IO: Io> Conn<IO> {
             out.put_slice(&http_date());
             out.put_slice(b"\r\n");
         }
-        let chunked = !bodiless && length.is_none() && !written.content_length;
-        if chunked && version == Version::HTTP_10 {
-            // No chunked coding for an HTTP/1.0 client: the close ends it.
+        // A body of unknown length goes chunked; an HTTP/1.0 client has no
+        // chunks, and the close ends it.
+        let unsized_body = !bodiless && length.is_none() && !written.content_length;
+        let chunked = unsized_body && version != Version::HTTP_10;
+        if unsized_body && !chunked {
             keep_alive = false;
         }
-        let chunked = chunked && version != Version::HTTP_10;
         if chunked {
             out.put_slice(b"transfer-encoding: chunked\r\n");
-        } else if let (Some(n), false) = (length, written.content_length) {
-            // A HEAD answer says what the GET's body would be, as the
-            // upstream did; a 204 and a 304 say nothing.
-            if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED && *method != Method::HEAD {
-                out.put_slice(b"content-length: ");
-                out.put_slice(itoa::Buffer::new().format(n).as_bytes());
-                out.put_slice(b"\r\n");
-            }
+        } else if let (Some(n), false, false) = (length, written.content_length, bodiless) {
+            out.put_slice(b"content-length: ");
+            out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.put_slice(b"\r\n");
         }
         if status != StatusCode::SWITCHING_PROTOCOLS {
             if !keep_alive {
@@ -445,7 +446,7 @@ impl<IO: Io> Conn<IO> {
                 }
             };
             if chunked {
-                out.put_slice(format_hex(frame.len()).as_slice());
+                out.put_slice(ascii::hex(frame.len()).as_slice());
                 out.put_slice(b"\r\n");
             }
             if out.len() + frame.len() > 4 * READ_SIZE {
@@ -481,7 +482,7 @@ impl<IO: Io> Conn<IO> {
     /// nginx does).
     async fn refuse(mut self, error: &ServeError) {
         let answer: &[u8] = match error {
-            ServeError::Malformed(what) if what.contains("too large") || *what == "too many headers" => {
+            ServeError::TooLarge(_) => {
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             }
             ServeError::Malformed(_) => b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
@@ -571,16 +572,6 @@ fn http_date() -> [u8; 29] {
     })
 }
 
-fn format_hex(n: usize) -> smallvec::SmallVec<[u8; 16]> {
-    let mut digits = smallvec::SmallVec::new();
-    let mut shift = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1) * 4;
-    while shift > 0 {
-        shift -= 4;
-        digits.push(crate::ascii::HEX_DIGITS[(n >> shift) & 0xf]);
-    }
-    digits
-}
-
 /// A whole request head from the front of `buf`, consumed; `None` until
 /// one has arrived.
 fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, ServeError> {
@@ -591,14 +582,14 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, ServeError> {
         match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, &mut headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(ServeError::Malformed("request headers too large"))
+                return Err(ServeError::TooLarge("over 64 KiB of headers"))
             }
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(ServeError::Malformed("too many headers")),
+            Err(httparse::Error::TooManyHeaders) => return Err(ServeError::TooLarge("over 100 header fields")),
             Err(_) => return Err(ServeError::Malformed("invalid request head")),
         };
     if used > MAX_HEAD {
-        return Err(ServeError::Malformed("request headers too large"));
+        return Err(ServeError::TooLarge("over 64 KiB of headers"));
     }
     let method = request.method.map(|m| Method::from_bytes(m.as_bytes()));
     let Some(Ok(method)) = method else { return Err(ServeError::Malformed("method")) };
@@ -996,15 +987,9 @@ mod tests {
             head.starts_with("HTTP/1.1 101 Switching Protocols\r\n") && !head.contains("connection: close"),
             "{head}"
         );
+        assert!(!head.contains("content-length"), "a 1xx answer has no framing: {head}");
         client.write_all(b"lo").await.unwrap();
         assert_eq!(read_until(&mut client, "HELLO", 1).await, "HELLO");
         assert!(matches!(server.await.unwrap(), Ok(Served::Closed)));
-    }
-
-    #[test]
-    fn chunk_sizes_in_hex() {
-        for n in [0usize, 1, 15, 16, 255, 4096, 0x1234_5678] {
-            assert_eq!(format_hex(n).as_slice(), format!("{n:x}").as_bytes());
-        }
     }
 }

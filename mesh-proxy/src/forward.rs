@@ -60,7 +60,7 @@ impl DownstreamStats {
     pub fn count(&self, error: &(dyn std::error::Error + 'static)) {
         use crate::downstream::ServeError;
         let counter = match (error.downcast_ref::<ServeError>(), error.downcast_ref::<hyper::Error>()) {
-            (Some(ServeError::Malformed(_)), _) => &self.malformed,
+            (Some(ServeError::Malformed(_) | ServeError::TooLarge(_)), _) => &self.malformed,
             (Some(ServeError::HeaderTimeout(_)), _) => &self.header_timeouts,
             (_, Some(e)) if e.is_parse() || e.is_parse_status() => &self.malformed,
             (_, Some(e)) if e.is_timeout() => &self.header_timeouts,

@@ -300,9 +300,9 @@ async fn exchange(
                 }
                 if chunked {
                     // Size line, data and CRLF in one vectored write.
-                    let mut size = BytesMut::with_capacity(20);
-                    let _ = write!(size, "{:x}\r\n", data.len());
-                    conn.io.write_all_buf(&mut size.chain(data).chain(&b"\r\n"[..])).await?;
+                    let mut size = crate::ascii::hex(data.len());
+                    size.extend_from_slice(b"\r\n");
+                    conn.io.write_all_buf(&mut (&size[..]).chain(data).chain(&b"\r\n"[..])).await?;
                 } else {
                     conn.io.write_all(&data).await?;
                 }

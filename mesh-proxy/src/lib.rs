@@ -251,7 +251,14 @@ impl ProxyBuilder {
         }
         if let Some(addr) = self.http_proxy {
             let socket = TcpListener::bind(addr).await?;
-            tokio::spawn(listener::serve_http_proxy(socket, Arc::clone(&forwarder), drain_rx.clone()));
+            let settings = listener::downstream_settings(self.header_timeout);
+            tokio::spawn(listener::serve_http_proxy(
+                socket,
+                Arc::clone(&forwarder),
+                drain_rx.clone(),
+                settings,
+                self.drain_timeout,
+            ));
         }
         let listeners = Arc::new(Mutex::new(Listeners::new(self.bind_ip, self.drain_timeout, self.header_timeout)));
         let (version_tx, version_rx) = watch::channel(String::new());

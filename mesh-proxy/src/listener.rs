@@ -127,7 +127,7 @@ async fn serve(
     drain: Duration,
     header_timeout: Duration,
 ) {
-    let settings = Settings { header_timeout, idle_timeout: IDLE_TIMEOUT };
+    let settings = downstream_settings(header_timeout);
     let connections = Connections::new();
     let tcp = config.filter_chains.iter().find_map(|c| match &c.action {
         ChainAction::Tcp { clusters } if config.direction != TrafficDirection::Outbound || !config.use_original_dst => {
@@ -209,6 +209,11 @@ async fn serve(
 /// How long a kept-alive downstream connection may wait for its next
 /// request (Envoy's default `idle_timeout`).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The downstream connection settings of every HTTP listener.
+pub(crate) fn downstream_settings(header_timeout: Duration) -> Settings {
+    Settings { header_timeout, idle_timeout: IDLE_TIMEOUT }
+}
 
 /// One downstream connection: HTTP/1.1 in this task, HTTP/2 (ALPN `h2`,
 /// or the h2c preface) on hyper's server.
@@ -361,9 +366,14 @@ async fn passthrough(mut downstream: TcpStream, to: SocketAddr) {
 
 /// Serve an explicit HTTP proxy port (apps with `http_proxy` set): routes
 /// come from the route table of the port in each request's authority.
-pub async fn serve_http_proxy(socket: TcpListener, forwarder: Arc<Forwarder>, mut stop: watch::Receiver<bool>) {
+pub async fn serve_http_proxy(
+    socket: TcpListener,
+    forwarder: Arc<Forwarder>,
+    mut stop: watch::Receiver<bool>,
+    settings: Settings,
+    drain: Duration,
+) {
     let port = socket.local_addr().map_or(0, |a| a.port());
-    let settings = Settings { header_timeout: Duration::from_secs(10), idle_timeout: IDLE_TIMEOUT };
     let connections = Connections::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -388,7 +398,10 @@ pub async fn serve_http_proxy(socket: TcpListener, forwarder: Arc<Forwarder>, mu
             }
         });
     }
-    connections.drain(Duration::ZERO).await;
+    drop(socket);
+    if !connections.drain(drain).await {
+        tracing::warn!("explicit HTTP proxy port: drain deadline passed with connections open");
+    }
 }
 
 /// A `tcp` route: the weighted cluster's endpoint, bytes copied both ways.

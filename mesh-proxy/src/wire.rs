@@ -20,31 +20,29 @@ pub(crate) const READ_SIZE: usize = 8 * 1024;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
-/// The header names this thread's connections saw: peers send the same
-/// ones every time, and a name seen before is then neither validated nor
-/// allocated again. Kept per thread, not per connection: a thousand pooled
-/// upstream connections to one service would each hold the same list.
-struct KnownNames(Vec<HeaderName>);
+thread_local! {
+    /// The header names this thread's connections saw: peers send the same
+    /// ones every time, and a name seen before is then neither validated nor
+    /// allocated again. Kept per thread, not per connection: a thousand pooled
+    /// upstream connections to one service would each hold the same list.
+    static KNOWN: std::cell::RefCell<Vec<HeaderName>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// How many names a thread remembers (the first ones it meets).
 const KNOWN_NAMES: usize = 32;
-
-thread_local! {
-    static KNOWN: std::cell::RefCell<KnownNames> = const { std::cell::RefCell::new(KnownNames(Vec::new())) };
-}
 
 /// The header name for `raw`, validated (and lower-cased) unless this
 /// thread has seen it before.
 pub(crate) fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     KNOWN.with(|known| {
         let mut known = known.borrow_mut();
-        if let Some(name) = known.0.iter().find(|n| n.as_str().as_bytes() == raw) {
+        if let Some(name) = known.iter().find(|n| n.as_str().as_bytes() == raw) {
             return Ok(name.clone());
         }
         let name = HeaderName::from_bytes(raw)?;
         // Only names sent in lower case would ever match again.
-        if known.0.len() < KNOWN_NAMES && name.as_str().as_bytes() == raw {
-            known.0.push(name.clone());
+        if known.len() < KNOWN_NAMES && name.as_str().as_bytes() == raw {
+            known.push(name.clone());
         }
         Ok(name)
     })
@@ -52,7 +50,7 @@ pub(crate) fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::Invali
 
 #[cfg(test)]
 pub(crate) fn known_names() -> Vec<String> {
-    KNOWN.with(|known| known.borrow().0.iter().map(|n| n.as_str().to_string()).collect())
+    KNOWN.with(|known| known.borrow().iter().map(|n| n.as_str().to_string()).collect())
 }
 
 /// The header fields httparse found, as offsets into the head's bytes,
