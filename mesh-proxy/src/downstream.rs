@@ -27,13 +27,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::future::{select, Either};
 use futures_util::future::{Fuse, FusedFuture};
 use futures_util::FutureExt;
 use http::header::{CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -126,16 +126,18 @@ where
     // registered and dropped per request.
     let mut drained = pin!(drained(drain).fuse());
     loop {
-        let request = match conn.read_head(timer.as_mut(), drained.as_mut()).await {
-            Ok(Head::Request(r)) => r,
-            Ok(Head::Http2) => return Ok(Served::Http2(Rewind { prefix: conn.buf.freeze(), io: conn.io })),
-            Ok(Head::Closed) => return Ok(Served::Closed),
-            Err(e) => {
-                conn.refuse(&e).await;
-                return Err(e);
-            }
-        };
-        let Parsed { mut head, framing, expect_continue, upgrade, mut keep_alive } = request;
+        // Taken apart where it is matched: a `Parsed` kept whole beside its
+        // parts would take room in the task for the connection's life.
+        let Parsed { mut head, framing, expect_continue, upgrade, mut keep_alive } =
+            match conn.read_head(timer.as_mut(), drained.as_mut()).await {
+                Ok(Head::Request(r)) => r,
+                Ok(Head::Http2) => return Ok(Served::Http2(Rewind { prefix: conn.buf.freeze(), io: conn.io })),
+                Ok(Head::Closed) => return Ok(Served::Closed),
+                Err(e) => {
+                    conn.refuse(&e).await;
+                    return Err(e);
+                }
+            };
         let method = head.method.clone();
         let version = head.version;
         let mut framing = framing;
@@ -166,17 +168,8 @@ where
                 body::boxed(StreamedBody { rx, want: Some(want), left })
             }
         };
-        let mut answering = pin!(handle(Request::from_parts(head, body)));
-        let response = match reader {
-            None => answering.await,
-            Some((frames, wanted)) => {
-                let reading = pin!(conn.read_body(&mut framing, frames, wanted));
-                match select(answering.as_mut(), reading).await {
-                    Either::Left((response, _)) => response,
-                    Either::Right(((), _)) => answering.await,
-                }
-            }
-        };
+        let reading = reader.map(|(frames, wanted)| conn.read_body(&mut framing, frames, wanted));
+        let response = Answer { answering: handle(Request::from_parts(head, body)), reading }.await;
         // A body left unread would be taken for the next request.
         if framing != Framing::Done {
             keep_alive = false;
@@ -198,6 +191,37 @@ where
             return Ok(Served::Closed);
         }
         conn.idle_since = Instant::now();
+    }
+}
+
+pin_project! {
+    /// The handler's answer, with the request body read on beside it.
+    /// One future awaited once, not a `select` and an await after it:
+    /// the task's layout can then give the handler's state (the largest
+    /// part of the task) the room that reading a head and writing an
+    /// answer use, instead of room of its own.
+    struct Answer<A, R> {
+        #[pin]
+        answering: A,
+        #[pin]
+        reading: Option<R>,
+    }
+}
+
+impl<A: Future, R: Future<Output = ()>> Future for Answer<A, R> {
+    type Output = A::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<A::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(answer) = this.answering.poll(cx) {
+            return Poll::Ready(answer);
+        }
+        if let Some(reading) = this.reading.as_mut().as_pin_mut() {
+            if reading.poll(cx).is_ready() {
+                this.reading.set(None);
+            }
+        }
+        Poll::Pending
     }
 }
 

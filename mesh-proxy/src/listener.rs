@@ -155,7 +155,7 @@ async fn serve(
             scheme: "http",
             route_by_authority_port: false,
         };
-        let mut ingress = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
+        let ingress = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
             Target::Http(ingress) => ingress,
             Target::Tcp(clusters) => {
                 tokio::spawn(proxy_tcp(stream, clusters, Arc::clone(&forwarder)));
@@ -166,39 +166,19 @@ async fn serve(
                 continue;
             }
         };
-        let forwarder = Arc::clone(&forwarder);
-        let (open, mut draining) = connections.open();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            let stats = &forwarder.stats;
-            let result = match tls {
-                None => serve_http(stream, false, settings, &mut draining, &forwarder, &ingress).await,
-                Some(tls) => {
-                    let stream = match tokio::time::timeout(header_timeout, tls.acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!("TLS handshake: {e}");
-                            stats.connection_errors.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
-                        Err(_) => {
-                            stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
-                    };
-                    let session = stream.get_ref().1;
-                    ingress.route_config = tls.route_config(session.server_name());
-                    ingress.scheme = "https";
-                    let h2 = session.alpn_protocol() == Some(b"h2");
-                    serve_http(stream, h2, settings, &mut draining, &forwarder, &ingress).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!("connection: {e}");
-                stats.count(&*e);
+        let (open, draining) = connections.open();
+        let connection = Connection { forwarder: Arc::clone(&forwarder), ingress, settings, draining, _open: open };
+        // Plain and TLS connections are separate tasks: one task's size is
+        // its largest state, and a plain connection should not carry room
+        // for a TLS session.
+        match &tls {
+            None => {
+                tokio::spawn(connection.serve_plain(stream));
             }
-        });
+            Some(tls) => {
+                tokio::spawn(connection.serve_tls(stream, tls.clone()));
+            }
+        }
     }
     drop(socket);
     if !connections.drain(drain).await {
@@ -215,6 +195,52 @@ pub(crate) fn downstream_settings(header_timeout: Duration) -> Settings {
     Settings { header_timeout, idle_timeout: IDLE_TIMEOUT }
 }
 
+/// What a downstream connection's task holds besides its socket.
+struct Connection {
+    forwarder: Arc<Forwarder>,
+    ingress: Ingress,
+    settings: Settings,
+    draining: watch::Receiver<bool>,
+    /// The listener's count of open connections, while this one runs.
+    _open: mpsc::Sender<()>,
+}
+
+impl Connection {
+    async fn serve_plain(mut self, stream: TcpStream) {
+        let result = serve_http(stream, false, self.settings, &mut self.draining, &self.forwarder, &self.ingress).await;
+        self.finish(result);
+    }
+
+    async fn serve_tls(mut self, stream: TcpStream, tls: TlsListener) {
+        let stats = &self.forwarder.stats;
+        let stream = match tokio::time::timeout(self.settings.header_timeout, tls.acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake: {e}");
+                stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let session = stream.get_ref().1;
+        self.ingress.route_config = tls.route_config(session.server_name());
+        self.ingress.scheme = "https";
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let result = serve_http(stream, h2, self.settings, &mut self.draining, &self.forwarder, &self.ingress).await;
+        self.finish(result);
+    }
+
+    fn finish(&self, result: Result<(), BoxError>) {
+        if let Err(e) = result {
+            tracing::debug!("connection: {e}");
+            self.forwarder.stats.count(&*e);
+        }
+    }
+}
+
 /// One downstream connection: HTTP/1.1 in this task, HTTP/2 (ALPN `h2`,
 /// or the h2c preface) on hyper's server.
 async fn serve_http<IO: Io>(
@@ -225,12 +251,14 @@ async fn serve_http<IO: Io>(
     forwarder: &Arc<Forwarder>,
     ingress: &Ingress,
 ) -> Result<(), BoxError> {
+    // hyper's HTTP/2 connection is large, and most connections never
+    // use it: boxed, so that it takes no room in an HTTP/1.1 task.
     if alpn_h2 {
-        return serve_h2(io, draining, forwarder, ingress).await;
+        return Box::pin(serve_h2(io, draining, forwarder, ingress)).await;
     }
     match downstream::serve(io, settings, draining, |req| forwarder.handle(req, ingress)).await? {
         Served::Closed => Ok(()),
-        Served::Http2(io) => serve_h2(io, draining, forwarder, ingress).await,
+        Served::Http2(io) => Box::pin(serve_h2(io, draining, forwarder, ingress)).await,
     }
 }
 
