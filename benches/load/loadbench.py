@@ -5,7 +5,8 @@ an access log, driven by the same wrk (HTTP/1.1 keep-alive) and h2load
 (HTTP/2 h2c) settings. One run, one machine: read the figures as ratios.
 
   python3 benches/load/loadbench.py [--duration 10] [--connections 50] [--large]
-      [--gateway NAME=PATH ...] [--peers envoy,nginx,haproxy] [--idle-connections 1000]
+      [--rounds 3] [--gateway NAME=PATH ...] [--peers envoy,nginx,haproxy]
+      [--idle-connections 1000]
 
 --gateway measures other builds of the gateway in the same run, for an A/B
 of a change (the first is the one ratios are taken against; the default is
@@ -24,6 +25,7 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -158,7 +160,7 @@ def connection_memory_kb(pid, port, path, count):
     return (after - before) / count
 
 
-def measure(name, launch, path, args, fresh=None):
+def measure(name, launch, path, args, fresh=None, connections=True):
     """`launch()` starts the proxy and returns (pid to read, port, h2 port
     or None, stop). The load runs on one process; memory per connection is
     read on a second, fresh one (`fresh`, or `launch` again), so that
@@ -182,7 +184,7 @@ def measure(name, launch, path, args, fresh=None):
     finally:
         done()
     row["conn_kb"] = float("nan")
-    if args.idle_connections:
+    if args.idle_connections and connections:
         pid, port, _, done = (fresh or launch)()
         try:
             wait_port(port)
@@ -331,6 +333,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3, help="measure everything this many times, every other round in reverse order; report medians")
     ap.add_argument("--large", action="store_true", help="also run 1,000 routes and 1,000 endpoints (mesh-proxy and Envoy)")
     ap.add_argument("--gateway", action="append", default=[], metavar="NAME=PATH", help="a gateway build to measure (repeatable)")
     ap.add_argument("--idle-connections", type=int, default=1000, help="keep-alive connections opened to read memory per connection (0: skip)")
@@ -353,51 +356,77 @@ def main():
         return ["taskset", "-c", "0", backend_bin, "--host", "0.0.0.0", "--port", str(port), "--version", "v1"]
 
     backend = start(backend_cmd(backend_port), env=one_worker)
-    rows = []
     try:
-        small = {"prefixes": ["/"], "addresses": ["127.0.0.1"]}
-        # The shared backend carries the load (and stays up for the proxies);
-        # memory per connection is read on an instance of its own.
-        spare_port = free_port()
-        rows.append(measure("direct", lambda: (backend.pid, backend_port, None, lambda: None), "/hello", args,
-                            fresh=launcher(backend_cmd(spare_port), spare_port, env=one_worker)))
-        for label, routes, path in [("", small, "/hello")] + ([(" (1k routes)", {
-                "prefixes": [f"/svc{i}/" for i in range(1000)],
-                "addresses": [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]}, "/svc999/hello")] if args.large else []):
-            # mesh-proxy: the gateway binary, one worker thread, access log on.
-            for name, gateway_bin in gateways:
-                d = tempfile.mkdtemp(dir=work)
-                port = free_port()
-                mesh_config(d, port, backend_port, routes)
-                cmd = [gateway_bin, "--workers", "1", "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"]
-                rows.append(measure(name + label, launcher(cmd, port, env=dict(one_worker, RUST_LOG="error")), path, args))
-            if "envoy" in peers:
-                port = free_port()
-                cfg = os.path.join(work, f"envoy{len(rows)}.yaml")
-                envoy_config(cfg, port, backend_port, routes)
-                cmd = [envoy_binary(), "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
-                rows.append(measure("envoy" + label, launcher(cmd, port), path, args))
-            if not label and "nginx" in peers:
-                port, h2_port = free_port(), free_port()
-                cfg = os.path.join(work, "nginx.conf")
-                nginx_config(cfg, port, h2_port, backend_port)
-
-                def nginx_worker(proc):
-                    children = wait_for(lambda: subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split(), "nginx's worker")
-                    return int(children[0])
-                rows.append(measure("nginx", launcher(["nginx", "-c", cfg, "-e", "/dev/null"], port, h2_port=h2_port, measured=nginx_worker), path, args))
-            if not label and "haproxy" in peers:
-                port = free_port()
-                cfg = os.path.join(work, "haproxy.cfg")
-                haproxy_config(cfg, port, backend_port)
-                rows.append(measure("haproxy", launcher(["haproxy", "-f", cfg], port), path, args))
+        jobs = plan(args, work, peers, gateways, backend, backend_port, lambda port: launcher(backend_cmd(port), port, env=one_worker))
+        per_round = {name: [] for name, _, _, _ in jobs}
+        for n in range(args.rounds):
+            # Every other round backwards, so that a machine getting busier
+            # or quieter over the run does not favour whoever goes first.
+            for name, launch, path, fresh in jobs if n % 2 == 0 else jobs[::-1]:
+                per_round[name].append(measure(name, launch, path, args, fresh=fresh, connections=n == 0))
     finally:
         stop(backend)
         shutil.rmtree(work, ignore_errors=True)
+    report(args, gateways, per_round)
 
+
+def plan(args, work, peers, gateways, backend, backend_port, spare_backend):
+    """What to measure, in order: (name, launch, path, fresh launch)."""
+    small = {"prefixes": ["/"], "addresses": ["127.0.0.1"]}
+    # The shared backend carries the load (and stays up for the proxies);
+    # memory per connection is read on an instance of its own.
+    jobs = [("direct", lambda: (backend.pid, backend_port, None, lambda: None), "/hello", spare_backend(free_port()))]
+    one_worker = dict(os.environ, TOKIO_WORKER_THREADS="1")
+    for label, routes, path in [("", small, "/hello")] + ([(" (1k routes)", {
+            "prefixes": [f"/svc{i}/" for i in range(1000)],
+            "addresses": [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]}, "/svc999/hello")] if args.large else []):
+        # mesh-proxy: the gateway binary, one worker thread, access log on.
+        for name, gateway_bin in gateways:
+            d = tempfile.mkdtemp(dir=work)
+            port = free_port()
+            mesh_config(d, port, backend_port, routes)
+            cmd = [gateway_bin, "--workers", "1", "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"]
+            jobs.append((name + label, launcher(cmd, port, env=dict(one_worker, RUST_LOG="error")), path, None))
+        if "envoy" in peers:
+            port = free_port()
+            cfg = os.path.join(work, f"envoy{len(jobs)}.yaml")
+            envoy_config(cfg, port, backend_port, routes)
+            cmd = [envoy_binary(), "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
+            jobs.append(("envoy" + label, launcher(cmd, port), path, None))
+        if not label and "nginx" in peers:
+            port, h2_port = free_port(), free_port()
+            cfg = os.path.join(work, "nginx.conf")
+            nginx_config(cfg, port, h2_port, backend_port)
+
+            def nginx_worker(proc):
+                children = wait_for(lambda: subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split(), "nginx's worker")
+                return int(children[0])
+            jobs.append(("nginx", launcher(["nginx", "-c", cfg, "-e", "/dev/null"], port, h2_port=h2_port, measured=nginx_worker), path, None))
+        if not label and "haproxy" in peers:
+            port = free_port()
+            cfg = os.path.join(work, "haproxy.cfg")
+            haproxy_config(cfg, port, backend_port)
+            jobs.append(("haproxy", launcher(["haproxy", "-f", cfg], port), path, None))
+    return jobs
+
+
+def median_row(rounds):
+    """Each speed's median over the rounds; memory from the first (the
+    shared backend is not fresh after it); non-2xx: their sum."""
+    first = rounds[0]
+    row = {key: first[key] for key in ("name", "idle_rss_mb", "peak_rss_mb", "conn_kb")}
+    row["errors"] = sum(r["errors"] for r in rounds)
+    for key in rounds[0]:
+        if key not in row:
+            row[key] = statistics.median(r[key] for r in rounds)
+    return row
+
+
+def report(args, gateways, per_round):
+    rows = [median_row(rounds) for rounds in per_round.values()]
     mesh = next(r for r in rows if r["name"] == gateways[0][0])
     direct = rows[0]
-    print(f"\n{args.connections} connections, {args.duration}s each; ratio = mesh-proxy / other (for req/s higher is better)")
+    print(f"\n{args.connections} connections, {args.duration}s each, median of {args.rounds} rounds; ratio = mesh-proxy / other (for req/s higher is better)")
     print(f"{'':22}{'req/s':>10}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'idle MB':>9}{'peak MB':>9}{'h2 req/s':>10}{'h2 mean ms':>11}{'KB/conn':>8}{'non-2xx':>8}")
     for r in rows:
         print(f"{r['name']:22}{r['rps']:>10.0f}{mesh['rps'] / r['rps']:>7.2f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_per_1k']:>10.4f}"
@@ -407,6 +436,11 @@ def main():
     for name, _ in gateways:
         r = next(r for r in rows if r["name"] == name)
         print(f"{name} CPU per request / direct backend's: {r['cpu_per_1k'] / direct['cpu_per_1k']:.2f}")
+    if args.rounds > 1:
+        print("\nreq/s by round: " + "; ".join(f"{name} " + " ".join(f"{r['rps']:.0f}" for r in rounds) for name, rounds in per_round.items()))
+        ratios = [mesh_round["rps"] / r["rps"] for mesh_round, r in zip(per_round[gateways[0][0]], per_round.get("nginx", []))]
+        if ratios:
+            print("mesh-proxy / nginx by round: " + " ".join(f"{x:.2f}" for x in ratios))
 
 
 if __name__ == "__main__":
