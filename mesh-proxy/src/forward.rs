@@ -596,7 +596,7 @@ fn preflight_response(cors: &CorsPolicy, origin: &HeaderValue) -> Response<Body>
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one look at the names is cheaper
     // than a hashed removal of each.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     // Headers named in Connection are hop-by-hop too.
@@ -614,6 +614,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if trailers {
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // By length first: most names are ruled out without comparing them
+    // with each of the seven.
+    matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17 | 18) && HOP_BY_HOP.contains(name)
 }
 
 fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
@@ -787,6 +793,42 @@ mod tests {
             assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{id}");
             assert!(groups[2].starts_with('4'), "version 4: {id}");
             assert!(matches!(&groups[3][..1], "8" | "9" | "a" | "b"), "RFC 4122 variant: {id}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_stripped_and_end_to_end_ones_kept() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authenticate", "Basic"),
+            ("x-hop", "named in connection"),
+            ("te", "trailers"),
+            // As long as hop-by-hop names, and kept.
+            ("x-backend-version", "v1"),
+            ("x-backend-instance", "i1"),
+            ("x-custom", "kept"),
+        ] {
+            headers.append(http::HeaderName::from_static(name), http::HeaderValue::from_static(value));
+        }
+        super::strip_hop_by_hop(&mut headers);
+        let mut left: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [("te", "trailers"), ("x-backend-instance", "i1"), ("x-backend-version", "v1"), ("x-custom", "kept")]
+        );
+
+        // Each on its own too: the quick look for any must see every one.
+        for name in super::HOP_BY_HOP.iter() {
+            let mut alone = http::HeaderMap::new();
+            alone.insert(name.clone(), http::HeaderValue::from_static("gzip"));
+            super::strip_hop_by_hop(&mut alone);
+            assert!(alone.is_empty(), "{name} is hop-by-hop");
         }
     }
 
