@@ -41,7 +41,8 @@ impl Entry<'_> {
     /// The line as one JSON object, `duration_ms` to the microsecond.
     fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"start_time_ms\":");
-        push_int(out, self.start_time.as_millis());
+        // As u64: u128 digits go through a slow 128-bit division.
+        push_int(out, u64::try_from(self.start_time.as_millis()).unwrap_or(u64::MAX));
         let strings: [(&[u8], &str); 3] =
             [(b",\"method\":", self.method), (b",\"path\":", self.path), (b",\"authority\":", self.authority)];
         push_json_fields(out, strings);
@@ -50,7 +51,7 @@ impl Entry<'_> {
         out.extend_from_slice(b",\"response_flags\":");
         push_json_str(out, self.response_flags);
         out.extend_from_slice(b",\"duration_ms\":");
-        let micros = self.duration.as_micros();
+        let micros = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX);
         push_int(out, micros / 1000);
         let fraction = (micros % 1000) as u16;
         out.extend_from_slice(&[

@@ -83,6 +83,20 @@ pub struct Ingress {
     /// An explicit HTTP proxy port: the route table is the one of the port
     /// in the request's authority (`http://reviews:9080/` -> `9080`).
     pub route_by_authority_port: bool,
+    /// `peer`'s address as an `x-forwarded-for` entry: written once per
+    /// connection, not once per request.
+    peer_entry: HeaderValue,
+}
+
+impl Ingress {
+    /// A connection from `peer` to a plain HTTP listener.
+    pub fn new(listener: String, port: u16, peer: SocketAddr) -> Ingress {
+        let mut entry = Vec::with_capacity(16);
+        ascii::push_ip(&mut entry, peer.ip());
+        let peer_entry =
+            HeaderValue::from_maybe_shared(Bytes::from(entry)).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Ingress { listener, port, peer, route_config: None, scheme: "http", route_by_authority_port: false, peer_entry }
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -337,7 +351,7 @@ impl Forwarder {
             head.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
             head.headers.insert(http::header::UPGRADE, protocol.clone());
         }
-        append_forwarded(&mut head.headers, ingress.peer, ingress.scheme);
+        append_forwarded(&mut head.headers, ingress);
         // An HTTP/2 client names the host in `:authority`; HTTP/1.1
         // upstreams need it as `host`.
         if !head.headers.contains_key(http::header::HOST) {
@@ -622,17 +636,21 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17 | 18) && HOP_BY_HOP.contains(name)
 }
 
-fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
-    let mut value = Vec::with_capacity(64);
-    if let Some(existing) = headers.get(&X_FORWARDED_FOR) {
-        value.extend_from_slice(existing.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    ascii::push_ip(&mut value, peer.ip());
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+fn append_forwarded(headers: &mut HeaderMap, ingress: &Ingress) {
+    let value = match headers.get(&X_FORWARDED_FOR) {
+        Some(existing) => {
+            let mut value = Vec::with_capacity(existing.len() + 2 + ingress.peer_entry.len());
+            value.extend_from_slice(existing.as_bytes());
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(ingress.peer_entry.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+        }
+        None => Some(ingress.peer_entry.clone()),
+    };
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.entry(X_FORWARDED_PROTO.clone()).or_insert(HeaderValue::from_static(scheme));
+    headers.entry(X_FORWARDED_PROTO.clone()).or_insert(HeaderValue::from_static(ingress.scheme));
 }
 
 fn set_ops(headers: &mut HeaderMap, remove: &[String], set: &[(String, String)], add: &[(String, String)]) {
@@ -830,6 +848,27 @@ mod tests {
             super::strip_hop_by_hop(&mut alone);
             assert!(alone.is_empty(), "{name} is hop-by-hop");
         }
+    }
+
+    #[test]
+    fn the_peer_is_appended_to_x_forwarded_for() {
+        let v4 = super::Ingress::new("l".into(), 80, "127.0.0.1:5000".parse().unwrap());
+        let mut headers = http::HeaderMap::new();
+        super::append_forwarded(&mut headers, &v4);
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-forwarded-for", http::HeaderValue::from_static("203.0.113.7"));
+        headers.insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
+        super::append_forwarded(&mut headers, &v4);
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "https", "the first proxy's scheme is kept");
+
+        let v6 = super::Ingress::new("l".into(), 80, "[2001:db8::1]:5000".parse().unwrap());
+        let mut headers = http::HeaderMap::new();
+        super::append_forwarded(&mut headers, &v6);
+        assert_eq!(headers["x-forwarded-for"], "2001:db8::1");
     }
 
     #[test]

@@ -147,14 +147,7 @@ async fn serve(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let plain = Ingress {
-            listener: config.name.clone(),
-            port: config.port,
-            peer,
-            route_config: None,
-            scheme: "http",
-            route_by_authority_port: false,
-        };
+        let plain = Ingress::new(config.name.clone(), config.port, peer);
         let ingress = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
             Target::Http(ingress) => ingress,
             Target::Tcp(clusters) => {
@@ -409,14 +402,8 @@ pub async fn serve_http_proxy(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let ingress = Ingress {
-            listener: "explicitOutbound".into(),
-            port,
-            peer,
-            route_config: None,
-            scheme: "http",
-            route_by_authority_port: true,
-        };
+        let mut ingress = Ingress::new("explicitOutbound".into(), port, peer);
+        ingress.route_by_authority_port = true;
         let forwarder = Arc::clone(&forwarder);
         let (open, mut draining) = connections.open();
         tokio::spawn(async move {
