@@ -146,6 +146,10 @@ impl RouteTable {
     /// Envoy's domain search: exact, then `*.suffix` longest first, then
     /// `prefix.*`, then `*`; with the port as sent, then without it.
     fn find_virtual_host(&self, authority: &str) -> Option<u32> {
+        if self.exact_hosts.is_empty() && self.suffix_hosts.is_empty() && self.prefix_hosts.is_empty() {
+            // Only `*` (a gateway's usual table): the authority is not read.
+            return self.catch_all;
+        }
         let host: Cow<'_, str> = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(authority.to_ascii_lowercase())
         } else {
@@ -200,8 +204,12 @@ fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+    // Back over the port's digits to the colon before them: a byte loop,
+    // cheaper than a reverse char search on a short string.
+    let digits = host.bytes().rev().take_while(u8::is_ascii_digit).count();
+    let colon = host.len() - digits;
+    match colon.checked_sub(1) {
+        Some(c) if digits > 0 && host.as_bytes()[c] == b':' => &host[..c],
         _ => host,
     }
 }
@@ -402,6 +410,24 @@ impl CompiledRouteMatch {
 mod tests {
     use super::*;
     use crate::proxy_config::{HeaderMatcher, QueryParamMatcher, VirtualHost};
+
+    #[test]
+    fn a_port_is_stripped_only_when_it_is_digits_after_a_colon() {
+        for (host, bare) in [
+            ("reviews:9080", "reviews"),
+            ("a:b:80", "a:b"),
+            ("reviews", "reviews"),
+            ("reviews:", "reviews:"),
+            ("reviews:8a0", "reviews:8a0"),
+            ("9080", "9080"),
+            (":80", ""),
+            ("[::1]:80", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("", ""),
+        ] {
+            assert_eq!(strip_port(host), bare, "{host}");
+        }
+    }
 
     fn route(name: &str, matches: Vec<RouteMatch>) -> Route {
         Route { matches, ..Route::forward(name, name) }
