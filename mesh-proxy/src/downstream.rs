@@ -629,7 +629,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, ServeError> {
     }
     let uri = Uri::from_maybe_shared(head_bytes.slice(path_start..path_start + path_len))
         .map_err(|_| ServeError::Malformed("request target"))?;
-    let mut headers = raw.take_map(&head_bytes).map_err(ServeError::Malformed)?;
+    let mut headers = raw.take_map(&head_bytes, wire::REQUEST_ROOM).map_err(ServeError::Malformed)?;
     let seen = raw.seen;
 
     let framing = match wire::framing_of(&headers, seen).map_err(ServeError::Malformed)? {

@@ -380,7 +380,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Htt
     let mut raw = RawHeaders::default();
     raw.locate(response.headers, buf, used).map_err(Http1Error::Malformed)?;
     let head_bytes = buf.split_to(used).freeze();
-    let map = raw.take_map(&head_bytes).map_err(Http1Error::Malformed)?;
+    let map = raw.take_map(&head_bytes, wire::RESPONSE_ROOM).map_err(Http1Error::Malformed)?;
     let framing = framing(&map, raw.seen, status, method)?;
     // After a 101 the connection speaks another protocol.
     let keep_alive = framing != Framing::UntilClose
