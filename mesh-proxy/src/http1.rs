@@ -320,18 +320,22 @@ fn write_head(out: &mut BytesMut, addr: SocketAddr, head: &RequestHead<'_>, body
     out.put_u8(b' ');
     out.put_slice(head.path.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
+    // Noted on the way, not looked up after: a lookup hashes the name.
+    let (mut host, mut content_length) = (false, false);
     for (name, value) in head.headers {
+        host |= *name == HOST;
+        content_length |= *name == CONTENT_LENGTH;
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
     // Writing into a BytesMut cannot fail.
-    if !head.headers.contains_key(HOST) {
+    if !host {
         let _ = write!(out, "host: {addr}\r\n");
     }
     match body {
-        RequestBody::Full(b) if !b.is_empty() && !head.headers.contains_key(CONTENT_LENGTH) => {
+        RequestBody::Full(b) if !b.is_empty() && !content_length => {
             out.put_slice(b"content-length: ");
             out.put_slice(itoa::Buffer::new().format(b.len()).as_bytes());
             out.put_slice(b"\r\n");
@@ -577,6 +581,14 @@ mod tests {
         let mut out = BytesMut::new();
         write_head(&mut out, addr, &head, &RequestBody::Stream(crate::body::empty()), true);
         assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
+
+        // Given ones are not written twice.
+        headers.insert(HOST, HeaderValue::from_static("reviews"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
+        let head = RequestHead { method: &Method::POST, path: "/", headers: &headers };
+        let mut out = BytesMut::new();
+        write_head(&mut out, addr, &head, &RequestBody::Full(Bytes::from_static(b"abc")), false);
+        assert_eq!(&out[..], b"POST / HTTP/1.1\r\nx-a: 1\r\nhost: reviews\r\ncontent-length: 3\r\n\r\n");
     }
 
     use tokio::io::AsyncReadExt;
