@@ -165,13 +165,9 @@ async fn serve(
         // its largest state, and a plain connection should not carry room
         // for a TLS session.
         match &tls {
-            None => {
-                tokio::spawn(connection.serve_plain(stream));
-            }
-            Some(tls) => {
-                tokio::spawn(connection.serve_tls(stream, tls.clone()));
-            }
-        }
+            None => tokio::spawn(connection.serve_plain(stream)),
+            Some(tls) => tokio::spawn(connection.serve_tls(stream, tls.clone())),
+        };
     }
     drop(socket);
     if !connections.drain(drain).await {
@@ -404,14 +400,9 @@ pub async fn serve_http_proxy(
         let _ = stream.set_nodelay(true);
         let mut ingress = Ingress::new("explicitOutbound".into(), port, peer);
         ingress.route_by_authority_port = true;
-        let forwarder = Arc::clone(&forwarder);
-        let (open, mut draining) = connections.open();
-        tokio::spawn(async move {
-            let _open = open;
-            if let Err(e) = serve_http(stream, false, settings, &mut draining, &forwarder, &ingress).await {
-                forwarder.stats.count(&*e);
-            }
-        });
+        let (open, draining) = connections.open();
+        let connection = Connection { forwarder: Arc::clone(&forwarder), ingress, settings, draining, _open: open };
+        tokio::spawn(connection.serve_plain(stream));
     }
     drop(socket);
     if !connections.drain(drain).await {
