@@ -33,6 +33,8 @@ import time
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Tokio processes (the backend, the gateway) with one worker thread.
+ONE_WORKER = dict(os.environ, TOKIO_WORKER_THREADS="1")
 
 
 def free_port():
@@ -120,21 +122,21 @@ def run_h2load(port, path, args):
 def fetch(sock, path):
     """One keep-alive HTTP/1.1 GET on `sock`, read to the end of its body."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
+    def more(data, where):
         chunk = sock.recv(4096)
         if not chunk:
-            raise RuntimeError("connection closed before the answer's head")
-        data += chunk
+            raise RuntimeError(f"connection closed in the answer's {where}")
+        return data + chunk
+
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data = more(data, "head")
     head, body = data.split(b"\r\n\r\n", 1)
     length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
     if not head.startswith(b"HTTP/1.1 200") or not length:
         raise RuntimeError(f"unexpected answer: {head[:80]!r}")
     while len(body) < int(length.group(1)):
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise RuntimeError("connection closed in the answer's body")
-        body += chunk
+        body = more(body, "body")
 
 
 def connection_memory_kb(pid, port, path, count):
@@ -160,6 +162,12 @@ def connection_memory_kb(pid, port, path, count):
     return (after - before) / count
 
 
+def warm_up(port, path):
+    """Wait for the listener, then warm up connections and caches."""
+    wait_port(port)
+    subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
+
+
 def measure(name, launch, path, args, fresh=None, connections=True):
     """`launch()` starts the proxy and returns (pid to read, port, h2 port
     or None, stop). The load runs on one process; memory per connection is
@@ -168,9 +176,7 @@ def measure(name, launch, path, args, fresh=None, connections=True):
     from the load."""
     pid, port, h2_port, done = launch()
     try:
-        wait_port(port)
-        # Warm up connections and caches, then read the baseline.
-        subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
+        warm_up(port, path)
         idle_rss = memory_kb(pid, "VmRSS")
         cpu0 = cpu_seconds(pid)
         rps, p50, p99, total, errors = run_wrk(port, path, args)
@@ -187,8 +193,7 @@ def measure(name, launch, path, args, fresh=None, connections=True):
     if args.idle_connections and connections:
         pid, port, _, done = (fresh or launch)()
         try:
-            wait_port(port)
-            subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
+            warm_up(port, path)
             row["conn_kb"] = connection_memory_kb(pid, port, path, args.idle_connections)
         finally:
             done()
@@ -354,14 +359,12 @@ def main():
             sys.exit(f"{b} missing: cargo build --release -p examples --bins")
     work = tempfile.mkdtemp(prefix="loadbench-")
     backend_port = free_port()
-    one_worker = dict(os.environ, TOKIO_WORKER_THREADS="1")
-
     def backend_cmd(port):
         return ["taskset", "-c", "0", backend_bin, "--host", "0.0.0.0", "--port", str(port), "--version", "v1"]
 
-    backend = start(backend_cmd(backend_port), env=one_worker)
+    backend = start(backend_cmd(backend_port), env=ONE_WORKER)
     try:
-        jobs = plan(args, work, peers, gateways, backend, backend_port, lambda port: launcher(backend_cmd(port), port, env=one_worker))
+        jobs = plan(args, work, peers, gateways, backend, backend_port, lambda port: launcher(backend_cmd(port), port, env=ONE_WORKER))
         per_round = {name: [] for name, _, _, _ in jobs}
         for n in range(args.rounds):
             # Every other round backwards, so that a machine getting busier
@@ -380,7 +383,6 @@ def plan(args, work, peers, gateways, backend, backend_port, spare_backend):
     # The shared backend carries the load (and stays up for the proxies);
     # memory per connection is read on an instance of its own.
     jobs = [("direct", lambda: (backend.pid, backend_port, None, lambda: None), "/hello", spare_backend(free_port()))]
-    one_worker = dict(os.environ, TOKIO_WORKER_THREADS="1")
     for label, routes, path in [("", small, "/hello")] + ([(" (1k routes)", {
             "prefixes": [f"/svc{i}/" for i in range(1000)],
             "addresses": [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]}, "/svc999/hello")] if args.large else []):
@@ -390,7 +392,7 @@ def plan(args, work, peers, gateways, backend, backend_port, spare_backend):
             port = free_port()
             mesh_config(d, port, backend_port, routes)
             cmd = [gateway_bin, "--workers", "1", "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"]
-            jobs.append((name + label, launcher(cmd, port, env=dict(one_worker, RUST_LOG="error")), path, None))
+            jobs.append((name + label, launcher(cmd, port, env=dict(ONE_WORKER, RUST_LOG="error")), path, None))
         if "envoy" in peers:
             port = free_port()
             cfg = os.path.join(work, f"envoy{len(jobs)}.yaml")
