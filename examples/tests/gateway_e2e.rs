@@ -328,6 +328,11 @@ fn header_operations_rewrites_redirects_and_direct_responses() {
         assert!(traced.body.contains(&format!("{name}: {value}")), "{name} passes through: {}", traced.body);
     }
     assert_eq!(traced.header("x-request-id"), Some("given-id"));
+    // A forwarded-for list grows by the peer; an empty request id is
+    // replaced by a generated one.
+    let relayed = g.get("/api/v1", &[("x-forwarded-for", "10.0.0.7"), ("x-request-id", "")]);
+    assert!(relayed.body.contains("x-forwarded-for: 10.0.0.7, 127.0.0.1\n"), "{}", relayed.body);
+    assert_eq!(relayed.header("x-request-id").map(str::len), Some(36), "{:?}", relayed.headers);
 }
 
 #[test]

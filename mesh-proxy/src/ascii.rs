@@ -6,6 +6,17 @@ use std::net::{IpAddr, SocketAddr};
 
 pub const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// Each byte's two lower-case hex digits, looked up at once.
+pub const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX_DIGITS[i >> 4], HEX_DIGITS[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
+
 /// `n` in lower-case hex, no leading zeros (a chunk-size line).
 pub fn hex(n: usize) -> smallvec::SmallVec<[u8; 16]> {
     let mut digits = smallvec::SmallVec::new();
@@ -55,9 +66,7 @@ pub fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
-    // Almost every string needs no escape; a fold without early exit
-    // checks them a vector at a time.
-    if !bytes.iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\')) {
+    if !needs_json_escape(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -76,8 +85,7 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&bytes[plain_from..i]);
         if escape.is_empty() {
             out.extend_from_slice(b"\\u00");
-            out.push(HEX_DIGITS[usize::from(b >> 4)]);
-            out.push(HEX_DIGITS[usize::from(b & 0xf)]);
+            out.extend_from_slice(&HEX_PAIRS[usize::from(b)]);
         } else {
             out.extend_from_slice(escape);
         }
@@ -85,6 +93,28 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[plain_from..]);
     out.push(b'"');
+}
+
+/// Whether `bytes` hold a control character, `"` or `\\`. Almost no
+/// string does; the log's are short (a method, a path, an address), so
+/// they are checked a word at a time, not left to a vector loop's tail.
+fn needs_json_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // The high bit of a byte of `(x - n) & !x` is set for some byte iff
+    // some byte of `x` is below `n` (n <= 0x80); equality is "below 1"
+    // after an xor.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x;
+    let special = |x: u64| {
+        (below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1)) & HIGH != 0
+    };
+    let mut words = bytes.chunks_exact(8);
+    if words.by_ref().any(|w| special(u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))) {
+        return true;
+    }
+    let mut tail = [b' '; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    special(u64::from_ne_bytes(tail))
 }
 
 #[cfg(test)]
@@ -95,6 +125,13 @@ mod tests {
     fn chunk_sizes_in_hex() {
         for n in [0usize, 1, 15, 16, 255, 4096, 0x1234_5678] {
             assert_eq!(hex(n).as_slice(), format!("{n:x}").as_bytes());
+        }
+    }
+
+    #[test]
+    fn hex_pairs_are_each_bytes_two_digits() {
+        for b in 0..=255u8 {
+            assert_eq!(HEX_PAIRS[usize::from(b)], format!("{b:02x}").as_bytes(), "{b}");
         }
     }
 
@@ -124,5 +161,24 @@ mod tests {
             assert_eq!(serde_json::from_str::<String>(&json).unwrap(), s, "{json}");
         }
         assert_eq!(text(|o| push_json_str(o, "\u{1}")), r#""\u0001""#);
+    }
+
+    #[test]
+    fn every_byte_that_needs_an_escape_is_found_wherever_it_is() {
+        for len in 0..=17 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    // Neighbours that sit just around the borders the
+                    // word test works with.
+                    let mut bytes = vec![0x7f_u8; len];
+                    bytes[at] = b;
+                    let naive = bytes.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+                    assert_eq!(needs_json_escape(&bytes), naive, "{bytes:?}");
+                    bytes.iter_mut().enumerate().filter(|(i, _)| *i != at).for_each(|(_, c)| *c = 0x20);
+                    let naive = bytes.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+                    assert_eq!(needs_json_escape(&bytes), naive, "{bytes:?}");
+                }
+            }
+        }
     }
 }

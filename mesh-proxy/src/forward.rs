@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::{Entry, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use mesh_core::authz::{AuthzRequest, Decision};
@@ -161,16 +161,17 @@ fn local_reply(status: StatusCode, text: &str) -> Response<Body> {
 
 impl Forwarder {
     pub async fn handle(&self, req: Request<Body>, ingress: &Ingress) -> Response<Body> {
-        let started = Instant::now();
         let live = self.live.load_full();
         let (mut head, incoming) = req.into_parts();
-        let request_id = match head.headers.get(&X_REQUEST_ID) {
-            Some(id) if !id.is_empty() && id.to_str().is_ok() => id.clone(),
-            _ => {
-                let id = new_request_id();
-                head.headers.insert(X_REQUEST_ID.clone(), id.clone());
-                id
+        // One lookup (a hash of the name) for both the look and the insert.
+        let request_id = match head.headers.entry(X_REQUEST_ID.clone()) {
+            Entry::Occupied(id) if !id.get().is_empty() && id.get().to_str().is_ok() => id.get().clone(),
+            Entry::Occupied(mut id) => {
+                let fresh = new_request_id();
+                id.insert(fresh.clone());
+                fresh
             }
+            Entry::Vacant(slot) => slot.insert(new_request_id()).clone(),
         };
         let mut record = self.metrics.start(&head, request_id);
         let mut response = self.route_and_forward(&live, &mut head, incoming, ingress, &mut record).await;
@@ -179,7 +180,7 @@ impl Forwarder {
         if record.grpc {
             record.grpc_status = response.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_string);
         }
-        self.metrics.record(&record, started.elapsed());
+        self.metrics.record(&record, record.started.elapsed());
         response
     }
 
@@ -345,7 +346,6 @@ impl Forwarder {
             record.flag = Flag::NoCluster;
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
         };
-        let started = Instant::now();
         let upgrade = upgrade_protocol(head);
         strip_hop_by_hop(&mut head.headers);
         if let Some(protocol) = &upgrade {
@@ -411,17 +411,16 @@ impl Forwarder {
                 record.flag = Flag::NoHealthyUpstream;
                 return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
             };
-            let timeout = match try_timeout(
-                route.timeout,
-                route.retry.as_ref().and_then(|r| r.per_try_timeout),
-                started.elapsed(),
-            ) {
-                Ok(t) => t,
-                Err(_) => {
-                    record.flag = Flag::Timeout;
-                    return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
-                }
-            };
+            // The clock is read only when there is a route timeout to spend.
+            let elapsed = route.timeout.map_or(Duration::ZERO, |_| record.started.elapsed());
+            let timeout =
+                match try_timeout(route.timeout, route.retry.as_ref().and_then(|r| r.per_try_timeout), elapsed) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        record.flag = Flag::Timeout;
+                        return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+                    }
+                };
             let body = match (&buffered, stream.take()) {
                 (Some(b), _) => RequestBody::Full(b.clone()),
                 (None, Some(s)) => RequestBody::Stream(s),
@@ -640,18 +639,20 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 fn append_forwarded(headers: &mut HeaderMap, ingress: &Ingress) {
-    let value = match headers.get(&X_FORWARDED_FOR) {
-        Some(existing) => {
+    match headers.entry(X_FORWARDED_FOR.clone()) {
+        Entry::Occupied(mut forwarded) => {
+            let existing = forwarded.get();
             let mut value = Vec::with_capacity(existing.len() + 2 + ingress.peer_entry.len());
             value.extend_from_slice(existing.as_bytes());
             value.extend_from_slice(b", ");
             value.extend_from_slice(ingress.peer_entry.as_bytes());
-            HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                forwarded.insert(v);
+            }
         }
-        None => Some(ingress.peer_entry.clone()),
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        Entry::Vacant(slot) => {
+            slot.insert(ingress.peer_entry.clone());
+        }
     }
     headers.entry(X_FORWARDED_PROTO.clone()).or_insert(HeaderValue::from_static(ingress.scheme));
 }
@@ -794,8 +795,7 @@ fn new_request_id() -> HeaderValue {
             id[at] = b'-';
             at += 1;
         }
-        id[at] = ascii::HEX_DIGITS[usize::from(byte >> 4)];
-        id[at + 1] = ascii::HEX_DIGITS[usize::from(byte & 0xf)];
+        id[at..at + 2].copy_from_slice(&ascii::HEX_PAIRS[usize::from(byte)]);
         at += 2;
     }
     // Hex digits and dashes are always a valid header value.

@@ -552,6 +552,17 @@ mod tests {
     }
 
     #[test]
+    fn field_values_keep_their_bytes_ascii_or_not() {
+        let raw = b"HTTP/1.1 200 OK\r\nx-ascii: plain\ttext\r\nx-latin: caf\xe9\r\ncontent-length: 0\r\n\r\n";
+        let parsed = parse(raw, &Method::GET).unwrap().unwrap();
+        let h = &parsed.head.headers;
+        assert_eq!(h["x-ascii"], "plain\ttext");
+        assert_eq!(h["x-latin"].as_bytes(), b"caf\xe9");
+        assert!(h["x-latin"].to_str().is_err(), "obs-text is not taken for UTF-8");
+        assert!(parse(b"HTTP/1.1 200 OK\r\nx-del: a\x7fb\r\n\r\n", &Method::GET).is_err());
+    }
+
+    #[test]
     fn header_names_seen_before_are_reused_as_they_were() {
         let raw = b"HTTP/1.1 200 OK\r\nX-Upper: 1\r\nx-backend: a\r\ncontent-length: 0\r\nx-backend: b\r\n\r\n";
         for _ in 0..3 {
@@ -561,10 +572,11 @@ mod tests {
             assert_eq!(h.get_all("x-backend").iter().collect::<Vec<_>>(), ["a", "b"]);
             assert_eq!(h.len(), 4);
         }
-        // Lower-case names are remembered once each; `X-Upper` never is.
+        // Lower-case names are remembered at most once each (their slot
+        // may be another's: tests share the table); `X-Upper` never is.
         let known = wire::known_names();
         let times = |name: &str| known.iter().filter(|n| *n == name).count();
-        assert_eq!((times("x-backend"), times("content-length")), (1, 1), "{known:?}");
+        assert!(times("x-backend") <= 1 && times("content-length") <= 1, "{known:?}");
         assert!(!known.iter().any(|n| n == "x-upper"), "{known:?}");
         assert!(wire::header_name(b"bad name").is_err());
     }

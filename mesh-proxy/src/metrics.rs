@@ -4,7 +4,7 @@
 //! ([`crate::access_log`]) is written from here.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,6 +126,9 @@ pub struct Metrics {
 /// names borrow from the live config the request was served with, so
 /// recording costs no copies.
 pub struct RequestRecord<'a> {
+    /// When the request came in: its duration and its route timeout count
+    /// from here (one clock read for both).
+    pub started: Instant,
     pub request_id: HeaderValue,
     pub route: &'a str,
     pub cluster: &'a str,
@@ -199,6 +202,7 @@ impl Metrics {
     /// Start the record of one request.
     pub fn start<'a>(&self, head: &http::request::Parts, request_id: HeaderValue) -> RequestRecord<'a> {
         RequestRecord {
+            started: Instant::now(),
             request_id,
             route: "",
             cluster: "",

@@ -5,6 +5,7 @@
 //! ([`crate::downstream`]) own the sockets.
 
 use std::io;
+use std::sync::OnceLock;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
@@ -20,37 +21,58 @@ pub(crate) const READ_SIZE: usize = 8 * 1024;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
-thread_local! {
-    /// The header names this thread's connections saw: peers send the same
-    /// ones every time, and a name seen before is then neither validated nor
-    /// allocated again. Kept per thread, not per connection: a thousand pooled
-    /// upstream connections to one service would each hold the same list.
-    static KNOWN: std::cell::RefCell<Vec<HeaderName>> = const { std::cell::RefCell::new(Vec::new()) };
+/// The header names the proxy's connections saw: peers send the same ones
+/// every time, and a name seen before is then neither validated nor
+/// allocated again. Direct-mapped, and shared by all threads: a name's slot
+/// is found without a search or a lock, and the first name to land on a
+/// slot keeps it for the process's life (its text is kept for good, so
+/// that handing it out copies a pointer, not a reference count). At most
+/// `KNOWN_SLOTS` names of at most `KNOWN_NAME_MAX` bytes are ever kept; a
+/// name whose slot is taken is only validated each time, as without this.
+static KNOWN: [OnceLock<KnownName>; KNOWN_SLOTS] = [const { OnceLock::new() }; KNOWN_SLOTS];
+
+/// Room enough that the common names (those of browsers, curl, Envoy,
+/// gRPC) each have a slot of their own.
+const KNOWN_SLOTS: usize = 128;
+const KNOWN_NAME_MAX: usize = 64;
+
+struct KnownName {
+    name: HeaderName,
+    /// Which framing field it is, worked out once.
+    seen: Seen,
 }
 
-/// How many names a thread remembers (the first ones it meets).
-const KNOWN_NAMES: usize = 32;
+/// The slot of a raw name: its length and three of its bytes (which tell
+/// apart `x-backend-version` and `x-backend-instance`), Fibonacci-hashed.
+fn known_slot(raw: &[u8]) -> usize {
+    let (Some(&first), Some(&last)) = (raw.first(), raw.last()) else { return 0 };
+    let middle = raw[raw.len() / 2];
+    let key = u32::from_le_bytes([raw.len() as u8, first, middle, last]);
+    (key.wrapping_mul(0x9E37_79B1) >> (32 - KNOWN_SLOTS.trailing_zeros())) as usize
+}
 
-/// The header name for `raw`, validated (and lower-cased) unless this
-/// thread has seen it before.
-pub(crate) fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-    KNOWN.with(|known| {
-        let mut known = known.borrow_mut();
-        if let Some(name) = known.iter().find(|n| n.as_str().as_bytes() == raw) {
-            return Ok(name.clone());
-        }
-        let name = HeaderName::from_bytes(raw)?;
-        // Only names sent in lower case would ever match again.
-        if known.len() < KNOWN_NAMES && name.as_str().as_bytes() == raw {
-            known.push(name.clone());
-        }
-        Ok(name)
-    })
+/// The header name for `raw`, validated (and lower-cased) unless it was
+/// seen before, with the framing field it is.
+pub(crate) fn header_name(raw: &[u8]) -> Result<(HeaderName, Seen), http::header::InvalidHeaderName> {
+    let slot = &KNOWN[known_slot(raw)];
+    if let Some(k) = slot.get().filter(|k| k.name.as_str().as_bytes() == raw) {
+        return Ok((k.name.clone(), k.seen));
+    }
+    let name = HeaderName::from_bytes(raw)?;
+    let seen = Seen::of(&name);
+    // Only names sent in lower case would ever match again.
+    if slot.get().is_none() && raw.len() <= KNOWN_NAME_MAX && name.as_str().as_bytes() == raw {
+        slot.get_or_init(|| {
+            let text: &'static str = Box::leak(name.as_str().into());
+            KnownName { name: HeaderName::from_static(text), seen }
+        });
+    }
+    Ok((name, seen))
 }
 
 #[cfg(test)]
 pub(crate) fn known_names() -> Vec<String> {
-    KNOWN.with(|known| known.borrow().iter().map(|n| n.as_str().to_string()).collect())
+    KNOWN.iter().filter_map(OnceLock::get).map(|k| k.name.as_str().to_string()).collect()
 }
 
 /// The header fields httparse found, as offsets into the head's bytes,
@@ -70,6 +92,29 @@ pub(crate) struct Seen {
     pub(crate) connection: bool,
     pub(crate) expect: bool,
     pub(crate) upgrade: bool,
+}
+
+impl Seen {
+    /// The field `name` is, if it is one of these.
+    fn of(name: &HeaderName) -> Seen {
+        Seen {
+            content_length: name == CONTENT_LENGTH,
+            transfer_encoding: name == TRANSFER_ENCODING,
+            connection: name == CONNECTION,
+            expect: name == EXPECT,
+            upgrade: name == UPGRADE,
+        }
+    }
+
+    fn or(self, other: Seen) -> Seen {
+        Seen {
+            content_length: self.content_length | other.content_length,
+            transfer_encoding: self.transfer_encoding | other.transfer_encoding,
+            connection: self.connection | other.connection,
+            expect: self.expect | other.expect,
+            upgrade: self.upgrade | other.upgrade,
+        }
+    }
 }
 
 /// Room in a request's map for the fields the proxy adds to every one
@@ -93,13 +138,8 @@ impl RawHeaders {
     ) -> Result<(), &'static str> {
         let base = buf.as_ptr() as usize;
         for h in parsed {
-            let name = header_name(h.name.as_bytes()).map_err(|_| "header name")?;
-            let seen = &mut self.seen;
-            seen.content_length |= name == CONTENT_LENGTH;
-            seen.transfer_encoding |= name == TRANSFER_ENCODING;
-            seen.connection |= name == CONNECTION;
-            seen.expect |= name == EXPECT;
-            seen.upgrade |= name == UPGRADE;
+            let (name, seen) = header_name(h.name.as_bytes()).map_err(|_| "header name")?;
+            self.seen = self.seen.or(seen);
             let start = (h.value.as_ptr() as usize).wrapping_sub(base);
             if start.checked_add(h.value.len()).is_none_or(|end| end > used) {
                 return Err("header value");
@@ -114,7 +154,17 @@ impl RawHeaders {
     pub(crate) fn take_map(&mut self, head: &Bytes, room: usize) -> Result<HeaderMap, &'static str> {
         let mut map = HeaderMap::with_capacity(self.located.len() + room);
         for (name, start, len) in self.located.drain(..) {
-            let value = HeaderValue::from_maybe_shared(head.slice(start..start + len)).map_err(|_| "header value")?;
+            let value = head.slice(start..start + len);
+            let value = if value.is_ascii() {
+                // SAFETY: the one requirement is UTF-8, which ASCII is.
+                // The check skipped is httparse's own: a field value it
+                // parsed holds only HTAB, SP, VCHAR and obs-text (RFC 9110
+                // section 5.5), the bytes `from_maybe_shared` allows; and
+                // ASCII is checked a word at a time, not a byte.
+                unsafe { HeaderValue::from_maybe_shared_unchecked(value) }
+            } else {
+                HeaderValue::from_maybe_shared(value).map_err(|_| "header value")?
+            };
             map.append(name, value);
         }
         Ok(map)
@@ -289,6 +339,87 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn common_names_have_slots_of_their_own() {
+        let common = [
+            "host",
+            "user-agent",
+            "accept",
+            "accept-encoding",
+            "accept-language",
+            "content-length",
+            "content-type",
+            "date",
+            "connection",
+            "server",
+            "cache-control",
+            "transfer-encoding",
+            "vary",
+            "etag",
+            "last-modified",
+            "cookie",
+            "set-cookie",
+            "authorization",
+            "referer",
+            "origin",
+            "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-envoy-upstream-service-time",
+            "te",
+            "grpc-status",
+            "grpc-message",
+            "x-backend-version",
+            "x-backend-instance",
+            "x-backend-protocol",
+            "x-backend-connection-requests",
+        ];
+        let mut slots: Vec<usize> = common.iter().map(|n| known_slot(n.as_bytes())).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), common.len());
+    }
+
+    #[test]
+    fn remembered_names_keep_their_framing_role_when_slots_are_shared() {
+        // More names than slots, so that names land on each other's slots,
+        // and every round finds some remembered and some not.
+        let mut names: Vec<String> = (0..3 * KNOWN_SLOTS).map(|i| format!("x-custom-{i}")).collect();
+        names.extend(
+            ["content-length", "transfer-encoding", "connection", "expect", "upgrade", "host"].map(String::from),
+        );
+        for _ in 0..3 {
+            for raw in &names {
+                let (name, seen) = header_name(raw.as_bytes()).unwrap();
+                assert_eq!(name.as_str(), raw);
+                assert!(
+                    KNOWN[known_slot(raw.as_bytes())].get().is_some(),
+                    "{raw}: its slot is taken, by it or another"
+                );
+                assert_eq!(
+                    [seen.content_length, seen.transfer_encoding, seen.connection, seen.expect, seen.upgrade],
+                    [
+                        raw == "content-length",
+                        raw == "transfer-encoding",
+                        raw == "connection",
+                        raw == "expect",
+                        raw == "upgrade"
+                    ],
+                    "{raw}"
+                );
+            }
+        }
+        // Upper case is validated (and lower-cased) every time, never kept.
+        assert_eq!(header_name(b"Content-Length").unwrap().0, CONTENT_LENGTH);
+        assert!(header_name(b"Content-Length").unwrap().1.content_length);
+        assert!(!known_names().iter().any(|n| n.bytes().any(|b| b.is_ascii_uppercase())));
+        // Long names are not kept for good.
+        let long = "x-".repeat(KNOWN_NAME_MAX);
+        assert_eq!(header_name(long.as_bytes()).unwrap().0.as_str(), long);
+        assert!(!known_names().contains(&long));
+        assert!(header_name(b"").is_err() && header_name(b"bad name").is_err());
     }
 
     #[test]
