@@ -411,16 +411,15 @@ impl Forwarder {
                 record.flag = Flag::NoHealthyUpstream;
                 return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
             };
-            // The clock is read only when there is a route timeout to spend.
-            let elapsed = route.timeout.map_or(Duration::ZERO, |_| record.started.elapsed());
-            let timeout =
-                match try_timeout(route.timeout, route.retry.as_ref().and_then(|r| r.per_try_timeout), elapsed) {
-                    Ok(t) => t,
-                    Err(_) => {
-                        record.flag = Flag::Timeout;
-                        return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
-                    }
-                };
+            let timeout = match try_timeout(route.timeout, route.retry.as_ref().and_then(|r| r.per_try_timeout), || {
+                record.started.elapsed()
+            }) {
+                Ok(t) => t,
+                Err(_) => {
+                    record.flag = Flag::Timeout;
+                    return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+                }
+            };
             let body = match (&buffered, stream.take()) {
                 (Some(b), _) => RequestBody::Full(b.clone()),
                 (None, Some(s)) => RequestBody::Stream(s),

@@ -199,14 +199,18 @@ pub struct RouteTimedOut;
 
 /// How long the next try may take, as Envoy computes it: the per-try
 /// timeout, cut to what is left of the route timeout (`None`: unbounded).
+/// `elapsed` (time since the request came in) is asked only when there is
+/// a route timeout: it reads the clock, on every request.
 pub fn try_timeout(
     route_timeout: Option<Duration>,
     per_try_timeout: Option<Duration>,
-    elapsed: Duration,
+    elapsed: impl FnOnce() -> Duration,
 ) -> Result<Option<Duration>, RouteTimedOut> {
     let remaining = match route_timeout {
-        Some(total) if elapsed >= total => return Err(RouteTimedOut),
-        Some(total) => Some(total - elapsed),
+        Some(total) => match total.checked_sub(elapsed()) {
+            Some(left) if !left.is_zero() => Some(left),
+            _ => return Err(RouteTimedOut),
+        },
         None => None,
     };
     Ok(match (remaining, per_try_timeout) {
@@ -324,12 +328,14 @@ mod tests {
     #[test]
     fn try_timeout_is_the_per_try_timeout_cut_to_the_route_deadline() {
         let s = Duration::from_secs;
-        assert_eq!(try_timeout(None, None, s(100)), Ok(None));
-        assert_eq!(try_timeout(None, Some(s(2)), s(100)), Ok(Some(s(2))));
-        assert_eq!(try_timeout(Some(s(10)), None, s(3)), Ok(Some(s(7))));
-        assert_eq!(try_timeout(Some(s(10)), Some(s(2)), s(3)), Ok(Some(s(2))));
-        assert_eq!(try_timeout(Some(s(10)), Some(s(2)), s(9)), Ok(Some(s(1))));
-        assert_eq!(try_timeout(Some(s(10)), Some(s(2)), s(10)), Err(RouteTimedOut));
+        assert_eq!(try_timeout(None, None, || s(100)), Ok(None));
+        assert_eq!(try_timeout(None, Some(s(2)), || s(100)), Ok(Some(s(2))));
+        assert_eq!(try_timeout(Some(s(10)), None, || s(3)), Ok(Some(s(7))));
+        assert_eq!(try_timeout(Some(s(10)), Some(s(2)), || s(3)), Ok(Some(s(2))));
+        assert_eq!(try_timeout(Some(s(10)), Some(s(2)), || s(9)), Ok(Some(s(1))));
+        assert_eq!(try_timeout(Some(s(10)), Some(s(2)), || s(10)), Err(RouteTimedOut));
+        // Without a route timeout the clock is not read.
+        assert_eq!(try_timeout(None, Some(s(2)), || unreachable!("elapsed asked for")), Ok(Some(s(2))));
     }
 
     #[test]
