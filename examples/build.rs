@@ -13,12 +13,19 @@
 //! `--symbol-ordering-file`, so the flag is first tried on an empty program
 //! with the same rustc, target, linker and flags; with any other linker the
 //! binaries keep the default layout.
+//!
+//! Their relative relocations are packed too (`-z pack-relative-relocs`,
+//! DT_RELR: 0.5 MB of `.rela.dyn` down to 6 KB, 0.1-0.3 MB less resident),
+//! where the linker then marks the binary as needing glibc 2.36's
+//! `GLIBC_ABI_DT_RELR`: an older loader refuses it with a clear error
+//! instead of running it with its pointers unrelocated.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const ORDER_FILE: &str = "gateway.order";
+const BINS: [&str; 2] = ["gateway", "sidecar"];
 
 fn main() {
     println!("cargo:rerun-if-changed={ORDER_FILE}");
@@ -26,27 +33,41 @@ fn main() {
     let (Some(manifest_dir), Some(out_dir)) = (env::var_os("CARGO_MANIFEST_DIR"), env::var_os("OUT_DIR")) else {
         return;
     };
+    let out_dir = Path::new(&out_dir);
     let order_file = Path::new(&manifest_dir).join(ORDER_FILE);
-    let order_arg = format!("-Wl,--symbol-ordering-file={}", order_file.display());
-    if order_file.exists() && linker_takes(&order_arg, Path::new(&out_dir)) {
-        for bin in ["gateway", "sidecar"] {
-            println!("cargo:rustc-link-arg-bin={bin}={order_arg}");
-            // Names a build lacks (another toolchain, a changed dependency)
-            // are no error: those functions keep the default layout.
-            println!("cargo:rustc-link-arg-bin={bin}=-Wl,--no-warn-symbol-ordering");
+    // Names a build lacks (another toolchain, a changed dependency) are no
+    // error: those functions keep the default layout.
+    let order =
+        [format!("-Wl,--symbol-ordering-file={}", order_file.display()), "-Wl,--no-warn-symbol-ordering".into()];
+    if order_file.exists() && probe_link(&order, out_dir).is_some() {
+        link_args(&order);
+    }
+    let relr = ["-Wl,-z,pack-relative-relocs".to_string()];
+    let marked = probe_link(&relr, out_dir)
+        .and_then(|binary| std::fs::read(binary).ok())
+        .is_some_and(|bytes| bytes.windows(17).any(|w| w == b"GLIBC_ABI_DT_RELR"));
+    if marked {
+        link_args(&relr);
+    }
+}
+
+fn link_args(args: &[String]) {
+    for bin in BINS {
+        for arg in args {
+            println!("cargo:rustc-link-arg-bin={bin}={arg}");
         }
     }
 }
 
-/// Whether an empty program links with `link_arg` the way this build links.
-fn linker_takes(link_arg: &str, out_dir: &Path) -> bool {
-    let source = out_dir.join("order_probe.rs");
-    if std::fs::write(&source, "fn main() {}\n").is_err() {
-        return false;
-    }
+/// An empty program linked with `link_args` the way this build links (the
+/// same rustc, target, linker and flags), if it links.
+fn probe_link(link_args: &[String], out_dir: &Path) -> Option<PathBuf> {
+    let source = out_dir.join("link_probe.rs");
+    let binary = out_dir.join("link_probe");
+    std::fs::write(&source, "fn main() {}\n").ok()?;
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let mut probe = Command::new(rustc);
-    probe.arg(&source).arg("-o").arg(out_dir.join("order_probe"));
+    probe.arg(&source).arg("-o").arg(&binary);
     if let Some(target) = env::var_os("TARGET") {
         probe.arg("--target").arg(target);
     }
@@ -55,7 +76,7 @@ fn linker_takes(link_arg: &str, out_dir: &Path) -> bool {
     }
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     probe.args(flags.split('\x1f').filter(|flag| !flag.is_empty()));
-    probe.arg(format!("-Clink-arg={link_arg}")).arg("-Clink-arg=-Wl,--no-warn-symbol-ordering");
+    probe.args(link_args.iter().map(|arg| format!("-Clink-arg={arg}")));
     probe.stdout(Stdio::null()).stderr(Stdio::null());
-    probe.status().is_ok_and(|status| status.success())
+    probe.status().ok()?.success().then_some(binary)
 }
