@@ -6,8 +6,8 @@
 //! touched, so the 1,600 functions the gateway runs, spread over its 16 MB
 //! of code, kept 7-8 MB of it resident at idle; packed, they take under
 //! 3 MB. The sidecar runs mostly the same functions: with the same order it
-//! idles at 9.7 MB instead of 11.6 (its own bin-crate functions carry other
-//! hashes and keep the default layout).
+//! idles at 9.6-9.7 MB instead of 12.3 (its own bin-crate functions carry
+//! other hashes and keep the default layout).
 //!
 //! Only lld (Rust's default linker on x86_64 Linux since 1.90) and mold take
 //! `--symbol-ordering-file`, so the flag is first tried on an empty program
@@ -15,7 +15,7 @@
 //! binaries keep the default layout.
 //!
 //! Their relative relocations are packed too (`-z pack-relative-relocs`,
-//! DT_RELR: 0.5 MB of `.rela.dyn` down to 6 KB, 0.1-0.3 MB less resident),
+//! DT_RELR: 0.5 MB of `.rela.dyn` down to 6 KB, 0.3-0.4 MB less resident),
 //! where the linker then marks the binary as needing glibc 2.36's
 //! `GLIBC_ABI_DT_RELR`: an older loader refuses it with a clear error
 //! instead of running it with its pointers unrelocated.
@@ -30,6 +30,7 @@ const BINS: [&str; 2] = ["gateway", "sidecar"];
 fn main() {
     println!("cargo:rerun-if-changed={ORDER_FILE}");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let (Some(manifest_dir), Some(out_dir)) = (env::var_os("CARGO_MANIFEST_DIR"), env::var_os("OUT_DIR")) else {
         return;
     };

@@ -6,7 +6,7 @@ side (examples/build.rs passes it as --symbol-ordering-file).
   python3 benches/load/orderfile.py [--gateway PATH] [--out PATH]
 
 Why: the kernel maps a binary's code in 64 KiB chunks around each page
-touched, so a few hundred small functions spread over 16 MB of .text keep
+touched, so the 1,600 functions that run, spread over 16 MB of .text, kept
 7-8 MB of it resident. Packed together they fit in under 3 MB.
 
 How: the release gateway runs under `valgrind --tool=callgrind` on the load
@@ -22,6 +22,7 @@ valgrind, wrk and h2load.
 import argparse
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,9 @@ def main():
     for b in (binary, backend_bin):
         if not os.path.exists(b):
             sys.exit(f"{b} missing: cargo build --release -p examples --bins")
+    missing = [tool for tool in ("valgrind", "wrk", "h2load", "nm") if not shutil.which(tool)]
+    if missing:
+        sys.exit(f"{', '.join(missing)} not found: apt-get install valgrind wrk nghttp2-client binutils")
 
     work = tempfile.mkdtemp(prefix="orderfile-")
     profile = os.path.join(work, "callgrind.out")
