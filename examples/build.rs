@@ -35,12 +35,16 @@ fn main() {
         return;
     };
     let out_dir = Path::new(&out_dir);
-    let order_file = Path::new(&manifest_dir).join(ORDER_FILE);
+    // Linked from a copy in OUT_DIR, not from the source tree: clones at
+    // other paths that share a target directory share this script's output
+    // too, and a path into one clone fails every link once it is gone.
+    let order_file = out_dir.join(ORDER_FILE);
+    let copied = std::fs::copy(Path::new(&manifest_dir).join(ORDER_FILE), &order_file).is_ok();
     // Names a build lacks (another toolchain, a changed dependency) are no
     // error: those functions keep the default layout.
     let order =
         [format!("-Wl,--symbol-ordering-file={}", order_file.display()), "-Wl,--no-warn-symbol-ordering".into()];
-    if order_file.exists() && probe_link(&order, out_dir).is_some() {
+    if copied && probe_link(&order, out_dir).is_some() {
         link_args(&order);
     }
     let relr = ["-Wl,-z,pack-relative-relocs".to_string()];
