@@ -29,14 +29,15 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::{Fuse, FusedFuture};
 use futures_util::FutureExt;
-use http::header::{CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
+use http::{Method, Request, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::answer::Answer;
 use crate::ascii;
 use crate::body::{self, Body, BoxError};
 use crate::wire::{self, Decoded, Framing, RawHeaders, MAX_HEAD, MAX_HEADERS, READ_SIZE};
@@ -100,7 +101,7 @@ impl OnUpgrade {
 
 /// Serve HTTP/1.1 on `io` until the client closes, a request says
 /// `Connection: close`, or `drain` turns true.
-pub async fn serve<IO, F, Fut>(
+pub async fn serve<IO, F, Fut, A>(
     io: IO,
     settings: Settings,
     drain: &mut watch::Receiver<bool>,
@@ -109,7 +110,8 @@ pub async fn serve<IO, F, Fut>(
 where
     IO: Io,
     F: FnMut(Request<Body>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
+    Fut: Future<Output = A>,
+    A: Into<Answer>,
 {
     let now = Instant::now();
     let mut conn = Conn {
@@ -169,7 +171,7 @@ where
             }
         };
         let reading = reader.map(|(frames, wanted)| conn.read_body(&mut framing, frames, wanted));
-        let response = Answer { answering: handle(Request::from_parts(head, body)), reading }.await;
+        let response = WhileReading { answering: handle(Request::from_parts(head, body)), reading }.await.into();
         // A body left unread would be taken for the next request.
         if framing != Framing::Done {
             keep_alive = false;
@@ -200,7 +202,7 @@ pin_project! {
     /// the task's layout can then give the handler's state (the largest
     /// part of the task) the room that reading a head and writing an
     /// answer use, instead of room of its own.
-    struct Answer<A, R> {
+    struct WhileReading<A, R> {
         #[pin]
         answering: A,
         #[pin]
@@ -208,7 +210,7 @@ pin_project! {
     }
 }
 
-impl<A: Future, R: Future<Output = ()>> Future for Answer<A, R> {
+impl<A: Future, R: Future<Output = ()>> Future for WhileReading<A, R> {
     type Output = A::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<A::Output> {
@@ -386,18 +388,17 @@ impl<IO: Io> Conn<IO> {
     /// Write the answer; `Ok(false)`: the connection must close after it.
     async fn respond(
         &mut self,
-        response: Response<Body>,
+        response: Answer,
         method: &Method,
         version: Version,
         mut keep_alive: bool,
     ) -> Result<bool, ServeError> {
-        let (parts, mut body) = response.into_parts();
-        let status = parts.status;
+        let status = response.status();
         let bodiless = *method == Method::HEAD
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let length = body.size_hint().exact();
+        let length = response.body().size_hint().exact();
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         out.put_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
@@ -405,7 +406,8 @@ impl<IO: Io> Conn<IO> {
         out.put_u8(b' ');
         out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.put_slice(b"\r\n");
-        let written = write_headers(&mut out, &parts.headers);
+        let written = write_headers(&mut out, response.fields());
+        let mut body = response.into_body();
         if !written.date {
             out.put_slice(b"date: ");
             out.put_slice(&http_date());
@@ -486,7 +488,7 @@ impl<IO: Io> Conn<IO> {
         if chunked {
             out.put_slice(b"0\r\n");
             if let Some(trailers) = &trailers {
-                let _ = write_headers(out, trailers);
+                let _ = write_headers(out, trailers.iter());
             }
             out.put_slice(b"\r\n");
         }
@@ -559,7 +561,7 @@ struct Written {
 
 /// Header fields as they are, but for `transfer-encoding`: the framing of
 /// what is written here is this connection's to say.
-fn write_headers(out: &mut BytesMut, headers: &HeaderMap) -> Written {
+fn write_headers<'a>(out: &mut BytesMut, headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) -> Written {
     let mut written = Written::default();
     for (name, value) in headers {
         if *name == TRANSFER_ENCODING {
@@ -743,6 +745,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
 mod tests {
     use super::*;
     use http::header::UPGRADE;
+    use http::Response;
     use tokio::net::{TcpListener, TcpStream};
 
     const SETTINGS: Settings =

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use mesh_core::resilience::retry::{try_timeout, Outcome, RetryDecision, RetrySta
 use mesh_core::routing::{pick_weighted, CompiledMatcher, RequestView};
 use rustc_hash::FxHashMap;
 
+use crate::answer::Answer;
 use crate::ascii;
 use crate::body::{self, Body, REPLAY_LIMIT};
 use crate::cluster::ClusterState;
@@ -152,15 +153,21 @@ impl Flag {
     }
 }
 
-fn local_reply(status: StatusCode, text: &str) -> Response<Body> {
+fn local_reply(status: StatusCode, text: &str) -> Answer {
     let mut r = Response::new(body::full(Bytes::copy_from_slice(text.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r
+    r.into()
 }
 
 impl Forwarder {
     pub async fn handle(&self, req: Request<Body>, ingress: &Ingress) -> Response<Body> {
+        self.answer(req, ingress).await.into_response()
+    }
+
+    /// [`Forwarder::handle`], for a writer that takes the upstream's fields
+    /// as they came ([`Answer`]).
+    pub async fn answer(&self, req: Request<Body>, ingress: &Ingress) -> Answer {
         let live = self.live.load_full();
         let (mut head, incoming) = req.into_parts();
         // One lookup (a hash of the name) for both the look and the insert.
@@ -175,10 +182,10 @@ impl Forwarder {
         };
         let mut record = self.metrics.start(&head, request_id);
         let mut response = self.route_and_forward(&live, &mut head, incoming, ingress, &mut record).await;
-        response.headers_mut().entry(X_REQUEST_ID.clone()).or_insert_with(|| record.request_id.clone());
+        response.add_if_absent(&X_REQUEST_ID, || record.request_id.clone());
         record.status = response.status().as_u16();
         if record.grpc {
-            record.grpc_status = response.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_string);
+            record.grpc_status = response.header(&GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_string);
         }
         self.metrics.record(&record, record.started.elapsed());
         response
@@ -191,7 +198,7 @@ impl Forwarder {
         incoming: Body,
         ingress: &Ingress,
         record: &mut RequestRecord<'a>,
-    ) -> Response<Body> {
+    ) -> Answer {
         // An explicit proxy port routes by the port the request names.
         let by_authority = ingress.route_by_authority_port.then(|| {
             let authority = RequestView::from_parts(head, ingress.port).authority;
@@ -249,7 +256,7 @@ impl Forwarder {
             if head.method == http::Method::OPTIONS
                 && head.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
             {
-                return preflight_response(cors, origin);
+                return preflight_response(cors, origin).into();
             }
         }
         let mut response = self.dispatch(live, head, incoming, route, ingress, record).await;
@@ -268,14 +275,14 @@ impl Forwarder {
         route: &'a Route,
         ingress: &Ingress,
         record: &mut RequestRecord<'a>,
-    ) -> Response<Body> {
+    ) -> Answer {
         let clusters = match &route.action {
             RouteAction::DirectResponse { status, body } => {
                 let mut r = Response::new(body.clone().map_or_else(body::empty, body::full));
                 *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return r;
+                return r.into();
             }
-            RouteAction::Redirect(redirect) => return redirect_response(redirect, head, ingress.port),
+            RouteAction::Redirect(redirect) => return redirect_response(redirect, head, ingress.port).into(),
             RouteAction::Forward { clusters } => clusters,
         };
         let Some(chosen) = pick_weighted(clusters, fastrand::u64(..)) else {
@@ -312,7 +319,7 @@ impl Forwarder {
         }
         let mut response =
             match filtered.as_mut().map(|(_, action, _)| std::mem::replace(action, RequestAction::Continue)) {
-                Some(RequestAction::Respond(r)) => r.map(body::full),
+                Some(RequestAction::Respond(r)) => r.map(body::full).into(),
                 _ => {
                     apply_request_ops(&mut head.headers, &route.headers);
                     apply_request_ops(&mut head.headers, &chosen.headers);
@@ -320,15 +327,15 @@ impl Forwarder {
                     self.forward(live, head, incoming, route, chosen, ingress, record).await
                 }
             };
-        apply_response_ops(response.headers_mut(), &route.headers);
-        apply_response_ops(response.headers_mut(), &chosen.headers);
+        apply_response_ops(&mut response, &route.headers);
+        apply_response_ops(&mut response, &chosen.headers);
         let Some((ran, _, mut ctx)) = filtered else { return response };
-        let (mut parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_response().into_parts();
         if let Err(e) = self.filters.on_response(ran, &mut parts, &mut ctx).await {
             tracing::warn!("{e}");
         }
         self.filters.on_log(&ctx);
-        Response::from_parts(parts, body)
+        Response::from_parts(parts, body).into()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -341,7 +348,7 @@ impl Forwarder {
         chosen: &WeightedCluster,
         ingress: &Ingress,
         record: &mut RequestRecord<'_>,
-    ) -> Response<Body> {
+    ) -> Answer {
         let Some(cluster) = live.clusters.get(&chosen.cluster) else {
             record.flag = Flag::NoCluster;
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
@@ -446,14 +453,14 @@ impl Forwarder {
                     // policy asks about rate limiting.
                     let grpc_status = record
                         .grpc
-                        .then(|| r.headers().get(&GRPC_STATUS))
+                        .then(|| r.header(&GRPC_STATUS))
                         .flatten()
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
                     let outcome = Outcome::Response {
                         status: r.status().as_u16(),
                         grpc_status,
-                        rate_limited: retry.is_some() && r.headers().contains_key(&X_ENVOY_RATELIMITED),
+                        rate_limited: retry.is_some() && r.header(&X_ENVOY_RATELIMITED).is_some(),
                     };
                     (outcome, Some(r))
                 }
@@ -487,10 +494,14 @@ impl Forwarder {
                         tunnel(head, &mut r);
                         return r;
                     }
-                    strip_hop_by_hop(r.headers_mut());
+                    // Most answers carry no hop-by-hop field: a look at the
+                    // names, and the fields stay a list.
+                    if r.fields().any(|(name, _)| is_hop_by_hop(name)) {
+                        strip_hop_by_hop(r.headers_mut());
+                    }
                     // Answer in the client's HTTP version, whatever the
                     // upstream spoke (an HTTP/1.0 server, an h2 one).
-                    *r.version_mut() = head.version;
+                    r.set_version(head.version);
                     return r;
                 }
                 (None, None) => {
@@ -544,9 +555,9 @@ fn upgrade_protocol(head: &http::request::Parts) -> Option<HeaderValue> {
 }
 
 /// Once both sides have switched protocols, copy bytes between them.
-fn tunnel(head: &mut http::request::Parts, upstream: &mut Response<Body>) {
+fn tunnel(head: &mut http::request::Parts, upstream: &mut Answer) {
     let Some(downstream) = head.extensions.remove::<OnUpgrade>() else { return };
-    let upstream = hyper::upgrade::on(upstream);
+    let Some(upstream) = upstream.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else { return };
     tokio::spawn(async move {
         let (Some(mut down), Ok(up)) = (downstream.connection().await, upstream.await) else { return };
         let mut up = hyper_util::rt::TokioIo::new(up);
@@ -630,11 +641,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // By length first: most names are ruled out without comparing them
-    // with each of the seven.
-    static LENGTHS: LazyLock<u32> = LazyLock::new(|| HOP_BY_HOP.iter().fold(0, |set, n| set | 1 << n.as_str().len()));
-    let len = name.as_str().len();
-    len < 32 && *LENGTHS & 1 << len != 0 && HOP_BY_HOP.contains(name)
+    // By first letter and length: most names (all `x-` ones) are ruled out
+    // without comparing them with each of the seven.
+    let raw = name.as_str().as_bytes();
+    let maybe = match raw.first() {
+        Some(b'c' | b'k') => raw.len() == 10,
+        Some(b'p') => raw.len() == 16 || raw.len() == 18,
+        Some(b't') => raw.len() == 2 || raw.len() == 17,
+        Some(b'u') => raw.len() == 7,
+        _ => false,
+    };
+    maybe && HOP_BY_HOP.contains(name)
 }
 
 fn append_forwarded(headers: &mut HeaderMap, ingress: &Ingress) {
@@ -678,9 +695,10 @@ fn apply_request_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
     }
 }
 
-fn apply_response_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
-    if !ops.is_empty() {
-        set_ops(headers, &ops.response_remove, &ops.response_set, &ops.response_add);
+fn apply_response_ops(answer: &mut Answer, ops: &HeaderOps) {
+    // Asked for as a map only when there is something to change.
+    if !(ops.response_remove.is_empty() && ops.response_set.is_empty() && ops.response_add.is_empty()) {
+        set_ops(answer.headers_mut(), &ops.response_remove, &ops.response_set, &ops.response_add);
     }
 }
 
@@ -767,7 +785,7 @@ fn redirect_response(r: &Redirect, head: &http::request::Parts, port: u16) -> Re
     resp
 }
 
-fn abort_response(abort: AbortStatus) -> Response<Body> {
+fn abort_response(abort: AbortStatus) -> Answer {
     match abort {
         AbortStatus::Http(code) => {
             local_reply(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "fault filter abort")
@@ -778,7 +796,7 @@ fn abort_response(abort: AbortStatus) -> Response<Body> {
             if let Ok(v) = HeaderValue::from_str(&code.to_string()) {
                 r.headers_mut().insert(GRPC_STATUS.clone(), v);
             }
-            r
+            r.into()
         }
     }
 }
@@ -818,6 +836,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_fields_are_stripped_and_end_to_end_ones_kept() {
+        assert!(super::HOP_BY_HOP.iter().all(super::is_hop_by_hop), "the quick look passes every hop-by-hop name");
         let mut headers = http::HeaderMap::new();
         for (name, value) in [
             ("connection", "keep-alive, x-hop"),

@@ -29,6 +29,7 @@ use hyper::body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::answer::{Answer, FieldList};
 use crate::body::Body;
 use crate::wire::{self, Decoded, Framing, RawHeaders, Seen, MAX_HEAD, MAX_HEADERS, READ_SIZE};
 
@@ -238,7 +239,7 @@ impl HostPool {
         head: RequestHead<'_>,
         body: RequestBody,
         max_requests: Option<u32>,
-    ) -> Result<Response<ResponseBody>, Http1Error> {
+    ) -> Result<Answer<ResponseBody>, Http1Error> {
         let mut body = Some(body);
         loop {
             let (mut conn, reused) = match self.checkout() {
@@ -254,11 +255,10 @@ impl HostPool {
                 Ok(parsed) => {
                     conn.requests += 1;
                     let reusable = parsed.keep_alive && max_requests.is_none_or(|m| conn.requests < u64::from(m));
-                    let (head, framing) = (parsed.head, parsed.framing);
-                    let mut response =
-                        ResponseBody { conn: Some(conn), framing, pool: reusable.then(|| Arc::clone(self)) };
-                    response.finish_if_done();
-                    return Ok(Response::from_parts(head, response));
+                    let Parsed { head, fields, framing, .. } = parsed;
+                    let mut body = ResponseBody { conn: Some(conn), framing, pool: reusable.then(|| Arc::clone(self)) };
+                    body.finish_if_done();
+                    return Ok(Answer::with_fields(head, fields, body));
                 }
                 // A pooled connection the server closed as the request
                 // went out: once more on a new one, as hyper does.
@@ -271,7 +271,9 @@ impl HostPool {
 
 /// A parsed response head and how its body is framed.
 struct Parsed {
+    /// Status and version.
     head: http::response::Parts,
+    fields: FieldList,
     framing: Framing,
     keep_alive: bool,
 }
@@ -384,21 +386,20 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Htt
     let mut raw = RawHeaders::default();
     raw.locate(response.headers, buf, used).map_err(Http1Error::Malformed)?;
     let head_bytes = buf.split_to(used).freeze();
-    let map = raw.take_map(&head_bytes, wire::RESPONSE_ROOM).map_err(Http1Error::Malformed)?;
-    let framing = framing(&map, raw.seen, status, method)?;
+    let fields = raw.take_list(&head_bytes, wire::RESPONSE_ROOM).map_err(Http1Error::Malformed)?;
+    let framing = framing(&fields, raw.seen, status, method)?;
     // After a 101 the connection speaks another protocol.
     let keep_alive = framing != Framing::UntilClose
         && status != StatusCode::SWITCHING_PROTOCOLS
-        && wire::keeps_alive(&map, raw.seen, version);
+        && wire::keeps_alive(&fields, raw.seen, version);
     let mut head = Response::new(()).into_parts().0;
     head.status = status;
     head.version = version;
-    head.headers = map;
-    Ok(Some(Parsed { head, framing, keep_alive }))
+    Ok(Some(Parsed { head, fields, framing, keep_alive }))
 }
 
 /// RFC 9112, section 6.3: how the response body ends.
-fn framing(headers: &HeaderMap, seen: Seen, status: StatusCode, method: &Method) -> Result<Framing, Http1Error> {
+fn framing(headers: &FieldList, seen: Seen, status: StatusCode, method: &Method) -> Result<Framing, Http1Error> {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -513,6 +514,10 @@ mod tests {
         parse_head(&mut BytesMut::from(raw), method)
     }
 
+    fn map(parsed: Parsed) -> HeaderMap {
+        parsed.fields.into_iter().collect()
+    }
+
     #[test]
     fn framing_follows_rfc_9112() {
         let p = |raw: &str| parse(raw.as_bytes(), &Method::GET).unwrap().unwrap();
@@ -532,10 +537,13 @@ mod tests {
         assert!(!p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").keep_alive);
         assert!(p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n").keep_alive);
         assert_eq!(p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").head.version, Version::HTTP_10);
-        let head = p("HTTP/1.1 200 OK\r\nx-a: one two\r\nx-empty:\r\nX-A: 2\r\ncontent-length: 0\r\n\r\n").head;
-        let x_a: Vec<_> = head.headers.get_all("x-a").iter().collect();
-        assert_eq!(x_a, ["one two", "2"], "values as sent, repeated names kept in order");
-        assert_eq!(head.headers["x-empty"], "");
+        let fields = p("HTTP/1.1 200 OK\r\nx-a: one two\r\nx-empty:\r\nX-A: 2\r\ncontent-length: 0\r\n\r\n").fields;
+        let listed: Vec<_> = fields.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        assert_eq!(
+            listed,
+            [("x-a", "one two"), ("x-empty", ""), ("x-a", "2"), ("content-length", "0")],
+            "values as sent, fields in the order they came"
+        );
     }
 
     #[test]
@@ -554,8 +562,7 @@ mod tests {
     #[test]
     fn field_values_keep_their_bytes_ascii_or_not() {
         let raw = b"HTTP/1.1 200 OK\r\nx-ascii: plain\ttext\r\nx-latin: caf\xe9\r\ncontent-length: 0\r\n\r\n";
-        let parsed = parse(raw, &Method::GET).unwrap().unwrap();
-        let h = &parsed.head.headers;
+        let h = map(parse(raw, &Method::GET).unwrap().unwrap());
         assert_eq!(h["x-ascii"], "plain\ttext");
         assert_eq!(h["x-latin"].as_bytes(), b"caf\xe9");
         assert!(h["x-latin"].to_str().is_err(), "obs-text is not taken for UTF-8");
@@ -566,8 +573,7 @@ mod tests {
     fn header_names_seen_before_are_reused_as_they_were() {
         let raw = b"HTTP/1.1 200 OK\r\nX-Upper: 1\r\nx-backend: a\r\ncontent-length: 0\r\nx-backend: b\r\n\r\n";
         for _ in 0..3 {
-            let parsed = parse_head(&mut BytesMut::from(&raw[..]), &Method::GET).unwrap().unwrap();
-            let h = &parsed.head.headers;
+            let h = map(parse_head(&mut BytesMut::from(&raw[..]), &Method::GET).unwrap().unwrap());
             assert_eq!(h.get("x-upper").unwrap(), "1");
             assert_eq!(h.get_all("x-backend").iter().collect::<Vec<_>>(), ["a", "b"]);
             assert_eq!(h.len(), 4);
@@ -637,8 +643,7 @@ mod tests {
         let head = RequestHead { method: &Method::GET, path: "/", headers: &headers };
         let response = pool.host(addr).send(head, RequestBody::Full(Bytes::new()), None).await?;
         let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok((status, response.into_body().collect().await?.to_bytes()))
     }
 
     fn pool() -> Http1Pool {

@@ -13,6 +13,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`forward`] | the request path |
+//! | [`answer`] | a response on its way out, its upstream fields listed until asked for as a map |
 //! | [`live`] | the compiled config in force, swapped whole |
 //! | [`cluster`] | a cluster's endpoints, balancer, breaker and detector |
 //! | [`listener`] | listeners, added and drained as config changes |
@@ -65,6 +66,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod answer;
 pub mod body;
 pub mod cluster;
 pub mod downstream;

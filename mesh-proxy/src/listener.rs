@@ -245,7 +245,7 @@ async fn serve_http<IO: Io>(
     if alpn_h2 {
         return Box::pin(serve_h2(io, draining, forwarder, ingress)).await;
     }
-    match downstream::serve(io, settings, draining, |req| forwarder.handle(req, ingress)).await? {
+    match downstream::serve(io, settings, draining, |req| forwarder.answer(req, ingress)).await? {
         Served::Closed => Ok(()),
         Served::Http2(io) => Box::pin(serve_h2(io, draining, forwarder, ingress)).await,
     }

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use http::{Request, Response, Uri, Version};
+use http::{Request, Uri, Version};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,6 +27,7 @@ use mesh_core::model::Protocol;
 use mesh_core::proxy_config::Cluster;
 use tokio::net::TcpStream;
 
+use crate::answer::Answer;
 use crate::body::{self, Body};
 use crate::http1::{HostPool, Http1Error, Http1Pool, RequestBody, RequestHead};
 
@@ -127,12 +128,12 @@ impl ClusterConnections {
         head: &http::request::Parts,
         body: RequestBody,
         upgrade: bool,
-    ) -> Result<Response<Body>, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
         if let (Some(pool), false) = (self.http1.as_ref().and_then(|hosts| hosts.get(host)), upgrade) {
             let head = RequestHead { method: &head.method, path, headers: &head.headers };
-            let response = pool.send(head, body, self.max_requests_per_connection).await?;
-            return Ok(self.counting_resets(response));
+            let answer = pool.send(head, body, self.max_requests_per_connection).await?;
+            return Ok(self.counting_resets(answer));
         }
         let body = match body {
             RequestBody::Full(b) => body::full(b),
@@ -155,18 +156,18 @@ impl ClusterConnections {
                 }
             }
         }
-        Ok(self.counting_resets(response))
+        Ok(self.counting_resets(response.into()))
     }
 
     /// The response with its body boxed (once), counting a body that
     /// breaks off mid-response.
-    fn counting_resets<B>(&self, response: Response<B>) -> Response<Body>
+    fn counting_resets<B>(&self, answer: Answer<B>) -> Answer
     where
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<body::BoxError>,
     {
         let resets = Arc::clone(&self.upstream_rx_resets);
-        response.map(|b| {
+        answer.map_body(|b| {
             body::boxed(http_body_util::BodyExt::map_err(b, move |e| {
                 resets.fetch_add(1, Ordering::Relaxed);
                 e

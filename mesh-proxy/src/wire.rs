@@ -1,5 +1,5 @@
 //! HTTP/1.1 message syntax shared by both directions (RFC 9112): header
-//! blocks turned into `HeaderMap`s, how a body is framed, and a body decoded
+//! blocks turned into `HeaderMap`s or field lists, how a body is framed, and a body decoded
 //! out of a connection's read buffer. Pure functions over bytes; the
 //! upstream client ([`crate::http1`]) and the downstream server
 //! ([`crate::downstream`]) own the sockets.
@@ -11,6 +11,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 use smallvec::SmallVec;
+
+use crate::answer::FieldList;
 
 /// Heads larger than this are refused (Envoy's default
 /// `max_request_headers_kb` and `max_response_headers_kb` are 60).
@@ -154,20 +156,51 @@ impl RawHeaders {
     pub(crate) fn take_map(&mut self, head: &Bytes, room: usize) -> Result<HeaderMap, &'static str> {
         let mut map = HeaderMap::with_capacity(self.located.len() + room);
         for (name, start, len) in self.located.drain(..) {
-            let value = head.slice(start..start + len);
-            let value = if value.is_ascii() {
-                // SAFETY: the one requirement is UTF-8, which ASCII is.
-                // The check skipped is httparse's own: a field value it
-                // parsed holds only HTAB, SP, VCHAR and obs-text (RFC 9110
-                // section 5.5), the bytes `from_maybe_shared` allows; and
-                // ASCII is checked a word at a time, not a byte.
-                unsafe { HeaderValue::from_maybe_shared_unchecked(value) }
-            } else {
-                HeaderValue::from_maybe_shared(value).map_err(|_| "header value")?
-            };
-            map.append(name, value);
+            map.append(name, value_at(head, start, len)?);
         }
         Ok(map)
+    }
+
+    /// The fields as a list in the order they came (no hashing), with
+    /// `room` for fields to be added.
+    pub(crate) fn take_list(&mut self, head: &Bytes, room: usize) -> Result<FieldList, &'static str> {
+        let mut list = Vec::with_capacity(self.located.len() + room);
+        for (name, start, len) in self.located.drain(..) {
+            list.push((name, value_at(head, start, len)?));
+        }
+        Ok(list)
+    }
+}
+
+/// The value of `len` bytes at `start` in `head`, sliced, not copied.
+fn value_at(head: &Bytes, start: usize, len: usize) -> Result<HeaderValue, &'static str> {
+    let value = head.slice(start..start + len);
+    if value.is_ascii() {
+        // SAFETY: the one requirement is UTF-8, which ASCII is. The check
+        // skipped is httparse's own: a field value it parsed holds only
+        // HTAB, SP, VCHAR and obs-text (RFC 9110 section 5.5), the bytes
+        // `from_maybe_shared` allows; and ASCII is checked a word at a
+        // time, not a byte.
+        Ok(unsafe { HeaderValue::from_maybe_shared_unchecked(value) })
+    } else {
+        HeaderValue::from_maybe_shared(value).map_err(|_| "header value")
+    }
+}
+
+/// The values of a field by name, from a map or a list of fields.
+pub(crate) trait FieldValues {
+    fn values(&self, name: HeaderName) -> impl Iterator<Item = &HeaderValue>;
+}
+
+impl FieldValues for HeaderMap {
+    fn values(&self, name: HeaderName) -> impl Iterator<Item = &HeaderValue> {
+        self.get_all(name).iter()
+    }
+}
+
+impl FieldValues for FieldList {
+    fn values(&self, name: HeaderName) -> impl Iterator<Item = &HeaderValue> {
+        self.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v)
     }
 }
 
@@ -198,10 +231,9 @@ pub(crate) enum Chunk {
 /// coding (until close for a response, refused for a request); else the
 /// Content-Length, which must agree with itself; else `UntilClose` (for a
 /// request: no body).
-pub(crate) fn framing_of(headers: &HeaderMap, seen: Seen) -> Result<Option<Framing>, &'static str> {
+pub(crate) fn framing_of(headers: &impl FieldValues, seen: Seen) -> Result<Option<Framing>, &'static str> {
     if seen.transfer_encoding {
-        let codings =
-            headers.get_all(TRANSFER_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
+        let codings = headers.values(TRANSFER_ENCODING).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
         return Ok(match codings.last() {
             Some(coding) if coding.trim().eq_ignore_ascii_case("chunked") => Some(Framing::Chunked(Chunk::Size)),
             _ => None,
@@ -211,7 +243,7 @@ pub(crate) fn framing_of(headers: &HeaderMap, seen: Seen) -> Result<Option<Frami
         return Ok(Some(Framing::UntilClose));
     }
     let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
+    for value in headers.values(CONTENT_LENGTH) {
         for part in value.to_str().map_err(|_| "content-length")?.split(',') {
             let part = part.trim();
             // `u64::from_str` takes a leading `+`; the grammar does not.
@@ -230,16 +262,16 @@ pub(crate) fn framing_of(headers: &HeaderMap, seen: Seen) -> Result<Option<Frami
 
 /// The tokens of the `Connection` header fields (`close`, `upgrade`, the
 /// names of other hop-by-hop headers), trimmed.
-pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+pub(crate) fn connection_tokens(headers: &impl FieldValues) -> impl Iterator<Item = &str> {
+    headers.values(CONNECTION).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
 }
 
-pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn connection_has(headers: &impl FieldValues, token: &str) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Whether the peer may send another message on this connection.
-pub(crate) fn keeps_alive(headers: &HeaderMap, seen: Seen, version: Version) -> bool {
+pub(crate) fn keeps_alive(headers: &impl FieldValues, seen: Seen, version: Version) -> bool {
     if !seen.connection {
         return version != Version::HTTP_10;
     }
