@@ -343,7 +343,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3, help="measure everything this many times, every other round in reverse order; report medians")
-    ap.add_argument("--large", action="store_true", help="also run 1,000 routes and 1,000 endpoints (mesh-proxy and Envoy)")
+    ap.add_argument("--large", action="store_true", help="also run 1,000 routes with 1,000 endpoints and with one (mesh-proxy and Envoy)")
     ap.add_argument("--gateway", action="append", default=[], metavar="NAME=PATH", help="a gateway build to measure (repeatable)")
     ap.add_argument("--idle-connections", type=int, default=1000, help="keep-alive connections opened to read memory per connection (0: skip)")
     ap.add_argument("--peers", default="envoy,nginx,haproxy", help="which other proxies to run, comma-separated, or none")
@@ -383,9 +383,15 @@ def plan(args, work, peers, gateways, backend, backend_port, spare_backend):
     # The shared backend carries the load (and stays up for the proxies);
     # memory per connection is read on an instance of its own.
     jobs = [("direct", lambda: (backend.pid, backend_port, None, lambda: None), "/hello", spare_backend(free_port()))]
-    for label, routes, path in [("", small, "/hello")] + ([(" (1k routes)", {
-            "prefixes": [f"/svc{i}/" for i in range(1000)],
-            "addresses": [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]}, "/svc999/hello")] if args.large else []):
+    many_routes = [f"/svc{i}/" for i in range(1000)]
+    # The large config, and its 1,000 routes alone (one endpoint): what the
+    # route count costs apart from spreading the load over 1,000 upstream
+    # connections.
+    large = [
+        (" (1k routes)", {"prefixes": many_routes, "addresses": [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]}, "/svc999/hello"),
+        (" (1k routes, 1 endpoint)", {"prefixes": many_routes, "addresses": ["127.0.0.1"]}, "/svc999/hello"),
+    ]
+    for label, routes, path in [("", small, "/hello")] + (large if args.large else []):
         # mesh-proxy: the gateway binary, one worker thread, access log on.
         for name, gateway_bin in gateways:
             d = tempfile.mkdtemp(dir=work)
@@ -433,15 +439,19 @@ def report(args, gateways, per_round):
     mesh = next(r for r in rows if r["name"] == gateways[0][0])
     direct = rows[0]
     print(f"\n{args.connections} connections, {args.duration}s each, median of {args.rounds} rounds; ratio = mesh-proxy / other (for req/s higher is better)")
-    print(f"{'':22}{'req/s':>10}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'idle MB':>9}{'peak MB':>9}{'h2 req/s':>10}{'h2 mean ms':>11}{'KB/conn':>8}{'non-2xx':>8}")
+    print(f"{'':36}{'req/s':>10}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'idle MB':>9}{'peak MB':>9}{'h2 req/s':>10}{'h2 mean ms':>11}{'KB/conn':>8}{'non-2xx':>8}")
     for r in rows:
-        print(f"{r['name']:22}{r['rps']:>10.0f}{mesh['rps'] / r['rps']:>7.2f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_per_1k']:>10.4f}"
+        print(f"{r['name']:36}{r['rps']:>10.0f}{mesh['rps'] / r['rps']:>7.2f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_per_1k']:>10.4f}"
               f"{r['idle_rss_mb']:>9.1f}{r['peak_rss_mb']:>9.1f}{r.get('h2_rps', 0):>10.0f}{r.get('h2_mean_ms', float('nan')):>11.3f}{r['conn_kb']:>8.1f}{r['errors']:>8}")
     added = {r["name"]: r["p50"] - direct["p50"] for r in rows[1:]}
     print("\np50 latency added over direct: " + ", ".join(f"{k} {v:.3f} ms" for k, v in added.items()))
     for name, _ in gateways:
         r = next(r for r in rows if r["name"] == name)
         print(f"{name} CPU per request / direct backend's: {r['cpu_per_1k'] / direct['cpu_per_1k']:.2f}")
+    by_name = {r["name"]: r for r in rows}
+    large = [(r["name"], r["rps"] / by_name[r["name"].split(" (")[0]]["rps"]) for r in rows if " (1k" in r["name"]]
+    if large:
+        print("req/s with the large config / the small one: " + ", ".join(f"{name} {x:.2f}" for name, x in large))
     if args.rounds > 1:
         print("\nreq/s by round: " + "; ".join(f"{name} " + " ".join(f"{r['rps']:.0f}" for r in rounds) for name, rounds in per_round.items()))
         ratios = [mesh_round["rps"] / r["rps"] for mesh_round, r in zip(per_round[gateways[0][0]], per_round.get("nginx", []))]
