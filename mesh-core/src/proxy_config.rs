@@ -260,15 +260,17 @@ pub struct HeaderOps {
 }
 
 impl HeaderOps {
-    /// Asked twice per request and route: no default is built to compare.
+    /// Asked per request and route: no default is built to compare.
     pub fn is_empty(&self) -> bool {
-        let HeaderOps { request_set, request_add, request_remove, response_set, response_add, response_remove } = self;
-        request_set.is_empty()
-            && request_add.is_empty()
-            && request_remove.is_empty()
-            && response_set.is_empty()
-            && response_add.is_empty()
-            && response_remove.is_empty()
+        !self.changes_requests() && !self.changes_responses()
+    }
+
+    pub fn changes_requests(&self) -> bool {
+        !(self.request_set.is_empty() && self.request_add.is_empty() && self.request_remove.is_empty())
+    }
+
+    pub fn changes_responses(&self) -> bool {
+        !(self.response_set.is_empty() && self.response_add.is_empty() && self.response_remove.is_empty())
     }
 }
 
@@ -501,6 +503,9 @@ mod tests {
             HeaderOps { response_remove: vec!["x-a".into()], ..HeaderOps::default() },
         ] {
             assert!(!ops.is_empty(), "{ops:?}");
+            let on_requests =
+                !(ops.request_set.is_empty() && ops.request_add.is_empty() && ops.request_remove.is_empty());
+            assert_eq!((ops.changes_requests(), ops.changes_responses()), (on_requests, !on_requests), "{ops:?}");
         }
     }
 }

@@ -34,10 +34,9 @@ enum Fields {
 }
 
 impl<B> Answer<B> {
-    /// An answer with `fields` kept as they are; `head.headers` is ignored.
-    pub fn with_fields(head: http::response::Parts, fields: FieldList, body: B) -> Answer<B> {
-        let http::response::Parts { status, version, extensions, .. } = head;
-        Answer { status, version, extensions, fields: Fields::Listed(fields), body }
+    /// An answer with `fields` kept as they are.
+    pub fn with_fields(status: StatusCode, version: Version, fields: FieldList, body: B) -> Answer<B> {
+        Answer { status, version, extensions: Extensions::new(), fields: Fields::Listed(fields), body }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -152,10 +151,9 @@ mod tests {
     use http::header::{CONTENT_LENGTH, SERVER};
 
     fn listed() -> Answer<()> {
-        let head = Response::new(()).into_parts().0;
         let value = HeaderValue::from_static;
         let fields = vec![(SERVER, value("a")), (CONTENT_LENGTH, value("2")), (SERVER, value("b"))];
-        Answer::with_fields(head, fields, ())
+        Answer::with_fields(StatusCode::OK, Version::HTTP_11, fields, ())
     }
 
     fn names(answer: &Answer<()>) -> Vec<&str> {

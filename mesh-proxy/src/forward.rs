@@ -690,14 +690,14 @@ fn set_ops(headers: &mut HeaderMap, remove: &[String], set: &[(String, String)],
 }
 
 fn apply_request_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
-    if !ops.is_empty() {
+    if ops.changes_requests() {
         set_ops(headers, &ops.request_remove, &ops.request_set, &ops.request_add);
     }
 }
 
 fn apply_response_ops(answer: &mut Answer, ops: &HeaderOps) {
     // Asked for as a map only when there is something to change.
-    if !(ops.response_remove.is_empty() && ops.response_set.is_empty() && ops.response_add.is_empty()) {
+    if ops.changes_responses() {
         set_ops(answer.headers_mut(), &ops.response_remove, &ops.response_set, &ops.response_add);
     }
 }

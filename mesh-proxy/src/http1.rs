@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderMap, Method, Response, StatusCode, Version};
+use http::{HeaderMap, Method, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
@@ -255,10 +255,10 @@ impl HostPool {
                 Ok(parsed) => {
                     conn.requests += 1;
                     let reusable = parsed.keep_alive && max_requests.is_none_or(|m| conn.requests < u64::from(m));
-                    let Parsed { head, fields, framing, .. } = parsed;
+                    let Parsed { status, version, fields, framing, .. } = parsed;
                     let mut body = ResponseBody { conn: Some(conn), framing, pool: reusable.then(|| Arc::clone(self)) };
                     body.finish_if_done();
-                    return Ok(Answer::with_fields(head, fields, body));
+                    return Ok(Answer::with_fields(status, version, fields, body));
                 }
                 // A pooled connection the server closed as the request
                 // went out: once more on a new one, as hyper does.
@@ -271,8 +271,8 @@ impl HostPool {
 
 /// A parsed response head and how its body is framed.
 struct Parsed {
-    /// Status and version.
-    head: http::response::Parts,
+    status: StatusCode,
+    version: Version,
     fields: FieldList,
     framing: Framing,
     keep_alive: bool,
@@ -354,7 +354,7 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<Parsed, Http1Erro
         let parsed = if conn.buf.is_empty() { None } else { parse_head(&mut conn.buf, method)? };
         if let Some(parsed) = parsed {
             // 1xx answers (100 Continue) come before the real one.
-            if parsed.head.status.is_informational() && parsed.head.status != StatusCode::SWITCHING_PROTOCOLS {
+            if parsed.status.is_informational() && parsed.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
             return Ok(parsed);
@@ -392,10 +392,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Htt
     let keep_alive = framing != Framing::UntilClose
         && status != StatusCode::SWITCHING_PROTOCOLS
         && wire::keeps_alive(&fields, raw.seen, version);
-    let mut head = Response::new(()).into_parts().0;
-    head.status = status;
-    head.version = version;
-    Ok(Some(Parsed { head, fields, framing, keep_alive }))
+    Ok(Some(Parsed { status, version, fields, framing, keep_alive }))
 }
 
 /// RFC 9112, section 6.3: how the response body ends.
@@ -536,7 +533,7 @@ mod tests {
         assert!(!p("HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\n").keep_alive);
         assert!(!p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").keep_alive);
         assert!(p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n").keep_alive);
-        assert_eq!(p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").head.version, Version::HTTP_10);
+        assert_eq!(p("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").version, Version::HTTP_10);
         let fields = p("HTTP/1.1 200 OK\r\nx-a: one two\r\nx-empty:\r\nX-A: 2\r\ncontent-length: 0\r\n\r\n").fields;
         let listed: Vec<_> = fields.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
         assert_eq!(

@@ -1,8 +1,8 @@
 //! HTTP/1.1 message syntax shared by both directions (RFC 9112): header
-//! blocks turned into `HeaderMap`s or field lists, how a body is framed, and a body decoded
-//! out of a connection's read buffer. Pure functions over bytes; the
-//! upstream client ([`crate::http1`]) and the downstream server
-//! ([`crate::downstream`]) own the sockets.
+//! blocks turned into `HeaderMap`s or field lists, how a body is framed,
+//! and a body decoded out of a connection's read buffer. Pure functions
+//! over bytes; the upstream client ([`crate::http1`]) and the downstream
+//! server ([`crate::downstream`]) own the sockets.
 
 use std::io;
 use std::sync::OnceLock;
@@ -123,9 +123,7 @@ impl Seen {
 /// (`x-request-id`, `x-forwarded-for`, `x-forwarded-proto`), so that it is
 /// not grown and rehashed for them.
 pub(crate) const REQUEST_ROOM: usize = 3;
-/// ... and in an answer's (`x-request-id`). Exact, not generous: a map of
-/// more than six fields takes twice the room (16 slots, over mimalloc's
-/// small-size class, allocated on its slower path).
+/// ... and in an answer's field list (`x-request-id`).
 pub(crate) const RESPONSE_ROOM: usize = 1;
 
 impl RawHeaders {
