@@ -215,6 +215,23 @@ def launcher(cmd, port, env=None, h2_port=None, measured=lambda proc: proc.pid):
 
 # ---------------------------------------------------------------- configs
 
+# The small config: one route, one endpoint.
+SMALL = {"prefixes": ["/"], "addresses": ["127.0.0.1"]}
+# The large config's 1,000 routes (the request hits the last) and its
+# 1,000 endpoints, one loopback address each on the backend's port.
+MANY_ROUTES = [f"/svc{i}/" for i in range(1000)]
+MANY_ADDRESSES = [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]
+LARGE_PATH = "/svc999/hello"
+
+
+def gateway_cmd(binary, config_dir, metrics_port=None):
+    """The gateway on `config_dir` (from `mesh_config`) as every script here
+    runs it: one worker, the access log on, admin and metrics on ports of
+    their own."""
+    return [binary, "--workers", "1", "--config", config_dir, "--bind", "127.0.0.1",
+            "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{metrics_port or free_port()}", "--access-log"]
+
+
 def mesh_config(dirname, port, backend_port, routes):
     endpoints = "".join(f"- addresses: [{a}]\n" for a in routes["addresses"])
     http = "".join(
@@ -379,26 +396,23 @@ def main():
 
 def plan(args, work, peers, gateways, backend, backend_port, spare_backend):
     """What to measure, in order: (name, launch, path, fresh launch)."""
-    small = {"prefixes": ["/"], "addresses": ["127.0.0.1"]}
     # The shared backend carries the load (and stays up for the proxies);
     # memory per connection is read on an instance of its own.
     jobs = [("direct", lambda: (backend.pid, backend_port, None, lambda: None), "/hello", spare_backend(free_port()))]
-    many_routes = [f"/svc{i}/" for i in range(1000)]
     # The large config, and its 1,000 routes alone (one endpoint): what the
     # route count costs apart from spreading the load over 1,000 upstream
     # connections.
     large = [
-        (" (1k routes)", {"prefixes": many_routes, "addresses": [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]}, "/svc999/hello"),
-        (" (1k routes, 1 endpoint)", {"prefixes": many_routes, "addresses": ["127.0.0.1"]}, "/svc999/hello"),
+        (" (1k routes)", {"prefixes": MANY_ROUTES, "addresses": MANY_ADDRESSES}, LARGE_PATH),
+        (" (1k routes, 1 endpoint)", {"prefixes": MANY_ROUTES, "addresses": SMALL["addresses"]}, LARGE_PATH),
     ]
-    for label, routes, path in [("", small, "/hello")] + (large if args.large else []):
+    for label, routes, path in [("", SMALL, "/hello")] + (large if args.large else []):
         # mesh-proxy: the gateway binary, one worker thread, access log on.
         for name, gateway_bin in gateways:
             d = tempfile.mkdtemp(dir=work)
             port = free_port()
             mesh_config(d, port, backend_port, routes)
-            cmd = [gateway_bin, "--workers", "1", "--config", d, "--bind", "127.0.0.1", "--admin", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}", "--access-log"]
-            jobs.append((name + label, launcher(cmd, port, env=dict(ONE_WORKER, RUST_LOG="error")), path, None))
+            jobs.append((name + label, launcher(gateway_cmd(gateway_bin, d), port, env=dict(ONE_WORKER, RUST_LOG="error")), path, None))
         if "envoy" in peers:
             port = free_port()
             cfg = os.path.join(work, f"envoy{len(jobs)}.yaml")

@@ -83,12 +83,11 @@ def main():
     backend = lb.start([backend_bin, "--host", "127.0.0.1", "--port", str(backend_port), "--version", "v1"], env=lb.ONE_WORKER)
     try:
         lb.wait_port(backend_port)
-        lb.mesh_config(work, port, backend_port, {"prefixes": ["/"], "addresses": ["127.0.0.1"]})
+        lb.mesh_config(work, port, backend_port, lb.SMALL)
         gateway = lb.start([
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}", "--compress-strings=no",
-            "--compress-pos=no", "--demangle=no", binary, "--workers", "1", "--config", work, "--bind", "127.0.0.1",
-            "--admin", f"127.0.0.1:{lb.free_port()}", "--metrics", f"127.0.0.1:{metrics_port}", "--access-log",
-        ], env=dict(lb.ONE_WORKER, RUST_LOG="error"))
+            "--compress-pos=no", "--demangle=no",
+        ] + lb.gateway_cmd(binary, work, metrics_port), env=dict(lb.ONE_WORKER, RUST_LOG="error"))
         try:
             # Valgrind runs the gateway some 50x slower: a long start.
             lb.wait_port(port, limit=120)
