@@ -63,20 +63,23 @@ impl ClusterState {
     }
 
     /// Run the outlier detector's interval sweep if its interval has
-    /// passed: ejected hosts whose time is up come back.
-    pub fn sweep_if_due(&self) {
-        let Some(outlier) = &self.outlier else { return };
+    /// passed: ejected hosts whose time is up come back. Returns when the
+    /// next sweep is due (`None`: no outlier detection).
+    pub fn sweep_if_due(&self) -> Option<Instant> {
+        let outlier = self.outlier.as_ref()?;
         let now = self.now();
         let now_ms = now.as_millis() as u64;
-        let interval = outlier.config().interval.as_millis() as u64;
-        let last = self.last_sweep_ms.load(Ordering::Acquire);
+        let interval = (outlier.config().interval.as_millis() as u64).max(1);
+        let mut last = self.last_sweep_ms.load(Ordering::Acquire);
         if now_ms.saturating_sub(last) >= interval
             && self.last_sweep_ms.compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire).is_ok()
         {
+            last = now_ms;
             for host in outlier.sweep(now) {
                 tracing::info!(cluster = %self.config.name, endpoint = %self.addresses[host], "outlier detection: host returned");
             }
         }
+        self.started.checked_add(Duration::from_millis(last.saturating_add(interval)))
     }
 
     /// The same cluster with the same endpoints: keep the live state.

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -83,9 +83,11 @@ pub enum RequestBody {
 /// The endpoints' pools for one set of connection settings. Clusters look
 /// up their endpoints' [`HostPool`]s when a config is compiled, so a
 /// request takes its connection without a lookup, and configs that name
-/// the same endpoint share its connections.
+/// the same endpoint share its connections. The clusters own the host
+/// pools: when no config names an endpoint any more, its pool and idle
+/// connections go (as Envoy drains a removed host's).
 pub struct Http1Pool {
-    hosts: Mutex<HashMap<SocketAddr, Arc<HostPool>>>,
+    hosts: Mutex<HashMap<SocketAddr, Weak<HostPool>>>,
     settings: Settings,
 }
 
@@ -154,30 +156,53 @@ impl Http1Pool {
         Http1Pool { hosts: Mutex::default(), settings: Settings { connect_timeout, idle_timeout } }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<HostPool>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Weak<HostPool>>> {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The pool of one endpoint (config time).
     pub fn host(&self, addr: SocketAddr) -> Arc<HostPool> {
-        let settings = self.settings;
-        Arc::clone(
-            self.lock().entry(addr).or_insert_with(|| Arc::new(HostPool { addr, idle: Mutex::default(), settings })),
-        )
+        self.hosts(&[addr]).remove(0)
     }
 
-    /// Close the connections idle for longer than the idle timeout, and
-    /// forget endpoints no config names that have none left.
-    pub fn close_expired(&self) {
-        self.lock().retain(|_, host| {
-            host.close_expired();
-            Arc::strong_count(host) > 1 || host.idle_connections() > 0
-        });
+    /// The pools of a cluster's endpoints, in order (config time): the
+    /// live ones where another cluster or the config before names the
+    /// same endpoint, new ones for the rest. Pools no one holds any more
+    /// are forgotten here, once per cluster rather than per endpoint.
+    pub fn hosts(&self, addrs: &[SocketAddr]) -> Vec<Arc<HostPool>> {
+        let settings = self.settings;
+        let mut hosts = self.lock();
+        hosts.retain(|_, host| host.strong_count() > 0);
+        addrs
+            .iter()
+            .map(|&addr| {
+                let known = hosts.get(&addr).and_then(Weak::upgrade);
+                known.unwrap_or_else(|| {
+                    let host = Arc::new(HostPool { addr, idle: Mutex::default(), settings });
+                    hosts.insert(addr, Arc::downgrade(&host));
+                    host
+                })
+            })
+            .collect()
+    }
+
+    /// Close the connections idle for longer than the idle timeout.
+    /// Returns when to look again: when the next idle connection reaches
+    /// its timeout, though no sooner than a sixteenth of the timeout from
+    /// now, so that connections expiring close together are closed in one
+    /// pass rather than one pass each (`None`: a timeout past any clock).
+    pub fn close_expired(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let timeout = self.settings.idle_timeout;
+        let oldest = self.lock().values().filter_map(Weak::upgrade).filter_map(|host| host.close_expired(now)).min();
+        // Connections that go idle from now on expire no sooner than this.
+        let next = oldest.or_else(|| now.checked_add(timeout))?;
+        Some(next.max(now.checked_add(timeout / 16)?))
     }
 
     /// Idle connections held, for stats.
     pub fn idle_connections(&self) -> usize {
-        self.lock().values().map(|h| h.idle_connections()).sum()
+        self.lock().values().filter_map(Weak::upgrade).map(|h| h.idle_connections()).sum()
     }
 }
 
@@ -212,8 +237,13 @@ impl HostPool {
         idle.push(Idle { conn, since: Instant::now() });
     }
 
-    fn close_expired(&self) {
-        self.lock().retain(|i| i.since.elapsed() < self.settings.idle_timeout);
+    /// Close the connections idle past the timeout at `now`; returns when
+    /// the oldest one left reaches it.
+    fn close_expired(&self, now: Instant) -> Option<Instant> {
+        let timeout = self.settings.idle_timeout;
+        let mut idle = self.lock();
+        idle.retain(|i| now.saturating_duration_since(i.since) < timeout);
+        idle.iter().map(|i| i.since).min()?.checked_add(timeout)
     }
 
     pub fn idle_connections(&self) -> usize {
@@ -635,10 +665,10 @@ mod tests {
         (addr, task)
     }
 
-    async fn get(pool: &Http1Pool, addr: SocketAddr) -> Result<(StatusCode, Bytes), Http1Error> {
+    async fn get(host: &Arc<HostPool>) -> Result<(StatusCode, Bytes), Http1Error> {
         let headers = HeaderMap::new();
         let head = RequestHead { method: &Method::GET, path: "/", headers: &headers };
-        let response = pool.host(addr).send(head, RequestBody::Full(Bytes::new()), None).await?;
+        let response = host.send(head, RequestBody::Full(Bytes::new()), None).await?;
         let status = response.status();
         Ok((status, response.into_body().collect().await?.to_bytes()))
     }
@@ -655,9 +685,10 @@ mod tests {
         ]])
         .await;
         let pool = pool();
-        assert_eq!(get(&pool, addr).await.unwrap(), (StatusCode::OK, Bytes::from_static(b"hello world")));
+        let host = pool.host(addr);
+        assert_eq!(get(&host).await.unwrap(), (StatusCode::OK, Bytes::from_static(b"hello world")));
         assert_eq!(pool.idle_connections(), 1, "back in the pool once the body ended");
-        assert_eq!(get(&pool, addr).await.unwrap(), (StatusCode::CREATED, Bytes::from_static(b"abc")));
+        assert_eq!(get(&host).await.unwrap(), (StatusCode::CREATED, Bytes::from_static(b"abc")));
         server.await.unwrap();
     }
 
@@ -665,12 +696,48 @@ mod tests {
     async fn a_pooled_connection_the_server_closed_is_replaced() {
         let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let (addr, server) = server(vec![vec![ok], vec![ok]]).await;
-        let pool = pool();
-        assert_eq!(get(&pool, addr).await.unwrap().1, "ok");
+        let host = pool().host(addr);
+        assert_eq!(get(&host).await.unwrap().1, "ok");
         // The server has closed the first connection; the pool may not
         // have seen it yet.
-        assert_eq!(get(&pool, addr).await.unwrap().1, "ok");
+        assert_eq!(get(&host).await.unwrap().1, "ok");
         server.await.unwrap();
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    #[tokio::test]
+    async fn idle_connections_close_at_their_timeout_and_the_pool_says_when_to_look_again() {
+        let (addr, server) = server(vec![vec![OK, OK]]).await;
+        let timeout = Duration::from_millis(300);
+        let pool = Http1Pool::new(Duration::from_secs(2), timeout);
+        let host = pool.host(addr);
+        let before = Instant::now();
+        get(&host).await.unwrap();
+        let next = pool.close_expired().unwrap();
+        assert_eq!(pool.idle_connections(), 1, "not expired yet");
+        assert!(next > before && next <= Instant::now() + timeout, "due when the connection has idled a timeout");
+        tokio::time::sleep_until(next.into()).await;
+        let after = Instant::now();
+        let again = pool.close_expired().unwrap();
+        assert_eq!(pool.idle_connections(), 0, "closed at its timeout");
+        assert!(again >= after + timeout, "with nothing idle, no connection can expire within a timeout");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_no_cluster_holds_goes_with_its_connections() {
+        let (addr, server) = server(vec![vec![OK, OK]]).await;
+        let pool = pool();
+        let host = pool.host(addr);
+        get(&host).await.unwrap();
+        assert!(Arc::ptr_eq(&host, &pool.hosts(&[addr])[0]), "a config naming it again shares its pool");
+        server.abort();
+        drop(host);
+        assert_eq!(pool.idle_connections(), 0, "its idle connection closed with it");
+        let other = pool.host(SocketAddr::from(([127, 0, 0, 2], addr.port())));
+        assert_eq!(pool.lock().len(), 1, "forgotten when the next cluster's pools are looked up");
+        assert!(Arc::strong_count(&other) == 1);
     }
 
     #[tokio::test]
@@ -706,7 +773,7 @@ mod tests {
     async fn a_body_cut_short_is_an_error_and_the_connection_is_not_kept() {
         let (addr, server) = server(vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"]]).await;
         let pool = pool();
-        let err = get(&pool, addr).await.unwrap_err();
+        let err = get(&pool.host(addr)).await.unwrap_err();
         assert!(err.to_string().contains("mid-body"), "{err}");
         assert_eq!(pool.idle_connections(), 0);
         server.await.unwrap();

@@ -270,7 +270,7 @@ impl ProxyBuilder {
                 .boxed(),
             ConfigSource::Stream { configs, .. } => configs,
         };
-        tokio::spawn(sweep(Arc::clone(&forwarder), drain_rx.clone()));
+        tokio::spawn(sweep(Arc::clone(&forwarder), version_rx.clone(), drain_rx.clone()));
         tokio::spawn(flush_access_log(Arc::clone(&metrics), drain_rx.clone()));
         let config_task = tokio::spawn(config_loop(
             configs,
@@ -331,18 +331,27 @@ async fn config_loop(
 }
 
 /// Outlier detection's interval sweeps, for every cluster that has it,
-/// and idle upstream connections closed at their idle timeout.
-async fn sweep(forwarder: Arc<Forwarder>, mut drain: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+/// and idle upstream connections closed at their idle timeout. It sleeps
+/// until the next of them is due or a config arrives (which can bring
+/// sooner ones), never on a fixed tick: an idle proxy stays asleep, and a
+/// thousand endpoints' pools are not walked ten times a second.
+async fn sweep(forwarder: Arc<Forwarder>, mut configs: watch::Receiver<String>, mut drain: watch::Receiver<bool>) {
     loop {
+        let outliers = forwarder.live.load().clusters.values().filter_map(|c| c.sweep_if_due()).min();
+        let idle = forwarder.upstreams.close_expired();
+        let next = outliers.into_iter().chain(idle).min();
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = sleep_until_some(next) => {}
+            Ok(()) = configs.changed() => {}
             _ = drain.changed() => return,
         }
-        for cluster in forwarder.live.load().clusters.values() {
-            cluster.sweep_if_due();
-        }
-        forwarder.upstreams.close_expired();
+    }
+}
+
+async fn sleep_until_some(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

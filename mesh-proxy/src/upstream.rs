@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Uri, Version};
@@ -80,7 +80,7 @@ impl Upstreams {
         let http1 = (!key.http2).then(|| {
             let mut pools = self.http1.lock().unwrap_or_else(PoisonError::into_inner);
             let pool = pools.entry(key).or_insert_with(|| Http1Pool::new(key.connect_timeout, key.idle_timeout));
-            addresses.iter().map(|a| pool.host(*a)).collect()
+            pool.hosts(addresses)
         });
         ClusterConnections {
             hyper,
@@ -91,11 +91,10 @@ impl Upstreams {
     }
 
     /// Close the HTTP/1.1 connections idle past their idle timeout (hyper's
-    /// pool does this for its own).
-    pub fn close_expired(&self) {
-        for pool in self.http1.lock().unwrap_or_else(PoisonError::into_inner).values() {
-            pool.close_expired();
-        }
+    /// pool does this for its own); returns when to call again, `None`
+    /// until a config brings connections that can expire.
+    pub fn close_expired(&self) -> Option<Instant> {
+        self.http1.lock().unwrap_or_else(PoisonError::into_inner).values().filter_map(Http1Pool::close_expired).min()
     }
 }
 
