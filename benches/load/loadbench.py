@@ -32,6 +32,8 @@ import tempfile
 import time
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target"))
+# The gateway's link order (orderfile.py writes it, examples/build.rs uses it).
+ORDER_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "gateway.order")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Tokio processes (the backend, the gateway) with one worker thread.
 ONE_WORKER = dict(os.environ, TOKIO_WORKER_THREADS="1")
@@ -466,11 +468,32 @@ def report(args, gateways, per_round):
     large = [(r["name"], r["rps"] / by_name[r["name"].split(" (")[0]]["rps"]) for r in rows if " (1k" in r["name"]]
     if large:
         print("req/s with the large config / the small one: " + ", ".join(f"{name} {x:.2f}" for name, x in large))
+    for name, path in gateways:
+        print(order_file_coverage(name, path))
     if args.rounds > 1:
         print("\nreq/s by round: " + "; ".join(f"{name} " + " ".join(f"{r['rps']:.0f}" for r in rounds) for name, rounds in per_round.items()))
         ratios = [mesh_round["rps"] / r["rps"] for mesh_round, r in zip(per_round[gateways[0][0]], per_round.get("nginx", []))]
         if ratios:
             print("mesh-proxy / nginx by round: " + " ".join(f"{x:.2f}" for x in ratios))
+
+
+def order_file_coverage(name, binary):
+    """How many of gateway.order's names `binary` has. The names carry
+    hashes that change with the code, and each function the order misses
+    costs idle RSS (its pages and the kernel's fault-around), so a stale
+    file shows here before it shows as megabytes."""
+    try:
+        with open(ORDER_FILE) as f:
+            wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+        nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{name}: gateway.order not checked ({e})"
+    found = len(wanted & {line.split()[-1] for line in nm.splitlines() if line.strip()})
+    line = f"{name}: {found:,} of gateway.order's {len(wanted):,} functions are in the binary"
+    if found < 0.95 * len(wanted):
+        # A profile-guided build inlines differently and always misses some.
+        line += f" ({len(wanted) - found:,} keep the default layout; for the plain build regenerate with orderfile.py)"
+    return line
 
 
 if __name__ == "__main__":

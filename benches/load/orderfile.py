@@ -13,8 +13,11 @@ How: the release gateway runs under `valgrind --tool=callgrind` on the load
 benchmark's small config through startup, wrk (HTTP/1.1) and h2load (h2c)
 load, a metrics scrape and a shutdown; every function of the binary that
 ran is listed by its self cost. Symbol names carry the toolchain's and the
-dependencies' hashes: regenerate after a toolchain or dependency upgrade
-(a stale file does no harm; names it lacks keep the default layout).
+dependencies' hashes, and generic or LTO-local functions' names change
+with the code around them: regenerate after a toolchain or dependency
+upgrade or a change to code that runs at startup or per request
+(loadbench.py prints how many names the binary still has; a stale file
+does no harm beyond idle RSS: names it lacks keep the default layout).
 
 Needs release binaries (`cargo build --release -p examples --bins`),
 valgrind, wrk and h2load.
@@ -30,8 +33,6 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import loadbench as lb  # noqa: E402
-
-ORDER_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "gateway.order")
 
 
 def self_costs(callgrind_out, binary):
@@ -66,7 +67,7 @@ def defined_symbols(binary):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gateway", default=os.path.join(lb.TARGET, "release", "gateway"))
-    ap.add_argument("--out", default=ORDER_FILE)
+    ap.add_argument("--out", default=lb.ORDER_FILE)
     args = ap.parse_args()
     binary = os.path.realpath(args.gateway)
     backend_bin = os.path.join(lb.TARGET, "release", "demo-backend")
@@ -108,7 +109,7 @@ def main():
     with open(args.out, "w") as f:
         f.write("# The gateway's functions that run at startup and under load, hottest first:\n"
                 "# the linker packs them together (examples/build.rs). Written by\n"
-                "# benches/load/orderfile.py; regenerate after a toolchain or dependency upgrade.\n")
+                "# benches/load/orderfile.py; regenerate when loadbench.py says it is stale.\n")
         f.write("".join(name + "\n" for name in ordered))
     print(f"{len(ordered)} functions ({len(costs)} ran in the binary) written to {args.out}")
 
