@@ -70,8 +70,9 @@ def wait_for(probe, what, limit=10.0):
 
 
 def cpu_seconds(pid):
+    """User and system CPU seconds of `pid` so far."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def memory_kb(pid, field):
@@ -170,22 +171,26 @@ def warm_up(port, path):
     subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
 
 
-def measure(name, launch, path, args, fresh=None, connections=True):
+def measure(name, launch, path, args, backend_pid, fresh=None, connections=True):
     """`launch()` starts the proxy and returns (pid to read, port, h2 port
     or None, stop). The load runs on one process; memory per connection is
     read on a second, fresh one (`fresh`, or `launch` again), so that
     neither figure counts the other's memory, nor pages an allocator kept
-    from the load."""
+    from the load. The backend's CPU is read over the same load: what the
+    proxy in front changes of it."""
     pid, port, h2_port, done = launch()
     try:
         warm_up(port, path)
         idle_rss = memory_kb(pid, "VmRSS")
-        cpu0 = cpu_seconds(pid)
+        (user0, sys0), backend0 = cpu_seconds(pid), sum(cpu_seconds(backend_pid))
         rps, p50, p99, total, errors = run_wrk(port, path, args)
-        cpu1 = cpu_seconds(pid)
+        (user1, sys1), backend1 = cpu_seconds(pid), sum(cpu_seconds(backend_pid))
+        per_request_us = 1e6 / max(total, 1)
         row = {
             "name": name, "rps": rps, "p50": p50, "p99": p99, "errors": errors,
-            "cpu_per_1k": (cpu1 - cpu0) / max(total, 1) * 1000.0,
+            "cpu_per_1k": (user1 - user0 + sys1 - sys0) * per_request_us / 1000.0,
+            "user_us": (user1 - user0) * per_request_us, "sys_us": (sys1 - sys0) * per_request_us,
+            "backend_us": (backend1 - backend0) * per_request_us,
             "idle_rss_mb": idle_rss / 1024.0, "peak_rss_mb": memory_kb(pid, "VmHWM") / 1024.0,
         }
         row["h2_rps"], row["h2_mean_ms"], _ = run_h2load(h2_port or port, path, args)
@@ -389,7 +394,7 @@ def main():
             # Every other round backwards, so that a machine getting busier
             # or quieter over the run does not favour whoever goes first.
             for name, launch, path, fresh in jobs if n % 2 == 0 else jobs[::-1]:
-                per_round[name].append(measure(name, launch, path, args, fresh=fresh, connections=n == 0))
+                per_round[name].append(measure(name, launch, path, args, backend.pid, fresh=fresh, connections=n == 0))
     finally:
         stop(backend)
         shutil.rmtree(work, ignore_errors=True)
@@ -461,9 +466,14 @@ def report(args, gateways, per_round):
               f"{r['idle_rss_mb']:>9.1f}{r['peak_rss_mb']:>9.1f}{r.get('h2_rps', 0):>10.0f}{r.get('h2_mean_ms', float('nan')):>11.3f}{r['conn_kb']:>8.1f}{r['errors']:>8}")
     added = {r["name"]: r["p50"] - direct["p50"] for r in rows[1:]}
     print("\np50 latency added over direct: " + ", ".join(f"{k} {v:.3f} ms" for k, v in added.items()))
+    direct_us = direct["cpu_per_1k"] * 1000.0
     for name, _ in gateways:
         r = next(r for r in rows if r["name"] == name)
-        print(f"{name} CPU per request / direct backend's: {r['cpu_per_1k'] / direct['cpu_per_1k']:.2f}")
+        print(f"{name} CPU per request / direct backend's: {r['cpu_per_1k'] / direct['cpu_per_1k']:.2f}"
+              f" (its kernel time alone: {r['sys_us'] / direct_us:.2f})")
+    print("\nCPU per request, µs (HTTP/1.1 load): the proxy's user and kernel time, and the backend's CPU behind it")
+    for r in rows:
+        print(f"  {r['name']:36}user {r['user_us']:6.2f}  kernel {r['sys_us']:6.2f}  backend {r['backend_us']:6.2f}")
     by_name = {r["name"]: r for r in rows}
     large = [(r["name"], r["rps"] / by_name[r["name"].split(" (")[0]]["rps"]) for r in rows if " (1k" in r["name"]]
     if large:
