@@ -476,7 +476,7 @@ def report(args, gateways, per_round):
               f" (its kernel time alone: {r['sys_us'] / direct_us:.2f})")
     print("\nCPU per request, µs (HTTP/1.1 load): the proxy's user and kernel time, and the backend's CPU behind it")
     for r in rows:
-        print(f"  {r['name']:36}user {r['user_us']:6.2f}  kernel {r['sys_us']:6.2f}  backend {r['backend_us']:6.2f}")
+        print(f"  {r['name']:40}user {r['user_us']:6.2f}  kernel {r['sys_us']:6.2f}  backend {r['backend_us']:6.2f}")
     by_name = {r["name"]: r for r in rows}
     large = [(r["name"], r["rps"] / by_name[r["name"].split(" (")[0]]["rps"]) for r in rows if " (1k" in r["name"]]
     if large:
