@@ -498,15 +498,20 @@ def order_file_coverage(name, binary):
     try:
         with open(ORDER_FILE) as f:
             wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}
-        nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, timeout=60).stdout
+        found = len(wanted & defined_symbols(binary))
     except (OSError, subprocess.SubprocessError) as e:
         return f"{name}: gateway.order not checked ({e})"
-    found = len(wanted & {line.split()[-1] for line in nm.splitlines() if line.strip()})
     line = f"{name}: {found:,} of gateway.order's {len(wanted):,} functions are in the binary"
     if found < 0.95 * len(wanted):
         # A profile-guided build inlines differently and always misses some.
         line += f" ({len(wanted) - found:,} keep the default layout; for the plain build regenerate with orderfile.py)"
     return line
+
+
+def defined_symbols(binary):
+    """The names of the functions and data `binary` defines (`nm`)."""
+    out = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True, timeout=60).stdout
+    return {parts[2] for parts in (line.split() for line in out.splitlines()) if len(parts) == 3}
 
 
 if __name__ == "__main__":

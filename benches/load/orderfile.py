@@ -59,11 +59,6 @@ def self_costs(callgrind_out, binary):
     return costs
 
 
-def defined_symbols(binary):
-    out = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
-    return {parts[2] for parts in (line.split() for line in out.splitlines()) if len(parts) == 3}
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gateway", default=os.path.join(lb.TARGET, "release", "gateway"))
@@ -102,7 +97,7 @@ def main():
     finally:
         lb.stop(backend)
     costs = self_costs(profile, binary)
-    symbols = defined_symbols(binary)
+    symbols = lb.defined_symbols(binary)
     ordered = [name for name, _ in costs.most_common() if name in symbols]
     if len(ordered) < 100:
         sys.exit(f"only {len(ordered)} functions of {binary} found in {profile}: did the gateway run?")
