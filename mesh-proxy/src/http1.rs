@@ -85,11 +85,14 @@ pub enum RequestBody {
 /// request takes its connection without a lookup, and configs that name
 /// the same endpoint share its connections. The clusters own the host
 /// pools: when no config names an endpoint any more, its pool and idle
-/// connections go (as Envoy drains a removed host's).
+/// connections go (as Envoy drains a removed host's), and its entry here
+/// goes with it.
 pub struct Http1Pool {
-    hosts: Mutex<HashMap<SocketAddr, Weak<HostPool>>>,
+    hosts: Arc<Mutex<HostMap>>,
     settings: Settings,
 }
+
+type HostMap = HashMap<SocketAddr, Weak<HostPool>>;
 
 #[derive(Clone, Copy)]
 struct Settings {
@@ -102,6 +105,19 @@ pub struct HostPool {
     addr: SocketAddr,
     idle: Mutex<Vec<Idle>>,
     settings: Settings,
+    /// The map that found this pool, to leave when the pool goes.
+    known_in: Weak<Mutex<HostMap>>,
+}
+
+impl Drop for HostPool {
+    fn drop(&mut self) {
+        let Some(map) = self.known_in.upgrade() else { return };
+        let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+        // A later config may have made a new pool for the address.
+        if map.get(&self.addr).is_some_and(|known| known.strong_count() == 0) {
+            map.remove(&self.addr);
+        }
+    }
 }
 
 struct Idle {
@@ -153,11 +169,17 @@ impl Conn {
 
 impl Http1Pool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Http1Pool {
-        Http1Pool { hosts: Mutex::default(), settings: Settings { connect_timeout, idle_timeout } }
+        Http1Pool { hosts: Arc::default(), settings: Settings { connect_timeout, idle_timeout } }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Weak<HostPool>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HostMap> {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The endpoints' pools held now. Taken out of the lock: the last
+    /// reference to one may be dropped here, and a pool's drop takes it.
+    fn live(&self) -> Vec<Arc<HostPool>> {
+        self.lock().values().filter_map(Weak::upgrade).collect()
     }
 
     /// The pool of one endpoint (config time).
@@ -167,18 +189,17 @@ impl Http1Pool {
 
     /// The pools of a cluster's endpoints, in order (config time): the
     /// live ones where another cluster or the config before names the
-    /// same endpoint, new ones for the rest. Pools no one holds any more
-    /// are forgotten here, once per cluster rather than per endpoint.
+    /// same endpoint, new ones for the rest.
     pub fn hosts(&self, addrs: &[SocketAddr]) -> Vec<Arc<HostPool>> {
         let settings = self.settings;
         let mut hosts = self.lock();
-        hosts.retain(|_, host| host.strong_count() > 0);
         addrs
             .iter()
             .map(|&addr| {
                 let known = hosts.get(&addr).and_then(Weak::upgrade);
                 known.unwrap_or_else(|| {
-                    let host = Arc::new(HostPool { addr, idle: Mutex::default(), settings });
+                    let known_in = Arc::downgrade(&self.hosts);
+                    let host = Arc::new(HostPool { addr, idle: Mutex::default(), settings, known_in });
                     hosts.insert(addr, Arc::downgrade(&host));
                     host
                 })
@@ -194,7 +215,7 @@ impl Http1Pool {
     pub fn close_expired(&self) -> Option<Instant> {
         let now = Instant::now();
         let timeout = self.settings.idle_timeout;
-        let oldest = self.lock().values().filter_map(Weak::upgrade).filter_map(|host| host.close_expired(now)).min();
+        let oldest = self.live().iter().filter_map(|host| host.close_expired(now)).min();
         // Connections that go idle from now on expire no sooner than this.
         let next = oldest.or_else(|| now.checked_add(timeout))?;
         Some(next.max(now.checked_add(timeout / 16)?))
@@ -202,7 +223,7 @@ impl Http1Pool {
 
     /// Idle connections held, for stats.
     pub fn idle_connections(&self) -> usize {
-        self.lock().values().filter_map(Weak::upgrade).map(|h| h.idle_connections()).sum()
+        self.live().iter().map(|h| h.idle_connections()).sum()
     }
 }
 
@@ -734,9 +755,10 @@ mod tests {
         assert!(Arc::ptr_eq(&host, &pool.hosts(&[addr])[0]), "a config naming it again shares its pool");
         server.abort();
         drop(host);
+        assert_eq!(pool.lock().len(), 0, "its entry left with it");
         assert_eq!(pool.idle_connections(), 0, "its idle connection closed with it");
         let other = pool.host(SocketAddr::from(([127, 0, 0, 2], addr.port())));
-        assert_eq!(pool.lock().len(), 1, "forgotten when the next cluster's pools are looked up");
+        assert_eq!(pool.lock().len(), 1, "forgotten when its pool went");
         assert!(Arc::strong_count(&other) == 1);
     }
 
