@@ -72,7 +72,7 @@ async fn bookinfo_scaling_readiness_and_watch_timeouts() {
     let fake = FakeApi::start(&["--max-watch-seconds", "1", "--bookmark-ms", "300"]);
     let cluster = Cluster { client: fake.client() };
     let deployments = cluster.bookinfo("default").await;
-    for doc in yaml_documents("samples/bookinfo/networking/destination-rule-all.yaml") {
+    for doc in yaml_documents("bookinfo/subsets.yaml") {
         cluster.apply_istio("default", doc, "v1").await.expect("destination rules");
     }
     let source = started(&fake, KubeOptions::default()).await;
@@ -279,7 +279,7 @@ async fn api_server_restart_restored_from_backup() {
     // the new server holds.
     let fake = fake.restart(&["--rv-start", "1000000"]);
     let cluster = Cluster { client: fake.client() };
-    let docs = yaml_documents("samples/bookinfo/platform/kube/bookinfo.yaml");
+    let docs = yaml_documents("bookinfo/kubernetes.yaml");
     let reviews_v1 = docs.iter().find(|d| d["metadata"]["name"] == "reviews-v1").expect("reviews-v1");
     let reviews = docs.iter().find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "reviews").expect("svc");
     cluster.scale("default", reviews_v1, 2, "10.2.0").await;

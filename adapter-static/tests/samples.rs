@@ -1,33 +1,19 @@
-//! Every file of Istio's samples loads (with bookinfo's Kubernetes objects
-//! and pods), and the loaded mesh routes as the samples say.
+//! Every fixture file loads (with the shop's Kubernetes objects and pods),
+//! and the loaded mesh routes as the fixtures say.
 
 mod common;
-
-use std::path::PathBuf;
 
 use adapter_static::{Severity, StaticOptions, StaticSource};
 use mesh_core::config::Kind;
 use mesh_core::mesh::MeshSnapshot;
 use mesh_core::translate::{translate, ProxyIdentity};
 use mesh_core::{ConfigStore, ServiceRegistry};
-
-fn yaml_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            yaml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml") {
-            out.push(path);
-        }
-    }
-}
+use mesh_testkit::fixtures;
 
 #[test]
-fn every_sample_file_loads_without_errors() {
-    let mut files = Vec::new();
-    yaml_files(&common::istio_testdata(), &mut files);
-    files.sort();
-    assert!(files.len() >= 40);
+fn every_fixture_file_loads_without_errors() {
+    let files = fixtures::yaml_files("");
+    assert!(files.len() >= 19);
     for file in files {
         let source =
             StaticSource::load(StaticOptions::new([file.clone(), common::bookinfo_kube(), common::bookinfo_pods()]));
@@ -41,29 +27,28 @@ fn every_sample_file_loads_without_errors() {
 
 #[test]
 fn the_whole_tree_loads_and_reports_only_duplicates_and_skipped_kinds() {
-    let source = StaticSource::load(StaticOptions::new([common::istio_testdata(), common::bookinfo_pods()]));
+    let source = StaticSource::load(StaticOptions::new([fixtures::istio_dir(), common::bookinfo_pods()]));
     let status = source.status();
     for p in &status.problems {
         let ok = p.message.contains("defined twice") || p.message.contains("is not a kind the mesh reads");
         assert!(ok, "unexpected: {p}");
     }
-    // The many `reviews` VirtualServices of the samples share one name: the
-    // first (in path order) is used and the others are reported.
+    // The many `reviews` VirtualServices of the fixtures share one name:
+    // the first (in path order) is used and the others are reported.
     assert!(status.problems.iter().any(
         |p| p.message.contains("defined twice") && p.resource.as_deref() == Some("VirtualService default/reviews")
     ));
-    // One warning per skipped kind, not one per object.
-    let crd = status.problems.iter().filter(|p| p.message.contains("CustomResourceDefinition")).count();
-    assert_eq!(crd, 1);
+    // One warning per skipped kind, not one per object (two HTTPRoutes).
+    let routes = status.problems.iter().filter(|p| p.message.contains("HTTPRoute")).count();
+    assert_eq!(routes, 1);
     assert!(ConfigStore::snapshot(&source).keys().any(|k| k.kind == Kind::ServiceEntry));
 }
 
 #[test]
 fn bookinfo_from_files_routes_jason_to_v2() {
-    let networking = common::istio_testdata().join("samples/bookinfo/networking");
     let source = StaticSource::load(StaticOptions::new([
-        networking.join("destination-rule-all.yaml"),
-        networking.join("virtual-service-reviews-jason-v2-v3.yaml"),
+        fixtures::istio("bookinfo/subsets.yaml"),
+        fixtures::istio("bookinfo/routes/reviews-jason-v2-else-v3.yaml"),
         common::bookinfo_kube(),
         common::bookinfo_pods(),
     ]));
@@ -81,7 +66,7 @@ fn bookinfo_from_files_routes_jason_to_v2() {
         namespace: "default".into(),
         name: "reviews".into(),
     }];
-    assert!(origin.file.ends_with("virtual-service-reviews-jason-v2-v3.yaml"));
+    assert!(origin.file.ends_with("reviews-jason-v2-else-v3.yaml"));
 }
 
 #[test]

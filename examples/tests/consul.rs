@@ -7,11 +7,11 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{eventually, fake_server, free_port, reviews_backends, send, versions, Gateway};
+use common::{fake_server, free_port, reviews_backends, send, versions, wait_until, Gateway};
 
 fn put(agent: &str, path: &str, body: &str) {
     let out = send(agent, "PUT", path, body);
-    assert!(out.starts_with("HTTP/1.1 200"), "PUT {path}: {out}");
+    assert_eq!(out.status, 200, "PUT {path}: {out:?}");
 }
 
 fn register(agent: &str, version: &str, port: u16, check: &str) {
@@ -34,7 +34,7 @@ fn routes(port: u16, http: &str) -> String {
 #[test]
 fn gateway_routes_on_the_consul_catalog_and_kv() {
     let (_backends, [p1, p2, p3]) = reviews_backends();
-    let (_consul, agent) = fake_server("fake_consul");
+    let (_consul, agent) = fake_server("fake_consul", &[]);
     for (version, port) in [("v1", p1), ("v2", p2), ("v3", p3)] {
         register(&agent, version, port, "passing");
     }
@@ -54,7 +54,7 @@ fn gateway_routes_on_the_consul_catalog_and_kv() {
     // (503, as Envoy answers), v3 keeps its share.
     register(&agent, "v1", p1, "critical");
     assert!(
-        eventually(Duration::from_secs(10), || {
+        wait_until(Duration::from_secs(10), || {
             let seen = versions(&g, 40, "/", &[]);
             !seen.contains_key("v1") && seen.contains_key("v3") && seen.contains_key("status 503")
         }),
@@ -67,7 +67,7 @@ fn gateway_routes_on_the_consul_catalog_and_kv() {
         &routes(port, "  - route:\n    - destination: {host: reviews.dc1.consul, subset: v2}\n"),
     );
     assert!(
-        eventually(Duration::from_secs(10), || versions(&g, 10, "/", &[]) == [("v2".to_string(), 10)].into()),
+        wait_until(Duration::from_secs(10), || versions(&g, 10, "/", &[]) == [("v2".to_string(), 10)].into()),
         "the KV edit should route everything to v2"
     );
 }

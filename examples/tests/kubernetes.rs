@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    control_plane_on, debug_get, eventually, fake_server, free_port, reviews_backends, routes, send, versions,
+    control_plane_on, debug_get, fake_server, free_port, reviews_backends, routes, send, versions, wait_until,
     write_mesh, Gateway, Service,
 };
 
@@ -31,11 +31,11 @@ fn apply(api: &str, object: &serde_json::Value) {
     };
     let body = object.to_string();
     let created = send(api, "POST", &collection, &body);
-    if created.starts_with("HTTP/1.1 409") {
+    if created.status == 409 {
         let replaced = send(api, "PUT", &format!("{collection}/{name}"), &body);
-        assert!(replaced.starts_with("HTTP/1.1 200"), "replace {kind} {name}: {replaced}");
+        assert_eq!(replaced.status, 200, "replace {kind} {name}: {replaced:?}");
     } else {
-        assert!(created.starts_with("HTTP/1.1 201"), "create {kind} {name}: {created}");
+        assert_eq!(created.status, 201, "create {kind} {name}: {created:?}");
     }
 }
 
@@ -50,7 +50,7 @@ const RULES: &str = "  - match:\n    - headers: {end-user: {exact: jason}}\n    
 #[test]
 fn gateway_and_control_plane_read_kubernetes() {
     let (_backends, [p1, p2, p3]) = reviews_backends();
-    let (_api, api) = fake_server("fake_apiserver");
+    let (_api, api) = fake_server("fake_apiserver", &[]);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // The same objects the file tests use, through the API this time.
@@ -81,7 +81,7 @@ fn gateway_and_control_plane_read_kubernetes() {
     // An edit through the API reaches the gateway over xDS.
     apply_yaml(&api, &routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v3}\n"));
     assert!(
-        eventually(Duration::from_secs(10), || versions(&g, 5, "/", &[]) == [("v3".to_string(), 5)].into()),
+        wait_until(Duration::from_secs(10), || versions(&g, 5, "/", &[]) == [("v3".to_string(), 5)].into()),
         "the VirtualService edit did not reach the gateway"
     );
     // v3's pod scaled away (its slice emptied): an endpoint-only push,
@@ -95,7 +95,7 @@ fn gateway_and_control_plane_read_kubernetes() {
         }),
     );
     let mut last = None;
-    let emptied = eventually(Duration::from_secs(10), || {
+    let emptied = wait_until(Duration::from_secs(10), || {
         let r = g.get("/", &[]);
         last = Some((r.status, r.body.clone()));
         r.status == 503
@@ -104,7 +104,7 @@ fn gateway_and_control_plane_read_kubernetes() {
     // The other subsets kept their endpoints through that push.
     apply_yaml(&api, &routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v2}\n"));
     assert!(
-        eventually(Duration::from_secs(10), || versions(&g, 5, "/", &[]) == [("v2".to_string(), 5)].into()),
+        wait_until(Duration::from_secs(10), || versions(&g, 5, "/", &[]) == [("v2".to_string(), 5)].into()),
         "v2 should still serve"
     );
 }

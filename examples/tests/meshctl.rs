@@ -1,14 +1,9 @@
 //! `meshctl` run as users run it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn samples() -> PathBuf {
-    std::env::var("MESH_ISTIO_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/istio"))
-        .join("samples")
-}
+use mesh_testkit::fixtures;
 
 fn meshctl(args: &[&str], paths: &[&Path]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
@@ -22,7 +17,7 @@ fn meshctl(args: &[&str], paths: &[&Path]) -> (i32, String) {
 
 #[test]
 fn validate_passes_good_config() {
-    let file = samples().join("bookinfo/networking/virtual-service-all-v1.yaml");
+    let file = fixtures::istio("bookinfo/routes/all-v1.yaml");
     let (code, out) = meshctl(&["validate"], &[&file]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 errors, 0 warnings in 1 file (4 resources, 0 services)"), "{out}");
@@ -58,7 +53,7 @@ fn analyze_finds_cross_resource_problems() {
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v9}\n  - match: [{uri: {prefix: /x}}]\n    route:\n    - destination: {host: nowhere}\n",
     )
     .unwrap();
-    let bookinfo = samples().join("bookinfo/platform/kube/bookinfo.yaml");
+    let bookinfo = fixtures::istio("bookinfo/kubernetes.yaml");
     let (code, out) = meshctl(&["analyze"], &[&routes, &bookinfo]);
     assert_eq!(code, 1, "{out}");
     for expected in [
@@ -75,14 +70,13 @@ fn analyze_finds_cross_resource_problems() {
 
 #[test]
 fn colour_on_request_and_grouping_by_file() {
-    let networking = samples().join("bookinfo/networking");
     let (code, out) = meshctl(
         &["--color", "always", "analyze"],
-        &[&networking.join("bookinfo-gateway.yaml"), &networking.join("destination-rule-all.yaml")],
+        &[&fixtures::istio("bookinfo/ingress.yaml"), &fixtures::istio("bookinfo/subsets.yaml")],
     );
     assert_eq!(code, 1);
     assert!(out.contains("\x1b[31merror\x1b[0m"), "{out:?}");
-    let gw = out.find("bookinfo-gateway.yaml\x1b[0m\n").expect("a header per file");
-    let dr = out.find("destination-rule-all.yaml\x1b[0m\n").expect("a header per file");
+    let gw = out.find("ingress.yaml\x1b[0m\n").expect("a header per file");
+    let dr = out.find("subsets.yaml\x1b[0m\n").expect("a header per file");
     assert!(gw < dr, "files in path order");
 }

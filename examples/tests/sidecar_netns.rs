@@ -132,7 +132,7 @@ fn sidecar_captures_a_pods_traffic_both_ways() {
     let ready =
         "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:15000/ready', timeout=1).status)";
     assert!(
-        common::eventually(Duration::from_secs(20), || in_pod(&ns, ready).as_deref() == Ok("200")),
+        common::wait_until(Duration::from_secs(20), || in_pod(&ns, ready).as_deref() == Ok("200")),
         "sidecar not ready"
     );
     run(&["ip", "netns", "exec", &ns, env!("CARGO_BIN_EXE_mesh-iptables"), "--apply"]);
@@ -151,8 +151,11 @@ fn sidecar_captures_a_pods_traffic_both_ways() {
 
     // Inbound: a caller outside the pod reaches the app through 15006.
     let r = common::parse(
-        &common::raw_to(&pod_ip, 8080, b"GET /headers HTTP/1.1\r\nHost: productpage\r\nConnection: close\r\n\r\n")
-            .unwrap(),
+        &mesh_testkit::http::raw(
+            &format!("{pod_ip}:8080"),
+            b"GET /headers HTTP/1.1\r\nHost: productpage\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!((r.status, r.header("x-backend-version")), (200, Some("app")));

@@ -4,29 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{control_plane, eventually, Proc};
-
-fn peers() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
-}
+use common::{control_plane, grpc_echo_server, peers, wait_until, Proc};
 
 /// A gRPC echo server that tags answers with `version`; returns it and its port.
 fn grpc_backend(version: &str) -> (Proc, u16) {
-    let mut child = Command::new("python3")
-        .arg(peers().join("grpc_echo_server.py"))
-        .arg(version)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the gRPC server (python3 with grpcio)");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port line");
-    let port = line.trim().parse().unwrap_or_else(|_| panic!("bad port line {line:?}"));
-    (Proc(child), port)
+    grpc_echo_server(Some(version))
 }
 
 /// Services `echo` (gRPC port 7070) with pods v1 and v2, and a 70/30 split.
@@ -62,7 +48,7 @@ fn run_client(mut cmd: Command, what: &str) -> serde_json::Map<String, serde_jso
     let mut child =
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
     let mut status = None;
-    eventually(Duration::from_secs(120), || {
+    wait_until(Duration::from_secs(120), || {
         status = child.try_wait().expect("poll the client");
         status.is_some()
     });

@@ -1,4 +1,4 @@
-//! mesh-proxy driven over xDS: the gateway binary with `--xds` against the
+//! mesh-proxy driven over xDS: the gateway binary with `--xds-server` against the
 //! control-plane binary routes exactly as the gateway reading the same
 //! files itself, and follows edits of them.
 

@@ -1,4 +1,4 @@
-//! Istio's bookinfo samples, translated for the productpage sidecar (or the
+//! The bookinfo scenarios of Istio's docs (as the repository's fixtures), translated for the productpage sidecar (or the
 //! ingress gateway) and then routed, balanced and fault-injected by the
 //! engines, checked against what Istio documents for each sample.
 
@@ -40,10 +40,7 @@ fn table(cfg: &ProxyConfig, name: &str) -> RouteTable {
 
 #[test]
 fn jason_goes_to_reviews_v2_and_everyone_else_to_v3() {
-    let cfg = productpage_config(&[
-        "bookinfo/networking/destination-rule-all.yaml",
-        "bookinfo/networking/virtual-service-reviews-jason-v2-v3.yaml",
-    ]);
+    let cfg = productpage_config(&["bookinfo/subsets.yaml", "bookinfo/routes/reviews-jason-v2-else-v3.yaml"]);
     let t = table(&cfg, "9080");
     let v2 = format!("outbound|9080|v2|{REVIEWS}");
     let v3 = format!("outbound|9080|v3|{REVIEWS}");
@@ -63,10 +60,7 @@ fn jason_goes_to_reviews_v2_and_everyone_else_to_v3() {
 
 #[test]
 fn ninety_ten_split_holds_within_one_point_over_100k_picks() {
-    let cfg = productpage_config(&[
-        "bookinfo/networking/destination-rule-all.yaml",
-        "bookinfo/networking/virtual-service-reviews-90-10.yaml",
-    ]);
+    let cfg = productpage_config(&["bookinfo/subsets.yaml", "bookinfo/routes/reviews-90-10-v1-v2.yaml"]);
     let t = table(&cfg, "9080");
     let r = route(&t, "http://reviews:9080/", &[]).unwrap();
     let RouteAction::Forward { clusters } = &r.action else { panic!() };
@@ -83,10 +77,7 @@ fn fastrand_rng() -> fastrand::Rng {
 
 #[test]
 fn fifty_fifty_and_all_v1() {
-    let cfg = productpage_config(&[
-        "bookinfo/networking/destination-rule-all.yaml",
-        "bookinfo/networking/virtual-service-reviews-50-v3.yaml",
-    ]);
+    let cfg = productpage_config(&["bookinfo/subsets.yaml", "bookinfo/routes/reviews-50-50-v1-v3.yaml"]);
     let t = table(&cfg, "9080");
     let r = route(&t, "http://reviews:9080/", &[]).unwrap();
     assert_eq!(
@@ -94,10 +85,7 @@ fn fifty_fifty_and_all_v1() {
         [(format!("outbound|9080|v1|{REVIEWS}").as_str(), 50), (format!("outbound|9080|v3|{REVIEWS}").as_str(), 50)]
     );
 
-    let cfg = productpage_config(&[
-        "bookinfo/networking/destination-rule-all.yaml",
-        "bookinfo/networking/virtual-service-all-v1.yaml",
-    ]);
+    let cfg = productpage_config(&["bookinfo/subsets.yaml", "bookinfo/routes/all-v1.yaml"]);
     let t = table(&cfg, "9080");
     for svc in ["reviews", "ratings", "details", "productpage"] {
         let r = route(&t, &format!("http://{svc}:9080/"), &[]).unwrap();
@@ -107,10 +95,7 @@ fn fifty_fifty_and_all_v1() {
 
 #[test]
 fn delay_fault_sample_delays_jason_by_7s_and_no_one_else() {
-    let cfg = productpage_config(&[
-        "bookinfo/networking/destination-rule-all.yaml",
-        "bookinfo/networking/virtual-service-ratings-test-delay.yaml",
-    ]);
+    let cfg = productpage_config(&["bookinfo/subsets.yaml", "bookinfo/routes/ratings-delay-jason.yaml"]);
     let t = table(&cfg, "9080");
     let mut rng = fastrand_rng();
     let jason = route(&t, "http://ratings:9080/ratings/0", &[("end-user", "jason")]).unwrap();
@@ -126,10 +111,7 @@ fn delay_fault_sample_delays_jason_by_7s_and_no_one_else() {
 
 #[test]
 fn abort_fault_sample_answers_jason_with_500() {
-    let cfg = productpage_config(&[
-        "bookinfo/networking/destination-rule-all.yaml",
-        "bookinfo/networking/virtual-service-ratings-test-abort.yaml",
-    ]);
+    let cfg = productpage_config(&["bookinfo/subsets.yaml", "bookinfo/routes/ratings-abort-jason.yaml"]);
     let t = table(&cfg, "9080");
     let mut rng = fastrand_rng();
     let jason = route(&t, "http://ratings:9080/ratings/0", &[("end-user", "jason")]).unwrap();
@@ -190,7 +172,7 @@ fn retry_policy_from_a_virtual_service_and_istio_default() {
 #[test]
 fn bookinfo_gateway_routes_the_documented_paths() {
     let store = MemoryConfigStore::new();
-    for r in load("bookinfo/networking/bookinfo-gateway.yaml") {
+    for r in load("bookinfo/ingress.yaml") {
         store.upsert(r);
     }
     let registry = bookinfo_registry();
@@ -220,16 +202,12 @@ fn bookinfo_gateway_routes_the_documented_paths() {
 
 #[test]
 fn translation_is_deterministic_and_versioned() {
-    let files =
-        ["bookinfo/networking/destination-rule-all.yaml", "bookinfo/networking/virtual-service-reviews-90-10.yaml"];
+    let files = ["bookinfo/subsets.yaml", "bookinfo/routes/reviews-90-10-v1-v2.yaml"];
     let a = productpage_config(&files);
     let b = productpage_config(&files);
     assert_eq!(serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&b).unwrap());
     assert_eq!(a.version, b.version);
-    let c = productpage_config(&[
-        "bookinfo/networking/destination-rule-all.yaml",
-        "bookinfo/networking/virtual-service-reviews-80-20.yaml",
-    ]);
+    let c = productpage_config(&["bookinfo/subsets.yaml", "bookinfo/routes/reviews-80-20-v1-v2.yaml"]);
     assert_ne!(a.version, c.version);
     // Istio's names for clusters and listeners.
     let names: Vec<&str> = a.clusters.iter().map(|c| c.name.as_str()).collect();

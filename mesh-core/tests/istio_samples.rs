@@ -1,28 +1,12 @@
-//! Every Istio sample and the CRD file parse; every Istio resource in the
-//! samples decodes and validates with no unknown field.
-
-mod common;
+//! Every fixture file parses; every Istio resource in them decodes and
+//! validates with no unknown field.
 
 use mesh_core::config::{self, Decoded, Kind};
 
-fn yaml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            yaml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
-fn every_sample_file_parses_and_every_istio_resource_validates() {
-    let mut files = Vec::new();
-    yaml_files(&common::istio_testdata(), &mut files);
-    files.sort();
-    assert!(files.len() >= 40, "expected the Istio sample tree, found {} files", files.len());
-    let mut istio = 0;
+fn every_fixture_file_parses_and_every_istio_resource_validates() {
+    let files = mesh_testkit::fixtures::yaml_files("");
+    assert!(files.len() >= 19, "expected the fixture tree, found {} files", files.len());
     let mut per_kind = std::collections::BTreeMap::<Kind, usize>::new();
     for path in &files {
         let text = std::fs::read_to_string(path).unwrap();
@@ -31,7 +15,6 @@ fn every_sample_file_parses_and_every_istio_resource_validates() {
             match config::decode(doc, "default") {
                 Ok(Decoded::Istio { resource, unknown_fields }) => {
                     assert!(unknown_fields.is_empty(), "{} doc {i}: unknown fields {unknown_fields:?}", path.display());
-                    istio += 1;
                     *per_kind.entry(resource.kind()).or_default() += 1;
                 }
                 Ok(Decoded::Other { .. }) => {}
@@ -39,12 +22,18 @@ fn every_sample_file_parses_and_every_istio_resource_validates() {
             }
         }
     }
-    // 29 VirtualServices, 12 DestinationRules, 5 Istio Gateways (the other
-    // Gateways are Gateway API) and one ServiceEntry.
-    assert_eq!(per_kind.get(&Kind::VirtualService), Some(&29), "{per_kind:?}");
-    assert_eq!(per_kind.get(&Kind::DestinationRule), Some(&12), "{per_kind:?}");
-    assert_eq!(per_kind.get(&Kind::ServiceEntry), Some(&1), "{per_kind:?}");
-    assert!(istio >= 47, "{istio} Istio resources");
+    let expected = [
+        (Kind::VirtualService, 15),
+        (Kind::DestinationRule, 5),
+        (Kind::Gateway, 2),
+        (Kind::ServiceEntry, 1),
+        (Kind::PeerAuthentication, 3),
+        (Kind::AuthorizationPolicy, 3),
+        (Kind::RequestAuthentication, 1),
+    ];
+    for (kind, n) in expected {
+        assert_eq!(per_kind.get(&kind), Some(&n), "{kind}: {per_kind:?}");
+    }
 }
 
 #[test]
@@ -72,14 +61,4 @@ fn unknown_fields_are_reported_not_dropped_silently() {
     .remove(0);
     let Decoded::Istio { unknown_fields, .. } = config::decode(doc, "default").unwrap() else { panic!() };
     assert_eq!(unknown_fields, ["spec.htp", "spec.http[0].route[0].wieght"]);
-}
-
-#[test]
-fn crd_schema_file_parses_as_yaml() {
-    let text = std::fs::read_to_string(common::istio_testdata().join("crds/crd-all.gen.yaml")).unwrap();
-    let docs = config::parse_documents(&text).unwrap();
-    let kinds: Vec<&str> = docs.iter().filter_map(|d| d.pointer("/spec/names/kind")?.as_str()).collect();
-    for kind in Kind::ALL {
-        assert!(kinds.contains(&kind.name()), "{kind} has no CRD");
-    }
 }

@@ -218,7 +218,7 @@ fn tcp_echo_gateway_splits_80_20() {
         vec![v1, v2],
     );
     let store = MemoryConfigStore::new();
-    for r in load("tcp-echo/tcp-echo-all-v1.yaml").into_iter().chain(load("tcp-echo/tcp-echo-20-v2.yaml")) {
+    for r in load("tcp-echo/gateway-all-v1.yaml").into_iter().chain(load("tcp-echo/split-80-20.yaml")) {
         store.upsert(r);
     }
     let cfg = translate(

@@ -1,40 +1,27 @@
 //! The library with a stream of ready-made `ProxyConfig`s (what an xDS
 //! client or your own code produces), against a real backend process.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use mesh_core::config::Resource;
 use mesh_core::mesh::MeshSnapshot;
-use mesh_core::model::{Endpoint, Protocol, Resolution, Service, ServicePort};
+use mesh_core::model::{Endpoint, Service};
 use mesh_core::registry::MemoryRegistry;
 use mesh_core::store::MemoryConfigStore;
 use mesh_core::translate::translate;
 use mesh_core::{ConfigStore, ServiceRegistry};
 use mesh_proxy::{default_gateway_identity, ConfigSource, ProxyBuilder};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use mesh_testkit::free_port;
+use mesh_testkit::process::announced;
 
 fn get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    mesh_testkit::http::raw_port(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap_or_default()
 }
 
 fn config(gateway_port: u16, backend_port: u16, routes: &str) -> mesh_core::ProxyConfig {
@@ -46,18 +33,7 @@ fn config(gateway_port: u16, backend_port: u16, routes: &str) -> mesh_core::Prox
     let registry = MemoryRegistry::new("code");
     let mut endpoint = Endpoint::new("127.0.0.1");
     endpoint.ports.insert("http".into(), backend_port);
-    registry.upsert(
-        Service {
-            hostname: "app.default.svc.cluster.local".into(),
-            namespace: "default".into(),
-            ports: vec![ServicePort { name: "http".into(), port: 80, protocol: Protocol::Http, target_port: None }],
-            labels: Default::default(),
-            addresses: vec![],
-            resolution: Resolution::Static,
-            mesh_external: false,
-        },
-        vec![endpoint],
-    );
+    registry.upsert(Service::http("app.default.svc.cluster.local", "default", 80), vec![endpoint]);
     translate(&MeshSnapshot { config: store.snapshot(), services: registry.snapshot() }, &default_gateway_identity())
 }
 
@@ -65,17 +41,13 @@ fn config(gateway_port: u16, backend_port: u16, routes: &str) -> mesh_core::Prox
 async fn serves_a_stream_of_proxy_configs() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hello.txt"), "hello from python\n").unwrap();
-    let mut child = Command::new("python3")
+    let mut python = Command::new("python3");
+    python
         .args(["-u", "-c", "import http.server, sys\nh = http.server.ThreadingHTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\nprint(h.server_address[1], flush=True)\nh.serve_forever()\n"])
         .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _backend = Proc(child);
-    let backend_port: u16 = line.trim().parse().unwrap();
+        .stderr(Stdio::null());
+    let (_backend, line) = announced(python, "");
+    let backend_port: u16 = line.parse().expect("the backend's port");
     let port = free_port();
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -3,7 +3,7 @@
 //! config, and reconnect after the server goes away.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
 use futures_util::StreamExt;
@@ -91,11 +91,7 @@ impl Drop for Server {
 
 /// Poll `cond` until it holds; fail after 10 s.
 async fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "no {what} within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    mesh_testkit::eventually(10, what, || cond().then_some(())).await
 }
 
 async fn wait_for(status: &std::sync::Mutex<ClientStatus>, what: &str, cond: impl Fn(&ClientStatus) -> bool) {

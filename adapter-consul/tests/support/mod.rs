@@ -3,58 +3,35 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use mesh_testkit::process::{example_binary, try_announced};
+use mesh_testkit::Proc;
 use serde_json::{json, Value};
 
+pub use mesh_testkit::eventually;
+
 pub struct FakeConsul {
-    child: Child,
+    child: Option<Proc>,
     pub addr: String,
 }
 
-impl Drop for FakeConsul {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join("fake_consul")
-}
-
-fn spawn(args: &[&str]) -> Option<(Child, String)> {
-    let mut child = Command::new(binary())
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (`cargo test -p adapter-consul` builds it)", binary().display()));
-    let mut line = String::new();
-    let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
-    match line.trim().strip_prefix("listening on ") {
-        Some(addr) => Some((child, addr.to_string())),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            None
-        }
-    }
+fn spawn(args: &[&str]) -> Option<(Proc, String)> {
+    let mut command = Command::new(example_binary("fake_consul"));
+    command.args(args);
+    try_announced(command, "listening on ")
 }
 
 impl FakeConsul {
     pub fn start(args: &[&str]) -> FakeConsul {
-        let (child, addr) = spawn(args).expect("fake_consul started");
-        FakeConsul { child, addr }
+        let (child, addr) = spawn(args).expect("fake_consul did not announce its address");
+        FakeConsul { child: Some(child), addr }
     }
 
     /// Kill it; `restart` brings a new, empty one up on the same address.
     pub fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.child.take());
         self.addr.clone()
     }
 
@@ -64,7 +41,7 @@ impl FakeConsul {
             let mut all = vec!["--listen", addr];
             all.extend_from_slice(args);
             if let Some((child, addr)) = spawn(&all) {
-                return FakeConsul { child, addr };
+                return FakeConsul { child: Some(child), addr };
             }
             assert!(Instant::now() < deadline, "could not listen on {addr} again");
             std::thread::sleep(Duration::from_millis(100));
@@ -73,18 +50,10 @@ impl FakeConsul {
 
     /// One HTTP/1.1 request; the status code and body.
     pub fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let mut stream = std::net::TcpStream::connect(&self.addr).expect("connect");
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: consul\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write");
-        let mut out = String::new();
-        let _ = stream.read_to_string(&mut out);
-        let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, body)
+        match mesh_testkit::http::request(&self.addr, method, path, "consul", &[], body) {
+            Ok(r) => (r.status, r.body),
+            Err(e) => (0, e),
+        }
     }
 
     fn ok(&self, method: &str, path: &str, body: &str) {
@@ -150,17 +119,5 @@ impl FakeConsul {
 
     pub fn stats(&self) -> Value {
         serde_json::from_str(&self.call("GET", "/fake/stats", "").1).expect("stats")
-    }
-}
-
-/// Poll `check` until it returns `Some`, for at most `secs` seconds.
-pub async fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

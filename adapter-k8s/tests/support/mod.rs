@@ -4,9 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -15,39 +13,22 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
 use kube::Client;
 use mesh_core::model::Labels;
+use mesh_testkit::process::{example_binary, example_server, try_announced};
+use mesh_testkit::Proc;
 use serde_json::{json, Value};
 
-pub const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/istio");
+pub use mesh_testkit::eventually;
 
 /// The fake API server, killed and reaped when dropped.
 pub struct FakeApi {
-    child: Child,
+    _child: Proc,
     pub addr: String,
-}
-
-impl Drop for FakeApi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fake_binary() -> PathBuf {
-    // Tests run from target/<profile>/deps; cargo builds examples beside.
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    dir.join("examples").join("fake_apiserver")
 }
 
 impl FakeApi {
     pub fn start(args: &[&str]) -> FakeApi {
-        let mut child = Command::new(fake_binary()).args(args).stdout(Stdio::piped()).spawn().expect(
-            "start fake_apiserver: `cargo test -p adapter-k8s` builds it, or `cargo build -p adapter-k8s --examples`",
-        );
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("address line");
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("bad line {line:?}")).to_string();
-        FakeApi { child, addr }
+        let (child, addr) = example_server("fake_apiserver", args);
+        FakeApi { _child: child, addr }
     }
 
     /// A server on the same address, as after a restart.
@@ -59,13 +40,11 @@ impl FakeApi {
         // The port was just released; retry while the kernel frees it.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut child = Command::new(fake_binary()).args(&all).stdout(Stdio::piped()).spawn().expect("restart");
-            let mut line = String::new();
-            let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
-            if line.starts_with("listening on ") {
-                return FakeApi { child, addr };
+            let mut command = Command::new(example_binary("fake_apiserver"));
+            command.args(&all);
+            if let Some((child, addr)) = try_announced(command, "listening on ") {
+                return FakeApi { _child: child, addr };
             }
-            let _ = child.wait();
             assert!(Instant::now() < deadline, "could not listen on {addr} again");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -79,15 +58,10 @@ impl FakeApi {
     /// One of the server's test controls (`stats`, `compact`,
     /// `drop-watches`, `pause-watches`, `resume-watches`); its answer.
     pub async fn control(&self, what: &str) -> Value {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.addr).expect("connect");
-        write!(stream, "POST /fake/{what} HTTP/1.1\r\nHost: fake\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .expect("write");
-        let mut out = String::new();
-        let _ = stream.read_to_string(&mut out);
-        assert!(out.starts_with("HTTP/1.1 200"), "control {what}: {out}");
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("{}");
-        serde_json::from_str(body).unwrap_or_default()
+        let r = mesh_testkit::http::request(&self.addr, "POST", &format!("/fake/{what}"), "fake", &[], "")
+            .unwrap_or_else(|e| panic!("control {what}: {e}"));
+        assert_eq!(r.status, 200, "control {what}: {r:?}");
+        serde_json::from_str(&r.body).unwrap_or_default()
     }
 
     /// Watch requests the server has answered.
@@ -104,25 +78,13 @@ pub fn logs() {
         .try_init();
 }
 
-/// Poll `check` until it returns `Some`, for at most `secs` seconds.
-pub async fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 pub fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("object shape")
 }
 
+/// The documents of a fixture file (`bookinfo/kubernetes.yaml`).
 pub fn yaml_documents(path: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(format!("{TESTDATA}/{path}")).expect("testdata file");
-    mesh_core::config::parse_documents(&text).expect("yaml")
+    mesh_core::config::parse_documents(&mesh_testkit::fixtures::read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// What the cluster's controllers do, done by hand.
@@ -246,10 +208,10 @@ impl Cluster {
         }
     }
 
-    /// Bookinfo from its manifest: Services, one pod per Deployment
+    /// The shop from its fixture manifest: Services, one pod per Deployment
     /// (subnets 10.1.<n>), and their EndpointSlices.
     pub async fn bookinfo(&self, ns: &str) -> Vec<Value> {
-        let docs = yaml_documents("samples/bookinfo/platform/kube/bookinfo.yaml");
+        let docs = yaml_documents("bookinfo/kubernetes.yaml");
         let deployments: Vec<Value> = docs.iter().filter(|d| d["kind"] == "Deployment").cloned().collect();
         for (i, d) in deployments.iter().enumerate() {
             self.scale(ns, d, 1, &format!("10.1.{}", i + 1)).await;

