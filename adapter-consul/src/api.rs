@@ -177,7 +177,7 @@ fn tls_config(options: &AgentOptions) -> Result<rustls::ClientConfig, ConsulErro
             }
         }
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ConsulError::Tls(e.to_string()))?

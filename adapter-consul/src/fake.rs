@@ -568,7 +568,7 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> std::io::Resul
         .collect::<Result<_, _>>()
         .map_err(|e| invalid(&e))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(&e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(&e))?

@@ -96,7 +96,7 @@ fn an_outlier_is_ejected_after_consecutive_5xx_and_restored_after_the_ejection_t
     assert!(ejected(&g), "the failing host is ejected");
     assert_eq!(versions(&g, 30, "/", &[]), [("v1".to_string(), 30)].into(), "only the good host while ejected");
     let started = Instant::now();
-    assert!(common::eventually(Duration::from_secs(10), || !ejected(&g)), "restored after the ejection time");
+    assert!(common::wait_until(Duration::from_secs(10), || !ejected(&g)), "restored after the ejection time");
     assert!(started.elapsed() >= Duration::from_millis(500), "not before the 2 s ejection time was (nearly) over");
 }
 
@@ -240,7 +240,7 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
             r.body.lines().any(|l| l == "cluster.outbound|9080||web.default.svc.cluster.local.upstream_rq_active: 1")
         })
     };
-    assert!(common::eventually(Duration::from_secs(5), in_flight_upstream), "the request never reached the upstream");
+    assert!(common::wait_until(Duration::from_secs(5), in_flight_upstream), "the request never reached the upstream");
     let pid = g.proc.0.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert_eq!(in_flight.join().unwrap(), 200, "the request in flight finished");
@@ -400,12 +400,29 @@ fn custom_filter_example_guards_the_gateway() {
             .spawn()
             .unwrap(),
     );
-    assert!(common::eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    assert!(common::wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
     let denied = common::get(port, "/headers", &[]);
     assert_eq!((denied.status, denied.body.as_str()), (401, "x-api-key required\n"));
     let allowed = common::get(port, "/headers", &[("x-api-key", "s3cret")]);
     assert_eq!(allowed.status, 200);
     assert!(allowed.body.contains("x-authenticated: api-key"), "{}", allowed.body);
+}
+
+#[test]
+fn custom_filter_example_says_how_it_is_used() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_custom-filter")).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, help) = run(&["--help"]);
+    assert_eq!(code, Some(0), "{help}");
+    assert!(help.contains("--config") && help.contains("--api-key"), "{help}");
+    let (code, bogus) = run(&["--bogus"]);
+    assert_eq!(code, Some(2), "{bogus}");
+    assert!(bogus.contains("--bogus"), "{bogus}");
+    let (code, missing) = run(&[]);
+    assert_eq!(code, Some(2), "no config is an error, not an empty gateway: {missing}");
+    assert!(missing.contains("--config"), "{missing}");
 }
 
 #[test]
@@ -436,16 +453,8 @@ fn cors_preflight_and_response_headers() {
 
 #[test]
 fn grpc_calls_status_and_trailers_through_the_gateway() {
-    let peers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers");
-    let mut server = std::process::Command::new("python3")
-        .arg(peers.join("grpc_echo_server.py"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with grpcio (pip install grpcio)");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
-    let _server = common::Proc(server);
-    let grpc_port: u16 = line.trim().parse().expect("the gRPC server's port");
+    let peers = common::peers();
+    let (_server, grpc_port) = common::grpc_echo_server(None);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     write_mesh(dir.path(), port, &[Service { name: "echo", backends: &[("v1", grpc_port)] }], "");
@@ -507,7 +516,7 @@ fn tls_termination_with_certificates_from_files_and_alpn() {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
         let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -706,10 +715,10 @@ fn mirroring_ring_hash_tcp_routes_and_listeners_added_and_removed() {
     assert_eq!(seen.len(), 2, "users spread over both endpoints: {seen:?}");
 
     // Mirroring: every answer came from the primary, and the shadow got a
-    // copy of each of the 120 requests (fire and forget, so eventually).
+    // copy of each of the 120 requests (fire and forget, so wait_until).
     assert_ne!(g.get("/", &[]).header("x-backend-version"), Some("shadow"));
     let served = || common::get(ps, "/served", &[]).body.trim().parse::<u32>().unwrap_or(0);
-    assert!(common::eventually(Duration::from_secs(5), || served() >= 121), "the shadow saw {} copies", served());
+    assert!(common::wait_until(Duration::from_secs(5), || served() >= 121), "the shadow saw {} copies", served());
 
     // A TCP server on a second port, added by an edit, split by weight,
     // then removed by another edit.
@@ -719,7 +728,7 @@ fn mirroring_ring_hash_tcp_routes_and_listeners_added_and_removed() {
     );
     g.apply(dir.path(), "tcp.yaml", &tcp_gateway);
     assert!(
-        common::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_ok()),
+        common::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_ok()),
         "the new listener is up"
     );
     for _ in 0..5 {
@@ -732,9 +741,9 @@ fn mirroring_ring_hash_tcp_routes_and_listeners_added_and_removed() {
     }
     let before = g.version();
     std::fs::remove_file(dir.path().join("tcp.yaml")).unwrap();
-    assert!(common::eventually(Duration::from_secs(10), || g.version() != before), "the delete was applied");
+    assert!(common::wait_until(Duration::from_secs(10), || g.version() != before), "the delete was applied");
     assert!(
-        common::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_err()),
+        common::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_err()),
         "the removed listener is gone"
     );
     assert_eq!(g.get("/", &[]).status, 200, "the other listener kept serving");
@@ -987,7 +996,7 @@ fn idle_upstream_connections_close_after_the_idle_timeout() {
     // A second of timeout leaves room for a loaded machine between the
     // requests above (300 ms once did not).
     assert!(
-        common::eventually(Duration::from_secs(5), || idle() == Some(0)),
+        common::wait_until(Duration::from_secs(5), || idle() == Some(0)),
         "closed by the pool's sweep at its idle timeout"
     );
     assert_eq!(on_connection(&g), 1, "after 1 s idle the connection was closed and a new one opened");

@@ -198,9 +198,12 @@ mod tests {
         assert_eq!((response.status(), response.headers()[SERVER].as_bytes()), (StatusCode::IM_A_TEAPOT, &b"a"[..]));
     }
 
+    /// An answer is moved through every phase of the request path: a
+    /// 152-byte first version cost ~580 instructions of `memcpy` a request.
+    /// (http 1.5's `Response` was 128 bytes, 1.6's is 80.)
     #[test]
-    fn an_answer_takes_half_the_room_of_a_response() {
+    fn an_answer_stays_small() {
         let (answer, response) = (std::mem::size_of::<Answer>(), std::mem::size_of::<Response<Body>>());
-        assert!(2 * answer <= response, "{answer} bytes, a response {response}");
+        assert!(answer <= 56 && answer <= response, "{answer} bytes, a response {response}");
     }
 }

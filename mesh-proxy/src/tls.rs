@@ -64,7 +64,7 @@ impl TlsListener {
 
     /// `None` when the listener terminates no TLS.
     pub fn for_listener(listener: &Listener) -> Result<Option<TlsListener>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut chains = Vec::new();
         for chain in &listener.filter_chains {
             let Some(tls) = &chain.tls else { continue };

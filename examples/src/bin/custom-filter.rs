@@ -1,15 +1,28 @@
-//! A custom gateway in under 50 lines: the gateway on files, plus a filter
+//! A custom gateway in under 60 lines: the gateway on files, plus a filter
 //! that answers 401 without the right API key and stamps the rest.
 //!
 //! `custom-filter --config examples/config/helloworld` then
 //! `curl -H 'x-api-key: demo' localhost:8080/hello`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use clap::Parser;
 use mesh_core::filter::{Filter, FilterContext, FilterError, RequestAction, RequestHead};
 use mesh_proxy::{default_gateway_identity, ConfigSource, ProxyBuilder};
+
+#[derive(Parser)]
+#[command(about = "An Istio-config gateway that requires an API key in x-api-key", version)]
+struct Args {
+    /// Istio YAML files or directories (reloaded on change).
+    #[arg(long, required = true, num_args = 1..)]
+    config: Vec<PathBuf>,
+    /// The key clients must send in `x-api-key`.
+    #[arg(long, env = "API_KEY", default_value = "demo")]
+    api_key: String,
+}
 
 struct ApiKey(String);
 
@@ -31,11 +44,11 @@ impl Filter for ApiKey {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config: Vec<String> = std::env::args().skip_while(|a| a != "--config").skip(1).collect();
-    let files = Arc::new(adapter_static::StaticSource::load(adapter_static::StaticOptions::new(config)));
+    let args = Args::parse();
+    let files = Arc::new(adapter_static::StaticSource::load(adapter_static::StaticOptions::new(args.config)));
     let _watch = files.watch_files()?;
     let proxy = ProxyBuilder::new(ConfigSource::mesh(files.clone(), files, default_gateway_identity()))
-        .filter(Arc::new(ApiKey(std::env::var("API_KEY").unwrap_or_else(|_| "demo".into()))))
+        .filter(Arc::new(ApiKey(args.api_key)))
         .start()
         .await?;
     tokio::signal::ctrl_c().await?;
