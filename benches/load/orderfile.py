@@ -9,7 +9,7 @@ Why: the kernel maps a binary's code in 64 KiB chunks around each page
 touched, so the 1,600 functions that run, spread over 16 MB of .text, kept
 7-8 MB of it resident. Packed together they fit in under 3 MB.
 
-How: the release gateway runs under `valgrind --tool=callgrind` on the load
+How: the benchmarked gateway runs under `valgrind --tool=callgrind` on the load
 benchmark's small config through startup, wrk (HTTP/1.1) and h2load (h2c)
 load, a metrics scrape and a shutdown; every function of the binary that
 ran is listed by its self cost. Symbol names carry the toolchain's and the
@@ -19,7 +19,7 @@ upgrade or a change to code that runs at startup or per request
 (loadbench.py prints how many names the binary still has; a stale file
 does no harm beyond idle RSS: names it lacks keep the default layout).
 
-Needs release binaries (`cargo build --release -p examples --bins`),
+Needs the benchmarked build (`loadbench.BUILD`),
 valgrind, wrk and h2load.
 """
 import argparse
@@ -61,14 +61,14 @@ def self_costs(callgrind_out, binary):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--gateway", default=os.path.join(lb.TARGET, "release", "gateway"))
+    ap.add_argument("--gateway", default=os.path.join(lb.TARGET, lb.PROFILE, "gateway"))
     ap.add_argument("--out", default=lb.ORDER_FILE)
     args = ap.parse_args()
     binary = os.path.realpath(args.gateway)
-    backend_bin = os.path.join(lb.TARGET, "release", "demo-backend")
+    backend_bin = os.path.join(lb.TARGET, lb.PROFILE, "demo-backend")
     for b in (binary, backend_bin):
         if not os.path.exists(b):
-            sys.exit(f"{b} missing: cargo build --release -p examples --bins")
+            sys.exit(f"{b} missing: {lb.BUILD}")
     missing = [tool for tool in ("valgrind", "wrk", "h2load", "nm") if not shutil.which(tool)]
     if missing:
         sys.exit(f"{', '.join(missing)} not found: apt-get install valgrind wrk nghttp2-client binutils")

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Builds the gateway with profile-guided optimization: an instrumented
-build runs the load benchmark's traffic, and the release build is compiled
+build runs the load benchmark's traffic, and the benchmarked build is compiled
 again with the counts it wrote (`-Cprofile-use`).
 
   python3 benches/load/pgo.py [--seconds 10]
 
 Prints the path of the optimized binary (under CARGO_TARGET_DIR/pgo, apart
-from the plain release build); measure it against the plain one with
-`loadbench.py --gateway pgo=PATH --gateway mesh-proxy=TARGET/release/gateway`.
+from the plain benchmarked build); measure it against the plain one with
+`loadbench.py --gateway pgo=PATH --gateway mesh-proxy=TARGET/bench-release/gateway`.
 
 Why: under load the request path runs more code than the 32 KiB L1
 instruction cache holds (benches/README.md, "Where the CPU goes"). With
@@ -16,7 +16,7 @@ out of line and inlines by how often a call runs, not by guesses.
 
 Needs `llvm-profdata` of the LLVM major version rustc was built with
 (`rustc -vV`; Debian: `apt-get install llvm-22` for rustc 1.95), the
-release demo-backend (`cargo build --release -p examples --bins`), wrk
+demo-backend of the benchmarked build (`loadbench.BUILD`), wrk
 and h2load. The profile is of this source tree and toolchain: rebuild it
 after changing either (a stale one is not an error, just less use).
 """
@@ -59,9 +59,10 @@ def build(target_dir, rustflags):
     symbol's hash, so that examples/gateway.order (written from the plain
     build) would name 268 of its 1,614 functions instead of 1,471; what the instrumented build scripts
     write is cleared before the training run."""
-    env = dict(os.environ, CARGO_TARGET_DIR=target_dir, RUSTFLAGS=rustflags)
-    subprocess.run(["cargo", "build", "--release", "-p", "examples", "--bin", "gateway"], cwd=WORKSPACE, env=env, check=True)
-    return os.path.join(target_dir, "release", "gateway")
+    env = dict(os.environ, CARGO_TARGET_DIR=target_dir, RUSTFLAGS=rustflags, MESH_PACK_RELATIVE_RELOCS="1")
+    command = ["cargo", "build", "--profile", lb.PROFILE, "-p", "examples", "--bin", "gateway"]
+    subprocess.run(command, cwd=WORKSPACE, env=env, check=True)
+    return os.path.join(target_dir, lb.PROFILE, "gateway")
 
 
 def train(gateway_bin, backend_bin, seconds):
@@ -108,9 +109,9 @@ def main():
     for tool in ("wrk", "h2load", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: apt-get install wrk nghttp2-client util-linux")
-    backend_bin = os.path.join(lb.TARGET, "release", "demo-backend")
+    backend_bin = os.path.join(lb.TARGET, lb.PROFILE, "demo-backend")
     if not os.path.exists(backend_bin):
-        sys.exit(f"{backend_bin} missing: cargo build --release -p examples --bins")
+        sys.exit(f"{backend_bin} missing: {lb.BUILD}")
 
     pgo_dir = os.path.abspath(os.path.join(lb.TARGET, "pgo"))
     raw_dir = os.path.join(pgo_dir, "raw")
