@@ -52,3 +52,8 @@ pub mod registry;
 pub use kv::ConsulKvStore;
 pub use query::WatchOptions;
 pub use registry::{ConsulRegistry, RegistryOptions};
+
+/// The README's snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -73,3 +73,8 @@ pub const READS: &[(&str, &str)] = &[
 
 pub use selector::LabelSelector;
 pub use source::{KubeOptions, KubeSource, Status};
+
+/// The README's snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -233,3 +233,8 @@ impl ServiceRegistry for StaticSource {
         self.services.watch()
     }
 }
+
+/// The README's snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -17,8 +17,8 @@ pub struct ProxyArgs {
     pub sources: sources::SourceArgs,
     /// Take config from this xDS (ADS) server instead, e.g. the
     /// control-plane binary's `http://127.0.0.1:15010`.
-    #[arg(long, conflicts_with_all = ["config", "kubeconfig", "kubernetes", "consul"])]
-    pub xds: Option<String>,
+    #[arg(long, value_name = "URL", conflicts_with_all = ["config", "kubeconfig", "kubernetes", "consul"])]
+    pub xds_server: Option<String>,
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: std::net::SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15090")]
@@ -71,7 +71,7 @@ pub async fn config_source(
     args: &ProxyArgs,
     identity: mesh_core::translate::ProxyIdentity,
 ) -> Result<(mesh_proxy::ConfigSource, Option<sources::Sources>), Box<dyn std::error::Error>> {
-    if let Some(server) = &args.xds {
+    if let Some(server) = &args.xds_server {
         let node = mesh_xds::node::node_for(&identity);
         tracing::info!(%server, node = %node.id, "config from xDS");
         let client = mesh_xds::client::start(mesh_xds::client::ClientOptions::new(server.clone(), node, identity.kind));
@@ -83,7 +83,7 @@ pub async fn config_source(
         return Ok((source, None));
     }
     if args.sources.is_empty() {
-        return Err("give --config, --kubeconfig, --kubernetes, --consul or --xds".into());
+        return Err("give --config, --kubeconfig, --kubernetes, --consul or --xds-server".into());
     }
     let sources = args.sources.start().await?;
     sources.ready().await;

@@ -4,56 +4,28 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    backend, control_plane, debug_get, envoy_binary, eventually, free_port, get, reviews_backends, routes, versions_at,
-    write_mesh, Proc, Response, Service,
+    backend, control_plane, debug_get, free_port, get, reviews_backends, routes, versions_at, wait_until, write_mesh,
+    Response, Service,
 };
+use mesh_testkit::envoy::Envoy;
 
 /// Envoy as Istio's ingress gateway (`router~` node, `istio=ingressgateway`
-/// labels), all its config from ADS.
-fn envoy(dir: &Path, xds: u16, api_type: &str) -> (Proc, u16) {
-    let admin = free_port();
-    let bootstrap = format!(
-        r#"node:
-  id: router~127.0.0.1~istio-ingressgateway-1.default~default.svc.cluster.local
-  cluster: istio-ingressgateway
-  metadata: {{NAMESPACE: default, LABELS: {{istio: ingressgateway}}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
-"#
-    );
-    let path = dir.join("envoy.yaml");
-    std::fs::write(&path, bootstrap).expect("write the Envoy bootstrap");
-    let log = std::fs::File::create(dir.join("envoy.log")).expect("envoy log");
-    let child = Command::new(envoy_binary())
-        .args(["-c", &path.to_string_lossy(), "--disable-hot-restart", "--base-id", &admin.to_string(), "-l", "warn"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start envoy");
-    (Proc(child), admin)
+/// labels), all its config from ADS: the sample bootstrap the README
+/// shows, with this test's ports.
+fn envoy(dir: &Path, xds: u16, api_type: &str) -> Envoy {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway.yaml");
+    let bootstrap = std::fs::read_to_string(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
+    for needle in ["port_value: 15000", "port_value: 15010", "api_type: GRPC"] {
+        assert_eq!(bootstrap.matches(needle).count(), 1, "{sample} should hold `{needle}` once");
+    }
+    let bootstrap = bootstrap
+        .replace("port_value: 15000", "port_value: 0")
+        .replace("port_value: 15010", &format!("port_value: {xds}"))
+        .replace("api_type: GRPC", &format!("api_type: {api_type}"));
+    Envoy::start(&bootstrap, dir)
 }
 
 #[test]
@@ -71,15 +43,14 @@ fn envoy_routes_by_the_bookinfo_rules_follows_edits_and_keeps_config_after_a_nac
     std::fs::write(config.path().join("routes.yaml"), routes("reviews", jason)).unwrap();
     let (_cp, xds, debug) = control_plane(config.path());
     let work = tempfile::tempdir().unwrap();
-    let (_envoy, _admin) = envoy(work.path(), xds, "GRPC");
-    let envoy_log = || std::fs::read_to_string(work.path().join("envoy.log")).unwrap_or_default();
+    let envoy = envoy(work.path(), xds, "GRPC");
 
     // virtual-service-reviews-jason-v2-v3.yaml
     assert!(
-        eventually(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && get(port, "/", &[("end-user", "jason")]).status == 200),
         "Envoy never served the gateway listener; its log:\n{}",
-        envoy_log()
+        envoy.log()
     );
     assert_eq!(versions_at(port, 20, "/reviews/0", &[("end-user", "jason")]), [("v2".to_string(), 20)].into());
     assert_eq!(versions_at(port, 20, "/reviews/0", &[("end-user", "alice")]), [("v3".to_string(), 20)].into());
@@ -93,7 +64,7 @@ fn envoy_routes_by_the_bookinfo_rules_follows_edits_and_keeps_config_after_a_nac
     )
     .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || get(port, "/", &[]).header("x-backend-version") == Some("v1")),
+        wait_until(Duration::from_secs(10), || get(port, "/", &[]).header("x-backend-version") == Some("v1")),
         "the edit did not reach Envoy in 10 s"
     );
     eprintln!("edit to effect through the control plane and Envoy: {:?}", edited.elapsed());
@@ -112,7 +83,7 @@ fn envoy_routes_by_the_bookinfo_rules_follows_edits_and_keeps_config_after_a_nac
     std::fs::write(config.path().join("routes.yaml"), rejected).unwrap();
     let mut syncz = serde_json::Value::Null;
     assert!(
-        eventually(Duration::from_secs(10), || {
+        wait_until(Duration::from_secs(10), || {
             syncz =
                 debug_get(debug, "/debug/syncz").and_then(|r| serde_json::from_str(&r.body).ok()).unwrap_or_default();
             syncz["totals"]["nacks"].as_u64().unwrap_or(0) > 0
@@ -141,15 +112,24 @@ fn envoy_routes_by_the_bookinfo_rules_follows_edits_and_keeps_config_after_a_nac
             .is_some_and(|c| c.iter().any(|c| c["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local")),
         "{dump}"
     );
+    // A gateway that is not connected: its id does not carry its labels,
+    // so without `labels` no Gateway selects it.
+    let unconnected = "/debug/config_dump?proxyID=router~10.0.0.1~gw-1.default~default.svc.cluster.local";
+    let listeners = |path: &str| -> usize {
+        let dump: serde_json::Value = serde_json::from_str(&debug_get(debug, path).unwrap().body).unwrap();
+        dump["resources"]["LDS"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(listeners(unconnected), 0);
+    assert_eq!(listeners(&format!("{unconnected}&labels=istio=ingressgateway")), 1);
 }
 
 /// Wait until Envoy serves `path` on `port` with a 200.
-fn wait_served(port: u16, path: &str, log: &Path) {
+fn wait_served(port: u16, path: &str, envoy: &Envoy) {
     assert!(
-        eventually(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && get(port, path, &[]).status == 200),
         "Envoy never served {path}; its log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
+        envoy.log()
     );
 }
 
@@ -167,8 +147,8 @@ fn delta_xds_drives_envoy_too() {
     .unwrap();
     let (_cp, xds, debug) = control_plane(config.path());
     let work = tempfile::tempdir().unwrap();
-    let (_envoy, _admin) = envoy(work.path(), xds, "DELTA_GRPC");
-    wait_served(port, "/", &work.path().join("envoy.log"));
+    let envoy = envoy(work.path(), xds, "DELTA_GRPC");
+    wait_served(port, "/", &envoy);
     assert_eq!(versions_at(port, 10, "/", &[]), [("v1".to_string(), 10)].into());
 
     std::fs::write(
@@ -177,7 +157,7 @@ fn delta_xds_drives_envoy_too() {
     )
     .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || get(port, "/", &[]).header("x-backend-version") == Some("v2")),
+        wait_until(Duration::from_secs(10), || get(port, "/", &[]).header("x-backend-version") == Some("v2")),
         "the edit did not reach Envoy"
     );
     assert_eq!(versions_at(port, 10, "/", &[]), [("v2".to_string(), 10)].into());
@@ -234,8 +214,8 @@ fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
     .unwrap();
     let (_cp, xds, _debug) = control_plane(config.path());
     let work = tempfile::tempdir().unwrap();
-    let (_envoy, _admin) = envoy(work.path(), xds, "GRPC");
-    wait_served(port, "/", &work.path().join("envoy.log"));
+    let envoy = envoy(work.path(), xds, "GRPC");
+    wait_served(port, "/", &envoy);
 
     // Retries hide every second failure.
     assert_eq!(versions_at(port, 40, "/flaky", &[]), [("v1".to_string(), 40)].into());

@@ -156,3 +156,8 @@ pub use filter::Filter;
 pub use proxy_config::ProxyConfig;
 pub use registry::ServiceRegistry;
 pub use store::ConfigStore;
+
+/// The README's snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -443,3 +443,8 @@ pub fn default_gateway_identity() -> ProxyIdentity {
         ip: None,
     }
 }
+
+/// The README's snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,6 +1,7 @@
 //! Debug views as JSON, for a control plane's debug endpoints (Istio's
 //! `/debug/syncz` and `/debug/config_dump?proxyID=`).
 
+use mesh_core::model::Labels;
 use serde_json::{json, Value};
 
 use crate::generator::{build, Generator};
@@ -14,8 +15,15 @@ pub fn syncz(status: &SyncStatus) -> Value {
 }
 
 /// The config a node is sent: the node connected with this id, or else
-/// the node this id names (Istio's id format), built from the current mesh.
-pub fn config_dump(generator: &Generator, status: &SyncStatus, proxy_id: &str) -> Result<Value, String> {
+/// the node this id names (Istio's id format) with `labels`, built from the
+/// current mesh. An id does not carry the workload's labels, which Gateway
+/// and workload selectors match: a gateway not connected needs them given.
+pub fn config_dump(
+    generator: &Generator,
+    status: &SyncStatus,
+    proxy_id: &str,
+    labels: &Labels,
+) -> Result<Value, String> {
     let connected =
         status.nodes().into_iter().find(|n| n.node_id == proxy_id).and_then(|n| generator.node_for_key(&n.key));
     let node: NodeInfo = match connected {
@@ -24,6 +32,10 @@ pub fn config_dump(generator: &Generator, status: &SyncStatus, proxy_id: &str) -
             id: proxy_id.into(),
             ..Default::default()
         }))
+        .map(|mut n| {
+            n.identity.labels = labels.clone();
+            n
+        })
         .map_err(|e| format!("proxyID {proxy_id:?} is not connected and {e}"))?,
     };
     let mesh = generator.mesh().ok_or("no mesh yet: the sources have not synced")?;

@@ -47,3 +47,8 @@ pub mod resources;
 pub mod server;
 pub mod sotw;
 pub mod status;
+
+/// The README's snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

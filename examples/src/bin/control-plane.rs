@@ -37,9 +37,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Args {
     #[command(flatten)]
     sources: examples::sources::SourceArgs,
-    /// The ADS gRPC address.
+    /// The address to serve ADS (gRPC) on.
     #[arg(long, default_value = "0.0.0.0:15010")]
-    xds: SocketAddr,
+    xds_listen: SocketAddr,
     /// The debug and metrics address.
     #[arg(long, default_value = "127.0.0.1:15014")]
     debug: SocketAddr,
@@ -73,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let status = Arc::new(SyncStatus::default());
     let ads = AdsServer::new(generator.clone(), status.clone());
 
-    let xds = tokio::net::TcpListener::bind(args.xds).await?;
+    let xds = tokio::net::TcpListener::bind(args.xds_listen).await?;
     let debug_listener = tokio::net::TcpListener::bind(args.debug).await?;
     tracing::info!(xds = %xds.local_addr()?, debug = %debug_listener.local_addr()?, "control plane listening");
     tokio::spawn(serve_debug(debug_listener, generator, status, sources));
@@ -125,9 +125,13 @@ fn debug_response(
     };
     let (code, body) = match req.uri().path() {
         "/debug/syncz" => (StatusCode::OK, mesh_xds::debug::syncz(status).to_string()),
-        "/debug/config_dump" => match query("proxyID") {
-            None => (StatusCode::BAD_REQUEST, "missing ?proxyID=\n".to_string()),
-            Some(id) => match mesh_xds::debug::config_dump(generator, status, &id) {
+        "/debug/config_dump" => match (query("proxyID"), labels_param(query("labels"))) {
+            (None, _) => (
+                StatusCode::BAD_REQUEST,
+                "missing ?proxyID= (and &labels=k=v,... for a node not connected)\n".to_string(),
+            ),
+            (_, Err(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+            (Some(id), Ok(labels)) => match mesh_xds::debug::config_dump(generator, status, &id, &labels) {
                 Ok(v) => (StatusCode::OK, serde_json::to_string_pretty(&v).unwrap_or_default()),
                 Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")),
             },
@@ -140,6 +144,12 @@ fn debug_response(
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = code;
     response
+}
+
+/// `&labels=istio=ingressgateway,app=x` of a config dump.
+fn labels_param(value: Option<String>) -> Result<mesh_core::model::Labels, String> {
+    let pairs: Vec<String> = value.unwrap_or_default().split(',').map(str::to_string).collect();
+    examples::parse_labels(&pairs)
 }
 
 /// Istio's names for the same figures.

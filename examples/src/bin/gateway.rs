@@ -1,5 +1,5 @@
 //! `gateway --config PATH...`: an Istio ingress gateway from files (or
-//! `--xds URL`: from a control plane).
+//! `--xds-server URL`: from a control plane).
 //!
 //! Serves the Gateway resources that select it (by default it is Istio's
 //! `istio-ingressgateway`, labels `istio=ingressgateway`), with the
