@@ -7,13 +7,6 @@ use std::process::{Child, Command, Stdio};
 /// A child process, killed and reaped when dropped.
 pub struct Proc(pub Child);
 
-impl Proc {
-    /// The process id, for signals.
-    pub fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
