@@ -258,16 +258,18 @@ fn malformed_requests_get_4xx_and_never_take_the_proxy_down() {
         common::raw(port, bytes).unwrap().split_whitespace().nth(1).map(str::to_string).unwrap_or_default()
     };
     assert_eq!(status_of(b"THIS IS NOT HTTP\r\n\r\n"), "400");
-    // Request smuggling: both Content-Length and Transfer-Encoding. The
-    // chunked framing wins (RFC 9112 6.3) and the upstream never sees both.
-    let both = common::raw(port, b"POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n").unwrap();
-    let echoed = common::parse(&both).unwrap();
-    assert_eq!(echoed.status, 200);
-    assert!(
-        !(echoed.body.contains("content-length: 4") && echoed.body.contains("transfer-encoding")),
-        "{}",
-        echoed.body
-    );
+    // Request smuggling: both Content-Length and Transfer-Encoding. As
+    // Envoy: 400 and the connection closed, so the request pipelined
+    // behind it (which a front proxy may have framed otherwise) is never
+    // served.
+    let both = common::raw(port, b"POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(both.starts_with("HTTP/1.1 400 ") && both.contains("connection: close"), "{both}");
+    assert_eq!(both.matches("HTTP/1.1 ").count(), 1, "the pipelined request was served: {both}");
+    // Transfer codings other than chunked alone: 501, as Envoy.
+    assert_eq!(status_of(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"), "501");
+    // RFC 9112 3.2: one valid Host.
+    assert_eq!(status_of(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"), "400");
+    assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n"), "400");
     assert_eq!(status_of(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd"), "400");
     let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1024 * 1024));
     assert_eq!(status_of(huge.as_bytes()), "431");
@@ -939,6 +941,56 @@ while True:
     for _ in 0..10 {
         let r = g.get("/once", &[]);
         assert_eq!((r.status, r.body.as_str()), (200, "once"));
+    }
+}
+
+/// Upstream answers whose framing Envoy refuses (both Content-Length and
+/// chunked, a repeated or listed length, another transfer coding, a broken
+/// status line) are a protocol error: 502 with `UPE`, as Envoy answers,
+/// never a body framed one way while the client is told another.
+#[test]
+fn upstream_answers_envoy_refuses_are_502_and_never_desync_the_client() {
+    let script = r#"
+import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 0)); s.listen(64)
+print(s.getsockname()[1], flush=True)
+ANSWERS = {
+    b'/cl-te': b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
+    b'/cl-twice': b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok',
+    b'/cl-list': b'HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok',
+    b'/gzip': b'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
+    b'/status': b'HTTP/1.1 abc OK\r\n\r\n',
+}
+def serve(c):
+    buf = b''
+    while True:
+        while b'\r\n\r\n' not in buf:
+            d = c.recv(65536)
+            if not d:
+                c.close(); return
+            buf += d
+        head, buf = buf.split(b'\r\n\r\n', 1)
+        path = head.split(b' ')[1]
+        c.sendall(ANSWERS.get(path, b'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood'))
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    let (_raw, raw_port) = raw_upstream(script);
+    let (dir, port) = one_service("raw", raw_port);
+    let _g = Gateway::start(dir.path(), port);
+    for path in ["/cl-te", "/cl-twice", "/cl-list", "/gzip", "/status"] {
+        // Two requests on one keep-alive connection: the refused answer,
+        // then a good one that must arrive whole and in sync.
+        let text = common::raw(
+            port,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\nGET /good HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let statuses: Vec<&str> = text.match_indices("HTTP/1.1 ").map(|(i, _)| &text[i + 9..i + 12]).collect();
+        assert_eq!(statuses, ["502", "200"], "{path}: {text}");
+        assert!(text.contains("reset reason: protocol error"), "{path}: {text}");
+        assert!(text.ends_with("good"), "{path}: the next answer out of step: {text}");
     }
 }
 

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::{Fuse, FusedFuture};
 use futures_util::FutureExt;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, DATE, EXPECT, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::answer::Answer;
 use crate::ascii;
 use crate::body::{self, Body, BoxError};
-use crate::wire::{self, Decoded, Framing, RawHeaders, MAX_HEAD, MAX_HEADERS, READ_SIZE};
+use crate::wire::{self, Decoded, Framing, FramingError, RawHeaders, MAX_HEAD, MAX_HEADERS, READ_SIZE};
 
 /// A connection's byte stream: TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -64,6 +64,10 @@ pub enum ServeError {
     /// Answered with 431 and closed.
     #[error("request head too large: {0}")]
     TooLarge(&'static str),
+    /// Answered with 501 and closed: a transfer coding other than
+    /// `chunked` alone, as Envoy answers it.
+    #[error("transfer coding not implemented")]
+    NotImplemented,
     /// Answered with 408 and closed.
     #[error("request headers not received within {0:?}")]
     HeaderTimeout(Duration),
@@ -512,6 +516,9 @@ impl<IO: Io> Conn<IO> {
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             }
             ServeError::Malformed(_) => b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            ServeError::NotImplemented => {
+                b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            }
             ServeError::HeaderTimeout(_) => {
                 b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             }
@@ -608,14 +615,14 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, ServeError> {
         match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, &mut headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(ServeError::TooLarge("over 64 KiB of headers"))
+                return Err(ServeError::TooLarge("over 60 KiB of headers"))
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(ServeError::TooLarge("over 100 header fields")),
             Err(_) => return Err(ServeError::Malformed("invalid request head")),
         };
     if used > MAX_HEAD {
-        return Err(ServeError::TooLarge("over 64 KiB of headers"));
+        return Err(ServeError::TooLarge("over 60 KiB of headers"));
     }
     let method = request.method.map(|m| Method::from_bytes(m.as_bytes()));
     let Some(Ok(method)) = method else { return Err(ServeError::Malformed("method")) };
@@ -634,18 +641,17 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, ServeError> {
     let mut headers = raw.take_map(&head_bytes, wire::REQUEST_ROOM).map_err(ServeError::Malformed)?;
     let seen = raw.seen;
 
-    let framing = match wire::framing_of(&headers, seen).map_err(ServeError::Malformed)? {
-        // RFC 9112 6.3: a request whose last coding is not chunked cannot
-        // be framed.
-        None => return Err(ServeError::Malformed("transfer-encoding")),
-        Some(Framing::Chunked(c)) => {
-            // Chunked wins; a Content-Length beside it must not travel on.
-            headers.remove(CONTENT_LENGTH);
-            Framing::Chunked(c)
-        }
-        Some(Framing::Length(0)) | Some(Framing::UntilClose) => Framing::Done,
-        Some(f) => f,
+    // RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
+    if seen.transfer_encoding && version == Version::HTTP_10 {
+        return Err(ServeError::Malformed("transfer-encoding in HTTP/1.0"));
+    }
+    let framing = match wire::framing_of(&headers, seen) {
+        Err(FramingError::UnsupportedCoding) => return Err(ServeError::NotImplemented),
+        Err(FramingError::Malformed(what)) => return Err(ServeError::Malformed(what)),
+        Ok(Framing::Length(0) | Framing::UntilClose) => Framing::Done,
+        Ok(f) => f,
     };
+    check_host(&headers, version)?;
     let expect_continue = seen.expect
         && version == Version::HTTP_11
         && headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -661,6 +667,22 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, ServeError> {
     head.version = version;
     head.headers = headers;
     Ok(Some(Parsed { head, framing, expect_continue, upgrade, keep_alive }))
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request has exactly one Host, and it is a
+/// valid authority (empty is allowed, for a target without one).
+fn check_host(headers: &HeaderMap, version: Version) -> Result<(), ServeError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_10 => Ok(()),
+        (None, _) => Err(ServeError::Malformed("no host")),
+        (Some(_), Some(_)) => Err(ServeError::Malformed("more than one host")),
+        (Some(host), None) if host.is_empty() => Ok(()),
+        (Some(host), None) => match http::uri::Authority::try_from(host.as_bytes()) {
+            Ok(a) if !a.as_str().contains('@') => Ok(()),
+            _ => Err(ServeError::Malformed("host")),
+        },
+    }
 }
 
 /// A request body read on by the connection's task.
@@ -827,7 +849,7 @@ mod tests {
             .write_all(
                 b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n\
                   POST /two HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello\
-                  POST /three HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 9\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+                  POST /three HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
                   GET /four HTTP/1.0\r\n\r\n",
             )
             .await
@@ -846,7 +868,7 @@ mod tests {
         );
         assert!(
             answers[2].ends_with("POST /three abc expect=None cl=None"),
-            "chunked wins, the length is dropped: {}",
+            "a chunked body, handed on without its framing field: {}",
             answers[2]
         );
         assert!(
@@ -862,7 +884,7 @@ mod tests {
     async fn bodies_of_unknown_length_go_chunked_or_until_close() {
         let (mut client, _drain, _served) = connect().await;
         client
-            .write_all(b"GET /stream HTTP/1.1\r\n\r\nHEAD /x HTTP/1.1\r\n\r\nGET /empty HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\nHEAD /x HTTP/1.1\r\nhost: x\r\n\r\nGET /empty HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .unwrap();
         // The last answer is a head alone: it ends the text.
@@ -894,7 +916,10 @@ mod tests {
     #[tokio::test]
     async fn expect_100_continue_is_answered_when_the_body_is_first_read() {
         let (mut client, _drain, _served) = connect().await;
-        client.write_all(b"POST /up HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"POST /up HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(read_until(&mut client, "\r\n\r\n", 1).await, "HTTP/1.1 100 Continue\r\n\r\n");
         client.write_all(b"data").await.unwrap();
         let text = read_until(&mut client, "expect", 1).await;
@@ -903,7 +928,10 @@ mod tests {
         // A handler that answers without reading: no 100, and the body
         // the client may still send is not taken for the next request.
         let (mut client, _drain, served) = connect().await;
-        client.write_all(b"POST /unread HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"POST /unread HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n")
+            .await
+            .unwrap();
         let text = read_all(&mut client).await;
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("connection: close\r\n"), "{text}");
         assert!(matches!(served.await.unwrap(), Ok(Served::Closed)));
@@ -913,7 +941,7 @@ mod tests {
     async fn an_answer_before_the_body_is_read_ends_the_connection() {
         let (mut client, _drain, _served) = connect().await;
         let body = vec![b'x'; 256 * 1024];
-        client.write_all(b"POST /unread HTTP/1.1\r\ncontent-length: 1048576\r\n\r\n").await.unwrap();
+        client.write_all(b"POST /unread HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n").await.unwrap();
         // The answer comes while the client is still sending. (Whether
         // the lingering close saves it from a reset cannot be seen on
         // loopback: Linux hands a reset socket's queued bytes over first.)
@@ -923,17 +951,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bad_heads_get_400_or_431_and_a_close() {
-        let huge = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(2 * MAX_HEAD));
+    async fn bad_heads_get_400_431_or_501_and_a_close() {
+        let huge = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(2 * MAX_HEAD));
+        // Envoy's limit is 60 KiB: 61 KiB is refused, 59 KiB served.
+        let over = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(61 * 1024));
+        let under = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(59 * 1024));
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("x-{i}: 1\r\n")).collect();
-        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let many = format!("GET / HTTP/1.1\r\nhost: x\r\n{many}\r\n");
         for (request, status) in [
             ("NOT HTTP AT ALL\r\n\r\n", "400"),
-            ("POST / HTTP/1.1\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcd", "400"),
-            ("POST / HTTP/1.1\r\ncontent-length: +4\r\n\r\nabcd", "400"),
-            ("POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", "400"),
-            ("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", "200"),
+            ("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcd", "400"),
+            ("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ncontent-length: 4\r\n\r\nabcd", "400"),
+            ("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4, 4\r\n\r\nabcd", "400"),
+            ("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: +4\r\n\r\nabcd", "400"),
+            ("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+            ("POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+            ("POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n", "501"),
+            ("POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "501"),
+            ("POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n", "501"),
+            ("POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", "200"),
+            ("GET / HTTP/1.1\r\n\r\n", "400"),
+            ("GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", "400"),
+            ("GET / HTTP/1.1\r\nhost: a b\r\n\r\n", "400"),
+            ("GET / HTTP/1.1\r\nhost: user@a\r\n\r\n", "400"),
             (huge.as_str(), "431"),
+            (over.as_str(), "431"),
             (many.as_str(), "431"),
         ] {
             let (mut client, _drain, served) = connect().await;
@@ -943,6 +985,12 @@ mod tests {
             assert!(text.contains("connection: close"), "{text}");
             let ended = served.await.unwrap();
             assert_eq!(ended.is_err(), status != "200", "{:.60}", request);
+        }
+        for request in [under.as_str(), "GET / HTTP/1.0\r\n\r\n", "GET / HTTP/1.1\r\nhost:\r\n\r\n"] {
+            let (mut client, _drain, _served) = connect().await;
+            client.write_all(request.as_bytes()).await.unwrap();
+            let text = read_all(&mut client).await;
+            assert_eq!(text.split(' ').nth(1), Some("200"), "{:.60}: {text}", request);
         }
     }
 
@@ -958,10 +1006,10 @@ mod tests {
         // long, the connection gave its buffers back; the next request,
         // longer than the first read after that, takes them again.)
         let (mut client, drain, served) = connect().await;
-        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        client.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         read_until(&mut client, "expect", 1).await;
         tokio::time::sleep(SETTINGS.header_timeout * 3).await;
-        let long = format!("GET /b HTTP/1.1\r\nx-pad: {}\r\n\r\n", "p".repeat(600));
+        let long = format!("GET /b HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n", "p".repeat(600));
         client.write_all(long.as_bytes()).await.unwrap();
         assert!(read_until(&mut client, "expect", 1).await.contains("GET /b"));
         drain.send(true).unwrap();
@@ -1008,7 +1056,10 @@ mod tests {
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
         // The first bytes of the new protocol ride with the request.
-        client.write_all(b"GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\nhel").await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\nhel")
+            .await
+            .unwrap();
         let head = read_until(&mut client, "\r\n\r\n", 1).await;
         assert!(
             head.starts_with("HTTP/1.1 101 Switching Protocols\r\n") && !head.contains("connection: close"),

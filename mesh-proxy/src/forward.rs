@@ -61,7 +61,9 @@ impl DownstreamStats {
     pub fn count(&self, error: &(dyn std::error::Error + 'static)) {
         use crate::downstream::ServeError;
         let counter = match (error.downcast_ref::<ServeError>(), error.downcast_ref::<hyper::Error>()) {
-            (Some(ServeError::Malformed(_) | ServeError::TooLarge(_)), _) => &self.malformed,
+            (Some(ServeError::Malformed(_) | ServeError::TooLarge(_) | ServeError::NotImplemented), _) => {
+                &self.malformed
+            }
             (Some(ServeError::HeaderTimeout(_)), _) => &self.header_timeouts,
             (_, Some(e)) if e.is_parse() || e.is_parse_status() => &self.malformed,
             (_, Some(e)) if e.is_timeout() => &self.header_timeouts,
@@ -129,6 +131,7 @@ pub enum Flag {
     Overflow,
     ConnectFailure,
     UpstreamReset,
+    UpstreamProtocolError,
     Timeout,
     FaultAbort,
     Denied,
@@ -145,6 +148,7 @@ impl Flag {
             Flag::Overflow => "UO",
             Flag::ConnectFailure => "UF",
             Flag::UpstreamReset => "UC",
+            Flag::UpstreamProtocolError => "UPE",
             Flag::Timeout => "UT",
             Flag::FaultAbort => "FI",
             Flag::Denied => "RBAC",
@@ -444,6 +448,7 @@ impl Forwarder {
             if let Ok(Err(e)) = &result {
                 tracing::debug!(cluster = %cluster.config.name, endpoint = %addr, "upstream error: {e:?}");
             }
+            let protocol_error = matches!(&result, Ok(Err(e)) if e.is_protocol_error());
             let (outcome, response) = match result {
                 Err(()) => (Outcome::PerTryTimeout, None),
                 Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None),
@@ -514,6 +519,10 @@ impl Forwarder {
                         Outcome::ConnectFailure => {
                             record.flag = Flag::ConnectFailure;
                             local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+                        }
+                        _ if protocol_error => {
+                            record.flag = Flag::UpstreamProtocolError;
+                            local_reply(StatusCode::BAD_GATEWAY, "upstream connect error or disconnect/reset before headers. reset reason: protocol error")
                         }
                         _ => {
                             record.flag = Flag::UpstreamReset;

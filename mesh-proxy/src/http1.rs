@@ -455,7 +455,12 @@ fn framing(headers: &FieldList, seen: Seen, status: StatusCode, method: &Method)
     {
         return Ok(Framing::Length(0));
     }
-    Ok(wire::framing_of(headers, seen).map_err(Http1Error::Malformed)?.unwrap_or(Framing::UntilClose))
+    // As Envoy: a framing it would refuse is a protocol error (502), never
+    // a body delimited one way while the client is told another.
+    wire::framing_of(headers, seen).map_err(|e| match e {
+        wire::FramingError::Malformed(what) => Http1Error::Malformed(what),
+        wire::FramingError::UnsupportedCoding => Http1Error::Malformed("transfer-encoding"),
+    })
 }
 
 /// A response body read from its upstream connection, which goes back to
@@ -570,11 +575,16 @@ mod tests {
     fn framing_follows_rfc_9112() {
         let p = |raw: &str| parse(raw.as_bytes(), &Method::GET).unwrap().unwrap();
         assert_eq!(p("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").framing, Framing::Length(5));
-        assert_eq!(
-            p("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n").framing,
-            Framing::Chunked(Chunk::Size),
-            "transfer-encoding wins over content-length"
-        );
+        assert_eq!(p("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").framing, Framing::Chunked(Chunk::Size));
+        // What Envoy refuses as a protocol error is one here too: never a
+        // body framed one way while the client is told another.
+        for refused in [
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+        ] {
+            assert!(matches!(parse(refused.as_bytes(), &Method::GET), Err(Http1Error::Malformed(_))), "{refused:?}");
+        }
         assert_eq!(p("HTTP/1.1 200 OK\r\n\r\n").framing, Framing::UntilClose);
         assert!(!p("HTTP/1.1 200 OK\r\n\r\n").keep_alive, "read-until-close cannot be reused");
         assert_eq!(p("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Length(0));

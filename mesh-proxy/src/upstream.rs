@@ -114,6 +114,12 @@ impl UpstreamError {
             UpstreamError::Hyper(e) => e.is_connect(),
         }
     }
+
+    /// The upstream's answer broke HTTP/1.1's rules (Envoy: a protocol
+    /// error, 502 with `UPE`).
+    pub fn is_protocol_error(&self) -> bool {
+        matches!(self, UpstreamError::Http1(Http1Error::Malformed(_)))
+    }
 }
 
 impl ClusterConnections {

@@ -15,8 +15,8 @@ use smallvec::SmallVec;
 use crate::answer::FieldList;
 
 /// Heads larger than this are refused (Envoy's default
-/// `max_request_headers_kb` and `max_response_headers_kb` are 60).
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// `max_request_headers_kb` and `max_response_headers_kb`: 60).
+pub(crate) const MAX_HEAD: usize = 60 * 1024;
 pub(crate) const MAX_HEADERS: usize = 100;
 /// How much is read at a time.
 pub(crate) const READ_SIZE: usize = 8 * 1024;
@@ -224,38 +224,51 @@ pub(crate) enum Chunk {
     Trailers,
 }
 
-/// The framing the headers ask for: chunked when the last transfer coding
-/// is `chunked` (it wins over any Content-Length); `None` for another last
-/// coding (until close for a response, refused for a request); else the
-/// Content-Length, which must agree with itself; else `UntilClose` (for a
-/// request: no body).
-pub(crate) fn framing_of(headers: &impl FieldValues, seen: Seen) -> Result<Option<Framing>, &'static str> {
+/// Why a head's framing fields were refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FramingError {
+    /// Content-Length and Transfer-Encoding both, or a Content-Length that
+    /// is not one decimal number in one field: the ways two parsers can
+    /// see different message boundaries (RFC 9112 section 6.3).
+    Malformed(&'static str),
+    /// A transfer coding other than `chunked` alone (Envoy answers a
+    /// request with one 501).
+    UnsupportedCoding,
+}
+
+/// The framing the headers ask for, as strictly as Envoy reads it: chunked
+/// when Transfer-Encoding is `chunked` alone; the Content-Length when there
+/// is exactly one, a plain decimal number; else `UntilClose` (for a
+/// request: no body). Both fields at once, a repeated or listed
+/// Content-Length (even of one value), and any other transfer coding are
+/// refused.
+pub(crate) fn framing_of(headers: &impl FieldValues, seen: Seen) -> Result<Framing, FramingError> {
+    if seen.transfer_encoding && seen.content_length {
+        return Err(FramingError::Malformed("both content-length and transfer-encoding"));
+    }
     if seen.transfer_encoding {
-        let codings = headers.values(TRANSFER_ENCODING).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
-        return Ok(match codings.last() {
-            Some(coding) if coding.trim().eq_ignore_ascii_case("chunked") => Some(Framing::Chunked(Chunk::Size)),
-            _ => None,
-        });
+        let mut codings = headers.values(TRANSFER_ENCODING).flat_map(|v| v.as_bytes().split(|b| *b == b','));
+        return match (codings.next(), codings.next()) {
+            (Some(only), None) if only.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
+                Ok(Framing::Chunked(Chunk::Size))
+            }
+            _ => Err(FramingError::UnsupportedCoding),
+        };
     }
     if !seen.content_length {
-        return Ok(Some(Framing::UntilClose));
+        return Ok(Framing::UntilClose);
     }
-    let mut length = None;
-    for value in headers.values(CONTENT_LENGTH) {
-        for part in value.to_str().map_err(|_| "content-length")?.split(',') {
-            let part = part.trim();
-            // `u64::from_str` takes a leading `+`; the grammar does not.
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("content-length");
-            }
-            let n: u64 = part.parse().map_err(|_| "content-length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting content-length");
-            }
-            length = Some(n);
-        }
+    let mut values = headers.values(CONTENT_LENGTH);
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(FramingError::Malformed("more than one content-length"));
+    };
+    let digits = value.as_bytes();
+    // `u64::from_str` takes a leading `+`; the grammar does not.
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(FramingError::Malformed("content-length"));
     }
-    Ok(Some(length.map_or(Framing::UntilClose, Framing::Length)))
+    let n = std::str::from_utf8(digits).ok().and_then(|d| d.parse().ok());
+    n.map(Framing::Length).ok_or(FramingError::Malformed("content-length"))
 }
 
 /// The tokens of the `Connection` header fields (`close`, `upgrade`, the
@@ -486,17 +499,29 @@ mod tests {
             };
             framing_of(m, seen)
         };
-        assert_eq!(framing_of(&map(&[("content-length", "5")])), Ok(Some(Framing::Length(5))));
-        assert_eq!(framing_of(&map(&[("content-length", "5, 5")])), Ok(Some(Framing::Length(5))));
-        assert_eq!(
-            framing_of(&map(&[("transfer-encoding", "gzip, chunked"), ("content-length", "5")])),
-            Ok(Some(Framing::Chunked(Chunk::Size)))
-        );
-        assert_eq!(framing_of(&map(&[("transfer-encoding", "gzip")])), Ok(None));
-        assert_eq!(framing_of(&map(&[])), Ok(Some(Framing::UntilClose)));
-        for bad in ["-1", "+5", "", "5 5", "0x5"] {
-            assert!(framing_of(&map(&[("content-length", bad)])).is_err(), "{bad:?}");
+        assert_eq!(framing_of(&map(&[("content-length", "5")])), Ok(Framing::Length(5)));
+        assert_eq!(framing_of(&map(&[("transfer-encoding", "chunked")])), Ok(Framing::Chunked(Chunk::Size)));
+        assert_eq!(framing_of(&map(&[("transfer-encoding", " Chunked ")])), Ok(Framing::Chunked(Chunk::Size)));
+        assert_eq!(framing_of(&map(&[])), Ok(Framing::UntilClose));
+        // As strict as Envoy 1.40: what two parsers could frame differently
+        // is refused, not resolved by a rule the other side may not share.
+        let malformed =
+            |pairs: &[(&'static str, &'static str)]| matches!(framing_of(&map(pairs)), Err(FramingError::Malformed(_)));
+        assert!(malformed(&[("transfer-encoding", "chunked"), ("content-length", "5")]));
+        assert!(malformed(&[("content-length", "5, 5")]), "a list, even of one value");
+        assert!(malformed(&[("content-length", "5"), ("content-length", "5")]), "a repeat, even of one value");
+        assert!(malformed(&[("content-length", "5"), ("content-length", "6")]));
+        for bad in ["-1", "+5", "", "5 5", "0x5", "99999999999999999999999"] {
+            assert!(malformed(&[("content-length", bad)]), "{bad:?}");
         }
-        assert!(framing_of(&map(&[("content-length", "5"), ("content-length", "6")])).is_err());
+        for coding in [
+            &[("transfer-encoding", "gzip")][..],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("transfer-encoding", "chunked, chunked")],
+            &[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "")],
+        ] {
+            assert_eq!(framing_of(&map(coding)), Err(FramingError::UnsupportedCoding), "{coding:?}");
+        }
     }
 }
