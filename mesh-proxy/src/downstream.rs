@@ -677,11 +677,8 @@ fn check_host(headers: &HeaderMap, version: Version) -> Result<(), ServeError> {
         (None, _) if version == Version::HTTP_10 => Ok(()),
         (None, _) => Err(ServeError::Malformed("no host")),
         (Some(_), Some(_)) => Err(ServeError::Malformed("more than one host")),
-        (Some(host), None) if host.is_empty() => Ok(()),
-        (Some(host), None) => match http::uri::Authority::try_from(host.as_bytes()) {
-            Ok(a) if !a.as_str().contains('@') => Ok(()),
-            _ => Err(ServeError::Malformed("host")),
-        },
+        (Some(host), None) if host.is_empty() || wire::valid_host(host.as_bytes()) => Ok(()),
+        (Some(_), None) => Err(ServeError::Malformed("host")),
     }
 }
 

@@ -271,6 +271,34 @@ pub(crate) fn framing_of(headers: &impl FieldValues, seen: Seen) -> Result<Frami
     n.map(Framing::Length).ok_or(FramingError::Malformed("content-length"))
 }
 
+/// A Host field value is RFC 3986's `host [ ":" port ]`: a registered
+/// name or an IPv4 address, or an IP literal in brackets, and digits after
+/// the colon. Checked on the bytes, with no allocation, for every request.
+pub(crate) fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(end) => (&value[..=end], &value[end + 1..]),
+            None => return false,
+        },
+        _ => match value.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &[][..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    let host_ok = match host {
+        [b'[', literal @ .., b']'] => {
+            !literal.is_empty() && literal.iter().all(|b| b.is_ascii_alphanumeric() || b".:%-_~".contains(b))
+        }
+        _ => !host.is_empty() && host.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)),
+    };
+    port_ok && host_ok
+}
+
 /// The tokens of the `Connection` header fields (`close`, `upgrade`, the
 /// names of other hop-by-hop headers), trimmed.
 pub(crate) fn connection_tokens(headers: &impl FieldValues) -> impl Iterator<Item = &str> {
@@ -479,6 +507,17 @@ mod tests {
         assert_eq!((body.as_slice(), framing), (&b"hel"[..], Framing::Chunked(Chunk::Data(2))), "waits for more");
         for bad in [&b"zz\r\n"[..], b"5\r\nhelloXX", &[b'1'; 5000]] {
             assert!(decode_all(Framing::Chunked(Chunk::Size), bad, 1000).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_checked_as_rfc_3986_writes_them() {
+        for good in ["a", "a.example", "a.example:8080", "a:", "10.0.0.1:80", "[::1]", "[::1]:80", "a_b-c~d", "xn--nxa"]
+        {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in ["a b", "user@a", "a:x", "a:b:c", ":80", "[::1", "[]", "a/b", "a\tb", "a\"b", "[::1]x"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
         }
     }
 
