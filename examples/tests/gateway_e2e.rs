@@ -100,6 +100,47 @@ fn an_outlier_is_ejected_after_consecutive_5xx_and_restored_after_the_ejection_t
     assert!(started.elapsed() >= Duration::from_millis(500), "not before the 2 s ejection time was (nearly) over");
 }
 
+/// A client whose body is malformed or cut short is the client's failure:
+/// 400 as Envoy answers, and never an upstream failure. Eight of them used
+/// to get both healthy hosts of a cluster ejected (consecutive5xxErrors: 3)
+/// and every legitimate request after them a 503.
+#[test]
+fn client_body_failures_are_400_and_never_eject_healthy_upstreams() {
+    let (_a, a) = backend("v1", 0);
+    let (_b, b) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let policy = "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 3, interval: 500ms, baseEjectionTime: 30s, maxEjectionPercent: 100}\n";
+    write_mesh(dir.path(), port, &[Service { name: "pool", backends: &[("v1", a), ("v1", b)] }], policy);
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("pool", "  - route:\n    - destination: {host: pool}\n    retries: {attempts: 0}\n"),
+    )
+    .unwrap();
+    let g = Gateway::start(dir.path(), port);
+    for _ in 0..4 {
+        // A chunk size that is no number.
+        let bad_chunk = common::raw(
+            port,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        )
+        .unwrap();
+        assert!(bad_chunk.starts_with("HTTP/1.1 400 "), "{bad_chunk}");
+        // A body cut short: the client sends 10 of 100 bytes and hangs up.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        std::io::Write::write_all(&mut s, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut cut = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut cut);
+        assert!(!cut.starts_with("HTTP/1.1 5"), "a client's cut body answered as an upstream failure: {cut}");
+    }
+    assert_eq!(versions(&g, 20, "/", &[]), [("v1".to_string(), 20)].into(), "both hosts still serve");
+    let clusters = g.admin_get("/clusters").unwrap().body;
+    assert!(!clusters.contains("\"ejected\": true"), "{clusters}");
+}
+
 #[test]
 fn delay_and_abort_faults() {
     let (_b, p) = backend("v1", 0);

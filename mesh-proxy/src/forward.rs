@@ -132,6 +132,10 @@ pub enum Flag {
     ConnectFailure,
     UpstreamReset,
     UpstreamProtocolError,
+    /// The client's request was malformed past its head (Envoy's `DPE`).
+    DownstreamProtocolError,
+    /// The client went away before its request was whole (`DC`).
+    DownstreamTermination,
     Timeout,
     FaultAbort,
     Denied,
@@ -149,6 +153,8 @@ impl Flag {
             Flag::ConnectFailure => "UF",
             Flag::UpstreamReset => "UC",
             Flag::UpstreamProtocolError => "UPE",
+            Flag::DownstreamProtocolError => "DPE",
+            Flag::DownstreamTermination => "DC",
             Flag::Timeout => "UT",
             Flag::FaultAbort => "FI",
             Flag::Denied => "RBAC",
@@ -384,7 +390,7 @@ impl Forwarder {
             match incoming.collect().await {
                 Ok(b) => buffered = Some(b.to_bytes()),
                 Err(_) => {
-                    record.flag = Flag::UpstreamReset;
+                    record.flag = Flag::DownstreamProtocolError;
                     return local_reply(StatusCode::BAD_REQUEST, "request body could not be read\n");
                 }
             }
@@ -447,6 +453,12 @@ impl Forwarder {
             cluster.hosts[host].active_requests.fetch_sub(1, Ordering::Relaxed);
             if let Ok(Err(e)) = &result {
                 tracing::debug!(cluster = %cluster.config.name, endpoint = %addr, "upstream error: {e:?}");
+            }
+            if let Some(hung_up) = result.as_ref().ok().and_then(|r| r.as_ref().err()?.request_body_failure()) {
+                // The client's failure: never counted against the upstream
+                // (outlier detection, retries), answered 400 as Envoy does.
+                record.flag = if hung_up { Flag::DownstreamTermination } else { Flag::DownstreamProtocolError };
+                return local_reply(StatusCode::BAD_REQUEST, "request body could not be read\n");
             }
             let protocol_error = matches!(&result, Ok(Err(e)) if e.is_protocol_error());
             let (outcome, response) = match result {

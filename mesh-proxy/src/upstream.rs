@@ -115,6 +115,18 @@ impl UpstreamError {
         }
     }
 
+    /// The client's request body failed while it was being sent (malformed
+    /// chunking, the client gone mid-body): the client's failure, not the
+    /// upstream's; with whether the client hung up.
+    pub fn request_body_failure(&self) -> Option<bool> {
+        match self {
+            UpstreamError::Http1(Http1Error::RequestBody(e)) => {
+                Some(e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof))
+            }
+            _ => None,
+        }
+    }
+
     /// The upstream's answer broke HTTP/1.1's rules (Envoy: a protocol
     /// error, 502 with `UPE`).
     pub fn is_protocol_error(&self) -> bool {
