@@ -11,9 +11,11 @@
 //! head is handed over whole.
 //!
 //! What hyper's server did and this keeps: keep-alive and pipelining, the
-//! framing rules of RFC 9112 (chunked over Content-Length, conflicting
-//! lengths refused), `100 Continue` when the handler first reads the body,
-//! 400 and 431 for malformed and oversized heads, a header timeout, a
+//! framing rules of RFC 9112 as strictly as Envoy reads them (both
+//! Content-Length and Transfer-Encoding, repeated lengths and a missing or
+//! repeated Host refused with 400, codings other than chunked with 501),
+//! `100 Continue` when the handler first reads the body, 431 for heads
+//! over 60 KiB, a header timeout, a
 //! `Date` on every answer, upgrades (101) handed to the handler as the raw
 //! connection, and draining. HTTP/2 (the h2c preface, or ALPN `h2`) goes to
 //! hyper's HTTP/2 server: [`Served::Http2`] hands the connection back with
