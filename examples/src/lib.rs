@@ -32,6 +32,10 @@ pub struct ProxyArgs {
     /// A JSON access log line per request on stdout.
     #[arg(long)]
     pub access_log: bool,
+    /// Connections each listener's accept queue holds (the kernel caps it
+    /// at net.core.somaxconn, as for Envoy's default).
+    #[arg(long, default_value_t = mesh_proxy::listener::DEFAULT_BACKLOG)]
+    pub listen_backlog: u32,
     /// Worker threads; 1 runs everything on one thread, with no work
     /// stealing (as Envoy's `--concurrency 1`). Default: one per core.
     #[arg(long)]
@@ -47,6 +51,7 @@ impl ProxyArgs {
             .drain_timeout(std::time::Duration::from_secs(self.drain_timeout))
             .header_read_timeout(std::time::Duration::from_secs(self.header_read_timeout))
             .access_log(self.access_log)
+            .listen_backlog(self.listen_backlog)
             .after_config_applied(give_back_memory())
     }
 }

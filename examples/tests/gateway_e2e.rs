@@ -141,6 +141,29 @@ fn client_body_failures_are_400_and_never_eject_healthy_upstreams() {
     assert!(!clusters.contains("\"ejected\": true"), "{clusters}");
 }
 
+/// A listener's accept queue is as long as the kernel allows, as Envoy's
+/// (it was 128: 2,000 connections opening at once took 5 s), or what the
+/// operator sets.
+#[test]
+fn listeners_accept_queue_is_the_kernels_or_the_operators() {
+    mesh_testkit::peers::require_command("ss", "apt-get install iproute2");
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+    let (_b, p) = backend("v1", 0);
+    let backlog_of = |port: u16| -> u32 {
+        let out = std::process::Command::new("ss").args(["-Hltn", &format!("sport = :{port}")]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // State, Recv-Q, Send-Q (a listener's backlog), ...
+        text.split_whitespace().nth(2).and_then(|q| q.parse().ok()).unwrap_or_else(|| panic!("ss: {text:?}"))
+    };
+    let (dir, port) = one_service("web", p);
+    let g = Gateway::start(dir.path(), port);
+    assert_eq!(backlog_of(port), somaxconn.min(mesh_proxy::listener::DEFAULT_BACKLOG));
+    drop(g);
+    let (dir, port) = one_service("web", p);
+    let _g = Gateway::start_with(dir.path(), port, &["--listen-backlog", "256"], std::process::Stdio::null());
+    assert_eq!(backlog_of(port), 256.min(somaxconn));
+}
+
 #[test]
 fn delay_and_abort_faults() {
     let (_b, p) = backend("v1", 0);

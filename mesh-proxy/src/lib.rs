@@ -137,6 +137,7 @@ pub struct ProxyBuilder {
     access_log: bool,
     http_proxy: Option<SocketAddr>,
     header_timeout: Duration,
+    listen_backlog: u32,
     after_config: Option<AfterConfig>,
 }
 
@@ -155,6 +156,7 @@ impl ProxyBuilder {
             access_log: false,
             http_proxy: None,
             header_timeout: Duration::from_secs(10),
+            listen_backlog: listener::DEFAULT_BACKLOG,
             after_config: None,
         }
     }
@@ -211,6 +213,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// How many connections a listener's accept queue holds. By default,
+    /// as Envoy, as many as the kernel allows (`net.core.somaxconn` on
+    /// Linux, which caps any larger value).
+    pub fn listen_backlog(mut self, backlog: u32) -> Self {
+        self.listen_backlog = backlog;
+        self
+    }
+
     /// Write a JSON access log line per request to stdout, buffered as
     /// Envoy buffers its file log: written out every second, at 64 KiB
     /// and when draining.
@@ -252,7 +262,7 @@ impl ProxyBuilder {
             }
         }
         if let Some(addr) = self.http_proxy {
-            let socket = TcpListener::bind(addr).await?;
+            let socket = listener::bind(addr, self.listen_backlog)?;
             let settings = listener::downstream_settings(self.header_timeout);
             tokio::spawn(listener::serve_http_proxy(
                 socket,
@@ -262,7 +272,12 @@ impl ProxyBuilder {
                 self.drain_timeout,
             ));
         }
-        let listeners = Arc::new(Mutex::new(Listeners::new(self.bind_ip, self.drain_timeout, self.header_timeout)));
+        let listeners = Arc::new(Mutex::new(Listeners::new(
+            self.bind_ip,
+            self.drain_timeout,
+            self.header_timeout,
+            self.listen_backlog,
+        )));
         let (version_tx, version_rx) = watch::channel(String::new());
         let configs: BoxStream<'static, ProxyConfig> = match self.source {
             ConfigSource::Mesh { store, registry, identity, debounce } => mesh::watch(&*store, &*registry, debounce)
