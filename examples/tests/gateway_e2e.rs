@@ -59,20 +59,26 @@ fn retries_turn_a_flaky_upstreams_503s_into_200s() {
     assert!(counts.get("status 503").copied().unwrap_or(0) >= 40, "without retries half fail: {counts:?}");
 }
 
+/// A `pool` service over these backends (round robin, no retries) with
+/// outlier detection after 3 consecutive 5xx, ejecting for `ejection`;
+/// with its gateway.
+fn outlier_pool(ports: &[u16], ejection: &str) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let policy = format!("  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN}}\n    outlierDetection: {{consecutive5xxErrors: 3, interval: 500ms, baseEjectionTime: {ejection}, maxEjectionPercent: 100}}\n");
+    let backends: Vec<(&str, u16)> = ports.iter().map(|p| ("v1", *p)).collect();
+    write_mesh(dir.path(), port, &[Service { name: "pool", backends: &backends }], &policy);
+    let route = routes("pool", "  - route:\n    - destination: {host: pool}\n    retries: {attempts: 0}\n");
+    std::fs::write(dir.path().join("routes.yaml"), route).unwrap();
+    let g = Gateway::start(dir.path(), port);
+    (dir, g)
+}
+
 #[test]
 fn an_outlier_is_ejected_after_consecutive_5xx_and_restored_after_the_ejection_time() {
     let (_good, good) = backend("v1", 0);
     let (_bad, bad) = backend("v1", 1); // always 503
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let policy = "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 3, interval: 500ms, baseEjectionTime: 2s, maxEjectionPercent: 100}\n";
-    write_mesh(dir.path(), port, &[Service { name: "pool", backends: &[("v1", good), ("v1", bad)] }], policy);
-    std::fs::write(
-        dir.path().join("routes.yaml"),
-        routes("pool", "  - route:\n    - destination: {host: pool}\n    retries: {attempts: 0}\n"),
-    )
-    .unwrap();
-    let g = Gateway::start(dir.path(), port);
+    let (_dir, g) = outlier_pool(&[good, bad], "2s");
     let ejected = |g: &Gateway| {
         let clusters: serde_json::Value = serde_json::from_str(&g.admin_get("/clusters").unwrap().body).unwrap();
         clusters["clusters"]
@@ -108,16 +114,8 @@ fn an_outlier_is_ejected_after_consecutive_5xx_and_restored_after_the_ejection_t
 fn client_body_failures_are_400_and_never_eject_healthy_upstreams() {
     let (_a, a) = backend("v1", 0);
     let (_b, b) = backend("v1", 0);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let policy = "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 3, interval: 500ms, baseEjectionTime: 30s, maxEjectionPercent: 100}\n";
-    write_mesh(dir.path(), port, &[Service { name: "pool", backends: &[("v1", a), ("v1", b)] }], policy);
-    std::fs::write(
-        dir.path().join("routes.yaml"),
-        routes("pool", "  - route:\n    - destination: {host: pool}\n    retries: {attempts: 0}\n"),
-    )
-    .unwrap();
-    let g = Gateway::start(dir.path(), port);
+    let (_dir, g) = outlier_pool(&[a, b], "30s");
+    let port = g.port;
     for _ in 0..4 {
         // A chunk size that is no number.
         let bad_chunk = common::raw(
