@@ -650,6 +650,34 @@ fn raw_upstream(script: &str) -> (common::Proc, u16) {
     (child, line.trim().parse().unwrap())
 }
 
+/// A raw HTTP/1.1 upstream that reads each request head on a keep-alive
+/// connection and calls `answer(c, path)`, which the test defines (after
+/// `import socket, threading, time`): it writes what the test wants sent
+/// and returns whether to keep the connection.
+fn raw_http_upstream(answer: &str) -> (common::Proc, u16) {
+    let script = format!(
+        r#"import socket, threading, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 0)); s.listen(64)
+print(s.getsockname()[1], flush=True)
+{answer}
+def serve(c):
+    buf = b''
+    while True:
+        while b'\r\n\r\n' not in buf:
+            d = c.recv(65536)
+            if not d:
+                c.close(); return
+            buf += d
+        head, buf = buf.split(b'\r\n\r\n', 1)
+        if not answer(c, head.split(b' ')[1]):
+            c.close(); return
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#
+    );
+    raw_upstream(&script)
+}
+
 #[test]
 fn slow_clients_and_upstreams_that_reset_mid_response() {
     // A raw upstream that promises 1000 bytes, sends 10, and hangs up.
@@ -961,33 +989,20 @@ fn upstream_responses_framed_every_way_http_1_1_allows() {
     // sent in pieces; close-delimited (HTTP/1.0, no length); a 100
     // Continue before the answer; and a connection closed after each
     // answer without saying so, which the proxy will have pooled.
-    let script = r#"
-import socket, threading, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 0)); s.listen(64)
-print(s.getsockname()[1], flush=True)
-def serve(c):
-    buf = b''
-    while True:
-        while b'\r\n\r\n' not in buf:
-            d = c.recv(65536)
-            if not d:
-                c.close(); return
-            buf += d
-        head, buf = buf.split(b'\r\n\r\n', 1)
-        path = head.split(b' ')[1]
-        if path == b'/chunked':
-            for piece in [b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel', b'lo\r\n6\r\n wor', b'ld\r\n0\r\nx-trailer: t\r\n\r\n']:
-                c.sendall(piece); time.sleep(0.01)
-        elif path == b'/close':
-            c.sendall(b'HTTP/1.0 200 OK\r\n\r\nuntil the close'); c.close(); return
-        elif path == b'/continue':
-            c.sendall(b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok')
-        else:
-            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce'); c.close(); return
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+    let answer = r#"
+def answer(c, path):
+    if path == b'/chunked':
+        for piece in [b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel', b'lo\r\n6\r\n wor', b'ld\r\n0\r\nx-trailer: t\r\n\r\n']:
+            c.sendall(piece); time.sleep(0.01)
+        return True
+    if path == b'/close':
+        c.sendall(b'HTTP/1.0 200 OK\r\n\r\nuntil the close'); return False
+    if path == b'/continue':
+        c.sendall(b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok')
+        return True
+    c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce'); return False
 "#;
-    let (_raw, raw_port) = raw_upstream(script);
+    let (_raw, raw_port) = raw_http_upstream(answer);
     let (dir, port) = one_service("raw", raw_port);
     let g = Gateway::start(dir.path(), port);
     for _ in 0..3 {
@@ -1012,10 +1027,7 @@ while True:
 /// never a body framed one way while the client is told another.
 #[test]
 fn upstream_answers_envoy_refuses_are_502_and_never_desync_the_client() {
-    let script = r#"
-import socket, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 0)); s.listen(64)
-print(s.getsockname()[1], flush=True)
+    let answer = r#"
 ANSWERS = {
     b'/cl-te': b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
     b'/cl-twice': b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok',
@@ -1023,21 +1035,11 @@ ANSWERS = {
     b'/gzip': b'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
     b'/status': b'HTTP/1.1 abc OK\r\n\r\n',
 }
-def serve(c):
-    buf = b''
-    while True:
-        while b'\r\n\r\n' not in buf:
-            d = c.recv(65536)
-            if not d:
-                c.close(); return
-            buf += d
-        head, buf = buf.split(b'\r\n\r\n', 1)
-        path = head.split(b' ')[1]
-        c.sendall(ANSWERS.get(path, b'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood'))
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+def answer(c, path):
+    c.sendall(ANSWERS.get(path, b'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood'))
+    return True
 "#;
-    let (_raw, raw_port) = raw_upstream(script);
+    let (_raw, raw_port) = raw_http_upstream(answer);
     let (dir, port) = one_service("raw", raw_port);
     let _g = Gateway::start(dir.path(), port);
     for path in ["/cl-te", "/cl-twice", "/cl-list", "/gzip", "/status"] {
