@@ -118,7 +118,7 @@ fn client_body_failures_are_400_and_never_eject_healthy_upstreams() {
     let port = g.port;
     for _ in 0..4 {
         // A chunk size that is no number.
-        let bad_chunk = common::raw(
+        let bad_chunk = common::raw_port(
             port,
             b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
         )
@@ -317,14 +317,14 @@ fn malformed_requests_get_4xx_and_never_take_the_proxy_down() {
     let (dir, port) = one_service("web", p);
     let g = Gateway::start(dir.path(), port);
     let status_of = |bytes: &[u8]| {
-        common::raw(port, bytes).unwrap().split_whitespace().nth(1).map(str::to_string).unwrap_or_default()
+        common::raw_port(port, bytes).unwrap().split_whitespace().nth(1).map(str::to_string).unwrap_or_default()
     };
     assert_eq!(status_of(b"THIS IS NOT HTTP\r\n\r\n"), "400");
     // Request smuggling: both Content-Length and Transfer-Encoding. As
     // Envoy: 400 and the connection closed, so the request pipelined
     // behind it (which a front proxy may have framed otherwise) is never
     // served.
-    let both = common::raw(port, b"POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let both = common::raw_port(port, b"POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert!(both.starts_with("HTTP/1.1 400 ") && both.contains("connection: close"), "{both}");
     assert_eq!(both.matches("HTTP/1.1 ").count(), 1, "the pipelined request was served: {both}");
     // Transfer codings other than chunked alone: 501, as Envoy.
@@ -501,7 +501,7 @@ fn cors_preflight_and_response_headers() {
     )
     .unwrap();
     let g = Gateway::start(dir.path(), port);
-    let pre = common::raw(port, b"OPTIONS / HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n").unwrap();
+    let pre = common::raw_port(port, b"OPTIONS / HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n").unwrap();
     let pre = common::parse(&pre).unwrap();
     assert_eq!(pre.status, 200);
     assert_eq!(pre.header("access-control-allow-origin"), Some("https://app.example.com"));
@@ -702,7 +702,7 @@ fn slow_clients_and_upstreams_that_reset_mid_response() {
     // looking answer.
     for _ in 0..3 {
         let text =
-            common::raw(port, b"GET /broken HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap_or_default();
+            common::raw_port(port, b"GET /broken HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap_or_default();
         let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         assert!(text.is_empty() || (text.starts_with("HTTP/1.1 200") && body.len() < 1000), "{text:?}");
     }
@@ -758,9 +758,11 @@ fn json_access_log_and_drain_from_the_admin_server() {
     assert_eq!(entry["upstream_cluster"], "outbound|9080||web.default.svc.cluster.local");
     assert_eq!(entry["upstream_host"], format!("127.0.0.1:{p}"));
 
-    let drain =
-        common::raw(g.admin, b"POST /drain HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .unwrap();
+    let drain = common::raw_port(
+        g.admin,
+        b"POST /drain HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     assert!(drain.starts_with("HTTP/1.1 200"), "{drain}");
     let status = g.wait_exit(Duration::from_secs(10));
     assert!(status.success());
@@ -1045,7 +1047,7 @@ def answer(c, path):
     for path in ["/cl-te", "/cl-twice", "/cl-list", "/gzip", "/status"] {
         // Two requests on one keep-alive connection: the refused answer,
         // then a good one that must arrive whole and in sync.
-        let text = common::raw(
+        let text = common::raw_port(
             port,
             format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\nGET /good HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 .as_bytes(),

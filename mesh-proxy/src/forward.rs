@@ -31,7 +31,7 @@ use crate::downstream::OnUpgrade;
 use crate::http1::RequestBody;
 use crate::live::{LiveConfig, SharedConfig};
 use crate::metrics::{Metrics, RequestRecord};
-use crate::upstream::Upstreams;
+use crate::upstream::{ClientFailure, Upstreams};
 use crate::wire::{connection_has, connection_tokens};
 
 /// Shared by every connection of every listener.
@@ -454,10 +454,13 @@ impl Forwarder {
             if let Ok(Err(e)) = &result {
                 tracing::debug!(cluster = %cluster.config.name, endpoint = %addr, "upstream error: {e:?}");
             }
-            if let Some(hung_up) = result.as_ref().ok().and_then(|r| r.as_ref().err()?.request_body_failure()) {
+            if let Some(failure) = result.as_ref().ok().and_then(|r| r.as_ref().err()?.client_failure()) {
                 // The client's failure: never counted against the upstream
                 // (outlier detection, retries), answered 400 as Envoy does.
-                record.flag = if hung_up { Flag::DownstreamTermination } else { Flag::DownstreamProtocolError };
+                record.flag = match failure {
+                    ClientFailure::HungUp => Flag::DownstreamTermination,
+                    ClientFailure::Malformed => Flag::DownstreamProtocolError,
+                };
                 return local_reply(StatusCode::BAD_REQUEST, "request body could not be read\n");
             }
             let protocol_error = matches!(&result, Ok(Err(e)) if e.is_protocol_error());

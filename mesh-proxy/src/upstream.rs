@@ -98,6 +98,15 @@ impl Upstreams {
     }
 }
 
+/// A request that failed through the client's fault while it went upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFailure {
+    /// The body broke HTTP/1.1's rules (a bad chunk).
+    Malformed,
+    /// The client went away before its body was whole.
+    HungUp,
+}
+
 /// Why an upstream request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -115,16 +124,12 @@ impl UpstreamError {
         }
     }
 
-    /// The client's request body failed while it was being sent (malformed
-    /// chunking, the client gone mid-body): the client's failure, not the
-    /// upstream's; with whether the client hung up.
-    pub fn request_body_failure(&self) -> Option<bool> {
-        match self {
-            UpstreamError::Http1(Http1Error::RequestBody(e)) => {
-                Some(e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof))
-            }
-            _ => None,
-        }
+    /// How the client's request body failed while it was being sent: the
+    /// client's failure, not the upstream's.
+    pub fn client_failure(&self) -> Option<ClientFailure> {
+        let UpstreamError::Http1(Http1Error::RequestBody(e)) = self else { return None };
+        let hung_up = e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof);
+        Some(if hung_up { ClientFailure::HungUp } else { ClientFailure::Malformed })
     }
 
     /// The upstream's answer broke HTTP/1.1's rules (Envoy: a protocol

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[allow(unused_imports)]
-pub use mesh_testkit::http::{get, parse, raw_port as raw, Response};
+pub use mesh_testkit::http::{get, parse, raw_port, Response};
 #[allow(unused_imports)]
 pub use mesh_testkit::process::example_server as fake_server;
 pub use mesh_testkit::{free_port, wait_until, Proc};
