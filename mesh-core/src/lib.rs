@@ -21,6 +21,7 @@
 //! | [`resilience`] | retries and backoff, circuit breakers, outlier detection |
 //! | [`fault`] | fault injection decisions |
 //! | [`rate_limit`] | the local rate limit token bucket |
+//! | [`path`] | request path normalization before routing and authorization (Istio's `pathNormalization`) |
 //! | [`authz`] | AuthorizationPolicy evaluation |
 //! | [`filter`] | [`Filter`]: user code in the request path |
 //!
@@ -76,10 +77,10 @@
 //! let chain = mesh_core::filter::FilterChain::new(vec![std::sync::Arc::new(ApiKey { key: "s3cret".into() })]);
 //! let (mut req, _) = http::Request::get("/").header("x-api-key", "s3cret").body(()).unwrap().into_parts();
 //! let mut ctx = FilterContext::new("req-1", None);
-//! let (ran, action) = chain.on_request(&mut req, &mut ctx).await.unwrap();
+//! let action = chain.on_request(&mut req, &mut ctx).await.unwrap();
 //! assert!(matches!(action, RequestAction::Continue));
 //! let (mut resp, _) = http::Response::new(()).into_parts();
-//! chain.on_response(ran, &mut resp, &mut ctx).await.unwrap();
+//! chain.on_response(&mut resp, &mut ctx).await.unwrap();
 //! assert_eq!(resp.headers["x-authenticated"], "true");
 //! # });
 //! ```
@@ -143,6 +144,7 @@ pub mod keyed;
 pub mod lb;
 pub mod mesh;
 pub mod model;
+pub mod path;
 pub mod proxy_config;
 pub mod rate_limit;
 pub mod registry;
