@@ -106,12 +106,12 @@ fn filters(c: &mut Criterion) {
     let mut ctx = FilterContext::new("bench", None);
     let empty = FilterChain::default();
     c.bench_function("filter_chain/request_phase/0_filters", |b| {
-        b.iter(|| ready(empty.on_request(&mut head, &mut ctx)).map(|(n, _)| n))
+        b.iter(|| ready(empty.on_request(&mut head, &mut ctx)).map(|a| matches!(a, RequestAction::Continue)))
     });
     for n in [1usize, 4] {
         let chain = FilterChain::new((0..n).map(|_| Arc::new(Noop) as Arc<dyn Filter>).collect());
         c.bench_function(&format!("filter_chain/request_phase/{n}_noop_filters"), |b| {
-            b.iter(|| ready(chain.on_request(&mut head, &mut ctx)).map(|(n, _)| n))
+            b.iter(|| ready(chain.on_request(&mut head, &mut ctx)).map(|a| matches!(a, RequestAction::Continue)))
         });
     }
 }

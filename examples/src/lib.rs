@@ -36,6 +36,11 @@ pub struct ProxyArgs {
     /// at net.core.somaxconn, as for Envoy's default).
     #[arg(long, default_value_t = mesh_proxy::listener::DEFAULT_BACKLOG)]
     pub listen_backlog: u32,
+    /// How request paths are normalized before routing and authorization
+    /// (Istio's meshConfig.pathNormalization): NONE, BASE,
+    /// MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
+    #[arg(long, value_name = "MODE", default_value = "BASE")]
+    pub path_normalization: mesh_core::path::PathNormalization,
     /// Worker threads; 1 runs everything on one thread, with no work
     /// stealing (as Envoy's `--concurrency 1`). Default: one per core.
     #[arg(long)]
@@ -52,6 +57,7 @@ impl ProxyArgs {
             .header_read_timeout(std::time::Duration::from_secs(self.header_read_timeout))
             .access_log(self.access_log)
             .listen_backlog(self.listen_backlog)
+            .path_normalization(self.path_normalization)
             .after_config_applied(give_back_memory())
     }
 }

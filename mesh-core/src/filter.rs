@@ -4,9 +4,14 @@
 //!
 //! 1. [`Filter::on_request`]: after routing, before the upstream is called;
 //!    may change the request head or answer it directly.
-//! 2. [`Filter::on_response`]: with the upstream's (or a local) response
-//!    head, in reverse filter order, as Envoy runs encoder filters.
-//! 3. [`Filter::on_log`]: once the exchange is over, for logs and metrics.
+//! 2. [`Filter::on_response`]: with the response head, in reverse filter
+//!    order, as Envoy runs encoder filters: the upstream's answer or a local
+//!    one (no route, RBAC, rate limit, fault abort, an upstream failure, or
+//!    a filter's own), with [`FilterContext::response_flags`] saying which.
+//!    Every filter sees every response, also one made before its
+//!    `on_request` ran, as every Envoy encoder filter sees local replies.
+//! 3. [`Filter::on_log`]: once per exchange when it is over, whatever ended
+//!    it (a client that went away included), for logs and metrics.
 //!
 //! A filter is shared by all requests; per-request state lives in the
 //! [`FilterContext`]'s typed `extensions`.
@@ -56,6 +61,9 @@ pub struct FilterContext {
     pub started: Instant,
     /// Response status, known from the response phase on.
     pub status: Option<http::StatusCode>,
+    /// Envoy's response flags (`NR`, `RBAC`, `UH`, `DC`...) for an exchange
+    /// that did not end in the upstream's own answer; `None` when it did.
+    pub response_flags: Option<&'static str>,
     /// Typed per-request state for filters: `ctx.extensions.insert(MyState)`.
     pub extensions: http::Extensions,
 }
@@ -69,6 +77,7 @@ impl FilterContext {
             cluster: None,
             started: Instant::now(),
             status: None,
+            response_flags: None,
             extensions: http::Extensions::new(),
         }
     }
@@ -105,30 +114,24 @@ impl FilterChain {
         self.filters.is_empty()
     }
 
-    /// Request phase, first filter first. Returns the number of filters
-    /// that ran (the response phase runs those, in reverse) and the action.
+    /// Request phase, first filter first, until one answers.
     pub async fn on_request(
         &self,
         req: &mut RequestHead,
         ctx: &mut FilterContext,
-    ) -> Result<(usize, RequestAction), FilterError> {
-        for (i, f) in self.filters.iter().enumerate() {
+    ) -> Result<RequestAction, FilterError> {
+        for f in &self.filters {
             if let RequestAction::Respond(resp) = f.on_request(req, ctx).await? {
-                return Ok((i + 1, RequestAction::Respond(resp)));
+                return Ok(RequestAction::Respond(resp));
             }
         }
-        Ok((self.filters.len(), RequestAction::Continue))
+        Ok(RequestAction::Continue)
     }
 
-    /// Response phase over the first `ran` filters, last first.
-    pub async fn on_response(
-        &self,
-        ran: usize,
-        resp: &mut ResponseHead,
-        ctx: &mut FilterContext,
-    ) -> Result<(), FilterError> {
+    /// Response phase, last filter first.
+    pub async fn on_response(&self, resp: &mut ResponseHead, ctx: &mut FilterContext) -> Result<(), FilterError> {
         ctx.status = Some(resp.status);
-        for f in self.filters[..ran.min(self.filters.len())].iter().rev() {
+        for f in self.filters.iter().rev() {
             f.on_response(resp, ctx).await?;
         }
         Ok(())
@@ -191,19 +194,21 @@ mod tests {
         ]);
         let (mut req, _) = http::Request::get("/ok").body(()).unwrap().into_parts();
         let mut ctx = FilterContext::new("id", None);
-        let (ran, action) = chain.on_request(&mut req, &mut ctx).await.unwrap();
+        let action = chain.on_request(&mut req, &mut ctx).await.unwrap();
         assert!(matches!(action, RequestAction::Continue));
         assert_eq!(req.headers.get_all("x-seen").iter().count(), 3);
         let (mut resp, _) = http::Response::new(()).into_parts();
-        chain.on_response(ran, &mut resp, &mut ctx).await.unwrap();
+        chain.on_response(&mut resp, &mut ctx).await.unwrap();
         assert_eq!(*log.lock().unwrap(), ["req:a", "req:blocker", "req:c", "resp:c", "resp:blocker", "resp:a"]);
 
         log.lock().unwrap().clear();
         let (mut req, _) = http::Request::get("/blocked").body(()).unwrap().into_parts();
-        let (ran, action) = chain.on_request(&mut req, &mut ctx).await.unwrap();
+        let action = chain.on_request(&mut req, &mut ctx).await.unwrap();
         let RequestAction::Respond(r) = action else { panic!("expected an early answer") };
         assert_eq!(r.status(), 403);
-        chain.on_response(ran, &mut r.into_parts().0, &mut ctx).await.unwrap();
-        assert_eq!(*log.lock().unwrap(), ["req:a", "req:blocker", "resp:blocker", "resp:a"]);
+        chain.on_response(&mut r.into_parts().0, &mut ctx).await.unwrap();
+        // `c` never saw the request and still sees the answer, as Envoy's
+        // encoder filters see a local reply.
+        assert_eq!(*log.lock().unwrap(), ["req:a", "req:blocker", "resp:c", "resp:blocker", "resp:a"]);
     }
 }

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use std::sync::atomic::Ordering;
 
 use crate::body::{self, Body};
-use crate::forward::DownstreamStats;
 use crate::live::SharedConfig;
+use crate::metrics::DownstreamStats;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]

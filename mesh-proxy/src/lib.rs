@@ -12,7 +12,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`forward`] | the request path |
+//! | [`forward`] | the request path, as named phases over a per-request context |
 //! | [`answer`] | a response on its way out, its upstream fields listed until asked for as a map |
 //! | [`live`] | the compiled config in force, swapped whole |
 //! | [`cluster`] | a cluster's endpoints, balancer, breaker and detector |
@@ -21,7 +21,8 @@
 //! | [`downstream`] | the HTTP/1.1 server side of a downstream connection, run in its task |
 //! | [`http1`] | the HTTP/1.1 upstream client, run in the request's task |
 //! | [`admin`] | `/config_dump`, `/clusters`, `/stats`, `/ready`, `/drain`, Prometheus |
-//! | [`metrics`] | Istio's metrics |
+//! | [`metrics`] | Istio's metrics, and the downstream failures counted before any request |
+//! | [`response_flags`] | Envoy's response flags: how an exchange ended |
 //! | [`access_log`] | the JSON access log, buffered |
 //! | [`tls`] | TLS termination by SNI for gateway listeners |
 //! | [`body`] | body types and the replay buffer |
@@ -75,6 +76,7 @@ pub mod http1;
 pub mod listener;
 pub mod live;
 pub mod metrics;
+pub mod response_flags;
 pub mod tls;
 pub mod upstream;
 
@@ -89,6 +91,7 @@ use arc_swap::ArcSwap;
 use futures_util::stream::{BoxStream, StreamExt};
 use mesh_core::filter::{Filter, FilterChain};
 use mesh_core::mesh::{self, Debounce};
+use mesh_core::path::PathNormalization;
 use mesh_core::translate::{translate, ProxyIdentity, ProxyKind};
 use mesh_core::{ConfigStore, ProxyConfig, ServiceRegistry};
 use tokio::net::TcpListener;
@@ -138,6 +141,7 @@ pub struct ProxyBuilder {
     http_proxy: Option<SocketAddr>,
     header_timeout: Duration,
     listen_backlog: u32,
+    path_normalization: PathNormalization,
     after_config: Option<AfterConfig>,
 }
 
@@ -157,6 +161,7 @@ impl ProxyBuilder {
             http_proxy: None,
             header_timeout: Duration::from_secs(10),
             listen_backlog: listener::DEFAULT_BACKLOG,
+            path_normalization: PathNormalization::default(),
             after_config: None,
         }
     }
@@ -221,6 +226,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// How request paths are normalized before routing, authorization and
+    /// the upstream (Istio's `meshConfig.pathNormalization`; `BASE` by
+    /// default, as Istio's).
+    pub fn path_normalization(mut self, mode: PathNormalization) -> Self {
+        self.path_normalization = mode;
+        self
+    }
+
     /// Write a JSON access log line per request to stdout, buffered as
     /// Envoy buffers its file log: written out every second, at 64 KiB
     /// and when draining.
@@ -243,6 +256,7 @@ impl ProxyBuilder {
             filters: FilterChain::new(self.filters),
             metrics: Arc::clone(&metrics),
             stats: Arc::default(),
+            path_normalization: self.path_normalization,
         });
         let (drain_tx, drain_rx) = watch::channel(false);
         let admin_state = admin::AdminState {

@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::forward::Flag;
+use crate::response_flags::Flag;
 
 /// Istio's buckets for request durations, in milliseconds.
 const DURATION_BUCKETS: [f64; 19] = [
@@ -169,6 +169,36 @@ impl RequestLine {
             Some(a) => a.as_str(),
             None => self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default(),
         }
+    }
+}
+
+/// Downstream failures that never reach the request path: the connection
+/// answers them (400, 431, 408) or closes itself.
+#[derive(Debug, Default)]
+pub struct DownstreamStats {
+    /// Requests that did not parse (Envoy: `downstream_rq_rx_reset` and
+    /// codec errors), including header blocks over the limit.
+    pub malformed: AtomicU64,
+    /// Clients too slow with their request headers or TLS handshake.
+    pub header_timeouts: AtomicU64,
+    /// Connections that ended in any other error.
+    pub connection_errors: AtomicU64,
+}
+
+impl DownstreamStats {
+    /// Count a connection's error by kind.
+    pub fn count(&self, error: &(dyn std::error::Error + 'static)) {
+        use crate::downstream::ServeError;
+        let counter = match (error.downcast_ref::<ServeError>(), error.downcast_ref::<hyper::Error>()) {
+            (Some(ServeError::Malformed(_) | ServeError::TooLarge(_) | ServeError::NotImplemented), _) => {
+                &self.malformed
+            }
+            (Some(ServeError::HeaderTimeout(_)), _) => &self.header_timeouts,
+            (_, Some(e)) if e.is_parse() || e.is_parse_status() => &self.malformed,
+            (_, Some(e)) if e.is_timeout() => &self.header_timeouts,
+            _ => &self.connection_errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 

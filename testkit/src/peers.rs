@@ -22,3 +22,19 @@ pub fn require_command(command: &str, install: &str) {
         .unwrap_or(false);
     assert!(found, "this test needs `{command}` on the PATH: install it with `{install}` (or run .ci/run)");
 }
+
+/// The recording upstream (`testkit/peers/recording_upstream.py`): it
+/// answers each request with a JSON description of what reached it, and
+/// with `log` set also appends one JSON line per request there. Returns it
+/// with its port.
+pub fn recording_upstream(log: Option<&std::path::Path>) -> (crate::Proc, u16) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/recording_upstream.py");
+    let mut command = Command::new("python3");
+    command.arg(script).stderr(Stdio::null());
+    if let Some(log) = log {
+        command.arg("--log").arg(log);
+    }
+    let (child, line) = crate::process::announced(command, "");
+    let port = line.parse().unwrap_or_else(|_| panic!("the recording upstream printed {line:?}, not its port"));
+    (child, port)
+}

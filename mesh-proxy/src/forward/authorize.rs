@@ -1,0 +1,36 @@
+//! Authorize: the AuthorizationPolicies that apply to this proxy (Envoy's
+//! RBAC filter), on the normalized path.
+
+use http::StatusCode;
+use mesh_core::authz::{AuthzRequest, Decision};
+use mesh_core::routing::RequestView;
+
+use super::Exchange;
+use crate::answer::Answer;
+use crate::response_flags::Flag;
+
+impl Exchange<'_> {
+    pub(super) fn authorize(&mut self) -> Result<(), Answer> {
+        let authorizer = &self.live.authorizer;
+        if authorizer.is_empty() {
+            return Ok(());
+        }
+        let decision = authorizer.evaluate(&AuthzRequest {
+            source_ip: Some(self.ingress.peer.ip()),
+            remote_ip: None,
+            source_principal: None,
+            request_principal: None,
+            host: RequestView::from_parts(&self.head, self.ingress.port).authority,
+            method: self.head.method.as_str(),
+            path: self.head.uri.path(),
+            port: self.ingress.port,
+            headers: &self.head.headers,
+            destination_ip: None,
+            sni: None,
+        });
+        match decision {
+            Decision::Deny { .. } => Err(self.reply(Flag::Denied, StatusCode::FORBIDDEN, "RBAC: access denied")),
+            _ => Ok(()),
+        }
+    }
+}
