@@ -176,8 +176,20 @@ where
                 body::boxed(StreamedBody { rx, want: Some(want), left })
             }
         };
-        let reading = reader.map(|(frames, wanted)| conn.read_body(&mut framing, frames, wanted));
-        let response = WhileReading { answering: handle(Request::from_parts(head, body)), reading }.await.into();
+        // Beside the handler: the body read on, then the connection watched,
+        // so that a client that leaves cancels its exchange (and with it
+        // the upstream request) as Envoy resets the stream.
+        let watching = async {
+            if let Some((frames, wanted)) = reader {
+                conn.read_body(&mut framing, frames, wanted).await;
+            }
+            conn.until_closed().await;
+        };
+        let answering = handle(Request::from_parts(head, body));
+        let Some(response) = (UnlessClientLeaves { answering, watching }).await else {
+            return Ok(Served::Closed);
+        };
+        let response = response.into();
         // A body left unread would be taken for the next request.
         if framing != Framing::Done {
             keep_alive = false;
@@ -203,33 +215,33 @@ where
 }
 
 pin_project! {
-    /// The handler's answer, with the request body read on beside it.
+    /// The handler's answer, with the connection read on beside it (the
+    /// request body, then anything the client sends before the answer).
     /// One future awaited once, not a `select` and an await after it:
     /// the task's layout can then give the handler's state (the largest
     /// part of the task) the room that reading a head and writing an
     /// answer use, instead of room of its own.
-    struct WhileReading<A, R> {
+    struct UnlessClientLeaves<A, W> {
         #[pin]
         answering: A,
         #[pin]
-        reading: Option<R>,
+        watching: W,
     }
 }
 
-impl<A: Future, R: Future<Output = ()>> Future for WhileReading<A, R> {
-    type Output = A::Output;
+impl<A: Future, W: Future<Output = ()>> Future for UnlessClientLeaves<A, W> {
+    /// `None`: the client left first.
+    type Output = Option<A::Output>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<A::Output> {
-        let mut this = self.project();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
         if let Poll::Ready(answer) = this.answering.poll(cx) {
-            return Poll::Ready(answer);
+            return Poll::Ready(Some(answer));
         }
-        if let Some(reading) = this.reading.as_mut().as_pin_mut() {
-            if reading.poll(cx).is_ready() {
-                this.reading.set(None);
-            }
+        match this.watching.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Pending
     }
 }
 
@@ -355,6 +367,18 @@ impl<IO: Io> Conn<IO> {
             self.buf.reserve(READ_SIZE);
         }
         self.io.read_buf(&mut self.buf).await
+    }
+
+    /// Returns once the client has closed its side (or the connection
+    /// failed). What it sends meanwhile is kept for the next request, up to
+    /// a head's worth; past that it is left in the socket.
+    async fn until_closed(&mut self) {
+        while self.buf.len() < MAX_HEAD {
+            if matches!(self.fill().await, Ok(0) | Err(_)) {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
     }
 
     /// Read the request body on into `frames` until it ends or the handler
@@ -654,6 +678,17 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, ServeError> {
         Ok(f) => f,
     };
     check_host(&headers, version)?;
+    if seen.connection && wire::connection_has(&headers, "host") {
+        // RFC 9112 3.2: the Host is the request's, never the connection's.
+        return Err(ServeError::Malformed("connection names host"));
+    }
+    // RFC 9112 3.2.2: an absolute-form target's authority is the request's
+    // host; a Host that says otherwise is replaced, so routing and the
+    // upstream see one host.
+    if let Some(authority) = uri.authority() {
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| ServeError::Malformed("request target"))?;
+        headers.insert(HOST, host);
+    }
     let expect_continue = seen.expect
         && version == Version::HTTP_11
         && headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -973,6 +1008,7 @@ mod tests {
             ("GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", "400"),
             ("GET / HTTP/1.1\r\nhost: a b\r\n\r\n", "400"),
             ("GET / HTTP/1.1\r\nhost: user@a\r\n\r\n", "400"),
+            ("GET / HTTP/1.1\r\nhost: a\r\nconnection: keep-alive, Host\r\n\r\n", "400"),
             (huge.as_str(), "431"),
             (over.as_str(), "431"),
             (many.as_str(), "431"),
