@@ -302,7 +302,13 @@ impl HostPool {
                 RequestBody::Full(b) if reused => Some(b.clone()),
                 _ => None,
             };
-            match exchange(&mut conn, self.addr, &head, sending).await {
+            let written = write_request(&mut conn, self.addr, &head, sending).await;
+            let sent_whole = written.is_ok();
+            let result = match written {
+                Ok(()) => read_head(&mut conn, head.method).await,
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(parsed) => {
                     conn.requests += 1;
                     let reusable = parsed.keep_alive && max_requests.is_none_or(|m| conn.requests < u64::from(m));
@@ -311,9 +317,14 @@ impl HostPool {
                     body.finish_if_done();
                     return Ok(Answer::with_fields(status, version, fields, body));
                 }
-                // A pooled connection the server closed as the request
-                // went out: once more on a new one, as hyper does.
-                Err(e) if e.is_stale_connection() && replay.is_some() => body = replay.map(RequestBody::Full),
+                // A pooled connection the server had closed before the
+                // request reached it (the write failed): the server read
+                // none of it, so once more on a new one. A request written
+                // whole may have been acted on: its failure goes back, for
+                // the route's retry policy to decide, as Envoy and hyper do.
+                Err(e) if e.is_stale_connection() && !sent_whole && replay.is_some() => {
+                    body = replay.map(RequestBody::Full)
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -329,12 +340,13 @@ struct Parsed {
     keep_alive: bool,
 }
 
-async fn exchange(
+/// Write the request, head and body.
+async fn write_request(
     conn: &mut Conn,
     addr: SocketAddr,
     head: &RequestHead<'_>,
     body: RequestBody,
-) -> Result<Parsed, Http1Error> {
+) -> Result<(), Http1Error> {
     let chunked = matches!(body, RequestBody::Stream(_)) && !head.headers.contains_key(CONTENT_LENGTH);
     let mut out = BytesMut::with_capacity(512 + if let RequestBody::Full(b) = &body { b.len() } else { 0 });
     write_head(&mut out, addr, head, &body, chunked);
@@ -365,7 +377,7 @@ async fn exchange(
             }
         }
     }
-    read_head(conn, head.method).await
+    Ok(())
 }
 
 fn write_head(out: &mut BytesMut, addr: SocketAddr, head: &RequestHead<'_>, body: &RequestBody, chunked: bool) {

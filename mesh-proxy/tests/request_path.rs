@@ -32,6 +32,9 @@ spec:
   - match: [{uri: {prefix: /fault}}]
     fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
     route: [{destination: {host: app}}]
+  - match: [{uri: {prefix: /__close/retried}}]
+    route: [{destination: {host: app}}]
+    retries: {attempts: 1, retryOn: reset}
   - match: [{uri: {prefix: /missing}}]
     directResponse: {status: 200}
   - match: [{authority: {exact: internal.example}}]
@@ -52,6 +55,8 @@ spec:
 
 struct Setup {
     _upstream: Proc,
+    /// Holds the upstream's log of requests.
+    dir: tempfile::TempDir,
     proxy: Option<ProxyHandle>,
     port: u16,
     runtime: tokio::runtime::Runtime,
@@ -59,7 +64,8 @@ struct Setup {
 
 impl Setup {
     fn start(mode: PathNormalization, filters: Vec<Arc<dyn Filter>>) -> Setup {
-        let (upstream, upstream_port) = recording_upstream(None);
+        let dir = tempfile::tempdir().unwrap();
+        let (upstream, upstream_port) = recording_upstream(Some(&dir.path().join("requests.jsonl")));
         let port = free_port();
         let store = Arc::new(MemoryConfigStore::new());
         let gateway = format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n");
@@ -83,7 +89,7 @@ impl Setup {
             proxy.wait_for_version_change("", Duration::from_secs(10)).await.expect("the config applies");
             proxy
         });
-        Setup { _upstream: upstream, proxy: Some(proxy), port, runtime }
+        Setup { _upstream: upstream, dir, proxy: Some(proxy), port, runtime }
     }
 
     fn send(&self, request: &str) -> Response {
@@ -93,6 +99,12 @@ impl Setup {
 
     fn get(&self, target: &str, extra: &str) -> Response {
         self.send(&format!("GET {target} HTTP/1.1\r\nhost: app.example\r\n{extra}connection: close\r\n\r\n"))
+    }
+
+    /// The requests that reached the upstream with this target.
+    fn reached(&self, target: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.path().join("requests.jsonl")).unwrap_or_default();
+        log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|r| r["target"] == target).count()
     }
 
     /// The upstream's open connections, asked through the proxy (on one
@@ -318,4 +330,29 @@ async fn h2_hanging(port: u16, streams: usize) -> (Task<hyper::Result<()>>, Vec<
         })
         .collect();
     (connection, streams, sender)
+}
+
+/// A request written whole on a kept-alive connection, which the upstream
+/// then closed without an answer, may have been acted on: it is sent again
+/// only when the route's retry policy says `reset` (Istio's default policy
+/// does not), never by the connection pool on its own.
+#[test]
+fn a_request_the_upstream_may_have_acted_on_is_replayed_only_as_the_retry_policy_allows() {
+    let setup = Setup::start(PathNormalization::Base, vec![]);
+    let post = |target: &str| {
+        // One kept-alive connection upstream, then the POST on it.
+        let warm = format!("GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        let post = format!("POST {target} HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello");
+        let text = raw_port(setup.port, format!("{warm}{post}").as_bytes()).unwrap();
+        let second = text.match_indices("HTTP/1.1 ").nth(1).map(|(i, _)| &text[i..]).unwrap_or_default();
+        parse(second).unwrap_or_else(|| panic!("two answers: {text}"))
+    };
+    let r = post("/__close");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+    );
+    assert_eq!(setup.reached("/__close"), 1, "sent once");
+    assert_eq!(post("/__close/retried").status, 503);
+    assert_eq!(setup.reached("/__close/retried"), 2, "retryOn: reset allows one retry");
 }

@@ -11,6 +11,7 @@ each with a JSON description of the request:
 Special targets:
     /__open   answers the number of client connections open now
     /__hang   is read and never answered (the connection stays open)
+    /__close* is read and not answered: the connection is closed
 
 With --log FILE, each request is also appended to FILE as a JSON line, and
 a request it cannot parse as a line {"conn": N, "error": "..."}.
@@ -103,6 +104,8 @@ def serve(sock, conn_id):
             entry = {"conn": conn_id, "n": n, "method": method, "target": target, "version": version,
                      "headers": headers, "body": body.decode("latin-1")}
             record(entry)
+            if target.startswith("/__close"):
+                return
             if target == "/__hang":
                 while True:
                     r.more()
