@@ -317,12 +317,18 @@ impl HostPool {
                     body.finish_if_done();
                     return Ok(Answer::with_fields(status, version, fields, body));
                 }
-                // A pooled connection the server had closed before the
-                // request reached it (the write failed): the server read
-                // none of it, so once more on a new one. A request written
-                // whole may have been acted on: its failure goes back, for
-                // the route's retry policy to decide, as Envoy and hyper do.
-                Err(e) if e.is_stale_connection() && !sent_whole && replay.is_some() => {
+                // A pooled connection the server closed as the request went
+                // out, with no byte of an answer: once more on a new one if
+                // the server cannot have acted on it (the write failed) or
+                // acting twice is harmless (an idempotent method, RFC 9112
+                // 9.3.1). Else the failure goes back, for the route's retry
+                // policy to decide, as Envoy does.
+                Err(e)
+                    if e.is_stale_connection()
+                        && replay.is_some()
+                        && conn.buf.is_empty()
+                        && (!sent_whole || head.method.is_idempotent()) =>
+                {
                     body = replay.map(RequestBody::Full)
                 }
                 Err(e) => return Err(e),
