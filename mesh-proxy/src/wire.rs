@@ -352,16 +352,13 @@ pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> io::Result<De
                 return Ok(Decoded::Data(data));
             }
             Framing::UntilClose if !buf.is_empty() => return Ok(Decoded::Data(buf.split().freeze())),
-            Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    buf.advance(used);
+            Framing::Chunked(Chunk::Size) => match line(buf, MAX_CHUNK_LINE, "chunk size line too long")? {
+                Some(end) => {
+                    let size = chunk_size(&buf[..end])?;
+                    buf.advance(end + 2);
                     *framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
                 }
-                Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                    return Err(invalid("chunk size line too long"))
-                }
-                Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
-                Err(_) => return Err(invalid("invalid chunk size")),
+                None => return Ok(Decoded::NeedMore),
             },
             Framing::Chunked(Chunk::DataEnd) if buf.len() >= 2 => {
                 if &buf[..2] != b"\r\n" {
@@ -370,19 +367,111 @@ pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> io::Result<De
                 buf.advance(2);
                 *framing = Framing::Chunked(Chunk::Size);
             }
-            Framing::Chunked(Chunk::Trailers) => match buf.windows(2).position(|w| w == b"\r\n") {
-                Some(end) => {
-                    buf.advance(end + 2);
-                    if end == 0 {
-                        *framing = Framing::Done;
-                    }
+            Framing::Chunked(Chunk::Trailers) => match line(buf, MAX_HEAD, "trailers too large")? {
+                Some(0) => {
+                    buf.advance(2);
+                    *framing = Framing::Done;
                 }
-                None if buf.len() > MAX_HEAD => return Err(invalid("trailers too large")),
+                Some(end) => {
+                    trailer_field(&buf[..end])?;
+                    buf.advance(end + 2);
+                }
                 None => return Ok(Decoded::NeedMore),
             },
             _ => return Ok(Decoded::NeedMore),
         }
     }
+}
+
+/// Where the line at the front of `buf` ends (its CRLF), once it is all
+/// there. A bare CR or LF in it is an error: front proxies that read one as
+/// a line end and those that do not see different message boundaries.
+fn line(buf: &[u8], max: usize, too_long: &'static str) -> io::Result<Option<usize>> {
+    match buf.iter().position(|&b| b == b'\r' || b == b'\n') {
+        Some(at) if buf[at] == b'\n' => Err(invalid("bare LF")),
+        Some(at) if at + 1 == buf.len() => Ok(None),
+        Some(at) if buf[at + 1] == b'\n' => Ok(Some(at)),
+        Some(_) => Err(invalid("bare CR")),
+        None if buf.len() > max => Err(invalid(too_long)),
+        None => Ok(None),
+    }
+}
+
+/// RFC 9112 7.1: `chunk-size [ chunk-ext ]`, the size one to sixteen hex
+/// digits, the extensions `;name[=value]` with optional blanks around
+/// `;` and `=`, values a token or a quoted string. Extensions are read
+/// and dropped.
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(invalid("invalid chunk size"));
+    }
+    let size = line[..digits].iter().fold(0u64, |n, &b| n << 4 | u64::from(char::from(b).to_digit(16).unwrap_or(0)));
+    let mut rest = &line[digits..];
+    loop {
+        rest = trim_blanks(rest);
+        match rest.split_first() {
+            None => return Ok(size),
+            Some((b';', after)) => rest = chunk_ext(trim_blanks(after))?,
+            Some(_) => return Err(invalid("invalid chunk size")),
+        }
+    }
+}
+
+/// One chunk extension after its `;`; what follows it.
+fn chunk_ext(ext: &[u8]) -> io::Result<&[u8]> {
+    let name = ext.iter().take_while(|&&b| is_tchar(b)).count();
+    if name == 0 {
+        return Err(invalid("invalid chunk extension"));
+    }
+    let rest = trim_blanks(&ext[name..]);
+    let Some((b'=', value)) = rest.split_first() else { return Ok(rest) };
+    let value = trim_blanks(value);
+    if value.first() == Some(&b'"') {
+        let mut i = 1;
+        while i < value.len() {
+            match value[i] {
+                b'"' => return Ok(&value[i + 1..]),
+                b'\\' if i + 1 < value.len() && is_field_byte(value[i + 1]) => i += 2,
+                b if is_field_byte(b) && b != b'\\' => i += 1,
+                _ => break,
+            }
+        }
+        return Err(invalid("invalid chunk extension"));
+    }
+    let token = value.iter().take_while(|&&b| is_tchar(b)).count();
+    if token == 0 {
+        return Err(invalid("invalid chunk extension"));
+    }
+    Ok(&value[token..])
+}
+
+/// A trailer field line, `name: value`: checked as a header line is (so a
+/// request line after the last chunk is an error, not a trailer), then
+/// dropped.
+fn trailer_field(line: &[u8]) -> io::Result<()> {
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    match line.get(name) {
+        Some(b':') if name > 0 && line[name + 1..].iter().all(|&b| is_field_byte(b)) => Ok(()),
+        _ => Err(invalid("invalid trailer field")),
+    }
+}
+
+fn trim_blanks(mut s: &[u8]) -> &[u8] {
+    while let Some((b' ' | b'\t', rest)) = s.split_first() {
+        s = rest;
+    }
+    s
+}
+
+/// RFC 9110 5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A byte a field value may hold: visible ASCII, blanks, obs-text.
+fn is_field_byte(b: u8) -> bool {
+    b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80
 }
 
 pub(crate) fn invalid(what: &'static str) -> io::Error {
@@ -507,6 +596,53 @@ mod tests {
         assert_eq!((body.as_slice(), framing), (&b"hel"[..], Framing::Chunked(Chunk::Data(2))), "waits for more");
         for bad in [&b"zz\r\n"[..], b"5\r\nhelloXX", &[b'1'; 5000]] {
             assert!(decode_all(Framing::Chunked(Chunk::Size), bad, 1000).is_err(), "{bad:?}");
+        }
+    }
+
+    /// RFC 9112 7.1 read strictly: where front proxies differ (a bare LF,
+    /// an empty size, a request line as a trailer), the body is refused.
+    #[test]
+    fn chunked_framing_is_read_as_rfc_9112_writes_it() {
+        for good in [
+            &b"5\r\nhello\r\n0\r\n\r\n"[..],
+            b"5;a=b\r\nhello\r\n0\r\n\r\n",
+            b"5 ; a = b ; c\r\nhello\r\n0;last\r\n\r\n",
+            b"5;a=\"q \\\" ;x\"\r\nhello\r\n0\r\n\r\n",
+            b"0000000000000005\r\nhello\r\n00\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-sum: 1\r\nx-more:\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-t:\tv a l\r\n\r\n",
+        ] {
+            for piece in [1, 2, 1000] {
+                let decoded = decode_all(Framing::Chunked(Chunk::Size), good, piece);
+                let (body, framing, _) = decoded.unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(good)));
+                assert_eq!((body.as_slice(), framing), (&b"hello"[..], Framing::Done), "{good:?}");
+            }
+        }
+        for bad in [
+            &b"5;a\nb\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\rhello\r\n0\r\n\r\n",
+            b"\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5 5\r\nhello\r\n0\r\n\r\n",
+            b"10000000000000005\r\nhello\r\n0\r\n\r\n",
+            b"5;\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"open\r\nhello\r\n0\r\n\r\n",
+            b"5;a b\r\nhello\r\n0\r\n\r\n",
+            b"5;a=b\x01\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n x-folded: 1\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-t: 1\n\r\n",
+            b"5\r\nhello\r\n0\r\n: empty-name\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-t: a\x00b\r\n\r\n",
+        ] {
+            for piece in [1, 1000] {
+                let decoded = decode_all(Framing::Chunked(Chunk::Size), bad, piece);
+                assert!(decoded.is_err(), "{:?} in pieces of {piece}: {decoded:?}", String::from_utf8_lossy(bad));
+            }
         }
     }
 
