@@ -41,6 +41,10 @@ pub struct ProxyArgs {
     /// MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
     #[arg(long, value_name = "MODE", default_value = "BASE")]
     pub path_normalization: mesh_core::path::PathNormalization,
+    /// Keep serving when a listener cannot bind its address (by default
+    /// the proxy exits, naming it); /ready then names the listeners down.
+    #[arg(long)]
+    pub allow_degraded: bool,
     /// Worker threads; 1 runs everything on one thread, with no work
     /// stealing (as Envoy's `--concurrency 1`). Default: one per core.
     #[arg(long)]
@@ -58,6 +62,7 @@ impl ProxyArgs {
             .access_log(self.access_log)
             .listen_backlog(self.listen_backlog)
             .path_normalization(self.path_normalization)
+            .allow_degraded(self.allow_degraded)
             .after_config_applied(give_back_memory())
     }
 }
@@ -125,8 +130,11 @@ pub fn init_tracing() {
 /// long as the returned watch lives.
 pub fn watched_config(
     paths: Vec<std::path::PathBuf>,
+    allow_unknown_fields: bool,
 ) -> Result<(Arc<StaticSource>, FileWatch), Box<dyn std::error::Error>> {
-    let files = Arc::new(StaticSource::load(StaticOptions::new(paths)));
+    let mut options = StaticOptions::new(paths);
+    options.loader.allow_unknown_fields = allow_unknown_fields;
+    let files = Arc::new(StaticSource::load(options));
     for problem in &files.status().problems {
         tracing::warn!("{problem}");
     }
@@ -150,12 +158,18 @@ pub fn parse_labels(pairs: &[String]) -> Result<Labels, String> {
 /// Serve until SIGTERM, Ctrl-C or `POST /drain`, then drain.
 pub async fn serve_until_stopped(proxy: ProxyHandle) -> std::io::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
-        _ = proxy.drain_requested() => tracing::info!("drain requested on the admin server"),
-    }
+    let failure = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); None }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted: draining"); None }
+        _ = proxy.drain_requested() => { tracing::info!("drain requested on the admin server"); None }
+        failure = proxy.failed() => Some(failure),
+    };
     proxy.drain().await;
-    tracing::info!("drained");
-    Ok(())
+    match failure {
+        Some(failure) => Err(std::io::Error::other(format!("cannot serve: {failure}"))),
+        None => {
+            tracing::info!("drained");
+            Ok(())
+        }
+    }
 }

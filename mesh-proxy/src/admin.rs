@@ -1,5 +1,7 @@
 //! The admin server (Envoy's, on 15000): `/config_dump`, `/clusters`,
-//! `/stats`, `/stats/prometheus`, `/ready`, `/drain`. The Prometheus
+//! `/stats`, `/stats/prometheus`, `/ready`, `/drain`, and
+//! `/config_rejections` (what was rejected, with its error, while the last
+//! good config serves). The Prometheus
 //! endpoint is also served alone on 15090.
 
 use std::convert::Infallible;
@@ -19,6 +21,7 @@ use crate::body::{self, Body};
 use crate::live::SharedConfig;
 use crate::metrics::DownstreamStats;
 use crate::metrics::Metrics;
+use crate::status::ProxyStatus;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -28,6 +31,8 @@ pub struct AdminState {
     pub drain: watch::Sender<bool>,
     /// Downstream failures counted outside the request path.
     pub downstream: Arc<DownstreamStats>,
+    /// Listeners down, config rejected.
+    pub status: Arc<ProxyStatus>,
 }
 
 fn reply(status: StatusCode, content_type: &'static str, text: String) -> Response<Body> {
@@ -96,6 +101,9 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
                 format!("http.downstream_rq_malformed: {}", d.malformed.load(Ordering::Relaxed)),
                 format!("http.downstream_header_timeout: {}", d.header_timeouts.load(Ordering::Relaxed)),
                 format!("http.downstream_cx_error: {}", d.connection_errors.load(Ordering::Relaxed)),
+                format!("listener_manager.listener_create_failure: {}", state.status.bind_failures.get()),
+                format!("listener_manager.listeners_down: {}", state.status.listeners_down().len()),
+                format!("config.update_rejected: {}", state.status.rejections.get()),
             ];
             let mut names: Vec<&String> = live.clusters.keys().collect();
             names.sort();
@@ -123,20 +131,37 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
             }
             reply(StatusCode::OK, "text/plain", lines.join("\n") + "\n")
         }
-        (&Method::GET, "/ready") => {
-            if *state.drain.borrow() {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n".into())
-            } else if live.config.version.is_empty() {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "PRE_INITIALIZING\n".into())
-            } else {
-                reply(StatusCode::OK, "text/plain", "LIVE\n".into())
-            }
+        (&Method::GET, "/ready") => ready(state, &live),
+        (&Method::GET, "/config_rejections") => {
+            let rejected: Vec<serde_json::Value> = state
+                .status
+                .rejections_in_force()
+                .into_iter()
+                .map(|(source, error)| serde_json::json!({ "source": source, "error": error }))
+                .collect();
+            json(&serde_json::json!({ "rejected_total": state.status.rejections.get(), "in_force": rejected }))
         }
         (&Method::POST, "/drain") | (&Method::POST, "/drain_listeners") => {
             let _ = state.drain.send(true);
             reply(StatusCode::OK, "text/plain", "OK\n".into())
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Envoy's `/ready`: 503 while draining or before the first config; a
+/// proxy running degraded (listeners that could not bind) says which.
+fn ready(state: &AdminState, live: &crate::live::LiveConfig) -> Response<Body> {
+    let down = state.status.listeners_down();
+    if *state.drain.borrow() {
+        reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n".into())
+    } else if live.config.version.is_empty() {
+        reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "PRE_INITIALIZING\n".into())
+    } else if !down.is_empty() {
+        let lines: String = down.iter().map(|(name, why)| format!("listener {name} down: {why}\n")).collect();
+        reply(StatusCode::OK, "text/plain", format!("DEGRADED\n{lines}"))
+    } else {
+        reply(StatusCode::OK, "text/plain", "LIVE\n".into())
     }
 }
 

@@ -23,6 +23,7 @@
 //! | [`admin`] | `/config_dump`, `/clusters`, `/stats`, `/ready`, `/drain`, Prometheus |
 //! | [`metrics`] | Istio's metrics, and the downstream failures counted before any request |
 //! | [`response_flags`] | Envoy's response flags: how an exchange ended |
+//! | [`status`] | listeners down and config rejected, for `/ready`, `/stats`, Prometheus |
 //! | [`access_log`] | the JSON access log, buffered |
 //! | [`tls`] | TLS termination by SNI for gateway listeners |
 //! | [`body`] | body types and the replay buffer |
@@ -77,10 +78,12 @@ pub mod listener;
 pub mod live;
 pub mod metrics;
 pub mod response_flags;
+pub mod status;
 pub mod tls;
 pub mod upstream;
 
 mod ascii;
+mod config_loop;
 mod wire;
 
 use std::net::{IpAddr, SocketAddr};
@@ -101,6 +104,7 @@ use crate::forward::Forwarder;
 use crate::listener::Listeners;
 use crate::live::{LiveConfig, SharedConfig};
 use crate::metrics::Metrics;
+use crate::status::ProxyStatus;
 
 /// Where the proxy's config comes from.
 pub enum ConfigSource {
@@ -142,6 +146,7 @@ pub struct ProxyBuilder {
     header_timeout: Duration,
     listen_backlog: u32,
     path_normalization: PathNormalization,
+    allow_degraded: bool,
     after_config: Option<AfterConfig>,
 }
 
@@ -162,6 +167,7 @@ impl ProxyBuilder {
             header_timeout: Duration::from_secs(10),
             listen_backlog: listener::DEFAULT_BACKLOG,
             path_normalization: PathNormalization::default(),
+            allow_degraded: false,
             after_config: None,
         }
     }
@@ -234,6 +240,16 @@ impl ProxyBuilder {
         self
     }
 
+    /// Keep serving when a listener of the first config cannot bind (its
+    /// port taken, its address not the host's): `/ready` names the
+    /// listeners down. By default the proxy fails instead
+    /// ([`ProxyHandle::failed`]), as Envoy does on a listener it cannot
+    /// bind at start.
+    pub fn allow_degraded(mut self, allow: bool) -> Self {
+        self.allow_degraded = allow;
+        self
+    }
+
     /// Write a JSON access log line per request to stdout, buffered as
     /// Envoy buffers its file log: written out every second, at 64 KiB
     /// and when draining.
@@ -249,7 +265,10 @@ impl ProxyBuilder {
             ConfigSource::Stream { name, namespace, .. } => (name.clone(), namespace.clone()),
         };
         let live: SharedConfig = Arc::new(ArcSwap::from_pointee(LiveConfig::empty()));
-        let metrics = Arc::new(Metrics::new(&name, &namespace, self.access_log));
+        let status = Arc::new(ProxyStatus::default());
+        let mut metrics = Metrics::new(&name, &namespace, self.access_log);
+        metrics.register_status(&status);
+        let metrics = Arc::new(metrics);
         let forwarder = Arc::new(Forwarder {
             live: Arc::clone(&live),
             upstreams: upstream::Upstreams::default(),
@@ -264,11 +283,13 @@ impl ProxyBuilder {
             metrics: Arc::clone(&metrics),
             drain: drain_tx.clone(),
             downstream: Arc::clone(&forwarder.stats),
+            status: Arc::clone(&status),
         };
         let mut admin_addr = None;
         for (addr, prometheus_only) in [(self.admin, false), (self.metrics, true)] {
             if let Some(addr) = addr {
-                let socket = TcpListener::bind(addr).await?;
+                let what = if prometheus_only { "metrics" } else { "admin" };
+                let socket = TcpListener::bind(addr).await.map_err(|e| named(e, what, addr))?;
                 if !prometheus_only {
                     admin_addr = Some(socket.local_addr()?);
                 }
@@ -276,7 +297,7 @@ impl ProxyBuilder {
             }
         }
         if let Some(addr) = self.http_proxy {
-            let socket = listener::bind(addr, self.listen_backlog)?;
+            let socket = listener::bind(addr, self.listen_backlog).map_err(|e| named(e, "HTTP proxy", addr))?;
             let settings = listener::downstream_settings(self.header_timeout);
             tokio::spawn(listener::serve_http_proxy(
                 socket,
@@ -291,25 +312,32 @@ impl ProxyBuilder {
             self.drain_timeout,
             self.header_timeout,
             self.listen_backlog,
+            Arc::clone(&status),
         )));
+        let (failure_tx, failure_rx) = watch::channel(None);
         let (version_tx, version_rx) = watch::channel(String::new());
         let configs: BoxStream<'static, ProxyConfig> = match self.source {
-            ConfigSource::Mesh { store, registry, identity, debounce } => mesh::watch(&*store, &*registry, debounce)
-                .map(move |update| translate(&update.snapshot, &identity))
-                .boxed(),
+            ConfigSource::Mesh { store, registry, identity, debounce } => {
+                tokio::spawn(follow_rejections(Arc::clone(&store), Arc::clone(&status), drain_rx.clone()));
+                mesh::watch(&*store, &*registry, debounce)
+                    .map(move |update| translate(&update.snapshot, &identity))
+                    .boxed()
+            }
             ConfigSource::Stream { configs, .. } => configs,
         };
         tokio::spawn(sweep(Arc::clone(&forwarder), version_rx.clone(), drain_rx.clone()));
         tokio::spawn(flush_access_log(Arc::clone(&metrics), drain_rx.clone()));
-        let config_task = tokio::spawn(config_loop(
+        let config_task = tokio::spawn(config_loop::run(config_loop::ConfigLoop {
             configs,
-            Arc::clone(&live),
-            Arc::clone(&forwarder),
-            Arc::clone(&listeners),
-            version_tx,
-            drain_rx.clone(),
-            self.after_config,
-        ));
+            live: Arc::clone(&live),
+            forwarder: Arc::clone(&forwarder),
+            listeners: Arc::clone(&listeners),
+            status,
+            version: version_tx,
+            failure: (!self.allow_degraded).then_some(failure_tx),
+            drain: drain_rx.clone(),
+            after_config: self.after_config,
+        }));
         Ok(ProxyHandle {
             live,
             listeners,
@@ -319,44 +347,14 @@ impl ProxyBuilder {
             version: version_rx,
             admin_addr,
             metrics,
+            failure: failure_rx,
         })
     }
 }
 
-async fn config_loop(
-    mut configs: BoxStream<'static, ProxyConfig>,
-    live: SharedConfig,
-    forwarder: Arc<Forwarder>,
-    listeners: Arc<Mutex<Listeners>>,
-    version: watch::Sender<String>,
-    mut drain: watch::Receiver<bool>,
-    after_config: Option<AfterConfig>,
-) {
-    loop {
-        let config = tokio::select! {
-            c = configs.next() => match c { Some(c) => c, None => return },
-            _ = drain.changed() => return,
-        };
-        if config.version == live.load().config.version {
-            continue;
-        }
-        let v = config.version.clone();
-        match LiveConfig::compile(config, &live.load(), &forwarder.upstreams) {
-            Ok(compiled) => {
-                let listener_config = compiled.config.listeners.clone();
-                live.store(Arc::new(compiled));
-                listeners.lock().await.reconcile(&listener_config, &forwarder).await;
-                tracing::info!(version = %v, "config applied");
-                let _ = version.send(v);
-                if let Some(hook) = &after_config {
-                    hook();
-                }
-            }
-            // A config that cannot be compiled never replaces the one
-            // serving.
-            Err(e) => tracing::error!(version = %v, "config rejected, the previous one keeps serving: {e}"),
-        }
-    }
+/// A bind error that names what was bound and where.
+fn named(e: std::io::Error, what: &str, addr: SocketAddr) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{what} address {addr}: {e}"))
 }
 
 /// Outlier detection's interval sweeps, for every cluster that has it,
@@ -384,6 +382,18 @@ async fn sleep_until_some(deadline: Option<std::time::Instant>) {
     }
 }
 
+/// The store's rejections, looked at every second: a bad edit that keeps
+/// the last good version changes nothing the mesh watch would publish.
+async fn follow_rejections(store: Arc<dyn ConfigStore>, status: Arc<ProxyStatus>, mut drain: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => status.store_rejections(store.rejected()),
+            _ = drain.changed() => return,
+        }
+    }
+}
+
 /// The access log's flush timer.
 async fn flush_access_log(metrics: Arc<Metrics>, mut drain: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(access_log::FLUSH_INTERVAL);
@@ -405,6 +415,7 @@ pub struct ProxyHandle {
     version: watch::Receiver<String>,
     admin_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl ProxyHandle {
@@ -434,6 +445,19 @@ impl ProxyHandle {
         .await
         .ok()
         .filter(|v| !v.is_empty())
+    }
+
+    /// Resolves when the proxy cannot serve as configured: a listener of
+    /// its first config could not bind (unless
+    /// [`ProxyBuilder::allow_degraded`]). The text names the listeners,
+    /// their addresses and the errors.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failure.clone();
+        let failure = rx.wait_for(Option::is_some).await.map(|f| f.clone());
+        match failure {
+            Ok(failure) => failure.unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Where each listener is bound, by listener name.

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use crate::body::{self, BoxError};
 use crate::downstream::{self, drained, Io, Served, Settings};
 use crate::forward::{Forwarder, Ingress};
+use crate::status::ProxyStatus;
 use crate::tls::TlsListener;
 
 struct Running {
@@ -41,6 +42,8 @@ pub struct Listeners {
     /// their TLS handshake).
     header_timeout: Duration,
     backlog: u32,
+    /// Where listeners that cannot bind are reported.
+    status: Arc<ProxyStatus>,
 }
 
 /// A listener's accept queue: as long as the kernel allows, as Envoy's
@@ -59,8 +62,14 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 }
 
 impl Listeners {
-    pub fn new(bind_ip: Option<IpAddr>, drain: Duration, header_timeout: Duration, backlog: u32) -> Listeners {
-        Listeners { running: HashMap::new(), bind_ip, drain, header_timeout, backlog }
+    pub fn new(
+        bind_ip: Option<IpAddr>,
+        drain: Duration,
+        header_timeout: Duration,
+        backlog: u32,
+        status: Arc<ProxyStatus>,
+    ) -> Listeners {
+        Listeners { running: HashMap::new(), bind_ip, drain, header_timeout, backlog, status }
     }
 
     /// Bind what the config has and is not bound; drain what it no longer
@@ -81,39 +90,53 @@ impl Listeners {
                 let _ = r.stop.send(true);
             }
         }
+        for (name, _) in self.status.listeners_down() {
+            if !wanted.contains_key(name.as_str()) {
+                self.status.listener_up(&name);
+            }
+        }
         for (name, l) in wanted {
             if self.running.contains_key(name) {
                 continue;
             }
-            let ip = self.bind_ip.unwrap_or_else(|| l.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])));
-            let socket = match bind(SocketAddr::new(ip, l.port), self.backlog) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(listener = %name, port = l.port, "cannot bind: {e}");
-                    continue;
+            match self.start(l, forwarder) {
+                Ok(running) => {
+                    self.status.listener_up(name);
+                    self.running.insert(name.to_string(), running);
                 }
-            };
-            let tls = match TlsListener::for_listener(l) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!("{e}; the listener is not started");
-                    continue;
+                Err((address, e)) => {
+                    tracing::error!(listener = %name, %address, "listener not started: {e}");
+                    self.status.listener_down(name, &address, &e);
                 }
-            };
-            let address = socket.local_addr().unwrap_or_else(|_| SocketAddr::new(ip, l.port));
-            let (stop, stopped) = watch::channel(false);
-            let task = tokio::spawn(serve(
-                socket,
-                l.clone(),
-                tls,
-                Arc::clone(forwarder),
-                stopped,
-                self.drain,
-                self.header_timeout,
-            ));
-            tracing::info!(listener = %name, %address, "listening");
-            self.running.insert(name.to_string(), Running { address, config: l.clone(), stop, task });
+            }
         }
+    }
+
+    /// Bind one listener and serve it; the address it wanted and why not.
+    fn start(&self, l: &Listener, forwarder: &Arc<Forwarder>) -> Result<Running, (String, String)> {
+        let ip = match self.bind_ip {
+            Some(ip) => ip,
+            None => l
+                .address
+                .parse()
+                .map_err(|_| (format!("{}:{}", l.address, l.port), format!("`{}` is not an IP address", l.address)))?,
+        };
+        let wanted = SocketAddr::new(ip, l.port);
+        let socket = bind(wanted, self.backlog).map_err(|e| (wanted.to_string(), e.to_string()))?;
+        let tls = TlsListener::for_listener(l).map_err(|e| (wanted.to_string(), e.to_string()))?;
+        let address = socket.local_addr().unwrap_or(wanted);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(
+            socket,
+            l.clone(),
+            tls,
+            Arc::clone(forwarder),
+            stopped,
+            self.drain,
+            self.header_timeout,
+        ));
+        tracing::info!(listener = %l.name, %address, "listening");
+        Ok(Running { address, config: l.clone(), stop, task })
     }
 
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {

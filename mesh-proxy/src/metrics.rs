@@ -229,6 +229,11 @@ impl Metrics {
         }
     }
 
+    /// Serve the proxy's status metrics with the others.
+    pub fn register_status(&mut self, status: &crate::status::ProxyStatus) {
+        status.register(&mut self.registry);
+    }
+
     /// Start the record of one request.
     pub fn start<'a>(&self, head: &http::request::Parts, request_id: HeaderValue) -> RequestRecord<'a> {
         RequestRecord {

@@ -114,6 +114,10 @@ pub enum UpstreamError {
     Http1(#[from] Http1Error),
     #[error(transparent)]
     Hyper(#[from] hyper_util::client::legacy::Error),
+    /// The request's target and the endpoint made no URI (never sent as
+    /// another one).
+    #[error("upstream request URI: {0}")]
+    Uri(http::uri::InvalidUri),
 }
 
 impl UpstreamError {
@@ -121,6 +125,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Http1(e) => e.is_connect(),
             UpstreamError::Hyper(e) => e.is_connect(),
+            UpstreamError::Uri(_) => false,
         }
     }
 
@@ -163,7 +168,7 @@ impl ClusterConnections {
         };
         let mut req = Request::new(body);
         *req.method_mut() = head.method.clone();
-        *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}")).unwrap_or_else(|_| Uri::from_static("/"));
+        *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}")).map_err(UpstreamError::Uri)?;
         *req.headers_mut() = head.headers.clone();
         *req.version_mut() = if self.http1.is_none() { Version::HTTP_2 } else { Version::HTTP_11 };
         let connection = hyper_util::client::legacy::connect::capture_connection(&mut req);

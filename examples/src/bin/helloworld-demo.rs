@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use adapter_static::{StaticOptions, StaticSource};
 use examples::backend::{serve, Backend};
+use futures_util::FutureExt;
 use mesh_proxy::{default_gateway_identity, ConfigSource, ProxyBuilder};
 
 #[tokio::main]
@@ -33,8 +34,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .metrics("127.0.0.1:15090".parse()?)
         .start()
         .await?;
-    let version =
-        proxy.wait_for_version_change("", std::time::Duration::from_secs(10)).await.ok_or("no config within 10 s")?;
+    let version = tokio::select! {
+        v = proxy.wait_for_version_change("", std::time::Duration::from_secs(10)) => v.ok_or("no config within 10 s")?,
+        failure = proxy.failed() => return Err(format!("the gateway cannot serve: {failure}").into()),
+    };
+    // A listener that could not bind fails the start as the first config
+    // is applied, before the version is out.
+    if let Some(failure) = proxy.failed().now_or_never() {
+        return Err(format!("the gateway cannot serve: {failure}").into());
+    }
     for (name, addr) in proxy.listener_addresses().await {
         println!("gateway listener {name} on {addr} (config {version})");
     }
