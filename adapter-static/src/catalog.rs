@@ -17,8 +17,12 @@
 //!    path order, documents in file order); the second is an error.
 //! 4. A file that is deleted takes its resources with it.
 //!
-//! Unknown kinds are skipped with one warning per kind; unknown fields are
-//! warned about (the resource is applied without them).
+//! Kinds the mesh does not read are skipped with one warning per kind. As
+//! `istioctl validate` does, an unknown field in an Istio kind is an error
+//! (the resource is not applied; [`LoaderOptions::allow_unknown_fields`]
+//! makes it a warning and applies the resource without it), and so is a
+//! kind Istio does not have in an Istio API group (`VirtualServce`).
+//! Problems point at the line of their field.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -121,11 +125,18 @@ pub struct LoaderOptions {
     pub default_namespace: String,
     /// Larger files are refused.
     pub max_file_bytes: u64,
+    /// Apply Istio resources with fields the mesh does not know (warned
+    /// about) instead of rejecting them.
+    pub allow_unknown_fields: bool,
 }
 
 impl Default for LoaderOptions {
     fn default() -> Self {
-        LoaderOptions { default_namespace: "default".into(), max_file_bytes: 16 * 1024 * 1024 }
+        LoaderOptions {
+            default_namespace: "default".into(),
+            max_file_bytes: 16 * 1024 * 1024,
+            allow_unknown_fields: false,
+        }
     }
 }
 
@@ -178,7 +189,7 @@ impl Loader {
                     let hash = xxhash_rust::xxh64::xxh64(text.as_bytes(), 0);
                     let mut cached = match previous {
                         Some(p) if p.hash == hash => p,
-                        previous => parse_file(&path, &text, hash, previous.as_ref(), &self.options.default_namespace),
+                        previous => parse_file(&path, &text, hash, previous.as_ref(), &self.options),
                     };
                     cached.fingerprint = fingerprint.filter(files::Fingerprint::is_settled);
                     cached
@@ -209,7 +220,13 @@ fn keeps_serving(mut p: Problem, had_previous: bool) -> Problem {
     p
 }
 
-fn parse_file(path: &Path, text: &str, hash: u64, previous: Option<&CachedFile>, default_ns: &str) -> CachedFile {
+fn parse_file(
+    path: &Path,
+    text: &str,
+    hash: u64,
+    previous: Option<&CachedFile>,
+    options: &LoaderOptions,
+) -> CachedFile {
     let (raws, syntax_problems) = documents::objects(path, text);
     if !syntax_problems.is_empty() {
         // Rule 1: a syntax error anywhere holds the whole file back.
@@ -223,16 +240,17 @@ fn parse_file(path: &Path, text: &str, hash: u64, previous: Option<&CachedFile>,
     for raw in raws {
         // Each document's tree is handed over, not copied, and gone once
         // decoded: the load's peak is then one tree, not two.
-        match decode_object(raw.value, &raw.location, default_ns) {
+        match decode_object(raw.value, &raw.location, options) {
             Decode::Object(key, object, warnings) => {
-                out.problems.extend(warnings);
+                out.problems.extend(warnings.into_iter().map(|p| at_field_line(p, text)));
                 out.objects.push(Parsed { location: raw.location, key, object: Arc::new(object) });
             }
             Decode::Skipped(kind) => out.skipped_kinds.push((kind, raw.location)),
             Decode::Invalid(key, problems) => {
                 // Rule 2: the file's last good version of this object stays.
                 let kept = key.as_ref().and_then(|k| previous?.objects.iter().find(|p| &p.key == k));
-                out.problems.extend(problems.into_iter().map(|p| keeps_serving(p, kept.is_some())));
+                out.problems
+                    .extend(problems.into_iter().map(|p| keeps_serving(at_field_line(p, text), kept.is_some())));
                 if let Some(k) = kept {
                     out.objects.push(Parsed { location: raw.location, ..k.clone() });
                 }
@@ -249,7 +267,7 @@ enum Decode {
     Invalid(Option<ObjectKey>, Vec<Problem>),
 }
 
-fn decode_object(value: serde_json::Value, location: &Location, default_ns: &str) -> Decode {
+fn decode_object(value: serde_json::Value, location: &Location, options: &LoaderOptions) -> Decode {
     let loc = || Some(location.clone());
     let text = |field: &str| value.get(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let (api_version, kind) = (text("apiVersion"), text("kind"));
@@ -259,38 +277,21 @@ fn decode_object(value: serde_json::Value, location: &Location, default_ns: &str
     }
     let meta = value.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
-    let namespace = meta.and_then(|m| m.get("namespace")).and_then(|n| n.as_str()).unwrap_or(default_ns).to_string();
+    let namespace = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(|n| n.as_str())
+        .unwrap_or(&options.default_namespace)
+        .to_string();
     let key = ObjectKey { kind: kind.clone(), namespace, name };
     if config::Kind::from_type(&api_version, &kind).is_some() {
-        return match config::decode(value, default_ns) {
-            Ok(Decoded::Istio { resource, unknown_fields }) => {
-                let warnings = unknown_fields
-                    .into_iter()
-                    .map(|f| {
-                        Problem::warning(loc(), "unknown field, ignored (a typo?)").resource(key.to_string()).field(f)
-                    })
-                    .collect();
-                Decode::Object(key, Object::Istio(Arc::new(resource)), warnings)
-            }
-            Ok(Decoded::Other { .. }) => Decode::Skipped(format!("{api_version} {kind}")),
-            Err(ConfigError::Invalid(errors)) => Decode::Invalid(
-                Some(key),
-                errors
-                    .into_iter()
-                    .map(|e| Problem::error(loc(), e.reason).resource(e.resource.to_string()).field(e.field))
-                    .collect(),
-            ),
-            Err(ConfigError::Schema { path, reason, .. }) if key.name.is_empty() => {
-                Decode::Invalid(None, vec![Problem::error(loc(), reason).field(path)])
-            }
-            Err(ConfigError::Schema { path, reason, .. }) => Decode::Invalid(
-                Some(key.clone()),
-                vec![Problem::error(loc(), reason).resource(key.to_string()).field(path)],
-            ),
-            Err(e) => {
-                Decode::Invalid(Some(key.clone()), vec![Problem::error(loc(), e.to_string()).resource(key.to_string())])
-            }
-        };
+        return decode_istio(value, key, location, options);
+    }
+    if let Some(known) = istio_kinds_of(&api_version).filter(|known| !known.contains(&kind.as_str())) {
+        let message = format!("`{kind}` is no kind of {api_version} (a typo? it has {})", known.join(", "));
+        return Decode::Invalid(
+            Some(key.clone()),
+            vec![Problem::error(loc(), message).resource(key.to_string()).field("kind")],
+        );
     }
     fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, (String, String)> {
         serde_path_to_error::deserialize(value).map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
@@ -312,6 +313,89 @@ fn decode_object(value: serde_json::Value, location: &Location, default_ns: &str
             vec![Problem::error(loc(), reason).resource(key.to_string()).field(path)],
         ),
     }
+}
+
+/// An Istio kind the mesh reads: decoded and validated; unknown fields are
+/// errors unless allowed.
+fn decode_istio(value: serde_json::Value, key: ObjectKey, location: &Location, options: &LoaderOptions) -> Decode {
+    let loc = || Some(location.clone());
+    match config::decode(value, &options.default_namespace) {
+        Ok(Decoded::Istio { resource, unknown_fields })
+            if options.allow_unknown_fields || unknown_fields.is_empty() =>
+        {
+            let warnings = unknown_fields
+                .into_iter()
+                .map(|f| Problem::warning(loc(), "unknown field, ignored (a typo?)").resource(key.to_string()).field(f))
+                .collect();
+            Decode::Object(key, Object::Istio(Arc::new(resource)), warnings)
+        }
+        Ok(Decoded::Istio { unknown_fields, .. }) => {
+            let problems = unknown_fields
+                .into_iter()
+                .map(|f| {
+                    Problem::error(loc(), "unknown field (a typo?); the resource is not applied")
+                        .resource(key.to_string())
+                        .field(f)
+                })
+                .collect();
+            Decode::Invalid(Some(key), problems)
+        }
+        Ok(Decoded::Other { api_version, kind, .. }) => Decode::Skipped(format!("{api_version} {kind}")),
+        Err(ConfigError::Invalid(errors)) => Decode::Invalid(
+            Some(key),
+            errors
+                .into_iter()
+                .map(|e| Problem::error(loc(), e.reason).resource(e.resource.to_string()).field(e.field))
+                .collect(),
+        ),
+        Err(ConfigError::Schema { path, reason, .. }) if key.name.is_empty() => {
+            Decode::Invalid(None, vec![Problem::error(loc(), reason).field(path)])
+        }
+        Err(ConfigError::Schema { path, reason, .. }) => Decode::Invalid(
+            Some(key.clone()),
+            vec![Problem::error(loc(), reason).resource(key.to_string()).field(path)],
+        ),
+        Err(e) => {
+            Decode::Invalid(Some(key.clone()), vec![Problem::error(loc(), e.to_string()).resource(key.to_string())])
+        }
+    }
+}
+
+/// Istio's kinds in an Istio API group (`networking.istio.io/v1`), read
+/// by the mesh or not; `None` for any other group.
+fn istio_kinds_of(api_version: &str) -> Option<&'static [&'static str]> {
+    let group = api_version.split('/').next().unwrap_or_default();
+    Some(match group {
+        "networking.istio.io" => &[
+            "DestinationRule",
+            "EnvoyFilter",
+            "Gateway",
+            "ProxyConfig",
+            "ServiceEntry",
+            "Sidecar",
+            "VirtualService",
+            "WorkloadEntry",
+            "WorkloadGroup",
+        ],
+        "security.istio.io" => &["AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"],
+        "telemetry.istio.io" => &["Telemetry"],
+        "extensions.istio.io" => &["WasmPlugin"],
+        _ => return None,
+    })
+}
+
+/// Point a problem at its field's line, when it names a field found in its
+/// document.
+fn at_field_line(mut problem: Problem, text: &str) -> Problem {
+    let (Some(location), Some(field)) = (problem.location.as_mut(), problem.field.as_deref()) else { return problem };
+    let path = match location.item {
+        Some(i) => format!("items[{i}].{field}"),
+        None => field.to_string(),
+    };
+    if let Some(line) = documents::field_line(text, location.document, &path) {
+        location.line = line;
+    }
+    problem
 }
 
 /// Build the catalog; `registry` is the previous registry and workloads

@@ -45,6 +45,20 @@ pub fn objects(file: &Path, text: &str) -> (Vec<RawObject>, Vec<Problem>) {
     (objects, problems)
 }
 
+/// The 1-based line in the file's `text` of the field at `path` in its
+/// `document` (0-based); for a field that is missing, the line of the
+/// nearest enclosing one that is there.
+pub fn field_line(text: &str, document: usize, path: &str) -> Option<usize> {
+    let (start, doc) = *split(text).get(document)?;
+    let mut path = path;
+    loop {
+        if let Some(line) = crate::field_lines::field_line(doc, path) {
+            return Some(start + line - 1);
+        }
+        path = &path[..path.rfind(['.', '['])?];
+    }
+}
+
 /// The line of a document's first content (past the `---` marker, blank
 /// lines and comments): where people look for the resource.
 fn first_content_line(start: usize, doc: &str) -> usize {

@@ -21,6 +21,7 @@
 //! |---|---|
 //! | [`catalog`] | files to config + registry, the rules for bad input |
 //! | [`documents`] | YAML documents with their lines; `kind: List` |
+//! | [`field_lines`] | the line of a field named by its path, for problems |
 //! | [`files`] | walking the paths: hidden entries, symlink loops, limits |
 //! | [`kube`] | Kubernetes objects to services and endpoints |
 //! | [`problem`] | located problems |
@@ -43,6 +44,7 @@
 
 pub mod catalog;
 pub mod documents;
+pub mod field_lines;
 pub mod files;
 pub mod kube;
 pub mod problem;
@@ -59,7 +61,7 @@ use mesh_core::config::ResourceKey;
 use mesh_core::keyed::Publisher;
 use mesh_core::model::ServiceState;
 use mesh_core::registry::{RegistryEvent, RegistrySnapshot, ServiceRegistry};
-use mesh_core::store::{ConfigEvent, ConfigSnapshot, ConfigStore};
+use mesh_core::store::{ConfigEvent, ConfigSnapshot, ConfigStore, Rejected};
 use serde::Serialize;
 
 pub use catalog::{Catalog, Loader, LoaderOptions, Workload};
@@ -217,6 +219,12 @@ impl ConfigStore for StaticSource {
 
     fn watch(&self) -> BoxStream<'static, ConfigEvent> {
         self.config.watch()
+    }
+
+    /// The last load's errors: each resource or file not applied.
+    fn rejected(&self) -> Vec<Rejected> {
+        let status = lock(&self.status);
+        status.problems.iter().filter(|p| p.severity == Severity::Error).map(Problem::rejected).collect()
     }
 }
 

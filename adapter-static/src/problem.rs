@@ -84,6 +84,24 @@ impl Problem {
         self
     }
 
+    /// As a store's rejection: where, then what.
+    pub fn rejected(&self) -> mesh_core::store::Rejected {
+        let mut source = match (&self.location, &self.path) {
+            (Some(l), _) => l.to_string(),
+            (None, Some(p)) => p.display().to_string(),
+            (None, None) => String::new(),
+        };
+        if let Some(r) = &self.resource {
+            source.push(' ');
+            source.push_str(r);
+        }
+        let error = match &self.field {
+            Some(f) => format!("{f}: {}", self.message),
+            None => self.message.clone(),
+        };
+        mesh_core::store::Rejected { source, error }
+    }
+
     /// The file this problem is about.
     pub fn file(&self) -> Option<&std::path::Path> {
         self.location.as_ref().map(|l| l.file.as_path()).or(self.path.as_deref())

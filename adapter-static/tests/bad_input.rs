@@ -99,32 +99,34 @@ fn malformed_yaml_keeps_the_last_good_file() {
 
 #[test]
 fn wrong_types_missing_fields_bad_regex_and_durations_are_located() {
+    // (the http block from line 7, resource, the line of the field or of
+    // the nearest one present, field, message)
     let cases: &[(&str, &str, usize, &str, &str)] = &[
         (
             "  - route:\n    - destination: {host: reviews, subset: v3}\n      weight: lots\n",
             "VirtualService default/reviews",
-            1,
+            9,
             "spec.http[0].route[0].weight",
             "invalid type: string \"lots\", expected i32",
         ),
         (
             "  - match:\n    - uri: {regex: \"/v[0-9\"}\n    route:\n    - destination: {host: reviews, subset: v3}\n",
             "VirtualService default/reviews",
-            1,
+            8,
             "spec.http[0].match[0].uri.regex",
             "invalid regex `/v[0-9`",
         ),
         (
             "  - timeout: 5 minutes\n    route:\n    - destination: {host: reviews, subset: v3}\n",
             "VirtualService default/reviews",
-            1,
+            7,
             "spec.http[0].timeout",
             "unknown unit",
         ),
         (
             "  - route:\n    - destination: {subset: v3}\n",
             "VirtualService default/reviews",
-            1,
+            8,
             "spec.http[0].route[0].destination.host",
             "destination host is required",
         ),
@@ -151,7 +153,7 @@ fn a_resource_without_a_name_or_kind_is_reported() {
     let source = good_source(dir.path());
     common::write(&dir.path().join("more.yaml"), "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {namespace: default}\nspec: {}\n---\napiVersion: v1\nmetadata: {name: x}\n");
     source.reload();
-    expect_error(&source, "more.yaml", Some(1), None, Some("metadata.name"), "is required");
+    expect_error(&source, "more.yaml", Some(3), None, Some("metadata.name"), "is required");
     expect_error(&source, "more.yaml", Some(6), None, Some("kind"), "`kind` is required");
     assert_eq!(reviews_subset(&source).as_deref(), Some("v1"));
 }
@@ -222,22 +224,55 @@ fn directory_symlink_loop_is_reported_and_the_rest_loads() {
     assert_eq!(reviews_subset(&source).as_deref(), Some("v1"));
 }
 
+const UNKNOWN: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings}\nspec:\n  host: ratings\n  trafficPolcy: {}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualServce\nmetadata: {name: typo}\nspec: {}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: not-read}\nspec: {}\n";
+
+/// As `istioctl validate`: an unknown field of an Istio kind and a kind
+/// Istio does not have in its API group are errors, at their own lines;
+/// kinds outside Istio's groups, and Istio kinds the mesh does not read,
+/// are skipped with a warning.
 #[test]
-fn unknown_kinds_and_fields_are_warnings() {
+fn unknown_fields_and_misspelled_istio_kinds_are_errors_at_their_lines() {
     let dir = tempfile::tempdir().unwrap();
     let source = good_source(dir.path());
-    common::write(
-        &dir.path().join("extra.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings}\nspec:\n  host: ratings\n  trafficPolcy: {}\n",
-    );
+    common::write(&dir.path().join("extra.yaml"), UNKNOWN);
     source.reload();
-    let status = source.status();
-    assert_eq!(status.errors, 0);
-    let warnings: Vec<String> = status.problems.iter().map(|p| p.to_string()).collect();
+    expect_error(
+        &source,
+        "extra.yaml",
+        Some(14),
+        Some("DestinationRule default/ratings"),
+        Some("spec.trafficPolcy"),
+        "unknown field (a typo?); the resource is not applied",
+    );
+    expect_error(
+        &source,
+        "extra.yaml",
+        Some(17),
+        Some("VirtualServce default/typo"),
+        Some("kind"),
+        "`VirtualServce` is no kind of networking.istio.io/v1 (a typo? it has DestinationRule, EnvoyFilter, Gateway",
+    );
+    assert_eq!(errors(&source).len(), 2, "{:?}", errors(&source));
+    assert!(ConfigStore::get(&source, &key(Kind::DestinationRule, "ratings")).is_none(), "not applied");
+    let warnings: Vec<String> = source.status().problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(warnings.iter().filter(|w| w.contains("v1 ConfigMap")).count(), 1, "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("networking.istio.io/v1 WorkloadGroup")), "{warnings:?}");
+}
+
+#[test]
+fn unknown_fields_are_warnings_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write(&dir.path().join("extra.yaml"), UNKNOWN);
+    let mut options = StaticOptions::new([dir.path()]);
+    options.loader.allow_unknown_fields = true;
+    let source = StaticSource::load(options);
+    let status = source.status();
+    assert_eq!(status.errors, 1, "the misspelled kind stays an error: {:?}", status.problems);
     assert!(
-        warnings.iter().any(|w| w.contains("DestinationRule default/ratings: spec.trafficPolcy: unknown field")),
-        "{warnings:?}"
+        status.problems.iter().any(|p| p.severity == Severity::Warning
+            && p.to_string().contains("extra.yaml:14 (document 3): warning: DestinationRule default/ratings: spec.trafficPolcy: unknown field")),
+        "{:?}",
+        status.problems
     );
     assert!(
         ConfigStore::get(&source, &key(Kind::DestinationRule, "ratings")).is_some(),

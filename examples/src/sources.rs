@@ -22,6 +22,11 @@ pub struct SourceArgs {
     /// EndpointSlices, Pods), reloaded on change.
     #[arg(long, num_args = 1..)]
     pub config: Vec<PathBuf>,
+    /// Apply Istio resources from --config with fields the mesh does not
+    /// know (with a warning) instead of rejecting them, as
+    /// `istioctl validate` would.
+    #[arg(long)]
+    pub allow_unknown_fields: bool,
     /// Read services and Istio CRDs from the Kubernetes cluster of this
     /// kubeconfig file.
     #[arg(long)]
@@ -121,7 +126,7 @@ impl SourceArgs {
         }
         let (mut files, mut watch) = (None, None);
         if !self.config.is_empty() {
-            let (source, w) = crate::watched_config(self.config.clone())?;
+            let (source, w) = crate::watched_config(self.config.clone(), self.allow_unknown_fields)?;
             stores.push(source.clone());
             registries.push(source.clone());
             (files, watch) = (Some(source), Some(w));

@@ -36,12 +36,44 @@ fn validate_reports_each_problem_with_file_and_line_and_fails() {
     let (code, out) = meshctl(&["validate"], &[&bad]);
     assert_eq!(code, 1, "{out}");
     let shown = bad.display().to_string();
-    assert!(out.contains(&format!("{shown}:6: error VirtualService default/reviews spec.http[0].route[0].weight: weight -5 must not be negative")), "{out}");
+    // Each at its field's own line.
+    assert!(out.contains(&format!("{shown}:14: error VirtualService default/reviews spec.http[0].route[0].weight: weight -5 must not be negative")), "{out}");
     assert!(
-        out.contains(&format!("{shown}:6: error VirtualService default/reviews spec.http[0].timeout: duration `soon`")),
+        out.contains(&format!(
+            "{shown}:17: error VirtualService default/reviews spec.http[0].timeout: duration `soon`"
+        )),
         "{out}"
     );
     assert!(out.contains("2 errors, 0 warnings in 1 file (1 resource, 0 services)"), "{out}");
+}
+
+/// As `istioctl validate`: a misspelled field or kind is an error (exit 1),
+/// not a warning that lets `weigth: 90` through as weight 0.
+#[test]
+fn validate_fails_on_unknown_fields_and_kinds_unless_fields_are_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 10\n    - destination: {host: reviews, subset: v2}\n      weigth: 90\n---\napiVersion: security.istio.io/v1\nkind: AuthorisationPolicy\nmetadata: {name: deny}\nspec: {}\n",
+    )
+    .unwrap();
+    let shown = typo.display().to_string();
+    let (code, out) = meshctl(&["validate"], &[&typo]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{shown}:11: error VirtualService default/reviews spec.http[0].route[1].weigth: unknown field"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{shown}:14: error AuthorisationPolicy default/deny kind: `AuthorisationPolicy` is no kind of security.istio.io/v1")), "{out}");
+    let (code, out) = meshctl(&["--allow-unknown-fields", "validate"], &[&typo]);
+    assert_eq!(code, 1, "the misspelled kind is still an error: {out}");
+    assert!(
+        out.contains(&format!("{shown}:11: warning VirtualService default/reviews spec.http[0].route[1].weigth")),
+        "{out}"
+    );
 }
 
 #[test]

@@ -25,6 +25,22 @@ pub trait ConfigStore: Send + Sync {
     fn list(&self, kind: Kind) -> Vec<Arc<Resource>> {
         of_kind(&self.snapshot(), kind).cloned().collect()
     }
+
+    /// What this store could not apply, and why, as of now (the last good
+    /// version of each keeps serving): for operators' status endpoints
+    /// and metrics. A store that rejects nothing says nothing.
+    fn rejected(&self) -> Vec<Rejected> {
+        Vec::new()
+    }
+}
+
+/// A resource (or file) a store did not apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// Where it came from: `reviews.yaml:14 (document 3) DestinationRule default/ratings`.
+    pub source: String,
+    /// `spec.trafficPolcy: unknown field (a typo?)`.
+    pub error: String,
 }
 
 /// The resources of one kind in a snapshot, in namespace/name order.
@@ -96,6 +112,10 @@ impl ConfigStore for AggregateConfigStore {
 
     fn watch(&self) -> BoxStream<'static, ConfigEvent> {
         keyed::aggregate(self.stores.iter().map(|s| s.watch()).collect(), first_wins)
+    }
+
+    fn rejected(&self) -> Vec<Rejected> {
+        self.stores.iter().flat_map(|s| s.rejected()).collect()
     }
 }
 

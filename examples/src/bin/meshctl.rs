@@ -28,6 +28,9 @@ struct Cli {
     /// Colour the output: auto (when printing to a terminal and NO_COLOR is unset), always or never.
     #[arg(long, value_enum, default_value = "auto", global = true)]
     color: Color,
+    /// Report fields the mesh does not know as warnings, not errors.
+    #[arg(long, global = true)]
+    allow_unknown_fields: bool,
 }
 
 #[derive(Subcommand)]
@@ -71,7 +74,9 @@ fn main() -> ExitCode {
         Command::Validate { paths } => (paths, false),
         Command::Analyze { paths } => (paths, true),
     };
-    let source = StaticSource::load(StaticOptions::new(paths));
+    let mut options = StaticOptions::new(paths);
+    options.loader.allow_unknown_fields = cli.allow_unknown_fields;
+    let source = StaticSource::load(options);
     let status = source.status();
     let mut by_file: BTreeMap<Option<PathBuf>, Vec<Line>> = BTreeMap::new();
     for p in status.problems {
