@@ -8,14 +8,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
 use mesh_proxy::body::{self, Body};
-use mesh_proxy::downstream::{self, Settings};
+use mesh_proxy::downstream;
+use mesh_proxy::limits::DownstreamLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -44,7 +44,7 @@ where
 
 async fn ours(io: TcpStream) {
     let (_keep, mut drain) = tokio::sync::watch::channel(false);
-    let settings = Settings { header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60) };
+    let settings = DownstreamLimits::default();
     let _ = downstream::serve(io, settings, &mut drain, hello_ours).await;
 }
 

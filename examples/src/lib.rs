@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use adapter_static::{FileWatch, StaticOptions, StaticSource};
 use mesh_core::model::Labels;
+use mesh_proxy::limits::DownstreamLimits;
 use mesh_proxy::ProxyHandle;
 
 /// The options the gateway and the sidecar share.
@@ -34,8 +35,26 @@ pub struct ProxyArgs {
     pub access_log: bool,
     /// Connections each listener's accept queue holds (the kernel caps it
     /// at net.core.somaxconn, as for Envoy's default).
-    #[arg(long, default_value_t = mesh_proxy::listener::DEFAULT_BACKLOG)]
+    #[arg(long, default_value_t = DownstreamLimits::default().listen_backlog)]
     pub listen_backlog: u32,
+    /// The largest request head in KiB (Envoy's max_request_headers_kb).
+    #[arg(long, default_value_t = 60)]
+    pub max_request_headers_kb: usize,
+    /// The most header fields in a request (Envoy's max_headers_count).
+    #[arg(long, default_value_t = 100)]
+    pub max_headers: usize,
+    /// Seconds a request body may go without a byte (Envoy's
+    /// stream_idle_timeout; off by default, as Istio sets it).
+    #[arg(long, value_name = "SECONDS")]
+    pub stream_idle_timeout: Option<u64>,
+    /// Seconds a whole request may take to arrive (Envoy's
+    /// request_timeout; off by default).
+    #[arg(long, value_name = "SECONDS")]
+    pub request_timeout: Option<u64>,
+    /// Connections each listener serves at once; more are closed and
+    /// counted (listener.downstream_cx_overflow). No limit by default.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// How request paths are normalized before routing and authorization
     /// (Istio's meshConfig.pathNormalization): NONE, BASE,
     /// MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
@@ -52,15 +71,29 @@ pub struct ProxyArgs {
 }
 
 impl ProxyArgs {
+    /// The downstream limits the flags set.
+    pub fn limits(&self) -> DownstreamLimits {
+        let seconds = std::time::Duration::from_secs;
+        DownstreamLimits {
+            header_timeout: seconds(self.header_read_timeout),
+            max_request_headers_bytes: self.max_request_headers_kb * 1024,
+            max_headers: self.max_headers,
+            stream_idle_timeout: self.stream_idle_timeout.map(seconds),
+            request_timeout: self.request_timeout.map(seconds),
+            max_connections: self.max_connections,
+            listen_backlog: self.listen_backlog,
+            ..DownstreamLimits::default()
+        }
+    }
+
     /// Set the shared options on a builder.
     pub fn apply(&self, builder: mesh_proxy::ProxyBuilder) -> mesh_proxy::ProxyBuilder {
         builder
             .admin(self.admin)
             .metrics(self.metrics)
             .drain_timeout(std::time::Duration::from_secs(self.drain_timeout))
-            .header_read_timeout(std::time::Duration::from_secs(self.header_read_timeout))
+            .downstream_limits(self.limits())
             .access_log(self.access_log)
-            .listen_backlog(self.listen_backlog)
             .path_normalization(self.path_normalization)
             .allow_degraded(self.allow_degraded)
             .after_config_applied(give_back_memory())

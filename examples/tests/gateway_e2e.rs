@@ -155,7 +155,7 @@ fn listeners_accept_queue_is_the_kernels_or_the_operators() {
     };
     let (dir, port) = one_service("web", p);
     let g = Gateway::start(dir.path(), port);
-    assert_eq!(backlog_of(port), somaxconn.min(mesh_proxy::listener::DEFAULT_BACKLOG));
+    assert_eq!(backlog_of(port), somaxconn.min(mesh_proxy::limits::DownstreamLimits::default().listen_backlog));
     drop(g);
     let (dir, port) = one_service("web", p);
     let _g = Gateway::start_with(dir.path(), port, &["--listen-backlog", "256"], std::process::Stdio::null());

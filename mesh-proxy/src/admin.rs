@@ -101,6 +101,7 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
                 format!("http.downstream_rq_malformed: {}", d.malformed.load(Ordering::Relaxed)),
                 format!("http.downstream_header_timeout: {}", d.header_timeouts.load(Ordering::Relaxed)),
                 format!("http.downstream_cx_error: {}", d.connection_errors.load(Ordering::Relaxed)),
+                format!("listener.downstream_cx_overflow: {}", d.overflow.load(Ordering::Relaxed)),
                 format!("listener_manager.listener_create_failure: {}", state.status.bind_failures.get()),
                 format!("listener_manager.listeners_down: {}", state.status.listeners_down().len()),
                 format!("config.update_rejected: {}", state.status.rejections.get()),

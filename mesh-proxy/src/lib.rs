@@ -14,6 +14,7 @@
 //! |---|---|
 //! | [`forward`] | the request path, as named phases over a per-request context |
 //! | [`answer`] | a response on its way out, its upstream fields listed until asked for as a map |
+//! | [`limits`] | downstream timeouts and limits, with Envoy's defaults |
 //! | [`live`] | the compiled config in force, swapped whole |
 //! | [`cluster`] | a cluster's endpoints, balancer, breaker and detector |
 //! | [`listener`] | listeners, added and drained as config changes |
@@ -74,6 +75,7 @@ pub mod cluster;
 pub mod downstream;
 pub mod forward;
 pub mod http1;
+pub mod limits;
 pub mod listener;
 pub mod live;
 pub mod metrics;
@@ -101,6 +103,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
 
 use crate::forward::Forwarder;
+use crate::limits::DownstreamLimits;
 use crate::listener::Listeners;
 use crate::live::{LiveConfig, SharedConfig};
 use crate::metrics::Metrics;
@@ -143,8 +146,7 @@ pub struct ProxyBuilder {
     drain_timeout: Duration,
     access_log: bool,
     http_proxy: Option<SocketAddr>,
-    header_timeout: Duration,
-    listen_backlog: u32,
+    limits: DownstreamLimits,
     path_normalization: PathNormalization,
     allow_degraded: bool,
     after_config: Option<AfterConfig>,
@@ -164,8 +166,7 @@ impl ProxyBuilder {
             drain_timeout: Duration::from_secs(5),
             access_log: false,
             http_proxy: None,
-            header_timeout: Duration::from_secs(10),
-            listen_backlog: listener::DEFAULT_BACKLOG,
+            limits: DownstreamLimits::default(),
             path_normalization: PathNormalization::default(),
             allow_degraded: false,
             after_config: None,
@@ -217,18 +218,12 @@ impl ProxyBuilder {
         self
     }
 
-    /// How long a client may take to send its request headers (default
-    /// 10 s); slower connections are closed.
-    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.header_timeout = timeout;
-        self
-    }
-
-    /// How many connections a listener's accept queue holds. By default,
-    /// as Envoy, as many as the kernel allows (`net.core.somaxconn` on
-    /// Linux, which caps any larger value).
-    pub fn listen_backlog(mut self, backlog: u32) -> Self {
-        self.listen_backlog = backlog;
+    /// Downstream timeouts and limits: header and idle timeouts, head
+    /// size and field count, stream idle and request timeouts, connections
+    /// per listener, the accept queue ([`DownstreamLimits`] has Envoy's
+    /// defaults where Istio keeps them).
+    pub fn downstream_limits(mut self, limits: DownstreamLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -260,6 +255,7 @@ impl ProxyBuilder {
 
     /// Start serving. Listeners come up as the first config arrives.
     pub async fn start(self) -> std::io::Result<ProxyHandle> {
+        self.limits.check().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let (name, namespace) = match &self.source {
             ConfigSource::Mesh { identity, .. } => (identity.name.clone(), identity.namespace.clone()),
             ConfigSource::Stream { name, namespace, .. } => (name.clone(), namespace.clone()),
@@ -297,8 +293,8 @@ impl ProxyBuilder {
             }
         }
         if let Some(addr) = self.http_proxy {
-            let socket = listener::bind(addr, self.listen_backlog).map_err(|e| named(e, "HTTP proxy", addr))?;
-            let settings = listener::downstream_settings(self.header_timeout);
+            let socket = listener::bind(addr, self.limits.listen_backlog).map_err(|e| named(e, "HTTP proxy", addr))?;
+            let settings = self.limits;
             tokio::spawn(listener::serve_http_proxy(
                 socket,
                 Arc::clone(&forwarder),
@@ -307,13 +303,8 @@ impl ProxyBuilder {
                 self.drain_timeout,
             ));
         }
-        let listeners = Arc::new(Mutex::new(Listeners::new(
-            self.bind_ip,
-            self.drain_timeout,
-            self.header_timeout,
-            self.listen_backlog,
-            Arc::clone(&status),
-        )));
+        let listeners =
+            Arc::new(Mutex::new(Listeners::new(self.bind_ip, self.drain_timeout, self.limits, Arc::clone(&status))));
         let (failure_tx, failure_rx) = watch::channel(None);
         let (version_tx, version_rx) = watch::channel(String::new());
         let configs: BoxStream<'static, ProxyConfig> = match self.source {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::pin::pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::Request;
 use hyper::body::Incoming;
@@ -20,8 +20,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::body::{self, BoxError};
-use crate::downstream::{self, drained, Io, Served, Settings};
+use crate::downstream::{self, drained, Io, Served};
 use crate::forward::{Forwarder, Ingress};
+use crate::limits::DownstreamLimits;
 use crate::status::ProxyStatus;
 use crate::tls::TlsListener;
 
@@ -38,21 +39,15 @@ pub struct Listeners {
     running: HashMap<String, Running>,
     bind_ip: Option<IpAddr>,
     drain: Duration,
-    /// Slow clients get this long to send their request headers (and
-    /// their TLS handshake).
-    header_timeout: Duration,
-    backlog: u32,
+    /// Timeouts and limits of every downstream connection.
+    limits: DownstreamLimits,
     /// Where listeners that cannot bind are reported.
     status: Arc<ProxyStatus>,
 }
 
-/// A listener's accept queue: as long as the kernel allows, as Envoy's
-/// (the kernel caps it at `net.core.somaxconn`). Tokio's `bind` asks for
-/// 1,024 and got 128 on some kernels: 2,000 connections opening at once
-/// took 5 s.
-pub const DEFAULT_BACKLOG: u32 = 65_535;
-
-/// A listening socket with this accept queue (and `SO_REUSEADDR`, as
+/// A listening socket with this accept queue (by default as long as the
+/// kernel allows: tokio's `bind` asks for 1,024 and got 128 on some
+/// kernels, and 2,000 connections opening at once took 5 s) (and `SO_REUSEADDR`, as
 /// `TcpListener::bind` sets it).
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -65,11 +60,10 @@ impl Listeners {
     pub fn new(
         bind_ip: Option<IpAddr>,
         drain: Duration,
-        header_timeout: Duration,
-        backlog: u32,
+        limits: DownstreamLimits,
         status: Arc<ProxyStatus>,
     ) -> Listeners {
-        Listeners { running: HashMap::new(), bind_ip, drain, header_timeout, backlog, status }
+        Listeners { running: HashMap::new(), bind_ip, drain, limits, status }
     }
 
     /// Bind what the config has and is not bound; drain what it no longer
@@ -122,19 +116,11 @@ impl Listeners {
                 .map_err(|_| (format!("{}:{}", l.address, l.port), format!("`{}` is not an IP address", l.address)))?,
         };
         let wanted = SocketAddr::new(ip, l.port);
-        let socket = bind(wanted, self.backlog).map_err(|e| (wanted.to_string(), e.to_string()))?;
+        let socket = bind(wanted, self.limits.listen_backlog).map_err(|e| (wanted.to_string(), e.to_string()))?;
         let tls = TlsListener::for_listener(l).map_err(|e| (wanted.to_string(), e.to_string()))?;
         let address = socket.local_addr().unwrap_or(wanted);
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve(
-            socket,
-            l.clone(),
-            tls,
-            Arc::clone(forwarder),
-            stopped,
-            self.drain,
-            self.header_timeout,
-        ));
+        let task = tokio::spawn(serve(socket, l.clone(), tls, Arc::clone(forwarder), stopped, self.drain, self.limits));
         tracing::info!(listener = %l.name, %address, "listening");
         Ok(Running { address, config: l.clone(), stop, task })
     }
@@ -164,10 +150,9 @@ async fn serve(
     forwarder: Arc<Forwarder>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
-    header_timeout: Duration,
+    settings: DownstreamLimits,
 ) {
-    let settings = downstream_settings(header_timeout);
-    let connections = Connections::new();
+    let connections = Connections::new(settings.max_connections);
     let tcp = config.filter_chains.iter().find_map(|c| match &c.action {
         ChainAction::Tcp { clusters } if config.direction != TrafficDirection::Outbound || !config.use_original_dst => {
             Some(clusters.clone())
@@ -185,21 +170,34 @@ async fn serve(
             },
             _ = stop.changed() => break,
         };
+        let Some(slot) = connections.slot() else {
+            // Over the listener's limit: closed at once, as Envoy does.
+            forwarder.stats.overflow.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let plain = Ingress::new(config.name.clone(), config.port, peer);
         let ingress = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
             Target::Http(ingress) => ingress,
             Target::Tcp(clusters) => {
-                tokio::spawn(proxy_tcp(stream, clusters, Arc::clone(&forwarder)));
+                let proxied = proxy_tcp(stream, clusters, Arc::clone(&forwarder));
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    proxied.await
+                });
                 continue;
             }
             Target::Passthrough(to) => {
-                tokio::spawn(passthrough(stream, to));
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    passthrough(stream, to).await
+                });
                 continue;
             }
         };
         let (open, draining) = connections.open();
-        let connection = Connection { forwarder: Arc::clone(&forwarder), ingress, settings, draining, _open: open };
+        let connection =
+            Connection { forwarder: Arc::clone(&forwarder), ingress, settings, draining, _open: open, _slot: slot };
         // Plain and TLS connections are separate tasks: one task's size is
         // its largest state, and a plain connection should not carry room
         // for a TLS session.
@@ -214,23 +212,16 @@ async fn serve(
     }
 }
 
-/// How long a kept-alive downstream connection may wait for its next
-/// request (Envoy's default `idle_timeout`).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// The downstream connection settings of every HTTP listener.
-pub(crate) fn downstream_settings(header_timeout: Duration) -> Settings {
-    Settings { header_timeout, idle_timeout: IDLE_TIMEOUT }
-}
-
 /// What a downstream connection's task holds besides its socket.
 struct Connection {
     forwarder: Arc<Forwarder>,
     ingress: Ingress,
-    settings: Settings,
+    settings: DownstreamLimits,
     draining: watch::Receiver<bool>,
     /// The listener's count of open connections, while this one runs.
     _open: mpsc::Sender<()>,
+    /// One of the listener's connection slots, while this one runs.
+    _slot: Slot,
 }
 
 impl Connection {
@@ -274,7 +265,7 @@ impl Connection {
 async fn serve_http<IO: Io>(
     io: IO,
     alpn_h2: bool,
-    settings: Settings,
+    settings: DownstreamLimits,
     draining: &mut watch::Receiver<bool>,
     forwarder: &Arc<Forwarder>,
     ingress: &Ingress,
@@ -282,16 +273,17 @@ async fn serve_http<IO: Io>(
     // hyper's HTTP/2 connection is large, and most connections never
     // use it: boxed, so that it takes no room in an HTTP/1.1 task.
     if alpn_h2 {
-        return Box::pin(serve_h2(io, draining, forwarder, ingress)).await;
+        return Box::pin(serve_h2(io, &settings, draining, forwarder, ingress)).await;
     }
     match downstream::serve(io, settings, draining, |req| forwarder.answer(req, ingress)).await? {
         Served::Closed => Ok(()),
-        Served::Http2(io) => Box::pin(serve_h2(io, draining, forwarder, ingress)).await,
+        Served::Http2(io) => Box::pin(serve_h2(io, &settings, draining, forwarder, ingress)).await,
     }
 }
 
 async fn serve_h2<IO: Io>(
     io: IO,
+    limits: &DownstreamLimits,
     draining: &mut watch::Receiver<bool>,
     forwarder: &Arc<Forwarder>,
     ingress: &Ingress,
@@ -305,6 +297,7 @@ async fn serve_h2<IO: Io>(
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX))
         .serve_connection(TokioIo::new(io), service);
     let mut conn = pin!(conn);
     tokio::select! {
@@ -318,17 +311,36 @@ async fn serve_h2<IO: Io>(
 }
 
 /// A listener's open connections: each holds a token while it runs, and
-/// all are told when the listener drains.
+/// all are told when the listener drains; and the slots that bound how
+/// many are open at once.
 struct Connections {
     draining: watch::Sender<bool>,
     open: mpsc::Sender<()>,
     closed: mpsc::Receiver<()>,
+    open_now: Arc<AtomicUsize>,
+    max: Option<usize>,
+}
+
+/// Holds one of a listener's connection slots until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Connections {
-    fn new() -> Connections {
+    fn new(max: Option<usize>) -> Connections {
         let (open, closed) = mpsc::channel(1);
-        Connections { draining: watch::channel(false).0, open, closed }
+        Connections { draining: watch::channel(false).0, open, closed, open_now: Arc::default(), max }
+    }
+
+    /// A slot for a new connection; `None` with every slot taken.
+    fn slot(&self) -> Option<Slot> {
+        let before = self.open_now.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(Arc::clone(&self.open_now));
+        self.max.is_none_or(|max| before < max).then_some(slot)
     }
 
     /// A new connection's token and drain signal.
@@ -339,7 +351,7 @@ impl Connections {
     /// Tell every connection to finish, and wait up to `deadline` for
     /// the last to close; `false`: some were still open.
     async fn drain(self, deadline: Duration) -> bool {
-        let Connections { draining, open, mut closed } = self;
+        let Connections { draining, open, mut closed, .. } = self;
         let _ = draining.send(true);
         drop(open);
         // `None` once every token has been dropped.
@@ -426,11 +438,11 @@ pub async fn serve_http_proxy(
     socket: TcpListener,
     forwarder: Arc<Forwarder>,
     mut stop: watch::Receiver<bool>,
-    settings: Settings,
+    settings: DownstreamLimits,
     drain: Duration,
 ) {
     let port = socket.local_addr().map_or(0, |a| a.port());
-    let connections = Connections::new();
+    let connections = Connections::new(None);
     loop {
         let (stream, peer) = tokio::select! {
             a = socket.accept() => match a { Ok(a) => a, Err(_) => continue },
@@ -439,8 +451,10 @@ pub async fn serve_http_proxy(
         let _ = stream.set_nodelay(true);
         let mut ingress = Ingress::new("explicitOutbound".into(), port, peer);
         ingress.route_by_authority_port = true;
+        let Some(slot) = connections.slot() else { continue };
         let (open, draining) = connections.open();
-        let connection = Connection { forwarder: Arc::clone(&forwarder), ingress, settings, draining, _open: open };
+        let connection =
+            Connection { forwarder: Arc::clone(&forwarder), ingress, settings, draining, _open: open, _slot: slot };
         tokio::spawn(connection.serve_plain(stream));
     }
     drop(socket);

@@ -183,6 +183,9 @@ pub struct DownstreamStats {
     pub header_timeouts: AtomicU64,
     /// Connections that ended in any other error.
     pub connection_errors: AtomicU64,
+    /// Connections closed as they came, over a listener's limit (Envoy's
+    /// `downstream_cx_overflow`).
+    pub overflow: AtomicU64,
 }
 
 impl DownstreamStats {
@@ -193,7 +196,7 @@ impl DownstreamStats {
             (Some(ServeError::Malformed(_) | ServeError::TooLarge(_) | ServeError::NotImplemented), _) => {
                 &self.malformed
             }
-            (Some(ServeError::HeaderTimeout(_)), _) => &self.header_timeouts,
+            (Some(ServeError::HeaderTimeout(_) | ServeError::NothingSent(_)), _) => &self.header_timeouts,
             (_, Some(e)) if e.is_parse() || e.is_parse_status() => &self.malformed,
             (_, Some(e)) if e.is_timeout() => &self.header_timeouts,
             _ => &self.connection_errors,

@@ -15,6 +15,8 @@ pub enum Flag {
     DownstreamProtocolError,
     /// The client went away before its exchange was over (`DC`).
     DownstreamTermination,
+    /// The client's request came too slowly (`SI`: stream idle timeout).
+    StreamIdleTimeout,
     Timeout,
     FaultAbort,
     Denied,
@@ -34,6 +36,7 @@ impl Flag {
             Flag::UpstreamProtocolError => "UPE",
             Flag::DownstreamProtocolError => "DPE",
             Flag::DownstreamTermination => "DC",
+            Flag::StreamIdleTimeout => "SI",
             Flag::Timeout => "UT",
             Flag::FaultAbort => "FI",
             Flag::Denied => "RBAC",

@@ -105,6 +105,19 @@ pub enum ClientFailure {
     Malformed,
     /// The client went away before its body was whole.
     HungUp,
+    /// The body came too slowly (the stream idle or request timeout).
+    TimedOut,
+}
+
+impl ClientFailure {
+    /// How reading the client's body failed.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> ClientFailure {
+        match error.downcast_ref::<std::io::Error>().map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::UnexpectedEof) => ClientFailure::HungUp,
+            Some(std::io::ErrorKind::TimedOut) => ClientFailure::TimedOut,
+            _ => ClientFailure::Malformed,
+        }
+    }
 }
 
 /// Why an upstream request got no response.
@@ -133,8 +146,7 @@ impl UpstreamError {
     /// client's failure, not the upstream's.
     pub fn client_failure(&self) -> Option<ClientFailure> {
         let UpstreamError::Http1(Http1Error::RequestBody(e)) = self else { return None };
-        let hung_up = e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof);
-        Some(if hung_up { ClientFailure::HungUp } else { ClientFailure::Malformed })
+        Some(ClientFailure::of(e.as_ref()))
     }
 
     /// The upstream's answer broke HTTP/1.1's rules (Envoy: a protocol

@@ -14,6 +14,7 @@ use mesh_core::model::{Endpoint, Service};
 use mesh_core::path::PathNormalization;
 use mesh_core::registry::MemoryRegistry;
 use mesh_core::store::MemoryConfigStore;
+use mesh_proxy::limits::DownstreamLimits;
 use mesh_proxy::{default_gateway_identity, ConfigSource, ProxyBuilder, ProxyHandle};
 use mesh_testkit::http::{parse, raw_port, Response};
 use mesh_testkit::peers::recording_upstream;
@@ -67,6 +68,10 @@ struct Setup {
 
 impl Setup {
     fn start(mode: PathNormalization, filters: Vec<Arc<dyn Filter>>) -> Setup {
+        Setup::start_with(mode, filters, DownstreamLimits::default())
+    }
+
+    fn start_with(mode: PathNormalization, filters: Vec<Arc<dyn Filter>>, limits: DownstreamLimits) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let (upstream, upstream_port) = recording_upstream(Some(&dir.path().join("requests.jsonl")));
         let port = free_port();
@@ -83,6 +88,7 @@ impl Setup {
         let mut builder = ProxyBuilder::new(ConfigSource::mesh(store.clone(), registry, default_gateway_identity()))
             .bind_ip("127.0.0.1".parse().unwrap())
             .path_normalization(mode)
+            .downstream_limits(limits)
             .admin("127.0.0.1:0".parse().unwrap());
         for filter in filters {
             builder = builder.filter(filter);
@@ -115,6 +121,11 @@ impl Setup {
     fn upstream_connections(&self) -> usize {
         let r = self.get("/__open", "");
         r.body.trim().parse().unwrap_or_else(|_| panic!("{}", r.body))
+    }
+
+    fn admin(&self, path: &str) -> String {
+        let admin = self.proxy.as_ref().and_then(|p| p.admin_address()).expect("an admin server");
+        mesh_testkit::http::get(admin.port(), path, &[]).body
     }
 
     fn metrics(&self) -> String {
@@ -359,4 +370,43 @@ fn a_request_the_upstream_may_have_acted_on_is_replayed_only_as_the_retry_policy
     assert_eq!(setup.reached("/__close"), 1, "sent once");
     assert_eq!(post("/__close/retried").status, 503);
     assert_eq!(setup.reached("/__close/retried"), 2, "retryOn: reset allows one retry");
+}
+
+/// Timeouts and limits an operator sets: a body that stalls is 408 with
+/// flag `SI` and never reaches the upstream whole; connections past a
+/// listener's limit are closed as they come and counted.
+#[test]
+fn stalled_bodies_get_408_and_connections_past_the_limit_are_refused_and_counted() {
+    use std::io::{Read, Write};
+    let limits = DownstreamLimits {
+        stream_idle_timeout: Some(Duration::from_millis(300)),
+        max_connections: Some(3),
+        ..DownstreamLimits::default()
+    };
+    let setup = Setup::start_with(PathNormalization::Base, vec![], limits);
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", setup.port)).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stalled.write_all(b"POST /slow HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n0123456789").unwrap();
+    let mut answer = String::new();
+    let read = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer} {read:?}");
+    assert_eq!(setup.reached("/slow"), 0, "the upstream never got a cut body as whole");
+    assert!(setup.metrics().contains("response_flags=\"SI\""), "{}", setup.metrics());
+
+    let held: Vec<std::net::TcpStream> =
+        (0..3).map(|_| std::net::TcpStream::connect(("127.0.0.1", setup.port)).unwrap()).collect();
+    let mut refused = std::net::TcpStream::connect(("127.0.0.1", setup.port)).unwrap();
+    refused.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = refused.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+    let mut nothing = Vec::new();
+    let read = refused.read_to_end(&mut nothing);
+    assert!(read.is_err() || nothing.is_empty(), "closed unanswered: {:?}", String::from_utf8_lossy(&nothing));
+    let stats = setup.admin("/stats");
+    assert!(stats.contains("listener.downstream_cx_overflow: 1"), "{stats}");
+    drop(held);
+    let served = mesh_testkit::wait_until(Duration::from_secs(5), || {
+        let text = raw_port(setup.port, b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").unwrap_or_default();
+        parse(&text).is_some_and(|r| r.status == 200)
+    });
+    assert!(served, "a slot frees as a connection closes");
 }

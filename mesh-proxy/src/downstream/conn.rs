@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::answer::Answer;
 use crate::ascii;
 use crate::body::Body;
-use crate::wire::{self, Decoded, Framing, MAX_HEAD, READ_SIZE};
+use crate::wire::{self, Decoded, Framing, READ_SIZE};
 
 use super::request::{parse_request, Parsed};
 use super::*;
@@ -30,11 +30,14 @@ pub(super) struct Conn<IO> {
     pub(super) buf: BytesMut,
     /// What is being written; kept between answers.
     pub(super) out: BytesMut,
-    pub(super) settings: Settings,
+    pub(super) settings: DownstreamLimits,
     /// When the last answer went out.
     pub(super) idle_since: Instant,
     /// When the first byte of the head being read arrived.
     pub(super) head_started: Option<Instant>,
+    /// When the request being served began: its `request_timeout` counts
+    /// from here.
+    pub(super) request_started: Instant,
     /// No request has been read yet.
     pub(super) first: bool,
 }
@@ -70,9 +73,9 @@ impl<IO: Io> Conn<IO> {
                     if self.buf.len() >= H2_PREFACE.len() {
                         return Ok(Head::Http2);
                     }
-                } else if let Some(parsed) = parse_request(&mut self.buf)? {
+                } else if let Some(parsed) = parse_request(&mut self.buf, &self.settings)? {
                     self.first = false;
-                    self.head_started = None;
+                    self.request_started = self.head_started.take().unwrap_or_else(Instant::now);
                     return Ok(Head::Request(parsed));
                 }
                 if self.head_started.is_none() {
@@ -99,6 +102,7 @@ impl<IO: Io> Conn<IO> {
                     let now = Instant::now();
                     if now >= due {
                         return match self.head_started {
+                            Some(_) if self.buf.is_empty() => Err(ServeError::NothingSent(self.settings.header_timeout)),
                             Some(_) => Err(ServeError::HeaderTimeout(self.settings.header_timeout)),
                             None => Ok(Head::Closed),
                         };
@@ -139,11 +143,29 @@ impl<IO: Io> Conn<IO> {
         self.io.read_buf(&mut self.buf).await
     }
 
+    /// [`Conn::fill`] for a request body: an error once the body has gone
+    /// `stream_idle_timeout` without a byte or the request has taken its
+    /// `request_timeout` (the handler answers 408).
+    async fn fill_body(&mut self) -> io::Result<usize> {
+        let limits = &self.settings;
+        let idle = limits.stream_idle_timeout.map(|t| Instant::now() + t);
+        let whole = limits.request_timeout.map(|t| self.request_started + t);
+        let due = match (idle, whole) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(due) = due else { return self.fill().await };
+        match tokio::time::timeout_at(due.into(), self.fill()).await {
+            Ok(read) => read,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "request body timed out")),
+        }
+    }
+
     /// Returns once the client has closed its side (or the connection
     /// failed). What it sends meanwhile is kept for the next request, up to
     /// a head's worth; past that it is left in the socket.
     pub(super) async fn until_closed(&mut self) {
-        while self.buf.len() < MAX_HEAD {
+        while self.buf.len() < self.settings.max_request_headers_bytes {
             if matches!(self.fill().await, Ok(0) | Err(_)) {
                 return;
             }
@@ -171,7 +193,7 @@ impl<IO: Io> Conn<IO> {
             let step = match wire::decode(framing, &mut self.buf) {
                 Ok(Decoded::Data(data)) => Ok(data),
                 Ok(Decoded::End) => return,
-                Ok(Decoded::NeedMore) => match self.fill().await {
+                Ok(Decoded::NeedMore) => match self.fill_body().await {
                     Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client closed mid-body")),
                     Ok(_) => continue,
                     Err(e) => Err(e),

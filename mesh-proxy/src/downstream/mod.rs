@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::answer::Answer;
 use crate::body::{self, Body, BoxError};
+use crate::limits::DownstreamLimits;
 use crate::wire::{Framing, READ_SIZE};
 
 use conn::{Conn, Head};
@@ -50,19 +51,10 @@ mod rewind;
 mod tests;
 
 pub use rewind::Rewind;
+
 /// A connection's byte stream: TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Settings {
-    /// From the first byte of a request head (for a new connection: from
-    /// its start) to the end of the head (Envoy's `request_headers_timeout`).
-    pub header_timeout: Duration,
-    /// How long a kept-alive connection may wait for its next request
-    /// (Envoy's `idle_timeout`, one hour by default).
-    pub idle_timeout: Duration,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -79,6 +71,10 @@ pub enum ServeError {
     /// Answered with 408 and closed.
     #[error("request headers not received within {0:?}")]
     HeaderTimeout(Duration),
+    /// A new connection that sent nothing within the header timeout:
+    /// closed without an answer (it asked nothing).
+    #[error("nothing sent within {0:?}")]
+    NothingSent(Duration),
     #[error("{0}")]
     Io(#[from] io::Error),
     /// The answer's body failed after its head was sent.
@@ -115,7 +111,7 @@ impl OnUpgrade {
 /// `Connection: close`, or `drain` turns true.
 pub async fn serve<IO, F, Fut, A>(
     io: IO,
-    settings: Settings,
+    settings: DownstreamLimits,
     drain: &mut watch::Receiver<bool>,
     mut handle: F,
 ) -> Result<Served<IO>, ServeError>
@@ -133,6 +129,7 @@ where
         settings,
         idle_since: now,
         head_started: Some(now),
+        request_started: now,
         first: true,
     };
     let mut timer = pin!(tokio::time::sleep_until((now + settings.header_timeout).into()));

@@ -11,7 +11,11 @@ use http::{HeaderMap, Method, Request, Uri, Version};
 use hyper::body::{Frame, SizeHint};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::wire::{self, Framing, FramingError, RawHeaders, MAX_HEAD, MAX_HEADERS};
+use crate::wire::{self, Framing, FramingError, RawHeaders};
+
+use std::mem::MaybeUninit;
+
+use crate::limits::MAX_HEADERS_CEILING;
 
 use super::*;
 
@@ -26,22 +30,34 @@ pub(super) struct Parsed {
 
 /// A whole request head from the front of `buf`, consumed; `None` until
 /// one has arrived.
-pub(super) fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, ServeError> {
-    // Left uninitialized: zeroing 100 headers cost more than parsing them.
-    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+pub(super) fn parse_request(buf: &mut BytesMut, limits: &DownstreamLimits) -> Result<Option<Parsed>, ServeError> {
+    // Room for Envoy's default of 100 fields; more only when asked for.
+    if limits.max_headers <= 100 {
+        parse_into::<100>(buf, limits)
+    } else {
+        parse_into::<MAX_HEADERS_CEILING>(buf, limits)
+    }
+}
+
+/// [`parse_request`] with room for `N` fields on the stack, of which
+/// `max_headers` are used.
+fn parse_into<const N: usize>(buf: &mut BytesMut, limits: &DownstreamLimits) -> Result<Option<Parsed>, ServeError> {
+    // Left uninitialized: zeroing 100 slots cost more than parsing them.
+    let mut slots = [const { MaybeUninit::uninit() }; N];
+    let slots = &mut slots[..limits.max_headers.min(N)];
+    let max_head = limits.max_request_headers_bytes;
     let mut request = httparse::Request::new(&mut []);
-    let used =
-        match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, &mut headers) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(ServeError::TooLarge("over 60 KiB of headers"))
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(ServeError::TooLarge("over 100 header fields")),
-            Err(_) => return Err(ServeError::Malformed("invalid request head")),
-        };
-    if used > MAX_HEAD {
-        return Err(ServeError::TooLarge("over 60 KiB of headers"));
+    let used = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > max_head => {
+            return Err(ServeError::TooLarge("request headers over the size limit"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ServeError::TooLarge("more header fields than allowed")),
+        Err(_) => return Err(ServeError::Malformed("invalid request head")),
+    };
+    if used > max_head {
+        return Err(ServeError::TooLarge("request headers over the size limit"));
     }
     let method = request.method.map(|m| Method::from_bytes(m.as_bytes()));
     let Some(Ok(method)) = method else { return Err(ServeError::Malformed("method")) };

@@ -17,8 +17,10 @@ use super::*;
 use crate::body::{self, Body};
 use crate::wire::{MAX_HEAD, MAX_HEADERS};
 
-const SETTINGS: Settings =
-    Settings { header_timeout: Duration::from_millis(300), idle_timeout: Duration::from_secs(60) };
+/// Envoy's limits, with a header timeout short enough for tests.
+fn settings() -> DownstreamLimits {
+    DownstreamLimits { header_timeout: Duration::from_millis(300), ..DownstreamLimits::default() }
+}
 
 /// What the test handler answers: method, path, the body it read (unless
 /// the path says not to read it), and how some headers arrived.
@@ -27,8 +29,10 @@ async fn echo(req: Request<Body>) -> Response<Body> {
     let text = if head.uri.path() == "/unread" {
         String::new()
     } else {
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        String::from_utf8_lossy(&body).into_owned()
+        match body.collect().await {
+            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            Err(e) => format!("body error: {e}"),
+        }
     };
     let seen = format!(
         "{} {} {} expect={:?} cl={:?}",
@@ -57,12 +61,19 @@ async fn echo(req: Request<Body>) -> Response<Body> {
 /// One connection served with `echo`: the client's socket, the drain
 /// switch, and how serving it ended.
 async fn connect() -> (TcpStream, watch::Sender<bool>, tokio::task::JoinHandle<Result<Served<TcpStream>, ServeError>>) {
+    connect_with(settings()).await
+}
+
+/// [`connect`], with these limits.
+async fn connect_with(
+    limits: DownstreamLimits,
+) -> (TcpStream, watch::Sender<bool>, tokio::task::JoinHandle<Result<Served<TcpStream>, ServeError>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (drain, mut draining) = watch::channel(false);
     let served = tokio::spawn(async move {
         let (io, _) = listener.accept().await.unwrap();
-        serve(io, SETTINGS, &mut draining, echo).await
+        serve(io, limits, &mut draining, echo).await
     });
     (TcpStream::connect(addr).await.unwrap(), drain, served)
 }
@@ -246,7 +257,7 @@ async fn slow_heads_time_out_and_draining_closes_idle_connections() {
     let (mut client, drain, served) = connect().await;
     client.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     read_until(&mut client, "expect", 1).await;
-    tokio::time::sleep(SETTINGS.header_timeout * 3).await;
+    tokio::time::sleep(settings().header_timeout * 3).await;
     let long = format!("GET /b HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n", "p".repeat(600));
     client.write_all(long.as_bytes()).await.unwrap();
     assert!(read_until(&mut client, "expect", 1).await.contains("GET /b"));
@@ -276,7 +287,7 @@ async fn an_upgrade_hands_the_connection_to_the_handler_after_the_101() {
     let server = tokio::spawn(async move {
         let (io, _) = listener.accept().await.unwrap();
         let (_drain, mut draining) = watch::channel(false);
-        serve(io, SETTINGS, &mut draining, |mut req: Request<Body>| async move {
+        serve(io, settings(), &mut draining, |mut req: Request<Body>| async move {
             let upgrade = req.extensions_mut().remove::<OnUpgrade>().expect("an upgrade was asked for");
             tokio::spawn(async move {
                 let mut io = upgrade.connection().await.expect("switched");
@@ -301,4 +312,61 @@ async fn an_upgrade_hands_the_connection_to_the_handler_after_the_101() {
     client.write_all(b"lo").await.unwrap();
     assert_eq!(read_until(&mut client, "HELLO", 1).await, "HELLO");
     assert!(matches!(server.await.unwrap(), Ok(Served::Closed)));
+}
+
+#[tokio::test]
+async fn a_new_connection_that_sends_nothing_is_closed_without_an_answer() {
+    let (mut client, _drain, served) = connect().await;
+    assert_eq!(read_all(&mut client).await, "", "it asked nothing: no 408");
+    assert!(matches!(served.await.unwrap(), Err(ServeError::NothingSent(_))));
+}
+
+#[tokio::test]
+async fn head_size_and_field_count_are_the_operators_to_set() {
+    let fields = |n: usize| (0..n).map(|i| format!("x-{i}: 1\r\n")).collect::<String>();
+    let small = DownstreamLimits { max_request_headers_bytes: 2048, max_headers: 5, ..settings() };
+    let large = DownstreamLimits { max_headers: 300, ..settings() };
+    for (limits, request, status) in [
+        (small, format!("GET / HTTP/1.1\r\nhost: x\r\n{}\r\n", fields(4)), "200"),
+        (small, format!("GET / HTTP/1.1\r\nhost: x\r\n{}\r\n", fields(5)), "431"),
+        (small, format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(3000)), "431"),
+        (large, format!("GET / HTTP/1.1\r\nhost: x\r\n{}connection: close\r\n\r\n", fields(250)), "200"),
+        (settings(), format!("GET / HTTP/1.1\r\nhost: x\r\n{}\r\n", fields(100)), "431"),
+    ] {
+        let (mut client, _drain, _served) = connect_with(limits).await;
+        client.write_all(request.as_bytes()).await.unwrap();
+        let text = read_until(&mut client, "HTTP/1.1 ", 1).await;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{} fields: {text}", request.lines().count());
+    }
+}
+
+/// A body that stalls past the stream idle timeout, or trickles past the
+/// request timeout, fails the handler's read (the proxy answers 408).
+#[tokio::test]
+async fn slow_bodies_time_out_between_bytes_and_as_a_whole() {
+    let idle = DownstreamLimits { stream_idle_timeout: Some(Duration::from_millis(200)), ..settings() };
+    let (mut client, _drain, _served) = connect_with(idle).await;
+    client.write_all(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
+    let text = read_until(&mut client, "body error", 1).await;
+    assert!(text.contains("body error: request body timed out"), "{text}");
+
+    let whole = DownstreamLimits { request_timeout: Some(Duration::from_millis(300)), ..settings() };
+    let (mut client, _drain, _served) = connect_with(whole).await;
+    client.write_all(b"POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut answer = String::new();
+    for _ in 0..20 {
+        if client.write_all(b"1\r\na\r\n").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), client.read(&mut buf)).await {
+            answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+            break;
+        }
+    }
+    answer.push_str(&read_until(&mut client, "body error", 1).await);
+    assert!(answer.contains("body error: request body timed out"), "{answer}");
+    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
 }

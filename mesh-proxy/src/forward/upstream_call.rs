@@ -130,11 +130,7 @@ impl Exchange<'_> {
         }
         match incoming.collect().await {
             Ok(b) => Ok(Sending::Buffered(b.to_bytes())),
-            Err(_) => Err(self.reply(
-                Flag::DownstreamProtocolError,
-                StatusCode::BAD_REQUEST,
-                "request body could not be read\n",
-            )),
+            Err(e) => Err(self.client_failed(ClientFailure::of(e.as_ref()))),
         }
     }
 
@@ -161,15 +157,21 @@ impl Exchange<'_> {
         result
     }
 
-    /// The client's failure (its body malformed or cut off): never counted
-    /// against the upstream (outlier detection, retries), answered 400 as
-    /// Envoy does.
+    /// The client's failure (its body malformed, cut off or too slow):
+    /// never counted against the upstream (outlier detection, retries),
+    /// answered 400 or 408 as Envoy does.
     fn client_failed(&mut self, failure: ClientFailure) -> Answer {
-        let flag = match failure {
-            ClientFailure::HungUp => Flag::DownstreamTermination,
-            ClientFailure::Malformed => Flag::DownstreamProtocolError,
-        };
-        self.reply(flag, StatusCode::BAD_REQUEST, "request body could not be read\n")
+        match failure {
+            ClientFailure::HungUp => {
+                self.reply(Flag::DownstreamTermination, StatusCode::BAD_REQUEST, "request body could not be read\n")
+            }
+            ClientFailure::Malformed => {
+                self.reply(Flag::DownstreamProtocolError, StatusCode::BAD_REQUEST, "request body could not be read\n")
+            }
+            ClientFailure::TimedOut => {
+                self.reply(Flag::StreamIdleTimeout, StatusCode::REQUEST_TIMEOUT, "request timeout\n")
+            }
+        }
     }
 
     /// The upstream's answer, made the client's: a switch of protocols
