@@ -9,7 +9,6 @@ use std::sync::Arc;
 use adapter_static::{FileWatch, StaticOptions, StaticSource};
 use mesh_core::model::Labels;
 use mesh_proxy::limits::DownstreamLimits;
-use mesh_proxy::ProxyHandle;
 
 /// The options the gateway and the sidecar share.
 #[derive(clap::Args, Debug)]
@@ -186,23 +185,4 @@ pub fn parse_labels(pairs: &[String]) -> Result<Labels, String> {
                 .ok_or_else(|| format!("--labels: `{kv}` is not key=value"))
         })
         .collect()
-}
-
-/// Serve until SIGTERM, Ctrl-C or `POST /drain`, then drain.
-pub async fn serve_until_stopped(proxy: ProxyHandle) -> std::io::Result<()> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let failure = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); None }
-        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted: draining"); None }
-        _ = proxy.drain_requested() => { tracing::info!("drain requested on the admin server"); None }
-        failure = proxy.failed() => Some(failure),
-    };
-    proxy.drain().await;
-    match failure {
-        Some(failure) => Err(std::io::Error::other(format!("cannot serve: {failure}"))),
-        None => {
-            tracing::info!("drained");
-            Ok(())
-        }
-    }
 }

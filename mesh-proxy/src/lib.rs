@@ -61,8 +61,8 @@
 //!         .admin("127.0.0.1:15000".parse()?)
 //!         .start()
 //!         .await?;
-//!     tokio::signal::ctrl_c().await?;
-//!     proxy.drain().await;
+//!     // Until SIGTERM or Ctrl-C, then a drain: requests in flight finish.
+//!     proxy.serve_until_shutdown().await?;
 //!     Ok(())
 //! }
 //! ```
@@ -469,12 +469,43 @@ impl ProxyHandle {
 
     /// Stop accepting, let requests in flight finish (up to the drain
     /// timeout), and stop.
-    pub async fn drain(self) {
+    pub async fn drain(self) -> Drained {
         let _ = self.drain.send(true);
         self.config_task.abort();
-        self.listeners.lock().await.shutdown().await;
+        let cut_off_connections = self.listeners.lock().await.shutdown().await;
         self.metrics.drain_access_log();
+        Drained { cut_off_connections }
     }
+
+    /// Serve until SIGTERM or SIGINT (or `POST /drain` on the admin
+    /// server), then drain, as Envoy does on SIGTERM; an error if the proxy
+    /// cannot serve as configured ([`ProxyHandle::failed`]), after draining
+    /// what it did serve.
+    pub async fn serve_until_shutdown(self) -> std::io::Result<Drained> {
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let failure = tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); None }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted: draining"); None }
+            _ = self.drain_requested() => { tracing::info!("drain requested on the admin server"); None }
+            failure = self.failed() => Some(failure),
+        };
+        let drained = self.drain().await;
+        match failure {
+            Some(failure) => Err(std::io::Error::other(format!("cannot serve: {failure}"))),
+            None => {
+                tracing::info!(cut_off_connections = drained.cut_off_connections, "drained");
+                Ok(drained)
+            }
+        }
+    }
+}
+
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// Connections with requests still in flight at the drain deadline,
+    /// closed with them (0: every request finished).
+    pub cut_off_connections: usize,
 }
 
 /// The identity a gateway binary has by default: Istio's ingress gateway.

@@ -31,7 +31,9 @@ struct Running {
     /// The listener's config, to notice when it must be rebound.
     config: Listener,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    /// Resolves once drained, to the connections still open at the
+    /// drain deadline.
+    task: tokio::task::JoinHandle<usize>,
 }
 
 /// The listeners currently bound.
@@ -133,13 +135,15 @@ impl Listeners {
 
     /// Stop accepting everywhere and wait for connections to finish, up to
     /// the drain deadline.
-    pub async fn shutdown(&mut self) {
+    pub async fn shutdown(&mut self) -> usize {
         for r in self.running.values() {
             let _ = r.stop.send(true);
         }
+        let mut cut_off = 0;
         for (_, r) in self.running.drain() {
-            let _ = r.task.await;
+            cut_off += r.task.await.unwrap_or(0);
         }
+        cut_off
     }
 }
 
@@ -151,7 +155,7 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
     settings: DownstreamLimits,
-) {
+) -> usize {
     let connections = Connections::new(settings.max_connections);
     let tcp = config.filter_chains.iter().find_map(|c| match &c.action {
         ChainAction::Tcp { clusters } if config.direction != TrafficDirection::Outbound || !config.use_original_dst => {
@@ -207,9 +211,11 @@ async fn serve(
         };
     }
     drop(socket);
-    if !connections.drain(drain).await {
-        tracing::warn!(listener = %config.name, "drain deadline passed with connections open");
+    let cut_off = connections.drain(drain).await;
+    if cut_off > 0 {
+        tracing::warn!(listener = %config.name, connections = cut_off, "drain deadline passed with requests in flight");
     }
+    cut_off
 }
 
 /// What a downstream connection's task holds besides its socket.
@@ -349,13 +355,17 @@ impl Connections {
     }
 
     /// Tell every connection to finish, and wait up to `deadline` for
-    /// the last to close; `false`: some were still open.
-    async fn drain(self, deadline: Duration) -> bool {
-        let Connections { draining, open, mut closed, .. } = self;
+    /// the last to close; the connections still open then (idle ones close
+    /// at once, so these had requests in flight).
+    async fn drain(self, deadline: Duration) -> usize {
+        let Connections { draining, open, mut closed, open_now, .. } = self;
         let _ = draining.send(true);
         drop(open);
         // `None` once every token has been dropped.
-        tokio::time::timeout(deadline, closed.recv()).await.is_ok()
+        match tokio::time::timeout(deadline, closed.recv()).await {
+            Ok(_) => 0,
+            Err(_) => open_now.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -458,8 +468,12 @@ pub async fn serve_http_proxy(
         tokio::spawn(connection.serve_plain(stream));
     }
     drop(socket);
-    if !connections.drain(drain).await {
-        tracing::warn!("explicit HTTP proxy port: drain deadline passed with connections open");
+    let cut_off = connections.drain(drain).await;
+    if cut_off > 0 {
+        tracing::warn!(
+            connections = cut_off,
+            "explicit HTTP proxy port: drain deadline passed with requests in flight"
+        );
     }
 }
 

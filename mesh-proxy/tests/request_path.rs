@@ -89,6 +89,7 @@ impl Setup {
             .bind_ip("127.0.0.1".parse().unwrap())
             .path_normalization(mode)
             .downstream_limits(limits)
+            .drain_timeout(Duration::from_millis(500))
             .admin("127.0.0.1:0".parse().unwrap());
         for filter in filters {
             builder = builder.filter(filter);
@@ -409,4 +410,24 @@ fn stalled_bodies_get_408_and_connections_past_the_limit_are_refused_and_counted
         parse(&text).is_some_and(|r| r.status == 200)
     });
     assert!(served, "a slot frees as a connection closes");
+}
+
+/// A drain lets requests in flight finish up to the drain timeout; those
+/// still running then are cut off, and counted.
+#[test]
+fn requests_still_running_at_the_drain_deadline_are_counted() {
+    use std::io::Write;
+    let mut setup = Setup::start(PathNormalization::Base, vec![]);
+    let _hanging: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", setup.port)).unwrap();
+            s.write_all(b"GET /__hang HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    let _idle = std::net::TcpStream::connect(("127.0.0.1", setup.port)).unwrap();
+    mesh_testkit::wait_until(Duration::from_secs(10), || setup.upstream_connections() > 2);
+    let proxy = setup.proxy.take().unwrap();
+    let drained = setup.runtime.block_on(proxy.drain());
+    assert_eq!(drained.cut_off_connections, 2, "the idle connection closed at once; the two in flight were cut off");
 }

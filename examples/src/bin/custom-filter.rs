@@ -51,7 +51,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(Arc::new(ApiKey(args.api_key)))
         .start()
         .await?;
-    tokio::signal::ctrl_c().await?;
-    proxy.drain().await;
+    proxy.serve_until_shutdown().await?;
     Ok(())
 }

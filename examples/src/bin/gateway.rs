@@ -49,6 +49,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.bind_ip(ip);
     }
     let proxy = builder.start().await?;
-    examples::serve_until_stopped(proxy).await?;
+    proxy.serve_until_shutdown().await?;
     Ok(())
 }

@@ -48,7 +48,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("try: for i in $(seq 100); do curl -s localhost:8080/hello; done | sort | uniq -c");
     println!("admin: curl localhost:15000/clusters; metrics: curl localhost:15090/stats/prometheus");
-    tokio::signal::ctrl_c().await?;
-    proxy.drain().await;
+    proxy.serve_until_shutdown().await?;
     Ok(())
 }

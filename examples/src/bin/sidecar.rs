@@ -47,6 +47,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     identity.ip = args.ip;
     let (source, _watch) = examples::config_source(&args.proxy, identity).await?;
     let proxy = args.proxy.apply(ProxyBuilder::new(source)).http_proxy(args.http_proxy).start().await?;
-    examples::serve_until_stopped(proxy).await?;
+    proxy.serve_until_shutdown().await?;
     Ok(())
 }
