@@ -50,6 +50,10 @@ pub struct ProxyArgs {
     /// request_timeout; off by default).
     #[arg(long, value_name = "SECONDS")]
     pub request_timeout: Option<u64>,
+    /// Serve HTTP/1.0 requests (refused with 426 by default, as Istio's
+    /// PILOT_HTTP10 leaves them).
+    #[arg(long)]
+    pub accept_http_10: bool,
     /// Connections each listener serves at once; more are closed and
     /// counted (listener.downstream_cx_overflow). No limit by default.
     #[arg(long)]
@@ -81,6 +85,7 @@ impl ProxyArgs {
             request_timeout: self.request_timeout.map(seconds),
             max_connections: self.max_connections,
             listen_backlog: self.listen_backlog,
+            accept_http_10: self.accept_http_10,
             ..DownstreamLimits::default()
         }
     }

@@ -1,6 +1,6 @@
-//! What a downstream client may take and send: timeouts, head limits and
-//! connection counts, per listener, with Envoy's defaults where Istio
-//! keeps them.
+//! What a downstream client may take and send: timeouts, head limits,
+//! connection counts and protocol versions, per listener, with Envoy's
+//! defaults where Istio keeps them.
 
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub struct DownstreamLimits {
     /// A listener's accept queue: as long as the kernel allows, as
     /// Envoy's (`net.core.somaxconn` caps it).
     pub listen_backlog: u32,
+    /// Serve HTTP/1.0 requests. Off by default, as Envoy's and Istio's
+    /// (`PILOT_HTTP10`): they get 426.
+    pub accept_http_10: bool,
 }
 
 /// `max_headers` is read into room on the stack this large.
@@ -51,6 +54,7 @@ impl Default for DownstreamLimits {
             request_timeout: None,
             max_connections: None,
             listen_backlog: 65_535,
+            accept_http_10: false,
         }
     }
 }

@@ -193,9 +193,15 @@ impl DownstreamStats {
     pub fn count(&self, error: &(dyn std::error::Error + 'static)) {
         use crate::downstream::ServeError;
         let counter = match (error.downcast_ref::<ServeError>(), error.downcast_ref::<hyper::Error>()) {
-            (Some(ServeError::Malformed(_) | ServeError::TooLarge(_) | ServeError::NotImplemented), _) => {
-                &self.malformed
-            }
+            (
+                Some(
+                    ServeError::Malformed(_)
+                    | ServeError::TooLarge(_)
+                    | ServeError::NotImplemented
+                    | ServeError::Http10,
+                ),
+                _,
+            ) => &self.malformed,
             (Some(ServeError::HeaderTimeout(_) | ServeError::NothingSent(_)), _) => &self.header_timeouts,
             (_, Some(e)) if e.is_parse() || e.is_parse_status() => &self.malformed,
             (_, Some(e)) if e.is_timeout() => &self.header_timeouts,

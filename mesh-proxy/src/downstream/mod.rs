@@ -64,6 +64,9 @@ pub enum ServeError {
     /// Answered with 431 and closed.
     #[error("request head too large: {0}")]
     TooLarge(&'static str),
+    /// Answered with 426 and closed: HTTP/1.0, unless accepted.
+    #[error("HTTP/1.0 is not accepted")]
+    Http10,
     /// Answered with 501 and closed: a transfer coding other than
     /// `chunked` alone, as Envoy answers it.
     #[error("transfer coding not implemented")]

@@ -76,6 +76,9 @@ fn parse_into<const N: usize>(buf: &mut BytesMut, limits: &DownstreamLimits) -> 
     let mut headers = raw.take_map(&head_bytes, wire::REQUEST_ROOM).map_err(ServeError::Malformed)?;
     let seen = raw.seen;
 
+    if version == Version::HTTP_10 && !limits.accept_http_10 {
+        return Err(ServeError::Http10);
+    }
     // RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
     if seen.transfer_encoding && version == Version::HTTP_10 {
         return Err(ServeError::Malformed("transfer-encoding in HTTP/1.0"));

@@ -19,7 +19,7 @@ use crate::wire::{MAX_HEAD, MAX_HEADERS};
 
 /// Envoy's limits, with a header timeout short enough for tests.
 fn settings() -> DownstreamLimits {
-    DownstreamLimits { header_timeout: Duration::from_millis(300), ..DownstreamLimits::default() }
+    DownstreamLimits { header_timeout: Duration::from_millis(300), accept_http_10: true, ..DownstreamLimits::default() }
 }
 
 /// What the test handler answers: method, path, the body it read (unless
@@ -312,6 +312,15 @@ async fn an_upgrade_hands_the_connection_to_the_handler_after_the_101() {
     client.write_all(b"lo").await.unwrap();
     assert_eq!(read_until(&mut client, "HELLO", 1).await, "HELLO");
     assert!(matches!(server.await.unwrap(), Ok(Served::Closed)));
+}
+
+#[tokio::test]
+async fn http_1_0_is_426_unless_accepted() {
+    let refused = DownstreamLimits { accept_http_10: false, ..settings() };
+    let (mut client, _drain, served) = connect_with(refused).await;
+    client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    assert!(read_all(&mut client).await.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+    assert!(matches!(served.await.unwrap(), Err(ServeError::Http10)));
 }
 
 #[tokio::test]
