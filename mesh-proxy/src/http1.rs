@@ -466,6 +466,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Htt
 
 /// RFC 9112, section 6.3: how the response body ends.
 fn framing(headers: &FieldList, seen: Seen, status: StatusCode, method: &Method) -> Result<Framing, Http1Error> {
+    // RFC 9110 15.3.5: a 204 has no content, and saying it has some is a
+    // protocol error to Envoy (its bytes would be read as the next answer).
+    if status == StatusCode::NO_CONTENT && (seen.transfer_encoding || non_zero_length(headers)) {
+        return Err(Http1Error::Malformed("a 204 with content"));
+    }
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -479,6 +484,13 @@ fn framing(headers: &FieldList, seen: Seen, status: StatusCode, method: &Method)
         wire::FramingError::Malformed(what) => Http1Error::Malformed(what),
         wire::FramingError::UnsupportedCoding => Http1Error::Malformed("transfer-encoding"),
     })
+}
+
+fn non_zero_length(headers: &FieldList) -> bool {
+    headers
+        .iter()
+        .filter(|(name, _)| *name == CONTENT_LENGTH)
+        .any(|(_, value)| value.as_bytes().iter().any(|&b| b != b'0' && b != b' ' && b != b'\t'))
 }
 
 /// A response body read from its upstream connection, which goes back to

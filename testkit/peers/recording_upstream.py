@@ -12,6 +12,8 @@ Special targets:
     /__open   answers the number of client connections open now
     /__hang   is read and never answered (the connection stays open)
     /__close* is read and not answered: the connection is closed
+    /__raw/NAME  is answered with the canned response NAME (below), as
+              bytes, malformed or not; the connection then reads on
 
 With --log FILE, each request is also appended to FILE as a JSON line, and
 a request it cannot parse as a line {"conn": N, "error": "..."}.
@@ -26,6 +28,56 @@ import threading
 lock = threading.Lock()
 open_connections = 0
 log_path = sys.argv[sys.argv.index("--log") + 1] if "--log" in sys.argv else None
+
+
+# Upstream answers for the framing differential: each name is a way an
+# upstream can frame (or misframe) a response.
+RAW = {
+    "ok_length": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    "ok_chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    "ok_chunked_trailer": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
+    "ok_no_reason": b"HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok",
+    "length_and_chunked": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    "chunked_and_length": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    "two_equal_lengths": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+    "two_lengths": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!",
+    "length_list": b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok",
+    "length_plus": b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+    "length_negative": b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\nok",
+    "length_hex": b"HTTP/1.1 200 OK\r\ncontent-length: 0x2\r\n\r\nok",
+    "coding_gzip": b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
+    "coding_gzip_chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    "coding_chunked_chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    "coding_identity": b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\ncontent-length: 2\r\n\r\nok",
+    "status_text": b"HTTP/1.1 abc OK\r\ncontent-length: 2\r\n\r\nok",
+    "status_four_digits": b"HTTP/1.1 1000 OK\r\ncontent-length: 2\r\n\r\nok",
+    "version_2": b"HTTP/2.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    "version_garbage": b"HTTX/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    "bare_lf_lines": b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok",
+    "folded_field": b"HTTP/1.1 200 OK\r\nx-a: 1\r\n x-b: 2\r\ncontent-length: 2\r\n\r\nok",
+    "space_before_colon": b"HTTP/1.1 200 OK\r\ncontent-length : 2\r\n\r\nok",
+    "nul_in_value": b"HTTP/1.1 200 OK\r\nx-a: a\x00b\r\ncontent-length: 2\r\n\r\nok",
+    "bad_name": b"HTTP/1.1 200 OK\r\nx(a): 1\r\ncontent-length: 2\r\n\r\nok",
+    "chunk_size_text": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+    "chunk_ext_bare_lf": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a\nb\r\nok\r\n0\r\n\r\n",
+    "chunk_no_crlf": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
+    "trailer_request_line": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nHTTP/1.1 200 OK\r\n\r\n",
+    "no_content_with_body": b"HTTP/1.1 204 No Content\r\ncontent-length: 2\r\n\r\nok",
+    "not_modified_with_body": b"HTTP/1.1 304 Not Modified\r\ncontent-length: 2\r\n\r\nok",
+    "continue_then_ok": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    "unasked_switch": b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+    "head_too_large": b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * (100 * 1024) + b"\r\ncontent-length: 2\r\n\r\nok",
+    "extra_bytes_after_body": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nextra",
+}
+
+# Answered and then the connection closed: bodies cut short.
+RAW_THEN_CLOSE = {
+    "length_cut_short": b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok",
+    "chunked_cut_short": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n",
+    "until_close": b"HTTP/1.1 200 OK\r\n\r\nok",
+    "http_1_0_until_close": b"HTTP/1.0 200 OK\r\n\r\nok",
+    "nothing": b"",
+}
 
 
 def record(entry):
@@ -106,6 +158,13 @@ def serve(sock, conn_id):
             record(entry)
             if target.startswith("/__close"):
                 return
+            if target.startswith("/__raw/"):
+                name = target[len("/__raw/"):]
+                if name in RAW_THEN_CLOSE:
+                    sock.sendall(RAW_THEN_CLOSE[name])
+                    return
+                sock.sendall(RAW[name])
+                continue
             if target == "/__hang":
                 while True:
                     r.more()

@@ -38,3 +38,14 @@ pub fn recording_upstream(log: Option<&std::path::Path>) -> (crate::Proc, u16) {
     let port = line.parse().unwrap_or_else(|_| panic!("the recording upstream printed {line:?}, not its port"));
     (child, port)
 }
+
+/// The names of the canned answers the recording upstream gives at
+/// `/__raw/NAME`: each a way an upstream can frame, or misframe, a
+/// response.
+pub fn recording_upstream_answers() -> Vec<String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/recording_upstream.py");
+    let text = std::fs::read_to_string(&script).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix('"')?.split_once("\": b\"").map(|(name, _)| name.to_string()))
+        .collect()
+}

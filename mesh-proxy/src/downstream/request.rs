@@ -59,10 +59,15 @@ fn parse_into<const N: usize>(buf: &mut BytesMut, limits: &DownstreamLimits) -> 
     if used > max_head {
         return Err(ServeError::TooLarge("request headers over the size limit"));
     }
-    let method = request.method.map(|m| Method::from_bytes(m.as_bytes()));
+    let method = request.method.filter(|m| is_known_method(m)).map(|m| Method::from_bytes(m.as_bytes()));
     let Some(Ok(method)) = method else { return Err(ServeError::Malformed("method")) };
     let version = if request.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let path = request.path.unwrap_or("");
+    // RFC 9112 3.2: no fragment, and nothing but visible ASCII (httparse
+    // lets other bytes through; Envoy refuses them).
+    if path.bytes().any(|b| b == b'#' || !b.is_ascii_graphic()) {
+        return Err(ServeError::Malformed("request target"));
+    }
     let path_start = (path.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
     let path_len = path.len();
     let mut raw = RawHeaders::default();
@@ -163,4 +168,46 @@ impl hyper::body::Body for StreamedBody {
     fn size_hint(&self) -> SizeHint {
         self.left.map_or_else(SizeHint::default, SizeHint::with_exact)
     }
+}
+
+/// The methods Envoy's HTTP/1.1 codec knows (its `allow_custom_methods`
+/// is off by default): RFC 9110's, WebDAV's and a few more, upper case.
+fn is_known_method(method: &str) -> bool {
+    matches!(
+        method,
+        "GET"
+            | "HEAD"
+            | "POST"
+            | "PUT"
+            | "DELETE"
+            | "CONNECT"
+            | "OPTIONS"
+            | "TRACE"
+            | "PATCH"
+            | "COPY"
+            | "LOCK"
+            | "MKCOL"
+            | "MOVE"
+            | "PROPFIND"
+            | "PROPPATCH"
+            | "SEARCH"
+            | "UNLOCK"
+            | "BIND"
+            | "REBIND"
+            | "UNBIND"
+            | "ACL"
+            | "REPORT"
+            | "MKACTIVITY"
+            | "CHECKOUT"
+            | "MERGE"
+            | "M-SEARCH"
+            | "NOTIFY"
+            | "SUBSCRIBE"
+            | "UNSUBSCRIBE"
+            | "PURGE"
+            | "MKCALENDAR"
+            | "LINK"
+            | "UNLINK"
+            | "SOURCE"
+    )
 }

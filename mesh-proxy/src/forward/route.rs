@@ -34,6 +34,11 @@ impl<'a> Exchange<'a> {
     pub(super) fn route(&mut self) -> Result<(), Answer> {
         let live = self.live;
         let ingress = self.ingress;
+        // Istio configures no CONNECT routes, and `*` (`OPTIONS *`) is no
+        // path a route matches: Envoy answers both 404.
+        if self.head.method == http::Method::CONNECT || self.head.uri.path() == "*" {
+            return Err(self.reply(Flag::NoRoute, StatusCode::NOT_FOUND, ""));
+        }
         let by_authority = ingress.route_by_authority_port.then(|| {
             let authority = RequestView::from_parts(&self.head, ingress.port).authority;
             authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(80).to_string()
