@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::{Fuse, FusedFuture};
@@ -82,8 +82,8 @@ impl<IO: Io> Conn<IO> {
                     let started = Instant::now();
                     self.head_started = Some(started);
                     let due = started + self.settings.header_timeout;
-                    if due < timer.deadline().into_std() {
-                        timer.as_mut().reset(due.into());
+                    if due < timer.deadline() {
+                        timer.as_mut().reset(due);
                     }
                 }
             }
@@ -117,7 +117,7 @@ impl<IO: Io> Conn<IO> {
                         self.out = BytesMut::new();
                     }
                     let next = if self.buf.capacity() > 0 { due.min(now + self.settings.header_timeout) } else { due };
-                    timer.as_mut().reset(next.into());
+                    timer.as_mut().reset(next);
                 }
                 () = &mut drained, if self.buf.is_empty() && !drained.is_terminated() => return Ok(Head::Closed),
             }
@@ -155,7 +155,7 @@ impl<IO: Io> Conn<IO> {
             (a, b) => a.or(b),
         };
         let Some(due) = due else { return self.fill().await };
-        match tokio::time::timeout_at(due.into(), self.fill()).await {
+        match tokio::time::timeout_at(due, self.fill()).await {
             Ok(read) => read,
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "request body timed out")),
         }

@@ -26,7 +26,7 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::future::FusedFuture;
@@ -35,6 +35,9 @@ use http::{Request, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
+// Tokio's clock, not the system's: deadlines and the timers that guard
+// them read one clock (a paused one too, in tests).
+use tokio::time::Instant;
 
 use crate::answer::Answer;
 use crate::body::{self, Body, BoxError};
@@ -135,7 +138,7 @@ where
         request_started: now,
         first: true,
     };
-    let mut timer = pin!(tokio::time::sleep_until((now + settings.header_timeout).into()));
+    let mut timer = pin!(tokio::time::sleep_until(now + settings.header_timeout));
     // One wait on the drain signal for the connection's life, not one
     // registered and dropped per request.
     let mut drained = pin!(drained(drain).fuse());
