@@ -137,6 +137,15 @@ fn client_body_failures_are_400_and_never_eject_healthy_upstreams() {
     assert_eq!(versions(&g, 20, "/", &[]), [("v1".to_string(), 20)].into(), "both hosts still serve");
     let clusters = g.admin_get("/clusters").unwrap().body;
     assert!(!clusters.contains("\"ejected\": true"), "{clusters}");
+    // Nor are they the upstream's in its stats or its circuit breaker.
+    let stats = g.admin_get("/stats").unwrap().body;
+    let counted = ["upstream_rq_rx_reset", "upstream_rq_pending_overflow", "upstream_rq_active", "ejections_active"];
+    let lines: Vec<&str> = stats
+        .lines()
+        .filter(|l| l.starts_with("cluster.outbound|9080||pool.") && counted.iter().any(|c| l.contains(c)))
+        .collect();
+    assert_eq!(lines.len(), counted.len(), "{stats}");
+    assert!(lines.iter().all(|l| l.ends_with(": 0")), "{lines:?}");
 }
 
 /// A listener's accept queue is as long as the kernel allows, as Envoy's
