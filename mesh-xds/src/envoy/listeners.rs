@@ -125,6 +125,9 @@ fn http_connection_manager(stat_prefix: &str, route_config: &str, gateway: bool,
         })),
         http_filters,
         use_remote_address: gateway.then(|| boolean(true)).flatten(),
+        // Istio's default pathNormalization (BASE): paths normalized
+        // before routing (and authorization), as mesh-proxy does.
+        normalize_path: envoy.then(|| boolean(true)).flatten(),
         ..Default::default()
     }
 }
