@@ -569,22 +569,7 @@ fn tls_termination_with_certificates_from_files_and_alpn() {
     let (_b, p) = backend("v1", 0);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cert = rcgen::generate_simple_self_signed(vec!["bookinfo.example.com".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
-    let mesh = std::fs::read_to_string(dir.path().join("mesh.yaml")).unwrap().replace(
-        "name: http, protocol: HTTP}\n    hosts: [\"*\"]",
-        &format!("name: https, protocol: HTTPS}}\n    hosts: [\"bookinfo.example.com\"]\n    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}", cert_path.display(), key_path.display()),
-    );
-    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
-    std::fs::write(
-        dir.path().join("routes.yaml"),
-        common::routes("web", "  - route:\n    - destination: {host: web}\n")
-            .replace("hosts: [\"*\"]", "hosts: [bookinfo.example.com]"),
-    )
-    .unwrap();
+    let cert = common::write_tls_mesh(dir.path(), port, "bookinfo.example.com", p);
     let _g = Gateway::start(dir.path(), port);
 
     let mut roots = rustls::RootCertStore::empty();

@@ -203,18 +203,7 @@ fn tls_listeners_close_garbage_and_silent_clients_and_count_them() {
     let (_b, backend) = common::backend("v1", 0);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cert = rcgen::generate_simple_self_signed(vec!["probe.example.com".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", backend)] }], "");
-    let mesh = std::fs::read_to_string(dir.path().join("mesh.yaml")).unwrap().replace(
-        "name: http, protocol: HTTP}\n    hosts: [\"*\"]",
-        &format!("name: https, protocol: HTTPS}}\n    hosts: [\"*\"]\n    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}", cert_path.display(), key_path.display()),
-    );
-    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
-    std::fs::write(dir.path().join("routes.yaml"), routes("web", "  - route:\n    - destination: {host: web}\n"))
-        .unwrap();
+    let cert = common::write_tls_mesh(dir.path(), port, "probe.example.com", backend);
     let g = Gateway::launch(
         &["--config", &dir.path().to_string_lossy()],
         port,

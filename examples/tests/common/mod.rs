@@ -119,6 +119,26 @@ pub fn write_mesh(dir: &Path, gateway_port: u16, services: &[Service<'_>], desti
     std::fs::write(dir.join("mesh.yaml"), y).expect("write mesh.yaml");
 }
 
+/// The mesh of [`write_mesh`] with `web` on `backend`, served over TLS as
+/// `host` on `port` (a self-signed certificate from files, as a Gateway's
+/// `SIMPLE` mode reads them), routed to `web`; the certificate.
+pub fn write_tls_mesh(dir: &Path, port: u16, host: &str, backend: u16) -> rcgen::CertifiedKey<rcgen::KeyPair> {
+    let cert = rcgen::generate_simple_self_signed(vec![host.to_string()]).expect("a self-signed certificate");
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write tls.crt");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write tls.key");
+    write_mesh(dir, port, &[Service { name: "web", backends: &[("v1", backend)] }], "");
+    let mesh = std::fs::read_to_string(dir.join("mesh.yaml")).expect("read mesh.yaml").replace(
+        "name: http, protocol: HTTP}\n    hosts: [\"*\"]",
+        &format!("name: https, protocol: HTTPS}}\n    hosts: [\"{host}\"]\n    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}", cert_path.display(), key_path.display()),
+    );
+    std::fs::write(dir.join("mesh.yaml"), mesh).expect("write mesh.yaml");
+    let routes = routes("web", "  - route:\n    - destination: {host: web}\n")
+        .replace("hosts: [\"*\"]", &format!("hosts: [{host}]"));
+    std::fs::write(dir.join("routes.yaml"), routes).expect("write routes.yaml");
+    cert
+}
+
 /// A VirtualService for `host` bound to the test gateway, with `http` as
 /// its routes (YAML, indented two spaces).
 pub fn routes(host: &str, http: &str) -> String {
