@@ -22,6 +22,8 @@
 //! | [`fault`] | fault injection decisions |
 //! | [`rate_limit`] | the local rate limit token bucket |
 //! | [`path`] | request path normalization before routing and authorization (Istio's `pathNormalization`) |
+//! | [`identity`] | SPIFFE IDs and the trust domains a proxy accepts |
+//! | [`peer_authentication`] | PeerAuthentication merged for a workload (mesh, namespace, workload, port) |
 //! | [`authz`] | AuthorizationPolicy evaluation |
 //! | [`filter`] | [`Filter`]: user code in the request path |
 //!
@@ -140,11 +142,13 @@ pub mod authz;
 pub mod config;
 pub mod fault;
 pub mod filter;
+pub mod identity;
 pub mod keyed;
 pub mod lb;
 pub mod mesh;
 pub mod model;
 pub mod path;
+pub mod peer_authentication;
 pub mod proxy_config;
 pub mod rate_limit;
 pub mod registry;

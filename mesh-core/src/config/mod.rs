@@ -118,6 +118,10 @@ pub struct ObjectMeta {
     pub resource_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// RFC 3339, as Kubernetes writes it: where Istio lets the oldest of
+    /// several policies win.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
 }
 
 /// Which resource: kind, namespace and name.
