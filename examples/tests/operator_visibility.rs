@@ -35,12 +35,7 @@ fn a_gateway_whose_port_is_taken_exits_1_naming_the_address_unless_degraded_is_a
         .unwrap();
 
     let (mut gateway, _) = launch(dir.path(), &[]);
-    let mut exit = None;
-    mesh_testkit::wait_until(Duration::from_secs(20), || {
-        exit = gateway.0.try_wait().ok().flatten();
-        exit.is_some()
-    });
-    let status = exit.expect("the gateway exits");
+    let status = gateway.wait_exit(Duration::from_secs(20));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut gateway.0.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");

@@ -7,6 +7,18 @@ use std::process::{Child, Command, Stdio};
 /// A child process, killed and reaped when dropped.
 pub struct Proc(pub Child);
 
+impl Proc {
+    /// Wait up to `limit` for the process to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        crate::wait_until(limit, || {
+            status = self.0.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status.unwrap_or_else(|| panic!("the process did not exit within {limit:?}"))
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();

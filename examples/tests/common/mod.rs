@@ -224,12 +224,7 @@ impl Gateway {
 
     /// Wait up to `limit` for the gateway process to exit; its exit status.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let mut status = None;
-        wait_until(limit, || {
-            status = self.proc.0.try_wait().expect("poll the gateway process");
-            status.is_some()
-        });
-        status.unwrap_or_else(|| panic!("the gateway did not exit within {limit:?}"))
+        self.proc.wait_exit(limit)
     }
 }
 
