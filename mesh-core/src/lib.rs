@@ -23,6 +23,7 @@
 //! | [`rate_limit`] | the local rate limit token bucket |
 //! | [`path`] | request path normalization before routing and authorization (Istio's `pathNormalization`) |
 //! | [`identity`] | SPIFFE IDs and the trust domains a proxy accepts |
+//! | `certificate` | what an X.509 certificate says: SPIFFE IDs, serial, validity (feature `x509`) |
 //! | [`peer_authentication`] | PeerAuthentication merged for a workload (mesh, namespace, workload, port) |
 //! | [`authz`] | AuthorizationPolicy evaluation |
 //! | [`filter`] | [`Filter`]: user code in the request path |
@@ -139,6 +140,8 @@
 
 pub mod analyze;
 pub mod authz;
+#[cfg(feature = "x509")]
+pub mod certificate;
 pub mod config;
 pub mod fault;
 pub mod filter;

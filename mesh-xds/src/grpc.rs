@@ -27,8 +27,11 @@ pub struct GrpcStatus {
 
 impl GrpcStatus {
     pub const INVALID_ARGUMENT: u32 = 3;
-    pub const INTERNAL: u32 = 13;
+    pub const PERMISSION_DENIED: u32 = 7;
     pub const UNIMPLEMENTED: u32 = 12;
+    pub const INTERNAL: u32 = 13;
+    pub const UNAVAILABLE: u32 = 14;
+    pub const UNAUTHENTICATED: u32 = 16;
 
     pub fn new(code: u32, message: impl Into<String>) -> GrpcStatus {
         GrpcStatus { code, message: message.into() }
@@ -138,6 +141,18 @@ pub fn streaming_response(rx: mpsc::Receiver<Outgoing>) -> Response<GrpcBody> {
         Some((Ok(Frame::data(data)), st))
     });
     let mut response = Response::new(StreamBody::new(frames.boxed()));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// The answer of a unary call: one message, then status OK.
+pub fn unary_response(message: Vec<u8>) -> Response<GrpcBody> {
+    let mut data = BytesMut::with_capacity(5 + message.len());
+    data.put(frame_header(message.len()));
+    data.put_slice(&message);
+    let frames = [Frame::data(data.freeze()), Frame::trailers(trailers(&GrpcStatus::new(0, "")))];
+    let body = futures_util::stream::iter(frames.into_iter().map(Ok)).boxed();
+    let mut response = Response::new(StreamBody::new(body));
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     response
 }

@@ -29,11 +29,13 @@
 //! | [`client`] | an ADS client that feeds mesh-proxy: subscribe, ACK/NACK, warm, reconnect with backoff |
 //! | [`status`] | what each node was sent, ACKed and NACKed (`syncz`) |
 //! | [`debug`] | JSON views for debug endpoints: `syncz`, a node's config dump |
+//! | [`ca`] | the certificate authority, its CSR API (`IstioCertificateService`) and the workload's CSR client |
 //!
 //! Not translated yet: AuthorizationPolicy (Envoy RBAC), local rate limits
 //! from EnvoyFilters, locality failover priorities, SDS (TLS certificates
 //! are referenced as files), so neither direction carries them.
 
+pub mod ca;
 pub mod cache;
 pub mod client;
 pub mod debug;
