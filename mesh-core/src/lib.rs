@@ -24,6 +24,8 @@
 //! | [`path`] | request path normalization before routing and authorization (Istio's `pathNormalization`) |
 //! | [`identity`] | SPIFFE IDs and the trust domains a proxy accepts |
 //! | `certificate` | what an X.509 certificate says: SPIFFE IDs, serial, validity (feature `x509`) |
+//! | [`mesh_config`] | Istio's MeshConfig settings translation reads: trust domain, auto mTLS, root namespace |
+//! | [`mtls`] | which connections carry Istio mTLS: DestinationRule TLS, auto mTLS, PeerAuthentication as inbound chains |
 //! | [`peer_authentication`] | PeerAuthentication merged for a workload (mesh, namespace, workload, port) |
 //! | [`authz`] | AuthorizationPolicy evaluation |
 //! | [`filter`] | [`Filter`]: user code in the request path |
@@ -149,7 +151,9 @@ pub mod identity;
 pub mod keyed;
 pub mod lb;
 pub mod mesh;
+pub mod mesh_config;
 pub mod model;
+pub mod mtls;
 pub mod path;
 pub mod peer_authentication;
 pub mod proxy_config;

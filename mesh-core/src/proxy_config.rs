@@ -458,6 +458,13 @@ pub struct UpstreamTls {
     pub sni: Option<String>,
     pub subject_alt_names: Vec<String>,
     pub insecure_skip_verify: bool,
+    /// ALPN offered (Istio's in-mesh protocols for `ISTIO_MUTUAL`).
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// Auto mTLS: only endpoints that are [`LbEndpoint::mtls_ready`] get
+    /// this TLS; the others plaintext.
+    #[serde(default)]
+    pub auto: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -481,6 +488,10 @@ pub struct LbEndpoint {
     pub weight: u32,
     pub locality: Locality,
     pub health: Health,
+    /// The endpoint has a sidecar (`security.istio.io/tlsMode: istio`):
+    /// auto mTLS sends it mTLS.
+    #[serde(default)]
+    pub mtls_ready: bool,
 }
 
 /// Metadata shown in config dumps about what the config was built for.

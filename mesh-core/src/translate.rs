@@ -15,11 +15,13 @@ use crate::config::networking::{self as istio, DestinationRule, Gateway, Traffic
 use crate::config::security::AuthorizationPolicy;
 use crate::config::{Kind, Resource, Spec};
 use crate::mesh::MeshSnapshot;
+use crate::mesh_config::MeshConfig;
 use crate::model::{labels_match, Labels, Protocol, Resolution, Service, ServicePort, ServiceState};
 use crate::proxy_config::*;
 use crate::registry::RegistrySnapshot;
 use crate::resilience::retry::RetryOn;
 use crate::store::{of_kind, ConfigSnapshot};
+use crate::{mtls, peer_authentication};
 
 /// The DNS suffix of Kubernetes service names.
 pub const DOMAIN_SUFFIX: &str = "cluster.local";
@@ -90,9 +92,19 @@ pub fn cluster_name(direction: &str, port: u16, subset: Option<&str>, host: &str
     format!("{direction}|{port}|{}|{host}", subset.unwrap_or(""))
 }
 
-/// Build the config of one proxy.
+/// Build the config of one proxy, with Istio's default mesh settings.
 pub fn translate(mesh: &MeshSnapshot, proxy: &ProxyIdentity) -> ProxyConfig {
-    let t = Translator::new(mesh, proxy);
+    translate_with(mesh, proxy, default_mesh_config())
+}
+
+fn default_mesh_config() -> &'static MeshConfig {
+    static DEFAULT: std::sync::OnceLock<MeshConfig> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(MeshConfig::default)
+}
+
+/// Build the config of one proxy under the mesh settings `mesh_config`.
+pub fn translate_with(mesh: &MeshSnapshot, proxy: &ProxyIdentity, mesh_config: &MeshConfig) -> ProxyConfig {
+    let t = Translator::new(mesh, proxy, mesh_config);
     let (clusters, endpoints) = t.clusters();
     let mut cfg = ProxyConfig {
         version: String::new(),
@@ -118,7 +130,7 @@ pub fn load_assignments(
     proxy: &ProxyIdentity,
     hostnames: &BTreeSet<String>,
 ) -> Vec<ClusterLoadAssignment> {
-    Translator::new(mesh, proxy).outbound_clusters(|h| hostnames.contains(h)).1
+    Translator::new(mesh, proxy, default_mesh_config()).outbound_clusters(|h| hostnames.contains(h)).1
 }
 
 /// A digest of a config's content (its version left out).
@@ -152,6 +164,8 @@ fn digest(cfg: &ProxyConfig) -> String {
 
 struct Translator<'a> {
     proxy: &'a ProxyIdentity,
+    mesh_config: &'a MeshConfig,
+    peer_authentications: Vec<&'a Resource>,
     config: &'a ConfigSnapshot,
     /// Services this proxy may reach (after the Sidecar resource's egress).
     services: Vec<&'a ServiceState>,
@@ -193,7 +207,7 @@ impl<T: Copy> HostIndex<T> {
 }
 
 impl<'a> Translator<'a> {
-    fn new(mesh: &'a MeshSnapshot, proxy: &'a ProxyIdentity) -> Self {
+    fn new(mesh: &'a MeshSnapshot, proxy: &'a ProxyIdentity, mesh_config: &'a MeshConfig) -> Self {
         let config = &*mesh.config;
         let egress = sidecar_egress_hosts(config, proxy);
         let services = mesh
@@ -227,6 +241,8 @@ impl<'a> Translator<'a> {
         }
         Translator {
             proxy,
+            mesh_config,
+            peer_authentications: of_kind(config, Kind::PeerAuthentication).map(|r| &**r).collect(),
             config,
             services,
             all_services: &mesh.services,
@@ -284,7 +300,8 @@ impl<'a> Translator<'a> {
                 for (subset, labels, subset_policy) in variants {
                     let policy = effective_policy(base_policy, subset_policy.filter(|_| subset.is_some()), port.port);
                     let name = cluster_name("outbound", port.port, subset, &svc.hostname);
-                    clusters.push(build_cluster(&name, svc, port, subset, &policy));
+                    let tls = self.upstream_tls(state, port, subset, policy.tls.as_ref());
+                    clusters.push(build_cluster(&name, svc, port, subset, &policy, tls));
                     if svc.resolution != Resolution::Passthrough {
                         let endpoints = state
                             .endpoints
@@ -296,6 +313,7 @@ impl<'a> Translator<'a> {
                                 weight: e.weight.max(1),
                                 locality: e.locality.clone(),
                                 health: e.health,
+                                mtls_ready: mtls::endpoint_mtls_ready(e),
                             })
                             .collect();
                         assignments.push(ClusterLoadAssignment { cluster_name: name, endpoints });
@@ -304,6 +322,33 @@ impl<'a> Translator<'a> {
             }
         }
         (clusters, assignments)
+    }
+
+    /// A cluster's TLS: the DestinationRule's, or auto mTLS.
+    fn upstream_tls(
+        &self,
+        state: &ServiceState,
+        port: &ServicePort,
+        subset: Option<&str>,
+        rule: Option<&istio::ClientTlsSettings>,
+    ) -> Option<UpstreamTls> {
+        let svc = &state.service;
+        let root = &self.mesh_config.root_namespace;
+        let destination = mtls::Destination {
+            service: svc,
+            port: port.port,
+            subset,
+            http2: matches!(port.protocol, Protocol::Http2 | Protocol::Grpc),
+            identities: mtls::service_identities(&self.mesh_config.trust_domain, &svc.namespace, &state.endpoints),
+            namespace_mode: peer_authentication::effective(
+                root,
+                &svc.namespace,
+                &Labels::new(),
+                &self.peer_authentications,
+            )
+            .mode,
+        };
+        mtls::upstream_tls(rule, &destination, self.mesh_config)
     }
 
     fn clusters(&self) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
@@ -339,6 +384,7 @@ impl<'a> Translator<'a> {
                         weight: 1,
                         locality: Default::default(),
                         health: Default::default(),
+                        mtls_ready: false,
                     }],
                 });
             }
@@ -456,7 +502,14 @@ impl<'a> Translator<'a> {
         }
         cfg.listeners.extend(tcp_listeners.into_values());
 
-        // Inbound: everything arriving on 15006 goes to the local app.
+        // Inbound: everything arriving on 15006 goes to the local app, as
+        // the workload's PeerAuthentication says (mTLS, plaintext or both).
+        let peer_authentication = peer_authentication::effective(
+            &self.mesh_config.root_namespace,
+            &self.proxy.namespace,
+            &self.proxy.labels,
+            &self.peer_authentications,
+        );
         let mut chains = Vec::new();
         for (port, _svc) in self.inbound_ports() {
             let cluster = cluster_name("inbound", port.port, None, "");
@@ -476,12 +529,15 @@ impl<'a> Translator<'a> {
                     clusters: vec![WeightedCluster { cluster, weight: 100, headers: HeaderOps::default() }],
                 }
             };
-            chains.push(FilterChain {
-                server_names: vec![],
-                destination_port: Some(port.target_port.unwrap_or(port.port)),
-                tls: None,
-                action,
-            });
+            let target = port.target_port.unwrap_or(port.port);
+            for tls in mtls::inbound_chains(peer_authentication.mode_for_port(target)) {
+                chains.push(FilterChain {
+                    server_names: vec![],
+                    destination_port: Some(target),
+                    tls,
+                    action: action.clone(),
+                });
+            }
         }
         cfg.listeners.push(Listener {
             name: "virtualInbound".into(),
@@ -1239,6 +1295,7 @@ fn build_cluster(
     port: &ServicePort,
     subset: Option<&str>,
     policy: &TrafficPolicy,
+    tls: Option<UpstreamTls>,
 ) -> Cluster {
     let parse = |t: &Option<String>| t.as_deref().and_then(|t| duration::parse(t).ok());
     let positive = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0);
@@ -1303,15 +1360,7 @@ fn build_cluster(
         max_requests_per_connection: positive(http.and_then(|h| h.max_requests_per_connection)),
         idle_timeout: parse(&http.and_then(|h| h.idle_timeout.clone())),
         outlier_detection: outlier,
-        tls: policy.tls.as_ref().filter(|t| t.mode.as_deref() != Some("DISABLE")).map(|t| UpstreamTls {
-            mode: t.mode.clone().unwrap_or_else(|| "SIMPLE".into()),
-            ca_certificates: t.ca_certificates.clone(),
-            client_certificate: t.client_certificate.clone(),
-            private_key: t.private_key.clone(),
-            sni: t.sni.clone(),
-            subject_alt_names: t.subject_alt_names.clone(),
-            insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
-        }),
+        tls,
         retry_budget: policy.retry_budget.as_ref().map(|b| RetryBudgetConfig {
             percent: b.percent.unwrap_or(20.0),
             min_retry_concurrency: b.min_retry_concurrency.unwrap_or(3),

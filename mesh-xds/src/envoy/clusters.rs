@@ -161,10 +161,13 @@ fn protocol_options(c: &Cluster) -> HashMap<String, envoy_types::pb::google::pro
     HashMap::from([("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(), any(&options))])
 }
 
-/// DestinationRule `tls`: SIMPLE and MUTUAL from files (ISTIO_MUTUAL needs
-/// the mesh's certificates, which do not exist yet).
+/// DestinationRule `tls`: SIMPLE and MUTUAL from files. Envoy gets no
+/// workload certificate yet (SDS is not served): auto mTLS is left out, so
+/// Envoy speaks plaintext where it would have chosen mTLS only by label,
+/// and an explicit ISTIO_MUTUAL becomes TLS without a client certificate,
+/// which a STRICT peer refuses: never plaintext where mTLS was asked for.
 fn upstream_tls(tls: &UpstreamTls) -> Option<TransportSocket> {
-    if tls.mode == "DISABLE" {
+    if tls.mode == "DISABLE" || tls.auto {
         return None;
     }
     let validation = (!tls.insecure_skip_verify).then(|| CertificateValidationContext {

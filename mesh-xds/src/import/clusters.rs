@@ -208,5 +208,7 @@ fn upstream_tls(c: &EnvoyCluster) -> Result<Option<UpstreamTls>, ImportError> {
             })
             .unwrap_or_default(),
         insecure_skip_verify: validation.is_none(),
+        alpn: common.alpn_protocols.clone(),
+        auto: false,
     }))
 }

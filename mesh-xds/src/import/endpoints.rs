@@ -37,6 +37,7 @@ pub fn load_assignment(la: &EnvoyLoadAssignment) -> Result<ClusterLoadAssignment
                     HealthStatus::Draining => Health::Draining,
                     _ => Health::Healthy,
                 },
+                mtls_ready: false,
             });
         }
     }

@@ -32,14 +32,23 @@ fn round_trip(cfg: &ProxyConfig, kind: ProxyKind) -> ProxyConfig {
 }
 
 /// What xDS does not carry (yet): policies mesh-proxy enforces itself,
-/// gRPC-ness of a port
-/// (HTTP/2 on the wire either way), and the config's order.
+/// Istio mTLS (auto mTLS and ISTIO_MUTUAL chains wait for SDS), gRPC-ness
+/// of a port (HTTP/2 on the wire either way), and the config's order.
 fn comparable(mut cfg: ProxyConfig) -> ProxyConfig {
     cfg.version.clear();
     cfg.authorization.clear();
     cfg.local_rate_limits.clear();
     cfg.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    for c in &mut cfg.clusters {
+        c.tls = c.tls.take().filter(|t| !t.auto);
+    }
+    for la in &mut cfg.endpoints {
+        for e in &mut la.endpoints {
+            e.mtls_ready = false;
+        }
+    }
     for l in &mut cfg.listeners {
+        l.filter_chains.retain(|c| c.tls.as_ref().is_none_or(|t| t.mode != "ISTIO_MUTUAL"));
         for c in &mut l.filter_chains {
             if let ChainAction::Http { protocol, .. } = &mut c.action {
                 *protocol = Protocol::Http;

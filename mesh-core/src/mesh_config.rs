@@ -1,0 +1,64 @@
+//! The mesh-wide settings of Istio's MeshConfig (the `mesh` key of the
+//! `istio` ConfigMap, or `meshConfig` of an IstioOperator) that decide
+//! translation: the trust domain and its aliases, auto mTLS, and the root
+//! namespace. Fields of MeshConfig not listed here are accepted and left
+//! alone, so users paste their file as it is.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{TrustDomains, DEFAULT_TRUST_DOMAIN};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MeshConfig {
+    pub trust_domain: String,
+    pub trust_domain_aliases: Vec<String>,
+    /// mTLS to endpoints that have a sidecar (`security.istio.io/tlsMode:
+    /// istio`) when no DestinationRule sets TLS.
+    pub enable_auto_mtls: bool,
+    /// Where mesh-wide policies live.
+    pub root_namespace: String,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+            trust_domain_aliases: Vec::new(),
+            enable_auto_mtls: true,
+            root_namespace: crate::translate::ROOT_NAMESPACE.into(),
+        }
+    }
+}
+
+impl MeshConfig {
+    /// Reads MeshConfig YAML; `path` names the file in errors.
+    pub fn from_yaml(path: &str, yaml: &str) -> Result<MeshConfig, String> {
+        if yaml.trim().is_empty() {
+            return Ok(MeshConfig::default());
+        }
+        serde_saphyr::from_str(yaml).map_err(|e| format!("{path}: MeshConfig: {e}"))
+    }
+
+    pub fn trust_domains(&self) -> TrustDomains {
+        TrustDomains { own: self.trust_domain.clone(), aliases: self.trust_domain_aliases.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istio_defaults_and_the_fields_it_reads() {
+        assert_eq!(MeshConfig::from_yaml("mesh.yaml", "").unwrap(), MeshConfig::default());
+        let yaml = "trustDomain: corp.example\ntrustDomainAliases: [old.example]\nenableAutoMtls: false\naccessLogFile: /dev/stdout\n";
+        let config = MeshConfig::from_yaml("mesh.yaml", yaml).unwrap();
+        assert_eq!(config.trust_domain, "corp.example");
+        assert!(!config.enable_auto_mtls);
+        assert_eq!(config.root_namespace, "istio-system");
+        assert_eq!(config.trust_domains().aliases, vec!["old.example".to_string()]);
+        let err = MeshConfig::from_yaml("mesh.yaml", "enableAutoMtls: maybe").unwrap_err();
+        assert!(err.starts_with("mesh.yaml: MeshConfig:"), "{err}");
+    }
+}
