@@ -54,7 +54,7 @@ fn upstream_client(c: &mut Criterion) {
     headers.insert(http::header::HOST, HeaderValue::from_static("backend"));
     headers.insert(http::header::USER_AGENT, HeaderValue::from_static("bench"));
 
-    let ours = Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)).host(addr);
+    let ours = Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60), None).host(addr);
     c.bench_function("upstream_client/mesh_proxy_http1", |b| {
         b.iter(|| {
             rt.block_on(async {

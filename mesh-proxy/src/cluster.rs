@@ -47,7 +47,9 @@ impl ClusterState {
         let addresses: Vec<SocketAddr> = usable.iter().map(|(e, ip)| SocketAddr::new(*ip, e.port)).collect();
         let hosts: Vec<Host> = usable.iter().map(|(e, _)| Host::from_endpoint(e)).collect();
         let balancer = lb::build(&config.lb, &hosts);
-        let connections = upstreams.connections_for(config, &addresses);
+        let endpoints: Vec<(SocketAddr, bool)> =
+            usable.iter().zip(&addresses).map(|((e, _), addr)| (*addr, e.mtls_ready)).collect();
+        let connections = upstreams.connections_for(config, &endpoints);
         ClusterState {
             breaker: CircuitBreaker::new(config.circuit_breakers, config.retry_budget.clone()),
             outlier: config.outlier_detection.clone().map(|od| OutlierDetector::new(od, hosts.len())),

@@ -18,7 +18,9 @@
 //! | [`live`] | the compiled config in force, swapped whole |
 //! | [`cluster`] | a cluster's endpoints, balancer, breaker and detector |
 //! | [`listener`] | listeners, added and drained as config changes |
-//! | [`upstream`] | pooled upstream connections (HTTP/1.1 and h2c) |
+//! | [`inbound_mtls`] | a sidecar port's PeerAuthentication: mTLS required, sniffed, or off |
+//! | [`upstream`] | pooled upstream connections (HTTP/1.1 and HTTP/2) |
+//! | [`upstream_tls`] | TLS to upstreams: ISTIO_MUTUAL, SIMPLE and MUTUAL origination |
 //! | [`downstream`] | the HTTP/1.1 server side of a downstream connection, run in its task |
 //! | [`http1`] | the HTTP/1.1 upstream client, run in the request's task |
 //! | [`admin`] | `/config_dump`, `/clusters`, `/stats`, `/ready`, `/drain`, Prometheus |
@@ -27,6 +29,7 @@
 //! | [`status`] | listeners down and config rejected, for `/ready`, `/stats`, Prometheus |
 //! | [`access_log`] | the JSON access log, buffered |
 //! | [`tls`] | TLS termination by SNI for gateway listeners |
+//! | [`mtls`] | Istio mTLS: the workload identity, peer verification (SPIFFE), file-mounted certificates |
 //! | [`body`] | body types and the replay buffer |
 //! | `wire` | HTTP/1.1 message syntax both directions share: heads, framing, body decoding |
 //! | `ascii` | addresses, numbers and JSON strings written without `core::fmt` |
@@ -75,14 +78,17 @@ pub mod cluster;
 pub mod downstream;
 pub mod forward;
 pub mod http1;
+pub mod inbound_mtls;
 pub mod limits;
 pub mod listener;
 pub mod live;
 pub mod metrics;
+pub mod mtls;
 pub mod response_flags;
 pub mod status;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_tls;
 
 mod ascii;
 mod config_loop;
@@ -96,8 +102,9 @@ use arc_swap::ArcSwap;
 use futures_util::stream::{BoxStream, StreamExt};
 use mesh_core::filter::{Filter, FilterChain};
 use mesh_core::mesh::{self, Debounce};
+use mesh_core::mesh_config::MeshConfig;
 use mesh_core::path::PathNormalization;
-use mesh_core::translate::{translate, ProxyIdentity, ProxyKind};
+use mesh_core::translate::{translate_with, ProxyIdentity, ProxyKind};
 use mesh_core::{ConfigStore, ProxyConfig, ServiceRegistry};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
@@ -107,6 +114,7 @@ use crate::limits::DownstreamLimits;
 use crate::listener::Listeners;
 use crate::live::{LiveConfig, SharedConfig};
 use crate::metrics::Metrics;
+use crate::mtls::WorkloadIdentity;
 use crate::status::ProxyStatus;
 
 /// Where the proxy's config comes from.
@@ -150,6 +158,8 @@ pub struct ProxyBuilder {
     path_normalization: PathNormalization,
     allow_degraded: bool,
     after_config: Option<AfterConfig>,
+    identity: Option<WorkloadIdentity>,
+    mesh_config: MeshConfig,
 }
 
 /// Called after each config is applied, on the thread that applied it.
@@ -170,7 +180,25 @@ impl ProxyBuilder {
             path_normalization: PathNormalization::default(),
             allow_degraded: false,
             after_config: None,
+            identity: None,
+            mesh_config: MeshConfig::default(),
         }
+    }
+
+    /// The workload's certificate, for Istio mTLS in and out
+    /// ([`mtls::WorkloadIdentity`]: from a CA client, SDS or files).
+    /// Without one, STRICT ports and ISTIO_MUTUAL clusters refuse
+    /// connections and auto mTLS speaks plaintext.
+    pub fn workload_identity(mut self, identity: WorkloadIdentity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Mesh-wide settings for translating a [`ConfigSource::Mesh`] (trust
+    /// domain, auto mTLS, root namespace).
+    pub fn mesh_config(mut self, mesh_config: MeshConfig) -> Self {
+        self.mesh_config = mesh_config;
+        self
     }
 
     /// Run `hook` after each config is applied: where a binary can have
@@ -267,7 +295,7 @@ impl ProxyBuilder {
         let metrics = Arc::new(metrics);
         let forwarder = Arc::new(Forwarder {
             live: Arc::clone(&live),
-            upstreams: upstream::Upstreams::default(),
+            upstreams: upstream::Upstreams::new(self.identity.clone()),
             filters: FilterChain::new(self.filters),
             metrics: Arc::clone(&metrics),
             stats: Arc::default(),
@@ -303,15 +331,21 @@ impl ProxyBuilder {
                 self.drain_timeout,
             ));
         }
-        let listeners =
-            Arc::new(Mutex::new(Listeners::new(self.bind_ip, self.drain_timeout, self.limits, Arc::clone(&status))));
+        let listeners = Arc::new(Mutex::new(Listeners::new(
+            self.bind_ip,
+            self.drain_timeout,
+            self.limits,
+            Arc::clone(&status),
+            self.identity.clone(),
+        )));
         let (failure_tx, failure_rx) = watch::channel(None);
         let (version_tx, version_rx) = watch::channel(String::new());
         let configs: BoxStream<'static, ProxyConfig> = match self.source {
             ConfigSource::Mesh { store, registry, identity, debounce } => {
                 tokio::spawn(follow_rejections(Arc::clone(&store), Arc::clone(&status), drain_rx.clone()));
+                let mesh_config = self.mesh_config.clone();
                 mesh::watch(&*store, &*registry, debounce)
-                    .map(move |update| translate(&update.snapshot, &identity))
+                    .map(move |update| translate_with(&update.snapshot, &identity, &mesh_config))
                     .boxed()
             }
             ConfigSource::Stream { configs, .. } => configs,

@@ -22,7 +22,10 @@ use tokio::sync::{mpsc, watch};
 use crate::body::{self, BoxError};
 use crate::downstream::{self, drained, Io, Served};
 use crate::forward::{Forwarder, Ingress};
+use crate::inbound_mtls::{self, Accepted, InboundMtls};
 use crate::limits::DownstreamLimits;
+use crate::mtls::peer::PeerIdentity;
+use crate::mtls::WorkloadIdentity;
 use crate::status::ProxyStatus;
 use crate::tls::TlsListener;
 
@@ -45,6 +48,8 @@ pub struct Listeners {
     limits: DownstreamLimits,
     /// Where listeners that cannot bind are reported.
     status: Arc<ProxyStatus>,
+    /// The certificate for inbound mTLS.
+    identity: Option<WorkloadIdentity>,
 }
 
 /// A listening socket with this accept queue (by default as long as the
@@ -64,8 +69,9 @@ impl Listeners {
         drain: Duration,
         limits: DownstreamLimits,
         status: Arc<ProxyStatus>,
+        identity: Option<WorkloadIdentity>,
     ) -> Listeners {
-        Listeners { running: HashMap::new(), bind_ip, drain, limits, status }
+        Listeners { running: HashMap::new(), bind_ip, drain, limits, status, identity }
     }
 
     /// Bind what the config has and is not bound; drain what it no longer
@@ -119,10 +125,19 @@ impl Listeners {
         };
         let wanted = SocketAddr::new(ip, l.port);
         let socket = bind(wanted, self.limits.listen_backlog).map_err(|e| (wanted.to_string(), e.to_string()))?;
-        let tls = TlsListener::for_listener(l).map_err(|e| (wanted.to_string(), e.to_string()))?;
+        let tls =
+            TlsListener::for_listener(l, self.identity.as_ref()).map_err(|e| (wanted.to_string(), e.to_string()))?;
         let address = socket.local_addr().unwrap_or(wanted);
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve(socket, l.clone(), tls, Arc::clone(forwarder), stopped, self.drain, self.limits));
+        let serving = Serving {
+            config: l.clone(),
+            tls,
+            identity: self.identity.clone(),
+            forwarder: Arc::clone(forwarder),
+            drain: self.drain,
+            settings: self.limits,
+        };
+        let task = tokio::spawn(serve(socket, serving, stopped));
         tracing::info!(listener = %l.name, %address, "listening");
         Ok(Running { address, config: l.clone(), stop, task })
     }
@@ -147,15 +162,18 @@ impl Listeners {
     }
 }
 
-async fn serve(
-    socket: TcpListener,
+/// What a listener's accept loop serves with.
+struct Serving {
     config: Listener,
     tls: Option<TlsListener>,
+    identity: Option<WorkloadIdentity>,
     forwarder: Arc<Forwarder>,
-    mut stop: watch::Receiver<bool>,
     drain: Duration,
     settings: DownstreamLimits,
-) -> usize {
+}
+
+async fn serve(socket: TcpListener, serving: Serving, mut stop: watch::Receiver<bool>) -> usize {
+    let Serving { config, tls, identity, forwarder, drain, settings } = serving;
     let connections = Connections::new(settings.max_connections);
     let tcp = config.filter_chains.iter().find_map(|c| match &c.action {
         ChainAction::Tcp { clusters } if config.direction != TrafficDirection::Outbound || !config.use_original_dst => {
@@ -181,13 +199,17 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let plain = Ingress::new(config.name.clone(), config.port, peer);
-        let ingress = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
-            Target::Http(ingress) => ingress,
-            Target::Tcp(clusters) => {
-                let proxied = proxy_tcp(stream, clusters, Arc::clone(&forwarder));
+        let (ingress, mtls) = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
+            Target::Http(ingress, mtls) => (ingress, mtls),
+            Target::Tcp(clusters, mtls) => {
+                let (forwarder, identity) = (Arc::clone(&forwarder), identity.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
-                    proxied.await
+                    match inbound_mtls::accept(stream, mtls, identity.as_ref(), settings.header_timeout).await {
+                        Some(Accepted::Plain(stream)) => proxy_tcp(stream, clusters, forwarder).await,
+                        Some(Accepted::Mtls(stream, _)) => proxy_tcp(*stream, clusters, forwarder).await,
+                        None => {}
+                    }
                 });
                 continue;
             }
@@ -205,9 +227,12 @@ async fn serve(
         // Plain and TLS connections are separate tasks: one task's size is
         // its largest state, and a plain connection should not carry room
         // for a TLS session.
-        match &tls {
-            None => tokio::spawn(connection.serve_plain(stream)),
-            Some(tls) => tokio::spawn(connection.serve_tls(stream, tls.clone())),
+        match (&tls, mtls) {
+            (_, InboundMtls::Sniff | InboundMtls::Required) => {
+                tokio::spawn(connection.serve_inbound(stream, mtls, identity.clone()))
+            }
+            (None, InboundMtls::Off) => tokio::spawn(connection.serve_plain(stream)),
+            (Some(tls), InboundMtls::Off) => tokio::spawn(connection.serve_tls(stream, tls.clone())),
         };
     }
     drop(socket);
@@ -238,7 +263,8 @@ impl Connection {
 
     async fn serve_tls(mut self, stream: TcpStream, tls: TlsListener) {
         let stats = &self.forwarder.stats;
-        let stream = match tokio::time::timeout(self.settings.header_timeout, tls.acceptor.accept(stream)).await {
+        let (stream, route_config) = match tokio::time::timeout(self.settings.header_timeout, tls.accept(stream)).await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!("TLS handshake: {e}");
@@ -251,11 +277,32 @@ impl Connection {
             }
         };
         let session = stream.get_ref().1;
-        self.ingress.route_config = tls.route_config(session.server_name());
+        self.ingress.route_config = route_config;
         self.ingress.scheme = "https";
+        // ISTIO_MUTUAL: the mesh client's identity, for authorization.
+        let peer = session.peer_certificates().and_then(|c| c.first());
+        self.ingress.peer_identity = peer.and_then(|leaf| PeerIdentity::from_leaf(leaf, None)).map(Arc::new);
         let h2 = session.alpn_protocol() == Some(b"h2");
         let result = serve_http(stream, h2, self.settings, &mut self.draining, &self.forwarder, &self.ingress).await;
         self.finish(result);
+    }
+
+    /// A sidecar's inbound connection on a port that takes mTLS: the
+    /// peer's identity goes with each of its requests.
+    async fn serve_inbound(mut self, stream: TcpStream, mode: InboundMtls, identity: Option<WorkloadIdentity>) {
+        match inbound_mtls::accept(stream, mode, identity.as_ref(), self.settings.header_timeout).await {
+            Some(Accepted::Plain(stream)) => self.serve_plain(stream).await,
+            Some(Accepted::Mtls(stream, peer)) => {
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                self.ingress.peer_identity = Some(peer);
+                let (settings, forwarder) = (self.settings, Arc::clone(&self.forwarder));
+                let result = serve_http(*stream, h2, settings, &mut self.draining, &forwarder, &self.ingress).await;
+                self.finish(result);
+            }
+            None => {
+                self.forwarder.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn finish(&self, result: Result<(), BoxError>) {
@@ -369,10 +416,10 @@ impl Connections {
     }
 }
 
-/// What to do with an accepted connection.
+/// What to do with an accepted connection, and whether it takes mTLS.
 enum Target {
-    Http(Ingress),
-    Tcp(Vec<mesh_core::proxy_config::WeightedCluster>),
+    Http(Ingress, InboundMtls),
+    Tcp(Vec<mesh_core::proxy_config::WeightedCluster>, InboundMtls),
     /// Nothing in the config is for it: on to where it was going.
     Passthrough(SocketAddr),
 }
@@ -386,13 +433,17 @@ fn target(
 ) -> Target {
     if !listener.use_original_dst {
         return match tcp {
-            Some(clusters) => Target::Tcp(clusters.clone()),
-            None => Target::Http(ingress),
+            Some(clusters) => Target::Tcp(clusters.clone(), InboundMtls::Off),
+            None => Target::Http(ingress, InboundMtls::Off),
         };
     }
     // A capture listener: the connection was redirected here by iptables;
     // serve it as the listener for where it was going would.
-    let Some(original) = original_destination(stream) else { return Target::Http(ingress) };
+    let Some(original) = original_destination(stream) else { return Target::Http(ingress, InboundMtls::Off) };
+    let mtls = match listener.direction {
+        TrafficDirection::Inbound => InboundMtls::for_port(listener, original.port()),
+        _ => InboundMtls::Off,
+    };
     let live = forwarder.live.load();
     let chain_action = match listener.direction {
         TrafficDirection::Inbound => listener
@@ -419,9 +470,9 @@ fn target(
             ingress.listener = name;
             ingress.port = original.port();
             ingress.route_config = Some(route_config);
-            Target::Http(ingress)
+            Target::Http(ingress, mtls)
         }
-        Some((ChainAction::Tcp { clusters }, _)) => Target::Tcp(clusters),
+        Some((ChainAction::Tcp { clusters }, _)) => Target::Tcp(clusters, mtls),
         None => Target::Passthrough(original),
     }
 }
@@ -478,8 +529,8 @@ pub async fn serve_http_proxy(
 }
 
 /// A `tcp` route: the weighted cluster's endpoint, bytes copied both ways.
-async fn proxy_tcp(
-    mut downstream: TcpStream,
+async fn proxy_tcp<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut downstream: IO,
     clusters: Vec<mesh_core::proxy_config::WeightedCluster>,
     forwarder: Arc<Forwarder>,
 ) {

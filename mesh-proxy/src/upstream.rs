@@ -25,35 +25,43 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::Cluster;
-use tokio::net::TcpStream;
 
 use crate::answer::Answer;
 use crate::body::{self, Body};
 use crate::http1::{HostPool, Http1Error, Http1Pool, RequestBody, RequestHead};
+use crate::mtls::WorkloadIdentity;
+use crate::upstream_tls::{self, Origination, UpstreamIo};
 
 pub type UpstreamClient = Client<CountingConnector, Body>;
 
 /// Envoy's default for idle upstream connections (Istio sets none).
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
     http2: bool,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// The TLS settings, as text (`None`: plaintext).
+    tls: Option<String>,
 }
 
 #[derive(Default)]
 pub struct Upstreams {
     clients: Mutex<HashMap<PoolKey, UpstreamClient>>,
     http1: Mutex<HashMap<PoolKey, Http1Pool>>,
+    /// The certificate for ISTIO_MUTUAL clusters.
+    identity: Option<WorkloadIdentity>,
 }
 
 /// How a cluster reaches its endpoints.
 #[derive(Clone)]
 pub struct ClusterConnections {
-    /// HTTP/2, and HTTP/1.1 upgrades.
+    /// HTTP/2, and HTTP/1.1 upgrades, to plaintext endpoints.
     pub hyper: UpstreamClient,
+    /// The same to TLS endpoints, and which endpoints those are (parallel
+    /// to the cluster's addresses).
+    pub hyper_tls: Option<(UpstreamClient, Vec<bool>)>,
     /// Plain HTTP/1.1, by endpoint (parallel to the cluster's addresses);
     /// `None` for an HTTP/2 cluster.
     pub http1: Option<Vec<Arc<HostPool>>>,
@@ -63,31 +71,66 @@ pub struct ClusterConnections {
 }
 
 impl Upstreams {
-    /// The pools for a cluster's settings and endpoints (config time only).
-    pub fn connections_for(&self, cluster: &Cluster, addresses: &[SocketAddr]) -> ClusterConnections {
-        let key = PoolKey {
+    pub fn new(identity: Option<WorkloadIdentity>) -> Upstreams {
+        Upstreams { identity, ..Upstreams::default() }
+    }
+
+    /// The pools for a cluster's settings and endpoints (config time only):
+    /// each endpoint (address, has a sidecar) plaintext or TLS as the
+    /// cluster's TLS settings say.
+    pub fn connections_for(&self, cluster: &Cluster, endpoints: &[(SocketAddr, bool)]) -> ClusterConnections {
+        let plain = PoolKey {
             http2: matches!(cluster.protocol, Protocol::Http2 | Protocol::Grpc),
             connect_timeout: cluster.connect_timeout,
             idle_timeout: cluster.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            tls: None,
         };
-        let hyper = self
-            .clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key)
-            .or_insert_with(|| build(key))
-            .clone();
-        let http1 = (!key.http2).then(|| {
+        let uses_tls: Vec<bool> = endpoints
+            .iter()
+            .map(|(_, ready)| upstream_tls::for_endpoint(cluster.tls.as_ref(), *ready).is_some())
+            .collect();
+        let tls = cluster.tls.as_ref().filter(|_| uses_tls.contains(&true)).and_then(|tls| {
+            let origination = upstream_tls::origination(cluster, tls, self.identity.as_ref())?;
+            let key = PoolKey { tls: Some(serde_json::to_string(tls).unwrap_or_default()), ..plain.clone() };
+            Some((key, Arc::new(origination)))
+        });
+        // Auto mTLS with no certificate here: plaintext for all.
+        let uses_tls = if tls.is_some() { uses_tls } else { vec![false; endpoints.len()] };
+        let hyper = self.client(&plain, None);
+        let hyper_tls = tls.as_ref().map(|(key, origination)| (self.client(key, Some(origination)), uses_tls.clone()));
+        let http1 = (!plain.http2).then(|| {
             let mut pools = self.http1.lock().unwrap_or_else(PoisonError::into_inner);
-            let pool = pools.entry(key).or_insert_with(|| Http1Pool::new(key.connect_timeout, key.idle_timeout));
-            pool.hosts(addresses)
+            endpoints
+                .iter()
+                .zip(&uses_tls)
+                .map(|((addr, _), tls_here)| {
+                    let (key, origination) = match (&tls, tls_here) {
+                        (Some((key, origination)), true) => (key, Some(origination)),
+                        _ => (&plain, None),
+                    };
+                    pools
+                        .entry(key.clone())
+                        .or_insert_with(|| Http1Pool::new(key.connect_timeout, key.idle_timeout, origination.cloned()))
+                        .host(*addr)
+                })
+                .collect()
         });
         ClusterConnections {
             hyper,
+            hyper_tls,
             http1,
             max_requests_per_connection: cluster.max_requests_per_connection,
             upstream_rx_resets: Arc::default(),
         }
+    }
+
+    fn client(&self, key: &PoolKey, origination: Option<&Arc<Origination>>) -> UpstreamClient {
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.clone())
+            .or_insert_with(|| build(key, origination.cloned()))
+            .clone()
     }
 
     /// Close the HTTP/1.1 connections idle past their idle timeout (hyper's
@@ -184,7 +227,11 @@ impl ClusterConnections {
         *req.headers_mut() = head.headers.clone();
         *req.version_mut() = if self.http1.is_none() { Version::HTTP_2 } else { Version::HTTP_11 };
         let connection = hyper_util::client::legacy::connect::capture_connection(&mut req);
-        let response = self.hyper.request(req).await?;
+        let client = match &self.hyper_tls {
+            Some((client, tls)) if tls.get(host).copied().unwrap_or(false) => client,
+            _ => &self.hyper,
+        };
+        let response = client.request(req).await?;
         // maxRequestsPerConnection: a connection that has carried its
         // share is not reused.
         if let Some(max) = self.max_requests_per_connection {
@@ -215,7 +262,7 @@ impl ClusterConnections {
     }
 }
 
-fn build(key: PoolKey) -> UpstreamClient {
+fn build(key: &PoolKey, origination: Option<Arc<Origination>>) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(key.connect_timeout));
     connector.set_nodelay(true);
@@ -226,7 +273,7 @@ fn build(key: PoolKey) -> UpstreamClient {
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_only(key.http2);
-    builder.build(CountingConnector(connector))
+    builder.build(CountingConnector { connector, origination })
 }
 
 /// The requests one upstream connection has carried; hyper puts it in
@@ -241,36 +288,49 @@ impl ConnectionRequests {
     }
 }
 
-/// `HttpConnector`, with a request counter attached to each connection.
+/// `HttpConnector` (TLS over it when the pool's cluster says so), with a
+/// request counter attached to each connection.
 #[derive(Clone)]
-pub struct CountingConnector(HttpConnector);
+pub struct CountingConnector {
+    connector: HttpConnector,
+    origination: Option<Arc<Origination>>,
+}
 
-/// A TCP connection with its request counter.
+/// A connection with its request counter.
 pub struct CountedConnection {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<UpstreamIo>,
     requests: ConnectionRequests,
 }
 
 impl tower_service::Service<http::Uri> for CountingConnector {
     type Response = CountedConnection;
-    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Error = body::BoxError;
     type Future = BoxFuture<'static, Result<CountedConnection, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.connector.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        Box::pin(
-            async move { Ok(CountedConnection { io: connecting.await?, requests: ConnectionRequests::default() }) },
-        )
+        let connecting = self.connector.call(uri);
+        let origination = self.origination.clone();
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            let io = UpstreamIo::over(tcp, origination.as_deref()).await?;
+            Ok(CountedConnection { io: TokioIo::new(io), requests: ConnectionRequests::default() })
+        })
     }
 }
 
 impl Connection for CountedConnection {
     fn connected(&self) -> Connected {
-        self.io.connected().extra(self.requests.clone())
+        let negotiated_h2 = match self.io.inner() {
+            UpstreamIo::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+            UpstreamIo::Plain(_) => false,
+        };
+        let connected = self.io.inner().tcp().connected();
+        let connected = if negotiated_h2 { connected.negotiated_h2() } else { connected };
+        connected.extra(self.requests.clone())
     }
 }
 

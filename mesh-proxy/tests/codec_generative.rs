@@ -271,7 +271,7 @@ fn generated_requests_are_refused_or_read_and_reframed_as_independent_readers_re
     let first_seed: u64 = std::env::var("MESH_CODEC_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (addr, mut reread) = runtime.block_on(hyper_server());
-    let pool = runtime.block_on(async { Http1Pool::new(Duration::from_secs(2), Duration::from_secs(60)) });
+    let pool = runtime.block_on(async { Http1Pool::new(Duration::from_secs(2), Duration::from_secs(60), None) });
     let host = pool.host(addr);
     let (mut accepted, mut refused) = (0u64, 0u64);
     for seed in first_seed..first_seed + cases {

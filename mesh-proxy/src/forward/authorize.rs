@@ -18,7 +18,7 @@ impl Exchange<'_> {
         let decision = authorizer.evaluate(&AuthzRequest {
             source_ip: Some(self.ingress.peer.ip()),
             remote_ip: None,
-            source_principal: None,
+            source_principal: self.ingress.peer_identity.as_ref().map(|p| p.principal.as_str()),
             request_principal: None,
             host: RequestView::from_parts(&self.head, self.ingress.port).authority,
             method: self.head.method.as_str(),

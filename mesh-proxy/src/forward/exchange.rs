@@ -55,6 +55,7 @@ impl<'a> Exchange<'a> {
     ) -> Exchange<'a> {
         let upgrade = headers::upgrade_protocol(&head);
         headers::strip_hop_by_hop(&mut head.headers);
+        headers::forward_client_cert(&mut head.headers, ingress);
         let request_id = request_id(&mut head.headers);
         let path_error = normalize_path(&mut head, forwarder.path_normalization).err();
         let record = forwarder.metrics.start(&head, request_id);

@@ -15,6 +15,7 @@ use crate::wire::{connection_has, connection_tokens};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Headers that belong to one connection, not to the request.
 static HOP_BY_HOP: [HeaderName; 7] = [
@@ -113,6 +114,39 @@ pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
         _ => false,
     };
     maybe && HOP_BY_HOP.contains(name)
+}
+
+/// `x-forwarded-client-cert` as Istio has Envoy write it: from a
+/// connection without a verified client certificate it is removed (a
+/// client cannot claim an identity); a sidecar's inbound mTLS peer is
+/// appended (`APPEND_FORWARD`); a gateway's TLS client replaces what came
+/// (`SANITIZE_SET`).
+pub(super) fn forward_client_cert(headers: &mut HeaderMap, ingress: &Ingress) {
+    let Some(peer) = &ingress.peer_identity else {
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+        return;
+    };
+    let Ok(element) = HeaderValue::from_str(&peer.xfcc) else {
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+        return;
+    };
+    let gateway = ingress.scheme == "https";
+    match headers.entry(X_FORWARDED_CLIENT_CERT.clone()) {
+        Entry::Occupied(mut present) if !gateway => {
+            let mut value = present.get().as_bytes().to_vec();
+            value.extend_from_slice(b",");
+            value.extend_from_slice(element.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                present.insert(v);
+            }
+        }
+        Entry::Occupied(mut present) => {
+            present.insert(element);
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(element);
+        }
+    }
 }
 
 fn append_forwarded(headers: &mut HeaderMap, ingress: &Ingress) {

@@ -75,6 +75,8 @@ pub struct Ingress {
     /// An explicit HTTP proxy port: the route table is the one of the port
     /// in the request's authority (`http://reviews:9080/` -> `9080`).
     pub route_by_authority_port: bool,
+    /// The verified peer of an inbound mTLS connection.
+    pub peer_identity: Option<Arc<crate::mtls::peer::PeerIdentity>>,
     /// `peer`'s address as an `x-forwarded-for` entry: written once per
     /// connection, not once per request.
     peer_entry: HeaderValue,
@@ -88,7 +90,16 @@ impl Ingress {
         // An address's digits, dots and colons are always a valid value.
         let peer_entry =
             HeaderValue::from_maybe_shared(Bytes::from(entry)).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Ingress { listener, port, peer, route_config: None, scheme: "http", route_by_authority_port: false, peer_entry }
+        Ingress {
+            listener,
+            port,
+            peer,
+            route_config: None,
+            scheme: "http",
+            route_by_authority_port: false,
+            peer_identity: None,
+            peer_entry,
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 
 use crate::answer::{Answer, FieldList};
 use crate::body::Body;
+use crate::upstream_tls::{Origination, UpstreamIo};
 use crate::wire::{self, Decoded, Framing, RawHeaders, Seen, MAX_HEAD, MAX_HEADERS, READ_SIZE};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +95,12 @@ pub struct Http1Pool {
 
 type HostMap = HashMap<SocketAddr, Weak<HostPool>>;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Settings {
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// TLS over each connection (`None`: plaintext).
+    origination: Option<Arc<Origination>>,
 }
 
 /// One endpoint's idle connections.
@@ -126,7 +129,7 @@ struct Idle {
 }
 
 struct Conn {
-    io: TcpStream,
+    io: UpstreamIo,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
     /// Requests this connection has carried.
@@ -136,10 +139,17 @@ struct Conn {
 impl Conn {
     /// Read more into the buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let tcp = match &mut self.io {
+            UpstreamIo::Plain(tcp) => tcp,
+            UpstreamIo::Tls(tls) => {
+                self.buf.reserve(READ_SIZE);
+                return tokio_util::io::poll_read_buf(Pin::new(tls.as_mut()), cx, &mut self.buf);
+            }
+        };
         loop {
-            ready!(self.io.poll_read_ready(cx))?;
+            ready!(tcp.poll_read_ready(cx))?;
             self.buf.reserve(READ_SIZE);
-            match self.io.try_read_buf(&mut self.buf) {
+            match tcp.try_read_buf(&mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return Poll::Ready(other),
             }
@@ -152,7 +162,9 @@ impl Conn {
     /// came with the response itself goes unseen until the next request,
     /// which then retries on a new connection.
     fn forget_readiness(&self) {
-        let _ = self.io.try_io(tokio::io::Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+        if let UpstreamIo::Plain(tcp) = &self.io {
+            let _ = tcp.try_io(tokio::io::Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+        }
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
@@ -161,15 +173,27 @@ impl Conn {
 
     /// An idle connection is usable while the peer has neither closed it
     /// nor sent anything unasked.
-    fn still_open(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    fn still_open(&mut self) -> bool {
+        match &mut self.io {
+            UpstreamIo::Plain(tcp) => {
+                let mut probe = [0u8; 1];
+                matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            // TLS may hold records (a session ticket) with no data: poll
+            // once without a waker; only "nothing yet" means open.
+            UpstreamIo::Tls(tls) => {
+                let mut probe = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut probe);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                tokio::io::AsyncRead::poll_read(Pin::new(tls.as_mut()), &mut cx, &mut buf).is_pending()
+            }
+        }
     }
 }
 
 impl Http1Pool {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Http1Pool {
-        Http1Pool { hosts: Arc::default(), settings: Settings { connect_timeout, idle_timeout } }
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, origination: Option<Arc<Origination>>) -> Http1Pool {
+        Http1Pool { hosts: Arc::default(), settings: Settings { connect_timeout, idle_timeout, origination } }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HostMap> {
@@ -191,7 +215,7 @@ impl Http1Pool {
     /// live ones where another cluster or the config before names the
     /// same endpoint, new ones for the rest.
     pub fn hosts(&self, addrs: &[SocketAddr]) -> Vec<Arc<HostPool>> {
-        let settings = self.settings;
+        let settings = &self.settings;
         let mut hosts = self.lock();
         addrs
             .iter()
@@ -199,7 +223,8 @@ impl Http1Pool {
                 let known = hosts.get(&addr).and_then(Weak::upgrade);
                 known.unwrap_or_else(|| {
                     let known_in = Arc::downgrade(&self.hosts);
-                    let host = Arc::new(HostPool { addr, idle: Mutex::default(), settings, known_in });
+                    let host =
+                        Arc::new(HostPool { addr, idle: Mutex::default(), settings: settings.clone(), known_in });
                     hosts.insert(addr, Arc::downgrade(&host));
                     host
                 })
@@ -235,7 +260,7 @@ impl HostPool {
     /// The most recently used idle connection that is still good.
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
-        while let Some(Idle { conn, since }) = idle.pop() {
+        while let Some(Idle { mut conn, since }) = idle.pop() {
             if since.elapsed() < self.settings.idle_timeout && conn.still_open() {
                 return Some(conn);
             }
@@ -271,14 +296,20 @@ impl HostPool {
         self.lock().len()
     }
 
+    /// A new connection, TLS included (one connect timeout for both).
     async fn connect(&self) -> Result<Conn, Http1Error> {
         let timeout = self.settings.connect_timeout;
-        let io = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+        let origination = self.settings.origination.as_deref();
+        let connecting = async {
+            let tcp = TcpStream::connect(self.addr).await?;
+            let _ = tcp.set_nodelay(true);
+            UpstreamIo::over(tcp, origination).await
+        };
+        let io = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => return Err(Http1Error::Connect(e)),
             Err(_) => return Err(Http1Error::ConnectTimeout(timeout)),
         };
-        let _ = io.set_nodelay(true);
         Ok(Conn { io, buf: BytesMut::new(), requests: 0 })
     }
 

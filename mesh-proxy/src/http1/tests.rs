@@ -147,7 +147,7 @@ async fn get(host: &Arc<HostPool>) -> Result<(StatusCode, Bytes), Http1Error> {
 }
 
 fn pool() -> Http1Pool {
-    Http1Pool::new(Duration::from_secs(2), Duration::from_secs(60))
+    Http1Pool::new(Duration::from_secs(2), Duration::from_secs(60), None)
 }
 
 #[tokio::test]
@@ -183,7 +183,7 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 async fn idle_connections_close_at_their_timeout_and_the_pool_says_when_to_look_again() {
     let (addr, server) = server(vec![vec![OK, OK]]).await;
     let timeout = Duration::from_millis(300);
-    let pool = Http1Pool::new(Duration::from_secs(2), timeout);
+    let pool = Http1Pool::new(Duration::from_secs(2), timeout, None);
     let host = pool.host(addr);
     let before = Instant::now();
     get(&host).await.unwrap();

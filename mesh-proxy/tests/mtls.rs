@@ -1,0 +1,232 @@
+//! Istio mTLS between two proxies, with certificates from the mesh's own
+//! CA (mesh-xds): a front gateway originates ISTIO_MUTUAL (explicit, or
+//! auto mTLS by the endpoint's tlsMode label) to a back gateway whose
+//! server is `tls.mode: ISTIO_MUTUAL`; the back one checks the client's
+//! SPIFFE ID against an AuthorizationPolicy and hands it to the app in
+//! `x-forwarded-client-cert`. Secure naming, a foreign CA, a proxy with
+//! no certificate and a plaintext client are refused.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::certificate::WorkloadCertificate;
+use mesh_core::config::Resource;
+use mesh_core::identity::{SpiffeId, TrustDomains};
+use mesh_core::model::{Endpoint, Service};
+use mesh_core::registry::MemoryRegistry;
+use mesh_core::store::MemoryConfigStore;
+use mesh_proxy::mtls::WorkloadIdentity;
+use mesh_proxy::{default_gateway_identity, ConfigSource, ProxyBuilder, ProxyHandle};
+use mesh_testkit::http::{parse, raw_port, Response};
+use mesh_testkit::peers::recording_upstream;
+use mesh_testkit::{free_port, Proc};
+use mesh_xds::ca::authority::{CertificateAuthority, Lifetimes};
+use serde_json::Value;
+
+const SLEEP: &str = "spiffe://cluster.local/ns/foo/sa/sleep";
+const BACKEND: &str = "spiffe://cluster.local/ns/istio-system/sa/backend";
+
+/// A key and certificate for `id`, signed by `ca`.
+fn issue(ca: &CertificateAuthority, id: &str) -> Arc<WorkloadCertificate> {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).and_then(|c| c.pem()).expect("a CSR");
+    let id: SpiffeId = id.parse().expect("an ID");
+    let issued = ca.sign(&csr, &[id], Duration::ZERO).expect("signed");
+    let (root, chain) = issued.cert_chain.split_last().expect("a chain");
+    Arc::new(WorkloadCertificate::new(chain.concat(), key.serialize_pem(), root.clone()).expect("a certificate"))
+}
+
+fn identity(certificate: Option<Arc<WorkloadCertificate>>) -> WorkloadIdentity {
+    let identity = WorkloadIdentity::new(TrustDomains::default());
+    if let Some(c) = certificate {
+        identity.install(c).expect("usable");
+    }
+    identity
+}
+
+fn gateway_yaml(port: u16, tls: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: p, protocol: {proto}}}\n    hosts: [\"*\"]\n{tls}",
+        proto = if tls.is_empty() { "HTTP" } else { "HTTPS" }
+    )
+}
+
+fn route_yaml(host: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r, namespace: istio-system}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: {host}}}}}]\n"
+    )
+}
+
+fn start(
+    runtime: &tokio::runtime::Runtime,
+    docs: &[String],
+    registry: MemoryRegistry,
+    identity: WorkloadIdentity,
+) -> ProxyHandle {
+    let store = Arc::new(MemoryConfigStore::new());
+    for doc in docs {
+        store.upsert(Resource::from_yaml(doc).unwrap_or_else(|e| panic!("{e}\n{doc}")));
+    }
+    let builder = ProxyBuilder::new(ConfigSource::mesh(store, Arc::new(registry), default_gateway_identity()))
+        .bind_ip("127.0.0.1".parse().expect("an IP"))
+        .workload_identity(identity)
+        .drain_timeout(Duration::from_millis(200))
+        .admin("127.0.0.1:0".parse().expect("an address"));
+    runtime.block_on(async {
+        let proxy = builder.start().await.expect("started");
+        proxy.wait_for_version_change("", Duration::from_secs(10)).await.expect("the config applies");
+        proxy
+    })
+}
+
+/// The back gateway: ISTIO_MUTUAL on `port`, to the recording upstream,
+/// allowing only `allowed` principals.
+struct Back {
+    _upstream: Proc,
+    proxy: ProxyHandle,
+    port: u16,
+}
+
+fn start_back(runtime: &tokio::runtime::Runtime, certificate: Arc<WorkloadCertificate>, allowed: &str) -> Back {
+    let (upstream, upstream_port) = recording_upstream(None);
+    let port = free_port();
+    let registry = MemoryRegistry::new("back");
+    let mut endpoint = Endpoint::new("127.0.0.1");
+    endpoint.ports.insert("http".into(), upstream_port);
+    registry.upsert(Service::http("app.default.svc.cluster.local", "default", 80), vec![endpoint]);
+    let policy = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: only, namespace: istio-system}}\nspec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  action: ALLOW\n  rules: [{{from: [{{source: {{principals: [\"{allowed}\"]}}}}]}}]\n"
+    );
+    let docs =
+        [gateway_yaml(port, "    tls: {mode: ISTIO_MUTUAL}\n"), route_yaml("app.default.svc.cluster.local"), policy];
+    Back { _upstream: upstream, proxy: start(runtime, &docs, registry, identity(Some(certificate))), port }
+}
+
+/// The front gateway: plain HTTP on its port, to `secure` (the back
+/// gateway's port), with `extra` config (a DestinationRule); the endpoint
+/// has a sidecar when `labeled`.
+fn start_front(
+    runtime: &tokio::runtime::Runtime,
+    back_port: u16,
+    extra: &[&str],
+    labeled: bool,
+    identity: WorkloadIdentity,
+) -> (ProxyHandle, u16) {
+    let port = free_port();
+    let registry = MemoryRegistry::new("front");
+    let mut endpoint = Endpoint::new("127.0.0.1");
+    endpoint.ports.insert("http".into(), back_port);
+    endpoint.service_account = Some("backend".into());
+    if labeled {
+        endpoint.labels.insert("security.istio.io/tlsMode".into(), "istio".into());
+    }
+    registry.upsert(Service::http("secure.istio-system.svc.cluster.local", "istio-system", 80), vec![endpoint]);
+    let mut docs = vec![gateway_yaml(port, ""), route_yaml("secure.istio-system.svc.cluster.local")];
+    docs.extend(extra.iter().map(|d| d.to_string()));
+    (start(runtime, &docs, registry, identity), port)
+}
+
+fn get(port: u16) -> Response {
+    let text = raw_port(
+        port,
+        b"GET /ip HTTP/1.1\r\nhost: app.example\r\nx-forwarded-client-cert: By=forged\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    parse(&text).unwrap_or_else(|| panic!("no answer: {text:?}"))
+}
+
+fn xfcc(r: &Response) -> Vec<String> {
+    let seen: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body));
+    let headers = seen["headers"].as_array().expect("headers");
+    headers
+        .iter()
+        .filter(|h| h[0] == "x-forwarded-client-cert")
+        .filter_map(|h| h[1].as_str().map(String::from))
+        .collect()
+}
+
+const ISTIO_MUTUAL: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: secure, namespace: istio-system}\nspec:\n  host: secure.istio-system.svc.cluster.local\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime")
+}
+
+#[test]
+fn istio_mutual_carries_the_client_identity_to_authorization_and_the_app() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ca = CertificateAuthority::load_or_create(dir.path(), "cluster.local", Lifetimes::default()).expect("a CA");
+    let rt = runtime();
+    let back = start_back(&rt, issue(&ca, BACKEND), "cluster.local/ns/foo/sa/sleep");
+
+    // Explicit ISTIO_MUTUAL, and auto mTLS by the endpoint's label.
+    for (extra, labeled) in [(vec![ISTIO_MUTUAL], false), (vec![], true)] {
+        let (front, port) = start_front(&rt, back.port, &extra, labeled, identity(Some(issue(&ca, SLEEP))));
+        let r = get(port);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let xfcc = xfcc(&r);
+        assert_eq!(xfcc.len(), 1, "{xfcc:?}");
+        assert!(xfcc[0].contains(&format!("URI={SLEEP}")), "the client's identity, not the forged one: {xfcc:?}");
+        assert!(!xfcc[0].contains("forged"));
+        rt.block_on(front.drain());
+    }
+
+    // Another identity of the mesh: mTLS works, authorization says no.
+    let (front, port) = start_front(
+        &rt,
+        back.port,
+        &[ISTIO_MUTUAL],
+        false,
+        identity(Some(issue(&ca, "spiffe://cluster.local/ns/bar/sa/other"))),
+    );
+    let r = get(port);
+    assert_eq!((r.status, r.body.as_str()), (403, "RBAC: access denied"));
+    rt.block_on(front.drain());
+    rt.block_on(back.proxy.drain());
+}
+
+#[test]
+fn what_cannot_be_verified_is_refused_never_sent_in_plaintext() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ca = CertificateAuthority::load_or_create(dir.path(), "cluster.local", Lifetimes::default()).expect("a CA");
+    let rt = runtime();
+    let back = start_back(&rt, issue(&ca, BACKEND), "cluster.local/ns/foo/sa/sleep");
+
+    // Secure naming: the DestinationRule expects another identity.
+    let named = format!("{ISTIO_MUTUAL}  \n");
+    let named = named.replace(
+        "{tls: {mode: ISTIO_MUTUAL}}",
+        "{tls: {mode: ISTIO_MUTUAL, subjectAltNames: [\"spiffe://cluster.local/ns/x/sa/y\"]}}",
+    );
+    let client = identity(Some(issue(&ca, SLEEP)));
+    let (front, port) = start_front(&rt, back.port, &[&named], false, client.clone());
+    let r = get(port);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(client.stats().peer_rejections.load(Ordering::Relaxed) >= 1);
+    let reason = client.stats().last_rejection.lock().map(|r| r.clone()).unwrap_or_default().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("server identity {BACKEND} is not one of spiffe://cluster.local/ns/x/sa/y")),
+        "{reason}"
+    );
+    rt.block_on(front.drain());
+
+    // A client certificate from another CA.
+    let other_dir = tempfile::tempdir().expect("a temp dir");
+    let other =
+        CertificateAuthority::load_or_create(other_dir.path(), "cluster.local", Lifetimes::default()).expect("a CA");
+    let (front, port) = start_front(&rt, back.port, &[ISTIO_MUTUAL], false, identity(Some(issue(&other, SLEEP))));
+    assert_eq!(get(port).status, 503);
+    rt.block_on(front.drain());
+
+    // No certificate here: explicit ISTIO_MUTUAL fails closed.
+    let (front, port) = start_front(&rt, back.port, &[ISTIO_MUTUAL], false, identity(None));
+    assert_eq!(get(port).status, 503);
+    rt.block_on(front.drain());
+
+    // A plaintext client on the ISTIO_MUTUAL port gets no answer.
+    let text = raw_port(back.port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap_or_default();
+    assert!(!text.starts_with("HTTP/1.1 200"), "{text:?}");
+    rt.block_on(back.proxy.drain());
+}
