@@ -22,6 +22,12 @@
 //! /fake/resume-watches` (lists and writes still work, so a test can
 //! change the world while the adapter cannot see it).
 //!
+//! TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`)
+//! authenticates the tokens a test registered with `POST /fake/tokens`
+//! (`{"token": ..., "user": "system:serviceaccount:NS:SA", "audiences":
+//! [...]}`); any other token is not authenticated, as a real server says
+//! of a forged or expired one.
+//!
 //! `--rv-start N` starts resourceVersions at N, as a server restored from
 //! an etcd backup would; the history before it counts as compacted.
 //!
@@ -87,6 +93,7 @@ const TYPES: &[Type] = &[
     Type { group: SECURITY, plural: "requestauthentications", kind: "RequestAuthentication", namespaced: true },
 ];
 const NETWORKING: &str = "networking.istio.io";
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 const SECURITY: &str = "security.istio.io";
 
 /// Objects are stored once per group and plural, whatever version wrote
@@ -123,6 +130,8 @@ struct State {
     /// Watch requests answered, for tests that wait for watches to come
     /// back after the server closed them.
     watches_served: u64,
+    /// Tokens TokenReview knows: the user and audiences of each.
+    tokens: BTreeMap<String, (String, Vec<String>)>,
 }
 
 struct Server {
@@ -218,6 +227,13 @@ impl Server {
             .filter(|(k, _)| !k.is_empty())
             .map(|(k, v)| (k.to_string(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()))
             .collect();
+        if parts.method == Method::POST && (path == "/fake/tokens" || path == TOKEN_REVIEWS) {
+            return match body.collect().await.map(|b| serde_json::from_slice::<Value>(&b.to_bytes())) {
+                Ok(Ok(body)) if path == TOKEN_REVIEWS => self.token_review(&body),
+                Ok(Ok(body)) => self.register_token(&body),
+                _ => status(StatusCode::BAD_REQUEST, "BadRequest", "a JSON body is required"),
+            };
+        }
         if let Some(resp) = self.control(&parts.method, &path) {
             return resp;
         }
@@ -245,6 +261,44 @@ impl Server {
             (Method::DELETE, true) => self.delete(&target),
             _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported here"),
         }
+    }
+
+    fn register_token(&self, body: &Value) -> Response<Body> {
+        let (Some(token), Some(user)) = (body["token"].as_str(), body["user"].as_str()) else {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", "token and user are required");
+        };
+        let audiences = body["audiences"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(String::from));
+        self.lock().tokens.insert(token.to_string(), (user.to_string(), audiences.collect()));
+        full(StatusCode::OK, json!({}))
+    }
+
+    /// A TokenReview: authenticated with the user and the audiences asked
+    /// for that the token has (all of its own when none are asked).
+    fn token_review(&self, review: &Value) -> Response<Body> {
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let asked: Vec<&str> =
+            review["spec"]["audiences"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let known = self.lock().tokens.get(token).cloned();
+        let status = match known {
+            Some((user, audiences)) => {
+                let granted: Vec<&String> = if asked.is_empty() {
+                    audiences.iter().collect()
+                } else {
+                    audiences.iter().filter(|a| asked.contains(&a.as_str())).collect()
+                };
+                if asked.is_empty() || !granted.is_empty() {
+                    json!({"authenticated": true, "user": {"username": user}, "audiences": granted})
+                } else {
+                    json!({"authenticated": false, "error": "token audiences do not match"})
+                }
+            }
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        let mut answer = review.clone();
+        answer["status"] = status;
+        answer["apiVersion"] = json!("authentication.k8s.io/v1");
+        answer["kind"] = json!("TokenReview");
+        full(StatusCode::CREATED, answer)
     }
 
     fn control(&self, method: &Method, path: &str) -> Option<Response<Body>> {
@@ -607,6 +661,7 @@ async fn main() -> std::io::Result<()> {
             watchers: Vec::new(),
             watches_paused: false,
             watches_served: 0,
+            tokens: BTreeMap::new(),
         }),
     });
     println!("listening on {}", listener.local_addr()?);

@@ -29,6 +29,7 @@
 //! | [`crds`] | Istio's CRDs: served versions, objects to resources |
 //! | [`watch`] | kube-rs watchers as `Reset` / `Apply` / `Delete` streams |
 //! | [`selector`] | label selectors in kubectl's syntax (discovery selectors) |
+//! | [`token_review`] | who a service-account token belongs to (TokenReview), for the CA |
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,6 +48,7 @@ pub mod crds;
 pub mod objects;
 pub mod selector;
 pub mod source;
+pub mod token_review;
 pub mod watch;
 
 /// What the adapter lists and watches, as `(API group, resource)`: the

@@ -1,6 +1,8 @@
 //! Shared pieces of the example binaries.
 
 pub mod backend;
+pub mod ca;
+pub mod identity;
 pub mod scrape;
 pub mod sources;
 
@@ -67,6 +69,8 @@ pub struct ProxyArgs {
     /// the proxy exits, naming it); /ready then names the listeners down.
     #[arg(long)]
     pub allow_degraded: bool,
+    #[command(flatten)]
+    pub identity: identity::IdentityArgs,
     /// Worker threads; 1 runs everything on one thread, with no work
     /// stealing (as Envoy's `--concurrency 1`). Default: one per core.
     #[arg(long)]
@@ -101,6 +105,24 @@ impl ProxyArgs {
             .path_normalization(self.path_normalization)
             .allow_degraded(self.allow_degraded)
             .after_config_applied(give_back_memory())
+    }
+}
+
+impl ProxyArgs {
+    /// The MeshConfig and workload identity the flags give, set on a
+    /// builder.
+    pub async fn apply_identity(
+        &self,
+        builder: mesh_proxy::ProxyBuilder,
+        namespace: &str,
+    ) -> Result<mesh_proxy::ProxyBuilder, String> {
+        let mesh = self.identity.mesh_config()?;
+        let identity = self.identity.start(namespace, &mesh).await?;
+        let builder = builder.mesh_config(mesh);
+        Ok(match identity {
+            Some(identity) => builder.workload_identity(identity),
+            None => builder,
+        })
     }
 }
 

@@ -77,6 +77,8 @@ pub struct Sources {
     pub kube: Option<Arc<KubeSource>>,
     pub consul: Option<Arc<ConsulRegistry>>,
     pub consul_kv: Option<Arc<ConsulKvStore>>,
+    /// The Kubernetes client, when Kubernetes is a source (TokenReview).
+    pub kube_client: Option<kube::Client>,
     /// Reloads the files while it lives.
     _watch: Option<FileWatch>,
 }
@@ -98,9 +100,11 @@ impl SourceArgs {
         }
         let mut stores: Vec<Arc<dyn ConfigStore>> = Vec::new();
         let mut registries: Vec<Arc<dyn ServiceRegistry>> = Vec::new();
-        let mut kube = None;
+        let (mut kube, mut kube_client) = (None, None);
         if self.uses_kubernetes() {
-            let source = Arc::new(KubeSource::start(self.kube_client().await?, self.kube_options()?));
+            let client = self.kube_client().await?;
+            kube_client = Some(client.clone());
+            let source = Arc::new(KubeSource::start(client, self.kube_options()?));
             stores.push(source.clone());
             registries.push(source.clone());
             kube = Some(source);
@@ -135,7 +139,7 @@ impl SourceArgs {
             if stores.len() == 1 { stores.remove(0) } else { Arc::new(AggregateConfigStore::new(stores)) };
         let registry: Arc<dyn ServiceRegistry> =
             if registries.len() == 1 { registries.remove(0) } else { Arc::new(AggregateRegistry::new(registries)) };
-        Ok(Sources { store, registry, files, kube, consul, consul_kv, _watch: watch })
+        Ok(Sources { store, registry, files, kube, consul, consul_kv, kube_client, _watch: watch })
     }
 
     async fn kube_client(&self) -> Result<kube::Client, Box<dyn std::error::Error>> {

@@ -1,5 +1,5 @@
 //! The admin server (Envoy's, on 15000): `/config_dump`, `/clusters`,
-//! `/stats`, `/stats/prometheus`, `/ready`, `/drain`, and
+//! `/stats`, `/stats/prometheus`, `/ready`, `/drain`, `/certs`, and
 //! `/config_rejections` (what was rejected, with its error, while the last
 //! good config serves). The Prometheus
 //! endpoint is also served alone on 15090.
@@ -21,6 +21,7 @@ use crate::body::{self, Body};
 use crate::live::SharedConfig;
 use crate::metrics::DownstreamStats;
 use crate::metrics::Metrics;
+use crate::mtls::WorkloadIdentity;
 use crate::status::ProxyStatus;
 
 #[derive(Clone)]
@@ -33,6 +34,8 @@ pub struct AdminState {
     pub downstream: Arc<DownstreamStats>,
     /// Listeners down, config rejected.
     pub status: Arc<ProxyStatus>,
+    /// The workload certificate, for `/certs` and the mTLS counts.
+    pub identity: Option<WorkloadIdentity>,
 }
 
 fn reply(status: StatusCode, content_type: &'static str, text: String) -> Response<Body> {
@@ -106,6 +109,15 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
                 format!("listener_manager.listeners_down: {}", state.status.listeners_down().len()),
                 format!("config.update_rejected: {}", state.status.rejections.get()),
             ];
+            if let Some(identity) = &state.identity {
+                let m = identity.stats();
+                lines.push(format!("mtls.peer_certificate_rejected: {}", m.peer_rejections.load(Ordering::Relaxed)));
+                lines.push(format!(
+                    "mtls.inbound_handshake_failed: {}",
+                    m.inbound_handshake_failures.load(Ordering::Relaxed)
+                ));
+                lines.push(format!("mtls.certificate_refused: {}", m.certificate_errors.load(Ordering::Relaxed)));
+            }
             let mut names: Vec<&String> = live.clusters.keys().collect();
             names.sort();
             for name in names {
@@ -133,6 +145,7 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
             reply(StatusCode::OK, "text/plain", lines.join("\n") + "\n")
         }
         (&Method::GET, "/ready") => ready(state, &live),
+        (&Method::GET, "/certs") => certs(state),
         (&Method::GET, "/config_rejections") => {
             let rejected: Vec<serde_json::Value> = state
                 .status
@@ -148,6 +161,19 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// Envoy's `/certs`: the workload certificate in use (its SPIFFE IDs,
+/// serial and validity; never the key), and the newest peer refusal.
+fn certs(state: &AdminState) -> Response<Body> {
+    let Some(identity) = &state.identity else {
+        return json(&serde_json::json!({ "certificates": [] }));
+    };
+    let last = identity.stats().last_rejection.lock().map(|l| l.clone()).unwrap_or_default();
+    json(&serde_json::json!({
+        "certificates": identity.view().into_iter().collect::<Vec<_>>(),
+        "last_peer_rejection": last,
+    }))
 }
 
 /// Envoy's `/ready`: 503 while draining or before the first config; a

@@ -308,6 +308,7 @@ impl ProxyBuilder {
             drain: drain_tx.clone(),
             downstream: Arc::clone(&forwarder.stats),
             status: Arc::clone(&status),
+            identity: self.identity.clone(),
         };
         let mut admin_addr = None;
         for (addr, prometheus_only) in [(self.admin, false), (self.metrics, true)] {

@@ -138,6 +138,11 @@ fn get(port: u16) -> Response {
     parse(&text).unwrap_or_else(|| panic!("no answer: {text:?}"))
 }
 
+fn admin(proxy: &ProxyHandle, path: &str) -> String {
+    let address = proxy.admin_address().expect("an admin server");
+    mesh_testkit::http::get(address.port(), path, &[]).body
+}
+
 fn xfcc(r: &Response) -> Vec<String> {
     let seen: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body));
     let headers = seen["headers"].as_array().expect("headers");
@@ -172,6 +177,12 @@ fn istio_mutual_carries_the_client_identity_to_authorization_and_the_app() {
         assert!(!xfcc[0].contains("forged"));
         rt.block_on(front.drain());
     }
+
+    // The back gateway shows its certificate, never its key.
+    let certs: Value = serde_json::from_str(&admin(&back.proxy, "/certs")).expect("JSON");
+    assert_eq!(certs["certificates"][0]["uris"][0], BACKEND, "{certs}");
+    assert!(certs["certificates"][0]["serial"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(!certs.to_string().contains("PRIVATE KEY"));
 
     // Another identity of the mesh: mTLS works, authorization says no.
     let (front, port) = start_front(
@@ -229,4 +240,89 @@ fn what_cannot_be_verified_is_refused_never_sent_in_plaintext() {
     let text = raw_port(back.port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap_or_default();
     assert!(!text.starts_with("HTTP/1.1 200"), "{text:?}");
     rt.block_on(back.proxy.drain());
+}
+
+fn write_files(dir: &std::path::Path, certificate: &WorkloadCertificate) {
+    for (name, text) in [
+        ("cert-chain.pem", &certificate.chain_pem),
+        ("key.pem", &certificate.key_pem),
+        ("root-cert.pem", &certificate.roots_pem),
+    ] {
+        std::fs::write(dir.join(name), text).expect("written");
+    }
+}
+
+fn serial(proxy: &ProxyHandle) -> String {
+    let certs: Value = serde_json::from_str(&admin(proxy, "/certs")).expect("JSON");
+    certs["certificates"][0]["serial"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn file_certificates_rotate_keep_the_last_good_one_and_accept_two_roots() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ca = CertificateAuthority::load_or_create(&dir.path().join("ca"), "cluster.local", Lifetimes::default())
+        .expect("a CA");
+    let rt = runtime();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("a dir");
+    let first = issue(&ca, BACKEND);
+    write_files(&certs, &first);
+    let back_identity = identity(None);
+    rt.block_on(async {
+        mesh_proxy::mtls::files::follow(&back_identity, certs.clone(), Duration::from_millis(50)).expect("loaded")
+    });
+    assert!(back_identity.certificate().is_some(), "the files' certificate");
+
+    // The back gateway, on the files.
+    let (upstream, upstream_port) = recording_upstream(None);
+    let port = free_port();
+    let registry = MemoryRegistry::new("back");
+    let mut endpoint = Endpoint::new("127.0.0.1");
+    endpoint.ports.insert("http".into(), upstream_port);
+    registry.upsert(Service::http("app.default.svc.cluster.local", "default", 80), vec![endpoint]);
+    let docs = [gateway_yaml(port, "    tls: {mode: ISTIO_MUTUAL}\n"), route_yaml("app.default.svc.cluster.local")];
+    let back = start(&rt, &docs, registry, back_identity.clone());
+    let (front, front_port) = start_front(&rt, port, &[ISTIO_MUTUAL], false, identity(Some(issue(&ca, SLEEP))));
+    assert_eq!(get(front_port).status, 200);
+    assert_eq!(serial(&back), first.leaf.serial);
+
+    // A renewed certificate is picked up without a restart.
+    let second = issue(&ca, BACKEND);
+    write_files(&certs, &second);
+    mesh_testkit::wait_until(Duration::from_secs(5), || serial(&back) == second.leaf.serial);
+    assert_eq!(serial(&back), second.leaf.serial, "the renewed certificate serves new connections");
+    assert_eq!(get(front_port).status, 200);
+
+    // A broken file is refused; the last good certificate keeps serving.
+    std::fs::write(certs.join("cert-chain.pem"), "-----BEGIN CERTIFICATE-----\ngarbage\n").expect("written");
+    mesh_testkit::wait_until(Duration::from_secs(5), || {
+        back_identity.stats().certificate_errors.load(Ordering::Relaxed) > 0
+    });
+    assert!(back_identity.stats().certificate_errors.load(Ordering::Relaxed) > 0);
+    assert_eq!(serial(&back), second.leaf.serial);
+    assert_eq!(get(front_port).status, 200);
+    rt.block_on(front.drain());
+
+    // A root rotation: the back gateway moves to a new CA, both sides
+    // trust both roots during the overlap.
+    let new_ca =
+        CertificateAuthority::load_or_create(&dir.path().join("new-ca"), "cluster.local", Lifetimes::default())
+            .expect("a CA");
+    let both = format!("{}{}", ca.root_pem(), new_ca.root_pem());
+    let moved = issue(&new_ca, BACKEND);
+    let moved =
+        WorkloadCertificate::new(moved.chain_pem.clone(), moved.key_pem.clone(), both.clone()).expect("a certificate");
+    write_files(&certs, &moved);
+    mesh_testkit::wait_until(Duration::from_secs(5), || serial(&back) == moved.leaf.serial);
+    let old = issue(&ca, SLEEP);
+    let old = WorkloadCertificate::new(old.chain_pem.clone(), old.key_pem.clone(), both).expect("a certificate");
+    let (front, front_port) = start_front(&rt, port, &[ISTIO_MUTUAL], false, identity(Some(Arc::new(old))));
+    assert_eq!(get(front_port).status, 200, "an old-root client and a new-root server trust each other");
+    rt.block_on(front.drain());
+    // A client that trusts only the old root refuses the new server.
+    let (front, front_port) = start_front(&rt, port, &[ISTIO_MUTUAL], false, identity(Some(issue(&ca, SLEEP))));
+    assert_eq!(get(front_port).status, 503);
+    rt.block_on(front.drain());
+    rt.block_on(back.drain());
+    drop(upstream);
 }

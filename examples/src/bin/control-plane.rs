@@ -8,7 +8,14 @@
 //! - `/debug/syncz`: every connected node, what it was sent, ACKed, NACKed
 //! - `/debug/config_dump?proxyID=ID`: the config a node is sent
 //! - `/ready`: 200 once the sources synced (nothing is pushed before)
-//! - `/metrics`: Prometheus counters of connections, pushes and rejects
+//! - `/metrics`: Prometheus counters of connections, pushes and rejects,
+//!   and the CA's `citadel_server_*`
+//!
+//! With `--ca-dir` it is also the mesh's CA on 15012: workloads send a CSR
+//! (`IstioCertificateService/CreateCertificate`) with a Kubernetes
+//! service-account token (checked by TokenReview), a bootstrap token
+//! (`--bootstrap-tokens`) or their current certificate, and get a
+//! certificate for the identity they proved.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +28,7 @@ use examples::sources::Sources;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use mesh_core::mesh::{self, Debounce};
+use mesh_xds::ca::server::CaStats;
 use mesh_xds::cache::SnapshotCache;
 use mesh_xds::generator::Generator;
 use mesh_xds::server::AdsServer;
@@ -49,6 +57,8 @@ struct Args {
     /// ...or at the latest this long after the first (milliseconds).
     #[arg(long, default_value_t = 1000)]
     debounce_max_ms: u64,
+    #[command(flatten)]
+    ca: examples::ca::CaArgs,
 }
 
 #[tokio::main]
@@ -72,11 +82,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let status = Arc::new(SyncStatus::default());
     let ads = AdsServer::new(generator.clone(), status.clone());
+    let ca = args.ca.start(sources.kube_client.clone()).await?.map(|(server, _task)| server.stats().clone());
 
     let xds = tokio::net::TcpListener::bind(args.xds_listen).await?;
     let debug_listener = tokio::net::TcpListener::bind(args.debug).await?;
     tracing::info!(xds = %xds.local_addr()?, debug = %debug_listener.local_addr()?, "control plane listening");
-    tokio::spawn(serve_debug(debug_listener, generator, status, sources));
+    tokio::spawn(serve_debug(debug_listener, Debug { generator, status, sources, ca }));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -89,18 +100,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn serve_debug(
-    listener: tokio::net::TcpListener,
+/// What the debug endpoints show.
+#[derive(Clone)]
+struct Debug {
     generator: Arc<Generator>,
     status: Arc<SyncStatus>,
     sources: Arc<Sources>,
-) {
+    ca: Option<Arc<CaStats>>,
+}
+
+async fn serve_debug(listener: tokio::net::TcpListener, debug: Debug) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let (generator, status, sources) = (generator.clone(), status.clone(), sources.clone());
+        let debug = debug.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = debug_response(&req, &generator, &status, &sources);
+                let response = debug_response(&req, &debug);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -109,12 +124,8 @@ async fn serve_debug(
     }
 }
 
-fn debug_response(
-    req: &Request<hyper::body::Incoming>,
-    generator: &Generator,
-    status: &SyncStatus,
-    sources: &Sources,
-) -> Response<Full<Bytes>> {
+fn debug_response(req: &Request<hyper::body::Incoming>, debug: &Debug) -> Response<Full<Bytes>> {
+    let Debug { generator, status, sources, ca } = debug;
     let query = |name: &str| {
         req.uri()
             .query()
@@ -138,7 +149,7 @@ fn debug_response(
         },
         "/ready" if generator.mesh().is_some() => (StatusCode::OK, "ready\n".to_string()),
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "sources not synced\n".to_string()),
-        "/metrics" => (StatusCode::OK, metrics(status, sources)),
+        "/metrics" => (StatusCode::OK, metrics(status, sources, ca.as_deref())),
         _ => (StatusCode::NOT_FOUND, "/debug/syncz, /debug/config_dump?proxyID=, /ready, /metrics\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -153,12 +164,23 @@ fn labels_param(value: Option<String>) -> Result<mesh_core::model::Labels, Strin
 }
 
 /// Istio's names for the same figures.
-fn metrics(status: &SyncStatus, sources: &Sources) -> String {
+fn metrics(status: &SyncStatus, sources: &Sources, ca: Option<&CaStats>) -> String {
     let t = status.totals();
     let mut scrape = Scrape::default();
     scrape.gauge("pilot_xds", "Connected xDS clients", t.connected);
     scrape.counter("pilot_xds_pushes", "xDS responses sent", t.pushes);
     scrape.counter("pilot_total_xds_rejects", "xDS responses NACKed", t.nacks);
+    if let Some(ca) = ca {
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        scrape.counter("citadel_server_csr_count", "CSRs received", n(&ca.csr));
+        scrape.counter(
+            "citadel_server_authentication_failure_count",
+            "CSRs whose caller proved no identity",
+            n(&ca.authn_failures),
+        );
+        scrape.counter("citadel_server_csr_sign_error_count", "CSRs refused after authentication", n(&ca.sign_errors));
+        scrape.counter("citadel_server_success_cert_issuance_count", "Certificates issued", n(&ca.issued));
+    }
     sources.metrics(&mut scrape);
     scrape.encode()
 }

@@ -44,7 +44,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let labels = examples::parse_labels(&args.labels)?;
     let identity = ProxyIdentity::gateway(&args.name, &args.namespace, labels);
     let (source, _watch) = examples::config_source(&args.proxy, identity).await?;
-    let mut builder = args.proxy.apply(ProxyBuilder::new(source));
+    let builder = args.proxy.apply(ProxyBuilder::new(source));
+    let mut builder = args.proxy.apply_identity(builder, &args.namespace).await?;
     if let Some(ip) = args.bind {
         builder = builder.bind_ip(ip);
     }

@@ -3,6 +3,9 @@
 //! ```text
 //! meshctl validate PATH...   schema and field validation of every resource
 //! meshctl analyze PATH...    validation plus cross-resource checks
+//! meshctl ca root --dir DIR  make (or show) the mesh's CA in DIR
+//! meshctl ca issue --dir DIR --identity SPIFFE-ID --out DIR
+//!                            a workload certificate for local use
 //! ```
 //!
 //! Paths are files or directories of YAML/JSON (Istio resources, and
@@ -45,6 +48,68 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// The mesh's certificate authority, for local use.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Make a self-signed root in DIR (Istio's cacerts layout), or show
+    /// the CA already there.
+    Root {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Issue a workload certificate from the CA in DIR into OUT, as the
+    /// files a proxy's --cert-dir reads: cert-chain.pem, key.pem,
+    /// root-cert.pem.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime in seconds (default: 24 h).
+        #[arg(long, default_value_t = 24 * 3600)]
+        ttl: u64,
+    },
+}
+
+fn ca(command: CaCommand) -> Result<String, String> {
+    use mesh_xds::ca::authority::{self, CertificateAuthority, Lifetimes};
+    match command {
+        CaCommand::Root { dir, trust_domain } => {
+            let ca = CertificateAuthority::load_or_create(&dir, &trust_domain, Lifetimes::default())
+                .map_err(|e| e.to_string())?;
+            let s = ca.signer();
+            Ok(format!(
+                "CA in {}: {} (serial {}), valid until {} (unix); workloads trust {}\n",
+                dir.display(),
+                s.subject,
+                s.serial,
+                s.not_after_unix(),
+                dir.join(authority::ROOT_CERT).display()
+            ))
+        }
+        CaCommand::Issue { dir, identity, out, ttl } => {
+            let ca = CertificateAuthority::load(&dir, Lifetimes::default()).map_err(|e| e.to_string())?;
+            let id = identity.parse().map_err(|e: mesh_core::identity::InvalidSpiffeId| e.to_string())?;
+            let issued = ca.issue_workload(&id, std::time::Duration::from_secs(ttl)).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            let write = |name: &str, text: &str, mode| {
+                authority::write_file(&out.join(name), text, mode).map_err(|e| e.to_string())
+            };
+            write("cert-chain.pem", &issued.chain_pem, 0o644)?;
+            write("key.pem", &issued.key_pem, 0o600)?;
+            write("root-cert.pem", &issued.roots_pem, 0o644)?;
+            Ok(format!("{id} (serial {}) in {}\n", issued.leaf.serial, out.display()))
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -73,6 +138,18 @@ fn main() -> ExitCode {
     let (paths, analyze) = match cli.command {
         Command::Validate { paths } => (paths, false),
         Command::Analyze { paths } => (paths, true),
+        Command::Ca(command) => {
+            return match ca(command) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("meshctl: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     let mut options = StaticOptions::new(paths);
     options.loader.allow_unknown_fields = cli.allow_unknown_fields;

@@ -46,7 +46,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut identity = ProxyIdentity::sidecar(&args.name, &args.namespace, labels);
     identity.ip = args.ip;
     let (source, _watch) = examples::config_source(&args.proxy, identity).await?;
-    let proxy = args.proxy.apply(ProxyBuilder::new(source)).http_proxy(args.http_proxy).start().await?;
+    let builder = args.proxy.apply(ProxyBuilder::new(source)).http_proxy(args.http_proxy);
+    let proxy = args.proxy.apply_identity(builder, &args.namespace).await?.start().await?;
     proxy.serve_until_shutdown().await?;
     Ok(())
 }

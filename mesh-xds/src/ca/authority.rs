@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use mesh_core::certificate::CertificateInfo;
+use mesh_core::certificate::{CertificateInfo, WorkloadCertificate};
 use mesh_core::identity::SpiffeId;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
@@ -227,6 +227,19 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         Ok(params)
+    }
+
+    /// A workload certificate with a new key made here, for local use
+    /// (`meshctl ca issue`, file-mounted certificates): what a CSR from
+    /// that workload would get.
+    pub fn issue_workload(&self, id: &SpiffeId, ttl: Duration) -> Result<WorkloadCertificate, SignError> {
+        let key = KeyPair::generate().map_err(|e| SignError::Signing(e.to_string()))?;
+        let mut params = self.workload_params(std::slice::from_ref(id), ttl)?;
+        params.distinguished_name = DistinguishedName::new();
+        let leaf = params.signed_by(&key, &self.issuer).map_err(|e| SignError::Signing(e.to_string()))?;
+        let chain = std::iter::once(leaf.pem()).chain(self.chain.iter().cloned()).collect::<String>();
+        WorkloadCertificate::new(chain, key.serialize_pem(), self.root_pem.clone())
+            .map_err(|e| SignError::Signing(e.to_string()))
     }
 
     /// A certificate for a server of the control plane itself (the CA's
