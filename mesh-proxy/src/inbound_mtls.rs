@@ -60,17 +60,25 @@ pub async fn accept(
     identity: Option<&WorkloadIdentity>,
     handshake_timeout: Duration,
 ) -> Option<Accepted> {
-    let tls = match mode {
-        InboundMtls::Off => false,
-        InboundMtls::Required => true,
-        // A client that waits for the server to speak first is plaintext.
-        InboundMtls::Sniff => {
-            let mut first = [0u8; 1];
-            matches!(tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await, Ok(Ok(1)) if first[0] == TLS_HANDSHAKE)
-        }
+    // A client that waits for the server to speak first is plaintext.
+    let starts_tls = || async {
+        let mut first = [0u8; 1];
+        matches!(tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await, Ok(Ok(1)) if first[0] == TLS_HANDSHAKE)
     };
-    if !tls {
-        return Some(Accepted::Plain(stream));
+    match mode {
+        InboundMtls::Off => return Some(Accepted::Plain(stream)),
+        InboundMtls::Sniff if !starts_tls().await => return Some(Accepted::Plain(stream)),
+        // Not TLS on a STRICT port: closed without a byte (no TLS alert an
+        // HTTP client would read as a response), as Envoy closes a
+        // connection no filter chain matches.
+        InboundMtls::Required if !starts_tls().await => {
+            if let Some(identity) = identity {
+                identity.stats().inbound_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!("plaintext connection on a STRICT mTLS port closed");
+            return None;
+        }
+        InboundMtls::Sniff | InboundMtls::Required => {}
     }
     let Some(identity) = identity else {
         tracing::warn!("inbound mTLS connection refused: this proxy has no workload certificate");

@@ -31,8 +31,12 @@ use crate::tls::TlsListener;
 
 struct Running {
     address: SocketAddr,
-    /// The listener's config, to notice when it must be rebound.
+    /// The listener's config, to notice when it changes.
     config: Listener,
+    /// The bound socket: a changed listener on the same address keeps it
+    /// (a new bind would race the old task's close: EADDRINUSE), as
+    /// Envoy updates a listener's filter chains in place.
+    socket: Arc<TcpListener>,
     stop: watch::Sender<bool>,
     /// Resolves once drained, to the connections still open at the
     /// drain deadline.
@@ -86,10 +90,17 @@ impl Listeners {
             .filter(|n| wanted.get(n.as_str()).is_none_or(|l| **l != self.running[*n].config))
             .cloned()
             .collect();
+        let mut sockets: HashMap<String, Arc<TcpListener>> = HashMap::new();
         for name in gone {
             if let Some(r) = self.running.remove(&name) {
                 tracing::info!(listener = %name, "draining listener");
                 let _ = r.stop.send(true);
+                let same_place = wanted
+                    .get(name.as_str())
+                    .is_some_and(|l| (&l.address, l.port) == (&r.config.address, r.config.port));
+                if same_place {
+                    sockets.insert(name, r.socket);
+                }
             }
         }
         for (name, _) in self.status.listeners_down() {
@@ -101,7 +112,7 @@ impl Listeners {
             if self.running.contains_key(name) {
                 continue;
             }
-            match self.start(l, forwarder) {
+            match self.start(l, forwarder, sockets.remove(name)) {
                 Ok(running) => {
                     self.status.listener_up(name);
                     self.running.insert(name.to_string(), running);
@@ -114,8 +125,14 @@ impl Listeners {
         }
     }
 
-    /// Bind one listener and serve it; the address it wanted and why not.
-    fn start(&self, l: &Listener, forwarder: &Arc<Forwarder>) -> Result<Running, (String, String)> {
+    /// Bind one listener (or take over `socket`, its old one) and serve
+    /// it; the address it wanted and why not.
+    fn start(
+        &self,
+        l: &Listener,
+        forwarder: &Arc<Forwarder>,
+        socket: Option<Arc<TcpListener>>,
+    ) -> Result<Running, (String, String)> {
         let ip = match self.bind_ip {
             Some(ip) => ip,
             None => l
@@ -124,7 +141,12 @@ impl Listeners {
                 .map_err(|_| (format!("{}:{}", l.address, l.port), format!("`{}` is not an IP address", l.address)))?,
         };
         let wanted = SocketAddr::new(ip, l.port);
-        let socket = bind(wanted, self.limits.listen_backlog).map_err(|e| (wanted.to_string(), e.to_string()))?;
+        let socket = match socket {
+            Some(socket) => socket,
+            None => {
+                Arc::new(bind(wanted, self.limits.listen_backlog).map_err(|e| (wanted.to_string(), e.to_string()))?)
+            }
+        };
         let tls =
             TlsListener::for_listener(l, self.identity.as_ref()).map_err(|e| (wanted.to_string(), e.to_string()))?;
         let address = socket.local_addr().unwrap_or(wanted);
@@ -137,9 +159,9 @@ impl Listeners {
             drain: self.drain,
             settings: self.limits,
         };
-        let task = tokio::spawn(serve(socket, serving, stopped));
+        let task = tokio::spawn(serve(Arc::clone(&socket), serving, stopped));
         tracing::info!(listener = %l.name, %address, "listening");
-        Ok(Running { address, config: l.clone(), stop, task })
+        Ok(Running { address, config: l.clone(), socket, stop, task })
     }
 
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
@@ -172,7 +194,7 @@ struct Serving {
     settings: DownstreamLimits,
 }
 
-async fn serve(socket: TcpListener, serving: Serving, mut stop: watch::Receiver<bool>) -> usize {
+async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Receiver<bool>) -> usize {
     let Serving { config, tls, identity, forwarder, drain, settings } = serving;
     let connections = Connections::new(settings.max_connections);
     let tcp = config.filter_chains.iter().find_map(|c| match &c.action {
