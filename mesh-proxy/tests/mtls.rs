@@ -20,7 +20,7 @@ use mesh_proxy::mtls::WorkloadIdentity;
 use mesh_proxy::{default_gateway_identity, ConfigSource, ProxyBuilder, ProxyHandle};
 use mesh_testkit::http::{parse, raw_port, Response};
 use mesh_testkit::peers::recording_upstream;
-use mesh_testkit::{free_port, Proc};
+use mesh_testkit::{free_port, wait_until, Proc};
 use mesh_xds::ca::authority::{CertificateAuthority, Lifetimes};
 use serde_json::Value;
 
@@ -325,4 +325,129 @@ fn file_certificates_rotate_keep_the_last_good_one_and_accept_two_roots() {
     rt.block_on(front.drain());
     rt.block_on(back.drain());
     drop(upstream);
+}
+
+/// A certificate for `id` from the CA in `dir`, valid from `from` to `to`
+/// (seconds from now): what the CA would never issue.
+fn issue_valid(dir: &std::path::Path, id: &str, from: i64, to: i64) -> Arc<WorkloadCertificate> {
+    let ca_cert = std::fs::read_to_string(dir.join("ca-cert.pem")).expect("ca-cert.pem");
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca-key.pem")).expect("ca-key.pem")).expect("a key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, ca_key).expect("an issuer");
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.to_string().try_into().expect("a URI"))];
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = time_at(from).into();
+    params.not_after = time_at(to).into();
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    let root = std::fs::read_to_string(dir.join("root-cert.pem")).expect("root-cert.pem");
+    Arc::new(WorkloadCertificate::new(cert.pem(), key.serialize_pem(), root).expect("a certificate"))
+}
+
+fn time_at(seconds_from_now: i64) -> std::time::SystemTime {
+    let now = std::time::SystemTime::now();
+    let span = Duration::from_secs(seconds_from_now.unsigned_abs());
+    if seconds_from_now >= 0 {
+        now + span
+    } else {
+        now - span
+    }
+}
+
+#[test]
+fn expired_not_yet_valid_and_missing_certificates_are_refused_and_counted() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ca = CertificateAuthority::load_or_create(dir.path(), "cluster.local", Lifetimes::default()).expect("a CA");
+    let rt = runtime();
+
+    // The server's certificate expired an hour ago; then one valid only
+    // from tomorrow.
+    for (from, to, why) in [(-7200, -3600, "expired"), (86_400, 172_800, "not valid yet")] {
+        let back = start_back(&rt, issue_valid(dir.path(), BACKEND, from, to), "cluster.local/ns/foo/sa/sleep");
+        let client = identity(Some(issue(&ca, SLEEP)));
+        let (front, port) = start_front(&rt, back.port, &[ISTIO_MUTUAL], false, client.clone());
+        assert_eq!(get(port).status, 503, "{why}");
+        let reason = client.stats().last_rejection.lock().map(|r| r.clone()).unwrap_or_default().unwrap_or_default();
+        assert!(reason.contains("the server's certificate"), "{why}: {reason}");
+        rt.block_on(front.drain());
+        rt.block_on(back.proxy.drain());
+    }
+
+    // An expired client certificate, and a TLS client with none.
+    let back = start_back(&rt, issue(&ca, BACKEND), "cluster.local/ns/foo/sa/sleep");
+    let (front, port) = start_front(
+        &rt,
+        back.port,
+        &[ISTIO_MUTUAL],
+        false,
+        identity(Some(issue_valid(dir.path(), SLEEP, -7200, -3600))),
+    );
+    assert_eq!(get(port).status, 503);
+    rt.block_on(front.drain());
+    let before = admin(&back.proxy, "/stats");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_no_client_auth();
+    let refused = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", back.port)).await.expect("connected");
+        let name = rustls::pki_types::ServerName::try_from("backend").expect("a name");
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+        let mut buf = [0u8; 64];
+        let n = tls.read(&mut buf).await?;
+        Ok::<usize, std::io::Error>(n)
+    });
+    assert!(!matches!(refused, Ok(n) if n > 0), "no answer without a client certificate: {refused:?}");
+    let counted = |stats: &str| stats.lines().find(|l| l.starts_with("http.downstream_cx_error: ")).map(str::to_string);
+    assert!(
+        wait_until(Duration::from_secs(5), || counted(&admin(&back.proxy, "/stats")) != counted(&before)),
+        "counted in /stats"
+    );
+    rt.block_on(back.proxy.drain());
+}
+
+/// A client that takes any server: the test is about the server's checks.
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.supported_schemes()
+    }
 }

@@ -295,3 +295,46 @@ async fn a_certificate_from_another_ca_proves_nothing() {
     assert!(matches!(err, CaClientError::Transport { .. }), "{err}");
     assert_eq!(ca.server.stats().issued.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_renews_at_half_life_proving_itself_with_its_certificate() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    // Four-second certificates: renewal comes in about two.
+    let lifetimes = Lifetimes { default: Duration::from_secs(4), ..Lifetimes::default() };
+    let ca = Arc::new(CertificateAuthority::load_or_create(dir.path(), "cluster.local", lifetimes).expect("a CA"));
+    let authenticators: Vec<Arc<dyn Authenticator>> = vec![
+        Arc::new(BootstrapTokens::parse("spiffe://cluster.local/ns/foo/sa/sleep s3cret\n").expect("tokens")),
+        Arc::new(ClientCertificate { trust_domains: TrustDomains::default() }),
+    ];
+    let server = CaServer::new(ca.clone(), authenticators);
+    let tls = server::tls_config(ca.clone(), vec!["istiod.istio-system.svc".into()]).expect("TLS");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let address = listener.local_addr().expect("an address").to_string();
+    tokio::spawn(server.clone().serve(listener, tls, std::future::pending()));
+    let mut options = CaClientOptions {
+        address,
+        server_name: "istiod.istio-system.svc".into(),
+        ca_roots_pem: ca.root_pem().to_string(),
+        identity: id("spiffe://cluster.local/ns/foo/sa/sleep"),
+        proof: Proof::Token("s3cret".into()),
+        ttl: Duration::ZERO,
+    };
+    let first = request_certificate(&options, None).await.expect("issued");
+    // From now on only the certificate proves who it is.
+    options.proof = Proof::CertificateOnly;
+    let (tx, mut rx) = tokio::sync::watch::channel(Some(Arc::new(first.clone())));
+    let keeping = tokio::spawn(mesh_xds::ca::client::keep_certificate(options, tx));
+    let mut serials = vec![first.leaf.serial.clone()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while serials.len() < 3 && tokio::time::Instant::now() < deadline {
+        let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
+        if let Some(c) = rx.borrow_and_update().clone() {
+            if serials.last() != Some(&c.leaf.serial) {
+                serials.push(c.leaf.serial.clone());
+            }
+        }
+    }
+    keeping.abort();
+    assert!(serials.len() >= 3, "renewed twice in 15 s: {serials:?}");
+    assert_eq!(server.stats().authn_failures.load(Ordering::Relaxed), 0);
+}
