@@ -350,6 +350,26 @@ fn istio_authentication_policy_task() {
         "httpbin.foo.svc.cluster.local:8000",
     );
     assert!(!body.contains("x-forwarded-client-cert"), "plaintext from legacy: {body}");
+    // httpbin.bar's sidecar reports the mTLS request from foo's sleep, and
+    // foo's the plaintext one from legacy.
+    let metrics = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:15090/stats/prometheus', timeout=1).read().decode())";
+    let series = |ns: &str| python(&httpbins[ns].ns, metrics).unwrap_or_default();
+    let bar = series("bar");
+    assert!(
+        bar.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("reporter=\"destination\"")
+            && l.contains("source_principal=\"spiffe://cluster.local/ns/foo/sa/sleep\"")
+            && l.contains("destination_principal=\"spiffe://cluster.local/ns/bar/sa/httpbin\"")
+            && l.contains("connection_security_policy=\"mutual_tls\"")),
+        "{bar}"
+    );
+    let foo = series("foo");
+    assert!(
+        foo.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("connection_security_policy=\"none\"")
+            && l.contains("source_principal=\"unknown\"")),
+        "{foo}"
+    );
 
     // 2. Mesh-wide STRICT.
     let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n";

@@ -35,6 +35,8 @@ pub struct Entry<'a> {
     pub upstream_cluster: &'a str,
     pub route_name: &'a str,
     pub x_request_id: &'a str,
+    /// The mTLS peer's SPIFFE ID (Envoy's `DOWNSTREAM_PEER_URI_SAN`).
+    pub downstream_peer_uri_san: Option<&'a str>,
 }
 
 impl Entry<'_> {
@@ -77,6 +79,11 @@ impl Entry<'_> {
                 (b",\"x_request_id\":", self.x_request_id),
             ],
         );
+        out.extend_from_slice(b",\"downstream_peer_uri_san\":");
+        match self.downstream_peer_uri_san {
+            Some(uri) => push_json_str(out, uri),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b"}\n");
     }
 }
@@ -199,8 +206,10 @@ mod tests {
             upstream_cluster: "outbound|9080||web.default.svc.cluster.local",
             route_name: "to-web",
             x_request_id: "4a0e5b2c-0000-4000-8000-000000000001",
+            downstream_peer_uri_san: Some("spiffe://cluster.local/ns/foo/sa/sleep"),
         };
         let v = json(&entry);
+        assert_eq!(v["downstream_peer_uri_san"], "spiffe://cluster.local/ns/foo/sa/sleep");
         assert_eq!(v["start_time_ms"], 1_764_633_600_123u64);
         assert_eq!(v["method"], "GET");
         assert_eq!(v["path"], entry.path);

@@ -291,6 +291,7 @@ impl ProxyBuilder {
         let live: SharedConfig = Arc::new(ArcSwap::from_pointee(LiveConfig::empty()));
         let status = Arc::new(ProxyStatus::default());
         let mut metrics = Metrics::new(&name, &namespace, self.access_log);
+        metrics.set_identity(self.identity.clone());
         metrics.register_status(&status);
         let metrics = Arc::new(metrics);
         let forwarder = Arc::new(Forwarder {

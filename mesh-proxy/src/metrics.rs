@@ -20,6 +20,8 @@ use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
 
 use crate::access_log::{AccessLog, Entry};
+use crate::mtls::peer::PeerIdentity;
+use crate::mtls::WorkloadIdentity;
 use crate::response_flags::Flag;
 
 /// Istio's buckets for request durations, in milliseconds.
@@ -42,6 +44,8 @@ struct RequestLabels {
     response_code: String,
     grpc_response_status: String,
     response_flags: &'static str,
+    source_principal: String,
+    destination_principal: String,
     connection_security_policy: &'static str,
 }
 
@@ -104,6 +108,8 @@ struct Outcome {
     flag: Flag,
     grpc_status: Option<u16>,
     grpc: bool,
+    /// The mTLS peer's principal, hashed (0: no mTLS peer).
+    peer: u64,
 }
 
 type Handles = FxHashMap<Outcome, (Counter, AtomicHistogram)>;
@@ -120,6 +126,8 @@ pub struct Metrics {
     workload: String,
     namespace: String,
     access_log: Option<AccessLog>,
+    /// The workload's own identity (`destination_principal` inbound).
+    identity: Option<WorkloadIdentity>,
 }
 
 /// What one request did, for metrics and the access log. Route and cluster
@@ -137,6 +145,8 @@ pub struct RequestRecord<'a> {
     pub grpc_status: Option<String>,
     pub flag: Flag,
     pub grpc: bool,
+    /// The verified peer of an inbound mTLS connection.
+    pub peer: Option<&'a PeerIdentity>,
     /// Only kept when the access log is on.
     request_line: Option<RequestLine>,
 }
@@ -235,7 +245,13 @@ impl Metrics {
             workload: workload.into(),
             namespace: namespace.into(),
             access_log: access_log.then(AccessLog::default),
+            identity: None,
         }
+    }
+
+    /// The workload's identity, for the principals of inbound requests.
+    pub fn set_identity(&mut self, identity: Option<WorkloadIdentity>) {
+        self.identity = identity;
     }
 
     /// Serve the proxy's status metrics with the others.
@@ -258,6 +274,7 @@ impl Metrics {
                 .headers
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
+            peer: None,
             request_line: self.access_log.as_ref().map(|_| RequestLine::of(head)),
         }
     }
@@ -268,6 +285,7 @@ impl Metrics {
             flag: r.flag,
             grpc_status: r.grpc_status.as_deref().and_then(|g| g.parse().ok()),
             grpc: r.grpc,
+            peer: r.peer.map_or(0, |p| p.key),
         };
         let ms = took.as_secs_f64() * 1000.0;
         let hit = self.resolved.load().get(r.cluster).is_some_and(|cluster| match cluster.load().get(&outcome) {
@@ -296,8 +314,17 @@ impl Metrics {
         let subset = parts.next().filter(|s| !s.is_empty()).unwrap_or("unknown");
         let service = parts.next().unwrap_or("unknown");
         let mut labels_of = service.split('.');
+        // Inbound clusters report as Istio's destination, with the mTLS
+        // peer's identity and this workload's own.
+        let inbound = r.cluster.starts_with("inbound|");
+        let own = self.identity.as_ref().and_then(|i| i.spiffe_id()).map(|id| id.to_string());
+        let (source_principal, destination_principal, policy) = match (inbound, r.peer) {
+            (true, Some(peer)) => (peer.id.to_string(), own.unwrap_or_else(|| "unknown".into()), "mutual_tls"),
+            (true, None) => ("unknown".into(), "unknown".into(), "none"),
+            (false, _) => ("unknown".into(), "unknown".into(), "unknown"),
+        };
         let labels = RequestLabels {
-            reporter: self.reporter,
+            reporter: if inbound { "destination" } else { self.reporter },
             source_workload: self.workload.clone(),
             source_workload_namespace: self.namespace.clone(),
             destination_service: service.to_string(),
@@ -309,7 +336,9 @@ impl Metrics {
             response_code: r.status.to_string(),
             grpc_response_status: r.grpc_status.clone().unwrap_or_default(),
             response_flags: r.flag.code(),
-            connection_security_policy: "unknown",
+            source_principal,
+            destination_principal,
+            connection_security_policy: policy,
         };
         let handles = (self.requests.get_or_create_owned(&labels), self.durations.get_or_create_owned(&labels));
         let existing = self.resolved.load().get(r.cluster).cloned();
@@ -344,6 +373,7 @@ impl Metrics {
             upstream_cluster: r.cluster,
             route_name: r.route,
             x_request_id: r.request_id.to_str().unwrap_or_default(),
+            downstream_peer_uri_san: r.peer.map(|p| p.uri.as_str()),
         });
     }
 

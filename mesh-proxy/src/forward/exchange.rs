@@ -58,7 +58,8 @@ impl<'a> Exchange<'a> {
         headers::forward_client_cert(&mut head.headers, ingress);
         let request_id = request_id(&mut head.headers);
         let path_error = normalize_path(&mut head, forwarder.path_normalization).err();
-        let record = forwarder.metrics.start(&head, request_id);
+        let mut record = forwarder.metrics.start(&head, request_id);
+        record.peer = ingress.peer_identity.as_deref();
         let filter_context = (!forwarder.filters.is_empty())
             .then(|| FilterContext::new(record.request_id.to_str().unwrap_or_default(), Some(ingress.peer)));
         Exchange {

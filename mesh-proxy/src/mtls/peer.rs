@@ -3,6 +3,8 @@
 //! `source.namespace`), the metrics' `source_principal`, and the
 //! `x-forwarded-client-cert` element Envoy writes for the app in Istio.
 
+use std::hash::BuildHasher;
+
 use mesh_core::certificate::CertificateInfo;
 use mesh_core::identity::SpiffeId;
 use rustls::pki_types::CertificateDer;
@@ -13,8 +15,13 @@ pub struct PeerIdentity {
     pub id: SpiffeId,
     /// `cluster.local/ns/foo/sa/sleep`.
     pub principal: String,
+    /// `spiffe://cluster.local/ns/foo/sa/sleep`.
+    pub uri: String,
     /// The element this connection adds to `x-forwarded-client-cert`.
     pub xfcc: String,
+    /// The principal hashed, never 0: metrics tell peers apart by it
+    /// without hashing a string per request.
+    pub key: u64,
 }
 
 impl PeerIdentity {
@@ -24,7 +31,9 @@ impl PeerIdentity {
     pub fn from_leaf(leaf: &CertificateDer<'_>, local: Option<&SpiffeId>) -> Option<PeerIdentity> {
         let info = CertificateInfo::from_der(leaf).ok()?;
         let id = info.spiffe_ids().into_iter().next()?;
-        Some(PeerIdentity { principal: id.principal(), xfcc: xfcc_element(leaf, &info, local), id })
+        let principal = id.principal();
+        let key = rustc_hash::FxBuildHasher.hash_one(&principal).max(1);
+        Some(PeerIdentity { principal, uri: id.to_string(), xfcc: xfcc_element(leaf, &info, local), key, id })
     }
 }
 
