@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(v["upstream_cluster"], entry.upstream_cluster);
         assert_eq!(v["route_name"], "to-web");
         assert_eq!(v["x_request_id"], entry.x_request_id);
-        assert_eq!(v.as_object().unwrap().len(), 11);
+        assert_eq!(v.as_object().unwrap().len(), 12);
 
         let local = json(&Entry { upstream_host: None, duration: Duration::from_micros(7), ..entry });
         assert_eq!(local["upstream_host"], serde_json::Value::Null);
