@@ -108,6 +108,7 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
                 format!("listener_manager.listener_create_failure: {}", state.status.bind_failures.get()),
                 format!("listener_manager.listeners_down: {}", state.status.listeners_down().len()),
                 format!("config.update_rejected: {}", state.status.rejections.get()),
+                format!("tls.certificate_reload_failed: {}", state.status.certificate_reload_failures.get()),
             ];
             if let Some(identity) = &state.identity {
                 let m = identity.stats();

@@ -151,6 +151,10 @@ impl Listeners {
             TlsListener::for_listener(l, self.identity.as_ref()).map_err(|e| (wanted.to_string(), e.to_string()))?;
         let address = socket.local_addr().unwrap_or(wanted);
         let (stop, stopped) = watch::channel(false);
+        if let Some(tls) = &tls {
+            let status = Arc::clone(&self.status);
+            tokio::spawn(tls.clone().follow_files(l.name.clone(), Duration::from_secs(1), status, stopped.clone()));
+        }
         let serving = Serving {
             config: l.clone(),
             tls,

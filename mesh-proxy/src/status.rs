@@ -26,6 +26,9 @@ pub struct ProxyStatus {
     config_rejected: Mutex<Option<String>>,
     /// Configs or resources rejected (Envoy: `update_rejected`).
     pub rejections: Counter,
+    /// Certificate files (gateway TLS) that changed and could not be used;
+    /// the last good ones kept serving.
+    pub certificate_reload_failures: Counter,
 }
 
 impl ProxyStatus {
@@ -45,6 +48,11 @@ impl ProxyStatus {
             "mesh_config_rejected",
             "Configs or config resources rejected (the last good one kept serving)",
             self.rejections.clone(),
+        );
+        registry.register(
+            "mesh_certificate_reload_failures",
+            "Certificate files that changed and could not be used (the last good ones kept serving)",
+            self.certificate_reload_failures.clone(),
         );
     }
 

@@ -6,8 +6,10 @@
 //! ClientHello's SNI picks the chain (the first is the default), and so
 //! whether a client certificate is asked for. ALPN offers h2 and http/1.1.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use mesh_core::proxy_config::{ChainAction, Listener, ServerTls, TrafficDirection};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -16,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::mtls::WorkloadIdentity;
+use crate::status::ProxyStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -31,13 +34,27 @@ pub enum TlsError {
     Rustls(rustls::Error, String),
 }
 
-/// A terminating chain: the names it serves, its config, and its route
-/// table.
+/// A terminating chain: the names it serves, its config (swapped when its
+/// files change), and its route table.
 #[derive(Debug)]
 struct Chain {
     server_names: Vec<String>,
-    config: Arc<rustls::ServerConfig>,
+    config: ArcSwap<rustls::ServerConfig>,
     route_config: Option<String>,
+    /// What the config was built from, to build it again.
+    tls: ServerTls,
+    /// The files' modification times and sizes when last read.
+    stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
+
+impl Chain {
+    fn files(&self) -> impl Iterator<Item = &String> {
+        [&self.tls.certificate_chain, &self.tls.private_key, &self.tls.ca_certificates].into_iter().flatten()
+    }
+
+    fn stamp_now(&self) -> Vec<Option<(SystemTime, u64)>> {
+        self.files().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+    }
 }
 
 /// The TLS side of a listener: its chains by SNI.
@@ -62,7 +79,7 @@ impl TlsListener {
         let chain = self
             .chain(start.client_hello().server_name())
             .ok_or_else(|| std::io::Error::other("no TLS chain on the listener"))?;
-        let stream = start.into_stream(chain.config.clone()).await?;
+        let stream = start.into_stream(chain.config.load_full()).await?;
         Ok((stream, chain.route_config.clone()))
     }
 
@@ -86,20 +103,67 @@ impl TlsListener {
                 ChainAction::Http { route_config, .. } => Some(route_config.clone()),
                 ChainAction::Tcp { .. } => None,
             };
-            let config = chain_config(listener, tls, identity)?;
-            chains.push(Chain { server_names: chain.server_names.clone(), config, route_config });
+            let config = ArcSwap::new(chain_config(&listener.name, tls, identity)?);
+            let mut chain = Chain {
+                server_names: chain.server_names.clone(),
+                config,
+                route_config,
+                tls: tls.clone(),
+                stamp: Mutex::default(),
+            };
+            chain.stamp = Mutex::new(chain.stamp_now());
+            chains.push(chain);
         }
         Ok((!chains.is_empty()).then(|| TlsListener { chains: Arc::new(chains) }))
     }
 }
 
+impl TlsListener {
+    /// Reads the chains' certificate files again wherever they changed,
+    /// every `interval` until `stop`: new connections get the new
+    /// certificate, open ones keep theirs, and files that cannot be used
+    /// leave the last good config serving.
+    pub async fn follow_files(
+        self,
+        listener: String,
+        interval: Duration,
+        status: Arc<ProxyStatus>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            for chain in self.chains.iter().filter(|c| c.tls.mode != mesh_core::mtls::ISTIO_MUTUAL) {
+                let now = chain.stamp_now();
+                let mut seen = chain.stamp.lock().unwrap_or_else(PoisonError::into_inner);
+                if *seen == now {
+                    continue;
+                }
+                *seen = now;
+                match chain_config(&listener, &chain.tls, None) {
+                    Ok(config) => {
+                        tracing::info!(%listener, "TLS certificate files changed: reloaded");
+                        chain.config.store(config);
+                    }
+                    Err(e) => {
+                        status.certificate_reload_failures.inc();
+                        tracing::error!(%listener, error = %e, "TLS certificate files refused; the last good ones keep serving")
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One chain's rustls config, as its mode says.
 fn chain_config(
-    listener: &Listener,
+    listener: &str,
     tls: &ServerTls,
     identity: Option<&WorkloadIdentity>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let name = || listener.name.clone();
+    let name = || listener.to_string();
     if tls.mode == mesh_core::mtls::ISTIO_MUTUAL {
         // Its ALPN takes Istio's in-mesh protocols besides h2 and
         // http/1.1: a sidecar offers only those.

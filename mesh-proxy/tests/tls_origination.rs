@@ -60,7 +60,8 @@ fn start(rt: &tokio::runtime::Runtime, docs: &[String], registry: MemoryRegistry
     }
     let builder = ProxyBuilder::new(ConfigSource::mesh(store, Arc::new(registry), default_gateway_identity()))
         .bind_ip("127.0.0.1".parse().expect("an IP"))
-        .drain_timeout(Duration::from_millis(200));
+        .drain_timeout(Duration::from_millis(200))
+        .admin("127.0.0.1:0".parse().expect("an address"));
     rt.block_on(async {
         let proxy = builder.start().await.expect("started");
         proxy.wait_for_version_change("", Duration::from_secs(10)).await.expect("the config applies");
@@ -203,4 +204,68 @@ fn a_mutual_gateway_without_ca_certificates_does_not_start_as_simple() {
     assert!(ready.contains("TLS mode MUTUAL needs caCertificates"), "{ready}");
     assert!(raw_port(port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").is_err(), "no listener, not a SIMPLE one");
     rt.block_on(proxy.drain());
+}
+
+/// The serial of the certificate a TLS server on `port` presents for
+/// `name`, checked against `ca`; and the connection, still open.
+async fn served_serial(port: u16, ca: &str) -> (String, tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.expect("a certificate")).expect("a root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connected");
+    let name = rustls::pki_types::ServerName::try_from("secure.example").expect("a name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("a handshake");
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).expect("a certificate").clone();
+    (mesh_core::certificate::CertificateInfo::from_der(&leaf).expect("read").serial, tls)
+}
+
+async fn request_on(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("written");
+    let mut buf = vec![0u8; 4096];
+    let n = tls.read(&mut buf).await.expect("read");
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn gateway_certificate_files_are_reloaded_without_dropping_connections() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ca = TestCa::new("servers");
+    let (cert, key) = ca.issue(dir.path(), "server", "secure.example");
+    let rt = runtime();
+    let (back, port, _upstream) =
+        back(&rt, &format!("    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}\n"));
+    let admin = back.admin_address().expect("an admin server").port();
+    rt.block_on(async {
+        let (first, mut open) = served_serial(port, &ca.pem).await;
+        assert!(request_on(&mut open).await.starts_with("HTTP/1.1 200"));
+        // The same files, a new certificate in them.
+        ca.issue(dir.path(), "server", "secure.example");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut now = first.clone();
+        while now == first && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now = served_serial(port, &ca.pem).await.0;
+        }
+        assert_ne!(now, first, "new connections get the new certificate");
+        assert!(request_on(&mut open).await.starts_with("HTTP/1.1 200"), "the open connection goes on");
+        // Broken files: refused and counted; the last good certificate
+        // keeps serving.
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("written");
+        let metrics = || mesh_testkit::http::get(admin, "/stats/prometheus", &[]).body;
+        let refused = || metrics().lines().any(|l| l.starts_with("mesh_certificate_reload_failures_total 1"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !refused() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(refused(), "{}", metrics());
+        assert_eq!(served_serial(port, &ca.pem).await.0, now);
+    });
+    rt.block_on(back.drain());
 }
