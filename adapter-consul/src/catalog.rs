@@ -92,6 +92,7 @@ pub fn service_of(name: &str, entries: &[HealthEntry], naming: &Naming) -> (Serv
         addresses: Vec::new(),
         resolution: Resolution::Static,
         mesh_external: false,
+        subject_alt_names: Vec::new(),
     };
     let mut endpoints = Vec::new();
     for e in entries {

@@ -10,7 +10,8 @@
 //!   come from `/v1/health/service/<name>`: passing and warning serve
 //!   (with Consul's `Weights`), critical leaves, maintenance drains; tags
 //!   (`version=v2`) and service meta are labels, so DestinationRule subsets
-//!   select them; the datacenter and node meta `zone` are the locality.
+//!   select them; the datacenter and node meta `zone` are the locality;
+//!   service meta `service-account` is the instance's service account.
 //! - Blocking queries as Consul documents them ([`blocking`]): an index
 //!   that goes backwards starts over, 0 is never sent back, failures back
 //!   off with jitter, and queries of one watch are never closer than a

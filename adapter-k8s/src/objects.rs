@@ -89,6 +89,7 @@ impl ServiceRecord {
                 addresses,
                 resolution: if external_name.is_some() { Resolution::Dns } else { Resolution::Static },
                 mesh_external: external_name.is_some(),
+                subject_alt_names: Vec::new(),
             }),
             external_name,
         })

@@ -186,6 +186,7 @@ pub fn service(svc: &KubeService, namespace: &str) -> Service {
         addresses: svc.spec.cluster_ip.iter().filter(|ip| *ip != "None" && !ip.is_empty()).cloned().collect(),
         resolution: if external { Resolution::Dns } else { Resolution::Static },
         mesh_external: external,
+        subject_alt_names: Vec::new(),
     }
 }
 

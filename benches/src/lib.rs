@@ -119,6 +119,7 @@ pub fn mesh(services: usize, endpoints_per_service: usize) -> (Vec<Resource>, Ve
             addresses: vec![],
             resolution: Resolution::Static,
             mesh_external: false,
+            subject_alt_names: Vec::new(),
         };
         let endpoints = (0..endpoints_per_service)
             .map(|e| {

@@ -296,6 +296,7 @@ mod tests {
             addresses: vec![],
             resolution: Resolution::Static,
             mesh_external: false,
+            subject_alt_names: Vec::new(),
         };
         services.insert(svc.hostname.clone(), ServiceState { service: Arc::new(svc), endpoints: vec![ep].into() });
         MeshSnapshot { config: Arc::new(config), services: Arc::new(services) }

@@ -128,6 +128,7 @@
 //!     addresses: vec![],
 //!     resolution: Resolution::Static,
 //!     mesh_external: false,
+//!     subject_alt_names: Vec::new(),
 //! }, vec![Endpoint::new("10.0.0.1")]);
 //!
 //! let mesh = MeshSnapshot { config: store.snapshot(), services: registry.snapshot() };

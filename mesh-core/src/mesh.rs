@@ -214,6 +214,7 @@ mod tests {
             addresses: vec![],
             resolution: Resolution::Static,
             mesh_external: false,
+            subject_alt_names: Vec::new(),
         }
     }
 

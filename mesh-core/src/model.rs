@@ -82,6 +82,10 @@ pub struct Service {
     pub addresses: Vec<String>,
     pub resolution: Resolution,
     pub mesh_external: bool,
+    /// Identities its workloads may present beyond their service
+    /// accounts (a ServiceEntry's `subjectAltNames`): secure naming.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
 }
 
 impl Service {
@@ -96,6 +100,7 @@ impl Service {
             addresses: Vec::new(),
             resolution: Resolution::Static,
             mesh_external: false,
+            subject_alt_names: Vec::new(),
         }
     }
 

@@ -39,13 +39,17 @@ pub fn istio_sni(port: u16, subset: Option<&str>, host: &str) -> String {
     format!("outbound_.{port}_.{}_.{host}", subset.unwrap_or(""))
 }
 
-/// The SPIFFE IDs a destination's endpoints run as (Istio's secure
-/// naming), in the mesh's trust domain, sorted and without repeats.
-pub fn service_identities(trust_domain: &str, namespace: &str, endpoints: &[Endpoint]) -> Vec<String> {
+/// The identities a destination's workloads may present (Istio's secure
+/// naming): its endpoints' service accounts as SPIFFE IDs of the mesh's
+/// trust domain, and a ServiceEntry's `subjectAltNames`; sorted, without
+/// repeats.
+pub fn service_identities(trust_domain: &str, service: &Service, endpoints: &[Endpoint]) -> Vec<String> {
+    let namespace = &service.namespace;
     let mut ids: Vec<String> = endpoints
         .iter()
         .filter_map(|e| e.service_account.as_deref())
         .map(|sa| format!("spiffe://{trust_domain}/ns/{namespace}/sa/{sa}"))
+        .chain(service.subject_alt_names.iter().cloned())
         .collect();
     ids.sort();
     ids.dedup();

@@ -61,6 +61,7 @@ pub fn services_of(
                 addresses: se.addresses.clone(),
                 resolution,
                 mesh_external: se.location.as_deref() != Some("MESH_INTERNAL"),
+                subject_alt_names: se.subject_alt_names.clone(),
             };
             // DNS entries without endpoints resolve the host itself.
             let eps = if endpoints.is_empty() && resolution == Resolution::Dns {

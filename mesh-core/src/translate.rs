@@ -339,7 +339,7 @@ impl<'a> Translator<'a> {
             port: port.port,
             subset,
             http2: matches!(port.protocol, Protocol::Http2 | Protocol::Grpc),
-            identities: mtls::service_identities(&self.mesh_config.trust_domain, &svc.namespace, &state.endpoints),
+            identities: mtls::service_identities(&self.mesh_config.trust_domain, svc, &state.endpoints),
             namespace_mode: peer_authentication::effective(
                 root,
                 &svc.namespace,
@@ -929,6 +929,7 @@ impl<'a> Translator<'a> {
                     addresses: vec![],
                     resolution: Resolution::Static,
                     mesh_external: false,
+                    subject_alt_names: Vec::new(),
                 };
                 out.push((vec![], self.tcp_destinations(&dummy, port, Some(gw_name))));
                 break;
@@ -979,11 +980,30 @@ impl<'a> Translator<'a> {
                 (ns_ok && selected && !targeted).then(|| AuthorizationPolicyRef {
                     namespace: r.meta.namespace.clone(),
                     name: r.meta.name.clone(),
-                    policy: AuthorizationPolicy::clone(p),
+                    policy: with_trust_domain_aliases(p, &self.mesh_config.trust_domains()),
                 })
             })
             .collect()
     }
+}
+
+/// A policy whose principals of the mesh's trust domain (or one of its
+/// aliases) name every alias too, as Istio widens them: a mesh renamed
+/// from `old.td` still matches `old.td/ns/foo/sa/sleep`.
+fn with_trust_domain_aliases(
+    policy: &AuthorizationPolicy,
+    domains: &crate::identity::TrustDomains,
+) -> AuthorizationPolicy {
+    let mut policy = policy.clone();
+    if domains.aliases.is_empty() {
+        return policy;
+    }
+    let widen = |list: &mut Vec<String>| *list = list.iter().flat_map(|p| domains.principals_for(p)).collect();
+    for from in policy.rules.iter_mut().flat_map(|r| r.from.iter_mut()) {
+        widen(&mut from.source.principals);
+        widen(&mut from.source.not_principals);
+    }
+    policy
 }
 
 /// A listener on one address and port, named as Istio names it

@@ -153,3 +153,48 @@ spec:
         [(Some(8000), true), (Some(8000), false)]
     );
 }
+
+#[test]
+fn a_service_entrys_subject_alt_names_join_the_expected_identities() {
+    let se = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm, namespace: foo}
+spec:
+  hosts: [vm.foo.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  subjectAltNames: [spiffe://cluster.local/ns/foo/sa/legacy-vm]
+  endpoints: [{address: 10.0.9.1, serviceAccount: vm, labels: {security.istio.io/tlsMode: istio}}]";
+    // The entry's service, as the adapters register it.
+    let resource = Resource::from_yaml(se).expect("a ServiceEntry");
+    let r = registry();
+    for state in mesh_core::service_entry::services_of_all([&resource], &[]) {
+        r.upsert((*state.service).clone(), state.endpoints.to_vec());
+    }
+    let store = MemoryConfigStore::new();
+    let mesh = MeshSnapshot { config: store.snapshot(), services: r.snapshot() };
+    let cfg = translate_with(&mesh, &sleep_in_foo(), &MeshConfig::default());
+    let tls = cfg.cluster("outbound|80||vm.foo.svc.cluster.local").and_then(|c| c.tls.clone()).expect("auto mTLS");
+    assert_eq!(
+        tls.subject_alt_names,
+        vec!["spiffe://cluster.local/ns/foo/sa/legacy-vm".to_string(), "spiffe://cluster.local/ns/foo/sa/vm".into()]
+    );
+}
+
+#[test]
+fn trust_domain_aliases_widen_authorization_principals() {
+    let policy = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-sleep, namespace: foo}
+spec:
+  rules: [{from: [{source: {principals: [old.td/ns/foo/sa/sleep, other.td/ns/foo/sa/x]}}]}]";
+    let mesh = MeshConfig {
+        trust_domain: "new.td".into(),
+        trust_domain_aliases: vec!["old.td".into()],
+        ..MeshConfig::default()
+    };
+    let cfg = build(&[policy], &httpbin_in_foo(), &mesh);
+    let principals = &cfg.authorization[0].policy.rules[0].from[0].source.principals;
+    assert_eq!(principals, &["new.td/ns/foo/sa/sleep", "old.td/ns/foo/sa/sleep", "other.td/ns/foo/sa/x"]);
+}

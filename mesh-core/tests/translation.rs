@@ -125,6 +125,7 @@ fn sidecar_egress_limits_what_a_proxy_sees() {
         addresses: vec!["10.96.0.9".into()],
         resolution: Resolution::Static,
         mesh_external: false,
+        subject_alt_names: Vec::new(),
     };
     registry.upsert(other.clone(), vec![Endpoint::new("10.9.0.1")]);
     let all = build(&[], &registry, &productpage());
@@ -214,6 +215,7 @@ fn tcp_echo_gateway_splits_80_20() {
             addresses: vec![],
             resolution: Resolution::Static,
             mesh_external: false,
+            subject_alt_names: Vec::new(),
         },
         vec![v1, v2],
     );

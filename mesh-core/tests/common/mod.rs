@@ -39,6 +39,7 @@ fn service(name: &str) -> Service {
         addresses: vec![],
         resolution: Resolution::Static,
         mesh_external: false,
+        subject_alt_names: Vec::new(),
     }
 }
 
