@@ -57,7 +57,10 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
         }
         _ if prometheus_only => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         (&Method::GET, "/config_dump") => {
-            json(&serde_json::json!({ "version": live.config.version, "config": &*live.config }))
+            let certificates: Vec<_> = state.identity.iter().filter_map(WorkloadIdentity::view).collect();
+            json(
+                &serde_json::json!({ "version": live.config.version, "config": &*live.config, "certificates": certificates }),
+            )
         }
         (&Method::GET, "/clusters") => {
             let mut names: Vec<&String> = live.clusters.keys().collect();

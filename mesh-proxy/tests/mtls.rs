@@ -183,6 +183,8 @@ fn istio_mutual_carries_the_client_identity_to_authorization_and_the_app() {
     assert_eq!(certs["certificates"][0]["uris"][0], BACKEND, "{certs}");
     assert!(certs["certificates"][0]["serial"].as_str().is_some_and(|s| !s.is_empty()));
     assert!(!certs.to_string().contains("PRIVATE KEY"));
+    let dump = admin(&back.proxy, "/config_dump");
+    assert!(dump.contains(BACKEND) && !dump.contains("PRIVATE KEY"), "config_dump shows the certificate, not the key");
 
     // Another identity of the mesh: mTLS works, authorization says no.
     let (front, port) = start_front(
