@@ -80,6 +80,7 @@ const TYPES: &[Type] = &[
     Type { group: "", plural: "pods", kind: "Pod", namespaced: true },
     Type { group: "", plural: "namespaces", kind: "Namespace", namespaced: false },
     Type { group: "", plural: "nodes", kind: "Node", namespaced: false },
+    Type { group: "", plural: "secrets", kind: "Secret", namespaced: true },
     Type { group: "discovery.k8s.io", plural: "endpointslices", kind: "EndpointSlice", namespaced: true },
     Type { group: NETWORKING, plural: "virtualservices", kind: "VirtualService", namespaced: true },
     Type { group: NETWORKING, plural: "destinationrules", kind: "DestinationRule", namespaced: true },

@@ -29,6 +29,7 @@
 //! | [`crds`] | Istio's CRDs: served versions, objects to resources |
 //! | [`watch`] | kube-rs watchers as `Reset` / `Apply` / `Delete` streams |
 //! | [`selector`] | label selectors in kubectl's syntax (discovery selectors) |
+//! | [`secrets`] | Secrets as TLS credentials (a Gateway's `credentialName`; needs `list` and `watch` on `secrets`, for gateways only) |
 //! | [`token_review`] | who a service-account token belongs to (TokenReview), for the CA |
 //!
 //! ```no_run
@@ -46,6 +47,7 @@
 pub mod cluster;
 pub mod crds;
 pub mod objects;
+pub mod secrets;
 pub mod selector;
 pub mod source;
 pub mod token_review;

@@ -126,6 +126,16 @@ impl ProxyArgs {
     }
 }
 
+/// The cluster's TLS Secrets as credentials, listed before this returns
+/// (or after 10 s, warned).
+pub async fn secret_credentials(client: kube::Client) -> std::sync::Arc<adapter_k8s::secrets::SecretCredentials> {
+    let secrets = adapter_k8s::secrets::SecretCredentials::start(client);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), secrets.ready()).await.is_err() {
+        tracing::warn!("Secrets not listed in 10 s: credentialName servers refuse handshakes until they are");
+    }
+    secrets
+}
+
 /// Have mimalloc (the binaries' allocator) return the memory freed so far
 /// on the calling thread: after a config load or a translation, which free
 /// megabytes at once that an idle thread would otherwise keep (a gateway

@@ -22,6 +22,7 @@ fn apply(api: &str, object: &serde_json::Value) {
     let collection = match kind {
         "Service" => format!("/api/v1/namespaces/{ns}/services"),
         "Pod" => format!("/api/v1/namespaces/{ns}/pods"),
+        "Secret" => format!("/api/v1/namespaces/{ns}/secrets"),
         "EndpointSlice" => format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"),
         _ => {
             let api_version = object["apiVersion"].as_str().expect("apiVersion");
@@ -137,4 +138,119 @@ fn deployment_manifest_grants_only_list_and_watch_on_what_is_read() {
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
     let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
     assert_eq!(args[0], "--kubernetes");
+}
+
+/// A Secret of type kubernetes.io/tls holding a certificate for `host`;
+/// the certificate's serial.
+fn tls_secret(api: &str, host: &str) -> (rcgen::CertifiedKey<rcgen::KeyPair>, String) {
+    use base64::Engine;
+    let cert = rcgen::generate_simple_self_signed(vec![host.to_string()]).expect("a certificate");
+    let b64 = |text: String| base64::engine::general_purpose::STANDARD.encode(text);
+    apply(
+        api,
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "web-cert", "namespace": "istio-system"},
+            "data": {"tls.crt": b64(cert.cert.pem()), "tls.key": b64(cert.signing_key.serialize_pem())},
+        }),
+    );
+    let serial = mesh_core::certificate::CertificateInfo::from_der(cert.cert.der()).expect("read").serial;
+    (cert, serial)
+}
+
+/// The serial of the certificate the gateway serves for `host` on `port`
+/// (any certificate accepted: the test compares serials), and the answer
+/// to a GET on that connection.
+fn served(port: u16, host: &str) -> Option<(String, String)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate))
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.ok()?;
+        let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+        let serial = mesh_core::certificate::CertificateInfo::from_der(&leaf).ok()?.serial;
+        tls.write_all(format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        Some((serial, String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_string()))
+    })
+}
+
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[test]
+fn gateway_serves_tls_from_a_secret_and_follows_its_changes() {
+    let (_backends, [p1, _, _]) = reviews_backends();
+    let (_api, api) = fake_server("fake_apiserver", &[]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p1)] }], "");
+    let mesh = std::fs::read_to_string(dir.path().join("mesh.yaml")).expect("mesh.yaml").replace(
+        "name: http, protocol: HTTP}\n    hosts: [\"*\"]",
+        "name: https, protocol: HTTPS}\n    hosts: [\"*\"]\n    tls: {mode: SIMPLE, credentialName: web-cert}",
+    );
+    apply_yaml(&api, &mesh);
+    apply_yaml(&api, &routes("web", "  - route:\n    - destination: {host: web}\n"));
+    let (_first, first) = tls_secret(&api, "web.example");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{api}\"}}\nusers:\n- name: tester\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: tester}}\ncurrent-context: fake\n"),
+    )
+    .expect("written");
+    // The Gateway lives in `default`; its Secret in the gateway's own namespace.
+    let kubeconfig = kubeconfig.to_string_lossy().to_string();
+    let _gateway = Gateway::launch(&["--kubeconfig", &kubeconfig], port, &[], Stdio::null());
+    let (serial, status) = served(port, "web.example").expect("a TLS answer");
+    assert_eq!((serial, status.as_str()), (first.clone(), "HTTP/1.1 200 OK"));
+    // A renewed Secret: new connections get it, no restart.
+    let (_second, second) = tls_secret(&api, "web.example");
+    assert!(
+        wait_until(Duration::from_secs(10), || served(port, "web.example").is_some_and(|(s, _)| s == second)),
+        "the renewed Secret is served"
+    );
 }

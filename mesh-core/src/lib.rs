@@ -23,6 +23,7 @@
 //! | [`rate_limit`] | the local rate limit token bucket |
 //! | [`path`] | request path normalization before routing and authorization (Istio's `pathNormalization`) |
 //! | [`identity`] | SPIFFE IDs and the trust domains a proxy accepts |
+//! | [`credentials`] | TLS credentials by name (a Gateway's `credentialName`), from the platform |
 //! | `certificate` | what an X.509 certificate says: SPIFFE IDs, serial, validity (feature `x509`) |
 //! | [`mesh_config`] | Istio's MeshConfig settings translation reads: trust domain, auto mTLS, root namespace |
 //! | [`mtls`] | which connections carry Istio mTLS: DestinationRule TLS, auto mTLS, PeerAuthentication as inbound chains |
@@ -146,6 +147,7 @@ pub mod authz;
 #[cfg(feature = "x509")]
 pub mod certificate;
 pub mod config;
+pub mod credentials;
 pub mod fault;
 pub mod filter;
 pub mod identity;

@@ -100,6 +100,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::stream::{BoxStream, StreamExt};
+use mesh_core::credentials::CredentialSource;
 use mesh_core::filter::{Filter, FilterChain};
 use mesh_core::mesh::{self, Debounce};
 use mesh_core::mesh_config::MeshConfig;
@@ -159,6 +160,7 @@ pub struct ProxyBuilder {
     allow_degraded: bool,
     after_config: Option<AfterConfig>,
     identity: Option<WorkloadIdentity>,
+    credentials: Option<Arc<dyn CredentialSource>>,
     mesh_config: MeshConfig,
 }
 
@@ -181,8 +183,17 @@ impl ProxyBuilder {
             allow_degraded: false,
             after_config: None,
             identity: None,
+            credentials: None,
             mesh_config: MeshConfig::default(),
         }
+    }
+
+    /// Where Gateway servers' `credentialName`s are found (Kubernetes
+    /// Secrets: `adapter_k8s::secrets::SecretCredentials`), looked up in
+    /// the proxy's namespace and read again when they change.
+    pub fn credentials(mut self, source: Arc<dyn CredentialSource>) -> Self {
+        self.credentials = Some(source);
+        self
     }
 
     /// The workload's certificate, for Istio mTLS in and out
@@ -338,7 +349,11 @@ impl ProxyBuilder {
             self.drain_timeout,
             self.limits,
             Arc::clone(&status),
-            self.identity.clone(),
+            tls::Credentials {
+                identity: self.identity.clone(),
+                source: self.credentials.clone(),
+                namespace: namespace.clone(),
+            },
         )));
         let (failure_tx, failure_rx) = watch::channel(None);
         let (version_tx, version_rx) = watch::channel(String::new());

@@ -27,7 +27,7 @@ use crate::limits::DownstreamLimits;
 use crate::mtls::peer::PeerIdentity;
 use crate::mtls::WorkloadIdentity;
 use crate::status::ProxyStatus;
-use crate::tls::TlsListener;
+use crate::tls::{Credentials, TlsListener};
 
 struct Running {
     address: SocketAddr,
@@ -52,8 +52,8 @@ pub struct Listeners {
     limits: DownstreamLimits,
     /// Where listeners that cannot bind are reported.
     status: Arc<ProxyStatus>,
-    /// The certificate for inbound mTLS.
-    identity: Option<WorkloadIdentity>,
+    /// The certificates: inbound mTLS, gateway credentials.
+    credentials: Credentials,
 }
 
 /// A listening socket with this accept queue (by default as long as the
@@ -73,9 +73,9 @@ impl Listeners {
         drain: Duration,
         limits: DownstreamLimits,
         status: Arc<ProxyStatus>,
-        identity: Option<WorkloadIdentity>,
+        credentials: Credentials,
     ) -> Listeners {
-        Listeners { running: HashMap::new(), bind_ip, drain, limits, status, identity }
+        Listeners { running: HashMap::new(), bind_ip, drain, limits, status, credentials }
     }
 
     /// Bind what the config has and is not bound; drain what it no longer
@@ -147,18 +147,22 @@ impl Listeners {
                 Arc::new(bind(wanted, self.limits.listen_backlog).map_err(|e| (wanted.to_string(), e.to_string()))?)
             }
         };
-        let tls =
-            TlsListener::for_listener(l, self.identity.as_ref()).map_err(|e| (wanted.to_string(), e.to_string()))?;
+        let tls = TlsListener::for_listener(l, &self.credentials).map_err(|e| (wanted.to_string(), e.to_string()))?;
         let address = socket.local_addr().unwrap_or(wanted);
         let (stop, stopped) = watch::channel(false);
         if let Some(tls) = &tls {
             let status = Arc::clone(&self.status);
-            tokio::spawn(tls.clone().follow_files(l.name.clone(), Duration::from_secs(1), status, stopped.clone()));
+            tokio::spawn(tls.clone().follow_certificates(
+                l.name.clone(),
+                Duration::from_secs(1),
+                status,
+                stopped.clone(),
+            ));
         }
         let serving = Serving {
             config: l.clone(),
             tls,
-            identity: self.identity.clone(),
+            identity: self.credentials.identity.clone(),
             forwarder: Arc::clone(forwarder),
             drain: self.drain,
             settings: self.limits,

@@ -269,3 +269,83 @@ fn gateway_certificate_files_are_reloaded_without_dropping_connections() {
     });
     rt.block_on(back.drain());
 }
+
+/// Credentials in memory, as a platform would hold them.
+#[derive(Default)]
+struct Secrets {
+    by_name: std::sync::Mutex<std::collections::BTreeMap<(String, String), mesh_core::credentials::Credential>>,
+    version: std::sync::atomic::AtomicU64,
+}
+
+impl Secrets {
+    fn put(&self, namespace: &str, name: &str, credential: mesh_core::credentials::Credential) {
+        self.by_name.lock().expect("not poisoned").insert((namespace.into(), name.into()), credential);
+        self.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl mesh_core::credentials::CredentialSource for Secrets {
+    fn credential(&self, namespace: &str, name: &str) -> Option<mesh_core::credentials::Credential> {
+        self.by_name.lock().expect("not poisoned").get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn credential_name_certificates_come_from_the_credential_source_when_they_exist() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (servers, clients) = (TestCa::new("servers"), TestCa::new("clients"));
+    let (cert, key) = servers.issue(dir.path(), "server", "secure.example");
+    let (client_cert, client_key) = clients.issue(dir.path(), "client", "client.example");
+    let servers_file = servers.write(dir.path(), "servers");
+    let read = |p: &str| std::fs::read_to_string(p).expect("read");
+    let rt = runtime();
+    let (upstream, upstream_port) = recording_upstream(None);
+    let port = free_port();
+    let docs = [
+        gateway(port, "HTTPS", "    tls: {mode: MUTUAL, credentialName: web-cert}\n"),
+        route("app.istio-system.svc.cluster.local"),
+    ];
+    let store = Arc::new(MemoryConfigStore::new());
+    for doc in &docs {
+        store.upsert(Resource::from_yaml(doc).unwrap_or_else(|e| panic!("{e}\n{doc}")));
+    }
+    let secrets = Arc::new(Secrets::default());
+    let builder = ProxyBuilder::new(ConfigSource::mesh(
+        store,
+        Arc::new(registry("app.istio-system.svc.cluster.local", upstream_port)),
+        default_gateway_identity(),
+    ))
+    .bind_ip("127.0.0.1".parse().expect("an IP"))
+    .credentials(secrets.clone());
+    let proxy = rt.block_on(async {
+        let proxy = builder.start().await.expect("started");
+        proxy.wait_for_version_change("", Duration::from_secs(10)).await.expect("the config applies");
+        proxy
+    });
+    // No Secret yet: the listener is up and refuses handshakes.
+    let mutual = format!("{{mode: MUTUAL, clientCertificate: {client_cert}, privateKey: {client_key}, caCertificates: {servers_file}, sni: secure.example}}");
+    assert_eq!(through_front(&rt, port, &mutual), 503);
+    // The Secret arrives (the gateway's namespace, istio-system).
+    secrets.put(
+        "istio-system",
+        "web-cert",
+        mesh_core::credentials::Credential {
+            certificate_chain: read(&cert),
+            private_key: read(&key),
+            ca_certificates: Some(clients.pem.clone()),
+        },
+    );
+    assert!(mesh_testkit::wait_until(Duration::from_secs(10), || through_front(&rt, port, &mutual) == 200));
+    let without = format!("{{mode: SIMPLE, caCertificates: {servers_file}, sni: secure.example}}");
+    assert_eq!(
+        through_front(&rt, port, &without),
+        503,
+        "MUTUAL from the Secret's ca.crt: a client certificate is required"
+    );
+    rt.block_on(proxy.drain());
+    drop(upstream);
+}

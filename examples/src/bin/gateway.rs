@@ -43,9 +43,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let labels = examples::parse_labels(&args.labels)?;
     let identity = ProxyIdentity::gateway(&args.name, &args.namespace, labels);
-    let (source, _watch) = examples::config_source(&args.proxy, identity).await?;
+    let (source, sources) = examples::config_source(&args.proxy, identity).await?;
     let builder = args.proxy.apply(ProxyBuilder::new(source));
     let mut builder = args.proxy.apply_identity(builder, &args.namespace).await?;
+    // Gateway servers' credentialName: Secrets, when Kubernetes is a source.
+    if let Some(client) = sources.as_ref().and_then(|s| s.kube_client.clone()) {
+        builder = builder.credentials(examples::secret_credentials(client).await);
+    }
     if let Some(ip) = args.bind {
         builder = builder.bind_ip(ip);
     }
