@@ -165,16 +165,10 @@ fn served(port: u16, host: &str) -> Option<(String, String)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     runtime.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .ok()?
-            .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate))
-            .with_no_client_auth();
+        let config = mesh_testkit::tls::any_server_client();
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
-        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.ok()?;
+        let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.ok()?;
         let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
         let serial = mesh_core::certificate::CertificateInfo::from_der(&leaf).ok()?.serial;
         tls.write_all(format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes()).await.ok()?;
@@ -182,44 +176,6 @@ fn served(port: u16, host: &str) -> Option<(String, String)> {
         let _ = tls.read_to_end(&mut answer).await;
         Some((serial, String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_string()))
     })
-}
-
-#[derive(Debug)]
-struct AnyCertificate;
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[test]

@@ -14,10 +14,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mesh_core::proxy_config::{Cluster, UpstreamTls};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -75,7 +74,7 @@ fn from_files(cluster: &Cluster, tls: &UpstreamTls) -> Result<Arc<rustls::Client
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify {
-        Arc::new(SkipVerify(provider.signature_verification_algorithms))
+        Arc::new(SkipVerify)
     } else {
         let Some(ca) = &tls.ca_certificates else {
             return Err("TLS origination needs caCertificates (or insecureSkipVerify)".into());
@@ -141,32 +140,12 @@ impl ServerCertVerifier for NamedVerifier {
         Err(last.unwrap_or(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)))
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    crate::mtls::verify::webpki_signatures!();
 }
 
 /// `insecureSkipVerify: true`: the user asked for no verification.
 #[derive(Debug)]
-struct SkipVerify(rustls::crypto::WebPkiSupportedAlgorithms);
+struct SkipVerify;
 
 impl ServerCertVerifier for SkipVerify {
     fn verify_server_cert(
@@ -180,27 +159,7 @@ impl ServerCertVerifier for SkipVerify {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
+    crate::mtls::verify::webpki_signatures!();
 }
 
 /// An upstream connection, plain or TLS.

@@ -390,16 +390,12 @@ fn expired_not_yet_valid_and_missing_certificates_are_refused_and_counted() {
     assert_eq!(get(port).status, 503);
     rt.block_on(front.drain());
     let before = admin(&back.proxy, "/stats");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
-        .with_no_client_auth();
+    // Any server: the test is about the server's checks.
+    let config = mesh_testkit::tls::any_server_client();
     let refused = rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", back.port)).await.expect("connected");
         let name = rustls::pki_types::ServerName::try_from("backend").expect("a name");
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+        let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
         let mut buf = [0u8; 64];
@@ -413,43 +409,4 @@ fn expired_not_yet_valid_and_missing_certificates_are_refused_and_counted() {
         "counted in /stats"
     );
     rt.block_on(back.proxy.drain());
-}
-
-/// A client that takes any server: the test is about the server's checks.
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.supported_schemes()
-    }
 }

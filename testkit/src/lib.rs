@@ -20,6 +20,7 @@ pub mod http;
 pub mod net;
 pub mod peers;
 pub mod process;
+pub mod tls;
 pub mod wait;
 
 pub use net::free_port;
