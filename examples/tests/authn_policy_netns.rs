@@ -17,29 +17,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{wait_until, Proc};
+use mesh_testkit::netns::{python, run};
 
 const NAMESPACES: [&str; 3] = ["foo", "bar", "legacy"];
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 fn in_ns(ns: &str, args: &[&str]) {
     let mut full = vec!["ip", "netns", "exec", ns];
     full.extend_from_slice(args);
     run(&full);
-}
-
-/// Python in a namespace: its stdout, or its last error line.
-fn python(ns: &str, code: &str) -> Result<String, String> {
-    let out =
-        Command::new("ip").args(["netns", "exec", ns, "python3", "-c", code]).output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_string())
-    }
 }
 
 /// A GET from inside `ns`: the status (000 when the connection failed),

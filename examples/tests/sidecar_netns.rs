@@ -10,11 +10,6 @@ use std::time::Duration;
 
 use common::Proc;
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// The pod's network namespace; deleting it removes its veth and rules.
 struct Pod {
     ns: String,
@@ -26,17 +21,7 @@ impl Drop for Pod {
     }
 }
 
-/// Run python3 inside the pod namespace; its stdout, trimmed, or its
-/// error.
-fn in_pod(ns: &str, code: &str) -> Result<String, String> {
-    let out =
-        Command::new("ip").args(["netns", "exec", ns, "python3", "-c", code]).output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_string())
-    }
-}
+use mesh_testkit::netns::{python as in_pod, run};
 
 #[test]
 fn sidecar_captures_a_pods_traffic_both_ways() {

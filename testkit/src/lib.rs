@@ -18,6 +18,7 @@ pub mod envoy;
 pub mod fixtures;
 pub mod http;
 pub mod net;
+pub mod netns;
 pub mod peers;
 pub mod process;
 pub mod tls;
