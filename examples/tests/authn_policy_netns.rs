@@ -348,6 +348,14 @@ fn istio_authentication_policy_task() {
             && l.contains("connection_security_policy=\"mutual_tls\"")),
         "{bar}"
     );
+    let sleep_foo = python(&sleeps["foo"].ns, metrics).unwrap_or_default();
+    assert!(
+        sleep_foo.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("reporter=\"source\"")
+            && l.contains("source_principal=\"spiffe://cluster.local/ns/foo/sa/sleep\"")
+            && l.contains("destination_principal=\"spiffe://cluster.local/ns/bar/sa/httpbin\"")),
+        "{sleep_foo}"
+    );
     let foo = series("foo");
     assert!(
         foo.lines().any(|l| l.starts_with("istio_requests_total{")

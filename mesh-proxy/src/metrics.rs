@@ -110,6 +110,8 @@ struct Outcome {
     grpc: bool,
     /// The mTLS peer's principal, hashed (0: no mTLS peer).
     peer: u64,
+    /// Outbound over mTLS.
+    upstream_mtls: bool,
 }
 
 type Handles = FxHashMap<Outcome, (Counter, AtomicHistogram)>;
@@ -147,6 +149,9 @@ pub struct RequestRecord<'a> {
     pub grpc: bool,
     /// The verified peer of an inbound mTLS connection.
     pub peer: Option<&'a PeerIdentity>,
+    /// Outbound over mTLS: the server's identity (`unknown` when secure
+    /// naming allows several).
+    pub upstream_peer: Option<&'a str>,
     /// Only kept when the access log is on.
     request_line: Option<RequestLine>,
 }
@@ -275,6 +280,7 @@ impl Metrics {
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
             peer: None,
+            upstream_peer: None,
             request_line: self.access_log.as_ref().map(|_| RequestLine::of(head)),
         }
     }
@@ -286,6 +292,7 @@ impl Metrics {
             grpc_status: r.grpc_status.as_deref().and_then(|g| g.parse().ok()),
             grpc: r.grpc,
             peer: r.peer.map_or(0, |p| p.key),
+            upstream_mtls: r.upstream_peer.is_some(),
         };
         let ms = took.as_secs_f64() * 1000.0;
         let hit = self.resolved.load().get(r.cluster).is_some_and(|cluster| match cluster.load().get(&outcome) {
@@ -321,7 +328,11 @@ impl Metrics {
         let (source_principal, destination_principal, policy) = match (inbound, r.peer) {
             (true, Some(peer)) => (peer.id.to_string(), own.unwrap_or_else(|| "unknown".into()), "mutual_tls"),
             (true, None) => ("unknown".into(), "unknown".into(), "none"),
-            (false, _) => ("unknown".into(), "unknown".into(), "unknown"),
+            // Istio's source reporter leaves the policy unknown.
+            (false, _) => match r.upstream_peer {
+                Some(server) => (own.unwrap_or_else(|| "unknown".into()), server.to_string(), "unknown"),
+                None => ("unknown".into(), "unknown".into(), "unknown"),
+            },
         };
         let labels = RequestLabels {
             reporter: if inbound { "destination" } else { self.reporter },

@@ -62,6 +62,8 @@ pub struct ClusterConnections {
     /// The same to TLS endpoints, and which endpoints those are (parallel
     /// to the cluster's addresses).
     pub hyper_tls: Option<(UpstreamClient, Vec<bool>)>,
+    /// The TLS is Istio mTLS (ISTIO_MUTUAL, or auto mTLS).
+    pub istio_mtls: bool,
     /// Plain HTTP/1.1, by endpoint (parallel to the cluster's addresses);
     /// `None` for an HTTP/2 cluster.
     pub http1: Option<Vec<Arc<HostPool>>>,
@@ -115,9 +117,11 @@ impl Upstreams {
                 })
                 .collect()
         });
+        let istio_mtls = cluster.tls.as_ref().is_some_and(|t| t.mode == mesh_core::mtls::ISTIO_MUTUAL);
         ClusterConnections {
             hyper,
             hyper_tls,
+            istio_mtls,
             http1,
             max_requests_per_connection: cluster.max_requests_per_connection,
             upstream_rx_resets: Arc::default(),
@@ -200,6 +204,11 @@ impl UpstreamError {
 }
 
 impl ClusterConnections {
+    /// Does a request to `host` go over Istio mTLS?
+    pub fn is_mtls(&self, host: usize) -> bool {
+        self.istio_mtls && self.hyper_tls.as_ref().is_some_and(|(_, tls)| tls.get(host).copied().unwrap_or(false))
+    }
+
     /// Send a request to one endpoint (`host`, at `addr`); the response's
     /// extensions carry hyper's upgrade handle when the request asked for
     /// one.

@@ -410,3 +410,37 @@ fn expired_not_yet_valid_and_missing_certificates_are_refused_and_counted() {
     );
     rt.block_on(back.proxy.drain());
 }
+
+#[test]
+fn a_peer_from_another_trust_domain_is_refused_unless_it_is_an_alias() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ca = CertificateAuthority::load_or_create(dir.path(), "cluster.local", Lifetimes::default()).expect("a CA");
+    let rt = runtime();
+    let foreign = "spiffe://other.td/ns/foo/sa/sleep";
+    for (aliases, status) in [(vec![], 503), (vec!["other.td".to_string()], 200)] {
+        let back_identity =
+            WorkloadIdentity::new(TrustDomains { own: "cluster.local".into(), aliases: aliases.clone() });
+        back_identity.install(issue(&ca, BACKEND)).expect("usable");
+        let (upstream, upstream_port) = recording_upstream(None);
+        let port = free_port();
+        let registry = MemoryRegistry::new("back");
+        let mut endpoint = Endpoint::new("127.0.0.1");
+        endpoint.ports.insert("http".into(), upstream_port);
+        registry.upsert(Service::http("app.default.svc.cluster.local", "default", 80), vec![endpoint]);
+        let docs = [gateway_yaml(port, "    tls: {mode: ISTIO_MUTUAL}\n"), route_yaml("app.default.svc.cluster.local")];
+        let back = start(&rt, &docs, registry, back_identity.clone());
+        let (front, front_port) = start_front(&rt, port, &[ISTIO_MUTUAL], false, identity(Some(issue(&ca, foreign))));
+        assert_eq!(get(front_port).status, status, "aliases {aliases:?}");
+        if aliases.is_empty() {
+            let reason = back_identity.stats().last_rejection.lock().map(|r| r.clone()).unwrap_or_default();
+            assert!(
+                reason.as_deref().is_some_and(|r| r
+                    .contains("peer identity spiffe://other.td/ns/foo/sa/sleep is not of trust domain cluster.local")),
+                "{reason:?}"
+            );
+        }
+        rt.block_on(front.drain());
+        rt.block_on(back.drain());
+        drop(upstream);
+    }
+}

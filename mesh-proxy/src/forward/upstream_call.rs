@@ -93,6 +93,13 @@ impl Exchange<'_> {
             let Ok(timeout) = try_timeout(route.timeout, per_try, || self.record.started.elapsed()) else {
                 return self.reply(Flag::Timeout, StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
             };
+            // Istio's source reporter: the server's identity when the
+            // connection is mTLS and secure naming allows only one.
+            self.record.upstream_peer = match cluster.config.tls.as_ref().map(|t| t.subject_alt_names.as_slice()) {
+                Some([only]) if cluster.connections.is_mtls(host) => Some(only.as_str()),
+                Some(_) if cluster.connections.is_mtls(host) => Some("unknown"),
+                _ => None,
+            };
             let result = self.attempt(cluster, host, timeout, sending.next()).await;
             if let Some(failure) = result.as_ref().ok().and_then(|r| r.as_ref().err()?.client_failure()) {
                 return self.client_failed(failure);
