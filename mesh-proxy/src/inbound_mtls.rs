@@ -95,15 +95,9 @@ pub async fn accept(
         Ok(Err(e)) => return failed(e.to_string()),
         Err(_) => return failed("timed out".into()),
     };
-    let local = identity.spiffe_id();
-    let peer = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|leaf| PeerIdentity::from_leaf(leaf, local.as_ref()));
+    let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|leaf| identity.peer(leaf, true));
     match peer {
-        Some(peer) => Some(Accepted::Mtls(Box::new(tls), Arc::new(peer))),
+        Some(peer) => Some(Accepted::Mtls(Box::new(tls), peer)),
         None => failed("the client certificate has no SPIFFE ID".into()),
     }
 }

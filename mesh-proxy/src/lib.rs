@@ -312,6 +312,7 @@ impl ProxyBuilder {
             metrics: Arc::clone(&metrics),
             stats: Arc::default(),
             path_normalization: self.path_normalization,
+            identity: self.identity.clone(),
         });
         let (drain_tx, drain_rx) = watch::channel(false);
         let admin_state = admin::AdminState {

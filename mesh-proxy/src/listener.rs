@@ -311,7 +311,11 @@ impl Connection {
         self.ingress.scheme = "https";
         // ISTIO_MUTUAL: the mesh client's identity, for authorization.
         let peer = session.peer_certificates().and_then(|c| c.first());
-        self.ingress.peer_identity = peer.and_then(|leaf| PeerIdentity::from_leaf(leaf, None)).map(Arc::new);
+        self.ingress.peer_identity = match (peer, &self.forwarder.identity) {
+            (Some(leaf), Some(identity)) => identity.peer(leaf, false),
+            (Some(leaf), None) => PeerIdentity::from_leaf(leaf, None).map(Arc::new),
+            (None, _) => None,
+        };
         let h2 = session.alpn_protocol() == Some(b"h2");
         let result = serve_http(stream, h2, self.settings, &mut self.draining, &self.forwarder, &self.ingress).await;
         self.finish(result);

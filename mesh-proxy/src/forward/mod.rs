@@ -60,6 +60,8 @@ pub struct Forwarder {
     pub stats: Arc<DownstreamStats>,
     /// Istio's `meshConfig.pathNormalization`.
     pub path_normalization: PathNormalization,
+    /// The workload's certificate (and the peers it has seen).
+    pub identity: Option<crate::mtls::WorkloadIdentity>,
 }
 
 /// Which listener a request came in on.

@@ -105,6 +105,7 @@ struct Shared {
     material: ArcSwapOption<Material>,
     trust_domains: TrustDomains,
     stats: MtlsStats,
+    peers: peer::Peers,
 }
 
 /// The proxy's workload identity: cheap to clone, every clone sees the
@@ -121,7 +122,12 @@ impl WorkloadIdentity {
     /// An identity with no certificate yet; [`WorkloadIdentity::install`]
     /// or [`WorkloadIdentity::follow`] gives it one.
     pub fn new(trust_domains: TrustDomains) -> WorkloadIdentity {
-        let shared = Arc::new(Shared { material: ArcSwapOption::empty(), trust_domains, stats: MtlsStats::default() });
+        let shared = Arc::new(Shared {
+            material: ArcSwapOption::empty(),
+            trust_domains,
+            stats: MtlsStats::default(),
+            peers: peer::Peers::default(),
+        });
         let mut server =
             rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -146,6 +152,8 @@ impl WorkloadIdentity {
                     "workload certificate in use"
                 );
                 self.shared.material.store(Some(Arc::new(material)));
+                // Peers' `x-forwarded-client-cert` names this certificate's ID.
+                self.shared.peers.clear();
                 Ok(())
             }
             Err(e) => {
@@ -189,6 +197,13 @@ impl WorkloadIdentity {
 
     pub fn stats(&self) -> &MtlsStats {
         &self.shared.stats
+    }
+
+    /// The identity of a verified peer, by its leaf certificate (`By=` in
+    /// its `x-forwarded-client-cert` element: `local`).
+    pub fn peer(&self, leaf: &rustls::pki_types::CertificateDer<'_>, local: bool) -> Option<Arc<peer::PeerIdentity>> {
+        let id = if local { self.spiffe_id() } else { None };
+        self.shared.peers.get(leaf, id.as_ref())
     }
 
     /// The inbound mTLS config: client certificates required.
