@@ -91,18 +91,24 @@ struct Back {
 }
 
 fn start_back(runtime: &tokio::runtime::Runtime, certificate: Arc<WorkloadCertificate>, allowed: &str) -> Back {
+    start_back_with(runtime, identity(Some(certificate)), Some(allowed))
+}
+
+/// The back gateway with `identity`, allowing `allowed` principals only
+/// when given.
+fn start_back_with(runtime: &tokio::runtime::Runtime, identity: WorkloadIdentity, allowed: Option<&str>) -> Back {
     let (upstream, upstream_port) = recording_upstream(None);
     let port = free_port();
     let registry = MemoryRegistry::new("back");
     let mut endpoint = Endpoint::new("127.0.0.1");
     endpoint.ports.insert("http".into(), upstream_port);
     registry.upsert(Service::http("app.default.svc.cluster.local", "default", 80), vec![endpoint]);
-    let policy = format!(
+    let mut docs =
+        vec![gateway_yaml(port, "    tls: {mode: ISTIO_MUTUAL}\n"), route_yaml("app.default.svc.cluster.local")];
+    docs.extend(allowed.map(|allowed| format!(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: only, namespace: istio-system}}\nspec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  action: ALLOW\n  rules: [{{from: [{{source: {{principals: [\"{allowed}\"]}}}}]}}]\n"
-    );
-    let docs =
-        [gateway_yaml(port, "    tls: {mode: ISTIO_MUTUAL}\n"), route_yaml("app.default.svc.cluster.local"), policy];
-    Back { _upstream: upstream, proxy: start(runtime, &docs, registry, identity(Some(certificate))), port }
+    )));
+    Back { _upstream: upstream, proxy: start(runtime, &docs, registry, identity), port }
 }
 
 /// The front gateway: plain HTTP on its port, to `secure` (the back
@@ -276,14 +282,7 @@ fn file_certificates_rotate_keep_the_last_good_one_and_accept_two_roots() {
     assert!(back_identity.certificate().is_some(), "the files' certificate");
 
     // The back gateway, on the files.
-    let (upstream, upstream_port) = recording_upstream(None);
-    let port = free_port();
-    let registry = MemoryRegistry::new("back");
-    let mut endpoint = Endpoint::new("127.0.0.1");
-    endpoint.ports.insert("http".into(), upstream_port);
-    registry.upsert(Service::http("app.default.svc.cluster.local", "default", 80), vec![endpoint]);
-    let docs = [gateway_yaml(port, "    tls: {mode: ISTIO_MUTUAL}\n"), route_yaml("app.default.svc.cluster.local")];
-    let back = start(&rt, &docs, registry, back_identity.clone());
+    let Back { _upstream: upstream, proxy: back, port } = start_back_with(&rt, back_identity.clone(), None);
     let (front, front_port) = start_front(&rt, port, &[ISTIO_MUTUAL], false, identity(Some(issue(&ca, SLEEP))));
     assert_eq!(get(front_port).status, 200);
     assert_eq!(serial(&back), first.leaf.serial);
@@ -421,14 +420,7 @@ fn a_peer_from_another_trust_domain_is_refused_unless_it_is_an_alias() {
         let back_identity =
             WorkloadIdentity::new(TrustDomains { own: "cluster.local".into(), aliases: aliases.clone() });
         back_identity.install(issue(&ca, BACKEND)).expect("usable");
-        let (upstream, upstream_port) = recording_upstream(None);
-        let port = free_port();
-        let registry = MemoryRegistry::new("back");
-        let mut endpoint = Endpoint::new("127.0.0.1");
-        endpoint.ports.insert("http".into(), upstream_port);
-        registry.upsert(Service::http("app.default.svc.cluster.local", "default", 80), vec![endpoint]);
-        let docs = [gateway_yaml(port, "    tls: {mode: ISTIO_MUTUAL}\n"), route_yaml("app.default.svc.cluster.local")];
-        let back = start(&rt, &docs, registry, back_identity.clone());
+        let Back { _upstream: upstream, proxy: back, port } = start_back_with(&rt, back_identity.clone(), None);
         let (front, front_port) = start_front(&rt, port, &[ISTIO_MUTUAL], false, identity(Some(issue(&ca, foreign))));
         assert_eq!(get(front_port).status, status, "aliases {aliases:?}");
         if aliases.is_empty() {
