@@ -45,13 +45,7 @@ fn counter(metrics: &str, name: &str) -> u64 {
 }
 
 fn xfcc(body: &str) -> Vec<String> {
-    let seen: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    let headers = seen["headers"].as_array().expect("headers");
-    headers
-        .iter()
-        .filter(|h| h[0] == "x-forwarded-client-cert")
-        .filter_map(|h| h[1].as_str().map(String::from))
-        .collect()
+    mesh_testkit::peers::recorded_header(body, "x-forwarded-client-cert")
 }
 
 fn meshctl(args: &[&str]) -> std::process::Output {

@@ -150,13 +150,7 @@ fn admin(proxy: &ProxyHandle, path: &str) -> String {
 }
 
 fn xfcc(r: &Response) -> Vec<String> {
-    let seen: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body));
-    let headers = seen["headers"].as_array().expect("headers");
-    headers
-        .iter()
-        .filter(|h| h[0] == "x-forwarded-client-cert")
-        .filter_map(|h| h[1].as_str().map(String::from))
-        .collect()
+    mesh_testkit::peers::recorded_header(&r.body, "x-forwarded-client-cert")
 }
 
 const ISTIO_MUTUAL: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: secure, namespace: istio-system}\nspec:\n  host: secure.istio-system.svc.cluster.local\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n";

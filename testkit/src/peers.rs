@@ -49,3 +49,11 @@ pub fn recording_upstream_answers() -> Vec<String> {
         .filter_map(|l| l.trim().strip_prefix('"')?.split_once("\": b\"").map(|(name, _)| name.to_string()))
         .collect()
 }
+
+/// The values of header `name` the recording upstream saw, from its JSON
+/// answer `body`.
+pub fn recorded_header(body: &str, name: &str) -> Vec<String> {
+    let seen: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let headers = seen["headers"].as_array().unwrap_or_else(|| panic!("no headers in {body}"));
+    headers.iter().filter(|h| h[0] == name).filter_map(|h| h[1].as_str().map(String::from)).collect()
+}
