@@ -51,74 +51,56 @@ def certificates(work, meshctl):
     return dirs
 
 
-def mesh_front(dirname, port, back_port, mtls, per_request):
-    pool = "    connectionPool: {http: {maxRequestsPerConnection: 1}}\n" if per_request else ""
-    tls = f"    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: ['{BACK}']}}\n" if mtls else "    tls: {mode: DISABLE}\n"
-    open(os.path.join(dirname, "mesh.yaml"), "w").write(f"""apiVersion: networking.istio.io/v1
+def gateway_mesh(server, service, port, extra=""):
+    """A gateway on `server` (its port line), routing everything to
+    `service`, a ServiceEntry on 127.0.0.1:`port`, with `extra` YAML."""
+    return f"""apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: default}}
 spec:
   selector: {{istio: ingressgateway}}
   servers:
-  - port: {{number: {port}, name: http, protocol: HTTP}}
-    hosts: ["*"]
+  - port: {{{server}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: back, namespace: default}}
+metadata: {{name: {service}, namespace: default}}
 spec:
-  hosts: [back.default.svc.cluster.local]
+  hosts: [{service}.default.svc.cluster.local]
   location: MESH_INTERNAL
   ports: [{{number: 80, name: http, protocol: HTTP}}]
   resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {back_port}}}}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
 ---
-apiVersion: networking.istio.io/v1
+{extra}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: routes, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: {service}.default.svc.cluster.local}}}}]
+"""
+
+
+def mesh_front(dirname, port, back_port, mtls, per_request):
+    pool = "    connectionPool: {http: {maxRequestsPerConnection: 1}}\n" if per_request else ""
+    tls = f"    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: ['{BACK}']}}\n" if mtls else "    tls: {mode: DISABLE}\n"
+    rule = f"""apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: back, namespace: default}}
 spec:
   host: back.default.svc.cluster.local
   trafficPolicy:
 {tls}{pool}---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: routes, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: back.default.svc.cluster.local}}}}]
-""")
+"""
+    server = f'number: {port}, name: http, protocol: HTTP}}\n    hosts: ["*"]'
+    open(os.path.join(dirname, "mesh.yaml"), "w").write(gateway_mesh(server, "back", back_port, rule))
 
 
 def mesh_back(dirname, port, backend_port, mtls):
-    server = "name: https, protocol: HTTPS}\n    hosts: [\"*\"]\n    tls: {mode: ISTIO_MUTUAL}" if mtls else "name: http, protocol: HTTP}\n    hosts: [\"*\"]"
-    open(os.path.join(dirname, "mesh.yaml"), "w").write(f"""apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {port}, {server}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: app, namespace: default}}
-spec:
-  hosts: [app.default.svc.cluster.local]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {backend_port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: routes, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: app.default.svc.cluster.local}}}}]
-""")
+    server = f'number: {port}, name: https, protocol: HTTPS}}\n    hosts: ["*"]\n    tls: {{mode: ISTIO_MUTUAL}}' if mtls else f'number: {port}, name: http, protocol: HTTP}}\n    hosts: ["*"]'
+    open(os.path.join(dirname, "mesh.yaml"), "w").write(gateway_mesh(server, "app", backend_port))
 
 
 def envoy_pair(work, front_port, back_port, backend_port, certs, per_request):

@@ -30,7 +30,6 @@ impl GrpcStatus {
     pub const PERMISSION_DENIED: u32 = 7;
     pub const UNIMPLEMENTED: u32 = 12;
     pub const INTERNAL: u32 = 13;
-    pub const UNAVAILABLE: u32 = 14;
     pub const UNAUTHENTICATED: u32 = 16;
 
     pub fn new(code: u32, message: impl Into<String>) -> GrpcStatus {

@@ -38,10 +38,6 @@ use tokio::sync::watch;
 pub enum MtlsError {
     #[error("{0}")]
     Material(String),
-    #[error(
-        "{what} needs a workload certificate, and this proxy has none (give it a CA address or certificate files)"
-    )]
-    NoIdentity { what: String },
 }
 
 /// What mTLS has done, for `/stats` and Prometheus.
