@@ -7,7 +7,7 @@ each proxy with one worker and no access log. One run, one machine: read
 the figures as ratios.
 
   python3 benches/load/mtlsbench.py [--duration 10] [--connections 50]
-      [--rounds 3] [--idle-connections 1000]
+      [--rounds 3] [--idle-connections 1000]   (--rounds 0: memory only)
 
 Measured, each as a median over rounds:
 - keep-alive: the front keeps its mTLS connections to the back (req/s),
@@ -298,6 +298,13 @@ def main():
         lb.stop(backend)
         shutil.rmtree(work, ignore_errors=True)
 
+    if args.rounds:
+        report_throughput(rows)
+    if memory:
+        print(f"idle mTLS connection, KB: ours {memory['mesh-proxy']:.1f}, Envoy {memory['Envoy']:.1f}, ratio {memory['mesh-proxy'] / memory['Envoy']:.2f} (goal <= 0.5)")
+
+
+def report_throughput(rows):
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rows.items()}
     print(f"\n{'chain':48} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'errors':>6}")
     for name, m in med.items():
@@ -308,8 +315,6 @@ def main():
     print(f"\nkeep-alive mTLS, ours / Envoy:          {ours['rps'] / envoy['rps']:.2f}x (goal >= 2)")
     print(f"keep-alive mTLS / our plaintext:        {ours['rps'] / plain['rps']:.2f}x (goal >= 0.8)")
     print(f"handshakes/s, ours / Envoy:             {new_ours['rps'] / new_envoy['rps']:.2f}x (goal >= 1)")
-    if memory:
-        print(f"idle mTLS connection, KB: ours {memory['mesh-proxy']:.1f}, Envoy {memory['Envoy']:.1f}, ratio {memory['mesh-proxy'] / memory['Envoy']:.2f} (goal <= 0.5)")
 
 
 if __name__ == "__main__":

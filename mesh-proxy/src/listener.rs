@@ -293,9 +293,11 @@ impl Connection {
 
     async fn serve_tls(mut self, stream: TcpStream, tls: TlsListener) {
         let stats = &self.forwarder.stats;
-        let (stream, route_config) = match tokio::time::timeout(self.settings.header_timeout, tls.accept(stream)).await
-        {
-            Ok(Ok(s)) => s,
+        // The handshake's state and the session are boxed: an idle
+        // connection's task then holds neither inline, twice over.
+        let handshake = Box::pin(tls.accept(stream));
+        let (stream, route_config) = match tokio::time::timeout(self.settings.header_timeout, handshake).await {
+            Ok(Ok((stream, route_config))) => (Box::new(stream), route_config),
             Ok(Err(e)) => {
                 tracing::debug!("TLS handshake: {e}");
                 stats.connection_errors.fetch_add(1, Ordering::Relaxed);
@@ -330,7 +332,7 @@ impl Connection {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 self.ingress.peer_identity = Some(peer);
                 let (settings, forwarder) = (self.settings, Arc::clone(&self.forwarder));
-                let result = serve_http(*stream, h2, settings, &mut self.draining, &forwarder, &self.ingress).await;
+                let result = serve_http(stream, h2, settings, &mut self.draining, &forwarder, &self.ingress).await;
                 self.finish(result);
             }
             None => {

@@ -22,6 +22,7 @@ use crate::body::Body;
 use crate::wire::{self, Decoded, Framing, READ_SIZE};
 
 use super::request::{parse_request, Parsed};
+use super::scratch;
 use super::*;
 
 pub(super) struct Conn<IO> {
@@ -67,6 +68,12 @@ impl<IO: Io> Conn<IO> {
         mut timer: Pin<&mut tokio::time::Sleep>,
         mut drained: Pin<&mut Fuse<D>>,
     ) -> Result<Head, ServeError> {
+        if self.buf.is_empty() && !self.first {
+            // Nothing pipelined: give the buffers back while waiting (as
+            // nginx does), so that idle keep-alive clients cost little.
+            self.buf = BytesMut::new();
+            self.out = BytesMut::new();
+        }
         loop {
             if !self.buf.is_empty() {
                 if self.first && H2_PREFACE.starts_with(&self.buf[..self.buf.len().min(H2_PREFACE.len())]) {
@@ -107,17 +114,7 @@ impl<IO: Io> Conn<IO> {
                             None => Ok(Head::Closed),
                         };
                     }
-                    // Idle for a header timeout with nothing buffered: give
-                    // the buffers back (as nginx does), so that many idle
-                    // keep-alive clients cost little; a connection holding
-                    // them is looked at again a header timeout later.
-                    let idle = self.head_started.is_none() && self.buf.is_empty();
-                    if idle && now >= self.idle_since + self.settings.header_timeout {
-                        self.buf = BytesMut::new();
-                        self.out = BytesMut::new();
-                    }
-                    let next = if self.buf.capacity() > 0 { due.min(now + self.settings.header_timeout) } else { due };
-                    timer.as_mut().reset(next);
+                    timer.as_mut().reset(due);
                 }
                 () = &mut drained, if self.buf.is_empty() && !drained.is_terminated() => return Ok(Head::Closed),
             }
@@ -128,12 +125,10 @@ impl<IO: Io> Conn<IO> {
     pub(super) async fn fill(&mut self) -> io::Result<usize> {
         if self.buf.capacity() == 0 {
             // Given back while idle: take a buffer again only once bytes
-            // come (the rest of them on the next read).
-            let mut first = [0u8; 256];
-            let n = self.io.read(&mut first).await?;
-            self.buf.reserve(READ_SIZE);
-            self.buf.extend_from_slice(&first[..n]);
-            return Ok(n);
+            // come. They are read into the thread's scratch buffer, which
+            // no connection holds while it waits, and copied: one read,
+            // however long the head.
+            return std::future::poll_fn(|cx| scratch::poll_read_into(&mut self.io, cx, &mut self.buf)).await;
         }
         if self.buf.capacity() - self.buf.len() < MIN_READ {
             // Takes back the front of the buffer once the requests that
@@ -223,6 +218,8 @@ impl<IO: Io> Conn<IO> {
         let length = response.body().size_hint().exact();
         let mut out = std::mem::take(&mut self.out);
         out.clear();
+        // Given back while idle: one allocation, not one per doubling.
+        out.reserve(READ_SIZE);
         out.put_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
         out.put_slice(status.as_str().as_bytes());
         out.put_u8(b' ');

@@ -50,6 +50,7 @@ use request::{Parsed, StreamedBody};
 mod conn;
 mod request;
 mod rewind;
+mod scratch;
 #[cfg(test)]
 mod tests;
 
@@ -151,7 +152,7 @@ where
                 Ok(Head::Http2) => return Ok(Served::Http2(Rewind { prefix: conn.buf.freeze(), io: conn.io })),
                 Ok(Head::Closed) => return Ok(Served::Closed),
                 Err(e) => {
-                    conn.refuse(&e).await;
+                    Box::pin(conn.refuse(&e)).await;
                     return Err(e);
                 }
             };
@@ -165,8 +166,7 @@ where
         });
 
         // The body: none, whole (it came with the head), or streamed from
-        // the connection while the handler runs. One handler future either
-        // way: it is the largest part of the connection's task.
+        // the connection while the handler runs.
         let mut reader = None;
         let body = match framing {
             Framing::Done => body::empty(),
@@ -194,7 +194,9 @@ where
             }
             conn.until_closed().await;
         };
-        let answering = handle(Request::from_parts(head, body));
+        // Boxed: the handler's state is the largest there is, and inline it
+        // would make every idle connection's task as large.
+        let answering = Box::pin(handle(Request::from_parts(head, body)));
         let Some(response) = (UnlessClientLeaves { answering, watching }).await else {
             return Ok(Served::Closed);
         };
@@ -226,10 +228,8 @@ where
 pin_project! {
     /// The handler's answer, with the connection read on beside it (the
     /// request body, then anything the client sends before the answer).
-    /// One future awaited once, not a `select` and an await after it:
-    /// the task's layout can then give the handler's state (the largest
-    /// part of the task) the room that reading a head and writing an
-    /// answer use, instead of room of its own.
+    /// One future awaited once, not a `select` and an await after it, so
+    /// that the reading shares room in the task with reading a head.
     struct UnlessClientLeaves<A, W> {
         #[pin]
         answering: A,
