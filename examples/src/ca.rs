@@ -10,7 +10,11 @@ use async_trait::async_trait;
 use mesh_core::identity::{SpiffeId, TrustDomains};
 use mesh_xds::ca::authn::{Authenticator, BootstrapTokens, ClientCertificate, Credentials};
 use mesh_xds::ca::authority::{CertificateAuthority, Lifetimes};
-use mesh_xds::ca::server::{self, CaServer};
+use mesh_xds::ca::proto::CREATE_CERTIFICATE;
+use mesh_xds::ca::server::{self, CaServer, CaStats};
+use mesh_xds::grpc;
+use mesh_xds::sds::SecretIssuer;
+use mesh_xds::server::{AdsServer, StreamSecurity};
 
 #[derive(clap::Args, Debug)]
 pub struct CaArgs {
@@ -65,15 +69,42 @@ impl Authenticator for KubernetesTokens {
 }
 
 impl CaArgs {
-    /// Loads or makes the CA and serves it until `shutdown`; `None` when
-    /// no `--ca-dir` was given. The stats are the server's.
+    /// Loads or makes the CA and serves istiod's secure port until the
+    /// process ends: `CreateCertificate`, and `ads` for streams that prove
+    /// who they are (and get their secrets over SDS). `None` when no
+    /// `--ca-dir` was given. The stats are the CA's.
     pub async fn start(
         &self,
         kube: Option<kube::Client>,
-    ) -> Result<Option<(CaServer, tokio::task::JoinHandle<std::io::Result<()>>)>, Box<dyn std::error::Error>> {
+        ads: AdsServer,
+    ) -> Result<Option<Arc<CaStats>>, Box<dyn std::error::Error>> {
         let Some(dir) = &self.ca_dir else { return Ok(None) };
-        let lifetimes = Lifetimes { default: Duration::from_secs(self.workload_cert_ttl), ..Lifetimes::default() };
+        let ttl = Duration::from_secs(self.workload_cert_ttl);
+        let lifetimes = Lifetimes { default: ttl, ..Lifetimes::default() };
         let ca = Arc::new(CertificateAuthority::load_or_create(dir, &self.trust_domain, lifetimes)?);
+        let authenticators: Arc<[Arc<dyn Authenticator>]> = self.authenticators(kube)?.into();
+        let tls = server::tls_config(ca.clone(), self.ca_dns_names.clone())?;
+        let listener = tokio::net::TcpListener::bind(self.ca_listen).await?;
+        tracing::info!(ca = %listener.local_addr()?, root = %dir.join("root-cert.pem").display(), "CA and secure xDS serving");
+        let ca_server = CaServer::new(ca.clone(), authenticators.to_vec());
+        let stats = ca_server.stats().clone();
+        let ads = ads.with_security(StreamSecurity { authenticators, secrets: SecretIssuer::new(ca, ttl) });
+        tokio::spawn(grpc::serve_tls(listener, tls, std::future::pending(), move |req, caller| {
+            let (ca_server, ads) = (ca_server.clone(), ads.clone());
+            async move {
+                if req.uri().path() == CREATE_CERTIFICATE {
+                    ca_server.call(req, &caller).await
+                } else {
+                    ads.call(req, caller)
+                }
+            }
+        }));
+        Ok(Some(stats))
+    }
+
+    /// Bootstrap tokens, then Kubernetes tokens, then the caller's own
+    /// certificate: the first that accepts wins.
+    fn authenticators(&self, kube: Option<kube::Client>) -> Result<Vec<Arc<dyn Authenticator>>, String> {
         let mut authenticators: Vec<Arc<dyn Authenticator>> = Vec::new();
         if let Some(path) = &self.bootstrap_tokens {
             authenticators.push(Arc::new(BootstrapTokens::from_file(path)?));
@@ -88,11 +119,6 @@ impl CaArgs {
         }
         let trust_domains = TrustDomains { own: self.trust_domain.clone(), aliases: Vec::new() };
         authenticators.push(Arc::new(ClientCertificate { trust_domains }));
-        let tls = server::tls_config(ca.clone(), self.ca_dns_names.clone())?;
-        let listener = tokio::net::TcpListener::bind(self.ca_listen).await?;
-        tracing::info!(ca = %listener.local_addr()?, root = %dir.join("root-cert.pem").display(), "CA serving");
-        let server = CaServer::new(ca, authenticators);
-        let task = tokio::spawn(server.clone().serve(listener, tls, std::future::pending()));
-        Ok(Some((server, task)))
+        Ok(authenticators)
     }
 }

@@ -119,9 +119,14 @@ pub fn upstream_tls(
     auto.then(|| istio(None, true))
 }
 
+/// The trust domains an in-mesh peer's identity may be of.
+pub fn peer_trust_domains(mesh: &MeshConfig) -> Vec<String> {
+    std::iter::once(&mesh.trust_domain).chain(&mesh.trust_domain_aliases).cloned().collect()
+}
+
 /// The inbound chains' TLS for a port in `mode`: `Some` is an mTLS chain,
 /// `None` a plaintext one.
-pub fn inbound_chains(mode: MtlsMode) -> Vec<Option<ServerTls>> {
+pub fn inbound_chains(mode: MtlsMode, mesh: &MeshConfig) -> Vec<Option<ServerTls>> {
     let mtls = || ServerTls {
         mode: ISTIO_MUTUAL.into(),
         certificate_chain: None,
@@ -129,6 +134,7 @@ pub fn inbound_chains(mode: MtlsMode) -> Vec<Option<ServerTls>> {
         ca_certificates: None,
         credential_name: None,
         alpn: ["h2", "http/1.1", "istio-peer-exchange", "istio"].map(String::from).to_vec(),
+        peer_trust_domains: peer_trust_domains(mesh),
     };
     match mode {
         MtlsMode::Strict => vec![Some(mtls())],
@@ -196,8 +202,20 @@ mod tests {
 
     #[test]
     fn peer_authentication_modes_become_chains() {
-        assert_eq!(inbound_chains(MtlsMode::Strict).iter().map(Option::is_some).collect::<Vec<_>>(), [true]);
-        assert_eq!(inbound_chains(MtlsMode::Disable).iter().map(Option::is_some).collect::<Vec<_>>(), [false]);
-        assert_eq!(inbound_chains(MtlsMode::Permissive).iter().map(Option::is_some).collect::<Vec<_>>(), [true, false]);
+        assert_eq!(
+            inbound_chains(MtlsMode::Strict, &MeshConfig::default()).iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true]
+        );
+        assert_eq!(
+            inbound_chains(MtlsMode::Disable, &MeshConfig::default()).iter().map(Option::is_some).collect::<Vec<_>>(),
+            [false]
+        );
+        assert_eq!(
+            inbound_chains(MtlsMode::Permissive, &MeshConfig::default())
+                .iter()
+                .map(Option::is_some)
+                .collect::<Vec<_>>(),
+            [true, false]
+        );
     }
 }

@@ -105,6 +105,10 @@ pub struct ServerTls {
     pub ca_certificates: Option<String>,
     pub credential_name: Option<String>,
     pub alpn: Vec<String>,
+    /// `ISTIO_MUTUAL`: the trust domains a client's SPIFFE ID may be of
+    /// (the mesh's and its aliases).
+    #[serde(default)]
+    pub peer_trust_domains: Vec<String>,
 }
 
 // ---------------------------------------------------------------- routes

@@ -530,7 +530,7 @@ impl<'a> Translator<'a> {
                 }
             };
             let target = port.target_port.unwrap_or(port.port);
-            for tls in mtls::inbound_chains(peer_authentication.mode_for_port(target)) {
+            for tls in mtls::inbound_chains(peer_authentication.mode_for_port(target), self.mesh_config) {
                 chains.push(FilterChain {
                     server_names: vec![],
                     destination_port: Some(target),
@@ -802,7 +802,7 @@ impl<'a> Translator<'a> {
                         chains.push(FilterChain {
                             server_names: hosts.iter().filter(|h| *h != "*").cloned().collect(),
                             destination_port: None,
-                            tls: server.tls.as_ref().map(|t| server_tls(t, &tls_mode)),
+                            tls: server.tls.as_ref().map(|t| server_tls(t, &tls_mode, self.mesh_config)),
                             action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                         });
                     } else {
@@ -825,7 +825,7 @@ impl<'a> Translator<'a> {
                             server_names: sni,
                             destination_port: None,
                             tls: terminates_tls
-                                .then(|| server.tls.as_ref().map(|t| server_tls(t, &tls_mode)))
+                                .then(|| server.tls.as_ref().map(|t| server_tls(t, &tls_mode, self.mesh_config)))
                                 .flatten(),
                             action: ChainAction::Tcp { clusters },
                         });
@@ -1264,7 +1264,7 @@ fn cors_policy(c: &istio::CorsPolicy) -> CorsPolicy {
     }
 }
 
-fn server_tls(t: &istio::ServerTlsSettings, mode: &str) -> ServerTls {
+fn server_tls(t: &istio::ServerTlsSettings, mode: &str, mesh: &MeshConfig) -> ServerTls {
     ServerTls {
         mode: mode.to_string(),
         certificate_chain: t.server_certificate.clone(),
@@ -1272,6 +1272,7 @@ fn server_tls(t: &istio::ServerTlsSettings, mode: &str) -> ServerTls {
         ca_certificates: t.ca_certificates.clone(),
         credential_name: t.credential_name.clone().or_else(|| t.credential_names.first().cloned()),
         alpn: vec!["h2".into(), "http/1.1".into()],
+        peer_trust_domains: if mode == mtls::ISTIO_MUTUAL { mtls::peer_trust_domains(mesh) } else { Vec::new() },
     }
 }
 

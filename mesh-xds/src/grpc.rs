@@ -27,6 +27,7 @@ pub struct GrpcStatus {
 
 impl GrpcStatus {
     pub const INVALID_ARGUMENT: u32 = 3;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
     pub const PERMISSION_DENIED: u32 = 7;
     pub const UNIMPLEMENTED: u32 = 12;
     pub const INTERNAL: u32 = 13;
@@ -178,12 +179,17 @@ fn trailers(status: &GrpcStatus) -> HeaderMap {
     t
 }
 
-/// The request messages of a streaming call.
+/// A message larger than this is refused (tonic's default limit).
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// The request messages of a streaming call; one over `max` bytes ends it
+/// with `RESOURCE_EXHAUSTED`, before its bytes are buffered.
 pub fn request_messages<M: Message + Default + 'static>(
     req: Request<Incoming>,
+    max: usize,
 ) -> impl Stream<Item = Result<M, GrpcStatus>> + Send + Unpin {
     let body = req.into_body();
-    futures_util::stream::unfold((body, BytesMut::new(), false), |(mut body, mut buf, mut failed)| async move {
+    futures_util::stream::unfold((body, BytesMut::new(), false), move |(mut body, mut buf, mut failed)| async move {
         loop {
             if failed {
                 return None;
@@ -197,6 +203,14 @@ pub fn request_messages<M: Message + Default + 'static>(
                         Err(GrpcStatus::new(GrpcStatus::UNIMPLEMENTED, "compressed messages are not supported")),
                         (body, buf, failed),
                     ));
+                }
+                if len > max {
+                    failed = true;
+                    let status = GrpcStatus::new(
+                        GrpcStatus::RESOURCE_EXHAUSTED,
+                        format!("a message of {len} bytes is over the limit of {max}"),
+                    );
+                    return Some((Err(status), (body, buf, failed)));
                 }
                 if buf.len() >= 5 + len {
                     buf.advance(5);
@@ -225,4 +239,83 @@ pub fn request_messages<M: Message + Default + 'static>(
         }
     })
     .boxed()
+}
+
+/// Who is on the other end of a call.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub remote: std::net::SocketAddr,
+    /// Over TLS: the client certificate, verified against the CA's roots.
+    pub peer_certificate: Option<std::sync::Arc<mesh_core::certificate::CertificateInfo>>,
+    /// The connection is TLS: a token it carries was not sent in the clear.
+    pub tls: bool,
+}
+
+/// The token of `authorization: Bearer <token>` metadata.
+pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::to_string)
+}
+
+/// HTTP/2 as the control plane's gRPC ports serve it.
+pub fn http2_server() -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+    let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    http2
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_send_buf_size(SEND_BUFFER)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .timer(hyper_util::rt::TokioTimer::new());
+    http2
+}
+
+/// What one stream may have queued in HTTP/2 before it waits for the
+/// client to read: one chunk. hyper's default (400 KiB) let a connect
+/// storm queue up to 400 MB across 1,000 slow clients.
+const SEND_BUFFER: usize = CHUNK;
+
+/// Serves gRPC over TLS on `listener` until `shutdown`: each call goes to
+/// `handle` with who made it (istiod's 15012: xDS and the CA on one port).
+pub async fn serve_tls<H, F>(
+    listener: tokio::net::TcpListener,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    handle: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<Incoming>, std::sync::Arc<Caller>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<GrpcBody>> + Send + 'static,
+{
+    use std::time::Duration;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { tracing::warn!(error = %e, "gRPC accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, handle) = (acceptor.clone(), handle.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::info!(%remote, error = %e, "gRPC TLS handshake failed"),
+                Err(_) => return tracing::info!(%remote, "gRPC TLS handshake timed out"),
+            };
+            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let peer = peer.and_then(|der| mesh_core::certificate::CertificateInfo::from_der(der).ok());
+            let caller =
+                std::sync::Arc::new(Caller { remote, peer_certificate: peer.map(std::sync::Arc::new), tls: true });
+            let service = hyper::service::service_fn(move |req| {
+                let reply = handle(req, caller.clone());
+                async move { Ok::<_, Infallible>(reply.await) }
+            });
+            if let Err(e) = http2_server().serve_connection(hyper_util::rt::TokioIo::new(tls), service).await {
+                tracing::debug!(%remote, error = %e, "gRPC connection ended");
+            }
+        });
+    }
 }

@@ -30,6 +30,7 @@
 //! | [`status`] | what each node was sent, ACKed and NACKed (`syncz`) |
 //! | [`debug`] | JSON views for debug endpoints: `syncz`, a node's config dump |
 //! | [`ca`] | the certificate authority, its CSR API (`IstioCertificateService`) and the workload's CSR client |
+//! | [`sds`] | the secrets (`default`, `ROOTCA`) of each identity a stream proved, renewed and pushed |
 //!
 //! Not translated yet: AuthorizationPolicy (Envoy RBAC), local rate limits
 //! from EnvoyFilters, locality failover priorities, SDS (TLS certificates
@@ -46,6 +47,7 @@ pub mod grpc;
 pub mod import;
 pub mod node;
 pub mod resources;
+pub mod sds;
 pub mod server;
 pub mod sotw;
 pub mod status;

@@ -3,7 +3,6 @@
 //! and the cache's snapshots, and records what happened in [`SyncStatus`].
 //! The transport is [`crate::grpc`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,19 +12,18 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Delt
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::ca::authn::{self, Authenticator, Credentials};
 use crate::cache::Snapshot;
 use crate::delta::DeltaStream;
 use crate::generator::Generator;
+use crate::grpc::Caller;
 use crate::grpc::{self, FrameParts, GrpcStatus};
 use crate::node::{self, NodeInfo};
-use crate::resources::short_name;
+use crate::resources::{short_name, version_of, SECRET};
+use crate::sds::{IdentitySecrets, SecretIssuer};
 use crate::sotw::{Received, SotwResponse, SotwStream};
 use crate::status::{NodeSync, SyncStatus, TypeSync};
-
-/// What one stream may have queued in HTTP/2 before it waits for the
-/// client to read: one chunk ([`grpc`]'s 8 KiB). hyper's default (400 KiB)
-/// let a connect storm queue up to 400 MB across 1,000 slow clients.
-const SEND_BUFFER: usize = 8 * 1024;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
@@ -118,18 +116,56 @@ impl Protocol for DeltaStream {
 pub struct AdsServer {
     generator: Arc<Generator>,
     status: Arc<SyncStatus>,
+    security: Option<StreamSecurity>,
+    stats: Arc<AdsStats>,
+}
+
+/// How streams over TLS prove who they are, and the secrets (SDS) they
+/// are then sent: Istio's 15012. Streams on a plaintext port (15010) are
+/// not asked and get no secrets.
+#[derive(Clone)]
+pub struct StreamSecurity {
+    pub authenticators: Arc<[Arc<dyn Authenticator>]>,
+    pub secrets: Arc<SecretIssuer>,
+}
+
+/// Streams the server refused or cut, by reason.
+#[derive(Debug, Default)]
+pub struct AdsStats {
+    /// Over TLS without a proof the authenticators accept.
+    pub unauthenticated: AtomicU64,
+    /// A node claiming a namespace other than the one it proved.
+    pub identity_mismatch: AtomicU64,
+    /// A first request without a usable node.
+    pub bad_node: AtomicU64,
+    /// A message that does not decode, or is over the size limit.
+    pub bad_messages: AtomicU64,
+    /// Secret requests on a stream that proved no identity (answered
+    /// with nothing).
+    pub secrets_refused: AtomicU64,
 }
 
 impl AdsServer {
     pub fn new(generator: Arc<Generator>, status: Arc<SyncStatus>) -> AdsServer {
-        AdsServer { generator, status }
+        AdsServer { generator, status, security: None, stats: Arc::default() }
+    }
+
+    /// Authenticate streams over TLS and send them their secrets.
+    pub fn with_security(mut self, security: StreamSecurity) -> AdsServer {
+        self.security = Some(security);
+        self
     }
 
     pub fn status(&self) -> &Arc<SyncStatus> {
         &self.status
     }
 
-    /// Serve ADS (HTTP/2, gRPC) on a listener until `shutdown` completes.
+    pub fn stats(&self) -> &Arc<AdsStats> {
+        &self.stats
+    }
+
+    /// Serve ADS (HTTP/2, gRPC) in plaintext on a listener until
+    /// `shutdown` completes. No stream is sent secrets here.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -137,7 +173,7 @@ impl AdsServer {
     ) -> std::io::Result<()> {
         tokio::pin!(shutdown);
         loop {
-            let (stream, peer) = tokio::select! {
+            let (stream, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => { tracing::warn!(error = %e, "xDS accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
@@ -146,29 +182,45 @@ impl AdsServer {
             };
             let _ = stream.set_nodelay(true);
             let server = self.clone();
+            let caller = Arc::new(Caller { remote, peer_certificate: None, tls: false });
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, std::convert::Infallible>(server.call(req, peer)) }
+                    let reply = server.call(req, caller.clone());
+                    async move { Ok::<_, std::convert::Infallible>(reply) }
                 });
-                let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-                http2
-                    .initial_stream_window_size(1 << 20)
-                    .initial_connection_window_size(4 << 20)
-                    .max_send_buf_size(SEND_BUFFER)
-                    .keep_alive_interval(Some(Duration::from_secs(30)))
-                    .timer(hyper_util::rt::TokioTimer::new());
-                if let Err(e) = http2.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await {
-                    tracing::debug!(%peer, error = %e, "xDS connection ended");
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = grpc::http2_server().serve_connection(io, service).await {
+                    tracing::debug!(%remote, error = %e, "xDS connection ended");
                 }
             });
         }
     }
 
-    fn call(&self, req: http::Request<hyper::body::Incoming>, peer: SocketAddr) -> http::Response<grpc::GrpcBody> {
+    /// Serve ADS over TLS, streams authenticated, until `shutdown`.
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        grpc::serve_tls(listener, tls, shutdown, move |req, caller| {
+            let reply = self.call(req, caller);
+            async move { reply }
+        })
+        .await
+    }
+
+    /// One call: an ADS stream (started in a task of its own), or
+    /// `UNIMPLEMENTED`.
+    pub fn call(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+        caller: Arc<Caller>,
+    ) -> http::Response<grpc::GrpcBody> {
+        let token = grpc::bearer_token(req.headers());
         match req.uri().path() {
-            SOTW_METHOD => self.start::<SotwStream>(grpc::request_messages(req), peer),
-            DELTA_METHOD => self.start::<DeltaStream>(grpc::request_messages(req), peer),
+            SOTW_METHOD => self.start::<SotwStream>(grpc::request_messages(req, grpc::MAX_MESSAGE), caller, token),
+            DELTA_METHOD => self.start::<DeltaStream>(grpc::request_messages(req, grpc::MAX_MESSAGE), caller, token),
             other => {
                 grpc::status_response(&GrpcStatus::new(GrpcStatus::UNIMPLEMENTED, format!("unknown method {other}")))
             }
@@ -178,7 +230,8 @@ impl AdsServer {
     fn start<P: Protocol>(
         &self,
         mut inbound: impl Stream<Item = Result<P::Req, GrpcStatus>> + Send + Unpin + 'static,
-        peer: SocketAddr,
+        caller: Arc<Caller>,
+        token: Option<String>,
     ) -> http::Response<grpc::GrpcBody> {
         // Boxed: a channel allocates its slots 32 at a time, whatever its
         // bound, and a frame unboxed is 90 bytes: 2.6 KB per stream.
@@ -187,29 +240,83 @@ impl AdsServer {
         tokio::spawn(async move {
             let first = match inbound.next().await {
                 Some(Ok(req)) => req,
-                _ => return,
+                Some(Err(status)) => return server.refuse(&tx, &caller, &server.stats.bad_messages, status).await,
+                None => return,
             };
             let node = match node::parse(P::node(&first)) {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::warn!(%peer, error = %e, "xDS stream refused");
-                    let _ = tx.send(Box::new(Err(GrpcStatus::new(GrpcStatus::INVALID_ARGUMENT, e.to_string())))).await;
-                    return;
+                    let status = GrpcStatus::new(GrpcStatus::INVALID_ARGUMENT, e.to_string());
+                    return server.refuse(&tx, &caller, &server.stats.bad_node, status).await;
                 }
             };
-            server.drive::<P>(node, first, inbound, tx).await;
+            let secrets = match server.authenticate(&caller, token.as_deref(), &node).await {
+                Ok(secrets) => secrets,
+                Err((counter, status)) => return server.refuse(&tx, &caller, counter, status).await,
+            };
+            server.drive::<P>(node, secrets, first, inbound, tx).await;
         });
         grpc::streaming_response(rx)
+    }
+
+    /// Over TLS with security on: the identity the caller proves, whose
+    /// namespace must be the node's, and its secrets. `None` elsewhere.
+    async fn authenticate(
+        &self,
+        caller: &Caller,
+        token: Option<&str>,
+        node: &NodeInfo,
+    ) -> Result<Option<Arc<IdentitySecrets>>, (&AtomicU64, GrpcStatus)> {
+        let Some(security) = self.security.as_ref().filter(|_| caller.tls) else { return Ok(None) };
+        let credentials = Credentials {
+            bearer_token: token,
+            peer_certificate: caller.peer_certificate.as_deref(),
+            remote: caller.remote,
+        };
+        let ids = authn::authenticate(&security.authenticators, &credentials)
+            .await
+            .map_err(|e| (&self.stats.unauthenticated, GrpcStatus::new(GrpcStatus::UNAUTHENTICATED, e.to_string())))?;
+        // Istio's check: the node may read only its own namespace's config.
+        let Some(id) = ids.iter().find(|id| id.namespace() == node.identity.namespace) else {
+            let proven: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            let message = format!(
+                "node {} claims namespace {} but proved {}",
+                node.id,
+                node.identity.namespace,
+                proven.join(", ")
+            );
+            return Err((&self.stats.identity_mismatch, GrpcStatus::new(GrpcStatus::PERMISSION_DENIED, message)));
+        };
+        security.secrets.secrets_for(id).map(Some).map_err(|e| {
+            (
+                &self.stats.unauthenticated,
+                GrpcStatus::new(GrpcStatus::INTERNAL, format!("issuing {id}'s certificate: {e}")),
+            )
+        })
+    }
+
+    async fn refuse(
+        &self,
+        tx: &mpsc::Sender<grpc::Outgoing>,
+        caller: &Caller,
+        counter: &AtomicU64,
+        status: GrpcStatus,
+    ) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(remote = %caller.remote, code = status.code, message = %status.message, "xDS stream refused");
+        let _ = tx.send(Box::new(Err(status))).await;
     }
 
     async fn drive<P: Protocol>(
         &self,
         node: NodeInfo,
+        secrets: Option<Arc<IdentitySecrets>>,
         first: P::Req,
         mut inbound: impl Stream<Item = Result<P::Req, GrpcStatus>> + Unpin,
         tx: mpsc::Sender<grpc::Outgoing>,
     ) {
         let mut snapshots = self.generator.attach(&node).await;
+        let mut secret_updates = secrets.as_ref().map(|s| s.watch());
         let id = self.status.connect(NodeSync {
             node_id: node.id.clone(),
             key: node.key(),
@@ -218,29 +325,54 @@ impl AdsServer {
             connected_unix_time: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             types: Default::default(),
         });
-        tracing::info!(node = %node.id, key = %node.key(), protocol = P::NAME, "xDS stream opened");
+        let identity = secrets.as_ref().map(|s| s.id.to_string()).unwrap_or_default();
+        tracing::info!(node = %node.id, key = %node.key(), protocol = P::NAME, %identity, "xDS stream opened");
         let mut protocol = P::default();
         let mut next = Some(first);
+        let mut told_no_secrets = false;
         'stream: loop {
             let out: Vec<P::Resp> = if let Some(req) = next.take() {
-                let snapshot = snapshots.borrow().clone();
-                let (received, resp) = protocol.on_request(&req, snapshot.as_deref());
+                if P::type_url(&req) == SECRET && secret_updates.is_none() && !told_no_secrets {
+                    told_no_secrets = true;
+                    self.stats.secrets_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node = %node.id, "SDS asked for on a stream that proved no identity (plaintext port, or no CA): no secrets sent");
+                }
+                let snapshot = with_secrets(snapshots.borrow().as_deref(), secret_updates.as_mut());
+                let (received, resp) = protocol.on_request(&req, snapshot.as_ref());
                 if let Received::Nack(message) = &received {
                     tracing::warn!(node = %node.id, r#type = short_name(P::type_url(&req)), %message, "NACK: the node rejected config and keeps its last good one");
                 }
                 self.record(id, &protocol, P::type_url(&req));
                 resp.into_iter().collect()
             } else {
+                let renewed = async {
+                    match secret_updates.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     req = inbound.next() => match req {
                         Some(Ok(req)) => { next = Some(req); continue; }
-                        Some(Err(e)) => { tracing::debug!(node = %node.id, error = ?e, "xDS stream error"); break; }
+                        Some(Err(e)) => {
+                            self.stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(node = %node.id, code = e.code, message = %e.message, "xDS stream cut");
+                            let _ = tx.send(Box::new(Err(e))).await;
+                            break;
+                        }
                         None => break,
                     },
                     changed = snapshots.changed() => {
                         if changed.is_err() { break; }
                         let snapshot = snapshots.borrow_and_update().clone();
-                        match snapshot {
+                        match with_secrets(snapshot.as_deref(), secret_updates.as_mut()) {
+                            Some(s) => protocol.on_snapshot(&s),
+                            None => continue,
+                        }
+                    }
+                    renewed = renewed => {
+                        if renewed.is_err() { break; }
+                        match with_secrets(snapshots.borrow().as_deref(), secret_updates.as_mut()) {
                             Some(s) => protocol.on_snapshot(&s),
                             None => continue,
                         }
@@ -265,4 +397,19 @@ impl AdsServer {
             self.status.update(id, short_name(type_url), sync);
         }
     }
+}
+
+/// The node's snapshot with its identity's secrets added (the shared maps
+/// of the other types are not copied); as it is when there are none.
+fn with_secrets(
+    snapshot: Option<&Snapshot>,
+    secrets: Option<&mut tokio::sync::watch::Receiver<Arc<crate::resources::TypeMap>>>,
+) -> Option<Snapshot> {
+    let mut merged = snapshot?.clone();
+    if let Some(rx) = secrets {
+        let secrets = rx.borrow_and_update().clone();
+        merged.config_version = format!("{}+{}", merged.config_version, version_of(secrets.values().map(|r| &**r)));
+        merged.resources.types.insert(SECRET.to_string(), secrets);
+    }
+    Some(merged)
 }

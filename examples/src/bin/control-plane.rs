@@ -11,11 +11,14 @@
 //! - `/metrics`: Prometheus counters of connections, pushes and rejects,
 //!   and the CA's `citadel_server_*`
 //!
-//! With `--ca-dir` it is also the mesh's CA on 15012: workloads send a CSR
-//! (`IstioCertificateService/CreateCertificate`) with a Kubernetes
-//! service-account token (checked by TokenReview), a bootstrap token
-//! (`--bootstrap-tokens`) or their current certificate, and get a
-//! certificate for the identity they proved.
+//! With `--ca-dir` it is also the mesh's CA on 15012 (gRPC over TLS):
+//! workloads send a CSR (`IstioCertificateService/CreateCertificate`)
+//! with a Kubernetes service-account token (checked by TokenReview), a
+//! bootstrap token (`--bootstrap-tokens`) or their current certificate,
+//! and get a certificate for the identity they proved. ADS is served
+//! there too, to streams that prove an identity the same way: they are
+//! also sent their secrets over SDS (`default`, `ROOTCA`). The plaintext
+//! port sends no secrets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let status = Arc::new(SyncStatus::default());
     let ads = AdsServer::new(generator.clone(), status.clone());
-    let ca = args.ca.start(sources.kube_client.clone()).await?.map(|(server, _task)| server.stats().clone());
+    let ca = args.ca.start(sources.kube_client.clone(), ads.clone()).await?;
 
     let xds = tokio::net::TcpListener::bind(args.xds_listen).await?;
     let debug_listener = tokio::net::TcpListener::bind(args.debug).await?;

@@ -3,7 +3,6 @@
 //! the `authorization` metadata, or its client certificate), then its
 //! CSR is signed for the identities it proved, and nothing else.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -19,7 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use super::authn::{self, Authenticator, Credentials};
 use super::authority::{CertificateAuthority, SignError};
 use super::proto::{IstioCertificateRequest, IstioCertificateResponse, CREATE_CERTIFICATE};
-use crate::grpc::{self, GrpcStatus};
+use crate::grpc::{self, Caller, GrpcStatus};
 
 /// What the CA has done, as Istio's `citadel_server_*` metrics count it.
 #[derive(Debug, Default)]
@@ -95,55 +94,30 @@ impl CaServer {
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => { tracing::warn!(error = %e, "CA accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-                },
-                _ = &mut shutdown => return Ok(()),
-            };
-            let (server, acceptor) = (self.clone(), acceptor.clone());
-            tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return tracing::info!(%remote, error = %e, "CA TLS handshake failed"),
-                    Err(_) => return tracing::info!(%remote, "CA TLS handshake timed out"),
-                };
-                let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
-                let peer = peer.and_then(|der| CertificateInfo::from_der(&der).ok()).map(Arc::new);
-                let service = hyper::service::service_fn(move |req| {
-                    let (server, peer) = (server.clone(), peer.clone());
-                    async move { Ok::<_, std::convert::Infallible>(server.call(req, peer.as_deref(), remote).await) }
-                });
-                let http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-                if let Err(e) = http2.serve_connection(hyper_util::rt::TokioIo::new(tls), service).await {
-                    tracing::debug!(%remote, error = %e, "CA connection ended");
-                }
-            });
-        }
+        grpc::serve_tls(listener, tls, shutdown, move |req, caller| {
+            let server = self.clone();
+            async move { server.call(req, &caller).await }
+        })
+        .await
     }
 
-    async fn call(
+    /// One call: `CreateCertificate`, or `UNIMPLEMENTED`.
+    pub async fn call(
         &self,
         req: http::Request<hyper::body::Incoming>,
-        peer_certificate: Option<&CertificateInfo>,
-        remote: SocketAddr,
+        caller: &Caller,
     ) -> http::Response<grpc::GrpcBody> {
         if req.uri().path() != CREATE_CERTIFICATE {
             let status = GrpcStatus::new(GrpcStatus::UNIMPLEMENTED, format!("unknown method {}", req.uri().path()));
             return grpc::status_response(&status);
         }
-        let token = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_string);
-        let credentials = Credentials { bearer_token: token.as_deref(), peer_certificate, remote };
-        let answer = match grpc::request_messages::<IstioCertificateRequest>(req).next().await {
+        let token = grpc::bearer_token(req.headers());
+        let credentials = Credentials {
+            bearer_token: token.as_deref(),
+            peer_certificate: caller.peer_certificate.as_deref(),
+            remote: caller.remote,
+        };
+        let answer = match grpc::request_messages::<IstioCertificateRequest>(req, grpc::MAX_MESSAGE).next().await {
             Some(Ok(request)) => self.create_certificate(&request, &credentials).await,
             Some(Err(status)) => Err(status),
             None => Err(GrpcStatus::new(GrpcStatus::INVALID_ARGUMENT, "no request message")),

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::{thresholds::RetryBudget, Thresholds},
     cluster::{
@@ -14,20 +15,18 @@ use envoy_types::pb::envoy::config::core::v3::{
     transport_socket::ConfigType as SocketConfig, Http1ProtocolOptions, Http2ProtocolOptions,
     HttpProtocolOptions as CommonHttpOptions, TransportSocket,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher,
-    TlsCertificate, UpstreamTlsContext,
-};
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions},
     HttpProtocolOptions,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::Struct;
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{Cluster, DiscoveryType, LbPolicy, OutlierDetectionConfig, ProxyConfig, UpstreamTls};
 
-use super::{ads, any, duration, endpoints, file, uint32, Flavor};
+use super::endpoints::{text, ISTIO, TLS_MODE};
+use super::{ads, any, duration, endpoints, uint32, Flavor};
 
 pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig, flavor: Flavor) -> EnvoyCluster {
     let mut out = EnvoyCluster {
@@ -35,10 +34,10 @@ pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig, flavor: Flavor) -> EnvoyCl
         connect_timeout: Some(duration(c.connect_timeout)),
         circuit_breakers: Some(circuit_breakers(c)),
         outlier_detection: c.outlier_detection.as_ref().map(outlier_detection),
-        transport_socket: c.tls.as_ref().and_then(upstream_tls),
         typed_extension_protocol_options: protocol_options(c),
         ..Default::default()
     };
+    transport(&mut out, c.tls.as_ref(), flavor);
     let discovery = match c.discovery {
         DiscoveryType::Eds => {
             out.eds_cluster_config = Some(EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() });
@@ -161,50 +160,28 @@ fn protocol_options(c: &Cluster) -> HashMap<String, envoy_types::pb::google::pro
     HashMap::from([("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(), any(&options))])
 }
 
-/// DestinationRule `tls`: SIMPLE and MUTUAL from files. Envoy gets no
-/// workload certificate yet (SDS is not served): auto mTLS is left out, so
-/// Envoy speaks plaintext where it would have chosen mTLS only by label,
-/// and an explicit ISTIO_MUTUAL becomes TLS without a client certificate,
-/// which a STRICT peer refuses: never plaintext where mTLS was asked for.
-fn upstream_tls(tls: &UpstreamTls) -> Option<TransportSocket> {
-    if tls.mode == "DISABLE" || tls.auto {
-        return None;
+/// The cluster's TLS. Auto mTLS (no DestinationRule `tls`) is per
+/// endpoint, as Istio does it: endpoints labelled `tlsMode: istio` match
+/// the mTLS socket, the rest plaintext. Proxyless gRPC takes
+/// certificates from its own providers, not SDS: it gets plaintext and
+/// the translation report says so.
+fn transport(out: &mut EnvoyCluster, tls: Option<&UpstreamTls>, flavor: Flavor) {
+    let Some(tls) = tls.filter(|_| flavor == Flavor::Envoy) else { return };
+    let Some(socket) = super::tls::upstream(tls) else { return };
+    if !tls.auto {
+        out.transport_socket = Some(socket);
+        return;
     }
-    let validation = (!tls.insecure_skip_verify).then(|| CertificateValidationContext {
-        trusted_ca: file(&tls.ca_certificates),
-        match_typed_subject_alt_names: tls
-            .subject_alt_names
-            .iter()
-            .map(|san| SubjectAltNameMatcher {
-                san_type: 2, // DNS
-                matcher: Some(StringMatcher {
-                    match_pattern: Some(MatchPattern::Exact(san.clone())),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    });
-    let mut certificates = Vec::new();
-    if tls.client_certificate.is_some() {
-        certificates.push(TlsCertificate {
-            certificate_chain: file(&tls.client_certificate),
-            private_key: file(&tls.private_key),
-            ..Default::default()
-        });
-    }
-    let context = UpstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificates: certificates,
-            validation_context_type: validation.map(ValidationContextType::ValidationContext),
-            ..Default::default()
-        }),
-        sni: tls.sni.clone().unwrap_or_default(),
-        ..Default::default()
-    };
-    Some(TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(SocketConfig::TypedConfig(any(&context))),
-    })
+    let istio = Struct { fields: [(TLS_MODE.to_string(), text(ISTIO))].into() };
+    out.transport_socket_matches = vec![
+        TransportSocketMatch { name: "tlsMode-istio".into(), r#match: Some(istio), transport_socket: Some(socket) },
+        TransportSocketMatch {
+            name: "tlsMode-disabled".into(),
+            r#match: Some(Struct::default()),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.raw_buffer".into(),
+                config_type: Some(SocketConfig::TypedConfig(any(&RawBuffer::default()))),
+            }),
+        },
+    ];
 }

@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::{
     address::Address as AddressKind, socket_address::PortSpecifier, Address, HealthStatus, Locality as EnvoyLocality,
-    SocketAddress,
+    Metadata, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment as EnvoyLoadAssignment, Endpoint, LbEndpoint as EnvoyLbEndpoint,
     LocalityLbEndpoints,
 };
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use mesh_core::model::{Health, Locality};
 use mesh_core::proxy_config::{ClusterLoadAssignment, LbEndpoint};
 
@@ -39,8 +40,27 @@ pub(super) fn load_assignment(la: &ClusterLoadAssignment) -> EnvoyLoadAssignment
     }
 }
 
+/// Where Envoy's `transport_socket_matches` look, and what auto mTLS
+/// matches: Istio's `security.istio.io/tlsMode` label as endpoint metadata.
+const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+pub(super) const TLS_MODE: &str = "tlsMode";
+pub(super) const ISTIO: &str = "istio";
+
+pub(super) fn text(s: &str) -> Value {
+    Value { kind: Some(Kind::StringValue(s.to_string())) }
+}
+
 fn lb_endpoint(e: &LbEndpoint) -> EnvoyLbEndpoint {
+    let metadata = e.mtls_ready.then(|| Metadata {
+        filter_metadata: [(
+            TRANSPORT_SOCKET_MATCH.to_string(),
+            Struct { fields: [(TLS_MODE.to_string(), text(ISTIO))].into() },
+        )]
+        .into(),
+        ..Default::default()
+    });
     EnvoyLbEndpoint {
+        metadata,
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
             address: Some(socket_address(&e.address, e.port)),
             ..Default::default()
@@ -51,7 +71,6 @@ fn lb_endpoint(e: &LbEndpoint) -> EnvoyLbEndpoint {
             Health::Draining => HealthStatus::Draining,
         } as i32,
         load_balancing_weight: uint32(e.weight.max(1)),
-        ..Default::default()
     }
 }
 

@@ -2,9 +2,7 @@
 //! RDS, or TCP proxy), and for proxyless gRPC the `api_listener`s its xDS
 //! resolver looks up by `host:port`.
 
-use envoy_types::pb::envoy::config::core::v3::{
-    transport_socket::ConfigType as SocketConfig, TrafficDirection as EnvoyDirection, TransportSocket,
-};
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection as EnvoyDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     filter::ConfigType as FilterConfig, listener_filter::ConfigType as ListenerFilterConfig, ApiListener, Filter,
     FilterChain as EnvoyFilterChain, FilterChainMatch, Listener as EnvoyListener, ListenerFilter,
@@ -23,19 +21,22 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy::{weighted_cluster::ClusterWeight, ClusterSpecifier, WeightedCluster},
     TcpProxy,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
-    TlsCertificate,
-};
 use mesh_core::proxy_config::{
-    ChainAction, FilterChain, Listener, ProxyConfig, ServerTls, TrafficDirection, WeightedCluster as MeshWeighted,
+    ChainAction, FilterChain, Listener, ProxyConfig, TrafficDirection, WeightedCluster as MeshWeighted,
 };
 
 use super::routes::{CORS_FILTER, FAULT_FILTER};
-use super::{ads, any, boolean, endpoints::socket_address, file, uint32};
+use super::{ads, any, boolean, endpoints::socket_address, uint32};
 
-pub(super) fn listener(l: &Listener) -> EnvoyListener {
+/// `None` when no chain of the listener can be expressed: Envoy refuses a
+/// listener without filter chains, and a connection nothing matches is
+/// closed either way.
+pub(super) fn listener(l: &Listener) -> Option<EnvoyListener> {
     let chains: Vec<EnvoyFilterChain> = l.filter_chains.iter().filter_map(|c| filter_chain(c, l)).collect();
+    if chains.is_empty() {
+        return None;
+    }
+    let sniffs_tls = l.filter_chains.iter().any(|c| !c.server_names.is_empty() || splits_by_transport(c, l));
     let mut listener_filters = Vec::new();
     if l.use_original_dst {
         listener_filters.push(ListenerFilter {
@@ -44,14 +45,14 @@ pub(super) fn listener(l: &Listener) -> EnvoyListener {
             ..Default::default()
         });
     }
-    if l.filter_chains.iter().any(|c| !c.server_names.is_empty()) {
+    if sniffs_tls {
         listener_filters.push(ListenerFilter {
             name: "envoy.filters.listener.tls_inspector".into(),
             config_type: Some(ListenerFilterConfig::TypedConfig(any(&TlsInspector::default()))),
             ..Default::default()
         });
     }
-    EnvoyListener {
+    Some(EnvoyListener {
         name: l.name.clone(),
         address: Some(socket_address(&l.address, l.port)),
         filter_chains: chains,
@@ -63,14 +64,20 @@ pub(super) fn listener(l: &Listener) -> EnvoyListener {
             TrafficDirection::Outbound | TrafficDirection::Gateway => EnvoyDirection::Outbound,
         } as i32,
         ..Default::default()
-    }
+    })
+}
+
+/// An inbound port's chains are told apart by what arrives: mTLS or
+/// plaintext (PERMISSIVE has both), as Istio matches `transport_protocol`.
+fn splits_by_transport(c: &FilterChain, l: &Listener) -> bool {
+    l.direction == TrafficDirection::Inbound && c.destination_port.is_some()
 }
 
 /// `None` for a TLS chain whose certificate Envoy could not load: its
 /// `credentialName` needs SDS, which this server does not serve yet.
 fn filter_chain(c: &FilterChain, l: &Listener) -> Option<EnvoyFilterChain> {
     let transport_socket = match &c.tls {
-        Some(tls) if tls.mode != "PASSTHROUGH" => Some(downstream_tls(tls)?),
+        Some(tls) if tls.mode != "PASSTHROUGH" => Some(super::tls::downstream(tls)?),
         _ => None,
     };
     let filter = match &c.action {
@@ -91,6 +98,11 @@ fn filter_chain(c: &FilterChain, l: &Listener) -> Option<EnvoyFilterChain> {
     Some(EnvoyFilterChain {
         filter_chain_match: Some(FilterChainMatch {
             server_names: c.server_names.clone(),
+            transport_protocol: match (&c.tls, splits_by_transport(c, l)) {
+                (_, false) => String::new(),
+                (Some(_), true) => "tls".into(),
+                (None, true) => "raw_buffer".into(),
+            },
             destination_port: c.destination_port.and_then(|p| uint32(u32::from(p))),
             ..Default::default()
         }),
@@ -143,34 +155,6 @@ fn tcp_proxy(stat_prefix: &str, clusters: &[MeshWeighted]) -> TcpProxy {
         }),
     };
     TcpProxy { stat_prefix: stat_prefix.to_string(), cluster_specifier: Some(specifier), ..Default::default() }
-}
-
-fn downstream_tls(tls: &ServerTls) -> Option<TransportSocket> {
-    tls.certificate_chain.as_ref()?;
-    let mutual = tls.mode == "MUTUAL";
-    let context = DownstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificates: vec![TlsCertificate {
-                certificate_chain: file(&tls.certificate_chain),
-                private_key: file(&tls.private_key),
-                ..Default::default()
-            }],
-            validation_context_type: (mutual && tls.ca_certificates.is_some()).then(|| {
-                ValidationContextType::ValidationContext(CertificateValidationContext {
-                    trusted_ca: file(&tls.ca_certificates),
-                    ..Default::default()
-                })
-            }),
-            alpn_protocols: tls.alpn.clone(),
-            ..Default::default()
-        }),
-        require_client_certificate: mutual.then(|| boolean(true)).flatten(),
-        ..Default::default()
-    };
-    Some(TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(SocketConfig::TypedConfig(any(&context))),
-    })
 }
 
 /// For gRPC: one `api_listener` per name a client may dial

@@ -8,6 +8,7 @@ mod clusters;
 mod endpoints;
 mod listeners;
 mod routes;
+mod tls;
 
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
@@ -47,7 +48,9 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> ResourceSet {
     match flavor {
         Flavor::Envoy => {
             for l in &cfg.listeners {
-                set.insert(LISTENER, Resource::new(l.name.clone(), &listeners::listener(l)));
+                if let Some(listener) = listeners::listener(l) {
+                    set.insert(LISTENER, Resource::new(l.name.clone(), &listener));
+                }
             }
         }
         Flavor::ProxylessGrpc => {
@@ -64,7 +67,7 @@ pub fn endpoint_resource(la: &mesh_core::proxy_config::ClusterLoadAssignment) ->
     Resource::new(la.cluster_name.clone(), &endpoints::load_assignment(la))
 }
 
-fn any<T: Message + Name>(msg: &T) -> Any {
+pub(crate) fn any<T: Message + Name>(msg: &T) -> Any {
     Any { type_url: T::type_url(), value: msg.encode_to_vec() }
 }
 

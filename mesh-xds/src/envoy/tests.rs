@@ -59,6 +59,12 @@ spec:
 "#;
 
 pub(crate) fn mesh() -> MeshSnapshot {
+    mesh_with_endpoint_labels(&[])
+}
+
+/// The same mesh, every endpoint labelled with `labels` (`tlsMode: istio`
+/// makes them sidecars).
+pub(crate) fn mesh_with_endpoint_labels(labels: &[(&str, &str)]) -> MeshSnapshot {
     let store = MemoryConfigStore::new();
     for doc in config::parse_documents(CONFIG).unwrap() {
         if let Decoded::Istio { resource, .. } = config::decode(doc, "default").unwrap() {
@@ -72,6 +78,7 @@ pub(crate) fn mesh() -> MeshSnapshot {
         .map(|(i, v)| {
             let mut e = Endpoint::new(format!("10.0.0.{}", i + 1));
             e.labels.insert("version".into(), v.to_string());
+            e.labels.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             e
         })
         .collect();

@@ -1,25 +1,24 @@
 //! CDS -> clusters.
 
+use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType as EnvoyDiscovery, LbConfig, LbPolicy as EnvoyLb},
     Cluster as EnvoyCluster, OutlierDetection,
 };
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context::ValidationContextType, UpstreamTlsContext,
-};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions},
     HttpProtocolOptions,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::google::protobuf::value::Kind;
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{
     CircuitBreakerThresholds, Cluster, ClusterLoadAssignment, DiscoveryType, HashPolicy, LbPolicy,
     OutlierDetectionConfig, RetryBudgetConfig, UpstreamTls,
 };
 
-use super::{decode, duration, endpoints::load_assignment, file, ImportError};
+use super::{decode, duration, endpoints::load_assignment, ImportError};
 
 const KIND: &str = "Cluster";
 
@@ -179,36 +178,44 @@ fn outlier_detection(od: &OutlierDetection, c: &EnvoyCluster) -> OutlierDetectio
     }
 }
 
+/// The cluster's TLS: its transport socket, or Istio's auto mTLS (the
+/// `tlsMode: istio` socket match beside a plaintext one).
 fn upstream_tls(c: &EnvoyCluster) -> Result<Option<UpstreamTls>, ImportError> {
-    let Some(socket) = &c.transport_socket else { return Ok(None) };
-    let Some(SocketConfig::TypedConfig(any)) = &socket.config_type else { return Ok(None) };
-    let ctx: UpstreamTlsContext =
-        decode(any, KIND).map_err(|e| ImportError { name: c.name.clone(), field: "transport_socket".into(), ..e })?;
-    let common = ctx.common_tls_context.unwrap_or_default();
-    let certificate = common.tls_certificates.first();
-    let validation = match &common.validation_context_type {
-        Some(ValidationContextType::ValidationContext(v)) => Some(v),
-        _ => None,
+    let err = |field: &str, msg: String| ImportError::new(KIND, &c.name, field, msg);
+    let (socket, auto, field) = match (&c.transport_socket, c.transport_socket_matches.as_slice()) {
+        (socket, []) => (socket.as_ref(), false, "transport_socket"),
+        (None, matches) => {
+            let istio = matches.iter().position(|m| {
+                m.r#match.as_ref().is_some_and(|s| {
+                    s.fields.len() == 1
+                        && matches!(s.fields.get("tlsMode").and_then(|v| v.kind.as_ref()), Some(Kind::StringValue(v)) if v == "istio")
+                })
+            });
+            let plain = |m: &TransportSocketMatch| {
+                m.r#match.as_ref().is_none_or(|s| s.fields.is_empty())
+                    && m.transport_socket.as_ref().is_none_or(|t| t.name == "envoy.transport_sockets.raw_buffer")
+            };
+            match (istio, matches.len()) {
+                (Some(i), 2) if plain(&matches[1 - i]) => {
+                    (matches[i].transport_socket.as_ref(), true, "transport_socket_matches")
+                }
+                _ => {
+                    let msg = "only Istio's auto mTLS (`tlsMode: istio`, else plaintext) is supported".to_string();
+                    return Err(err("transport_socket_matches", msg));
+                }
+            }
+        }
+        (Some(_), _) => {
+            return Err(err("transport_socket_matches", "beside a transport_socket is not supported".into()))
+        }
     };
-    Ok(Some(UpstreamTls {
-        mode: if certificate.is_some() { "MUTUAL" } else { "SIMPLE" }.into(),
-        ca_certificates: validation.and_then(|v| file(v.trusted_ca.as_ref())),
-        client_certificate: certificate.and_then(|c| file(c.certificate_chain.as_ref())),
-        private_key: certificate.and_then(|c| file(c.private_key.as_ref())),
-        sni: (!ctx.sni.is_empty()).then_some(ctx.sni),
-        subject_alt_names: validation
-            .map(|v| {
-                v.match_typed_subject_alt_names
-                    .iter()
-                    .filter_map(|m| match m.matcher.as_ref()?.match_pattern.as_ref()? {
-                        MatchPattern::Exact(s) => Some(s.clone()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        insecure_skip_verify: validation.is_none(),
-        alpn: common.alpn_protocols.clone(),
-        auto: false,
-    }))
+    let Some(socket) = socket else { return Ok(None) };
+    match &socket.config_type {
+        Some(SocketConfig::TypedConfig(any)) if socket.name != "envoy.transport_sockets.raw_buffer" => {
+            let ctx: UpstreamTlsContext =
+                decode(any, KIND).map_err(|e| ImportError { name: c.name.clone(), field: field.into(), ..e })?;
+            super::tls::upstream(ctx, auto).map(Some).map_err(|e| err(field, e))
+        }
+        _ => Ok(None),
+    }
 }

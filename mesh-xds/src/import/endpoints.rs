@@ -1,11 +1,12 @@
 //! EDS (and inline load assignments) -> endpoints.
 
 use envoy_types::pb::envoy::config::core::v3::{
-    address::Address as AddressKind, socket_address::PortSpecifier, Address, HealthStatus,
+    address::Address as AddressKind, socket_address::PortSpecifier, Address, HealthStatus, Metadata,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment as EnvoyLoadAssignment,
 };
+use envoy_types::pb::google::protobuf::value::Kind;
 use mesh_core::model::{Health, Locality};
 use mesh_core::proxy_config::{ClusterLoadAssignment, LbEndpoint};
 
@@ -37,7 +38,7 @@ pub fn load_assignment(la: &EnvoyLoadAssignment) -> Result<ClusterLoadAssignment
                     HealthStatus::Draining => Health::Draining,
                     _ => Health::Healthy,
                 },
-                mtls_ready: false,
+                mtls_ready: tls_mode_istio(e.metadata.as_ref()),
             });
         }
     }
@@ -48,4 +49,13 @@ pub(super) fn socket_address(address: Option<&Address>) -> Option<(String, u16)>
     let Some(AddressKind::SocketAddress(sa)) = address?.address.as_ref() else { return None };
     let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else { return None };
     Some((sa.address.clone(), u16::try_from(port).ok()?))
+}
+
+/// Istio's auto mTLS mark on an endpoint: `tlsMode: istio` under
+/// `envoy.transport_socket_match`.
+fn tls_mode_istio(metadata: Option<&Metadata>) -> bool {
+    let Some(fields) = metadata.and_then(|m| m.filter_metadata.get("envoy.transport_socket_match")) else {
+        return false;
+    };
+    matches!(fields.fields.get("tlsMode").and_then(|v| v.kind.as_ref()), Some(Kind::StringValue(v)) if v == "istio")
 }

@@ -12,16 +12,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy::ClusterSpecifier, TcpProxy};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context::ValidationContextType, DownstreamTlsContext,
-};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{
     ChainAction, FilterChain, HeaderOps, Listener, ServerTls, TrafficDirection, WeightedCluster,
 };
 use mesh_core::translate::ProxyKind;
 
-use super::{decode, endpoints::socket_address, file, ImportError};
+use super::{decode, endpoints::socket_address, ImportError};
 
 const KIND: &str = "Listener";
 
@@ -101,7 +99,8 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
     let tls = match &c.transport_socket {
         Some(socket) => match &socket.config_type {
             Some(SocketConfig::TypedConfig(any)) => {
-                Some(downstream_tls(&decode::<DownstreamTlsContext>(any, KIND).map_err(located)?))
+                let ctx = decode::<DownstreamTlsContext>(any, KIND).map_err(located)?;
+                Some(super::tls::downstream(&ctx).map_err(|e| err(format!("{at}.transport_socket"), e))?)
             }
             None => None,
         },
@@ -113,6 +112,7 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
             ca_certificates: None,
             credential_name: None,
             alpn: Vec::new(),
+            peer_trust_domains: Vec::new(),
         }),
         None => None,
     };
@@ -122,21 +122,4 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
         tls,
         action,
     })
-}
-
-fn downstream_tls(ctx: &DownstreamTlsContext) -> ServerTls {
-    let common = ctx.common_tls_context.clone().unwrap_or_default();
-    let certificate = common.tls_certificates.first();
-    let mutual = ctx.require_client_certificate.as_ref().is_some_and(|b| b.value);
-    ServerTls {
-        mode: if mutual { "MUTUAL" } else { "SIMPLE" }.into(),
-        certificate_chain: certificate.and_then(|c| file(c.certificate_chain.as_ref())),
-        private_key: certificate.and_then(|c| file(c.private_key.as_ref())),
-        ca_certificates: match &common.validation_context_type {
-            Some(ValidationContextType::ValidationContext(v)) => file(v.trusted_ca.as_ref()),
-            _ => None,
-        },
-        credential_name: None,
-        alpn: common.alpn_protocols.clone(),
-    }
 }

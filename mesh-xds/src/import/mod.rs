@@ -9,6 +9,7 @@ mod clusters;
 mod endpoints;
 mod listeners;
 mod routes;
+mod tls;
 
 use std::collections::BTreeMap;
 

@@ -32,23 +32,16 @@ fn round_trip(cfg: &ProxyConfig, kind: ProxyKind) -> ProxyConfig {
 }
 
 /// What xDS does not carry (yet): policies mesh-proxy enforces itself,
-/// Istio mTLS (auto mTLS and ISTIO_MUTUAL chains wait for SDS), gRPC-ness
-/// of a port (HTTP/2 on the wire either way), and the config's order.
+/// gRPC-ness of a port (HTTP/2 on the wire either way), and the config's
+/// order.
 fn comparable(mut cfg: ProxyConfig) -> ProxyConfig {
     cfg.version.clear();
     cfg.authorization.clear();
     cfg.local_rate_limits.clear();
     cfg.listeners.sort_by(|a, b| a.name.cmp(&b.name));
-    for c in &mut cfg.clusters {
-        c.tls = c.tls.take().filter(|t| !t.auto);
-    }
-    for la in &mut cfg.endpoints {
-        for e in &mut la.endpoints {
-            e.mtls_ready = false;
-        }
-    }
+    // Envoy refuses a listener without chains: it is not sent.
+    cfg.listeners.retain(|l| !l.filter_chains.is_empty());
     for l in &mut cfg.listeners {
-        l.filter_chains.retain(|c| c.tls.as_ref().is_none_or(|t| t.mode != "ISTIO_MUTUAL"));
         for c in &mut l.filter_chains {
             if let ChainAction::Http { protocol, .. } = &mut c.action {
                 *protocol = Protocol::Http;
@@ -127,6 +120,54 @@ fn a_sidecar_config_survives_the_round_trip() {
         "{:?}",
         c.lb
     );
+}
+
+/// reviews-v1's sidecar, its endpoints all sidecars: auto mTLS outbound,
+/// PERMISSIVE inbound (an mTLS and a plaintext chain on 9080).
+fn reviews_sidecar() -> ProxyConfig {
+    let mesh = crate::envoy::tests::mesh_with_endpoint_labels(&[("security.istio.io/tlsMode", "istio")]);
+    let mut proxy = ProxyIdentity::sidecar("reviews-v1", "default", [("version".into(), "v1".into())].into());
+    proxy.ip = Some("10.0.0.1".into());
+    translate(&mesh, &proxy)
+}
+
+#[test]
+fn in_mesh_mtls_survives_the_round_trip() {
+    let cfg = reviews_sidecar();
+    let inbound = cfg.listeners.iter().find(|l| l.name == "virtualInbound").unwrap();
+    let modes: Vec<Option<&str>> =
+        inbound.filter_chains.iter().map(|c| c.tls.as_ref().map(|t| t.mode.as_str())).collect();
+    assert_eq!(modes, [Some("ISTIO_MUTUAL"), None]);
+    assert!(cfg.clusters.iter().any(|c| c.tls.as_ref().is_some_and(|t| t.auto)));
+    let outbound = cfg.endpoints.iter().filter(|la| la.cluster_name.starts_with("outbound|"));
+    assert!(outbound.flat_map(|la| &la.endpoints).all(|e| e.mtls_ready));
+    assert_same(&cfg, &round_trip(&cfg, ProxyKind::Sidecar));
+}
+
+#[test]
+fn tls_mesh_proxy_cannot_enforce_is_refused() {
+    use envoy_types::pb::envoy::config::core::v3::{transport_socket::ConfigType, TransportSocket};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, SdsSecretConfig, UpstreamTlsContext,
+    };
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig { name: "spiffe-other".into(), sds_config: None }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let cluster = EnvoyCluster {
+        name: "c1".into(),
+        transport_socket: Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(ConfigType::TypedConfig(crate::envoy::any(&context))),
+        }),
+        ..Default::default()
+    };
+    let e = proxy_config(ProxyKind::Sidecar, &[], &[], &[cluster], &[]).unwrap_err();
+    assert_eq!((e.kind, e.name.as_str(), e.field.as_str()), ("Cluster", "c1", "transport_socket"));
+    assert!(e.message.contains("spiffe-other"), "{e}");
 }
 
 #[test]

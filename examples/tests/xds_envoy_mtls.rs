@@ -1,0 +1,207 @@
+//! Istio mTLS between Envoy and mesh-proxy, Envoy's side all from our
+//! control plane: xDS over TLS on the secure port, the node's identity
+//! proved by a bootstrap token, its certificate and roots over SDS. Real
+//! Envoy 1.40, control plane, gateways and backend on 127.0.0.1.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{backend, debug_get, free_port, wait_until, Gateway};
+use mesh_testkit::envoy::Envoy;
+use mesh_testkit::process::Proc;
+
+const ENVOY_ID: &str = "spiffe://cluster.local/ns/default/sa/ingress";
+const BACK_ID: &str = "spiffe://cluster.local/ns/default/sa/httpbin";
+const FRONT_ID: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+const TOKEN: &str = "envoy-bootstrap-token-5f0c6c1e";
+
+/// The status of `GET /` on `port`; 0 when the connection failed.
+fn status(port: u16) -> u16 {
+    mesh_testkit::http::request(&format!("127.0.0.1:{port}"), "GET", "/", "test.example.com", &[], "")
+        .map_or(0, |r| r.status)
+}
+
+fn meshctl(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl")).args(args).output().expect("run meshctl");
+    assert!(out.status.success(), "meshctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A gateway server line, a ServiceEntry `service` on 127.0.0.1:`port`
+/// with the identity `account`, a route of everything to it, and `extra`.
+fn gateway_mesh(server: &str, service: &str, port: u16, account: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+{server}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {service}, namespace: default}}
+spec:
+  hosts: [{service}.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  subjectAltNames: ["{account}"]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+{extra}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: routes, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: {service}.default.svc.cluster.local}}}}]
+"#
+    )
+}
+
+fn server(port: u16, tls: &str) -> String {
+    let protocol = if tls.is_empty() { "HTTP" } else { "HTTPS" };
+    format!("  - port: {{number: {port}, name: p{port}, protocol: {protocol}}}\n    hosts: [\"*\"]\n{tls}")
+}
+
+fn istio_mutual_to(host: &str, sans: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {host}, namespace: default}}\nspec:\n  host: {host}.default.svc.cluster.local\n  trafficPolicy:\n    tls: {{mode: ISTIO_MUTUAL{sans}}}\n---\n"
+    )
+}
+
+/// The control plane with its CA in `ca` (serving xDS and the CA on one
+/// TLS port), the gateway's bootstrap token known; its secure port.
+fn secure_control_plane(config: &Path, ca: &Path, tokens: &Path) -> (Proc, u16, u16) {
+    let (xds, secure, debug) = (free_port(), free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .args(["--config", &config.to_string_lossy(), "--ca-dir", &ca.to_string_lossy()])
+        .args(["--bootstrap-tokens", &tokens.to_string_lossy()])
+        .args(["--xds-listen", &format!("127.0.0.1:{xds}"), "--ca-listen", &format!("127.0.0.1:{secure}")])
+        .args(["--debug", &format!("127.0.0.1:{debug}"), "--debounce-ms", "20"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start control-plane");
+    let cp = Proc(child);
+    assert!(
+        wait_until(Duration::from_secs(20), || debug_get(debug, "/ready").is_some_and(|r| r.status == 200)),
+        "control plane not ready"
+    );
+    (cp, secure, debug)
+}
+
+/// Envoy on the sample secure bootstrap, this test's ports and token.
+fn secure_envoy(dir: &Path, secure_port: u16, root: &Path) -> Envoy {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway-secure.yaml");
+    let bootstrap = std::fs::read_to_string(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
+    for needle in ["port_value: 15000", "port_value: 15012", "Bearer TOKEN", "/etc/istio/root-cert.pem"] {
+        assert_eq!(bootstrap.matches(needle).count(), 1, "{sample} should hold `{needle}` once");
+    }
+    let bootstrap = bootstrap
+        .replace("port_value: 15000", "port_value: 0")
+        .replace("port_value: 15012", &format!("port_value: {secure_port}"))
+        .replace("Bearer TOKEN", &format!("Bearer {TOKEN}"))
+        .replace("/etc/istio/root-cert.pem", &root.to_string_lossy());
+    Envoy::start(&bootstrap, dir)
+}
+
+#[test]
+fn envoy_and_mesh_proxy_speak_istio_mtls_with_certificates_from_our_control_plane() {
+    let work = tempfile::tempdir().unwrap();
+    let path = |name: &str| work.path().join(name);
+    let ca = path("ca");
+    meshctl(&["ca", "root", "--dir", &ca.to_string_lossy()]);
+    for (name, id) in [("back-certs", BACK_ID), ("front-certs", FRONT_ID)] {
+        meshctl(&[
+            "ca",
+            "issue",
+            "--dir",
+            &ca.to_string_lossy(),
+            "--identity",
+            id,
+            "--out",
+            &path(name).to_string_lossy(),
+        ]);
+    }
+    std::fs::write(path("tokens"), format!("{ENVOY_ID} {TOKEN}\n")).unwrap();
+    let (_backend, backend_port) = backend("v1", 0);
+
+    // mesh-proxy as the server: an ISTIO_MUTUAL gateway server in front of
+    // the backend, with its certificate from files of the same CA.
+    let (back_port, envoy_port, envoy_mtls_port, front_port) = (free_port(), free_port(), free_port(), free_port());
+    let back_config = path("back");
+    std::fs::create_dir(&back_config).unwrap();
+    let back_server = server(back_port, "    tls: {mode: ISTIO_MUTUAL}\n");
+    std::fs::write(back_config.join("mesh.yaml"), gateway_mesh(&back_server, "app", backend_port, BACK_ID, ""))
+        .unwrap();
+    let back_certs = path("back-certs");
+    let back = Gateway::launch(
+        &["--config", &back_config.to_string_lossy()],
+        back_port,
+        &["--cert-dir", &back_certs.to_string_lossy()],
+        Stdio::null(),
+    );
+
+    // Envoy: a plaintext server that sends to mesh-proxy over
+    // ISTIO_MUTUAL, and an ISTIO_MUTUAL server of its own.
+    let cp_config = path("cp");
+    std::fs::create_dir(&cp_config).unwrap();
+    let servers = server(envoy_port, "") + &server(envoy_mtls_port, "    tls: {mode: ISTIO_MUTUAL}\n");
+    let mesh = gateway_mesh(&servers, "httpbin", back_port, BACK_ID, &istio_mutual_to("httpbin", ""));
+    std::fs::write(cp_config.join("mesh.yaml"), &mesh).unwrap();
+    let (_cp, secure, debug) = secure_control_plane(&cp_config, &ca, &path("tokens"));
+    let envoy_dir = path("envoy");
+    std::fs::create_dir(&envoy_dir).unwrap();
+    let envoy = secure_envoy(&envoy_dir, secure, &ca.join("root-cert.pem"));
+
+    // Envoy -> mTLS -> mesh-proxy: the back takes only mTLS, so a 200
+    // says Envoy presented its SDS certificate and accepted the back's.
+    assert!(
+        wait_until(Duration::from_secs(30), || status(envoy_port) == 200),
+        "Envoy never reached mesh-proxy over mTLS (answered {}); Envoy's stats:\n{}\nmesh-proxy's:\n{}",
+        status(envoy_port),
+        envoy.admin_get("/stats?filter=httpbin.*(ssl|cx_connect_fail|upstream_rq_5)").unwrap_or_default(),
+        back.admin_get("/stats").map(|r| r.body).unwrap_or_default()
+    );
+    let syncz = debug_get(debug, "/debug/syncz").unwrap().body;
+    assert!(syncz.contains("SDS"), "the node was sent its secrets: {syncz}");
+    let certs = envoy.admin_get("/certs").unwrap_or_default();
+    assert!(certs.contains(ENVOY_ID), "Envoy holds a certificate for the identity it proved: {certs}");
+
+    // mesh-proxy -> mTLS -> Envoy: a mesh-proxy gateway whose upstream is
+    // Envoy's ISTIO_MUTUAL server, expecting Envoy's identity.
+    let front_config = path("front");
+    std::fs::create_dir(&front_config).unwrap();
+    let front_mesh =
+        gateway_mesh(&server(front_port, ""), "ingress", envoy_mtls_port, ENVOY_ID, &istio_mutual_to("ingress", ""));
+    std::fs::write(front_config.join("mesh.yaml"), front_mesh).unwrap();
+    let front_certs = path("front-certs");
+    let _front = Gateway::launch(
+        &["--config", &front_config.to_string_lossy()],
+        front_port,
+        &["--cert-dir", &front_certs.to_string_lossy()],
+        Stdio::null(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || status(front_port) == 200),
+        "mesh-proxy never reached Envoy's ISTIO_MUTUAL server (front answered {}); Envoy's log:\n{}",
+        status(front_port),
+        envoy.log()
+    );
+    // Plaintext to Envoy's ISTIO_MUTUAL server gets nothing.
+    assert_eq!(status(envoy_mtls_port), 0, "plaintext to an ISTIO_MUTUAL server");
+
+    // Secure naming: a server that is not the expected identity is refused.
+    let wrong = format!(", subjectAltNames: [\"{FRONT_ID}\"]");
+    let mesh = gateway_mesh(&servers, "httpbin", back_port, BACK_ID, &istio_mutual_to("httpbin", &wrong));
+    std::fs::write(cp_config.join("mesh.yaml"), mesh).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || status(envoy_port) == 503),
+        "Envoy kept talking to a server whose SPIFFE ID is not the expected one"
+    );
+}
