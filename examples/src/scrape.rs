@@ -2,6 +2,7 @@
 //! is filled with the current values and encoded by prometheus-client.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -24,6 +25,15 @@ impl Scrape {
         let counter = Counter::<u64>::default();
         counter.inc_by(value);
         self.registry.register(name, help, counter);
+    }
+
+    /// Running totals by one label's value; `<name>_total{label="..."}`.
+    pub fn counters_by(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        let family = Family::<Vec<(String, String)>, Counter<u64>>::default();
+        for (value, count) in values {
+            family.get_or_create(&vec![(label.to_string(), value.to_string())]).inc_by(*count);
+        }
+        self.registry.register(name, help, family);
     }
 
     /// The Prometheus text exposition.

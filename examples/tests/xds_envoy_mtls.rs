@@ -205,3 +205,115 @@ fn envoy_and_mesh_proxy_speak_istio_mtls_with_certificates_from_our_control_plan
         "Envoy kept talking to a server whose SPIFFE ID is not the expected one"
     );
 }
+
+/// The LDS version the node ACKed, once it ACKed what it was last sent
+/// (and it differs from `previous`); panics on a NACK.
+fn acked_listeners(debug: u16, previous: &str) -> String {
+    let mut last = String::new();
+    let acked = wait_until(Duration::from_secs(20), || {
+        last = debug_get(debug, "/debug/syncz").map(|r| r.body).unwrap_or_default();
+        let syncz: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+        let lds = &syncz["nodes"][0]["types"]["LDS"];
+        assert!(syncz["totals"]["nacks"] == 0, "the node NACKed: {last}");
+        lds["acked_version"] == lds["sent_version"] && lds["acked_version"].as_str().is_some_and(|v| v != previous)
+    });
+    assert!(acked, "no new listeners ACKed in 20 s: {last}");
+    let syncz: serde_json::Value = serde_json::from_str(&last).unwrap();
+    syncz["nodes"][0]["types"]["LDS"]["acked_version"].as_str().unwrap_or_default().to_string()
+}
+
+/// `virtualInbound`'s filter chains in Envoy's config dump: the transport
+/// each matches, and whether it requires a client certificate.
+fn inbound_chains(envoy: &Envoy) -> Vec<(String, bool)> {
+    let dump = envoy.admin_get("/config_dump?resource=dynamic_listeners").unwrap_or_default();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
+    let Some(listener) = dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["name"] == "virtualInbound")
+        .map(|l| &l["active_state"]["listener"])
+    else {
+        return Vec::new();
+    };
+    listener["filter_chains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let transport = c["filter_chain_match"]["transport_protocol"].as_str().unwrap_or("").to_string();
+            let mutual = c["transport_socket"]["typed_config"]["require_client_certificate"] == true;
+            (transport, mutual)
+        })
+        .collect()
+}
+
+/// Istio's mesh as a sidecar Envoy sees it, over the secure port: each
+/// PeerAuthentication mode, a DENY policy and an empty mesh are ACKed,
+/// and the inbound chains follow the mode.
+#[test]
+fn an_envoy_sidecar_acks_every_peer_authentication_mode_and_an_empty_mesh() {
+    for port in [15001, 15006] {
+        assert!(std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(), "a sidecar Envoy binds {port}: it is busy");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let path = |name: &str| work.path().join(name);
+    let ca = path("ca");
+    meshctl(&["ca", "root", "--dir", &ca.to_string_lossy()]);
+    std::fs::write(path("tokens"), format!("spiffe://cluster.local/ns/default/sa/reviews {TOKEN}\n")).unwrap();
+    let config = path("cp");
+    std::fs::create_dir(&config).unwrap();
+    let service = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, labels: {app: reviews, security.istio.io/tlsMode: istio}}]
+"#;
+    std::fs::write(config.join("reviews.yaml"), service).unwrap();
+    let (_cp, secure, debug) = secure_control_plane(&config, &ca, &path("tokens"));
+    let envoy_dir = path("envoy");
+    std::fs::create_dir(&envoy_dir).unwrap();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway-secure.yaml");
+    let bootstrap = std::fs::read_to_string(sample)
+        .unwrap()
+        .replace("router~127.0.0.1~istio-ingressgateway-1.default", "sidecar~127.0.0.1~reviews-v1.default")
+        .replace("LABELS: {istio: ingressgateway}", "LABELS: {app: reviews}")
+        .replace("port_value: 15000", "port_value: 0")
+        .replace("port_value: 15012", &format!("port_value: {secure}"))
+        .replace("Bearer TOKEN", &format!("Bearer {TOKEN}"))
+        .replace("/etc/istio/root-cert.pem", &ca.join("root-cert.pem").to_string_lossy());
+    let envoy = Envoy::start(&bootstrap, &envoy_dir);
+
+    // PERMISSIVE by default: mTLS and plaintext on 9080.
+    let mut version = acked_listeners(debug, "");
+    let tls = || ("tls".to_string(), true);
+    let raw = || ("raw_buffer".to_string(), false);
+    assert_eq!(inbound_chains(&envoy), [tls(), raw()], "{}", envoy.log());
+    let policy = |mode: &str| {
+        format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec:\n  mtls: {{mode: {mode}}}\n")
+    };
+    for (mode, chains) in [("STRICT", vec![tls()]), ("DISABLE", vec![raw()]), ("PERMISSIVE", vec![tls(), raw()])] {
+        std::fs::write(config.join("peer-authentication.yaml"), policy(mode)).unwrap();
+        version = acked_listeners(debug, &version);
+        assert!(
+            wait_until(Duration::from_secs(10), || inbound_chains(&envoy) == chains),
+            "{mode}: inbound chains {:?}, expected {chains:?}",
+            inbound_chains(&envoy)
+        );
+    }
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: default}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n";
+    std::fs::write(config.join("deny.yaml"), deny).unwrap();
+    std::fs::write(config.join("peer-authentication.yaml"), policy("STRICT")).unwrap();
+    version = acked_listeners(debug, &version);
+    // No inbound service: no inbound listener, nothing for Envoy to refuse.
+    std::fs::remove_file(config.join("reviews.yaml")).unwrap();
+    acked_listeners(debug, &version);
+    assert!(
+        wait_until(Duration::from_secs(10), || inbound_chains(&envoy).is_empty()),
+        "virtualInbound kept chains with no inbound service"
+    );
+}

@@ -32,9 +32,13 @@
 //! | [`ca`] | the certificate authority, its CSR API (`IstioCertificateService`) and the workload's CSR client |
 //! | [`sds`] | the secrets (`default`, `ROOTCA`) of each identity a stream proved, renewed and pushed |
 //!
-//! Not translated yet: AuthorizationPolicy (Envoy RBAC), local rate limits
-//! from EnvoyFilters, locality failover priorities, SDS (TLS certificates
-//! are referenced as files), so neither direction carries them.
+//! Security: on the secure port ([`server::AdsServer::serve_tls`], istiod's
+//! 15012) streams prove an identity as CSRs do, and get its certificate
+//! and roots over SDS ([`sds`]); Envoy's ISTIO_MUTUAL clusters, servers
+//! and inbound chains use them. Not translated yet: AuthorizationPolicy
+//! (Envoy RBAC), local rate limits from EnvoyFilters, locality failover
+//! priorities, gateway `credentialName` secrets (referenced over SDS as
+//! `kubernetes://NAME`, not served yet), and TLS for proxyless gRPC.
 
 pub mod ca;
 pub mod cache;

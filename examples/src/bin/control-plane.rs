@@ -34,7 +34,7 @@ use mesh_core::mesh::{self, Debounce};
 use mesh_xds::ca::server::CaStats;
 use mesh_xds::cache::SnapshotCache;
 use mesh_xds::generator::Generator;
-use mesh_xds::server::AdsServer;
+use mesh_xds::server::{AdsServer, AdsStats};
 use mesh_xds::status::SyncStatus;
 
 /// Thousands of streams' short-lived buffers on several threads fragment
@@ -90,7 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let xds = tokio::net::TcpListener::bind(args.xds_listen).await?;
     let debug_listener = tokio::net::TcpListener::bind(args.debug).await?;
     tracing::info!(xds = %xds.local_addr()?, debug = %debug_listener.local_addr()?, "control plane listening");
-    tokio::spawn(serve_debug(debug_listener, Debug { generator, status, sources, ca }));
+    tokio::spawn(serve_debug(debug_listener, Debug { generator, status, sources, ca, ads: ads.stats().clone() }));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -110,6 +110,7 @@ struct Debug {
     status: Arc<SyncStatus>,
     sources: Arc<Sources>,
     ca: Option<Arc<CaStats>>,
+    ads: Arc<AdsStats>,
 }
 
 async fn serve_debug(listener: tokio::net::TcpListener, debug: Debug) {
@@ -128,7 +129,7 @@ async fn serve_debug(listener: tokio::net::TcpListener, debug: Debug) {
 }
 
 fn debug_response(req: &Request<hyper::body::Incoming>, debug: &Debug) -> Response<Full<Bytes>> {
-    let Debug { generator, status, sources, ca } = debug;
+    let Debug { generator, status, sources, ca, ads } = debug;
     let query = |name: &str| {
         req.uri()
             .query()
@@ -152,7 +153,7 @@ fn debug_response(req: &Request<hyper::body::Incoming>, debug: &Debug) -> Respon
         },
         "/ready" if generator.mesh().is_some() => (StatusCode::OK, "ready\n".to_string()),
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "sources not synced\n".to_string()),
-        "/metrics" => (StatusCode::OK, metrics(status, sources, ca.as_deref())),
+        "/metrics" => (StatusCode::OK, metrics(status, sources, ca.as_deref(), ads)),
         _ => (StatusCode::NOT_FOUND, "/debug/syncz, /debug/config_dump?proxyID=, /ready, /metrics\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -167,14 +168,30 @@ fn labels_param(value: Option<String>) -> Result<mesh_core::model::Labels, Strin
 }
 
 /// Istio's names for the same figures.
-fn metrics(status: &SyncStatus, sources: &Sources, ca: Option<&CaStats>) -> String {
+fn metrics(status: &SyncStatus, sources: &Sources, ca: Option<&CaStats>, ads: &AdsStats) -> String {
     let t = status.totals();
     let mut scrape = Scrape::default();
     scrape.gauge("pilot_xds", "Connected xDS clients", t.connected);
     scrape.counter("pilot_xds_pushes", "xDS responses sent", t.pushes);
     scrape.counter("pilot_total_xds_rejects", "xDS responses NACKed", t.nacks);
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    scrape.counters_by(
+        "mesh_xds_streams_refused",
+        "xDS streams refused or cut, by reason",
+        "reason",
+        &[
+            ("unauthenticated", n(&ads.unauthenticated)),
+            ("identity_mismatch", n(&ads.identity_mismatch)),
+            ("bad_node", n(&ads.bad_node)),
+            ("bad_message", n(&ads.bad_messages)),
+        ],
+    );
+    scrape.counter(
+        "mesh_xds_secrets_refused",
+        "Streams that asked for secrets without proving an identity",
+        n(&ads.secrets_refused),
+    );
     if let Some(ca) = ca {
-        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         scrape.counter("citadel_server_csr_count", "CSRs received", n(&ca.csr));
         scrape.counter(
             "citadel_server_authentication_failure_count",

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::{CodecType, RouteSpecifier},
+    http_connection_manager::{CodecType, ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails},
     http_filter::ConfigType as HttpFilterConfig,
     HttpConnectionManager, HttpFilter, Rds,
 };
@@ -86,7 +86,7 @@ fn filter_chain(c: &FilterChain, l: &Listener) -> Option<EnvoyFilterChain> {
             config_type: Some(FilterConfig::TypedConfig(any(&http_connection_manager(
                 &l.name,
                 route_config,
-                l.direction == TrafficDirection::Gateway,
+                Side::of(l.direction),
                 true,
             )))),
         },
@@ -122,7 +122,29 @@ fn http_filter<T: prost::Message + prost::Name + Default>(name: &str) -> HttpFil
 
 /// Fault and CORS filters are present but empty: routes turn them on with
 /// per-route config. gRPC's xDS client knows only the router and fault.
-fn http_connection_manager(stat_prefix: &str, route_config: &str, gateway: bool, envoy: bool) -> HttpConnectionManager {
+/// Which side of the mesh a connection manager serves: what Istio sets
+/// for `x-forwarded-for` and `x-forwarded-client-cert` follows from it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Outbound,
+    /// A sidecar's inbound: the mTLS peer's identity is appended to XFCC.
+    Inbound,
+    /// A gateway: the client's address is the remote one, and an XFCC
+    /// the client sent is replaced by what the gateway saw.
+    Gateway,
+}
+
+impl Side {
+    fn of(direction: TrafficDirection) -> Side {
+        match direction {
+            TrafficDirection::Inbound => Side::Inbound,
+            TrafficDirection::Outbound => Side::Outbound,
+            TrafficDirection::Gateway => Side::Gateway,
+        }
+    }
+}
+
+fn http_connection_manager(stat_prefix: &str, route_config: &str, side: Side, envoy: bool) -> HttpConnectionManager {
     let mut http_filters = vec![http_filter::<HttpFault>(FAULT_FILTER)];
     if envoy {
         http_filters.push(http_filter::<Cors>(CORS_FILTER));
@@ -136,7 +158,18 @@ fn http_connection_manager(stat_prefix: &str, route_config: &str, gateway: bool,
             route_config_name: route_config.to_string(),
         })),
         http_filters,
-        use_remote_address: gateway.then(|| boolean(true)).flatten(),
+        use_remote_address: (side == Side::Gateway).then(|| boolean(true)).flatten(),
+        forward_client_cert_details: match side {
+            Side::Inbound => ForwardClientCertDetails::AppendForward,
+            Side::Gateway => ForwardClientCertDetails::SanitizeSet,
+            Side::Outbound => ForwardClientCertDetails::Sanitize,
+        } as i32,
+        set_current_client_cert_details: (side != Side::Outbound).then(|| SetCurrentClientCertDetails {
+            subject: boolean(true),
+            uri: true,
+            dns: true,
+            ..Default::default()
+        }),
         // Istio's default pathNormalization (BASE): paths normalized
         // before routing (and authorization), as mesh-proxy does.
         normalize_path: envoy.then(|| boolean(true)).flatten(),
@@ -174,7 +207,7 @@ pub(super) fn api_listeners(cfg: &ProxyConfig) -> Vec<(String, EnvoyListener)> {
                 out.entry(domain.clone()).or_insert_with(|| EnvoyListener {
                     name: domain.clone(),
                     api_listener: Some(ApiListener {
-                        api_listener: Some(any(&http_connection_manager(domain, route_config, false, false))),
+                        api_listener: Some(any(&http_connection_manager(domain, route_config, Side::Outbound, false))),
                     }),
                     ..Default::default()
                 });

@@ -1,0 +1,181 @@
+//! ADS on the secure port over real gRPC and TLS on 127.0.0.1: a stream
+//! that proves an identity gets that identity's secrets over SDS; a wrong
+//! token, a node claiming another namespace, an oversized or garbled
+//! message are each refused with their gRPC status and counted, and the
+//! server keeps serving.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use http_body_util::{BodyExt, Full};
+use mesh_core::certificate::CertificateInfo;
+use mesh_core::translate::ProxyIdentity;
+use mesh_xds::ca::authn::{Authenticator, BootstrapTokens};
+use mesh_xds::ca::authority::{CertificateAuthority, Lifetimes};
+use mesh_xds::ca::server::tls_config;
+use mesh_xds::cache::{Snapshot, SnapshotCache};
+use mesh_xds::generator::Generator;
+use mesh_xds::node::{self, node_for};
+use mesh_xds::resources::SECRET;
+use mesh_xds::sds::{SecretIssuer, ROOT_SECRET, WORKLOAD_SECRET};
+use mesh_xds::server::{AdsServer, AdsStats, StreamSecurity};
+use mesh_xds::status::SyncStatus;
+use prost::Message;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+
+const SOTW: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const SERVER_NAME: &str = "istiod.istio-system.svc";
+const TOKEN: &str = "reviews-token-0123456789";
+
+struct Running {
+    addr: std::net::SocketAddr,
+    root_pem: String,
+    stats: Arc<AdsStats>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(CertificateAuthority::load_or_create(dir.path(), "cluster.local", Lifetimes::default()).unwrap());
+    let tokens = BootstrapTokens::parse(&format!("spiffe://cluster.local/ns/default/sa/reviews {TOKEN}\n")).unwrap();
+    let authenticators: Arc<[Arc<dyn Authenticator>]> = vec![Arc::new(tokens) as Arc<dyn Authenticator>].into();
+    let cache = Arc::new(SnapshotCache::new());
+    // The node's (empty) config is there; secrets are added per stream.
+    cache.set(&node::parse(Some(&node_for(&reviews("default")))).unwrap().key(), Snapshot::default());
+    let security = StreamSecurity { authenticators, secrets: SecretIssuer::new(ca.clone(), Duration::from_secs(3600)) };
+    let ads = AdsServer::new(Generator::new(cache), Arc::new(SyncStatus::default())).with_security(security);
+    let stats = ads.stats().clone();
+    let tls = tls_config(ca.clone(), vec![SERVER_NAME.into()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(ads.serve_tls(listener, tls, std::future::pending()));
+    Running { addr, root_pem: ca.root_pem().to_string(), stats, _dir: dir }
+}
+
+fn reviews(namespace: &str) -> ProxyIdentity {
+    ProxyIdentity::sidecar("reviews-v1", namespace, Default::default())
+}
+
+fn secrets_request(namespace: &str) -> Bytes {
+    let request = DiscoveryRequest {
+        node: Some(node_for(&reviews(namespace))),
+        type_url: SECRET.into(),
+        resource_names: vec![WORKLOAD_SECRET.into(), ROOT_SECRET.into()],
+        ..Default::default()
+    };
+    framed(&request.encode_to_vec(), None)
+}
+
+/// One gRPC frame of `message`; `claimed` overrides the length it states.
+fn framed(message: &[u8], claimed: Option<u32>) -> Bytes {
+    let mut out = vec![0];
+    out.extend_from_slice(&claimed.unwrap_or(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.into()
+}
+
+/// Opens a stream over TLS, sends `body` and half-closes: the responses,
+/// and the call's gRPC status.
+async fn call(running: &Running, token: Option<&str>, body: Bytes) -> (Vec<DiscoveryResponse>, u32) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(running.root_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut req = http::Request::post(format!("https://{SERVER_NAME}{SOTW}"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers");
+    if let Some(token) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let response = sender.send_request(req.body(Full::new(body)).unwrap()).await.unwrap();
+    let headers = response.headers().clone();
+    let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the call ended in 10 s")
+        .unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let code = trailers
+        .get("grpc-status")
+        .or_else(|| headers.get("grpc-status"))
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    let mut data = collected.to_bytes();
+    let mut responses = Vec::new();
+    while data.len() >= 5 {
+        let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+        data.advance(5);
+        responses.push(DiscoveryResponse::decode(data.split_to(len)).unwrap());
+    }
+    (responses, code.unwrap_or(2))
+}
+
+fn leaf_of(response: &DiscoveryResponse) -> CertificateInfo {
+    let workload = response
+        .resources
+        .iter()
+        .map(|any| Secret::decode(any.value.as_slice()).unwrap())
+        .find(|s| s.name == WORKLOAD_SECRET)
+        .expect("the workload secret");
+    let Some(secret::Type::TlsCertificate(tls)) = workload.r#type else { panic!("not a certificate") };
+    let Some(envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineBytes(pem)) =
+        tls.certificate_chain.and_then(|c| c.specifier)
+    else {
+        panic!("not inline")
+    };
+    CertificateInfo::from_der(&CertificateDer::from_pem_slice(&pem).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_proven_stream_gets_its_secrets_and_bad_streams_are_refused_and_counted() {
+    let running = serve().await;
+
+    let (responses, code) = call(&running, Some(TOKEN), secrets_request("default")).await;
+    assert_eq!(code, 0);
+    let names: Vec<String> =
+        responses[0].resources.iter().map(|any| Secret::decode(any.value.as_slice()).unwrap().name).collect();
+    assert_eq!(names, [ROOT_SECRET, WORKLOAD_SECRET]);
+    assert_eq!(
+        leaf_of(&responses[0]).spiffe_ids(),
+        vec!["spiffe://cluster.local/ns/default/sa/reviews".parse().unwrap()]
+    );
+
+    let refusals: [(Option<&str>, Bytes, u32); 5] = [
+        (None, secrets_request("default"), 16),
+        (Some("not-a-known-token"), secrets_request("default"), 16),
+        (Some(TOKEN), secrets_request("payments"), 7),
+        (Some(TOKEN), framed(b"", Some(5 << 20)), 8),
+        (Some(TOKEN), framed(&[0xff; 16], None), 3),
+    ];
+    for (token, body, expected) in refusals {
+        let (responses, code) = call(&running, token, body).await;
+        assert_eq!((code, responses.len()), (expected, 0), "token {token:?}");
+    }
+    let stats = &running.stats;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!([count(&stats.unauthenticated), count(&stats.identity_mismatch), count(&stats.bad_messages)], [2, 1, 2]);
+
+    // The server serves on.
+    let (responses, code) = call(&running, Some(TOKEN), secrets_request("default")).await;
+    assert_eq!((code, responses.len()), (0, 1));
+}
