@@ -21,6 +21,8 @@ pub struct Snapshot {
     /// so streams that had the old map send just those (O(changed), not
     /// O(resources)).
     pub changes: BTreeMap<String, TypeChange>,
+    /// What of the config the resources cannot express for this node.
+    pub unsupported: Arc<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -106,10 +106,12 @@ pub type AfterTranslation = Arc<dyn Fn() + Send + Sync>;
 /// Build one node's config and its resources.
 pub fn build(mesh: &MeshSnapshot, node: &NodeInfo) -> (ProxyConfig, Snapshot) {
     let config = translate(mesh, &node.identity);
+    let translated = envoy::resources(&config, node.flavor);
     let snapshot = Snapshot {
         config_version: config.version.clone(),
-        resources: envoy::resources(&config, node.flavor),
+        resources: translated.resources,
         changes: Default::default(),
+        unsupported: Arc::new(translated.unsupported),
     };
     (config, snapshot)
 }
@@ -206,7 +208,13 @@ impl Generator {
         let key = node.key();
         let (_, built) = build(mesh, node);
         let mut next = Snapshot { resources: lock(&self.interner).intern_set(built.resources), ..built };
-        if let Some(previous) = self.cache.get(&key) {
+        let previous = self.cache.get(&key);
+        for item in next.unsupported.iter() {
+            if !previous.as_ref().is_some_and(|p| p.unsupported.contains(item)) {
+                tracing::warn!(key = %key, "not expressible for this node: {item}");
+            }
+        }
+        if let Some(previous) = previous {
             share_unchanged(&previous, &mut next);
         }
         self.cache.set(&key, next);

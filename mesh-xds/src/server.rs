@@ -324,6 +324,7 @@ impl AdsServer {
             protocol: P::NAME,
             connected_unix_time: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             types: Default::default(),
+            unsupported: Vec::new(),
         });
         let identity = secrets.as_ref().map(|s| s.id.to_string()).unwrap_or_default();
         tracing::info!(node = %node.id, key = %node.key(), protocol = P::NAME, %identity, "xDS stream opened");
@@ -338,6 +339,9 @@ impl AdsServer {
                     tracing::warn!(node = %node.id, "SDS asked for on a stream that proved no identity (plaintext port, or no CA): no secrets sent");
                 }
                 let snapshot = with_secrets(snapshots.borrow().as_deref(), secret_updates.as_mut());
+                if let Some(s) = &snapshot {
+                    self.status.set_unsupported(id, &s.unsupported);
+                }
                 let (received, resp) = protocol.on_request(&req, snapshot.as_ref());
                 if let Received::Nack(message) = &received {
                     tracing::warn!(node = %node.id, r#type = short_name(P::type_url(&req)), %message, "NACK: the node rejected config and keeps its last good one");
@@ -366,7 +370,10 @@ impl AdsServer {
                         if changed.is_err() { break; }
                         let snapshot = snapshots.borrow_and_update().clone();
                         match with_secrets(snapshot.as_deref(), secret_updates.as_mut()) {
-                            Some(s) => protocol.on_snapshot(&s),
+                            Some(s) => {
+                                self.status.set_unsupported(id, &s.unsupported);
+                                protocol.on_snapshot(&s)
+                            }
                             None => continue,
                         }
                     }

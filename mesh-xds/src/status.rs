@@ -51,6 +51,8 @@ pub struct NodeSync {
     pub connected_unix_time: u64,
     /// By short type name (`CDS`, `EDS`, `LDS`, `RDS`).
     pub types: BTreeMap<String, TypeSync>,
+    /// What of its config the node's resources cannot express.
+    pub unsupported: Vec<String>,
 }
 
 /// All connected streams, with totals that survive disconnects.
@@ -86,6 +88,15 @@ impl SyncStatus {
             let old = node.types.insert(short_type.to_string(), sync.clone()).unwrap_or_default();
             self.pushes.fetch_add(sync.pushes.saturating_sub(old.pushes), Ordering::Relaxed);
             self.nacks.fetch_add(sync.nacks.saturating_sub(old.nacks), Ordering::Relaxed);
+        }
+    }
+
+    /// Record what the node's current config leaves out.
+    pub fn set_unsupported(&self, id: u64, unsupported: &[String]) {
+        if let Some(node) = self.lock().get_mut(&id) {
+            if node.unsupported != unsupported {
+                node.unsupported = unsupported.to_vec();
+            }
         }
     }
 

@@ -163,10 +163,12 @@ fn protocol_options(c: &Cluster) -> HashMap<String, envoy_types::pb::google::pro
 /// The cluster's TLS. Auto mTLS (no DestinationRule `tls`) is per
 /// endpoint, as Istio does it: endpoints labelled `tlsMode: istio` match
 /// the mTLS socket, the rest plaintext. Proxyless gRPC takes
-/// certificates from its own providers, not SDS: it gets plaintext and
-/// the translation report says so.
+/// certificates from its own providers, not SDS: auto mTLS is left out
+/// for it (the translation report says so), and TLS a DestinationRule
+/// asks for is sent as for Envoy, which its xDS credentials refuse
+/// rather than connect in plaintext.
 fn transport(out: &mut EnvoyCluster, tls: Option<&UpstreamTls>, flavor: Flavor) {
-    let Some(tls) = tls.filter(|_| flavor == Flavor::Envoy) else { return };
+    let Some(tls) = tls.filter(|t| flavor == Flavor::Envoy || !t.auto) else { return };
     let Some(socket) = super::tls::upstream(tls) else { return };
     if !tls.auto {
         out.transport_socket = Some(socket);

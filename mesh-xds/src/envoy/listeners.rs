@@ -22,17 +22,25 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy,
 };
 use mesh_core::proxy_config::{
-    ChainAction, FilterChain, Listener, ProxyConfig, TrafficDirection, WeightedCluster as MeshWeighted,
+    AuthorizationPolicyRef, ChainAction, FilterChain, Listener, ProxyConfig, TrafficDirection, WeightedCluster as MeshWeighted,
 };
 
+use super::rbac;
 use super::routes::{CORS_FILTER, FAULT_FILTER};
 use super::{ads, any, boolean, endpoints::socket_address, uint32};
 
 /// `None` when no chain of the listener can be expressed: Envoy refuses a
 /// listener without filter chains, and a connection nothing matches is
 /// closed either way.
-pub(super) fn listener(l: &Listener) -> Option<EnvoyListener> {
-    let chains: Vec<EnvoyFilterChain> = l.filter_chains.iter().filter_map(|c| filter_chain(c, l)).collect();
+pub(super) fn listener(
+    l: &Listener,
+    policies: &[AuthorizationPolicyRef],
+    unsupported: &mut Vec<String>,
+) -> Option<EnvoyListener> {
+    // Authorization is the workload's: its inbound and gateway traffic.
+    let policies = if Side::of(l.direction) == Side::Outbound { &[][..] } else { policies };
+    let chains: Vec<EnvoyFilterChain> =
+        l.filter_chains.iter().filter_map(|c| filter_chain(c, l, policies, unsupported)).collect();
     if chains.is_empty() {
         return None;
     }
@@ -75,26 +83,47 @@ fn splits_by_transport(c: &FilterChain, l: &Listener) -> bool {
 
 /// `None` for a TLS chain whose certificate Envoy could not load: its
 /// `credentialName` needs SDS, which this server does not serve yet.
-fn filter_chain(c: &FilterChain, l: &Listener) -> Option<EnvoyFilterChain> {
+fn filter_chain(
+    c: &FilterChain,
+    l: &Listener,
+    policies: &[AuthorizationPolicyRef],
+    unsupported: &mut Vec<String>,
+) -> Option<EnvoyFilterChain> {
     let transport_socket = match &c.tls {
         Some(tls) if tls.mode != "PASSTHROUGH" => Some(super::tls::downstream(tls)?),
         _ => None,
     };
-    let filter = match &c.action {
-        ChainAction::Http { route_config, .. } => Filter {
-            name: "envoy.filters.network.http_connection_manager".into(),
-            config_type: Some(FilterConfig::TypedConfig(any(&http_connection_manager(
-                &l.name,
-                route_config,
-                Side::of(l.direction),
-                true,
-            )))),
-        },
-        ChainAction::Tcp { clusters } => Filter {
-            name: "envoy.filters.network.tcp_proxy".into(),
-            config_type: Some(FilterConfig::TypedConfig(any(&tcp_proxy(&l.name, clusters)))),
-        },
-    };
+    let tcp = matches!(c.action, ChainAction::Tcp { .. });
+    let rbac = rbac::filters(policies, tcp, unsupported);
+    let mut filters = Vec::new();
+    match &c.action {
+        ChainAction::Http { route_config, .. } => {
+            let mut hcm = http_connection_manager(&l.name, route_config, Side::of(l.direction), true);
+            let authz = rbac.into_iter().map(|(_, rules)| HttpFilter {
+                name: rbac::HTTP_FILTER.into(),
+                config_type: Some(HttpFilterConfig::TypedConfig(any(&rbac::http_config(rules)))),
+                ..Default::default()
+            });
+            hcm.http_filters.splice(0..0, authz);
+            filters.push(Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(FilterConfig::TypedConfig(any(&hcm))),
+            });
+        }
+        ChainAction::Tcp { clusters } => {
+            for (action, rules) in rbac {
+                let prefix = format!("{}.{}.", l.name, action.to_ascii_lowercase());
+                filters.push(Filter {
+                    name: rbac::NETWORK_FILTER.into(),
+                    config_type: Some(FilterConfig::TypedConfig(any(&rbac::network_config(&prefix, rules)))),
+                });
+            }
+            filters.push(Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(FilterConfig::TypedConfig(any(&tcp_proxy(&l.name, clusters)))),
+            });
+        }
+    }
     Some(EnvoyFilterChain {
         filter_chain_match: Some(FilterChainMatch {
             server_names: c.server_names.clone(),
@@ -106,7 +135,7 @@ fn filter_chain(c: &FilterChain, l: &Listener) -> Option<EnvoyFilterChain> {
             destination_port: c.destination_port.and_then(|p| uint32(u32::from(p))),
             ..Default::default()
         }),
-        filters: vec![filter],
+        filters,
         transport_socket,
         ..Default::default()
     })

@@ -7,6 +7,7 @@
 mod clusters;
 mod endpoints;
 mod listeners;
+mod rbac;
 mod routes;
 mod tls;
 
@@ -29,9 +30,19 @@ pub enum Flavor {
     ProxylessGrpc,
 }
 
+/// One proxy's config as Envoy resources, and what of it they cannot
+/// express.
+#[derive(Debug, Default)]
+pub struct Translated {
+    pub resources: ResourceSet,
+    /// Each thing left out or narrowed, naming the resource and why.
+    pub unsupported: Vec<String>,
+}
+
 /// All resources of one proxy's config, by type.
-pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> ResourceSet {
+pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> Translated {
     let mut set = ResourceSet::default();
+    let mut unsupported = Vec::new();
     for c in &cfg.clusters {
         set.insert(CLUSTER, Resource::new(c.name.clone(), &clusters::cluster(c, cfg, flavor)));
     }
@@ -48,7 +59,7 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> ResourceSet {
     match flavor {
         Flavor::Envoy => {
             for l in &cfg.listeners {
-                if let Some(listener) = listeners::listener(l) {
+                if let Some(listener) = listeners::listener(l, &cfg.authorization, &mut unsupported) {
                     set.insert(LISTENER, Resource::new(l.name.clone(), &listener));
                 }
             }
@@ -57,9 +68,18 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> ResourceSet {
             for (name, l) in listeners::api_listeners(cfg) {
                 set.insert(LISTENER, Resource::new(name, &l));
             }
+            if cfg.clusters.iter().any(|c| c.tls.as_ref().is_some_and(|t| t.auto)) {
+                unsupported.push("auto mTLS: proxyless gRPC is sent plaintext where no DestinationRule asks for TLS (its certificates come from its own providers, not SDS)".into());
+            }
+            if !cfg.authorization.is_empty() {
+                unsupported.push(format!("{} AuthorizationPolicies: not sent to proxyless gRPC", cfg.authorization.len()));
+            }
         }
     }
-    set
+    if !cfg.local_rate_limits.is_empty() {
+        unsupported.push(format!("{} local rate limits: not sent over xDS yet", cfg.local_rate_limits.len()));
+    }
+    Translated { resources: set, unsupported }
 }
 
 /// One EDS resource: what an endpoint-only change re-encodes.
