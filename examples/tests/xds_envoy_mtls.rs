@@ -5,110 +5,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::secure::{
+    gateway_mesh, istio_mutual_to, meshctl, secure_control_plane, secure_envoy, server, status, TOKEN,
+};
 use common::{backend, debug_get, free_port, wait_until, Gateway};
 use mesh_testkit::envoy::Envoy;
-use mesh_testkit::process::Proc;
 
 const ENVOY_ID: &str = "spiffe://cluster.local/ns/default/sa/ingress";
 const BACK_ID: &str = "spiffe://cluster.local/ns/default/sa/httpbin";
 const FRONT_ID: &str = "spiffe://cluster.local/ns/default/sa/sleep";
-const TOKEN: &str = "envoy-bootstrap-token-5f0c6c1e";
-
-/// The status of `GET /` on `port`; 0 when the connection failed.
-fn status(port: u16) -> u16 {
-    mesh_testkit::http::request(&format!("127.0.0.1:{port}"), "GET", "/", "test.example.com", &[], "")
-        .map_or(0, |r| r.status)
-}
-
-fn meshctl(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshctl")).args(args).output().expect("run meshctl");
-    assert!(out.status.success(), "meshctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A gateway server line, a ServiceEntry `service` on 127.0.0.1:`port`
-/// with the identity `account`, a route of everything to it, and `extra`.
-fn gateway_mesh(server: &str, service: &str, port: u16, account: &str, extra: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-{server}---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {service}, namespace: default}}
-spec:
-  hosts: [{service}.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  subjectAltNames: ["{account}"]
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
----
-{extra}apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: routes, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: {service}.default.svc.cluster.local}}}}]
-"#
-    )
-}
-
-fn server(port: u16, tls: &str) -> String {
-    let protocol = if tls.is_empty() { "HTTP" } else { "HTTPS" };
-    format!("  - port: {{number: {port}, name: p{port}, protocol: {protocol}}}\n    hosts: [\"*\"]\n{tls}")
-}
-
-fn istio_mutual_to(host: &str, sans: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {host}, namespace: default}}\nspec:\n  host: {host}.default.svc.cluster.local\n  trafficPolicy:\n    tls: {{mode: ISTIO_MUTUAL{sans}}}\n---\n"
-    )
-}
-
-/// The control plane with its CA in `ca` (serving xDS and the CA on one
-/// TLS port), the gateway's bootstrap token known; its secure port.
-fn secure_control_plane(config: &Path, ca: &Path, tokens: &Path) -> (Proc, u16, u16) {
-    let (xds, secure, debug) = (free_port(), free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
-        .args(["--config", &config.to_string_lossy(), "--ca-dir", &ca.to_string_lossy()])
-        .args(["--bootstrap-tokens", &tokens.to_string_lossy()])
-        .args(["--xds-listen", &format!("127.0.0.1:{xds}"), "--ca-listen", &format!("127.0.0.1:{secure}")])
-        .args(["--debug", &format!("127.0.0.1:{debug}"), "--debounce-ms", "20"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start control-plane");
-    let cp = Proc(child);
-    assert!(
-        wait_until(Duration::from_secs(20), || debug_get(debug, "/ready").is_some_and(|r| r.status == 200)),
-        "control plane not ready"
-    );
-    (cp, secure, debug)
-}
-
-/// Envoy on the sample secure bootstrap, this test's ports and token.
-fn secure_envoy(dir: &Path, secure_port: u16, root: &Path) -> Envoy {
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway-secure.yaml");
-    let bootstrap = std::fs::read_to_string(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
-    for needle in ["port_value: 15000", "port_value: 15012", "Bearer TOKEN", "/etc/istio/root-cert.pem"] {
-        assert_eq!(bootstrap.matches(needle).count(), 1, "{sample} should hold `{needle}` once");
-    }
-    let bootstrap = bootstrap
-        .replace("port_value: 15000", "port_value: 0")
-        .replace("port_value: 15012", &format!("port_value: {secure_port}"))
-        .replace("Bearer TOKEN", &format!("Bearer {TOKEN}"))
-        .replace("/etc/istio/root-cert.pem", &root.to_string_lossy());
-    Envoy::start(&bootstrap, dir)
-}
 
 #[test]
 fn envoy_and_mesh_proxy_speak_istio_mtls_with_certificates_from_our_control_plane() {

@@ -119,13 +119,14 @@ impl<M> Field<M> {
         !self.values.is_empty() || !self.not_values.is_empty()
     }
 
-    /// `value` is `None` when the request lacks the attribute: a set field
-    /// then does not match (Istio: e.g. `principals` needs mTLS).
+    /// `value` is `None` when the request lacks the attribute: `values`
+    /// then cannot match (`principals` needs mTLS), and `not_values` has
+    /// nothing to exclude, as Envoy's RBAC evaluates Istio's policies.
     fn check<T: ?Sized>(&self, value: Option<&T>, test: impl Fn(&M, &T) -> bool) -> bool {
         if !self.is_set() {
             return true;
         }
-        let Some(value) = value else { return false };
+        let Some(value) = value else { return self.values.is_empty() };
         (self.values.is_empty() || self.values.iter().any(|m| test(m, value)))
             && !self.not_values.iter().any(|m| test(m, value))
     }
@@ -449,6 +450,22 @@ mod tests {
             a.evaluate(&request(&r, "GET", "/", SLEEP, "192.168.3.4")),
             Decision::Deny { policy: Some("foo/deny-outside".into()) }
         );
+    }
+
+    /// As Envoy's RBAC: an attribute the request lacks matches no value,
+    /// and so every `not` form (plaintext is "not namespace foo").
+    #[test]
+    fn a_missing_attribute_matches_not_forms() {
+        let a = Authorizer::new(&policies(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: foo}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        notNamespaces: [foo]\n  - when:\n    - key: request.headers[x-user]\n      notValues: [alice]\n",
+        ));
+        let mut r = Req { headers: http::HeaderMap::new() };
+        r.headers.insert("x-user", "alice".parse().unwrap());
+        assert_eq!(a.evaluate(&request(&r, "GET", "/", SLEEP, "10.0.0.1")), Decision::Allow);
+        let denied = Decision::Deny { policy: Some("foo/deny".into()) };
+        assert_eq!(a.evaluate(&request(&r, "GET", "/", None, "10.0.0.1")), denied, "plaintext");
+        let r = Req { headers: http::HeaderMap::new() };
+        assert_eq!(a.evaluate(&request(&r, "GET", "/", SLEEP, "10.0.0.1")), denied, "no x-user header");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub use mesh_testkit::http::{get, parse, raw_port, Response};
 pub use mesh_testkit::process::example_server as fake_server;
 pub use mesh_testkit::{free_port, wait_until, Proc};
 
+pub mod secure;
+
 /// Start `demo-backend`; returns it and its port.
 pub fn backend(version: &str, fail_every: u64) -> (Proc, u16) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_demo-backend"));

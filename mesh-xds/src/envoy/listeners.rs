@@ -22,7 +22,8 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy,
 };
 use mesh_core::proxy_config::{
-    AuthorizationPolicyRef, ChainAction, FilterChain, Listener, ProxyConfig, TrafficDirection, WeightedCluster as MeshWeighted,
+    AuthorizationPolicyRef, ChainAction, FilterChain, Listener, ProxyConfig, TrafficDirection,
+    WeightedCluster as MeshWeighted,
 };
 
 use super::rbac;

@@ -72,7 +72,8 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> Translated {
                 unsupported.push("auto mTLS: proxyless gRPC is sent plaintext where no DestinationRule asks for TLS (its certificates come from its own providers, not SDS)".into());
             }
             if !cfg.authorization.is_empty() {
-                unsupported.push(format!("{} AuthorizationPolicies: not sent to proxyless gRPC", cfg.authorization.len()));
+                unsupported
+                    .push(format!("{} AuthorizationPolicies: not sent to proxyless gRPC", cfg.authorization.len()));
             }
         }
     }

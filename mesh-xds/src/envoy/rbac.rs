@@ -68,7 +68,8 @@ pub(super) fn filters(
                 let policy = gen.rule(rule);
                 for problem in gen.problems {
                     let outcome = if policy.is_some() { "the field is ignored" } else { "the rule is dropped" };
-                    unsupported.push(format!("AuthorizationPolicy {}/{} rule {i}: {problem}: {outcome}", p.namespace, p.name));
+                    unsupported
+                        .push(format!("AuthorizationPolicy {}/{} rule {i}: {problem}: {outcome}", p.namespace, p.name));
                 }
                 if let Some(policy) = policy {
                     rules.insert(id, policy);
@@ -101,6 +102,13 @@ struct Generator {
 
 /// A field's matcher, or why Envoy cannot check it here.
 type Gen<T> = Result<T, String>;
+
+/// How one value of a field becomes a matcher.
+type ValueGen<T> = fn(&Generator, &str) -> Gen<T>;
+
+/// A field of a source or operation: its name, values and `not` values,
+/// and how a value becomes a matcher.
+type FieldSpec<'a, T> = (&'a str, &'a [String], &'a [String], ValueGen<T>);
 
 impl Generator {
     fn rule(&mut self, rule: &Rule) -> Option<Policy> {
@@ -154,10 +162,12 @@ impl Generator {
 
     fn source(&mut self, s: &Source) -> Option<Vec<Principal>> {
         let mut and = Vec::new();
-        let fields: [(&str, &[String], &[String], fn(&Generator, &str) -> Gen<Principal>); 7] = [
+        let fields: [FieldSpec<'_, Principal>; 7] = [
             ("principals", &s.principals, &s.not_principals, |_, v| Ok(authenticated(spiffe_matcher(v)))),
             ("requestPrincipals", &s.request_principals, &s.not_request_principals, |_, _| Err(JWT.into())),
-            ("serviceAccounts", &s.service_accounts, &s.not_service_accounts, |g, v| Ok(service_account(v, &g.namespace))),
+            ("serviceAccounts", &s.service_accounts, &s.not_service_accounts, |g, v| {
+                Ok(service_account(v, &g.namespace))
+            }),
             ("trustDomains", &s.trust_domains, &s.not_trust_domains, |_, v| Ok(trust_domain(v))),
             ("namespaces", &s.namespaces, &s.not_namespaces, |_, v| Ok(namespace(v))),
             ("remoteIpBlocks", &s.remote_ip_blocks, &s.not_remote_ip_blocks, |_, v| cidr(v).map(remote_ip)),
@@ -174,7 +184,7 @@ impl Generator {
         what: &str,
         values: &[String],
         not_values: &[String],
-        gen: fn(&Generator, &str) -> Gen<Principal>,
+        gen: ValueGen<Principal>,
         and: &mut Vec<Principal>,
     ) -> Option<()> {
         let generated: Gen<(Vec<Principal>, Vec<Principal>)> = (|| {
@@ -194,7 +204,7 @@ impl Generator {
 
     fn operation(&mut self, o: &Operation) -> Option<Vec<Permission>> {
         let mut and = Vec::new();
-        let fields: [(&str, &[String], &[String], fn(&Generator, &str) -> Gen<Permission>); 4] = [
+        let fields: [FieldSpec<'_, Permission>; 4] = [
             ("hosts", &o.hosts, &o.not_hosts, |g, v| {
                 g.http_only("hosts")?;
                 Ok(permission(PermissionRule::Header(header_matcher(":authority", v, true))))
@@ -220,7 +230,7 @@ impl Generator {
         what: &str,
         values: &[String],
         not_values: &[String],
-        gen: fn(&Generator, &str) -> Gen<Permission>,
+        gen: ValueGen<Permission>,
         and: &mut Vec<Permission>,
     ) -> Option<()> {
         let generated: Gen<(Vec<Permission>, Vec<Permission>)> = (|| {
@@ -250,7 +260,7 @@ impl Generator {
         let key = c.key.as_str();
         let (values, not_values) = (c.values.as_slice(), c.not_values.as_slice());
         let what = format!("when {key}");
-        let on_permission: Option<fn(&Generator, &str) -> Gen<Permission>> = match key {
+        let on_permission: Option<ValueGen<Permission>> = match key {
             "destination.ip" => Some(|_, v| cidr(v).map(|c| permission(PermissionRule::DestinationIp(c)))),
             "destination.port" => Some(|_, v| port(v)),
             "connection.sni" => {
@@ -261,7 +271,7 @@ impl Generator {
         if let Some(gen) = on_permission {
             return self.permission_field(&what, values, not_values, gen, permissions);
         }
-        let on_principal: fn(&Generator, &str) -> Gen<Principal> = match key {
+        let on_principal: ValueGen<Principal> = match key {
             "source.ip" => |_, v| cidr(v).map(direct_remote_ip),
             "remote.ip" => |_, v| cidr(v).map(remote_ip),
             "source.namespace" => |_, v| Ok(namespace(v)),
@@ -276,7 +286,8 @@ impl Generator {
             if self.tcp {
                 return self.principal_field(&what, values, not_values, on_principal, principals);
             }
-            let header = |v: &String| Principal { identifier: Some(Identifier::Header(header_matcher(name, v, false))) };
+            let header =
+                |v: &String| Principal { identifier: Some(Identifier::Header(header_matcher(name, v, false))) };
             if !values.is_empty() {
                 principals.push(principal_or(values.iter().map(header).collect()));
             }
@@ -370,7 +381,10 @@ fn regex_quote(s: &str) -> String {
 
 fn namespace(v: &str) -> Principal {
     let ns = v.split('*').map(regex_quote).collect::<Vec<_>>().join(".*");
-    authenticated(StringMatcher { match_pattern: Some(MatchPattern::SafeRegex(regex(&format!(".*/ns/{ns}/.*")))), ignore_case: false })
+    authenticated(StringMatcher {
+        match_pattern: Some(MatchPattern::SafeRegex(regex(&format!(".*/ns/{ns}/.*")))),
+        ignore_case: false,
+    })
 }
 
 /// `NAMESPACE/NAME`, or `NAME` in the policy's namespace.
@@ -421,5 +435,8 @@ fn cidr(v: &str) -> Gen<CidrRange> {
     };
     let ip: std::net::IpAddr = address.parse().map_err(|_| format!("{v:?} is not an IP or CIDR"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
-    Ok(CidrRange { address_prefix: ip.to_string(), prefix_len: Some(UInt32Value { value: len.unwrap_or(max).min(max) }) })
+    Ok(CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: Some(UInt32Value { value: len.unwrap_or(max).min(max) }),
+    })
 }
