@@ -24,7 +24,8 @@ const CLIENTS: [(&str, &str); 2] =
     [("sleep", "spiffe://cluster.local/ns/foo/sa/sleep"), ("curl", "spiffe://cluster.local/ns/bar/sa/curl")];
 
 /// Paths, methods, hosts, ports, headers and identities, every `not`
-/// form, and `when` conditions on both sides of a rule; the two gateways'
+/// form, `when` conditions on both sides of a rule, and a CUSTOM policy
+/// with no authorizer (its rules deny); the two gateways'
 /// ports go in for `ENVOY_PORT` and `MESH_PORT`.
 const POLICIES: &str = r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -37,6 +38,16 @@ spec:
     from: [{source: {notNamespaces: [bar]}}]
   - to: [{operation: {methods: [DELETE], notPaths: ["*.html"]}}]
     when: [{key: "request.headers[x-user]", notValues: [alice]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: default}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: CUSTOM
+  provider: {name: opa}
+  rules:
+  - to: [{operation: {paths: ["/health"], methods: [POST]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

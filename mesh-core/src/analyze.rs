@@ -46,6 +46,7 @@ pub fn analyze(mesh: &MeshSnapshot, workloads: &[WorkloadLabels]) -> Vec<Finding
     a.destination_rules();
     a.gateways();
     a.envoy_filters();
+    a.authorization_policies();
     a.findings.sort_by_cached_key(|f| (f.resource.to_string(), f.field.clone(), f.message.clone()));
     a.findings
 }
@@ -247,6 +248,30 @@ impl Analysis<'_> {
         }
     }
 
+    /// What neither mesh-proxy nor Envoy over xDS enforces as written: a
+    /// CUSTOM policy (its rules deny), JWT attributes (until
+    /// RequestAuthentication is carried).
+    fn authorization_policies(&mut self) {
+        for r in of_kind(&self.mesh.config, Kind::AuthorizationPolicy) {
+            let Spec::AuthorizationPolicy(p) = &r.spec else { continue };
+            if p.action == crate::config::security::AuthorizationAction::Custom {
+                let message = "action CUSTOM needs an external authorizer, which this mesh does not call: the requests its rules match are denied, as Istio does for an unknown provider";
+                self.add(Severity::Warning, &r.key(), "spec.action".into(), message.into());
+            }
+            for (i, rule) in p.rules.iter().enumerate() {
+                let jwt_source = rule
+                    .from
+                    .iter()
+                    .any(|f| !f.source.request_principals.is_empty() || !f.source.not_request_principals.is_empty());
+                let jwt_condition = rule.when.iter().any(|c| c.key.starts_with("request.auth."));
+                if jwt_source || jwt_condition {
+                    let message = "request principals and JWT claims are not checked yet (RequestAuthentication): in an ALLOW policy the rule matches nothing, in DENY the field is ignored by Envoy";
+                    self.add(Severity::Warning, &r.key(), format!("spec.rules[{i}]"), message.into());
+                }
+            }
+        }
+    }
+
     fn gateways(&mut self) {
         for r in of_kind(&self.mesh.config, Kind::Gateway) {
             let Spec::Gateway(gw) = &r.spec else { continue };
@@ -352,5 +377,15 @@ mod tests {
         let ingress: Labels = [("istio".to_string(), "ingressgateway".to_string())].into();
         let found = analyze(&mesh(&[gw, vs]), &[("istio-system".into(), ingress)]);
         assert_eq!(found.len(), 1, "{found:?}");
+    }
+
+    #[test]
+    fn policies_this_mesh_cannot_enforce_are_named() {
+        let custom = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: default}\nspec:\n  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]\n";
+        let jwt = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: jwt, namespace: default}\nspec:\n  rules:\n  - from: [{source: {requestPrincipals: [\"*\"]}}]\n";
+        let found = messages(&analyze(&mesh(&[custom, jwt]), &[]));
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found.iter().any(|m| m.contains("CUSTOM")));
+        assert!(found.iter().any(|m| m.contains("spec.rules[0]") && m.contains("JWT")));
     }
 }

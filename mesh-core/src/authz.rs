@@ -213,11 +213,13 @@ impl Authorizer {
                 rules: p.policy.rules.iter().map(compile_rule).collect(),
             };
             match p.policy.action {
-                AuthorizationAction::Deny => a.deny.push(compiled),
+                // CUSTOM asks an external authorizer, and none is
+                // configured: its rules deny, as Istio's do when the
+                // provider is unknown.
+                AuthorizationAction::Deny | AuthorizationAction::Custom => a.deny.push(compiled),
                 AuthorizationAction::Allow => a.allow.push(compiled),
-                // AUDIT changes no decision; CUSTOM needs an external
-                // authorizer, which is configured outside these policies.
-                AuthorizationAction::Audit | AuthorizationAction::Custom => {}
+                // AUDIT changes no decision.
+                AuthorizationAction::Audit => {}
             }
         }
         a

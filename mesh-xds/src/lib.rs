@@ -35,10 +35,12 @@
 //! Security: on the secure port ([`server::AdsServer::serve_tls`], istiod's
 //! 15012) streams prove an identity as CSRs do, and get its certificate
 //! and roots over SDS ([`sds`]); Envoy's ISTIO_MUTUAL clusters, servers
-//! and inbound chains use them. Not translated yet: AuthorizationPolicy
-//! (Envoy RBAC), local rate limits from EnvoyFilters, locality failover
-//! priorities, gateway `credentialName` secrets (referenced over SDS as
-//! `kubernetes://NAME`, not served yet), and TLS for proxyless gRPC.
+//! and inbound chains use them, and AuthorizationPolicy becomes its RBAC
+//! filters. What a node's resources cannot express is listed per node
+//! ([`envoy::Translated`], `syncz`). Not translated yet: local rate limits
+//! from EnvoyFilters, locality failover priorities, gateway
+//! `credentialName` secrets (referenced over SDS as `kubernetes://NAME`,
+//! not served yet), and TLS for proxyless gRPC.
 
 pub mod ca;
 pub mod cache;

@@ -1,5 +1,5 @@
 //! AuthorizationPolicy as Envoy's RBAC filters, as istiod builds them: one
-//! filter per action (AUDIT as `LOG`, then DENY, then ALLOW), one Envoy
+//! filter per action (AUDIT as `LOG`, CUSTOM, DENY, then ALLOW), one Envoy
 //! policy per rule (`ns[NS]-policy[NAME]-rule[I]`), each `to` a
 //! permission and each `from` a principal, `when` conditions joining the
 //! side their attribute belongs to.
@@ -38,14 +38,17 @@ pub(super) fn filters(
     tcp: bool,
     unsupported: &mut Vec<String>,
 ) -> Vec<(&'static str, Rbac)> {
+    // CUSTOM asks an external authorizer, and none is configured: its
+    // rules deny what they match, as Istio does for an unknown provider.
     let order = [
         (AuthorizationAction::Audit, Action::Log, "AUDIT"),
+        (AuthorizationAction::Custom, Action::Deny, "CUSTOM"),
         (AuthorizationAction::Deny, Action::Deny, "DENY"),
         (AuthorizationAction::Allow, Action::Allow, "ALLOW"),
     ];
     for p in policies.iter().filter(|p| p.policy.action == AuthorizationAction::Custom) {
         unsupported.push(format!(
-            "AuthorizationPolicy {}/{}: action CUSTOM (an external authorizer) is not supported; the policy is not enforced",
+            "AuthorizationPolicy {}/{}: action CUSTOM needs an external authorizer, which is not supported: the requests its rules match are denied",
             p.namespace, p.name
         ));
     }
@@ -58,7 +61,8 @@ pub(super) fn filters(
         let mut rules = HashMap::new();
         for p in of_action {
             for (i, rule) in p.policy.rules.iter().enumerate() {
-                let id = format!("ns[{}]-policy[{}]-rule[{i}]", p.namespace, p.name);
+                let suffix = if action == AuthorizationAction::Custom { "-bad-custom-action" } else { "" };
+                let id = format!("ns[{}]-policy[{}]-rule[{i}]{suffix}", p.namespace, p.name);
                 let mut gen = Generator {
                     tcp,
                     strict: action == AuthorizationAction::Allow,
@@ -439,4 +443,64 @@ fn cidr(v: &str) -> Gen<CidrRange> {
         address_prefix: ip.to_string(),
         prefix_len: Some(UInt32Value { value: len.unwrap_or(max).min(max) }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::config::{Resource, Spec};
+
+    fn policies(docs: &[&str]) -> Vec<AuthorizationPolicyRef> {
+        docs.iter()
+            .map(|doc| {
+                let r = Resource::from_yaml(doc).unwrap();
+                let Spec::AuthorizationPolicy(p) = r.spec else { panic!("not a policy") };
+                AuthorizationPolicyRef { namespace: r.meta.namespace, name: r.meta.name, policy: p }
+            })
+            .collect()
+    }
+
+    const HEAD: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n";
+
+    #[test]
+    fn on_tcp_an_allow_rule_with_http_fields_is_dropped_and_a_deny_rule_loses_them() {
+        let allow = format!("{HEAD}metadata: {{name: allow, namespace: foo}}\nspec:\n  rules:\n  - to: [{{operation: {{paths: [/a]}}}}]\n  - to: [{{operation: {{ports: [\"9000\"]}}}}]\n");
+        let deny = format!("{HEAD}metadata: {{name: deny, namespace: foo}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{methods: [GET], ports: [\"9001\"]}}}}]\n");
+        let custom = format!("{HEAD}metadata: {{name: ext, namespace: foo}}\nspec:\n  action: CUSTOM\n  provider: {{name: opa}}\n  rules: [{{}}]\n");
+        let mut unsupported = Vec::new();
+        let filters = filters(&policies(&[&allow, &deny, &custom]), true, &mut unsupported);
+        let actions: Vec<&str> = filters.iter().map(|(a, _)| *a).collect();
+        assert_eq!(actions, ["CUSTOM", "DENY", "ALLOW"]);
+        assert_eq!(filters[0].1.action, Action::Deny as i32, "no authorizer: CUSTOM rules deny");
+        let allowed: Vec<&String> = filters[2].1.policies.keys().collect();
+        assert_eq!(allowed, ["ns[foo]-policy[allow]-rule[1]"], "the paths rule allows nothing on TCP");
+        let deny_rule = &filters[1].1.policies["ns[foo]-policy[deny]-rule[0]"];
+        let Some(PermissionRule::AndRules(and)) = &deny_rule.permissions[0].rule else { panic!("{deny_rule:?}") };
+        assert_eq!(and.rules.len(), 1, "only the port is left to match: {and:?}");
+        assert_eq!(unsupported.len(), 3, "{unsupported:#?}");
+        assert!(unsupported[0].contains("CUSTOM"));
+        assert!(unsupported.iter().any(|u| u.contains("allow rule 0: paths") && u.contains("dropped")));
+        assert!(unsupported.iter().any(|u| u.contains("deny rule 0: methods") && u.contains("ignored")));
+    }
+
+    #[test]
+    fn an_allow_policy_without_rules_denies_everything() {
+        let nothing = format!("{HEAD}metadata: {{name: allow-nothing, namespace: foo}}\nspec: {{}}\n");
+        let filters = filters(&policies(&[&nothing]), false, &mut Vec::new());
+        assert_eq!(filters.len(), 1);
+        assert_eq!(filters[0].1.action, Action::Allow as i32);
+        assert!(filters[0].1.policies.is_empty());
+    }
+
+    #[test]
+    fn values_follow_istio_syntax() {
+        let exact = spiffe_matcher("cluster.local/ns/foo/sa/sleep");
+        assert_eq!(exact.match_pattern, Some(MatchPattern::Exact("spiffe://cluster.local/ns/foo/sa/sleep".into())));
+        let suffix = spiffe_matcher("*/sa/sleep");
+        assert_eq!(suffix.match_pattern, Some(MatchPattern::SafeRegex(regex("spiffe://.*/sa/sleep"))));
+        assert_eq!(string_matcher("/api/*", "", false).match_pattern, Some(MatchPattern::Prefix("/api/".into())));
+        assert_eq!(cidr("10.0.0.0/8").unwrap().prefix_len, Some(UInt32Value { value: 8 }));
+        assert_eq!(cidr("::1").unwrap().prefix_len, Some(UInt32Value { value: 128 }));
+        assert!(cidr("nonsense").is_err());
+    }
 }
