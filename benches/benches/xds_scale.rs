@@ -86,7 +86,7 @@ fn server() {
             ALLOCATOR.reset_peak();
             let config = mesh_core::translate::translate(&mesh, &node.identity);
             let translated = ALLOCATOR.live_bytes() - before;
-            let resources = mesh_xds::envoy::resources(&config, node.flavor);
+            let resources = mesh_xds::envoy::resources(&config, node.flavor, node.has_certificate);
             let encoded = ALLOCATOR.live_bytes() - before - translated;
             drop(config);
             drop(resources);

@@ -252,3 +252,32 @@ fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
     assert!(warmup.get("status 503").copied().unwrap_or(0) <= 8, "ejection took too long: {warmup:?}");
     assert_eq!(versions_at(port, 30, "/ejecting", &[]), [("v1".to_string(), 30)].into());
 }
+
+/// Istio's local rate limit task (an EnvoyFilter on the gateway), as
+/// Envoy's local_ratelimit filter from the control plane: a bucket of 3
+/// for a minute, then 429 with the filter's header.
+#[test]
+fn envoy_enforces_the_local_rate_limit_of_an_envoy_filter() {
+    let (_b1, p1) = backend("v1", 0);
+    let config = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(config.path(), port, &[Service { name: "reviews", backends: &[("v1", p1)] }], "");
+    std::fs::write(
+        config.path().join("routes.yaml"),
+        routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v1}\n"),
+    )
+    .unwrap();
+    let (_cp, xds, _debug) = control_plane(config.path());
+    let work = tempfile::tempdir().unwrap();
+    let envoy = envoy(work.path(), xds, "GRPC");
+    wait_served(port, "/", &envoy);
+    let filter = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: filter-local-ratelimit-gw, namespace: istio-system}\nspec:\n  workloadSelector:\n    labels: {istio: ingressgateway}\n  configPatches:\n    - applyTo: HTTP_FILTER\n      match:\n        context: GATEWAY\n      patch:\n        operation: INSERT_BEFORE\n        value:\n          name: envoy.filters.http.local_ratelimit\n          typed_config:\n            \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n            value:\n              stat_prefix: http_local_rate_limiter\n              token_bucket: {max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}\n              response_headers_to_add:\n              - header: {key: x-local-rate-limit, value: 'true'}\n";
+    std::fs::write(config.path().join("ratelimit.yaml"), filter).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || get(port, "/", &[]).status == 429),
+        "Envoy never rate limited; its log:\n{}",
+        envoy.log()
+    );
+    let limited = get(port, "/", &[]);
+    assert_eq!((limited.status, limited.header("x-local-rate-limit")), (429, Some("true")));
+}

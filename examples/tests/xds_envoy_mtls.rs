@@ -200,7 +200,13 @@ spec:
     let mut version = acked_listeners(debug, "");
     let tls = || ("tls".to_string(), true);
     let raw = || ("raw_buffer".to_string(), false);
-    assert_eq!(inbound_chains(&envoy), [tls(), raw()], "{}", envoy.log());
+    // Active once its secrets came: the TLS chain waits for them.
+    assert!(
+        wait_until(Duration::from_secs(10), || inbound_chains(&envoy) == [tls(), raw()]),
+        "PERMISSIVE: inbound chains {:?}; Envoy's log:\n{}",
+        inbound_chains(&envoy),
+        envoy.log()
+    );
     let policy = |mode: &str| {
         format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec:\n  mtls: {{mode: {mode}}}\n")
     };

@@ -106,7 +106,7 @@ pub type AfterTranslation = Arc<dyn Fn() + Send + Sync>;
 /// Build one node's config and its resources.
 pub fn build(mesh: &MeshSnapshot, node: &NodeInfo) -> (ProxyConfig, Snapshot) {
     let config = translate(mesh, &node.identity);
-    let translated = envoy::resources(&config, node.flavor);
+    let translated = envoy::resources(&config, node.flavor, node.has_certificate);
     let snapshot = Snapshot {
         config_version: config.version.clone(),
         resources: translated.resources,

@@ -13,6 +13,9 @@ use mesh_core::translate::{ProxyIdentity, ProxyKind};
 
 use crate::envoy::Flavor;
 
+/// The user agent mesh-proxy's xDS client sends.
+const MESH_PROXY: &str = "mesh-proxy";
+
 /// A node as the control plane serves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -20,6 +23,10 @@ pub struct NodeInfo {
     pub id: String,
     pub identity: ProxyIdentity,
     pub flavor: Flavor,
+    /// It can do Istio mTLS: its stream proved an identity and is sent
+    /// its certificate over SDS, or it is mesh-proxy, which brings its
+    /// own (from the CA's CSR API or files).
+    pub has_certificate: bool,
 }
 
 impl NodeInfo {
@@ -28,7 +35,15 @@ impl NodeInfo {
     pub fn key(&self) -> String {
         let p = &self.identity;
         let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{:?}/{:?}/{}/{}/{}", self.flavor, p.kind, p.namespace, p.ip.as_deref().unwrap_or(""), labels.join(","))
+        let secrets = if self.has_certificate { "/mtls" } else { "" };
+        format!(
+            "{:?}{secrets}/{:?}/{}/{}/{}",
+            self.flavor,
+            p.kind,
+            p.namespace,
+            p.ip.as_deref().unwrap_or(""),
+            labels.join(",")
+        )
     }
 }
 
@@ -68,6 +83,7 @@ pub fn parse(node: Option<&Node>) -> Result<NodeInfo, NodeError> {
         id: node.id.clone(),
         identity: ProxyIdentity { kind, name, namespace, labels: labels(meta), ip },
         flavor: if grpc { Flavor::ProxylessGrpc } else { Flavor::Envoy },
+        has_certificate: node.user_agent_name == MESH_PROXY,
     })
 }
 
@@ -92,7 +108,7 @@ pub fn node_for(identity: &ProxyIdentity) -> Node {
     Node {
         id: format!("{kind}~{}~{}.{ns}~{ns}.svc.cluster.local", identity.ip.as_deref().unwrap_or(""), identity.name),
         metadata: Some(Struct { fields }),
-        user_agent_name: "mesh-proxy".into(),
+        user_agent_name: MESH_PROXY.into(),
         ..Default::default()
     }
 }

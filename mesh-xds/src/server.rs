@@ -254,6 +254,7 @@ impl AdsServer {
                 Ok(secrets) => secrets,
                 Err((counter, status)) => return server.refuse(&tx, &caller, counter, status).await,
             };
+            let node = NodeInfo { has_certificate: node.has_certificate || secrets.is_some(), ..node };
             server.drive::<P>(node, secrets, first, inbound, tx).await;
         });
         grpc::streaming_response(rx)

@@ -46,7 +46,8 @@ async fn serve() -> Running {
     let authenticators: Arc<[Arc<dyn Authenticator>]> = vec![Arc::new(tokens) as Arc<dyn Authenticator>].into();
     let cache = Arc::new(SnapshotCache::new());
     // The node's (empty) config is there; secrets are added per stream.
-    cache.set(&node::parse(Some(&node_for(&reviews("default")))).unwrap().key(), Snapshot::default());
+    let node = node::NodeInfo { has_certificate: true, ..node::parse(Some(&node_for(&reviews("default")))).unwrap() };
+    cache.set(&node.key(), Snapshot::default());
     let security = StreamSecurity { authenticators, secrets: SecretIssuer::new(ca.clone(), Duration::from_secs(3600)) };
     let ads = AdsServer::new(Generator::new(cache), Arc::new(SyncStatus::default())).with_security(security);
     let stats = ads.stats().clone();

@@ -28,7 +28,7 @@ use mesh_core::proxy_config::{Cluster, DiscoveryType, LbPolicy, OutlierDetection
 use super::endpoints::{text, ISTIO, TLS_MODE};
 use super::{ads, any, duration, endpoints, uint32, Flavor};
 
-pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig, flavor: Flavor) -> EnvoyCluster {
+pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig, flavor: Flavor, auto_mtls: bool) -> EnvoyCluster {
     let mut out = EnvoyCluster {
         name: c.name.clone(),
         connect_timeout: Some(duration(c.connect_timeout)),
@@ -37,7 +37,7 @@ pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig, flavor: Flavor) -> EnvoyCl
         typed_extension_protocol_options: protocol_options(c),
         ..Default::default()
     };
-    transport(&mut out, c.tls.as_ref(), flavor);
+    transport(&mut out, c.tls.as_ref(), auto_mtls);
     let discovery = match c.discovery {
         DiscoveryType::Eds => {
             out.eds_cluster_config = Some(EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() });
@@ -162,13 +162,14 @@ fn protocol_options(c: &Cluster) -> HashMap<String, envoy_types::pb::google::pro
 
 /// The cluster's TLS. Auto mTLS (no DestinationRule `tls`) is per
 /// endpoint, as Istio does it: endpoints labelled `tlsMode: istio` match
-/// the mTLS socket, the rest plaintext. Proxyless gRPC takes
-/// certificates from its own providers, not SDS: auto mTLS is left out
-/// for it (the translation report says so), and TLS a DestinationRule
-/// asks for is sent as for Envoy, which its xDS credentials refuse
-/// rather than connect in plaintext.
-fn transport(out: &mut EnvoyCluster, tls: Option<&UpstreamTls>, flavor: Flavor) {
-    let Some(tls) = tls.filter(|t| flavor == Flavor::Envoy || !t.auto) else { return };
+/// the mTLS socket, the rest plaintext; only for Envoy nodes sent their
+/// certificate over SDS (`auto_mtls`). Proxyless gRPC takes certificates
+/// from its own providers, not SDS: auto mTLS is left out for it (the
+/// translation report says so), and TLS a DestinationRule asks for is
+/// sent as for Envoy, which its xDS credentials refuse rather than
+/// connect in plaintext.
+fn transport(out: &mut EnvoyCluster, tls: Option<&UpstreamTls>, auto_mtls: bool) {
+    let Some(tls) = tls.filter(|t| auto_mtls || !t.auto) else { return };
     let Some(socket) = super::tls::upstream(tls) else { return };
     if !tls.auto {
         out.transport_socket = Some(socket);

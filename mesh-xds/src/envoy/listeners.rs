@@ -26,22 +26,26 @@ use mesh_core::proxy_config::{
     WeightedCluster as MeshWeighted,
 };
 
+use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as EnvoyLocalRateLimit;
+use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent, TokenBucket};
+use mesh_core::rate_limit::LocalRateLimit;
+
 use super::rbac;
+use super::routes::header_options;
 use super::routes::{CORS_FILTER, FAULT_FILTER};
-use super::{ads, any, boolean, endpoints::socket_address, uint32};
+use super::{ads, any, boolean, duration, endpoints::socket_address, uint32};
 
 /// `None` when no chain of the listener can be expressed: Envoy refuses a
 /// listener without filter chains, and a connection nothing matches is
 /// closed either way.
-pub(super) fn listener(
-    l: &Listener,
-    policies: &[AuthorizationPolicyRef],
-    unsupported: &mut Vec<String>,
-) -> Option<EnvoyListener> {
+pub(super) fn listener(l: &Listener, cfg: &ProxyConfig, unsupported: &mut Vec<String>) -> Option<EnvoyListener> {
     // Authorization is the workload's: its inbound and gateway traffic.
-    let policies = if Side::of(l.direction) == Side::Outbound { &[][..] } else { policies };
+    let side = Side::of(l.direction);
+    let policies = if side == Side::Outbound { &[][..] } else { &cfg.authorization[..] };
+    let limits: Vec<&LocalRateLimit> = cfg.local_rate_limits.iter().filter(|r| side.takes(&r.context)).collect();
     let chains: Vec<EnvoyFilterChain> =
-        l.filter_chains.iter().filter_map(|c| filter_chain(c, l, policies, unsupported)).collect();
+        l.filter_chains.iter().filter_map(|c| filter_chain(c, l, policies, &limits, unsupported)).collect();
     if chains.is_empty() {
         return None;
     }
@@ -88,6 +92,7 @@ fn filter_chain(
     c: &FilterChain,
     l: &Listener,
     policies: &[AuthorizationPolicyRef],
+    limits: &[&LocalRateLimit],
     unsupported: &mut Vec<String>,
 ) -> Option<EnvoyFilterChain> {
     let transport_socket = match &c.tls {
@@ -105,7 +110,12 @@ fn filter_chain(
                 config_type: Some(HttpFilterConfig::TypedConfig(any(&rbac::http_config(rules)))),
                 ..Default::default()
             });
-            hcm.http_filters.splice(0..0, authz);
+            let limited = limits.iter().map(|r| HttpFilter {
+                name: LOCAL_RATE_LIMIT.into(),
+                config_type: Some(HttpFilterConfig::TypedConfig(any(&local_rate_limit(r)))),
+                ..Default::default()
+            });
+            hcm.http_filters.splice(0..0, authz.chain(limited));
             filters.push(Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
                 config_type: Some(FilterConfig::TypedConfig(any(&hcm))),
@@ -165,6 +175,16 @@ enum Side {
 }
 
 impl Side {
+    /// An EnvoyFilter's `context` covers this side.
+    fn takes(self, context: &str) -> bool {
+        match context {
+            "SIDECAR_INBOUND" => self == Side::Inbound,
+            "SIDECAR_OUTBOUND" => self == Side::Outbound,
+            "GATEWAY" => self == Side::Gateway,
+            _ => true,
+        }
+    }
+
     fn of(direction: TrafficDirection) -> Side {
         match direction {
             TrafficDirection::Inbound => Side::Inbound,
@@ -203,6 +223,28 @@ fn http_connection_manager(stat_prefix: &str, route_config: &str, side: Side, en
         // Istio's default pathNormalization (BASE): paths normalized
         // before routing (and authorization), as mesh-proxy does.
         normalize_path: envoy.then(|| boolean(true)).flatten(),
+        ..Default::default()
+    }
+}
+
+const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
+
+/// An EnvoyFilter's local rate limit, enforced on every request.
+fn local_rate_limit(r: &LocalRateLimit) -> EnvoyLocalRateLimit {
+    let all = || RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent { numerator: 100, denominator: DenominatorType::Hundred as i32 }),
+        runtime_key: String::new(),
+    };
+    EnvoyLocalRateLimit {
+        stat_prefix: "http_local_rate_limiter".into(),
+        token_bucket: Some(TokenBucket {
+            max_tokens: r.max_tokens,
+            tokens_per_fill: uint32(r.tokens_per_fill),
+            fill_interval: Some(duration(r.fill_interval)),
+        }),
+        filter_enabled: Some(all()),
+        filter_enforced: Some(all()),
+        response_headers_to_add: header_options(&[], &r.response_headers),
         ..Default::default()
     }
 }

@@ -39,12 +39,20 @@ pub struct Translated {
     pub unsupported: Vec<String>,
 }
 
-/// All resources of one proxy's config, by type.
-pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> Translated {
+/// All resources of one proxy's config, by type. `has_certificate`: the
+/// node can do Istio mTLS (see [`crate::node::NodeInfo`]); one that cannot
+/// gets no auto mTLS (Envoy would wait for secrets that never come), so
+/// plaintext where the label alone would have chosen mTLS.
+pub fn resources(cfg: &ProxyConfig, flavor: Flavor, has_certificate: bool) -> Translated {
     let mut set = ResourceSet::default();
     let mut unsupported = Vec::new();
+    let auto_mtls = flavor == Flavor::Envoy && has_certificate;
     for c in &cfg.clusters {
-        set.insert(CLUSTER, Resource::new(c.name.clone(), &clusters::cluster(c, cfg, flavor)));
+        set.insert(CLUSTER, Resource::new(c.name.clone(), &clusters::cluster(c, cfg, flavor, auto_mtls)));
+    }
+    let has_auto = cfg.clusters.iter().any(|c| c.tls.as_ref().is_some_and(|t| t.auto));
+    if has_auto && flavor == Flavor::Envoy && !has_certificate {
+        unsupported.push("auto mTLS: this node proved no identity (the plaintext xDS port) and gets no certificate, so it is sent plaintext where auto mTLS would apply".into());
     }
     for la in &cfg.endpoints {
         // DNS and static clusters carry their endpoints inline.
@@ -59,7 +67,7 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> Translated {
     match flavor {
         Flavor::Envoy => {
             for l in &cfg.listeners {
-                if let Some(listener) = listeners::listener(l, &cfg.authorization, &mut unsupported) {
+                if let Some(listener) = listeners::listener(l, cfg, &mut unsupported) {
                     set.insert(LISTENER, Resource::new(l.name.clone(), &listener));
                 }
             }
@@ -68,7 +76,7 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> Translated {
             for (name, l) in listeners::api_listeners(cfg) {
                 set.insert(LISTENER, Resource::new(name, &l));
             }
-            if cfg.clusters.iter().any(|c| c.tls.as_ref().is_some_and(|t| t.auto)) {
+            if has_auto {
                 unsupported.push("auto mTLS: proxyless gRPC is sent plaintext where no DestinationRule asks for TLS (its certificates come from its own providers, not SDS)".into());
             }
             if !cfg.authorization.is_empty() {
@@ -77,8 +85,8 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor) -> Translated {
             }
         }
     }
-    if !cfg.local_rate_limits.is_empty() {
-        unsupported.push(format!("{} local rate limits: not sent over xDS yet", cfg.local_rate_limits.len()));
+    if flavor == Flavor::ProxylessGrpc && !cfg.local_rate_limits.is_empty() {
+        unsupported.push(format!("{} local rate limits: not sent to proxyless gRPC", cfg.local_rate_limits.len()));
     }
     Translated { resources: set, unsupported }
 }

@@ -294,7 +294,7 @@ fn retry_policy(r: &RetryPolicy) -> EnvoyRetryPolicy {
     }
 }
 
-fn header_options(set: &[(String, String)], add: &[(String, String)]) -> Vec<HeaderValueOption> {
+pub(super) fn header_options(set: &[(String, String)], add: &[(String, String)]) -> Vec<HeaderValueOption> {
     let option = |(k, v): &(String, String), action: HeaderAppendAction| HeaderValueOption {
         header: Some(HeaderValue { key: k.clone(), value: v.clone(), ..Default::default() }),
         append_action: action as i32,

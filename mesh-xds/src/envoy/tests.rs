@@ -88,7 +88,7 @@ pub(crate) fn mesh_with_endpoint_labels(labels: &[(&str, &str)]) -> MeshSnapshot
 
 fn sidecar(flavor: Flavor) -> ResourceSet {
     let cfg = translate(&mesh(), &ProxyIdentity::sidecar("productpage-v1", "default", Default::default()));
-    resources(&cfg, flavor).resources
+    resources(&cfg, flavor, true).resources
 }
 
 fn decode<M: Message + Default>(set: &ResourceSet, type_url: &str, name: &str) -> M {

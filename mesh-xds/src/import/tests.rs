@@ -20,7 +20,7 @@ fn all<M: Message + Default>(set: &ResourceSet, type_url: &str) -> Vec<M> {
 }
 
 fn round_trip(cfg: &ProxyConfig, kind: ProxyKind) -> ProxyConfig {
-    let set = resources(cfg, Flavor::Envoy).resources;
+    let set = resources(cfg, Flavor::Envoy, true).resources;
     proxy_config(
         kind,
         &all::<EnvoyListener>(&set, LISTENER),
