@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::secure::{gateway_mesh, meshctl, secure_control_plane, secure_envoy, server, TOKEN};
+use common::secure::{gateway_mesh, mesh_ca, secure_control_plane, secure_envoy, server};
 use common::{backend, free_port, wait_until, Gateway};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -147,23 +147,9 @@ fn send(
 fn envoy_rbac_and_mesh_proxy_decide_every_request_alike() {
     let work = tempfile::tempdir().unwrap();
     let path = |name: &str| work.path().join(name);
-    let ca = path("ca");
-    meshctl(&["ca", "root", "--dir", &ca.to_string_lossy()]);
     let mut identities = vec![("gateway", GATEWAY_ID)];
     identities.extend(CLIENTS);
-    for (name, id) in identities {
-        meshctl(&[
-            "ca",
-            "issue",
-            "--dir",
-            &ca.to_string_lossy(),
-            "--identity",
-            id,
-            "--out",
-            &path(name).to_string_lossy(),
-        ]);
-    }
-    std::fs::write(path("tokens"), format!("{ENVOY_ID} {TOKEN}\n")).unwrap();
+    let ca = mesh_ca(work.path(), &identities, ENVOY_ID);
     let (_backend, backend_port) = backend("v1", 0);
     let (envoy_port, mesh_port) = (free_port(), free_port());
     let tls = "    tls: {mode: ISTIO_MUTUAL}\n";

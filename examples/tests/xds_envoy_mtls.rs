@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::secure::{
-    gateway_mesh, istio_mutual_to, meshctl, secure_control_plane, secure_envoy, server, status, TOKEN,
+    gateway_mesh, istio_mutual_to, mesh_ca, secure_control_plane, secure_envoy, server, status, TOKEN,
 };
 use common::{backend, debug_get, free_port, wait_until, Gateway};
 use mesh_testkit::envoy::Envoy;
@@ -22,21 +22,7 @@ const FRONT_ID: &str = "spiffe://cluster.local/ns/default/sa/sleep";
 fn envoy_and_mesh_proxy_speak_istio_mtls_with_certificates_from_our_control_plane() {
     let work = tempfile::tempdir().unwrap();
     let path = |name: &str| work.path().join(name);
-    let ca = path("ca");
-    meshctl(&["ca", "root", "--dir", &ca.to_string_lossy()]);
-    for (name, id) in [("back-certs", BACK_ID), ("front-certs", FRONT_ID)] {
-        meshctl(&[
-            "ca",
-            "issue",
-            "--dir",
-            &ca.to_string_lossy(),
-            "--identity",
-            id,
-            "--out",
-            &path(name).to_string_lossy(),
-        ]);
-    }
-    std::fs::write(path("tokens"), format!("{ENVOY_ID} {TOKEN}\n")).unwrap();
+    let ca = mesh_ca(work.path(), &[("back-certs", BACK_ID), ("front-certs", FRONT_ID)], ENVOY_ID);
     let (_backend, backend_port) = backend("v1", 0);
 
     // mesh-proxy as the server: an ISTIO_MUTUAL gateway server in front of
@@ -166,9 +152,7 @@ fn an_envoy_sidecar_acks_every_peer_authentication_mode_and_an_empty_mesh() {
     }
     let work = tempfile::tempdir().unwrap();
     let path = |name: &str| work.path().join(name);
-    let ca = path("ca");
-    meshctl(&["ca", "root", "--dir", &ca.to_string_lossy()]);
-    std::fs::write(path("tokens"), format!("spiffe://cluster.local/ns/default/sa/reviews {TOKEN}\n")).unwrap();
+    let ca = mesh_ca(work.path(), &[], "spiffe://cluster.local/ns/default/sa/reviews");
     let config = path("cp");
     std::fs::create_dir(&config).unwrap();
     let service = r#"apiVersion: networking.istio.io/v1

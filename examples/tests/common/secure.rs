@@ -20,6 +20,20 @@ pub fn status(port: u16) -> u16 {
         .map_or(0, |r| r.status)
 }
 
+/// A CA in `dir/ca` (`meshctl ca root`), a certificate for each
+/// `(name, SPIFFE ID)` in `dir/NAME`, and `dir/tokens` proving `envoy_id`
+/// with [`TOKEN`]. The CA's directory.
+pub fn mesh_ca(dir: &Path, identities: &[(&str, &str)], envoy_id: &str) -> std::path::PathBuf {
+    let ca = dir.join("ca");
+    meshctl(&["ca", "root", "--dir", &ca.to_string_lossy()]);
+    for (name, id) in identities {
+        let out = dir.join(name);
+        meshctl(&["ca", "issue", "--dir", &ca.to_string_lossy(), "--identity", id, "--out", &out.to_string_lossy()]);
+    }
+    std::fs::write(dir.join("tokens"), format!("{envoy_id} {TOKEN}\n")).unwrap();
+    ca
+}
+
 pub fn meshctl(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_meshctl")).args(args).output().expect("run meshctl");
     assert!(out.status.success(), "meshctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
