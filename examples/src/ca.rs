@@ -89,7 +89,7 @@ impl CaArgs {
         let ca_server = CaServer::new(ca.clone(), authenticators.to_vec());
         let stats = ca_server.stats().clone();
         let ads = ads.with_security(StreamSecurity { authenticators, secrets: SecretIssuer::new(ca, ttl) });
-        tokio::spawn(grpc::serve_tls(listener, tls, std::future::pending(), move |req, caller| {
+        tokio::spawn(grpc::serve(listener, Some(tls), std::future::pending(), move |req, caller| {
             let (ca_server, ads) = (ca_server.clone(), ads.clone());
             async move {
                 if req.uri().path() == CREATE_CERTIFICATE {

@@ -119,6 +119,10 @@ fn each_invalid_resource_gets_a_precise_message() {
             "Gateway default/gw: spec.servers[0].tls: a HTTPS server needs tls settings",
         ),
         (
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  servers:\n  - port: {number: 8443, name: web, protocol: HTTP}\n    hosts: [\"*\"]\n    tls: {mode: ISTIO_MUTUAL}\n".into(),
+            "Gateway default/gw: spec.servers[0].tls: a plaintext HTTP port cannot terminate TLS (only httpsRedirect): use protocol HTTPS",
+        ),
+        (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [api.example.com]\n  ports:\n  - {number: 443, name: https, protocol: TLS}\n  - {number: 443, name: https2, protocol: TLS}\n  resolution: STATIC\n".into(),
             "ServiceEntry default/ext: spec.ports[1].number: port 443 is declared twice",
         ),

@@ -274,11 +274,12 @@ pub fn http2_server() -> hyper::server::conn::http2::Builder<hyper_util::rt::Tok
 /// storm queue up to 400 MB across 1,000 slow clients.
 const SEND_BUFFER: usize = CHUNK;
 
-/// Serves gRPC over TLS on `listener` until `shutdown`: each call goes to
-/// `handle` with who made it (istiod's 15012: xDS and the CA on one port).
-pub async fn serve_tls<H, F>(
+/// Serves gRPC on `listener` until `shutdown`, over TLS when `tls` is
+/// given: each call goes to `handle` with who made it (istiod's 15012:
+/// xDS and the CA on one TLS port; 15010: xDS in plaintext).
+pub async fn serve<H, F>(
     listener: tokio::net::TcpListener,
-    tls: std::sync::Arc<rustls::ServerConfig>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send,
     handle: H,
 ) -> std::io::Result<()>
@@ -287,7 +288,7 @@ where
     F: std::future::Future<Output = Response<GrpcBody>> + Send + 'static,
 {
     use std::time::Duration;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -300,6 +301,10 @@ where
         let _ = stream.set_nodelay(true);
         let (acceptor, handle) = (acceptor.clone(), handle.clone());
         tokio::spawn(async move {
+            let Some(acceptor) = acceptor else {
+                let caller = Caller { remote, peer_certificate: None, tls: false };
+                return serve_connection(stream, caller, handle).await;
+            };
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::info!(%remote, error = %e, "gRPC TLS handshake failed"),
@@ -307,15 +312,24 @@ where
             };
             let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
             let peer = peer.and_then(|der| mesh_core::certificate::CertificateInfo::from_der(der).ok());
-            let caller =
-                std::sync::Arc::new(Caller { remote, peer_certificate: peer.map(std::sync::Arc::new), tls: true });
-            let service = hyper::service::service_fn(move |req| {
-                let reply = handle(req, caller.clone());
-                async move { Ok::<_, Infallible>(reply.await) }
-            });
-            if let Err(e) = http2_server().serve_connection(hyper_util::rt::TokioIo::new(tls), service).await {
-                tracing::debug!(%remote, error = %e, "gRPC connection ended");
-            }
+            let caller = Caller { remote, peer_certificate: peer.map(std::sync::Arc::new), tls: true };
+            serve_connection(tls, caller, handle).await;
         });
+    }
+}
+
+async fn serve_connection<IO, H, F>(io: IO, caller: Caller, handle: H)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, std::sync::Arc<Caller>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<GrpcBody>> + Send + 'static,
+{
+    let (remote, caller) = (caller.remote, std::sync::Arc::new(caller));
+    let service = hyper::service::service_fn(move |req| {
+        let reply = handle(req, caller.clone());
+        async move { Ok::<_, Infallible>(reply.await) }
+    });
+    if let Err(e) = http2_server().serve_connection(hyper_util::rt::TokioIo::new(io), service).await {
+        tracing::debug!(%remote, error = %e, "gRPC connection ended");
     }
 }

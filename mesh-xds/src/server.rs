@@ -4,7 +4,7 @@
 //! The transport is [`crate::grpc`].
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -171,29 +171,7 @@ impl AdsServer {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => { tracing::warn!(error = %e, "xDS accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-                },
-                _ = &mut shutdown => return Ok(()),
-            };
-            let _ = stream.set_nodelay(true);
-            let server = self.clone();
-            let caller = Arc::new(Caller { remote, peer_certificate: None, tls: false });
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let reply = server.call(req, caller.clone());
-                    async move { Ok::<_, std::convert::Infallible>(reply) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = grpc::http2_server().serve_connection(io, service).await {
-                    tracing::debug!(%remote, error = %e, "xDS connection ended");
-                }
-            });
-        }
+        grpc::serve(listener, None, shutdown, move |req, caller| std::future::ready(self.call(req, caller))).await
     }
 
     /// Serve ADS over TLS, streams authenticated, until `shutdown`.
@@ -203,11 +181,7 @@ impl AdsServer {
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        grpc::serve_tls(listener, tls, shutdown, move |req, caller| {
-            let reply = self.call(req, caller);
-            async move { reply }
-        })
-        .await
+        grpc::serve(listener, Some(tls), shutdown, move |req, caller| std::future::ready(self.call(req, caller))).await
     }
 
     /// One call: an ADS stream (started in a task of its own), or

@@ -150,7 +150,8 @@ async fn subscribe_ack_nack_and_reconnect() {
     // endpoints: the client reconnects and applies them.
     drop(server);
     wait_for(&xds.status, "the disconnect", |s| !s.connected).await;
-    let listener = std::net::TcpListener::bind(addr).unwrap();
+    // The old runtime lets its listener go in the background.
+    let listener = mesh_testkit::eventually(10, "the port free again", || std::net::TcpListener::bind(addr).ok()).await;
     let server = Server::start(listener);
     server.cache.set(&key, snapshot(&identity, "10.0.0.2"));
     let next = tokio::time::timeout(Duration::from_secs(10), xds.configs.next())

@@ -3,13 +3,12 @@
 //! bootstrap, and the Istio config the mTLS tests share.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use mesh_testkit::envoy::Envoy;
 use mesh_testkit::process::Proc;
 
-use super::{debug_get, free_port, wait_until};
+use super::{control_plane_on, free_port};
 
 /// Envoy's bootstrap token (its identity is in the tokens file beside it).
 pub const TOKEN: &str = "envoy-bootstrap-token-5f0c6c1e";
@@ -88,21 +87,19 @@ pub fn istio_mutual_to(host: &str, sans: &str) -> String {
 /// The control plane with its CA in `ca` (serving xDS and the CA on one
 /// TLS port), the gateway's bootstrap token known; its secure port.
 pub fn secure_control_plane(config: &Path, ca: &Path, tokens: &Path) -> (Proc, u16, u16) {
-    let (xds, secure, debug) = (free_port(), free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
-        .args(["--config", &config.to_string_lossy(), "--ca-dir", &ca.to_string_lossy()])
-        .args(["--bootstrap-tokens", &tokens.to_string_lossy()])
-        .args(["--xds-listen", &format!("127.0.0.1:{xds}"), "--ca-listen", &format!("127.0.0.1:{secure}")])
-        .args(["--debug", &format!("127.0.0.1:{debug}"), "--debounce-ms", "20"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start control-plane");
-    let cp = Proc(child);
-    assert!(
-        wait_until(Duration::from_secs(20), || debug_get(debug, "/ready").is_some_and(|r| r.status == 200)),
-        "control plane not ready"
-    );
+    let secure = free_port();
+    let (config, ca, tokens) = (config.to_string_lossy(), ca.to_string_lossy(), tokens.to_string_lossy());
+    let listen = format!("127.0.0.1:{secure}");
+    let (cp, _xds, debug) = control_plane_on(&[
+        "--config",
+        &config,
+        "--ca-dir",
+        &ca,
+        "--bootstrap-tokens",
+        &tokens,
+        "--ca-listen",
+        &listen,
+    ]);
     (cp, secure, debug)
 }
 

@@ -699,6 +699,26 @@ impl Validator {
             let needs_tls = protocol == "HTTPS" || protocol == "TLS";
             match &s.tls {
                 None if needs_tls => self.err(format!("{at}.tls"), format!("a {protocol} server needs tls settings")),
+                // As Istio validates it: on a plaintext port, tls may only
+                // redirect to HTTPS (its mode is then PASSTHROUGH, the
+                // default); anything else would be served without TLS.
+                Some(tls) if !needs_tls => {
+                    let passthrough = matches!(tls.mode.as_deref(), None | Some("PASSTHROUGH" | "AUTO_PASSTHROUGH"));
+                    let certificates =
+                        tls.server_certificate.is_some() || tls.private_key.is_some() || tls.ca_certificates.is_some();
+                    let http = ["HTTP", "HTTP2", "GRPC", "GRPC-WEB"].contains(&protocol.as_str());
+                    if !http {
+                        self.err(
+                            format!("{at}.tls"),
+                            "a server cannot have TLS settings on a port that is not HTTPS or TLS",
+                        );
+                    } else if !passthrough || certificates {
+                        self.err(
+                            format!("{at}.tls"),
+                            format!("a plaintext {protocol} port cannot terminate TLS (only httpsRedirect): use protocol HTTPS"),
+                        );
+                    }
+                }
                 Some(tls) => {
                     let mode = tls.mode.as_deref().unwrap_or("SIMPLE");
                     if !["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"]

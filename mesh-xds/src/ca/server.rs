@@ -94,7 +94,7 @@ impl CaServer {
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        grpc::serve_tls(listener, tls, shutdown, move |req, caller| {
+        grpc::serve(listener, Some(tls), shutdown, move |req, caller| {
             let server = self.clone();
             async move { server.call(req, &caller).await }
         })
