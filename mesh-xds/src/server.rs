@@ -313,11 +313,11 @@ impl AdsServer {
                     self.stats.secrets_refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(node = %node.id, "SDS asked for on a stream that proved no identity (plaintext port, or no CA): no secrets sent");
                 }
-                let snapshot = with_secrets(snapshots.borrow().as_deref(), secret_updates.as_mut());
+                let snapshot = with_secrets(snapshots.borrow().clone(), secret_updates.as_mut());
                 if let Some(s) = &snapshot {
                     self.status.set_unsupported(id, &s.unsupported);
                 }
-                let (received, resp) = protocol.on_request(&req, snapshot.as_ref());
+                let (received, resp) = protocol.on_request(&req, snapshot.as_deref());
                 if let Received::Nack(message) = &received {
                     tracing::warn!(node = %node.id, r#type = short_name(P::type_url(&req)), %message, "NACK: the node rejected config and keeps its last good one");
                 }
@@ -344,7 +344,7 @@ impl AdsServer {
                     changed = snapshots.changed() => {
                         if changed.is_err() { break; }
                         let snapshot = snapshots.borrow_and_update().clone();
-                        match with_secrets(snapshot.as_deref(), secret_updates.as_mut()) {
+                        match with_secrets(snapshot, secret_updates.as_mut()) {
                             Some(s) => {
                                 self.status.set_unsupported(id, &s.unsupported);
                                 protocol.on_snapshot(&s)
@@ -354,7 +354,7 @@ impl AdsServer {
                     }
                     renewed = renewed => {
                         if renewed.is_err() { break; }
-                        match with_secrets(snapshots.borrow().as_deref(), secret_updates.as_mut()) {
+                        match with_secrets(snapshots.borrow().clone(), secret_updates.as_mut()) {
                             Some(s) => protocol.on_snapshot(&s),
                             None => continue,
                         }
@@ -382,16 +382,17 @@ impl AdsServer {
 }
 
 /// The node's snapshot with its identity's secrets added (the shared maps
-/// of the other types are not copied); as it is when there are none.
+/// of the other types are not copied); the snapshot itself, uncopied,
+/// when the stream has none.
 fn with_secrets(
-    snapshot: Option<&Snapshot>,
+    snapshot: Option<Arc<Snapshot>>,
     secrets: Option<&mut tokio::sync::watch::Receiver<Arc<crate::resources::TypeMap>>>,
-) -> Option<Snapshot> {
-    let mut merged = snapshot?.clone();
-    if let Some(rx) = secrets {
-        let secrets = rx.borrow_and_update().clone();
-        merged.config_version = format!("{}+{}", merged.config_version, version_of(secrets.values().map(|r| &**r)));
-        merged.resources.types.insert(SECRET.to_string(), secrets);
-    }
-    Some(merged)
+) -> Option<Arc<Snapshot>> {
+    let snapshot = snapshot?;
+    let Some(rx) = secrets else { return Some(snapshot) };
+    let mut merged = (*snapshot).clone();
+    let secrets = rx.borrow_and_update().clone();
+    merged.config_version = format!("{}+{}", merged.config_version, version_of(secrets.values().map(|r| &**r)));
+    merged.resources.types.insert(SECRET.to_string(), secrets);
+    Some(Arc::new(merged))
 }
