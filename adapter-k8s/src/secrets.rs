@@ -4,7 +4,6 @@
 //! `<name>-cacert` Secret. Secrets without a certificate are not kept.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures_util::StreamExt;
@@ -18,7 +17,8 @@ use crate::watch::{changes, Change, WatchCounters};
 /// The certificate-holding Secrets of a cluster, followed by a watch.
 pub struct SecretCredentials {
     by_name: RwLock<BTreeMap<(String, String), Fields>>,
-    version: AtomicU64,
+    /// Moves on every change.
+    version: tokio::sync::watch::Sender<u64>,
     pub counters: Arc<WatchCounters>,
     /// `true` once the first list is in.
     listed: tokio::sync::watch::Sender<bool>,
@@ -48,7 +48,7 @@ impl SecretCredentials {
     pub fn start(client: kube::Client) -> Arc<SecretCredentials> {
         let store = Arc::new(SecretCredentials {
             by_name: RwLock::default(),
-            version: AtomicU64::new(0),
+            version: tokio::sync::watch::channel(0).0,
             counters: Arc::default(),
             listed: tokio::sync::watch::channel(false).0,
         });
@@ -82,7 +82,8 @@ impl SecretCredentials {
                 map.remove(&key);
             }
         }
-        self.version.fetch_add(1, Ordering::Release);
+        drop(map);
+        self.version.send_modify(|v| *v += 1);
     }
 
     /// Waits until the first list is in.
@@ -104,7 +105,17 @@ impl CredentialSource for SecretCredentials {
         })
     }
 
+    fn ca_certificates(&self, namespace: &str, name: &str) -> Option<String> {
+        let map = self.by_name.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ca = |name: String| map.get(&(namespace.to_string(), name)).and_then(|f| f.ca.clone());
+        ca(name.to_string()).or_else(|| ca(format!("{name}-cacert")))
+    }
+
     fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
+        *self.version.borrow()
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 }

@@ -71,7 +71,9 @@ impl Authenticator for KubernetesTokens {
 impl CaArgs {
     /// Loads or makes the CA and serves istiod's secure port until the
     /// process ends: `CreateCertificate`, and `ads` for streams that prove
-    /// who they are (and get their secrets over SDS). `None` when no
+    /// who they are (and get their secrets over SDS: their certificate,
+    /// and with Kubernetes the gateway credentials of their namespace,
+    /// read from Secrets). `None` when no
     /// `--ca-dir` was given. The stats are the CA's.
     pub async fn start(
         &self,
@@ -82,13 +84,18 @@ impl CaArgs {
         let ttl = Duration::from_secs(self.workload_cert_ttl);
         let lifetimes = Lifetimes { default: ttl, ..Lifetimes::default() };
         let ca = Arc::new(CertificateAuthority::load_or_create(dir, &self.trust_domain, lifetimes)?);
+        let credentials: Option<Arc<dyn mesh_core::credentials::CredentialSource>> = match &kube {
+            Some(client) => Some(crate::secret_credentials(client.clone()).await),
+            None => None,
+        };
         let authenticators: Arc<[Arc<dyn Authenticator>]> = self.authenticators(kube)?.into();
         let tls = server::tls_config(ca.clone(), self.ca_dns_names.clone())?;
         let listener = tokio::net::TcpListener::bind(self.ca_listen).await?;
         tracing::info!(ca = %listener.local_addr()?, root = %dir.join("root-cert.pem").display(), "CA and secure xDS serving");
         let ca_server = CaServer::new(ca.clone(), authenticators.to_vec());
         let stats = ca_server.stats().clone();
-        let ads = ads.with_security(StreamSecurity { authenticators, secrets: SecretIssuer::new(ca, ttl) });
+        let ads =
+            ads.with_security(StreamSecurity { authenticators, secrets: SecretIssuer::new(ca, ttl), credentials });
         tokio::spawn(grpc::serve(listener, Some(tls), std::future::pending(), move |req, caller| {
             let (ca_server, ads) = (ca_server.clone(), ads.clone());
             async move {

@@ -9,42 +9,11 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::kube::{self, apply, apply_yaml};
 use common::{
-    control_plane_on, debug_get, fake_server, free_port, reviews_backends, routes, send, versions, wait_until,
-    write_mesh, Gateway, Service,
+    control_plane_on, debug_get, fake_server, free_port, reviews_backends, routes, versions, wait_until, write_mesh,
+    Gateway, Service,
 };
-
-/// Create or replace an object through the API, as `kubectl apply` would.
-fn apply(api: &str, object: &serde_json::Value) {
-    let kind = object["kind"].as_str().expect("kind");
-    let ns = object["metadata"]["namespace"].as_str().unwrap_or("default");
-    let name = object["metadata"]["name"].as_str().expect("name");
-    let collection = match kind {
-        "Service" => format!("/api/v1/namespaces/{ns}/services"),
-        "Pod" => format!("/api/v1/namespaces/{ns}/pods"),
-        "Secret" => format!("/api/v1/namespaces/{ns}/secrets"),
-        "EndpointSlice" => format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"),
-        _ => {
-            let api_version = object["apiVersion"].as_str().expect("apiVersion");
-            let istio = mesh_core::config::Kind::from_type(api_version, kind).expect("an Istio kind");
-            format!("/apis/{api_version}/namespaces/{ns}/{}", istio.plural())
-        }
-    };
-    let body = object.to_string();
-    let created = send(api, "POST", &collection, &body);
-    if created.status == 409 {
-        let replaced = send(api, "PUT", &format!("{collection}/{name}"), &body);
-        assert_eq!(replaced.status, 200, "replace {kind} {name}: {replaced:?}");
-    } else {
-        assert_eq!(created.status, 201, "create {kind} {name}: {created:?}");
-    }
-}
-
-fn apply_yaml(api: &str, text: &str) {
-    for doc in mesh_core::config::parse_documents(text).expect("yaml") {
-        apply(api, &doc);
-    }
-}
 
 const RULES: &str = "  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 80\n    - destination: {host: reviews, subset: v3}\n      weight: 20\n";
 
@@ -58,13 +27,7 @@ fn gateway_and_control_plane_read_kubernetes() {
     write_mesh(dir.path(), port, &[Service { name: "reviews", backends: &[("v1", p1), ("v2", p2), ("v3", p3)] }], "");
     apply_yaml(&api, &std::fs::read_to_string(dir.path().join("mesh.yaml")).unwrap());
     apply_yaml(&api, &routes("reviews", RULES));
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{api}\"}}\nusers:\n- name: tester\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: tester}}\ncurrent-context: fake\n"),
-    )
-    .unwrap();
-    let kubeconfig = kubeconfig.to_string_lossy().to_string();
+    let kubeconfig = kube::kubeconfig(dir.path(), &api);
 
     let direct = Gateway::launch(&["--kubeconfig", &kubeconfig], port, &[], Stdio::null());
     assert_eq!(versions(&direct, 20, "/", &[("end-user", "jason")]), [("v2".to_string(), 20)].into());
@@ -192,14 +155,8 @@ fn gateway_serves_tls_from_a_secret_and_follows_its_changes() {
     apply_yaml(&api, &mesh);
     apply_yaml(&api, &routes("web", "  - route:\n    - destination: {host: web}\n"));
     let (_first, first) = tls_secret(&api, "web.example");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{api}\"}}\nusers:\n- name: tester\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: tester}}\ncurrent-context: fake\n"),
-    )
-    .expect("written");
+    let kubeconfig = kube::kubeconfig(dir.path(), &api);
     // The Gateway lives in `default`; its Secret in the gateway's own namespace.
-    let kubeconfig = kubeconfig.to_string_lossy().to_string();
     let _gateway = Gateway::launch(&["--kubeconfig", &kubeconfig], port, &[], Stdio::null());
     let (serial, status) = served(port, "web.example").expect("a TLS answer");
     assert_eq!((serial, status.as_str()), (first.clone(), "HTTP/1.1 200 OK"));

@@ -71,8 +71,7 @@ fn the_control_plane_certifies_what_gateways_prove_and_they_talk_mtls() {
         r#"{"token": "sleep-token", "user": "system:serviceaccount:foo:sleep", "audiences": ["istio-ca"]}"#,
     );
     assert_eq!(registered.status, 200);
-    let kubeconfig = path("kubeconfig");
-    std::fs::write(&kubeconfig, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{api}\"}}\nusers:\n- name: tester\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: tester}}\ncurrent-context: fake\n")).expect("written");
+    let kubeconfig = common::kube::kubeconfig(dir.path(), &api);
     std::fs::write(path("tokens"), format!("{BACKEND} backend-token\n")).expect("written");
     for (name, token) in [("sleep.tok", "sleep-token"), ("backend.tok", "backend-token"), ("bad.tok", "guess")] {
         std::fs::write(path(name), token).expect("written");

@@ -84,6 +84,7 @@ pub fn upstream_tls(
             ca_certificates: None,
             client_certificate: None,
             private_key: None,
+            credential_name: None,
             sni: Some(
                 rule.and_then(|r| r.sni.clone())
                     .unwrap_or_else(|| istio_sni(destination.port, destination.subset, &destination.service.hostname)),
@@ -106,6 +107,7 @@ pub fn upstream_tls(
                 ca_certificates: rule.ca_certificates.clone(),
                 client_certificate: rule.client_certificate.clone(),
                 private_key: rule.private_key.clone(),
+                credential_name: rule.credential_name.clone(),
                 sni: rule.sni.clone(),
                 subject_alt_names: rule.subject_alt_names.clone(),
                 insecure_skip_verify: rule.insecure_skip_verify.unwrap_or(false),

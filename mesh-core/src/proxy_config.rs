@@ -459,6 +459,11 @@ pub struct UpstreamTls {
     pub ca_certificates: Option<String>,
     pub client_certificate: Option<String>,
     pub private_key: Option<String>,
+    /// SIMPLE and MUTUAL from a credential (a Kubernetes Secret) rather
+    /// than files: its CA checks the server, and MUTUAL presents its
+    /// certificate.
+    #[serde(default)]
+    pub credential_name: Option<String>,
     pub sni: Option<String>,
     pub subject_alt_names: Vec<String>,
     pub insecure_skip_verify: bool,

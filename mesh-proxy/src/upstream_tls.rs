@@ -61,6 +61,13 @@ pub fn origination(cluster: &Cluster, tls: &UpstreamTls, identity: Option<&Workl
         let config = identity.client_config(&cluster.name, &tls.subject_alt_names, &tls.alpn);
         return Some(Origination::Tls { config, server_name });
     }
+    if let Some(name) = &tls.credential_name {
+        // Origination reads files only; a connection without the
+        // credential's certificate or CA would not be what was asked.
+        let reason =
+            format!("cluster {}: credentialName `{name}` for origination is not supported; use files", cluster.name);
+        return Some(Origination::Refused(reason));
+    }
     Some(match from_files(cluster, tls) {
         Ok(config) => Origination::Tls { config, server_name },
         Err(reason) => Origination::Refused(format!("cluster {}: {reason}", cluster.name)),

@@ -4,7 +4,6 @@
 //! terminates it. What cannot be verified is refused, never sent in
 //! plaintext.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,43 +14,8 @@ use mesh_core::store::MemoryConfigStore;
 use mesh_proxy::{default_gateway_identity, ConfigSource, ProxyBuilder, ProxyHandle};
 use mesh_testkit::http::{parse, raw_port};
 use mesh_testkit::peers::recording_upstream;
+use mesh_testkit::tls::TestCa;
 use mesh_testkit::{free_port, Proc};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-
-/// A CA that signs server and client certificates into files.
-struct TestCa {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate().expect("a key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let cert = params.self_signed(&key).expect("a root");
-        TestCa { issuer: Issuer::new(params, key), pem: cert.pem() }
-    }
-
-    /// `name`'s certificate and key, written as `<stem>.pem` and `<stem>.key` in `dir`.
-    fn issue(&self, dir: &Path, stem: &str, name: &str) -> (String, String) {
-        let key = KeyPair::generate().expect("a key");
-        let params = CertificateParams::new(vec![name.to_string()]).expect("params");
-        let cert = params.signed_by(&key, &self.issuer).expect("signed");
-        let (cert_path, key_path) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
-        std::fs::write(&cert_path, cert.pem()).expect("written");
-        std::fs::write(&key_path, key.serialize_pem()).expect("written");
-        (cert_path.to_string_lossy().into_owned(), key_path.to_string_lossy().into_owned())
-    }
-
-    fn write(&self, dir: &Path, stem: &str) -> String {
-        let path = dir.join(format!("{stem}.pem"));
-        std::fs::write(&path, &self.pem).expect("written");
-        path.to_string_lossy().into_owned()
-    }
-}
 
 fn start(rt: &tokio::runtime::Runtime, docs: &[String], registry: MemoryRegistry) -> ProxyHandle {
     let store = Arc::new(MemoryConfigStore::new());
@@ -270,30 +234,6 @@ fn gateway_certificate_files_are_reloaded_without_dropping_connections() {
     rt.block_on(back.drain());
 }
 
-/// Credentials in memory, as a platform would hold them.
-#[derive(Default)]
-struct Secrets {
-    by_name: std::sync::Mutex<std::collections::BTreeMap<(String, String), mesh_core::credentials::Credential>>,
-    version: std::sync::atomic::AtomicU64,
-}
-
-impl Secrets {
-    fn put(&self, namespace: &str, name: &str, credential: mesh_core::credentials::Credential) {
-        self.by_name.lock().expect("not poisoned").insert((namespace.into(), name.into()), credential);
-        self.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl mesh_core::credentials::CredentialSource for Secrets {
-    fn credential(&self, namespace: &str, name: &str) -> Option<mesh_core::credentials::Credential> {
-        self.by_name.lock().expect("not poisoned").get(&(namespace.to_string(), name.to_string())).cloned()
-    }
-
-    fn version(&self) -> u64 {
-        self.version.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 #[test]
 fn credential_name_certificates_come_from_the_credential_source_when_they_exist() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -313,7 +253,7 @@ fn credential_name_certificates_come_from_the_credential_source_when_they_exist(
     for doc in &docs {
         store.upsert(Resource::from_yaml(doc).unwrap_or_else(|e| panic!("{e}\n{doc}")));
     }
-    let secrets = Arc::new(Secrets::default());
+    let secrets = Arc::new(mesh_core::credentials::MemoryCredentials::default());
     let builder = ProxyBuilder::new(ConfigSource::mesh(
         store,
         Arc::new(registry("app.istio-system.svc.cluster.local", upstream_port)),

@@ -23,6 +23,9 @@ pub struct Snapshot {
     pub changes: BTreeMap<String, TypeChange>,
     /// What of the config the resources cannot express for this node.
     pub unsupported: Arc<Vec<String>>,
+    /// The credentials the resources refer to over SDS: an authenticated
+    /// stream adds them from its own namespace ([`crate::sds`]).
+    pub credentials: Arc<std::collections::BTreeSet<crate::sds::SecretRef>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

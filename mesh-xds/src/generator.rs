@@ -112,6 +112,7 @@ pub fn build(mesh: &MeshSnapshot, node: &NodeInfo) -> (ProxyConfig, Snapshot) {
         resources: translated.resources,
         changes: Default::default(),
         unsupported: Arc::new(translated.unsupported),
+        credentials: Arc::new(translated.credentials),
     };
     (config, snapshot)
 }

@@ -30,17 +30,17 @@
 //! | [`status`] | what each node was sent, ACKed and NACKed (`syncz`) |
 //! | [`debug`] | JSON views for debug endpoints: `syncz`, a node's config dump |
 //! | [`ca`] | the certificate authority, its CSR API (`IstioCertificateService`) and the workload's CSR client |
-//! | [`sds`] | the secrets (`default`, `ROOTCA`) of each identity a stream proved, renewed and pushed |
+//! | [`sds`] | secrets: each proven identity's certificate and roots (`default`, `ROOTCA`), renewed; gateway credentials (`kubernetes://NAME`) of its namespace |
 //!
 //! Security: on the secure port ([`server::AdsServer::serve_tls`], istiod's
 //! 15012) streams prove an identity as CSRs do, and get its certificate
 //! and roots over SDS ([`sds`]); Envoy's ISTIO_MUTUAL clusters, servers
 //! and inbound chains use them, and AuthorizationPolicy becomes its RBAC
-//! filters. What a node's resources cannot express is listed per node
-//! ([`envoy::Translated`], `syncz`). Not translated yet: local rate limits
-//! from EnvoyFilters, locality failover priorities, gateway
-//! `credentialName` secrets (referenced over SDS as `kubernetes://NAME`,
-//! not served yet), and TLS for proxyless gRPC.
+//! filters. Gateway `credentialName`s are sent over SDS from the
+//! platform's Secrets, in the namespace the stream proved. What a node's
+//! resources cannot express is listed per node ([`envoy::Translated`],
+//! `syncz`). Not translated yet: locality failover priorities, and TLS
+//! for proxyless gRPC.
 
 pub mod ca;
 pub mod cache;

@@ -19,8 +19,8 @@ use crate::generator::Generator;
 use crate::grpc::Caller;
 use crate::grpc::{self, FrameParts, GrpcStatus};
 use crate::node::{self, NodeInfo};
-use crate::resources::{short_name, version_of, SECRET};
-use crate::sds::{IdentitySecrets, SecretIssuer};
+use crate::resources::{short_name, SECRET};
+use crate::sds::{SecretIssuer, StreamSecrets};
 use crate::sotw::{Received, SotwResponse, SotwStream};
 use crate::status::{NodeSync, SyncStatus, TypeSync};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +127,9 @@ pub struct AdsServer {
 pub struct StreamSecurity {
     pub authenticators: Arc<[Arc<dyn Authenticator>]>,
     pub secrets: Arc<SecretIssuer>,
+    /// Gateway credentials (`credentialName`), read in the namespace a
+    /// stream proved; `None` when the platform keeps none.
+    pub credentials: Option<Arc<dyn mesh_core::credentials::CredentialSource>>,
 }
 
 /// Streams the server refused or cut, by reason.
@@ -229,6 +232,8 @@ impl AdsServer {
                 Err((counter, status)) => return server.refuse(&tx, &caller, counter, status).await,
             };
             let node = NodeInfo { has_certificate: node.has_certificate || secrets.is_some(), ..node };
+            let secrets =
+                secrets.map(|s| StreamSecrets::new(s, server.security.as_ref().and_then(|c| c.credentials.clone())));
             server.drive::<P>(node, secrets, first, inbound, tx).await;
         });
         grpc::streaming_response(rx)
@@ -241,7 +246,7 @@ impl AdsServer {
         caller: &Caller,
         token: Option<&str>,
         node: &NodeInfo,
-    ) -> Result<Option<Arc<IdentitySecrets>>, (&AtomicU64, GrpcStatus)> {
+    ) -> Result<Option<Arc<crate::sds::IdentitySecrets>>, (&AtomicU64, GrpcStatus)> {
         let Some(security) = self.security.as_ref().filter(|_| caller.tls) else { return Ok(None) };
         let credentials = Credentials {
             bearer_token: token,
@@ -285,13 +290,12 @@ impl AdsServer {
     async fn drive<P: Protocol>(
         &self,
         node: NodeInfo,
-        secrets: Option<Arc<IdentitySecrets>>,
+        mut secrets: Option<StreamSecrets>,
         first: P::Req,
         mut inbound: impl Stream<Item = Result<P::Req, GrpcStatus>> + Unpin,
         tx: mpsc::Sender<grpc::Outgoing>,
     ) {
         let mut snapshots = self.generator.attach(&node).await;
-        let mut secret_updates = secrets.as_ref().map(|s| s.watch());
         let id = self.status.connect(NodeSync {
             node_id: node.id.clone(),
             key: node.key(),
@@ -301,19 +305,19 @@ impl AdsServer {
             types: Default::default(),
             unsupported: Vec::new(),
         });
-        let identity = secrets.as_ref().map(|s| s.id.to_string()).unwrap_or_default();
+        let identity = secrets.as_ref().map(|s| s.identity().to_string()).unwrap_or_default();
         tracing::info!(node = %node.id, key = %node.key(), protocol = P::NAME, %identity, "xDS stream opened");
         let mut protocol = P::default();
         let mut next = Some(first);
         let mut told_no_secrets = false;
         'stream: loop {
             let out: Vec<P::Resp> = if let Some(req) = next.take() {
-                if P::type_url(&req) == SECRET && secret_updates.is_none() && !told_no_secrets {
+                if P::type_url(&req) == SECRET && secrets.is_none() && !told_no_secrets {
                     told_no_secrets = true;
                     self.stats.secrets_refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(node = %node.id, "SDS asked for on a stream that proved no identity (plaintext port, or no CA): no secrets sent");
                 }
-                let snapshot = with_secrets(snapshots.borrow().clone(), secret_updates.as_mut());
+                let snapshot = with_secrets(&node.id, snapshots.borrow().clone(), secrets.as_mut());
                 if let Some(s) = &snapshot {
                     self.status.set_unsupported(id, &s.unsupported);
                 }
@@ -325,8 +329,8 @@ impl AdsServer {
                 resp.into_iter().collect()
             } else {
                 let renewed = async {
-                    match secret_updates.as_mut() {
-                        Some(rx) => rx.changed().await,
+                    match secrets.as_mut() {
+                        Some(s) => s.changed().await,
                         None => std::future::pending().await,
                     }
                 };
@@ -344,7 +348,7 @@ impl AdsServer {
                     changed = snapshots.changed() => {
                         if changed.is_err() { break; }
                         let snapshot = snapshots.borrow_and_update().clone();
-                        match with_secrets(snapshot, secret_updates.as_mut()) {
+                        match with_secrets(&node.id, snapshot, secrets.as_mut()) {
                             Some(s) => {
                                 self.status.set_unsupported(id, &s.unsupported);
                                 protocol.on_snapshot(&s)
@@ -353,8 +357,8 @@ impl AdsServer {
                         }
                     }
                     renewed = renewed => {
-                        if renewed.is_err() { break; }
-                        match with_secrets(snapshots.borrow().clone(), secret_updates.as_mut()) {
+                        if !renewed { break; }
+                        match with_secrets(&node.id, snapshots.borrow().clone(), secrets.as_mut()) {
                             Some(s) => protocol.on_snapshot(&s),
                             None => continue,
                         }
@@ -381,18 +385,16 @@ impl AdsServer {
     }
 }
 
-/// The node's snapshot with its identity's secrets added (the shared maps
-/// of the other types are not copied); the snapshot itself, uncopied,
-/// when the stream has none.
+/// The node's snapshot with its stream's secrets added; the snapshot
+/// itself, uncopied, when the stream has none.
 fn with_secrets(
+    node: &str,
     snapshot: Option<Arc<Snapshot>>,
-    secrets: Option<&mut tokio::sync::watch::Receiver<Arc<crate::resources::TypeMap>>>,
+    secrets: Option<&mut StreamSecrets>,
 ) -> Option<Arc<Snapshot>> {
     let snapshot = snapshot?;
-    let Some(rx) = secrets else { return Some(snapshot) };
-    let mut merged = (*snapshot).clone();
-    let secrets = rx.borrow_and_update().clone();
-    merged.config_version = format!("{}+{}", merged.config_version, version_of(secrets.values().map(|r| &**r)));
-    merged.resources.types.insert(SECRET.to_string(), secrets);
-    Some(Arc::new(merged))
+    Some(match secrets {
+        Some(s) => s.merge(node, &snapshot),
+        None => snapshot,
+    })
 }

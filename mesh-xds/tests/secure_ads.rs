@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Sec
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use http_body_util::{BodyExt, Full};
 use mesh_core::certificate::CertificateInfo;
+use mesh_core::credentials::{Credential, MemoryCredentials};
 use mesh_core::translate::ProxyIdentity;
 use mesh_xds::ca::authn::{Authenticator, BootstrapTokens};
 use mesh_xds::ca::authority::{CertificateAuthority, Lifetimes};
@@ -21,7 +22,7 @@ use mesh_xds::cache::{Snapshot, SnapshotCache};
 use mesh_xds::generator::Generator;
 use mesh_xds::node::{self, node_for};
 use mesh_xds::resources::SECRET;
-use mesh_xds::sds::{SecretIssuer, ROOT_SECRET, WORKLOAD_SECRET};
+use mesh_xds::sds::{SecretIssuer, SecretRef, ROOT_SECRET, WORKLOAD_SECRET};
 use mesh_xds::server::{AdsServer, AdsStats, StreamSecurity};
 use mesh_xds::status::SyncStatus;
 use prost::Message;
@@ -47,8 +48,13 @@ async fn serve() -> Running {
     let cache = Arc::new(SnapshotCache::new());
     // The node's (empty) config is there; secrets are added per stream.
     let node = node::NodeInfo { has_certificate: true, ..node::parse(Some(&node_for(&reviews("default")))).unwrap() };
-    cache.set(&node.key(), Snapshot::default());
-    let security = StreamSecurity { authenticators, secrets: SecretIssuer::new(ca.clone(), Duration::from_secs(3600)) };
+    let credentials = [SecretRef::Certificate("web".into()), SecretRef::Roots("web".into())];
+    cache.set(&node.key(), Snapshot { credentials: Arc::new(credentials.into()), ..Snapshot::default() });
+    let security = StreamSecurity {
+        authenticators,
+        secrets: SecretIssuer::new(ca.clone(), Duration::from_secs(3600)),
+        credentials: Some(gateway_credentials()),
+    };
     let ads = AdsServer::new(Generator::new(cache), Arc::new(SyncStatus::default())).with_security(security);
     let stats = ads.stats().clone();
     let tls = tls_config(ca.clone(), vec![SERVER_NAME.into()]).unwrap();
@@ -58,15 +64,33 @@ async fn serve() -> Running {
     Running { addr, root_pem: ca.root_pem().to_string(), stats, _dir: dir }
 }
 
+/// `web` in namespaces default and payments, and `other` in default.
+fn gateway_credentials() -> Arc<MemoryCredentials> {
+    let source = MemoryCredentials::default();
+    for (namespace, name) in [("default", "web"), ("payments", "web"), ("default", "other")] {
+        let credential = Credential {
+            certificate_chain: format!("{namespace}/{name} chain"),
+            private_key: format!("{namespace}/{name} key"),
+            ca_certificates: Some(format!("{namespace}/{name} ca")),
+        };
+        source.put(namespace, name, credential);
+    }
+    Arc::new(source)
+}
+
 fn reviews(namespace: &str) -> ProxyIdentity {
     ProxyIdentity::sidecar("reviews-v1", namespace, Default::default())
 }
 
 fn secrets_request(namespace: &str) -> Bytes {
+    named_secrets_request(namespace, &[WORKLOAD_SECRET, ROOT_SECRET])
+}
+
+fn named_secrets_request(namespace: &str, names: &[&str]) -> Bytes {
     let request = DiscoveryRequest {
         node: Some(node_for(&reviews(namespace))),
         type_url: SECRET.into(),
-        resource_names: vec![WORKLOAD_SECRET.into(), ROOT_SECRET.into()],
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
         ..Default::default()
     };
     framed(&request.encode_to_vec(), None)
@@ -179,4 +203,31 @@ async fn a_proven_stream_gets_its_secrets_and_bad_streams_are_refused_and_counte
     // The server serves on.
     let (responses, code) = call(&running, Some(TOKEN), secrets_request("default")).await;
     assert_eq!((code, responses.len()), (0, 1));
+}
+
+/// Gateway credentials: those the node's config refers to, from the
+/// namespace it proved; never another credential, or another namespace's.
+#[tokio::test]
+async fn credentials_of_the_proven_namespace_only_and_only_those_referred_to() {
+    let running = serve().await;
+    let asked = ["kubernetes://web", "kubernetes://web-cacert", "kubernetes://other", WORKLOAD_SECRET];
+    let (responses, code) = call(&running, Some(TOKEN), named_secrets_request("default", &asked)).await;
+    assert_eq!(code, 0);
+    let secrets: Vec<Secret> =
+        responses[0].resources.iter().map(|any| Secret::decode(any.value.as_slice()).unwrap()).collect();
+    let names: Vec<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, [WORKLOAD_SECRET, "kubernetes://web", "kubernetes://web-cacert"], "`other` is not referred to");
+    let pem = |s: &Secret| match &s.r#type {
+        Some(secret::Type::TlsCertificate(t)) => t.certificate_chain.clone(),
+        Some(secret::Type::ValidationContext(v)) => v.trusted_ca.clone(),
+        _ => None,
+    };
+    let text = |s: &Secret| match pem(s).and_then(|d| d.specifier) {
+        Some(envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineBytes(b)) => {
+            String::from_utf8(b).unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(text(&secrets[1]), "default/web chain", "the proven namespace's credential, not payments'");
+    assert_eq!(text(&secrets[2]), "default/web ca");
 }

@@ -37,6 +37,8 @@ pub struct Translated {
     pub resources: ResourceSet,
     /// Each thing left out or narrowed, naming the resource and why.
     pub unsupported: Vec<String>,
+    /// The credentials the resources refer to over SDS.
+    pub credentials: std::collections::BTreeSet<crate::sds::SecretRef>,
 }
 
 /// All resources of one proxy's config, by type. `has_certificate`: the
@@ -88,7 +90,7 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor, has_certificate: bool) -> Tr
     if flavor == Flavor::ProxylessGrpc && !cfg.local_rate_limits.is_empty() {
         unsupported.push(format!("{} local rate limits: not sent to proxyless gRPC", cfg.local_rate_limits.len()));
     }
-    Translated { resources: set, unsupported }
+    Translated { resources: set, unsupported, credentials: tls::credential_refs(cfg) }
 }
 
 /// One EDS resource: what an endpoint-only change re-encodes.

@@ -12,10 +12,13 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     TlsCertificate, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
+use std::collections::BTreeSet;
+
 use mesh_core::mtls::ISTIO_MUTUAL;
 use mesh_core::proxy_config::{ServerTls, UpstreamTls};
+use mesh_core::ProxyConfig;
 
-use crate::sds::{ROOT_SECRET, WORKLOAD_SECRET};
+use crate::sds::{SecretRef, ROOT_SECRET, WORKLOAD_SECRET};
 
 use super::{ads, any, boolean, file};
 
@@ -35,6 +38,8 @@ pub(super) fn upstream(tls: &UpstreamTls) -> Option<TransportSocket> {
     let common = if tls.mode == ISTIO_MUTUAL {
         let names = tls.subject_alt_names.iter().map(|san| san_matcher(SAN_URI, MatchPattern::Exact(san.clone())));
         mesh_context(names.collect(), tls.alpn.clone(), tls.insecure_skip_verify)
+    } else if let Some(name) = &tls.credential_name {
+        credential_client_context(tls, name)
     } else {
         file_client_context(tls)
     };
@@ -116,16 +121,43 @@ fn file_client_context(tls: &UpstreamTls) -> CommonTlsContext {
     }
 }
 
+/// SIMPLE and MUTUAL origination with a `credentialName` over SDS, as
+/// Istio builds it: the server is checked against the credential's CA
+/// (`kubernetes://NAME-cacert`), and MUTUAL presents its certificate.
+fn credential_client_context(tls: &UpstreamTls, name: &str) -> CommonTlsContext {
+    let validation = (!tls.insecure_skip_verify).then(|| {
+        let names = tls.subject_alt_names.iter().map(|san| san_matcher(SAN_DNS, MatchPattern::Exact(san.clone())));
+        ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+            default_validation_context: Some(CertificateValidationContext {
+                match_typed_subject_alt_names: names.collect(),
+                ..Default::default()
+            }),
+            validation_context_sds_secret_config: Some(sds(&SecretRef::Roots(name.to_string()).sds_name())),
+            ..Default::default()
+        })
+    });
+    let certificates = match tls.mode.as_str() {
+        "MUTUAL" => vec![sds(&SecretRef::Certificate(name.to_string()).sds_name())],
+        _ => Vec::new(),
+    };
+    CommonTlsContext {
+        tls_certificate_sds_secret_configs: certificates,
+        validation_context_type: validation,
+        alpn_protocols: tls.alpn.clone(),
+        ..Default::default()
+    }
+}
+
 /// A gateway server's certificate: its `credentialName` over SDS (and, for
 /// MUTUAL, the client CA as `kubernetes://NAME-cacert`, as Istio names
 /// it), or files.
 fn file_or_credential_server_context(tls: &ServerTls, mutual: bool) -> Option<CommonTlsContext> {
     let mut common = CommonTlsContext { alpn_protocols: tls.alpn.clone(), ..Default::default() };
     if let Some(name) = &tls.credential_name {
-        common.tls_certificate_sds_secret_configs = vec![sds(&format!("kubernetes://{name}"))];
+        common.tls_certificate_sds_secret_configs = vec![sds(&SecretRef::Certificate(name.clone()).sds_name())];
         if mutual {
             common.validation_context_type = Some(ValidationContextType::ValidationContextSdsSecretConfig(sds(
-                &format!("kubernetes://{name}-cacert"),
+                &SecretRef::Roots(name.clone()).sds_name(),
             )));
         }
         return Some(common);
@@ -139,6 +171,33 @@ fn file_or_credential_server_context(tls: &ServerTls, mutual: bool) -> Option<Co
         }));
     }
     Some(common)
+}
+
+/// The credentials `cfg`'s resources refer to over SDS, as the two
+/// functions above name them.
+pub(super) fn credential_refs(cfg: &ProxyConfig) -> BTreeSet<SecretRef> {
+    let mut refs = BTreeSet::new();
+    let servers = cfg.listeners.iter().flat_map(|l| &l.filter_chains).filter_map(|c| c.tls.as_ref());
+    for tls in servers.filter(|t| t.mode == "SIMPLE" || t.mode == "MUTUAL") {
+        if let Some(name) = &tls.credential_name {
+            refs.insert(SecretRef::Certificate(name.clone()));
+            if tls.mode == "MUTUAL" {
+                refs.insert(SecretRef::Roots(name.clone()));
+            }
+        }
+    }
+    let origination = cfg.clusters.iter().filter_map(|c| c.tls.as_ref());
+    for tls in origination.filter(|t| t.mode == "SIMPLE" || t.mode == "MUTUAL") {
+        if let Some(name) = &tls.credential_name {
+            if !tls.insecure_skip_verify {
+                refs.insert(SecretRef::Roots(name.clone()));
+            }
+            if tls.mode == "MUTUAL" {
+                refs.insert(SecretRef::Certificate(name.clone()));
+            }
+        }
+    }
+    refs
 }
 
 fn certificate(chain: Option<DataSource>, key: Option<DataSource>) -> TlsCertificate {

@@ -87,6 +87,7 @@ pub(super) fn upstream(ctx: UpstreamTlsContext, auto: bool) -> Result<UpstreamTl
         ca_certificates: v.and_then(|v| file(v.trusted_ca.as_ref())),
         client_certificate: None,
         private_key: None,
+        credential_name: None,
         sni,
         subject_alt_names: exact_names,
         insecure_skip_verify: v.is_none() && !mesh_roots,

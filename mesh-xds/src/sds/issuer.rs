@@ -1,32 +1,22 @@
-//! SDS: the secrets a node is sent over ADS, named as Istio's agent names
-//! them for Envoy: `default` (the workload certificate and its key) and
-//! `ROOTCA` (the roots peers must chain to).
-//!
-//! Secrets are issued by the CA for the identity a stream proved
-//! ([`crate::server`] authenticates it), never for what the node claims.
-//! The streams of one identity share one certificate; it is issued again
-//! at half its life and pushed to every such stream. Secrets are not part
-//! of the per-key [`crate::cache`]: keys are shared across identities.
+//! The workload certificates of the identities that have streams: issued
+//! by the CA for the identity a stream proved ([`crate::server`]
+//! authenticates it), never for what the node claims. The streams of one
+//! identity share one certificate; it is issued again at half its life
+//! and pushed to every such stream. Secrets are not part of the per-key
+//! [`crate::cache`]: keys are shared across identities.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    secret::Type as SecretType, CertificateValidationContext, Secret, TlsCertificate,
-};
 use mesh_core::certificate::WorkloadCertificate;
 use mesh_core::identity::SpiffeId;
 use tokio::sync::watch;
 
 use crate::ca::authority::{CertificateAuthority, SignError};
-use crate::resources::{Resource, TypeMap};
+use crate::resources::TypeMap;
 
-/// The workload certificate and key, as Istio names it.
-pub const WORKLOAD_SECRET: &str = "default";
-/// The trust bundle, as Istio names it.
-pub const ROOT_SECRET: &str = "ROOTCA";
+use super::{certificate_secret, roots_secret, ROOT_SECRET, WORKLOAD_SECRET};
 
 /// A failed issuance is tried again after this long.
 const RETRY: Duration = Duration::from_secs(5);
@@ -113,31 +103,17 @@ impl SecretIssuer {
 
 /// `default` and `ROOTCA` as SDS resources, the PEM inline.
 pub fn secret_resources(cert: &WorkloadCertificate) -> TypeMap {
-    let inline = |pem: &str| {
-        Some(DataSource { specifier: Some(Specifier::InlineBytes(pem.as_bytes().to_vec())), ..Default::default() })
-    };
-    let workload = Secret {
-        name: WORKLOAD_SECRET.into(),
-        r#type: Some(SecretType::TlsCertificate(TlsCertificate {
-            certificate_chain: inline(&cert.chain_pem),
-            private_key: inline(&cert.key_pem),
-            ..Default::default()
-        })),
-    };
-    let roots = Secret {
-        name: ROOT_SECRET.into(),
-        r#type: Some(SecretType::ValidationContext(CertificateValidationContext {
-            trusted_ca: inline(&cert.roots_pem),
-            ..Default::default()
-        })),
-    };
-    [workload, roots].into_iter().map(|s| (s.name.clone(), Arc::new(Resource::new(s.name.clone(), &s)))).collect()
+    [certificate_secret(WORKLOAD_SECRET, &cert.chain_pem, &cert.key_pem), roots_secret(ROOT_SECRET, &cert.roots_pem)]
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ca::authority::Lifetimes;
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret::Type as SecretType, Secret};
     use prost::Message;
 
     fn issuer(ttl: Duration) -> (tempfile::TempDir, Arc<SecretIssuer>) {
