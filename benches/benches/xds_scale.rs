@@ -73,7 +73,8 @@ fn server() {
             unsafe { libmimalloc_sys::mi_collect(true) }
         });
         let cache = Arc::new(mesh_xds::cache::SnapshotCache::new());
-        let generator = mesh_xds::generator::Generator::with_after_translation(cache, Some(hook));
+        let options = mesh_xds::generator::GeneratorOptions { after_translation: Some(hook), ..Default::default() };
+        let generator = mesh_xds::generator::Generator::with_options(cache, options);
         let debounce = Debounce { quiet: DEBOUNCE, max: Duration::from_millis(100) };
         tokio::spawn(generator.clone().run(mesh::watch(store.as_ref(), registry.as_ref(), debounce)));
         generator.ready().await;

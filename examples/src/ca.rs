@@ -30,9 +30,6 @@ pub struct CaArgs {
     /// The names of the CA's own certificate, which clients check.
     #[arg(long, value_delimiter = ',', default_value = "istiod.istio-system.svc")]
     pub ca_dns_names: Vec<String>,
-    /// The mesh's trust domain.
-    #[arg(long, default_value = "cluster.local")]
-    pub trust_domain: String,
     /// Workload certificates live this long unless asked for less
     /// (Istio's DEFAULT_WORKLOAD_CERT_TTL).
     #[arg(long, value_name = "SECONDS", default_value_t = 24 * 3600)]
@@ -79,16 +76,17 @@ impl CaArgs {
         &self,
         kube: Option<kube::Client>,
         ads: AdsServer,
+        trust_domains: TrustDomains,
     ) -> Result<Option<Arc<CaStats>>, Box<dyn std::error::Error>> {
         let Some(dir) = &self.ca_dir else { return Ok(None) };
         let ttl = Duration::from_secs(self.workload_cert_ttl);
         let lifetimes = Lifetimes { default: ttl, ..Lifetimes::default() };
-        let ca = Arc::new(CertificateAuthority::load_or_create(dir, &self.trust_domain, lifetimes)?);
+        let ca = Arc::new(CertificateAuthority::load_or_create(dir, &trust_domains.own, lifetimes)?);
         let credentials: Option<Arc<dyn mesh_core::credentials::CredentialSource>> = match &kube {
             Some(client) => Some(crate::secret_credentials(client.clone()).await),
             None => None,
         };
-        let authenticators: Arc<[Arc<dyn Authenticator>]> = self.authenticators(kube)?.into();
+        let authenticators: Arc<[Arc<dyn Authenticator>]> = self.authenticators(kube, trust_domains)?.into();
         let tls = server::tls_config(ca.clone(), self.ca_dns_names.clone())?;
         let listener = tokio::net::TcpListener::bind(self.ca_listen).await?;
         tracing::info!(ca = %listener.local_addr()?, root = %dir.join("root-cert.pem").display(), "CA and secure xDS serving");
@@ -111,7 +109,11 @@ impl CaArgs {
 
     /// Bootstrap tokens, then Kubernetes tokens, then the caller's own
     /// certificate: the first that accepts wins.
-    fn authenticators(&self, kube: Option<kube::Client>) -> Result<Vec<Arc<dyn Authenticator>>, String> {
+    fn authenticators(
+        &self,
+        kube: Option<kube::Client>,
+        trust_domains: TrustDomains,
+    ) -> Result<Vec<Arc<dyn Authenticator>>, String> {
         let mut authenticators: Vec<Arc<dyn Authenticator>> = Vec::new();
         if let Some(path) = &self.bootstrap_tokens {
             authenticators.push(Arc::new(BootstrapTokens::from_file(path)?));
@@ -121,10 +123,9 @@ impl CaArgs {
             authenticators.push(Arc::new(KubernetesTokens {
                 client,
                 audiences,
-                trust_domain: self.trust_domain.clone(),
+                trust_domain: trust_domains.own.clone(),
             }));
         }
-        let trust_domains = TrustDomains { own: self.trust_domain.clone(), aliases: Vec::new() };
         authenticators.push(Arc::new(ClientCertificate { trust_domains }));
         Ok(authenticators)
     }

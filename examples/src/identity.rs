@@ -10,6 +10,14 @@ use mesh_core::mesh_config::MeshConfig;
 use mesh_proxy::mtls::{files, WorkloadIdentity};
 use mesh_xds::ca::client::{CaClientOptions, Proof};
 
+/// A MeshConfig file's settings (`mesh` of Istio's `istio` ConfigMap), or
+/// Istio's defaults without one.
+pub fn load_mesh_config(path: Option<&std::path::Path>) -> Result<MeshConfig, String> {
+    let Some(path) = path else { return Ok(MeshConfig::default()) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    MeshConfig::from_yaml(&path.display().to_string(), &text)
+}
+
 #[derive(clap::Args, Debug, Default)]
 pub struct IdentityArgs {
     /// Istio's MeshConfig (the `mesh` key of the `istio` ConfigMap):
@@ -44,9 +52,7 @@ pub struct IdentityArgs {
 impl IdentityArgs {
     /// The MeshConfig file's settings, or Istio's defaults.
     pub fn mesh_config(&self) -> Result<MeshConfig, String> {
-        let Some(path) = &self.mesh_config else { return Ok(MeshConfig::default()) };
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        MeshConfig::from_yaml(&path.display().to_string(), &text)
+        load_mesh_config(self.mesh_config.as_deref())
     }
 
     /// The workload identity the options give (`None` without a CA or

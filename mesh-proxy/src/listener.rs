@@ -228,7 +228,8 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let plain = Ingress::new(config.name.clone(), config.port, peer);
+        let mut plain = Ingress::new(config.name.clone(), config.port, peer);
+        plain.outbound = config.direction == TrafficDirection::Outbound;
         let (ingress, mtls) = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
             Target::Http(ingress, mtls) => (ingress, mtls),
             Target::Tcp(clusters, mtls) => {
@@ -548,6 +549,7 @@ pub async fn serve_http_proxy(
         let _ = stream.set_nodelay(true);
         let mut ingress = Ingress::new("explicitOutbound".into(), port, peer);
         ingress.route_by_authority_port = true;
+        ingress.outbound = true;
         let Some(slot) = connections.slot() else { continue };
         let (open, draining) = connections.open();
         let connection =

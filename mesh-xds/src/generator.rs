@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, StreamExt};
 use mesh_core::mesh::{MeshSnapshot, MeshUpdate};
-use mesh_core::translate::{load_assignments, translate};
+use mesh_core::mesh_config::MeshConfig;
+use mesh_core::translate::{load_assignments, translate_with};
 use mesh_core::ProxyConfig;
 use tokio::sync::watch;
 
@@ -95,7 +96,15 @@ pub struct Generator {
     interner: Mutex<Interner>,
     building: Mutex<()>,
     translator: Translator,
-    after_translation: Option<AfterTranslation>,
+    options: GeneratorOptions,
+}
+
+/// How a generator translates.
+#[derive(Clone, Default)]
+pub struct GeneratorOptions {
+    /// Istio's MeshConfig: auto mTLS, trust domains, the root namespace.
+    pub mesh_config: Arc<MeshConfig>,
+    pub after_translation: Option<AfterTranslation>,
 }
 
 /// Called on the translating thread after each whole-mesh translation,
@@ -103,9 +112,9 @@ pub struct Generator {
 /// that memory (see `control-plane`).
 pub type AfterTranslation = Arc<dyn Fn() + Send + Sync>;
 
-/// Build one node's config and its resources.
-pub fn build(mesh: &MeshSnapshot, node: &NodeInfo) -> (ProxyConfig, Snapshot) {
-    let config = translate(mesh, &node.identity);
+/// Build one node's config and its resources under `mesh_config`.
+pub fn build(mesh: &MeshSnapshot, node: &NodeInfo, mesh_config: &MeshConfig) -> (ProxyConfig, Snapshot) {
+    let config = translate_with(mesh, &node.identity, mesh_config);
     let translated = envoy::resources(&config, node.flavor, node.has_certificate);
     let snapshot = Snapshot {
         config_version: config.version.clone(),
@@ -119,10 +128,10 @@ pub fn build(mesh: &MeshSnapshot, node: &NodeInfo) -> (ProxyConfig, Snapshot) {
 
 impl Generator {
     pub fn new(cache: Arc<SnapshotCache>) -> Arc<Generator> {
-        Generator::with_after_translation(cache, None)
+        Generator::with_options(cache, GeneratorOptions::default())
     }
 
-    pub fn with_after_translation(cache: Arc<SnapshotCache>, hook: Option<AfterTranslation>) -> Arc<Generator> {
+    pub fn with_options(cache: Arc<SnapshotCache>, options: GeneratorOptions) -> Arc<Generator> {
         Arc::new(Generator {
             cache,
             mesh: watch::channel(None).0,
@@ -130,8 +139,13 @@ impl Generator {
             interner: Mutex::default(),
             building: Mutex::default(),
             translator: Translator::start(),
-            after_translation: hook,
+            options,
         })
+    }
+
+    /// The MeshConfig this generator translates under.
+    pub fn mesh_config(&self) -> &MeshConfig {
+        &self.options.mesh_config
     }
 
     pub fn cache(&self) -> &Arc<SnapshotCache> {
@@ -207,7 +221,7 @@ impl Generator {
     fn rebuild(&self, mesh: &MeshSnapshot, node: &NodeInfo) {
         let _one_at_a_time = lock(&self.building);
         let key = node.key();
-        let (_, built) = build(mesh, node);
+        let (_, built) = build(mesh, node, &self.options.mesh_config);
         let mut next = Snapshot { resources: lock(&self.interner).intern_set(built.resources), ..built };
         let previous = self.cache.get(&key);
         for item in next.unsupported.iter() {
@@ -219,7 +233,7 @@ impl Generator {
             share_unchanged(&previous, &mut next);
         }
         self.cache.set(&key, next);
-        if let Some(hook) = &self.after_translation {
+        if let Some(hook) = &self.options.after_translation {
             hook();
         }
     }

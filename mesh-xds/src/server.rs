@@ -310,7 +310,7 @@ impl AdsServer {
         let mut protocol = P::default();
         let mut next = Some(first);
         let mut told_no_secrets = false;
-        'stream: loop {
+        let why: &str = 'stream: loop {
             let out: Vec<P::Resp> = if let Some(req) = next.take() {
                 if P::type_url(&req) == SECRET && secrets.is_none() && !told_no_secrets {
                     told_no_secrets = true;
@@ -341,12 +341,12 @@ impl AdsServer {
                             self.stats.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(node = %node.id, code = e.code, message = %e.message, "xDS stream cut");
                             let _ = tx.send(Box::new(Err(e))).await;
-                            break;
+                            break 'stream "a bad message";
                         }
-                        None => break,
+                        None => break 'stream "the client ended it",
                     },
                     changed = snapshots.changed() => {
-                        if changed.is_err() { break; }
+                        if changed.is_err() { break 'stream "its config source went away"; }
                         let snapshot = snapshots.borrow_and_update().clone();
                         match with_secrets(&node.id, snapshot, secrets.as_mut()) {
                             Some(s) => {
@@ -357,7 +357,7 @@ impl AdsServer {
                         }
                     }
                     renewed = renewed => {
-                        if !renewed { break; }
+                        if !renewed { break 'stream "its secrets can no longer be renewed"; }
                         match with_secrets(&node.id, snapshots.borrow().clone(), secrets.as_mut()) {
                             Some(s) => protocol.on_snapshot(&s),
                             None => continue,
@@ -368,12 +368,12 @@ impl AdsServer {
             for resp in out {
                 let type_url = P::resp_type(&resp).to_string();
                 if tx.send(Box::new(Ok(P::encode(resp)))).await.is_err() {
-                    break 'stream;
+                    break 'stream "the client is gone";
                 }
                 self.record(id, &protocol, &type_url);
             }
-        }
-        tracing::info!(node = %node.id, "xDS stream closed");
+        };
+        tracing::info!(node = %node.id, why, "xDS stream closed");
         self.status.disconnect(id);
         self.generator.detach(&node);
     }

@@ -56,7 +56,7 @@ fn snapshot(identity: &ProxyIdentity, address: &str) -> Snapshot {
     registry.upsert(Service::http("other.default.svc.cluster.local", "default", 80), vec![Endpoint::new("10.9.9.9")]);
     let mesh = MeshSnapshot { config: store.snapshot(), services: registry.snapshot() };
     let info = node::parse(Some(&node_for(identity))).unwrap();
-    build(&mesh, &info).1
+    build(&mesh, &info, &Default::default()).1
 }
 
 /// An ADS server on its own runtime, so dropping it closes every stream.

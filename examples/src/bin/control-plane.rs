@@ -33,7 +33,7 @@ use hyper::{Request, Response, StatusCode};
 use mesh_core::mesh::{self, Debounce};
 use mesh_xds::ca::server::CaStats;
 use mesh_xds::cache::SnapshotCache;
-use mesh_xds::generator::Generator;
+use mesh_xds::generator::{Generator, GeneratorOptions};
 use mesh_xds::server::{AdsServer, AdsStats};
 use mesh_xds::status::SyncStatus;
 
@@ -60,6 +60,11 @@ struct Args {
     /// ...or at the latest this long after the first (milliseconds).
     #[arg(long, default_value_t = 1000)]
     debounce_max_ms: u64,
+    /// Istio's MeshConfig (the `mesh` key of the `istio` ConfigMap):
+    /// `enableAutoMtls`, `trustDomain` (also the CA's), `trustDomainAliases`,
+    /// `rootNamespace`. Istio's defaults without it.
+    #[arg(long, value_name = "FILE")]
+    mesh_config: Option<std::path::PathBuf>,
     #[command(flatten)]
     ca: examples::ca::CaArgs,
 }
@@ -72,8 +77,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A whole-mesh translation frees tens of megabytes on the translation
     // thread; mimalloc keeps them in that thread's heap unless told
     // (`benches/xds_scale.rs`: 1,000 clients, peak 255 MB to 200 MB).
-    let generator =
-        Generator::with_after_translation(Arc::new(SnapshotCache::new()), Some(examples::give_back_memory()));
+    let mesh_config = Arc::new(examples::identity::load_mesh_config(args.mesh_config.as_deref())?);
+    let options =
+        GeneratorOptions { mesh_config: mesh_config.clone(), after_translation: Some(examples::give_back_memory()) };
+    let generator = Generator::with_options(Arc::new(SnapshotCache::new()), options);
     let debounce =
         Debounce { quiet: Duration::from_millis(args.debounce_ms), max: Duration::from_millis(args.debounce_max_ms) };
     let (run_sources, run_generator) = (sources.clone(), generator.clone());
@@ -85,7 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let status = Arc::new(SyncStatus::default());
     let ads = AdsServer::new(generator.clone(), status.clone());
-    let ca = args.ca.start(sources.kube_client.clone(), ads.clone()).await?;
+    let ca = args.ca.start(sources.kube_client.clone(), ads.clone(), mesh_config.trust_domains()).await?;
 
     let xds = tokio::net::TcpListener::bind(args.xds_listen).await?;
     let debug_listener = tokio::net::TcpListener::bind(args.debug).await?;

@@ -15,6 +15,7 @@ pub use mesh_testkit::process::example_server as fake_server;
 pub use mesh_testkit::{free_port, wait_until, Proc};
 
 pub mod kube;
+pub mod netns;
 pub mod secure;
 
 /// Start `demo-backend`; returns it and its port.

@@ -1,5 +1,6 @@
 //! Authorize: the AuthorizationPolicies that apply to this proxy (Envoy's
-//! RBAC filter), on the normalized path.
+//! RBAC filter), on the normalized path; on inbound and gateway traffic,
+//! never on a sidecar's outbound (Istio puts RBAC on inbound chains only).
 
 use http::StatusCode;
 use mesh_core::authz::{AuthzRequest, Decision};
@@ -12,7 +13,7 @@ use crate::response_flags::Flag;
 impl Exchange<'_> {
     pub(super) fn authorize(&mut self) -> Result<(), Answer> {
         let authorizer = &self.live.authorizer;
-        if authorizer.is_empty() {
+        if authorizer.is_empty() || self.ingress.outbound {
             return Ok(());
         }
         let decision = authorizer.evaluate(&AuthzRequest {

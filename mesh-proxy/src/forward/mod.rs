@@ -79,6 +79,9 @@ pub struct Ingress {
     pub route_by_authority_port: bool,
     /// The verified peer of an inbound mTLS connection.
     pub peer_identity: Option<Arc<crate::mtls::peer::PeerIdentity>>,
+    /// A sidecar's outbound traffic: the workload's AuthorizationPolicies
+    /// guard what comes in to it, not what it sends.
+    pub outbound: bool,
     /// `peer`'s address as an `x-forwarded-for` entry: written once per
     /// connection, not once per request.
     peer_entry: HeaderValue,
@@ -100,6 +103,7 @@ impl Ingress {
             scheme: "http",
             route_by_authority_port: false,
             peer_identity: None,
+            outbound: false,
             peer_entry,
         }
     }

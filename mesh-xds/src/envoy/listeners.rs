@@ -70,7 +70,13 @@ pub(super) fn listener(l: &Listener, cfg: &ProxyConfig, unsupported: &mut Vec<St
         address: Some(socket_address(&l.address, l.port)),
         filter_chains: chains,
         listener_filters,
-        use_original_dst: l.use_original_dst.then(|| boolean(true)).flatten(),
+        // Hand-off to the listener of the original destination is for
+        // outbound only, as Istio builds it: virtualInbound picks its chain
+        // by the original port, and handing off would send inbound
+        // connections to the outbound listener of the same port.
+        use_original_dst: (l.use_original_dst && l.direction == TrafficDirection::Outbound)
+            .then(|| boolean(true))
+            .flatten(),
         bind_to_port: (!l.bind_to_port).then(|| boolean(false)).flatten(),
         traffic_direction: match l.direction {
             TrafficDirection::Inbound => EnvoyDirection::Inbound,

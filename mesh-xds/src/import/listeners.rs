@@ -45,11 +45,16 @@ pub fn listener(l: &EnvoyListener, kind: ProxyKind) -> Result<Listener, ImportEr
         address,
         port,
         direction,
-        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        // Istio's virtualInbound reads the original destination with the
+        // listener filter alone; virtualOutbound also hands connections on.
+        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value)
+            || l.listener_filters.iter().any(|f| f.name == ORIGINAL_DST_FILTER),
         bind_to_port: l.bind_to_port.as_ref().is_none_or(|b| b.value),
         filter_chains,
     })
 }
+
+const ORIGINAL_DST_FILTER: &str = "envoy.filters.listener.original_dst";
 
 fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChain, ImportError> {
     let err = |field: String, msg: String| ImportError::new(KIND, name, field, msg);
