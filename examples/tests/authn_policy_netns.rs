@@ -8,10 +8,11 @@
 //! with auto mTLS off, then with a `*.local` ISTIO_MUTUAL DestinationRule;
 //! an AuthorizationPolicy in foo allowing only namespace bar.
 //!
-//! Run twice: with mesh-proxy sidecars everywhere (reading the config
-//! files), and with Envoy 1.40 sidecars in foo (all over xDS, secrets over
-//! SDS) next to mesh-proxy in bar, so every pair of proxies meets under
-//! each policy: the codes must be the same.
+//! Run three times: with mesh-proxy sidecars everywhere (reading the
+//! config files), with Envoy 1.40 sidecars everywhere (all over xDS,
+//! secrets over SDS), and with Envoy in foo next to mesh-proxy in bar, so
+//! every pair of proxies meets under each policy: the codes must be the
+//! same.
 //! Needs root (`ip netns`, `iptables`, UID 1337); CI runs as root.
 
 mod common;
@@ -474,4 +475,9 @@ fn istio_authentication_policy_task_with_mesh_proxy_sidecars() {
 #[test]
 fn istio_authentication_policy_task_with_envoy_and_mesh_proxy_sidecars() {
     istio_authentication_policy_task(Sidecar::Envoy, Sidecar::MeshProxy);
+}
+
+#[test]
+fn istio_authentication_policy_task_with_envoy_sidecars() {
+    istio_authentication_policy_task(Sidecar::Envoy, Sidecar::Envoy);
 }
