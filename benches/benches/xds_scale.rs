@@ -7,10 +7,17 @@
 //! one route change to each client receiving it, and the server's RSS.
 //!
 //! ```sh
-//! cargo bench -p benches --bench xds_scale -- [--clients 1000] [--workloads 10] [--rounds 5]
+//! cargo bench -p benches --bench xds_scale -- [--clients 1000] [--workloads 10] [--rounds 5] [--secrets] [--cert-ttl 90]
 //! ```
 //! Clients are replicas of `--workloads` distinct workloads (identical
 //! replicas share one translation on the server).
+//!
+//! With `--secrets` the server runs as on istiod's secure port: gRPC over
+//! TLS, each client proving its own identity (a bootstrap token) and
+//! getting its certificate and roots over SDS at connect; the storm ends
+//! when each also has SDS. Certificates live `--cert-ttl` seconds and are
+//! renewed at half that: the bench then waits for every client's renewed
+//! certificate and reports how late it came.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -31,7 +38,7 @@ use mesh_core::mesh::{self, Debounce};
 use mesh_core::registry::MemoryRegistry;
 use mesh_core::store::MemoryConfigStore;
 use mesh_core::translate::ProxyIdentity;
-use mesh_xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use mesh_xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use prost::Message;
 
 /// As the control-plane binary: many streams' short-lived buffers on
@@ -41,6 +48,17 @@ use prost::Message;
 static ALLOCATOR: benches::alloc::Counting<mimalloc::MiMalloc> = benches::alloc::Counting::new(mimalloc::MiMalloc);
 
 const DEBOUNCE: Duration = Duration::from_millis(10);
+/// The name the server's certificate carries, as istiod's.
+const SERVER_NAME: &str = "istiod.istio-system.svc";
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// Client `i`'s identity and the token that proves it.
+fn identity_of(i: usize) -> (String, String) {
+    (format!("spiffe://cluster.local/ns/default/sa/client-{i}"), format!("token-{i}"))
+}
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -100,8 +118,16 @@ fn server() {
         }
         let ads = mesh_xds::server::AdsServer::new(generator, Arc::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        println!("port {}", listener.local_addr().expect("addr").port());
-        tokio::spawn(ads.serve(listener, std::future::pending()));
+        let port = listener.local_addr().expect("addr").port();
+        let _ca_dir = if flag("--secrets") {
+            let (dir, ads, tls) = secure(ads);
+            tokio::spawn(ads.serve_tls(listener, tls, std::future::pending()));
+            Some(dir)
+        } else {
+            tokio::spawn(ads.serve(listener, std::future::pending()));
+            None
+        };
+        println!("port {port}");
         // Changes, one per line: `endpoint N` or `route N`.
         let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
         let mut round = 0u32;
@@ -142,6 +168,31 @@ fn server() {
     });
 }
 
+/// The server as on istiod's secure port: a new CA (its root written for
+/// the clients, `root PATH` on stdout), one bootstrap token per client.
+fn secure(
+    ads: mesh_xds::server::AdsServer,
+) -> (tempfile::TempDir, mesh_xds::server::AdsServer, Arc<rustls::ServerConfig>) {
+    use mesh_xds::ca::authn::{Authenticator, BootstrapTokens};
+    use mesh_xds::ca::authority::{CertificateAuthority, Lifetimes};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ca = CertificateAuthority::load_or_create(dir.path(), "cluster.local", Lifetimes::default()).expect("a CA");
+    let ca = Arc::new(ca);
+    let tokens: String = (0..arg("--clients", 1000)).map(identity_of).map(|(id, token)| format!("{id} {token}\n")).collect();
+    let tokens: Arc<dyn Authenticator> = Arc::new(BootstrapTokens::parse(&tokens).expect("tokens"));
+    let ttl = Duration::from_secs(arg("--cert-ttl", 90) as u64);
+    let security = mesh_xds::server::StreamSecurity {
+        authenticators: vec![tokens].into(),
+        secrets: mesh_xds::sds::SecretIssuer::new(ca.clone(), ttl),
+        credentials: None,
+    };
+    let tls = mesh_xds::ca::server::tls_config(ca.clone(), vec![SERVER_NAME.into()]).expect("TLS");
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, ca.root_pem()).expect("root written");
+    println!("root {}", root.display());
+    (dir, ads.with_security(security), tls)
+}
+
 // ------------------------------------------------------------------ clients
 
 /// Per client: when it had every type (ns since the epoch), and when it
@@ -151,6 +202,11 @@ struct Stamps {
     ready: AtomicU64,
     eds: AtomicU64,
     rds: AtomicU64,
+    /// When the client started connecting, and when its first and its
+    /// renewed certificate came (`--secrets`).
+    connect: AtomicU64,
+    first_certificate: AtomicU64,
+    renewed_certificate: AtomicU64,
 }
 
 fn clients() {
@@ -169,15 +225,25 @@ fn clients() {
         }
         None => Command::new(&exe),
     };
-    let mut child = command.arg("--server").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("server");
+    let secrets = flag("--secrets");
+    let cert_ttl = arg("--cert-ttl", 90);
+    command.args(["--server", "--clients", &clients.to_string(), "--cert-ttl", &cert_ttl.to_string()]);
+    if secrets {
+        command.arg("--secrets");
+    }
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("server");
     let pid = child.id();
     let mut line = String::new();
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     // Wrappers (a profiler) may print first.
+    let mut tls = None;
     while !line.starts_with("port ") {
         line.clear();
         if out.read_line(&mut line).expect("port line") == 0 {
             panic!("the server exited before printing its port");
+        }
+        if let Some(root) = line.trim().strip_prefix("root ") {
+            tls = Some(client_tls(std::path::Path::new(root)));
         }
     }
     let port: u16 = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port");
@@ -191,9 +257,9 @@ fn clients() {
     rt.block_on(async {
         let storm = Instant::now();
         for i in 0..clients {
-            let stamps = stamps.clone();
+            let (stamps, tls) = (stamps.clone(), tls.clone());
             tokio::spawn(async move {
-                if let Err(e) = client(port, i, workloads, &stamps[i], epoch).await {
+                if let Err(e) = client(port, i, workloads, &stamps[i], epoch, tls).await {
                     eprintln!("client {i}: {e}");
                 }
             });
@@ -201,7 +267,8 @@ fn clients() {
         wait_all(&stamps, |s| &s.ready, Duration::from_secs(120), "connect storm").await;
         let served = stamps.iter().map(|s| s.ready.load(Ordering::Relaxed)).max().unwrap_or(0);
         let storm_s = (Duration::from_nanos(served) - storm.duration_since(epoch)).as_secs_f64();
-        println!("connect storm: {clients} clients ({workloads} workloads) fully served in {storm_s:.2} s");
+        let with = if secrets { ", each with its own certificate over SDS" } else { "" };
+        println!("connect storm: {clients} clients ({workloads} workloads{with}) fully served in {storm_s:.2} s");
         let (heap, heap_peak) = live_heap(&mut commands, &mut out);
         println!("server RSS (live heap), MB: idle {idle_rss:.1} ({idle_heap:.1}), after the storm {:.1} ({heap:.1}), peak {:.1} ({heap_peak:.1})", rss(pid, "VmRSS"), rss(pid, "VmHWM"));
 
@@ -231,6 +298,11 @@ fn clients() {
         }
         let (heap, heap_peak) = live_heap(&mut commands, &mut out);
         println!("server RSS (live heap), MB: after the changes {:.1} ({heap:.1}), peak {:.1} ({heap_peak:.1} during the changes)", rss(pid, "VmRSS"), rss(pid, "VmHWM"));
+        if secrets {
+            rotation(&stamps, Duration::from_secs(cert_ttl as u64)).await;
+            let (heap, heap_peak) = live_heap(&mut commands, &mut out);
+            println!("server RSS (live heap), MB: after the rotation {:.1} ({heap:.1}), peak {:.1} ({heap_peak:.1} during it)", rss(pid, "VmRSS"), rss(pid, "VmHWM"));
+        }
     });
     if wrap.is_empty() {
         let _ = child.kill();
@@ -238,6 +310,29 @@ fn clients() {
         let _ = writeln!(commands, "exit");
     }
     let _ = child.wait();
+}
+
+/// Waits for every client's renewed certificate and reports how late it
+/// came after its renewal time (half the lifetime after the client started
+/// connecting: an upper bound, as the certificate was issued later).
+async fn rotation(stamps: &[Stamps], ttl: Duration) {
+    wait_all(stamps, |s| &s.renewed_certificate, ttl + Duration::from_secs(60), "certificate rotation").await;
+    let at = |f: &AtomicU64| f.load(Ordering::Relaxed) as f64 / 1e9;
+    let mut late: Vec<f64> = stamps
+        .iter()
+        .map(|s| (at(&s.renewed_certificate) - at(&s.connect) - ttl.as_secs_f64() / 2.0).max(0.0))
+        .collect();
+    late.sort_by(f64::total_cmp);
+    let first = stamps.iter().map(|s| at(&s.renewed_certificate)).fold(f64::MAX, f64::min);
+    let last = stamps.iter().map(|s| at(&s.renewed_certificate)).fold(0.0, f64::max);
+    println!(
+        "certificate rotation: {} renewed certificates pushed over {:.2} s; each after its renewal time (s): p50 {:.2}, p99 {:.2}, max {:.2}",
+        stamps.len(),
+        last - first,
+        late[late.len() / 2],
+        late[(late.len() * 99 / 100).min(late.len() - 1)],
+        late.last().copied().unwrap_or(0.0)
+    );
 }
 
 /// EDS (0) or RDS (1) arrival.
@@ -298,9 +393,16 @@ async fn client(
     workloads: usize,
     stamps: &Stamps,
     epoch: Instant,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let now = || epoch.elapsed().as_nanos() as u64;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await?;
+    stamps.connect.store(now(), Ordering::Relaxed);
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?;
+    let secure = tls.is_some();
+    let channel = match tls {
+        Some(config) => endpoint.connect_with_connector(TlsConnector { config, port }).await?,
+        None => endpoint.connect().await?,
+    };
     let mut ads = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
     let identity = ProxyIdentity::sidecar(
         &format!("client-{}", i % workloads),
@@ -318,10 +420,20 @@ async fn client(
     };
     tx.send(DiscoveryRequest { node: Some(node), ..req(CLUSTER, vec![], String::new(), String::new()) }).await?;
     tx.send(req(LISTENER, vec![], String::new(), String::new())).await?;
-    let mut responses =
-        ads.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
     let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    if secure {
+        let secrets = vec![mesh_xds::sds::WORKLOAD_SECRET.to_string(), mesh_xds::sds::ROOT_SECRET.to_string()];
+        names.insert(SECRET.into(), secrets.clone());
+        tx.send(req(SECRET, secrets, String::new(), String::new())).await?;
+    }
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if secure {
+        let bearer = format!("Bearer {}", identity_of(i).1);
+        request.metadata_mut().insert("authorization", bearer.parse()?);
+    }
+    let mut responses = ads.stream_aggregated_resources(request).await?.into_inner();
     let mut seen = std::collections::BTreeSet::new();
+    let types = if secure { 5 } else { 4 };
     while let Some(resp) = responses.message().await? {
         match resp.type_url.as_str() {
             CLUSTER => {
@@ -362,14 +474,66 @@ async fn client(
             }
             ENDPOINT => stamps.eds.store(now(), Ordering::Relaxed),
             ROUTE => stamps.rds.store(now(), Ordering::Relaxed),
+            SECRET if stamps.first_certificate.load(Ordering::Relaxed) == 0 => {
+                stamps.first_certificate.store(now(), Ordering::Relaxed)
+            }
+            SECRET if stamps.renewed_certificate.load(Ordering::Relaxed) == 0 => {
+                stamps.renewed_certificate.store(now(), Ordering::Relaxed)
+            }
             _ => {}
         }
         seen.insert(resp.type_url.clone());
-        if seen.len() == 4 && stamps.ready.load(Ordering::Relaxed) == 0 {
+        if seen.len() == types && stamps.ready.load(Ordering::Relaxed) == 0 {
             stamps.ready.store(now(), Ordering::Relaxed);
         }
         let names = names.get(&resp.type_url).cloned().unwrap_or_default();
         tx.send(req(&resp.type_url, names, resp.version_info, resp.nonce)).await?;
     }
     Ok(())
+}
+
+/// The clients' TLS: the server checked against the CA's root, h2.
+fn client_tls(root: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(root).expect("the root") {
+        roots.add(cert.expect("a root certificate")).expect("a usable root");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// Connects tonic's channel over TLS to the server's port.
+#[derive(Clone)]
+struct TlsConnector {
+    config: Arc<rustls::ClientConfig>,
+    port: u16,
+}
+
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = TlsIo;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<TlsIo, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let (config, port) = (self.config.clone(), self.port);
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
 }
