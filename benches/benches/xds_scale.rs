@@ -178,7 +178,8 @@ fn secure(
     let dir = tempfile::tempdir().expect("a temp dir");
     let ca = CertificateAuthority::load_or_create(dir.path(), "cluster.local", Lifetimes::default()).expect("a CA");
     let ca = Arc::new(ca);
-    let tokens: String = (0..arg("--clients", 1000)).map(identity_of).map(|(id, token)| format!("{id} {token}\n")).collect();
+    let tokens: String =
+        (0..arg("--clients", 1000)).map(identity_of).map(|(id, token)| format!("{id} {token}\n")).collect();
     let tokens: Arc<dyn Authenticator> = Arc::new(BootstrapTokens::parse(&tokens).expect("tokens"));
     let ttl = Duration::from_secs(arg("--cert-ttl", 90) as u64);
     let security = mesh_xds::server::StreamSecurity {
@@ -499,11 +500,12 @@ fn client_tls(root: &std::path::Path) -> Arc<rustls::ClientConfig> {
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(root).expect("the root") {
         roots.add(cert.expect("a root certificate")).expect("a usable root");
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
 }

@@ -281,3 +281,75 @@ fn envoy_enforces_the_local_rate_limit_of_an_envoy_filter() {
     let limited = get(port, "/", &[]);
     assert_eq!((limited.status, limited.header("x-local-rate-limit")), (429, Some("true")));
 }
+
+/// Locality failover over EDS: Envoy in `us-east/a/1` sends everything to
+/// the endpoint of its own zone while it is healthy (priority 0), and to
+/// the other region's once outlier detection ejects it (with two hosts,
+/// Envoy's default 10% ejection cap would keep it: the rule lifts it).
+#[test]
+fn envoy_fails_over_by_locality_priority() {
+    let (near, near_port) = backend("near", 0);
+    let (_far, far_port) = backend("far", 0);
+    let config = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mesh = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: {port}, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {far_port}}}, locality: eu-west/a/1}}
+  - {{address: 127.0.0.1, ports: {{http: {near_port}}}, locality: us-east/a/1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: reviews.default.svc.cluster.local}}}}]}}]
+"#
+    );
+    std::fs::write(config.path().join("mesh.yaml"), mesh).unwrap();
+    let (_cp, xds, _debug) = control_plane(config.path());
+    let work = tempfile::tempdir().unwrap();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway.yaml");
+    let bootstrap = std::fs::read_to_string(sample)
+        .unwrap()
+        .replace(
+            "cluster: istio-ingressgateway\n",
+            "cluster: istio-ingressgateway\n  locality: {region: us-east, zone: a, sub_zone: '1'}\n",
+        )
+        .replace("port_value: 15000", "port_value: 0")
+        .replace("port_value: 15010", &format!("port_value: {xds}"));
+    let envoy = Envoy::start(&bootstrap, work.path());
+    wait_served(port, "/", &envoy);
+    let near_only = versions_at(port, 30, "/", &[]);
+    assert_eq!(near_only, [("near".to_string(), 30)].into(), "priority 0 (the proxy's own zone) takes everything");
+    drop(near);
+    assert!(
+        wait_until(Duration::from_secs(10), || get(port, "/", &[]).header("x-backend-version") == Some("far")),
+        "Envoy never failed over to the other region; its clusters:\n{}",
+        envoy.admin_get("/clusters").unwrap_or_default()
+    );
+    assert_eq!(versions_at(port, 10, "/", &[]), [("far".to_string(), 10)].into());
+}

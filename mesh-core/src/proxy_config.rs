@@ -405,7 +405,7 @@ pub enum HashPolicy {
     QueryParameter(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LocalityLbConfig {
     /// `distribute`: from locality pattern to destination pattern weights.
     pub distribute: Vec<(String, Vec<(String, u32)>)>,
@@ -501,6 +501,10 @@ pub struct LbEndpoint {
     /// auto mTLS sends it mTLS.
     #[serde(default)]
     pub mtls_ready: bool,
+    /// Locality failover's rank for this proxy: 0 is used first, the next
+    /// as the ones before lose health.
+    #[serde(default)]
+    pub priority: u32,
 }
 
 /// Metadata shown in config dumps about what the config was built for.

@@ -16,7 +16,7 @@ use crate::config::security::AuthorizationPolicy;
 use crate::config::{Kind, Resource, Spec};
 use crate::mesh::MeshSnapshot;
 use crate::mesh_config::MeshConfig;
-use crate::model::{labels_match, Labels, Protocol, Resolution, Service, ServicePort, ServiceState};
+use crate::model::{labels_match, Labels, Locality, Protocol, Resolution, Service, ServicePort, ServiceState};
 use crate::proxy_config::*;
 use crate::registry::RegistrySnapshot;
 use crate::resilience::retry::RetryOn;
@@ -49,15 +49,24 @@ pub struct ProxyIdentity {
     pub labels: Labels,
     /// The workload's IP, which finds the services it serves inbound.
     pub ip: Option<String>,
+    /// Where the workload runs: locality failover ranks endpoints by how
+    /// close they are to it.
+    #[serde(default)]
+    pub locality: Locality,
 }
 
 impl ProxyIdentity {
     pub fn sidecar(name: &str, namespace: &str, labels: Labels) -> ProxyIdentity {
-        ProxyIdentity { kind: ProxyKind::Sidecar, name: name.into(), namespace: namespace.into(), labels, ip: None }
+        ProxyIdentity::new(ProxyKind::Sidecar, name, namespace, labels)
     }
 
     pub fn gateway(name: &str, namespace: &str, labels: Labels) -> ProxyIdentity {
-        ProxyIdentity { kind: ProxyKind::Gateway, name: name.into(), namespace: namespace.into(), labels, ip: None }
+        ProxyIdentity::new(ProxyKind::Gateway, name, namespace, labels)
+    }
+
+    fn new(kind: ProxyKind, name: &str, namespace: &str, labels: Labels) -> ProxyIdentity {
+        let (name, namespace) = (name.into(), namespace.into());
+        ProxyIdentity { kind, name, namespace, labels, ip: None, locality: Locality::default() }
     }
 }
 
@@ -301,9 +310,11 @@ impl<'a> Translator<'a> {
                     let policy = effective_policy(base_policy, subset_policy.filter(|_| subset.is_some()), port.port);
                     let name = cluster_name("outbound", port.port, subset, &svc.hostname);
                     let tls = self.upstream_tls(state, port, subset, policy.tls.as_ref());
-                    clusters.push(build_cluster(&name, svc, port, subset, &policy, tls));
+                    let cluster = build_cluster(&name, svc, port, subset, &policy, tls);
+                    let failover = self.failover(&cluster).map(<[_]>::to_vec);
+                    clusters.push(cluster);
                     if svc.resolution != Resolution::Passthrough {
-                        let endpoints = state
+                        let mut endpoints: Vec<LbEndpoint> = state
                             .endpoints
                             .iter()
                             .filter(|e| labels.is_none_or(|l| labels_match(l, &e.labels)))
@@ -314,14 +325,30 @@ impl<'a> Translator<'a> {
                                 locality: e.locality.clone(),
                                 health: e.health,
                                 mtls_ready: mtls::endpoint_mtls_ready(e),
+                                priority: 0,
                             })
                             .collect();
+                        if let Some(rules) = &failover {
+                            crate::lb::locality::assign_priorities(&mut endpoints, &self.proxy.locality, rules);
+                        }
                         assignments.push(ClusterLoadAssignment { cluster_name: name, endpoints });
                     }
                 }
             }
         }
         (clusters, assignments)
+    }
+
+    /// The failover rules when endpoints are to be ranked by locality, as
+    /// Istio ranks them: locality balancing on (the mesh default), no
+    /// `distribute` or `failoverPriority`, outlier detection set (without
+    /// it a dead endpoint would never fail over), and the proxy's
+    /// locality known.
+    fn failover<'c>(&self, cluster: &'c Cluster) -> Option<&'c [(String, String)]> {
+        let setting = cluster.locality_lb.as_ref()?;
+        let by_locality = setting.distribute.is_empty() && setting.failover_priority.is_empty();
+        let applies = by_locality && cluster.outlier_detection.is_some() && !self.proxy.locality.region.is_empty();
+        applies.then_some(setting.failover.as_slice())
     }
 
     /// A cluster's TLS: the DestinationRule's, or auto mTLS.
@@ -385,6 +412,7 @@ impl<'a> Translator<'a> {
                         locality: Default::default(),
                         health: Default::default(),
                         mtls_ready: false,
+                        priority: 0,
                     }],
                 });
             }
@@ -1365,8 +1393,10 @@ fn build_cluster(
         },
         protocol: port.protocol,
         lb,
-        locality_lb: lb_settings.and_then(|l| l.locality_lb_setting.as_ref()).filter(|l| l.enabled != Some(false)).map(
-            |l| LocalityLbConfig {
+        // Istio's mesh default: locality balancing on, with no rules.
+        locality_lb: match lb_settings.and_then(|l| l.locality_lb_setting.as_ref()) {
+            None => Some(LocalityLbConfig::default()),
+            Some(l) => Some(l).filter(|l| l.enabled != Some(false)).map(|l| LocalityLbConfig {
                 distribute: l
                     .distribute
                     .iter()
@@ -1374,8 +1404,8 @@ fn build_cluster(
                     .collect(),
                 failover: l.failover.iter().map(|f| (f.from.clone(), f.to.clone())).collect(),
                 failover_priority: l.failover_priority.clone(),
-            },
-        ),
+            }),
+        },
         connect_timeout: parse(&tcp.and_then(|t| t.connect_timeout.clone())).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         circuit_breakers: breakers,
         max_requests_per_connection: positive(http.and_then(|h| h.max_requests_per_connection)),

@@ -568,6 +568,7 @@ pub fn default_gateway_identity() -> ProxyIdentity {
         namespace: "istio-system".into(),
         labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
         ip: None,
+        locality: Default::default(),
     }
 }
 

@@ -39,8 +39,8 @@
 //! filters. Gateway `credentialName`s are sent over SDS from the
 //! platform's Secrets, in the namespace the stream proved. What a node's
 //! resources cannot express is listed per node ([`envoy::Translated`],
-//! `syncz`). Not translated yet: locality failover priorities, and TLS
-//! for proxyless gRPC.
+//! `syncz`). Not translated yet: TLS for proxyless gRPC, and the
+//! `distribute` and `failoverPriority` locality settings.
 
 pub mod ca;
 pub mod cache;

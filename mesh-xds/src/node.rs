@@ -6,9 +6,9 @@
 //! `router~...` for gateways); metadata may add `NAMESPACE`, `LABELS`,
 //! `NAME`, `INSTANCE_IPS` and `GENERATOR` (`grpc` for proxyless gRPC).
 
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{Locality as EnvoyLocality, Node};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-use mesh_core::model::Labels;
+use mesh_core::model::{Labels, Locality};
 use mesh_core::translate::{ProxyIdentity, ProxyKind};
 
 use crate::envoy::Flavor;
@@ -36,8 +36,9 @@ impl NodeInfo {
         let p = &self.identity;
         let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let secrets = if self.has_certificate { "/mtls" } else { "" };
+        let locality = if p.locality.region.is_empty() { String::new() } else { format!("@{}", p.locality) };
         format!(
-            "{:?}{secrets}/{:?}/{}/{}/{}",
+            "{:?}{secrets}/{:?}/{}/{}/{}{locality}",
             self.flavor,
             p.kind,
             p.namespace,
@@ -81,7 +82,7 @@ pub fn parse(node: Option<&Node>) -> Result<NodeInfo, NodeError> {
         || node.user_agent_name.to_ascii_lowercase().starts_with("grpc");
     Ok(NodeInfo {
         id: node.id.clone(),
-        identity: ProxyIdentity { kind, name, namespace, labels: labels(meta), ip },
+        identity: ProxyIdentity { kind, name, namespace, labels: labels(meta), ip, locality: locality(node) },
         flavor: if grpc { Flavor::ProxylessGrpc } else { Flavor::Envoy },
         has_certificate: node.user_agent_name == MESH_PROXY,
     })
@@ -105,11 +106,33 @@ pub fn node_for(identity: &ProxyIdentity) -> Node {
     if let Some(ip) = &identity.ip {
         fields.insert("INSTANCE_IPS".to_string(), text(ip));
     }
+    let l = &identity.locality;
+    let locality = (!l.region.is_empty()).then(|| EnvoyLocality {
+        region: l.region.clone(),
+        zone: l.zone.clone(),
+        sub_zone: l.subzone.clone(),
+    });
     Node {
         id: format!("{kind}~{}~{}.{ns}~{ns}.svc.cluster.local", identity.ip.as_deref().unwrap_or(""), identity.name),
         metadata: Some(Struct { fields }),
+        locality,
         user_agent_name: MESH_PROXY.into(),
         ..Default::default()
+    }
+}
+
+/// The node's locality, or Istio's `topology.kubernetes.io/region` and
+/// `zone` labels (and its `topology.istio.io/subzone`) when it sends none.
+fn locality(node: &Node) -> Locality {
+    if let Some(l) = node.locality.as_ref().filter(|l| !l.region.is_empty()) {
+        return Locality { region: l.region.clone(), zone: l.zone.clone(), subzone: l.sub_zone.clone() };
+    }
+    let labels = labels(node.metadata.as_ref());
+    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    Locality {
+        region: label("topology.kubernetes.io/region"),
+        zone: label("topology.kubernetes.io/zone"),
+        subzone: label("topology.istio.io/subzone"),
     }
 }
 

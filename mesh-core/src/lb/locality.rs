@@ -35,6 +35,23 @@ pub fn failover_priority(proxy: &Locality, endpoint: &Locality, failover: &[(Str
     }
 }
 
+/// Ranks `endpoints` for a proxy in `proxy`'s locality by
+/// [`failover_priority`], numbered without gaps from 0 as Envoy requires
+/// (Istio does the same).
+pub fn assign_priorities(
+    endpoints: &mut [crate::proxy_config::LbEndpoint],
+    proxy: &Locality,
+    failover: &[(String, String)],
+) {
+    let raw: Vec<u32> = endpoints.iter().map(|e| failover_priority(proxy, &e.locality, failover)).collect();
+    let mut levels = raw.clone();
+    levels.sort_unstable();
+    levels.dedup();
+    for (e, p) in endpoints.iter_mut().zip(raw) {
+        e.priority = levels.iter().position(|l| *l == p).unwrap_or(0) as u32;
+    }
+}
+
 /// Envoy's split of load (percent, summing to 100) across priority levels,
 /// given each level's healthy share (healthy weight / total weight, 0..=1).
 pub fn priority_load(healthy_share: &[f64]) -> Vec<u32> {

@@ -1,4 +1,5 @@
-//! EDS: endpoints grouped by locality, with health and weight.
+//! EDS: endpoints grouped by locality failover priority and locality, with
+//! health and weight.
 
 use std::collections::BTreeMap;
 
@@ -17,15 +18,16 @@ use mesh_core::proxy_config::{ClusterLoadAssignment, LbEndpoint};
 use super::uint32;
 
 pub(super) fn load_assignment(la: &ClusterLoadAssignment) -> EnvoyLoadAssignment {
-    let mut by_locality: BTreeMap<&Locality, Vec<&LbEndpoint>> = BTreeMap::new();
+    let mut by_locality: BTreeMap<(u32, &Locality), Vec<&LbEndpoint>> = BTreeMap::new();
     for e in &la.endpoints {
-        by_locality.entry(&e.locality).or_default().push(e);
+        by_locality.entry((e.priority, &e.locality)).or_default().push(e);
     }
     EnvoyLoadAssignment {
         cluster_name: la.cluster_name.clone(),
         endpoints: by_locality
             .into_iter()
-            .map(|(locality, eps)| LocalityLbEndpoints {
+            .map(|((priority, locality), eps)| LocalityLbEndpoints {
+                priority,
                 locality: Some(EnvoyLocality {
                     region: locality.region.clone(),
                     zone: locality.zone.clone(),

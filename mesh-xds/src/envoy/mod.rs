@@ -52,6 +52,12 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor, has_certificate: bool) -> Tr
     for c in &cfg.clusters {
         set.insert(CLUSTER, Resource::new(c.name.clone(), &clusters::cluster(c, cfg, flavor, auto_mtls)));
     }
+    for c in &cfg.clusters {
+        let Some(l) = &c.locality_lb else { continue };
+        if !l.distribute.is_empty() || !l.failover_priority.is_empty() {
+            unsupported.push(format!("cluster {}: localityLbSetting distribute and failoverPriority are not carried (failover by locality is)", c.name));
+        }
+    }
     let has_auto = cfg.clusters.iter().any(|c| c.tls.as_ref().is_some_and(|t| t.auto));
     if has_auto && flavor == Flavor::Envoy && !has_certificate {
         unsupported.push("auto mTLS: this node proved no identity (the plaintext xDS port) and gets no certificate, so it is sent plaintext where auto mTLS would apply".into());

@@ -180,3 +180,51 @@ fn proxyless_grpc_gets_api_listeners_by_dial_target() {
     let c: Cluster = decode(&set, CLUSTER, V1);
     assert_eq!(c.lb_policy, cluster::LbPolicy::RingHash as i32);
 }
+
+/// reviews' three endpoints in three localities, as seen by a proxy in
+/// `us-east/a/1`.
+fn priorities_seen_from(proxy_locality: &str, outlier_detection: bool) -> Vec<(String, u32)> {
+    let mut mesh = mesh();
+    let registry = MemoryRegistry::new("test");
+    let endpoints = [("10.0.0.1", "us-east/a/1"), ("10.0.0.2", "us-east/b/1"), ("10.0.0.3", "eu-west/a/1")]
+        .into_iter()
+        .map(|(address, locality)| {
+            let mut e = Endpoint::new(address);
+            e.locality = mesh_core::model::Locality::parse(locality);
+            e
+        })
+        .collect();
+    registry.upsert(Service::http("reviews.default.svc.cluster.local", "default", 9080), endpoints);
+    mesh.services = registry.snapshot();
+    if !outlier_detection {
+        let store = MemoryConfigStore::new();
+        mesh.config = store.snapshot();
+    }
+    let mut proxy = ProxyIdentity::sidecar("productpage-v1", "default", Default::default());
+    proxy.locality = mesh_core::model::Locality::parse(proxy_locality);
+    let set = resources(&translate(&mesh, &proxy), Flavor::Envoy, true).resources;
+    let la: ClusterLoadAssignment = decode(&set, ENDPOINT, "outbound|9080||reviews.default.svc.cluster.local");
+    let mut seen: Vec<(String, u32)> = la
+        .endpoints
+        .iter()
+        .flat_map(|group| group.lb_endpoints.iter().map(move |e| (format!("{e:?}"), group.priority)))
+        .map(|(text, p)| {
+            (["10.0.0.1", "10.0.0.2", "10.0.0.3"].into_iter().find(|a| text.contains(a)).unwrap().to_string(), p)
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
+#[test]
+fn endpoints_are_ranked_by_locality_when_outlier_detection_can_fail_them_over() {
+    let ranked = |v: [u32; 3]| -> Vec<(String, u32)> {
+        ["10.0.0.1", "10.0.0.2", "10.0.0.3"].iter().zip(v).map(|(a, p)| (a.to_string(), p)).collect()
+    };
+    // Same zone first, then the same region, then elsewhere: without gaps.
+    assert_eq!(priorities_seen_from("us-east/a/1", true), ranked([0, 1, 2]));
+    assert_eq!(priorities_seen_from("eu-west/a/1", true), ranked([1, 1, 0]));
+    // No outlier detection (nothing would fail over) or no locality: one level.
+    assert_eq!(priorities_seen_from("us-east/a/1", false), ranked([0, 0, 0]));
+    assert_eq!(priorities_seen_from("", true), ranked([0, 0, 0]));
+}

@@ -39,6 +39,7 @@ pub fn load_assignment(la: &EnvoyLoadAssignment) -> Result<ClusterLoadAssignment
                     _ => Health::Healthy,
                 },
                 mtls_ready: tls_mode_istio(e.metadata.as_ref()),
+                priority: group.priority,
             });
         }
     }
