@@ -146,6 +146,39 @@ pub struct AdsStats {
     /// Secret requests on a stream that proved no identity (answered
     /// with nothing).
     pub secrets_refused: AtomicU64,
+    /// Streams cut for sending requests faster than [`RequestBudget`]
+    /// allows.
+    pub flooded: AtomicU64,
+}
+
+/// How fast one stream may send requests: a burst of [`Self::BURST`],
+/// then [`Self::PER_SECOND`]. A proxy sends one per response it gets
+/// (an ACK or NACK) and one per subscription change: far below this.
+struct RequestBudget {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RequestBudget {
+    const BURST: f64 = 1000.0;
+    const PER_SECOND: f64 = 100.0;
+
+    fn new() -> RequestBudget {
+        RequestBudget { tokens: Self::BURST, last: std::time::Instant::now() }
+    }
+
+    /// Spends one request; `false` when the stream is over its budget.
+    fn spend(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * Self::PER_SECOND;
+        self.tokens = (self.tokens + earned).min(Self::BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 impl AdsServer {
@@ -310,6 +343,7 @@ impl AdsServer {
         let mut protocol = P::default();
         let mut next = Some(first);
         let mut told_no_secrets = false;
+        let mut budget = RequestBudget::new();
         let why: &str = 'stream: loop {
             let out: Vec<P::Resp> = if let Some(req) = next.take() {
                 if P::type_url(&req) == SECRET && secrets.is_none() && !told_no_secrets {
@@ -336,6 +370,13 @@ impl AdsServer {
                 };
                 tokio::select! {
                     req = inbound.next() => match req {
+                        Some(Ok(_)) if !budget.spend() => {
+                            self.stats.flooded.fetch_add(1, Ordering::Relaxed);
+                            let message = format!("more than {} requests at once, or {} a second", RequestBudget::BURST, RequestBudget::PER_SECOND);
+                            tracing::warn!(node = %node.id, %message, "xDS stream cut: it floods requests");
+                            let _ = tx.send(Box::new(Err(GrpcStatus::new(GrpcStatus::RESOURCE_EXHAUSTED, message)))).await;
+                            break 'stream "it flooded requests";
+                        }
                         Some(Ok(req)) => { next = Some(req); continue; }
                         Some(Err(e)) => {
                             self.stats.bad_messages.fetch_add(1, Ordering::Relaxed);

@@ -1,8 +1,9 @@
 //! ADS on the secure port over real gRPC and TLS on 127.0.0.1: a stream
-//! that proves an identity gets that identity's secrets over SDS; a wrong
+//! that proves an identity gets that identity's secrets over SDS (and the
+//! gateway credentials of its namespace its config refers to); a wrong
 //! token, a node claiming another namespace, an oversized or garbled
-//! message are each refused with their gRPC status and counted, and the
-//! server keeps serving.
+//! message, a flood of requests are each refused with their gRPC status
+//! and counted, and the server keeps serving.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -230,4 +231,22 @@ async fn credentials_of_the_proven_namespace_only_and_only_those_referred_to() {
     };
     assert_eq!(text(&secrets[1]), "default/web chain", "the proven namespace's credential, not payments'");
     assert_eq!(text(&secrets[2]), "default/web ca");
+}
+
+/// A stream that sends requests far faster than any proxy would is cut
+/// with RESOURCE_EXHAUSTED and counted; the server serves on.
+#[tokio::test]
+async fn a_stream_that_floods_requests_is_cut_and_counted() {
+    let running = serve().await;
+    let mut body = secrets_request("default").to_vec();
+    let ack = DiscoveryRequest { type_url: SECRET.into(), response_nonce: "1".into(), ..Default::default() };
+    let ack = framed(&ack.encode_to_vec(), None);
+    for _ in 0..1500 {
+        body.extend_from_slice(&ack);
+    }
+    let (_, code) = call(&running, Some(TOKEN), body.into()).await;
+    assert_eq!(code, 8, "RESOURCE_EXHAUSTED");
+    assert_eq!(running.stats.flooded.load(Ordering::Relaxed), 1);
+    let (responses, code) = call(&running, Some(TOKEN), secrets_request("default")).await;
+    assert_eq!((code, responses.len()), (0, 1));
 }

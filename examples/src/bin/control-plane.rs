@@ -191,6 +191,7 @@ fn metrics(status: &SyncStatus, sources: &Sources, ca: Option<&CaStats>, ads: &A
             ("identity_mismatch", n(&ads.identity_mismatch)),
             ("bad_node", n(&ads.bad_node)),
             ("bad_message", n(&ads.bad_messages)),
+            ("flood", n(&ads.flooded)),
         ],
     );
     scrape.counter(
