@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{control_plane, grpc_echo_server, peers, wait_until, Proc};
+use common::secure::mesh_ca;
+use common::{control_plane, free_port, grpc_echo_server, peers, wait_until, Gateway, Proc};
 
 /// A gRPC echo server that tags answers with `version`; returns it and its port.
 fn grpc_backend(version: &str) -> (Proc, u16) {
@@ -30,8 +31,15 @@ fn write_config(dir: &Path, v1: u16, v2: u16) {
 
 /// gRPC's bootstrap: our server, a sidecar-style node id in `default`.
 fn bootstrap(dir: &Path, xds: u16) -> PathBuf {
+    bootstrap_with_certificates(dir, xds, None)
+}
+
+/// The bootstrap, and with `certs` (a directory of `cert-chain.pem`,
+/// `key.pem`, `root-cert.pem`) the `default` certificate provider Istio's
+/// proxyless bootstrap declares: gRPC's file watcher.
+fn bootstrap_with_certificates(dir: &Path, xds: u16, certs: Option<&Path>) -> PathBuf {
     let path = dir.join("grpc-bootstrap.json");
-    let text = serde_json::json!({
+    let mut text = serde_json::json!({
         "xds_servers": [{"server_uri": format!("127.0.0.1:{xds}"), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
         "node": {
             "id": "sidecar~127.0.0.1~echo-client-1.default~default.svc.cluster.local",
@@ -39,6 +47,15 @@ fn bootstrap(dir: &Path, xds: u16) -> PathBuf {
             "locality": {}
         }
     });
+    if let Some(certs) = certs {
+        let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
+        text["certificate_providers"] = serde_json::json!({"default": {"plugin_name": "file_watcher", "config": {
+            "certificate_file": file("cert-chain.pem"),
+            "private_key_file": file("key.pem"),
+            "ca_certificate_file": file("root-cert.pem"),
+            "refresh_interval": "10s"
+        }}});
+    }
     std::fs::write(&path, text.to_string()).expect("write the gRPC bootstrap");
     path
 }
@@ -100,4 +117,99 @@ fn node_grpc_js_xds_resolves_through_xds_and_splits_by_weight() {
         "Node peers missing: run `npm ci --prefix examples/tests/peers` (.ci/run does)"
     );
     split_through_xds("node", "grpc_xds_client.js", "the grpc-js-xds client");
+}
+
+const ECHO_ID: &str = "spiffe://cluster.local/ns/default/sa/echo";
+
+/// mesh-proxy as the echo server's sidecar-like front: an ISTIO_MUTUAL
+/// server on `port` (client certificates of our CA required) routing gRPC
+/// to the echo server.
+fn mtls_front(dir: &Path, port: u16, echo_port: u16, certs: &Path) -> Gateway {
+    let config = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: front, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: {port}, name: https, protocol: HTTPS}}, hosts: ["*"], tls: {{mode: ISTIO_MUTUAL}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo-app, namespace: default}}
+spec:
+  hosts: [echo-app.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 7070, name: grpc, protocol: GRPC}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {echo_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: front, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [front]
+  http: [{{route: [{{destination: {{host: echo-app.default.svc.cluster.local}}}}]}}]
+"#
+    );
+    std::fs::write(dir.join("mesh.yaml"), config).expect("written");
+    let certs = certs.to_string_lossy();
+    Gateway::launch(&["--config", &dir.to_string_lossy()], port, &["--cert-dir", &certs], Stdio::null())
+}
+
+/// Proxyless gRPC with mTLS: grpcio's xDS credentials take the cluster's
+/// ISTIO_MUTUAL as Istio sends it (certificate provider instances) with
+/// certificates from its bootstrap's file watcher (issued by our CA); the
+/// server, a mesh-proxy that requires a client certificate of the mesh,
+/// answers. A server that is not the expected identity is refused (and
+/// the client, reconnecting after the rule changed, gets the new rule).
+#[test]
+fn python_grpcio_calls_over_mtls_with_certificates_from_our_ca() {
+    let work = tempfile::tempdir().unwrap();
+    let client_id = "spiffe://cluster.local/ns/default/sa/echo-client";
+    mesh_ca(work.path(), &[("client-certs", client_id), ("echo-certs", ECHO_ID)], client_id);
+    let (_echo, echo_port) = grpc_backend("v1");
+    let front_dir = work.path().join("front");
+    std::fs::create_dir(&front_dir).unwrap();
+    let front_port = free_port();
+    let _front = mtls_front(&front_dir, front_port, echo_port, &work.path().join("echo-certs"));
+
+    let config = tempfile::tempdir().unwrap();
+    let mesh = |sans: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: echo, namespace: default}}\nspec:\n  ports: [{{name: grpc, port: 7070}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: echo, namespace: default, labels: {{kubernetes.io/service-name: echo}}}}\naddressType: IPv4\nports: [{{name: grpc, port: {front_port}}}]\nendpoints:\n- addresses: [127.0.0.1]\n  targetRef: {{kind: Pod, name: echo, namespace: default}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: echo, namespace: default, labels: {{app: echo}}}}\nspec: {{serviceAccountName: echo}}\nstatus: {{phase: Running, podIP: 127.0.0.1}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: echo, namespace: default}}\nspec:\n  host: echo\n  trafficPolicy:\n    tls: {{mode: ISTIO_MUTUAL{sans}}}\n")
+    };
+    std::fs::write(config.path().join("mesh.yaml"), mesh("")).unwrap();
+    let (_cp, xds, debug) = control_plane(config.path());
+    let bootstrap = bootstrap_with_certificates(work.path(), xds, Some(&work.path().join("client-certs")));
+    let client = |calls: &str| {
+        let mut cmd = Command::new("python3");
+        cmd.arg(peers().join("grpc_xds_client.py"))
+            .args(["echo.default.svc.cluster.local:7070", calls, "xds-creds"])
+            .env("GRPC_XDS_BOOTSTRAP", &bootstrap);
+        run_client(cmd, "the grpcio xDS client with xDS credentials")
+    };
+    let counts = client("20");
+    assert_eq!(counts.get("v1").and_then(|v| v.as_u64()), Some(20), "20 calls over mTLS: {counts:?}");
+
+    // Secure naming: expecting another identity, the client refuses the server.
+    let wrong = ", subjectAltNames: [\"spiffe://cluster.local/ns/default/sa/not-echo\"]";
+    std::fs::write(config.path().join("mesh.yaml"), mesh(wrong)).unwrap();
+    // The client reconnects for its next run: it must get the new rule.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let dump = common::debug_get(
+                debug,
+                "/debug/config_dump?proxyID=sidecar~127.0.0.1~x.default~default.svc.cluster.local",
+            );
+            dump.is_some_and(|r| r.body.contains("not-echo"))
+        }),
+        "the control plane did not take the new rule"
+    );
+    let counts = client("1");
+    // The handshake is refused each time; the call waits for a usable
+    // connection until its deadline.
+    assert!(
+        !counts.is_empty() && counts.keys().all(|k| k.starts_with("error ")),
+        "a server of the wrong identity: {counts:?}"
+    );
 }

@@ -176,7 +176,9 @@ impl Generator {
             entry.connections == 1
         };
         let rx = self.cache.watch(&key);
-        if first && self.cache.get(&key).is_none() {
+        // A key nobody was attached to has not followed the mesh: build it
+        // now, whatever the cache still holds for it.
+        if first {
             if let Some(mesh) = self.mesh() {
                 let node = node.clone();
                 let this = self.clone();

@@ -39,7 +39,8 @@
 //! filters. Gateway `credentialName`s are sent over SDS from the
 //! platform's Secrets, in the namespace the stream proved. What a node's
 //! resources cannot express is listed per node ([`envoy::Translated`],
-//! `syncz`). Not translated yet: TLS for proxyless gRPC, and the
+//! `syncz`). Proxyless gRPC's ISTIO_MUTUAL names the certificate
+//! providers of its bootstrap, as Istio's does. Not translated yet: the
 //! `distribute` and `failoverPriority` locality settings.
 
 pub mod ca;

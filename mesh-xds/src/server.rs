@@ -416,6 +416,10 @@ impl AdsServer {
         };
         tracing::info!(node = %node.id, why, "xDS stream closed");
         self.status.disconnect(id);
+        // Not following the key any more first: a key nobody follows is
+        // dropped from the cache, so its next node gets a fresh build
+        // rather than a snapshot no change has touched since.
+        drop(snapshots);
         self.generator.detach(&node);
     }
 

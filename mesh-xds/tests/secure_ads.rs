@@ -36,6 +36,10 @@ const TOKEN: &str = "reviews-token-0123456789";
 
 struct Running {
     addr: std::net::SocketAddr,
+    /// Follows the node's key, so the snapshot set by hand outlives the
+    /// streams (the cache drops keys nobody follows; there is no mesh here
+    /// to build them again).
+    _key: tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>,
     root_pem: String,
     stats: Arc<AdsStats>,
     _dir: tempfile::TempDir,
@@ -51,6 +55,7 @@ async fn serve() -> Running {
     let node = node::NodeInfo { has_certificate: true, ..node::parse(Some(&node_for(&reviews("default")))).unwrap() };
     let credentials = [SecretRef::Certificate("web".into()), SecretRef::Roots("web".into())];
     cache.set(&node.key(), Snapshot { credentials: Arc::new(credentials.into()), ..Snapshot::default() });
+    let key = cache.watch(&node.key());
     let security = StreamSecurity {
         authenticators,
         secrets: SecretIssuer::new(ca.clone(), Duration::from_secs(3600)),
@@ -62,7 +67,7 @@ async fn serve() -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(ads.serve_tls(listener, tls, std::future::pending()));
-    Running { addr, root_pem: ca.root_pem().to_string(), stats, _dir: dir }
+    Running { addr, _key: key, root_pem: ca.root_pem().to_string(), stats, _dir: dir }
 }
 
 /// `web` in namespaces default and payments, and `other` in default.

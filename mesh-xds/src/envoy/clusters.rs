@@ -37,7 +37,7 @@ pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig, flavor: Flavor, auto_mtls:
         typed_extension_protocol_options: protocol_options(c),
         ..Default::default()
     };
-    transport(&mut out, c.tls.as_ref(), auto_mtls);
+    transport(&mut out, c.tls.as_ref(), flavor, auto_mtls);
     let discovery = match c.discovery {
         DiscoveryType::Eds => {
             out.eds_cluster_config = Some(EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() });
@@ -165,12 +165,13 @@ fn protocol_options(c: &Cluster) -> HashMap<String, envoy_types::pb::google::pro
 /// the mTLS socket, the rest plaintext; only for Envoy nodes sent their
 /// certificate over SDS (`auto_mtls`). Proxyless gRPC takes certificates
 /// from its own providers, not SDS: auto mTLS is left out for it (the
-/// translation report says so), and TLS a DestinationRule asks for is
-/// sent as for Envoy, which its xDS credentials refuse rather than
-/// connect in plaintext.
-fn transport(out: &mut EnvoyCluster, tls: Option<&UpstreamTls>, auto_mtls: bool) {
+/// translation report says so), ISTIO_MUTUAL names its provider instances
+/// as Istio does, and other TLS a DestinationRule asks for is sent as for
+/// Envoy, which its xDS credentials refuse rather than connect in
+/// plaintext.
+fn transport(out: &mut EnvoyCluster, tls: Option<&UpstreamTls>, flavor: Flavor, auto_mtls: bool) {
     let Some(tls) = tls.filter(|t| auto_mtls || !t.auto) else { return };
-    let Some(socket) = super::tls::upstream(tls) else { return };
+    let Some(socket) = super::tls::upstream(tls, flavor) else { return };
     if !tls.auto {
         out.transport_socket = Some(socket);
         return;

@@ -228,3 +228,35 @@ fn endpoints_are_ranked_by_locality_when_outlier_detection_can_fail_them_over() 
     assert_eq!(priorities_seen_from("us-east/a/1", false), ranked([0, 0, 0]));
     assert_eq!(priorities_seen_from("", true), ranked([0, 0, 0]));
 }
+
+#[test]
+fn proxyless_grpc_istio_mutual_names_its_certificate_providers_and_the_expected_identity() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{common_tls_context, UpstreamTlsContext};
+    let mut mesh = mesh();
+    let store = MemoryConfigStore::new();
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL, subjectAltNames: [\"spiffe://cluster.local/ns/default/sa/expected\"]}\n";
+    for doc in config::parse_documents(dr).unwrap() {
+        if let Decoded::Istio { resource, .. } = config::decode(doc, "default").unwrap() {
+            store.upsert(resource);
+        }
+    }
+    mesh.config = store.snapshot();
+    let cfg = translate(&mesh, &ProxyIdentity::sidecar("productpage-v1", "default", Default::default()));
+    let set = resources(&cfg, Flavor::ProxylessGrpc, false).resources;
+    let c: Cluster = decode(&set, CLUSTER, "outbound|9080||reviews.default.svc.cluster.local");
+    let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) =
+        c.transport_socket.and_then(|t| t.config_type)
+    else {
+        panic!("no TLS")
+    };
+    let tls = UpstreamTlsContext::decode(any.value.as_slice()).unwrap().common_tls_context.unwrap();
+    let provider = tls.tls_certificate_provider_instance.unwrap();
+    assert_eq!((provider.instance_name.as_str(), provider.certificate_name.as_str()), ("default", "default"));
+    let Some(common_tls_context::ValidationContextType::ValidationContext(v)) = tls.validation_context_type else {
+        panic!("no validation context")
+    };
+    assert_eq!(v.ca_certificate_provider_instance.unwrap().certificate_name, "ROOTCA");
+    #[allow(deprecated)]
+    let names: Vec<String> = v.match_subject_alt_names.iter().map(|m| format!("{:?}", m.match_pattern)).collect();
+    assert_eq!(names, ["Some(Exact(\"spiffe://cluster.local/ns/default/sa/expected\"))"]);
+}

@@ -8,8 +8,8 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
-    TlsCertificate, UpstreamTlsContext,
+    CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
+    SdsSecretConfig, SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use std::collections::BTreeSet;
@@ -20,7 +20,7 @@ use mesh_core::ProxyConfig;
 
 use crate::sds::{SecretRef, ROOT_SECRET, WORKLOAD_SECRET};
 
-use super::{ads, any, boolean, file};
+use super::{ads, any, boolean, file, Flavor};
 
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 
@@ -31,11 +31,13 @@ const SAN_URI: i32 = 3;
 /// The cluster's TLS, or `None` for plaintext. `ISTIO_MUTUAL` presents
 /// the node's workload certificate and checks the server's SPIFFE ID
 /// against the destination's service accounts (secure naming).
-pub(super) fn upstream(tls: &UpstreamTls) -> Option<TransportSocket> {
+pub(super) fn upstream(tls: &UpstreamTls, flavor: Flavor) -> Option<TransportSocket> {
     if tls.mode == "DISABLE" {
         return None;
     }
-    let common = if tls.mode == ISTIO_MUTUAL {
+    let common = if tls.mode == ISTIO_MUTUAL && flavor == Flavor::ProxylessGrpc {
+        provider_context(&tls.subject_alt_names)
+    } else if tls.mode == ISTIO_MUTUAL {
         let names = tls.subject_alt_names.iter().map(|san| san_matcher(SAN_URI, MatchPattern::Exact(san.clone())));
         mesh_context(names.collect(), tls.alpn.clone(), tls.insecure_skip_verify)
     } else if let Some(name) = &tls.credential_name {
@@ -94,6 +96,32 @@ fn mesh_context(
             },
         )),
         alpn_protocols: alpn,
+        ..Default::default()
+    }
+}
+
+/// In-mesh mTLS for proxyless gRPC, as Istio sends it: gRPC reads the
+/// certificate and roots from the certificate providers of its bootstrap
+/// (instance `default`: the workload certificate `default`, the roots
+/// `ROOTCA`), not SDS; the server's SPIFFE ID is checked as for Envoy.
+fn provider_context(subject_alt_names: &[String]) -> CommonTlsContext {
+    let instance = |name: &str| CertificateProviderPluginInstance {
+        instance_name: "default".into(),
+        certificate_name: name.into(),
+    };
+    let names = subject_alt_names
+        .iter()
+        .map(|san| StringMatcher { match_pattern: Some(MatchPattern::Exact(san.clone())), ..Default::default() });
+    // gRPC reads `match_subject_alt_names` (gRFC A29), as Istio sends it.
+    #[allow(deprecated)]
+    let validation = CertificateValidationContext {
+        ca_certificate_provider_instance: Some(instance(ROOT_SECRET)),
+        match_subject_alt_names: names.collect(),
+        ..Default::default()
+    };
+    CommonTlsContext {
+        tls_certificate_provider_instance: Some(instance(WORKLOAD_SECRET)),
+        validation_context_type: Some(ValidationContextType::ValidationContext(validation)),
         ..Default::default()
     }
 }
