@@ -17,8 +17,12 @@
 //! bootstrap token (`--bootstrap-tokens`) or their current certificate,
 //! and get a certificate for the identity they proved. ADS is served
 //! there too, to streams that prove an identity the same way: they are
-//! also sent their secrets over SDS (`default`, `ROOTCA`). The plaintext
-//! port sends no secrets.
+//! also sent their secrets over SDS (`default`, `ROOTCA`, and with
+//! Kubernetes the `kubernetes://NAME` gateway credentials of their
+//! namespace). The plaintext port sends no secrets.
+//!
+//! `--mesh-config FILE` is Istio's MeshConfig (auto mTLS, trust domain and
+//! aliases, root namespace); the CA issues in its trust domain.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
