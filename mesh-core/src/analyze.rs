@@ -8,7 +8,9 @@
 //!   that does not exist;
 //! - two VirtualServices for one host on the mesh (only one is used);
 //! - a route that can never match, because an earlier one catches every
-//!   request or has the same match.
+//!   request or has the same match;
+//! - settings a proxy does not carry out as written (CUSTOM authorization,
+//!   JWT attributes, TLS origination from a credential, locality settings).
 
 use std::collections::BTreeMap;
 
@@ -202,6 +204,17 @@ impl Analysis<'_> {
         for r in of_kind(&self.mesh.config, Kind::DestinationRule) {
             let Spec::DestinationRule(dr) = &r.spec else { continue };
             let key = r.key();
+            let policies = std::iter::once(("spec.trafficPolicy".to_string(), dr.traffic_policy.as_ref())).chain(
+                dr.subsets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("spec.subsets[{i}].trafficPolicy"), s.traffic_policy.as_ref())),
+            );
+            for (at, policy) in policies {
+                if let Some(policy) = policy {
+                    self.traffic_policy(&key, &at, policy);
+                }
+            }
             let host = resolve_host(&dr.host, &r.meta.namespace);
             let Some(state) = self.mesh.services.get(&host) else {
                 if !self.host_known(&host) {
@@ -228,6 +241,23 @@ impl Analysis<'_> {
                     );
                 }
             }
+        }
+    }
+
+    /// What one proxy or the other does not do as written.
+    fn traffic_policy(&mut self, key: &ResourceKey, at: &str, policy: &crate::config::networking::TrafficPolicy) {
+        if policy.tls.as_ref().is_some_and(|t| t.credential_name.is_some()) {
+            let message = "TLS origination from a credential: Envoy is sent it over SDS from the Kubernetes Secret; mesh-proxy refuses this cluster's connections (give it caCertificates, clientCertificate and privateKey files)";
+            self.add(Severity::Warning, key, format!("{at}.tls.credentialName"), message.into());
+        }
+        let locality = policy.load_balancer.as_ref().and_then(|l| l.locality_lb_setting.as_ref());
+        if let Some(l) = locality.filter(|l| l.enabled != Some(false)) {
+            let message = if !l.distribute.is_empty() || !l.failover_priority.is_empty() {
+                "distribute and failoverPriority are not applied: neither Envoy over xDS nor mesh-proxy gets them"
+            } else {
+                "mesh-proxy does not balance by locality yet; Envoy over xDS fails over by it (with outlierDetection)"
+            };
+            self.add(Severity::Warning, key, format!("{at}.loadBalancer.localityLbSetting"), message.into());
         }
     }
 
@@ -387,5 +417,18 @@ mod tests {
         assert_eq!(found.len(), 2, "{found:#?}");
         assert!(found.iter().any(|m| m.contains("CUSTOM")));
         assert!(found.iter().any(|m| m.contains("spec.rules[0]") && m.contains("JWT")));
+    }
+
+    #[test]
+    fn destination_rule_settings_a_proxy_does_not_carry_out_are_named() {
+        let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode: MUTUAL, credentialName: client-cert}\n    loadBalancer:\n      localityLbSetting: {distribute: [{from: us-east/*, to: {\"us-east/*\": 100}}]}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy:\n      loadBalancer:\n        localityLbSetting: {failover: [{from: us-east, to: eu-west}]}\n";
+        let found: Vec<String> =
+            messages(&analyze(&mesh(&[dr]), &[])).into_iter().filter(|m| m.contains("trafficPolicy")).collect();
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(found[0].contains(
+            "spec.subsets[0].trafficPolicy.loadBalancer.localityLbSetting: mesh-proxy does not balance by locality"
+        ));
+        assert!(found[1].contains("spec.trafficPolicy.loadBalancer.localityLbSetting: distribute and failoverPriority"));
+        assert!(found[2].contains("spec.trafficPolicy.tls.credentialName: TLS origination from a credential"));
     }
 }

@@ -118,6 +118,8 @@ pub struct AdsServer {
     status: Arc<SyncStatus>,
     security: Option<StreamSecurity>,
     stats: Arc<AdsStats>,
+    /// The largest request message taken; a larger one cuts its stream.
+    max_message: usize,
 }
 
 /// How streams over TLS prove who they are, and the secrets (SDS) they
@@ -183,7 +185,14 @@ impl RequestBudget {
 
 impl AdsServer {
     pub fn new(generator: Arc<Generator>, status: Arc<SyncStatus>) -> AdsServer {
-        AdsServer { generator, status, security: None, stats: Arc::default() }
+        AdsServer { generator, status, security: None, stats: Arc::default(), max_message: grpc::MAX_MESSAGE }
+    }
+
+    /// Refuse request messages over `bytes` (RESOURCE_EXHAUSTED) rather
+    /// than [`grpc::MAX_MESSAGE`].
+    pub fn with_max_message(mut self, bytes: usize) -> AdsServer {
+        self.max_message = bytes;
+        self
     }
 
     /// Authenticate streams over TLS and send them their secrets.
@@ -229,8 +238,8 @@ impl AdsServer {
     ) -> http::Response<grpc::GrpcBody> {
         let token = grpc::bearer_token(req.headers());
         match req.uri().path() {
-            SOTW_METHOD => self.start::<SotwStream>(grpc::request_messages(req, grpc::MAX_MESSAGE), caller, token),
-            DELTA_METHOD => self.start::<DeltaStream>(grpc::request_messages(req, grpc::MAX_MESSAGE), caller, token),
+            SOTW_METHOD => self.start::<SotwStream>(grpc::request_messages(req, self.max_message), caller, token),
+            DELTA_METHOD => self.start::<DeltaStream>(grpc::request_messages(req, self.max_message), caller, token),
             other => {
                 grpc::status_response(&GrpcStatus::new(GrpcStatus::UNIMPLEMENTED, format!("unknown method {other}")))
             }

@@ -61,7 +61,10 @@ async fn serve() -> Running {
         secrets: SecretIssuer::new(ca.clone(), Duration::from_secs(3600)),
         credentials: Some(gateway_credentials()),
     };
-    let ads = AdsServer::new(Generator::new(cache), Arc::new(SyncStatus::default())).with_security(security);
+    // 1 MiB rather than the default 4: the limit is the server's to set.
+    let ads = AdsServer::new(Generator::new(cache), Arc::new(SyncStatus::default()))
+        .with_security(security)
+        .with_max_message(1 << 20);
     let stats = ads.stats().clone();
     let tls = tls_config(ca.clone(), vec![SERVER_NAME.into()]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -195,7 +198,7 @@ async fn a_proven_stream_gets_its_secrets_and_bad_streams_are_refused_and_counte
         (None, secrets_request("default"), 16),
         (Some("not-a-known-token"), secrets_request("default"), 16),
         (Some(TOKEN), secrets_request("payments"), 7),
-        (Some(TOKEN), framed(b"", Some(5 << 20)), 8),
+        (Some(TOKEN), framed(b"", Some(2 << 20)), 8),
         (Some(TOKEN), framed(&[0xff; 16], None), 3),
     ];
     for (token, body, expected) in refusals {

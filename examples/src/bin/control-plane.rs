@@ -64,6 +64,10 @@ struct Args {
     /// ...or at the latest this long after the first (milliseconds).
     #[arg(long, default_value_t = 1000)]
     debounce_max_ms: u64,
+    /// Refuse xDS request messages larger than this (bytes); tonic's and
+    /// gRPC's default.
+    #[arg(long, default_value_t = mesh_xds::grpc::MAX_MESSAGE)]
+    xds_max_message_bytes: usize,
     /// Istio's MeshConfig (the `mesh` key of the `istio` ConfigMap):
     /// `enableAutoMtls`, `trustDomain` (also the CA's), `trustDomainAliases`,
     /// `rootNamespace`. Istio's defaults without it.
@@ -95,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         run_generator.run(changes).await;
     });
     let status = Arc::new(SyncStatus::default());
-    let ads = AdsServer::new(generator.clone(), status.clone());
+    let ads = AdsServer::new(generator.clone(), status.clone()).with_max_message(args.xds_max_message_bytes);
     let ca = args.ca.start(sources.kube_client.clone(), ads.clone(), mesh_config.trust_domains()).await?;
 
     let xds = tokio::net::TcpListener::bind(args.xds_listen).await?;
