@@ -1,6 +1,7 @@
 //! A Gateway server with `MUTUAL` TLS from a Kubernetes Secret
 //! (`credentialName`) on both proxies: Envoy, sent the Secret over SDS by
-//! our control plane, and mesh-proxy, reading the Secret itself. Both
+//! our control plane (delta xDS), and mesh-proxy, reading the Secret
+//! itself. Both
 //! accept a client certificate from the Secret's CA and refuse one from
 //! another CA, or none; a renewed Secret reaches both without a restart.
 //! The fake API server, control plane, Envoy 1.40, gateway and backend
@@ -12,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::kube::{self, apply, apply_yaml};
-use common::secure::{mesh_ca, secure_envoy};
+use common::secure::{mesh_ca, secure_envoy_with};
 use common::{backend, control_plane_on, debug_get, fake_server, free_port, wait_until, Gateway};
 use mesh_testkit::tls::TestCa;
 
@@ -130,7 +131,8 @@ fn mutual_gateways_on_envoy_and_mesh_proxy_accept_only_the_configured_ca() {
     ]);
     let envoy_dir = work.path().join("envoy");
     std::fs::create_dir(&envoy_dir).expect("a dir");
-    let envoy = secure_envoy(&envoy_dir, secure, &ca.join("root-cert.pem"));
+    // Delta xDS here (the other secure tests use state of the world).
+    let envoy = secure_envoy_with(&envoy_dir, secure, &ca.join("root-cert.pem"), "DELTA_GRPC");
     let _mesh_proxy = Gateway::launch(
         &["--kubeconfig", &kubeconfig],
         mesh_port,

@@ -103,17 +103,24 @@ pub fn secure_control_plane(config: &Path, ca: &Path, tokens: &Path) -> (Proc, u
     (cp, secure, debug)
 }
 
-/// Envoy on the sample secure bootstrap, this test's ports and token.
+/// Envoy on the sample secure bootstrap, this test's ports and token,
+/// state-of-the-world xDS.
 pub fn secure_envoy(dir: &Path, secure_port: u16, root: &Path) -> Envoy {
+    secure_envoy_with(dir, secure_port, root, "GRPC")
+}
+
+/// The same with `api_type` (`GRPC` or `DELTA_GRPC`).
+pub fn secure_envoy_with(dir: &Path, secure_port: u16, root: &Path, api_type: &str) -> Envoy {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway-secure.yaml");
     let bootstrap = std::fs::read_to_string(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
-    for needle in ["port_value: 15000", "port_value: 15012", "Bearer TOKEN", "/etc/istio/root-cert.pem"] {
+    for needle in ["port_value: 15000", "port_value: 15012", "Bearer TOKEN", "/etc/istio/root-cert.pem", "api_type: GRPC"] {
         assert_eq!(bootstrap.matches(needle).count(), 1, "{sample} should hold `{needle}` once");
     }
     let bootstrap = bootstrap
         .replace("port_value: 15000", "port_value: 0")
         .replace("port_value: 15012", &format!("port_value: {secure_port}"))
         .replace("Bearer TOKEN", &format!("Bearer {TOKEN}"))
-        .replace("/etc/istio/root-cert.pem", &root.to_string_lossy());
+        .replace("/etc/istio/root-cert.pem", &root.to_string_lossy())
+        .replace("api_type: GRPC", &format!("api_type: {api_type}"));
     Envoy::start(&bootstrap, dir)
 }
