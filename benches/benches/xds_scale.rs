@@ -256,6 +256,7 @@ fn clients() {
     let epoch = Instant::now();
     let stamps: Arc<Vec<Stamps>> = Arc::new((0..clients).map(|_| Stamps::default()).collect());
     rt.block_on(async {
+        let (server_cpu, own_cpu) = (cpu_seconds(pid), cpu_seconds(std::process::id()));
         let storm = Instant::now();
         for i in 0..clients {
             let (stamps, tls) = (stamps.clone(), tls.clone());
@@ -270,6 +271,12 @@ fn clients() {
         let storm_s = (Duration::from_nanos(served) - storm.duration_since(epoch)).as_secs_f64();
         let with = if secrets { ", each with its own certificate over SDS" } else { "" };
         println!("connect storm: {clients} clients ({workloads} workloads{with}) fully served in {storm_s:.2} s");
+        println!(
+            "  CPU during the storm: server {:.2} s, clients {:.2} s (2 cores: {:.2} s available)",
+            cpu_seconds(pid) - server_cpu,
+            cpu_seconds(std::process::id()) - own_cpu,
+            2.0 * storm.elapsed().as_secs_f64()
+        );
         let (heap, heap_peak) = live_heap(&mut commands, &mut out);
         println!("server RSS (live heap), MB: idle {idle_rss:.1} ({idle_heap:.1}), after the storm {:.1} ({heap:.1}), peak {:.1} ({heap_peak:.1})", rss(pid, "VmRSS"), rss(pid, "VmHWM"));
 
@@ -375,6 +382,16 @@ fn live_heap(commands: &mut impl Write, out: &mut impl BufRead) -> (f64, f64) {
         .split(' ')
         .map(|n| n.parse::<f64>().unwrap_or(0.0) / 1048576.0);
     (figures.next().unwrap_or(0.0), figures.next().unwrap_or(0.0))
+}
+
+/// A process's user and system CPU so far (s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start at `) `.
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line, in clock ticks (100 a second).
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn rss(pid: u32, field: &str) -> f64 {
