@@ -113,7 +113,9 @@ pub fn secure_envoy(dir: &Path, secure_port: u16, root: &Path) -> Envoy {
 pub fn secure_envoy_with(dir: &Path, secure_port: u16, root: &Path, api_type: &str) -> Envoy {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway-secure.yaml");
     let bootstrap = std::fs::read_to_string(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
-    for needle in ["port_value: 15000", "port_value: 15012", "Bearer TOKEN", "/etc/istio/root-cert.pem", "api_type: GRPC"] {
+    for needle in
+        ["port_value: 15000", "port_value: 15012", "Bearer TOKEN", "/etc/istio/root-cert.pem", "api_type: GRPC"]
+    {
         assert_eq!(bootstrap.matches(needle).count(), 1, "{sample} should hold `{needle}` once");
     }
     let bootstrap = bootstrap

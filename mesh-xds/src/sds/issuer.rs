@@ -56,17 +56,27 @@ impl SecretIssuer {
 
     /// `id`'s secrets: shared with the other streams of `id`, or issued now.
     pub fn secrets_for(self: &Arc<Self>, id: &SpiffeId) -> Result<Arc<IdentitySecrets>, SignError> {
+        if let Some(live) = self.live(id) {
+            return Ok(live);
+        }
+        // Signed without the lock, so streams of other identities go on.
+        let (secrets, renew_at) = self.issue(id)?;
         let mut by_identity = self.by_identity.lock().unwrap_or_else(|e| e.into_inner());
+        // Another stream of `id` may have been first: share its secrets.
         if let Some(live) = by_identity.get(id).and_then(Weak::upgrade) {
             return Ok(live);
         }
-        let (secrets, renew_at) = self.issue(id)?;
         let (tx, current) = watch::channel(secrets);
         let renewal = tokio::spawn(Arc::clone(self).renew(id.clone(), tx, renew_at));
         let live = Arc::new(IdentitySecrets { id: id.clone(), current, renewal });
         by_identity.retain(|_, w| w.strong_count() > 0);
         by_identity.insert(id.clone(), Arc::downgrade(&live));
         Ok(live)
+    }
+
+    fn live(&self, id: &SpiffeId) -> Option<Arc<IdentitySecrets>> {
+        let by_identity = self.by_identity.lock().unwrap_or_else(|e| e.into_inner());
+        by_identity.get(id).and_then(Weak::upgrade)
     }
 
     /// How many identities have secrets now.
