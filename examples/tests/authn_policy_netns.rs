@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::netns::{get, in_ns, write_readable, Pod, World};
+use common::secure::SecureBootstrap;
 use common::{wait_until, Proc};
 use mesh_testkit::netns::python;
 
@@ -96,18 +97,20 @@ impl Setup {
     /// Envoy on the control plane's secure port: the sample secure
     /// bootstrap as a sidecar of this pod, its own bootstrap token.
     fn envoy(&self, p: SidecarPod<'_>) -> Command {
-        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway-secure.yaml");
-        let bootstrap = std::fs::read_to_string(sample)
-            .unwrap_or_else(|e| panic!("{sample}: {e}"))
-            .replace(
-                "router~127.0.0.1~istio-ingressgateway-1.default~default.svc.cluster.local",
-                &format!("sidecar~{}~{}.{ns}~{ns}.svc.cluster.local", p.pod.ip, p.app, ns = p.ns),
-            )
-            .replace("NAMESPACE: default", &format!("NAMESPACE: {}", p.ns))
-            .replace("LABELS: {istio: ingressgateway}", &format!("LABELS: {{app: {}}}", p.app))
-            .replace("address: 127.0.0.1, port_value: 15012", &format!("address: {}, port_value: 15012", self.node_ip))
-            .replace("Bearer TOKEN", &format!("Bearer token-{}-{}", p.ns, p.app))
-            .replace("/etc/istio/root-cert.pem", &self.path("ca/root-cert.pem").to_string_lossy());
+        let node_id = format!("sidecar~{}~{}.{ns}~{ns}.svc.cluster.local", p.pod.ip, p.app, ns = p.ns);
+        let (labels, token, root) =
+            (format!("app: {}", p.app), format!("token-{}-{}", p.ns, p.app), self.path("ca/root-cert.pem"));
+        let bootstrap = SecureBootstrap {
+            node_id: &node_id,
+            namespace: p.ns,
+            labels: &labels,
+            xds: (&self.node_ip, 15012),
+            admin_port: 15000,
+            token: &token,
+            root: &root,
+            api_type: "GRPC",
+        }
+        .render();
         let file = self.path(&format!("envoy-{}-{}.yaml", p.ns, p.app));
         write_readable(&file, &bootstrap);
         let log = std::fs::File::create(self.path(&format!("envoy-{}-{}.log", p.ns, p.app))).expect("a log file");

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::secure::{
-    gateway_mesh, istio_mutual_to, mesh_ca, secure_control_plane, secure_envoy, server, status, TOKEN,
+    gateway_mesh, istio_mutual_to, mesh_ca, secure_control_plane, secure_envoy, server, status, SecureBootstrap, TOKEN,
 };
 use common::{backend, debug_get, free_port, wait_until, Gateway};
 use mesh_testkit::envoy::Envoy;
@@ -169,15 +169,18 @@ spec:
     let (_cp, secure, debug) = secure_control_plane(&config, &ca, &path("tokens"));
     let envoy_dir = path("envoy");
     std::fs::create_dir(&envoy_dir).unwrap();
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway-secure.yaml");
-    let bootstrap = std::fs::read_to_string(sample)
-        .unwrap()
-        .replace("router~127.0.0.1~istio-ingressgateway-1.default", "sidecar~127.0.0.1~reviews-v1.default")
-        .replace("LABELS: {istio: ingressgateway}", "LABELS: {app: reviews}")
-        .replace("port_value: 15000", "port_value: 0")
-        .replace("port_value: 15012", &format!("port_value: {secure}"))
-        .replace("Bearer TOKEN", &format!("Bearer {TOKEN}"))
-        .replace("/etc/istio/root-cert.pem", &ca.join("root-cert.pem").to_string_lossy());
+    let root = ca.join("root-cert.pem");
+    let bootstrap = SecureBootstrap {
+        node_id: "sidecar~127.0.0.1~reviews-v1.default~default.svc.cluster.local",
+        namespace: "default",
+        labels: "app: reviews",
+        xds: ("127.0.0.1", secure),
+        admin_port: 0,
+        token: TOKEN,
+        root: &root,
+        api_type: "GRPC",
+    }
+    .render();
     let envoy = Envoy::start(&bootstrap, &envoy_dir);
 
     // PERMISSIVE by default: mTLS and plaintext on 9080.

@@ -103,26 +103,64 @@ pub fn secure_control_plane(config: &Path, ca: &Path, tokens: &Path) -> (Proc, u
     (cp, secure, debug)
 }
 
-/// Envoy on the sample secure bootstrap, this test's ports and token,
-/// state-of-the-world xDS.
+/// Who an Envoy on the sample secure bootstrap
+/// (`config/envoy/ingress-gateway-secure.yaml`) is, and where it goes.
+pub struct SecureBootstrap<'a> {
+    /// Istio's node id: `router~...` or `sidecar~IP~POD.NS~NS.svc.cluster.local`.
+    pub node_id: &'a str,
+    pub namespace: &'a str,
+    /// The body of the LABELS map, `app: reviews`.
+    pub labels: &'a str,
+    /// The control plane's secure port.
+    pub xds: (&'a str, u16),
+    /// 0 for any.
+    pub admin_port: u16,
+    pub token: &'a str,
+    pub root: &'a Path,
+    /// `GRPC` or `DELTA_GRPC`.
+    pub api_type: &'a str,
+}
+
+impl SecureBootstrap<'_> {
+    /// The sample with these values, each replaced where the sample holds
+    /// it once.
+    pub fn render(&self) -> String {
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway-secure.yaml");
+        let text = std::fs::read_to_string(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
+        let replacements = [
+            ("router~127.0.0.1~istio-ingressgateway-1.default~default.svc.cluster.local", self.node_id.to_string()),
+            ("NAMESPACE: default", format!("NAMESPACE: {}", self.namespace)),
+            ("LABELS: {istio: ingressgateway}", format!("LABELS: {{{}}}", self.labels)),
+            ("address: 127.0.0.1, port_value: 15012", format!("address: {}, port_value: {}", self.xds.0, self.xds.1)),
+            ("port_value: 15000", format!("port_value: {}", self.admin_port)),
+            ("Bearer TOKEN", format!("Bearer {}", self.token)),
+            ("/etc/istio/root-cert.pem", self.root.to_string_lossy().into_owned()),
+            ("api_type: GRPC", format!("api_type: {}", self.api_type)),
+        ];
+        replacements.into_iter().fold(text, |text, (needle, value)| {
+            assert_eq!(text.matches(needle).count(), 1, "{sample} should hold `{needle}` once");
+            text.replace(needle, &value)
+        })
+    }
+}
+
+/// Envoy on the sample secure bootstrap as the ingress gateway, this
+/// test's ports and token, state-of-the-world xDS.
 pub fn secure_envoy(dir: &Path, secure_port: u16, root: &Path) -> Envoy {
     secure_envoy_with(dir, secure_port, root, "GRPC")
 }
 
 /// The same with `api_type` (`GRPC` or `DELTA_GRPC`).
 pub fn secure_envoy_with(dir: &Path, secure_port: u16, root: &Path, api_type: &str) -> Envoy {
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway-secure.yaml");
-    let bootstrap = std::fs::read_to_string(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
-    for needle in
-        ["port_value: 15000", "port_value: 15012", "Bearer TOKEN", "/etc/istio/root-cert.pem", "api_type: GRPC"]
-    {
-        assert_eq!(bootstrap.matches(needle).count(), 1, "{sample} should hold `{needle}` once");
-    }
-    let bootstrap = bootstrap
-        .replace("port_value: 15000", "port_value: 0")
-        .replace("port_value: 15012", &format!("port_value: {secure_port}"))
-        .replace("Bearer TOKEN", &format!("Bearer {TOKEN}"))
-        .replace("/etc/istio/root-cert.pem", &root.to_string_lossy())
-        .replace("api_type: GRPC", &format!("api_type: {api_type}"));
-    Envoy::start(&bootstrap, dir)
+    let bootstrap = SecureBootstrap {
+        node_id: "router~127.0.0.1~istio-ingressgateway-1.default~default.svc.cluster.local",
+        namespace: "default",
+        labels: "istio: ingressgateway",
+        xds: ("127.0.0.1", secure_port),
+        admin_port: 0,
+        token: TOKEN,
+        root,
+        api_type,
+    };
+    Envoy::start(&bootstrap.render(), dir)
 }

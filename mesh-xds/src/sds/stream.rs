@@ -92,16 +92,18 @@ impl StreamSecrets {
     }
 
     /// Waits until the secrets change (the identity's are renewed, or a
-    /// credential moves); `false` once they never will again.
+    /// credential moves); `false` once they never will again. A stream
+    /// whose config refers to no credential is not woken by Secrets.
     pub async fn changed(&mut self) -> bool {
+        let uses_credentials = self.merged.as_ref().is_some_and(|m| !m.refs.is_empty());
         let StreamSecrets { identity_updates, credentials, .. } = self;
         let credentials = async {
             let alive = match credentials {
-                Some((_, updates)) => updates.changed().await.is_ok(),
-                None => false,
+                Some((_, updates)) if uses_credentials => updates.changed().await.is_ok(),
+                _ => false,
             };
             if !alive {
-                // No source, or it is gone: only renewals remain.
+                // No source, none used, or it is gone: only renewals remain.
                 std::future::pending::<()>().await;
             }
         };
@@ -150,6 +152,14 @@ mod tests {
         let woke = tokio::time::timeout(Duration::from_secs(5), stream.changed()).await;
         assert_eq!(woke.ok(), Some(true), "a credential change wakes the stream");
         let second = stream.merge("gw", &snapshot);
+
+        // A stream of the same identity whose config uses no credential is
+        // not woken by Secrets.
+        let mut plain = StreamSecrets::new(issuer.secrets_for(&id).unwrap(), Some(source.clone()));
+        plain.merge("sidecar", &Snapshot::default());
+        source.put("istio-system", "web", credential("three"));
+        let woke = tokio::time::timeout(Duration::from_millis(200), plain.changed()).await;
+        assert!(woke.is_err(), "woken by a Secret it does not use");
         assert_ne!(first.config_version, second.config_version);
         let web = |s: &Snapshot| s.resources.get(SECRET, "kubernetes://web").unwrap().version.clone();
         assert_ne!(web(&first), web(&second), "the new certificate is sent");
