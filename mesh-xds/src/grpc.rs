@@ -4,9 +4,9 @@
 //! per-stream buffer that then stays as large as the largest response
 //! (a 1,000-service mesh makes 1 MB CDS and RDS responses: 1 GB for 1,000
 //! streams, measured in `benches/xds_scale.rs`). Here a response goes out
-//! as the resources' shared, pre-encoded bytes, copied only into one
-//! 8 KiB chunk at a time as HTTP/2 flow control asks for more. The
-//! client side stays on tonic.
+//! as the resources' shared, pre-encoded bytes, handed to HTTP/2 (and
+//! written vectored) up to 8 KiB at a time as flow control asks for
+//! more. The client side stays on tonic.
 
 use std::convert::Infallible;
 
@@ -79,12 +79,65 @@ pub fn encode_message<M: Message>(msg: &M) -> FrameParts {
 /// that ends the call.
 pub type Outgoing = Box<Result<FrameParts, GrpcStatus>>;
 
-pub type GrpcBody = StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>>;
+pub type GrpcBody = StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Pieces>, Infallible>>>;
 
-/// Small resources are gathered into chunks of up to this size: few
+/// Small resources are gathered into DATA frames of up to this size: few
 /// enough frames, and little queued per stream (a connect storm has 1,000
 /// streams sending at once).
 const CHUNK: usize = 8 * 1024;
+
+/// The body of one DATA frame: shared pieces (a frame header, encoded
+/// resources) that HTTP/2 writes out vectored, so a resource's bytes are
+/// never copied into a frame buffer (a connect storm sends 4 GB).
+#[derive(Debug, Default)]
+pub struct Pieces {
+    parts: std::collections::VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Pieces {
+    fn push(&mut self, part: Bytes) {
+        if !part.is_empty() {
+            self.remaining += part.len();
+            self.parts.push_back(part);
+        }
+    }
+}
+
+impl From<Bytes> for Pieces {
+    fn from(part: Bytes) -> Pieces {
+        let mut pieces = Pieces::default();
+        pieces.push(part);
+        pieces
+    }
+}
+
+impl Buf for Pieces {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map_or(&[], |p| p.as_ref())
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advanced past the end of the pieces");
+        self.remaining -= cnt;
+        while let Some(front) = self.parts.front_mut() {
+            if cnt < front.len() {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.parts.pop_front();
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        dst.iter_mut().zip(&self.parts).map(|(slot, part)| *slot = std::io::IoSlice::new(part)).count()
+    }
+}
 
 /// The response of a streaming call: frames from `rx` as they come, in
 /// chunks of at most 8 KiB, then the status as trailers.
@@ -112,29 +165,14 @@ pub fn streaming_response(rx: mpsc::Receiver<Outgoing>) -> Response<GrpcBody> {
                 }
             }
         }
-        // Large parts go as they are; small ones are gathered into a chunk.
+        // A large part goes alone; small ones are gathered up to a chunk.
         let (parts, next) = st.pending.as_mut()?;
-        let first = parts.part(*next).cloned().unwrap_or_default();
+        let mut data = Pieces::from(parts.part(*next).cloned().unwrap_or_default());
         *next += 1;
-        let data = if first.len() >= CHUNK {
-            first
-        } else {
-            // Allocated at its final size: an endpoint push of a few
-            // hundred bytes to 1,000 streams must not hold 1,000 full chunks.
-            let mut len = first.len();
-            let mut end = *next;
-            while let Some(p) = parts.part(end).filter(|p| len + p.len() <= CHUNK) {
-                len += p.len();
-                end += 1;
-            }
-            let mut chunk = BytesMut::with_capacity(len);
-            chunk.put(first);
-            for part in (*next..end).filter_map(|i| parts.part(i)) {
-                chunk.put_slice(part);
-            }
-            *next = end;
-            chunk.freeze()
-        };
+        while let Some(p) = parts.part(*next).filter(|p| data.remaining() + p.len() <= CHUNK) {
+            data.push(p.clone());
+            *next += 1;
+        }
         if parts.part(*next).is_none() {
             st.pending = None;
         }
@@ -150,7 +188,7 @@ pub fn unary_response(message: Vec<u8>) -> Response<GrpcBody> {
     let mut data = BytesMut::with_capacity(5 + message.len());
     data.put(frame_header(message.len()));
     data.put_slice(&message);
-    let frames = [Frame::data(data.freeze()), Frame::trailers(trailers(&GrpcStatus::new(0, "")))];
+    let frames = [Frame::data(Pieces::from(data.freeze())), Frame::trailers(trailers(&GrpcStatus::new(0, "")))];
     let body = futures_util::stream::iter(frames.into_iter().map(Ok)).boxed();
     let mut response = Response::new(StreamBody::new(body));
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -331,5 +369,26 @@ where
     });
     if let Err(e) = http2_server().serve_connection(hyper_util::rt::TokioIo::new(io), service).await {
         tracing::debug!(%remote, error = %e, "gRPC connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_read_across_their_parts_as_one_buffer() {
+        let mut pieces = Pieces::from(Bytes::from_static(b"head"));
+        pieces.push(Bytes::new());
+        pieces.push(Bytes::from_static(b"resource"));
+        pieces.push(Bytes::from_static(b"tail"));
+        assert_eq!(pieces.remaining(), 16);
+        let mut slices = [std::io::IoSlice::new(&[]); 2];
+        assert_eq!(pieces.chunks_vectored(&mut slices), 2, "an empty part is never a slice");
+        assert_eq!((&*slices[0], &*slices[1]), (&b"head"[..], &b"resource"[..]));
+        pieces.advance(6);
+        assert_eq!((pieces.chunk(), pieces.remaining()), (&b"source"[..], 10));
+        assert_eq!(pieces.copy_to_bytes(10), Bytes::from_static(b"sourcetail"));
+        assert_eq!((pieces.chunk(), pieces.remaining()), (&b""[..], 0));
     }
 }
