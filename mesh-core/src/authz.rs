@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::config::security::{AuthorizationAction, Condition, Operation, Rule, Source};
+use crate::jwt::VerifiedJwt;
 use crate::proxy_config::AuthorizationPolicyRef;
 
 /// What authorization sees of a request.
@@ -18,8 +19,9 @@ pub struct AuthzRequest<'a> {
     pub remote_ip: Option<IpAddr>,
     /// The peer's mTLS identity: `cluster.local/ns/default/sa/sleep`.
     pub source_principal: Option<&'a str>,
-    /// The JWT identity: `issuer/subject`.
-    pub request_principal: Option<&'a str>,
+    /// The request's verified JWT (RequestAuthentication): its
+    /// `issuer/subject` is the request principal.
+    pub request_auth: Option<&'a VerifiedJwt>,
     pub host: &'a str,
     pub method: &'a str,
     /// Path without the query string.
@@ -130,6 +132,65 @@ impl<M> Field<M> {
         (self.values.is_empty() || self.values.iter().any(|m| test(m, value)))
             && !self.not_values.iter().any(|m| test(m, value))
     }
+
+    /// [`Field::check`] for a list-valued attribute (a JWT claim that is a
+    /// string or a list of strings): a value matches when any element
+    /// does; no element at all is a missing attribute.
+    fn check_any(&self, elements: &[&str], test: impl Fn(&M, &str) -> bool) -> bool {
+        if elements.is_empty() {
+            return self.check(None::<&str>, |m, v| test(m, v));
+        }
+        let hit = |m: &M| elements.iter().any(|e| test(m, e));
+        !self.is_set() || ((self.values.is_empty() || self.values.iter().any(hit)) && !self.not_values.iter().any(hit))
+    }
+}
+
+/// A `requestPrincipals` value, matched as Istio matches it: issuer and
+/// subject apart (split at the last `/`, as issuers are URLs), `*` as
+/// "present", and a leading or trailing `*` on the issuer or subject side.
+#[derive(Clone, Debug)]
+struct PrincipalMatch {
+    issuer: StrMatch,
+    subject: StrMatch,
+}
+
+impl PrincipalMatch {
+    fn new(value: &str) -> PrincipalMatch {
+        let split = value.rsplit_once('/');
+        let (issuer, subject) = match (value, split) {
+            ("*", _) => (StrMatch::Any, StrMatch::Any),
+            (v, Some((iss, sub))) if v.starts_with('*') => {
+                let issuer = if iss == "*" { StrMatch::Any } else { StrMatch::Suffix(iss[1..].to_string()) };
+                (issuer, StrMatch::Exact(sub.to_string()))
+            }
+            (v, None) if v.starts_with('*') => (StrMatch::Any, StrMatch::Suffix(v[1..].to_string())),
+            (v, Some((iss, sub))) if v.ends_with('*') => {
+                let subject =
+                    if sub == "*" { StrMatch::Any } else { StrMatch::Prefix(sub[..sub.len() - 1].to_string()) };
+                (StrMatch::Exact(iss.to_string()), subject)
+            }
+            (v, None) if v.ends_with('*') => (StrMatch::Prefix(v[..v.len() - 1].to_string()), StrMatch::Any),
+            (_, Some((iss, sub))) => (StrMatch::Exact(iss.to_string()), StrMatch::Exact(sub.to_string())),
+            (v, None) => (StrMatch::Exact(v.to_string()), StrMatch::Exact(String::new())),
+        };
+        PrincipalMatch { issuer, subject }
+    }
+
+    /// `*` is Envoy's `.+`: present and not empty.
+    fn matches(&self, jwt: &VerifiedJwt) -> bool {
+        let side = |m: &StrMatch, s: &str| match m {
+            StrMatch::Any => !s.is_empty(),
+            m => m.matches(s),
+        };
+        side(&self.issuer, &jwt.issuer) && side(&self.subject, &jwt.subject)
+    }
+}
+
+fn request_principals(values: &[String], not: &[String]) -> Field<PrincipalMatch> {
+    Field {
+        values: values.iter().map(|v| PrincipalMatch::new(v)).collect(),
+        not_values: not.iter().map(|v| PrincipalMatch::new(v)).collect(),
+    }
 }
 
 fn strs(values: &[String], not: &[String]) -> Field<StrMatch> {
@@ -147,7 +208,7 @@ fn nets(values: &[String], not: &[String]) -> Field<IpNet> {
 #[derive(Clone, Debug)]
 struct CompiledSource {
     principals: Field<StrMatch>,
-    request_principals: Field<StrMatch>,
+    request_principals: Field<PrincipalMatch>,
     namespaces: Field<StrMatch>,
     ip_blocks: Field<IpNet>,
     remote_ip_blocks: Field<IpNet>,
@@ -169,11 +230,15 @@ enum ConditionKey {
     SourceNamespace,
     SourcePrincipal,
     RequestPrincipal,
+    RequestAudiences,
+    RequestPresenter,
+    /// `request.auth.claims[a][b]`: the claim path.
+    RequestClaim(Vec<String>),
     DestinationIp,
     DestinationPort,
     Sni,
-    /// A key this data plane has no value for (JWT claims, ...): the
-    /// condition never matches.
+    /// A key this data plane has no value for: the condition never
+    /// matches.
     Unavailable,
 }
 
@@ -182,6 +247,7 @@ struct CompiledCondition {
     key: ConditionKey,
     strings: Field<StrMatch>,
     nets: Field<IpNet>,
+    principals: Field<PrincipalMatch>,
 }
 
 #[derive(Clone, Debug)]
@@ -269,7 +335,7 @@ fn compile_source(s: &Source) -> CompiledSource {
     principals.not_values.extend(s.not_service_accounts.iter().map(sa));
     CompiledSource {
         principals,
-        request_principals: strs(&s.request_principals, &s.not_request_principals),
+        request_principals: request_principals(&s.request_principals, &s.not_request_principals),
         namespaces: strs(&s.namespaces, &s.not_namespaces),
         ip_blocks: nets(&s.ip_blocks, &s.not_ip_blocks),
         remote_ip_blocks: nets(&s.remote_ip_blocks, &s.not_remote_ip_blocks),
@@ -295,16 +361,33 @@ fn compile_condition(c: &Condition) -> CompiledCondition {
         "source.namespace" => ConditionKey::SourceNamespace,
         "source.principal" => ConditionKey::SourcePrincipal,
         "request.auth.principal" => ConditionKey::RequestPrincipal,
+        "request.auth.audiences" => ConditionKey::RequestAudiences,
+        "request.auth.presenter" => ConditionKey::RequestPresenter,
         "destination.ip" => ConditionKey::DestinationIp,
         "destination.port" => ConditionKey::DestinationPort,
         "connection.sni" => ConditionKey::Sni,
+        k if k.starts_with("request.auth.claims[") => {
+            claim_path(k).map_or(ConditionKey::Unavailable, ConditionKey::RequestClaim)
+        }
         k => k
             .strip_prefix("request.headers[")
             .and_then(|h| h.strip_suffix(']'))
             .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
             .map_or(ConditionKey::Unavailable, ConditionKey::Header),
     };
-    CompiledCondition { key, strings: strs(&c.values, &c.not_values), nets: nets(&c.values, &c.not_values) }
+    CompiledCondition {
+        key,
+        strings: strs(&c.values, &c.not_values),
+        nets: nets(&c.values, &c.not_values),
+        principals: request_principals(&c.values, &c.not_values),
+    }
+}
+
+/// `request.auth.claims[a][b]` -> `[a, b]`.
+pub fn claim_path(key: &str) -> Option<Vec<String>> {
+    let inner = key.strip_prefix("request.auth.claims[")?.strip_suffix(']')?;
+    let path: Vec<String> = inner.split("][").map(str::to_string).collect();
+    (!path.iter().any(|p| p.is_empty() || p.contains(['[', ']']))).then_some(path)
 }
 
 /// `cluster.local/ns/foo/sa/bar` -> `foo`.
@@ -326,7 +409,7 @@ impl CompiledSource {
         let m = |m: &StrMatch, s: &str| m.matches(s);
         let net = |n: &IpNet, ip: &IpAddr| n.contains(ip);
         self.principals.check(req.source_principal, m)
-            && self.request_principals.check(req.request_principal, m)
+            && self.request_principals.check(req.request_auth, |p: &PrincipalMatch, jwt: &VerifiedJwt| p.matches(jwt))
             && self.namespaces.check(req.source_principal.and_then(namespace_of), m)
             && self.ip_blocks.check(req.source_ip.as_ref(), net)
             && self.remote_ip_blocks.check(req.remote_ip.or(req.source_ip).as_ref(), net)
@@ -362,7 +445,20 @@ impl CompiledCondition {
             ConditionKey::DestinationIp => self.nets.check(req.destination_ip.as_ref(), net),
             ConditionKey::SourceNamespace => self.strings.check(req.source_principal.and_then(namespace_of), m),
             ConditionKey::SourcePrincipal => self.strings.check(req.source_principal, m),
-            ConditionKey::RequestPrincipal => self.strings.check(req.request_principal, m),
+            ConditionKey::RequestPrincipal => {
+                self.principals.check(req.request_auth, |p: &PrincipalMatch, jwt: &VerifiedJwt| p.matches(jwt))
+            }
+            ConditionKey::RequestAudiences => {
+                let audiences: Vec<&str> =
+                    req.request_auth.map_or(vec![], |j| j.audiences.iter().map(String::as_str).collect());
+                self.strings.check_any(&audiences, m)
+            }
+            ConditionKey::RequestPresenter => {
+                self.strings.check(req.request_auth.and_then(|j| j.presenter.as_deref()), m)
+            }
+            ConditionKey::RequestClaim(path) => {
+                self.strings.check_any(&req.request_auth.map_or(vec![], |j| j.claim_strings(path)), m)
+            }
             ConditionKey::DestinationPort => {
                 let port = req.port.to_string();
                 self.strings.check(Some(port.as_str()), m)
@@ -403,7 +499,7 @@ mod tests {
             source_ip: ip.parse().ok(),
             remote_ip: None,
             source_principal: principal,
-            request_principal: None,
+            request_auth: None,
             host: "httpbin.foo.svc.cluster.local:8000",
             method,
             path,
@@ -486,13 +582,71 @@ mod tests {
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec:\n  rules:\n  - to:\n    - operation:\n        hosts: [\"*.cluster.local\"]\n        ports: [\"8000\"]\n        notPaths: [\"*.secret\"]\n    when:\n    - key: source.ip\n      values: [\"10.0.0.0/8\"]\n    - key: request.auth.claims[group]\n      notValues: [x]\n",
         ));
         let r = Req { headers: http::HeaderMap::new() };
-        // The claims condition has no value here, so the rule never matches.
-        assert_eq!(a.evaluate(&request(&r, "GET", "/a", None, "10.1.1.1")), Decision::Deny { policy: None });
+        // No token: the claim is missing, which no `notValues` excludes.
+        assert_eq!(a.evaluate(&request(&r, "GET", "/a", None, "10.1.1.1")), Decision::Allow);
         let a = Authorizer::new(&policies(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec:\n  rules:\n  - to:\n    - operation:\n        hosts: [\"*.cluster.local\"]\n        ports: [\"8000\"]\n        notPaths: [\"*.secret\"]\n    when:\n    - key: source.ip\n      values: [\"10.0.0.0/8\"]\n",
         ));
         assert_eq!(a.evaluate(&request(&r, "GET", "/a", None, "10.1.1.1")), Decision::Allow);
         assert_eq!(a.evaluate(&request(&r, "GET", "/a.secret", None, "10.1.1.1")), Decision::Deny { policy: None });
         assert_eq!(a.evaluate(&request(&r, "GET", "/a", None, "11.1.1.1")), Decision::Deny { policy: None });
+    }
+
+    fn token(payload: serde_json::Value) -> VerifiedJwt {
+        let serde_json::Value::Object(map) = payload else { panic!("an object") };
+        VerifiedJwt::from_payload(map, &["scope".into()])
+    }
+
+    #[test]
+    fn request_principals_match_issuer_and_subject_apart() {
+        let jwt = token(serde_json::json!({"iss": "https://issuer.example/a", "sub": "alice"}));
+        let no_sub = token(serde_json::json!({"iss": "https://issuer.example/a"}));
+        let cases = [
+            ("*", Some(&jwt), true),
+            ("*", Some(&no_sub), false),
+            ("*", None, false),
+            ("https://issuer.example/a/alice", Some(&jwt), true),
+            ("https://issuer.example/a/*", Some(&jwt), true),
+            ("https://issuer.example/a/al*", Some(&jwt), true),
+            ("https://issuer.example/*", Some(&jwt), false),
+            ("*/alice", Some(&jwt), true),
+            ("*example/a/alice", Some(&jwt), true),
+            ("*ice", Some(&jwt), true),
+            // Split at the last `/`: issuer `https:/`, subject `issuer*`.
+            ("https://issuer*", Some(&jwt), false),
+            ("https://issuer.example/a/bob", Some(&jwt), false),
+        ];
+        for (value, jwt, want) in cases {
+            let m = PrincipalMatch::new(value);
+            assert_eq!(jwt.is_some_and(|j| m.matches(j)), want, "{value}");
+        }
+    }
+
+    #[test]
+    fn conditions_read_audiences_presenter_and_nested_claims() {
+        let a = Authorizer::new(&policies(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec:\n  rules:\n  - from:\n    - source:\n        requestPrincipals: [\"https://issuer.example/*\"]\n    when:\n    - key: request.auth.audiences\n      values: [api]\n    - key: request.auth.presenter\n      values: [\"web*\"]\n    - key: request.auth.claims[org][team]\n      values: [blue]\n    - key: request.auth.claims[scope]\n      values: [write]\n      notValues: [admin]\n",
+        ));
+        let r = Req { headers: http::HeaderMap::new() };
+        let mut base = serde_json::json!({
+            "iss": "https://issuer.example", "sub": "alice", "aud": ["x", "api"], "azp": "web-app",
+            "org": {"team": "blue"}, "scope": "read write"
+        });
+        let ask = |jwt: &VerifiedJwt| {
+            let mut req = request(&r, "GET", "/", None, "10.0.0.1");
+            req.request_auth = Some(jwt);
+            a.evaluate(&req)
+        };
+        assert_eq!(ask(&token(base.clone())), Decision::Allow);
+        base["scope"] = "read write admin".into();
+        assert_eq!(ask(&token(base.clone())), Decision::Deny { policy: None }, "a notValues word");
+        base["scope"] = "write".into();
+        base["org"]["team"] = serde_json::json!(["red", "blue"]);
+        assert_eq!(ask(&token(base.clone())), Decision::Allow, "a list claim matches by element");
+        base["aud"] = "other".into();
+        assert_eq!(ask(&token(base)), Decision::Deny { policy: None });
+        assert_eq!(a.evaluate(&request(&r, "GET", "/", None, "10.0.0.1")), Decision::Deny { policy: None }, "no token");
+        assert_eq!(claim_path("request.auth.claims[a][b]"), Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(claim_path("request.auth.claims[]"), None);
     }
 }

@@ -28,6 +28,7 @@
 //! | [`mesh_config`] | Istio's MeshConfig settings translation reads: trust domain, auto mTLS, root namespace |
 //! | [`mtls`] | which connections carry Istio mTLS: DestinationRule TLS, auto mTLS, PeerAuthentication as inbound chains |
 //! | [`peer_authentication`] | PeerAuthentication merged for a workload (mesh, namespace, workload, port) |
+//! | [`jwt`] | RequestAuthentication: JWT providers, where tokens are found, verified claims |
 //! | [`authz`] | AuthorizationPolicy evaluation |
 //! | [`filter`] | [`Filter`]: user code in the request path |
 //!
@@ -151,6 +152,7 @@ pub mod credentials;
 pub mod fault;
 pub mod filter;
 pub mod identity;
+pub mod jwt;
 pub mod keyed;
 pub mod lb;
 pub mod mesh;

@@ -24,6 +24,9 @@ pub struct ProxyConfig {
     /// The AuthorizationPolicies that apply to this proxy, in evaluation
     /// order (namespace, name).
     pub authorization: Vec<AuthorizationPolicyRef>,
+    /// The JWT issuers RequestAuthentications accept here, by issuer.
+    #[serde(default)]
+    pub request_authentication: Vec<crate::jwt::JwtProvider>,
     /// Local rate limits (from EnvoyFilters) that apply to this proxy.
     #[serde(default)]
     pub local_rate_limits: Vec<crate::rate_limit::LocalRateLimit>,

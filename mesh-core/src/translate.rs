@@ -122,6 +122,7 @@ pub fn translate_with(mesh: &MeshSnapshot, proxy: &ProxyIdentity, mesh_config: &
         clusters,
         endpoints,
         authorization: t.authorization_policies(),
+        request_authentication: t.request_authentication(),
         local_rate_limits: t.local_rate_limits(),
     };
     match proxy.kind {
@@ -994,24 +995,46 @@ impl<'a> Translator<'a> {
         of_kind(self.config, Kind::AuthorizationPolicy)
             .filter_map(|r| {
                 let Spec::AuthorizationPolicy(p) = &r.spec else { return None };
-                let ns_ok = r.meta.namespace == ROOT_NAMESPACE || r.meta.namespace == self.proxy.namespace;
-                let selected = match (&p.selector, r.meta.namespace == ROOT_NAMESPACE) {
-                    (Some(sel), _) => {
-                        labels_match(&sel.match_labels, &self.proxy.labels)
-                            && (r.meta.namespace == self.proxy.namespace || r.meta.namespace == ROOT_NAMESPACE)
-                    }
-                    (None, _) => true,
-                };
-                // targetRef(s) attach to Gateway API objects, which this
-                // mesh does not run; such policies do not apply.
                 let targeted = p.target_ref.is_some() || !p.target_refs.is_empty();
-                (ns_ok && selected && !targeted).then(|| AuthorizationPolicyRef {
+                self.policy_selects(&r.meta.namespace, p.selector.as_ref(), targeted).then(|| AuthorizationPolicyRef {
                     namespace: r.meta.namespace.clone(),
                     name: r.meta.name.clone(),
                     policy: with_trust_domain_aliases(p, &self.mesh_config.trust_domains()),
                 })
             })
             .collect()
+    }
+}
+
+impl Translator<'_> {
+    /// RequestAuthentications selecting this proxy, as Istio selects
+    /// them: all their rules apply together, ordered by issuer.
+    fn request_authentication(&self) -> Vec<crate::jwt::JwtProvider> {
+        crate::jwt::providers(of_kind(self.config, Kind::RequestAuthentication).filter_map(|r| {
+            let Spec::RequestAuthentication(ra) = &r.spec else { return None };
+            let targeted = ra.target_ref.is_some() || !ra.target_refs.is_empty();
+            self.policy_selects(&r.meta.namespace, ra.selector.as_ref(), targeted).then_some((
+                r.meta.namespace.as_str(),
+                r.meta.name.as_str(),
+                ra,
+            ))
+        }))
+    }
+
+    /// Whether a security policy in `namespace` applies to this proxy: one
+    /// in the root namespace without a selector applies mesh-wide; others
+    /// in their namespace (or from the root namespace) to the workloads
+    /// their selector matches. targetRef(s) attach to Gateway API objects,
+    /// which this mesh does not run; such policies do not apply.
+    fn policy_selects(
+        &self,
+        namespace: &str,
+        selector: Option<&crate::config::networking::WorkloadSelector>,
+        targeted: bool,
+    ) -> bool {
+        let in_scope = namespace == ROOT_NAMESPACE || namespace == self.proxy.namespace;
+        let selected = selector.is_none_or(|sel| labels_match(&sel.match_labels, &self.proxy.labels));
+        in_scope && selected && !targeted
     }
 }
 

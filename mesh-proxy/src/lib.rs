@@ -18,6 +18,7 @@
 //! | [`live`] | the compiled config in force, swapped whole |
 //! | [`cluster`] | a cluster's endpoints, balancer, breaker and detector |
 //! | [`listener`] | listeners, added and drained as config changes |
+//! | [`jwt`] | RequestAuthentication: JWTs checked in the request path (Envoy's `jwt_authn`) |
 //! | [`inbound_mtls`] | a sidecar port's PeerAuthentication: mTLS required, sniffed, or off |
 //! | [`upstream`] | pooled upstream connections (HTTP/1.1 and HTTP/2) |
 //! | [`upstream_tls`] | TLS to upstreams: ISTIO_MUTUAL, SIMPLE and MUTUAL origination |
@@ -79,6 +80,7 @@ pub mod downstream;
 pub mod forward;
 pub mod http1;
 pub mod inbound_mtls;
+pub mod jwt;
 pub mod limits;
 pub mod listener;
 pub mod live;

@@ -25,6 +25,8 @@ pub struct LiveConfig {
     pub listener_routes: FxHashMap<String, String>,
     pub clusters: FxHashMap<String, Arc<ClusterState>>,
     pub authorizer: Authorizer,
+    /// RequestAuthentication's JWT providers.
+    pub authenticator: crate::jwt::Authenticator,
     /// Regexes of rewrites and CORS origins, compiled once.
     pub regexes: FxHashMap<String, CompiledMatcher>,
     /// The local rate limits of each listener, by listener name.
@@ -55,12 +57,14 @@ impl LiveConfig {
                 clusters: vec![],
                 endpoints: vec![],
                 authorization: vec![],
+                request_authentication: vec![],
                 local_rate_limits: vec![],
             }),
             routes: FxHashMap::default(),
             listener_routes: FxHashMap::default(),
             clusters: FxHashMap::default(),
             authorizer: Authorizer::default(),
+            authenticator: crate::jwt::Authenticator::default(),
             regexes: FxHashMap::default(),
             rate_limits: FxHashMap::default(),
         }
@@ -92,6 +96,7 @@ impl LiveConfig {
             })
             .collect();
         let authorizer = Authorizer::new(&config.authorization);
+        let authenticator = crate::jwt::Authenticator::new(&config.request_authentication);
         let listener_routes = config
             .listeners
             .iter()
@@ -149,7 +154,16 @@ impl LiveConfig {
                 (l.name.clone(), limiters.iter().filter(applies).cloned().collect())
             })
             .collect();
-        Ok(LiveConfig { config: Arc::new(config), routes, listener_routes, clusters, authorizer, regexes, rate_limits })
+        Ok(LiveConfig {
+            config: Arc::new(config),
+            routes,
+            listener_routes,
+            clusters,
+            authorizer,
+            authenticator,
+            regexes,
+            rate_limits,
+        })
     }
 }
 

@@ -130,6 +130,13 @@ pub struct Metrics {
     access_log: Option<AccessLog>,
     /// The workload's own identity (`destination_principal` inbound).
     identity: Option<WorkloadIdentity>,
+    /// Requests whose JWT was refused (401), by reason.
+    jwt_denied: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
 }
 
 /// What one request did, for metrics and the access log. Route and cluster
@@ -241,7 +248,14 @@ impl Metrics {
             "Request durations, in milliseconds",
             durations.clone(),
         );
+        let jwt_denied = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "mesh_jwt_authn_denied",
+            "Requests refused by RequestAuthentication (401), by reason",
+            jwt_denied.clone(),
+        );
         Metrics {
+            jwt_denied,
             registry,
             requests,
             durations,
@@ -262,6 +276,11 @@ impl Metrics {
     /// Serve the proxy's status metrics with the others.
     pub fn register_status(&mut self, status: &crate::status::ProxyStatus) {
         status.register(&mut self.registry);
+    }
+
+    /// Count a request whose token was refused.
+    pub fn jwt_refused(&self, error: crate::jwt::JwtError) {
+        self.jwt_denied.get_or_create(&ReasonLabel { reason: format!("{error:?}") }).inc();
     }
 
     /// Start the record of one request.

@@ -9,6 +9,8 @@
 //! - [`envoy`]: Envoy 1.40 found and started as a peer.
 //! - [`peers`]: the other peers (Python modules, commands), checked with an
 //!   install hint when missing.
+//! - [`jwt`]: JWT signing keys of every algorithm, their JWKS, tokens,
+//!   and a JWKS server.
 //! - [`fixtures`]: the repository's Istio-format fixture files.
 //!
 //! A missing peer or fixture fails the test with a message naming it and
@@ -17,6 +19,7 @@
 pub mod envoy;
 pub mod fixtures;
 pub mod http;
+pub mod jwt;
 pub mod net;
 pub mod netns;
 pub mod peers;

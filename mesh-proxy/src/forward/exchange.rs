@@ -38,6 +38,8 @@ pub struct Exchange<'a> {
     pub(super) acted: bool,
     /// The request's Origin, when the route's CORS policy allows it.
     pub(super) cors_origin: Option<HeaderValue>,
+    /// The request's verified JWT (RequestAuthentication).
+    pub(super) request_auth: Option<mesh_core::jwt::VerifiedJwt>,
     /// For user filters; `None` when there are none.
     pub(super) filter_context: Option<FilterContext>,
     logged: bool,
@@ -74,6 +76,7 @@ impl<'a> Exchange<'a> {
             cluster: None,
             acted: false,
             cors_origin: None,
+            request_auth: None,
             filter_context,
             logged: false,
         }

@@ -12,6 +12,7 @@
 //! | begin | [`exchange`] | hop-by-hop fields stripped, `x-request-id`, path normalized, the record started |
 //! | downstream checks | [`checks`] | a path that did not normalize: 400 |
 //! | rate limit | [`route`] | the listener's local rate limits: 429 |
+//! | authenticate | [`authenticate`] | RequestAuthentication: a token that fails, 401 |
 //! | route | [`route`] | the route table and the first matching route: 404 |
 //! | authorize | [`authorize`] | AuthorizationPolicy: 403 |
 //! | CORS preflight | [`cors`] | an allowed preflight answered here |
@@ -23,6 +24,7 @@
 //! | response | [`response`] | hop-by-hop stripped, header operations, CORS, user filters' `on_response` |
 //! | log | [`exchange`] | metrics, access log, user filters' `on_log`; also for a client that left |
 
+mod authenticate;
 mod authorize;
 mod checks;
 mod cors;
@@ -135,6 +137,7 @@ impl Exchange<'_> {
     async fn request_phases(&mut self, body: Body) -> Result<Answer, Answer> {
         self.check_downstream()?;
         self.rate_limit()?;
+        self.authenticate()?;
         self.route()?;
         self.authorize()?;
         self.cors_preflight()?;

@@ -83,6 +83,7 @@ pub fn assemble(
         clusters,
         endpoints,
         authorization: Vec::new(),
+        request_authentication: Vec::new(),
         local_rate_limits: Vec::new(),
     };
     cfg.version = version_of(&cfg);
