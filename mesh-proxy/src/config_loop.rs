@@ -40,7 +40,7 @@ pub(crate) async fn run(mut l: ConfigLoop) {
             continue;
         }
         let v = config.version.clone();
-        let compiled = match LiveConfig::compile(config, &l.live.load(), &l.forwarder.upstreams) {
+        let compiled = match LiveConfig::compile(config, &l.live.load(), &l.forwarder.upstreams, &l.forwarder.jwks) {
             Ok(compiled) => compiled,
             Err(e) => {
                 tracing::error!(version = %v, "config rejected, the previous one keeps serving: {e}");

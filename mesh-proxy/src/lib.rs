@@ -164,6 +164,7 @@ pub struct ProxyBuilder {
     identity: Option<WorkloadIdentity>,
     credentials: Option<Arc<dyn CredentialSource>>,
     mesh_config: MeshConfig,
+    jwks_refresh: Duration,
 }
 
 /// Called after each config is applied, on the thread that applied it.
@@ -178,6 +179,7 @@ impl ProxyBuilder {
             metrics: None,
             bind_ip: None,
             drain_timeout: Duration::from_secs(5),
+            jwks_refresh: jwt::remote::REFRESH,
             access_log: false,
             http_proxy: None,
             limits: DownstreamLimits::default(),
@@ -287,6 +289,13 @@ impl ProxyBuilder {
     }
 
     /// Write a JSON access log line per request to stdout, buffered as
+    /// How often RequestAuthentication's `jwksUri` documents are fetched
+    /// again (5 minutes, as the remote JWKS cache time Istio gives Envoy).
+    pub fn jwks_refresh(mut self, every: Duration) -> Self {
+        self.jwks_refresh = every;
+        self
+    }
+
     /// Envoy buffers its file log: written out every second, at 64 KiB
     /// and when draining.
     pub fn access_log(mut self, on: bool) -> Self {
@@ -306,6 +315,8 @@ impl ProxyBuilder {
         let mut metrics = Metrics::new(&name, &namespace, self.access_log);
         metrics.set_identity(self.identity.clone());
         metrics.register_status(&status);
+        let jwks = Arc::new(jwt::remote::JwksCache::new(self.jwks_refresh));
+        metrics.register_jwks(&jwks);
         let metrics = Arc::new(metrics);
         let forwarder = Arc::new(Forwarder {
             live: Arc::clone(&live),
@@ -315,6 +326,7 @@ impl ProxyBuilder {
             stats: Arc::default(),
             path_normalization: self.path_normalization,
             identity: self.identity.clone(),
+            jwks,
         });
         let (drain_tx, drain_rx) = watch::channel(false);
         let admin_state = admin::AdminState {

@@ -77,6 +77,7 @@ impl LiveConfig {
         config: ProxyConfig,
         previous: &LiveConfig,
         upstreams: &Upstreams,
+        jwks: &Arc<crate::jwt::remote::JwksCache>,
     ) -> Result<LiveConfig, RouteTableError> {
         let routes = config
             .route_configs
@@ -96,7 +97,7 @@ impl LiveConfig {
             })
             .collect();
         let authorizer = Authorizer::new(&config.authorization);
-        let authenticator = crate::jwt::Authenticator::new(&config.request_authentication);
+        let authenticator = crate::jwt::Authenticator::new(&config.request_authentication, jwks);
         let listener_routes = config
             .listeners
             .iter()

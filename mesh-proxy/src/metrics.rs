@@ -278,6 +278,11 @@ impl Metrics {
         status.register(&mut self.registry);
     }
 
+    /// Serve the JWKS fetch counts with the others.
+    pub fn register_jwks(&mut self, jwks: &crate::jwt::remote::JwksCache) {
+        jwks.register(&mut self.registry);
+    }
+
     /// Count a request whose token was refused.
     pub fn jwt_refused(&self, error: crate::jwt::JwtError) {
         self.jwt_denied.get_or_create(&ReasonLabel { reason: format!("{error:?}") }).inc();

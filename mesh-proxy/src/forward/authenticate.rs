@@ -11,13 +11,13 @@ use crate::jwt::{self, Outcome};
 use crate::response_flags::Flag;
 
 impl Exchange<'_> {
-    pub(super) fn authenticate(&mut self) -> Result<(), Answer> {
+    pub(super) async fn authenticate(&mut self) -> Result<(), Answer> {
         let authenticator = &self.live.authenticator;
         if authenticator.is_empty() || self.ingress.outbound {
             return Ok(());
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match authenticator.authenticate(&mut self.head, now) {
+        match authenticator.authenticate(&mut self.head, now).await {
             Outcome::Anonymous => Ok(()),
             Outcome::Verified(jwt) => {
                 self.request_auth = Some(jwt);

@@ -64,6 +64,9 @@ pub struct Forwarder {
     pub path_normalization: PathNormalization,
     /// The workload's certificate (and the peers it has seen).
     pub identity: Option<crate::mtls::WorkloadIdentity>,
+    /// JWKS documents fetched for RequestAuthentication, kept across
+    /// configs.
+    pub jwks: Arc<crate::jwt::remote::JwksCache>,
 }
 
 /// Which listener a request came in on.
@@ -137,7 +140,7 @@ impl Exchange<'_> {
     async fn request_phases(&mut self, body: Body) -> Result<Answer, Answer> {
         self.check_downstream()?;
         self.rate_limit()?;
-        self.authenticate()?;
+        self.authenticate().await?;
         self.route()?;
         self.authorize()?;
         self.cors_preflight()?;

@@ -7,8 +7,10 @@
 //! |---|---|
 //! | [`token`] | one token's form, issuer, times and audiences, with Envoy's reasons |
 //! | [`keys`] | an issuer's JWKS and the signature check |
+//! | [`remote`] | JWKS documents fetched and refreshed off the request path |
 
 pub mod keys;
+pub mod remote;
 pub mod token;
 
 use std::sync::Arc;
@@ -17,14 +19,19 @@ use http::HeaderValue;
 use mesh_core::jwt::{claims::claim_header_value, JwksSource, JwtProvider, VerifiedJwt};
 
 use keys::KeySet;
+use remote::{Fetched, JwksCache, RemoteKeys};
 pub use token::JwtError;
 
-/// One provider and its keys; `None`: no keys (a bad inline JWKS, or a
-/// `jwksUri`, which mesh-proxy does not fetch yet): its tokens fail.
+/// Where a provider's keys are.
+enum KeySource {
+    /// An inline JWKS; `None` when it had no usable key.
+    Inline(Option<Arc<KeySet>>),
+    Remote(Arc<RemoteKeys>),
+}
+
 struct Provider {
     spec: JwtProvider,
-    keys: Option<Arc<KeySet>>,
-    no_keys: JwtError,
+    keys: KeySource,
 }
 
 /// The RequestAuthentication providers of one proxy, compiled.
@@ -49,24 +56,23 @@ pub enum Outcome {
 }
 
 impl Authenticator {
-    pub fn new(providers: &[JwtProvider]) -> Authenticator {
+    /// The providers of a config; remote keys come from `cache`, which
+    /// outlives configs.
+    pub fn new(providers: &[JwtProvider], cache: &Arc<JwksCache>) -> Authenticator {
         let providers = providers
             .iter()
             .map(|spec| {
-                let (keys, no_keys) = match &spec.jwks {
-                    JwksSource::Inline(doc) => match KeySet::parse(doc) {
-                        Ok(keys) => (Some(Arc::new(keys)), JwtError::KidAlgMismatch),
+                let keys = match &spec.jwks {
+                    JwksSource::Inline(doc) => KeySource::Inline(match KeySet::parse(doc) {
+                        Ok(keys) => Some(Arc::new(keys)),
                         Err(e) => {
-                            tracing::warn!(policy = %spec.origin, issuer = %spec.issuer, error = %e, "RequestAuthentication: the inline jwks has no usable key; tokens of this issuer are refused");
-                            (None, JwtError::KidAlgMismatch)
+                            tracing::warn!(policy = %spec.origin, issuer = %spec.issuer, error = %e, "RequestAuthentication: the inline jwks has no usable key; tokens of this issuer are refused (401)");
+                            None
                         }
-                    },
-                    JwksSource::Uri(uri) | JwksSource::Discovery(uri) => {
-                        tracing::warn!(policy = %spec.origin, issuer = %spec.issuer, %uri, "RequestAuthentication: mesh-proxy does not fetch JWKS documents yet; tokens of this issuer are refused (401)");
-                        (None, JwtError::JwksFetchFailed)
-                    }
+                    }),
+                    remote => KeySource::Remote(cache.remote(remote, spec.fetch_timeout)),
                 };
-                Provider { spec: spec.clone(), keys, no_keys }
+                Provider { spec: spec.clone(), keys }
             })
             .collect();
         Authenticator { providers }
@@ -83,7 +89,7 @@ impl Authenticator {
     /// Istio's rule: with no token anywhere the request passes; otherwise
     /// some provider must find a token at its locations and verify every
     /// token it found.
-    pub fn authenticate(&self, head: &mut http::request::Parts, now: u64) -> Outcome {
+    pub async fn authenticate(&self, head: &mut http::request::Parts, now: u64) -> Outcome {
         if self.providers.is_empty() {
             return Outcome::Anonymous;
         }
@@ -109,7 +115,7 @@ impl Authenticator {
                 continue;
             }
             any_token = true;
-            match p.verify_all(&tokens, now) {
+            match p.verify_all(&tokens, now).await {
                 Ok((jwt, payload)) => {
                     p.rewrite(head, &jwt, &payload);
                     return Outcome::Verified(jwt);
@@ -131,18 +137,30 @@ impl Authenticator {
 impl Provider {
     /// Every token must verify; the last found is the one kept, as Envoy
     /// checks them from the last.
-    fn verify_all(&self, tokens: &[String], now: u64) -> Result<(VerifiedJwt, String), JwtError> {
+    async fn verify_all(&self, tokens: &[String], now: u64) -> Result<(VerifiedJwt, String), JwtError> {
         let mut verified = None;
         for token in tokens.iter().rev() {
             let parsed = token::parse(token)?;
             if parsed.issuer != self.spec.issuer {
                 return Err(JwtError::UnknownIssuer);
             }
-            let keys = self.keys.as_deref().ok_or(self.no_keys)?;
-            let (jwt, payload) = parsed.verify(&self.spec, keys, now)?;
+            let keys = self.keys().await?;
+            let (jwt, payload) = parsed.verify(&self.spec, &keys, now)?;
             verified.get_or_insert((jwt, payload.to_string()));
         }
         verified.ok_or(JwtError::Missing)
+    }
+
+    /// The keys, waiting (up to the fetch timeout) for a first fetch
+    /// under way: only requests with tokens of this issuer wait.
+    async fn keys(&self) -> Result<Arc<KeySet>, JwtError> {
+        match &self.keys {
+            KeySource::Inline(keys) => keys.clone().ok_or(JwtError::KidAlgMismatch),
+            KeySource::Remote(remote) => match remote.current(self.spec.fetch_timeout).await {
+                Fetched::Keys(keys) => Ok(keys),
+                Fetched::Pending | Fetched::Failed(_) => Err(JwtError::JwksFetchFailed),
+            },
+        }
     }
 
     fn rewrite(&self, head: &mut http::request::Parts, jwt: &VerifiedJwt, payload_base64: &str) {

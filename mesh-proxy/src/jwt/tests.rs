@@ -24,8 +24,16 @@ fn head(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
     b.body(()).unwrap().into_parts().0
 }
 
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+fn authenticator(providers: &[JwtProvider]) -> Authenticator {
+    Authenticator::new(providers, &Arc::new(JwksCache::default()))
+}
+
 fn check(a: &Authenticator, token: &str) -> Outcome {
-    a.authenticate(&mut head("/", &[("authorization", &format!("Bearer {token}"))]), now())
+    block(a.authenticate(&mut head("/", &[("authorization", &format!("Bearer {token}"))]), now()))
 }
 
 fn refused(a: &Authenticator, token: &str) -> Option<JwtError> {
@@ -47,7 +55,7 @@ fn every_algorithm_verifies_and_a_foreign_key_does_not() {
         Algorithm::EdDSA,
     ] {
         let (key, other) = (Signer::new(alg, "k1"), Signer::new(alg, "k1"));
-        let a = Authenticator::new(&[provider(jwks(&[&key]))]);
+        let a = authenticator(&[provider(jwks(&[&key]))]);
         let Outcome::Verified(jwt) = check(&a, &key.mint(&claims())) else { panic!("{alg:?} did not verify") };
         assert_eq!(
             (jwt.principal().as_str(), jwt.audiences.as_slice()),
@@ -60,7 +68,7 @@ fn every_algorithm_verifies_and_a_foreign_key_does_not() {
 #[test]
 fn claims_times_and_keys_are_refused_with_envoys_reasons() {
     let key = Signer::new(Algorithm::RS256, "k1");
-    let a = Authenticator::new(&[provider(jwks(&[&key]))]);
+    let a = authenticator(&[provider(jwks(&[&key]))]);
     let with = |patch: serde_json::Value| {
         let mut c = claims();
         for (k, v) in patch.as_object().unwrap() {
@@ -94,16 +102,19 @@ fn claims_times_and_keys_are_refused_with_envoys_reasons() {
 #[test]
 fn no_token_passes_and_every_token_must_verify() {
     let key = Signer::new(Algorithm::ES256, "k1");
-    let a = Authenticator::new(&[provider(jwks(&[&key]))]);
-    assert_eq!(a.authenticate(&mut head("/", &[]), now()), Outcome::Anonymous);
-    assert_eq!(a.authenticate(&mut head("/", &[("authorization", "Basic YWxhZGRpbg==")]), now()), Outcome::Anonymous);
+    let a = authenticator(&[provider(jwks(&[&key]))]);
+    assert_eq!(block(a.authenticate(&mut head("/", &[]), now())), Outcome::Anonymous);
+    assert_eq!(
+        block(a.authenticate(&mut head("/", &[("authorization", "Basic YWxhZGRpbg==")]), now())),
+        Outcome::Anonymous
+    );
     let good = key.mint(&claims());
     let expired = key.mint(&json!({"iss": ISSUER, "sub": "bob", "aud": "api", "exp": 10}));
     let two = [("authorization", format!("Bearer {good}")), ("authorization", format!("Bearer {expired}"))];
     let mut h = head("/", &[(two[0].0, two[0].1.as_str()), (two[1].0, two[1].1.as_str())]);
-    assert_eq!(a.authenticate(&mut h, now()), Outcome::Refused(JwtError::Expired));
+    assert_eq!(block(a.authenticate(&mut h, now())), Outcome::Refused(JwtError::Expired));
     let mut q = head(&format!("/p?x=1&access_token={good}"), &[]);
-    assert!(matches!(a.authenticate(&mut q, now()), Outcome::Verified(_)));
+    assert!(matches!(block(a.authenticate(&mut q, now())), Outcome::Verified(_)));
     assert_eq!(q.uri, "/p?x=1", "the verified token leaves the query");
 }
 
@@ -118,16 +129,16 @@ fn outputs_replace_what_the_client_sent() {
     });
     let p = JwtProvider::from_rule("foo/jwt", &serde_json::from_value(rule).unwrap());
     assert_eq!(p.locations, [TokenLocation::Header { name: "x-jwt".into(), prefix: "Token ".into() }]);
-    let a = Authenticator::new(&[p]);
+    let a = authenticator(&[p]);
     let token = key.mint(&claims());
     let mut h = head("/", &[("x-jwt", &format!("Token {token}")), ("x-sub", "forged"), ("x-jwt-payload", "forged")]);
-    assert!(matches!(a.authenticate(&mut h, now()), Outcome::Verified(_)));
+    assert!(matches!(block(a.authenticate(&mut h, now())), Outcome::Verified(_)));
     assert_eq!(h.headers.get("x-jwt"), None, "not forwarded");
     assert_eq!(h.headers["x-sub"], "alice");
     assert_eq!(h.headers["x-tier"], "2");
     assert_eq!(h.headers["x-jwt-payload"], token.split('.').nth(1).unwrap());
     let mut anonymous = head("/", &[("x-sub", "forged")]);
-    assert_eq!(a.authenticate(&mut anonymous, now()), Outcome::Anonymous);
+    assert_eq!(block(a.authenticate(&mut anonymous, now())), Outcome::Anonymous);
     assert_eq!(anonymous.headers.get("x-sub"), None, "an output header is never the client's");
 }
 
@@ -136,6 +147,106 @@ fn keys_that_cannot_be_had_refuse_their_issuers_tokens() {
     let key = Signer::new(Algorithm::RS256, "k1");
     let mut p = provider(String::new());
     p.jwks = JwksSource::Inline("{not json".into());
-    let a = Authenticator::new(&[p]);
+    let a = authenticator(&[p]);
     assert_eq!(refused(&a, &key.mint(&claims())), Some(JwtError::KidAlgMismatch));
+}
+
+fn remote_provider(issuer: &str, jwks_uri: Option<String>, timeout: &str) -> JwtProvider {
+    let mut rule = json!({"issuer": issuer, "timeout": timeout});
+    if let Some(uri) = jwks_uri {
+        rule["jwksUri"] = uri.into();
+    }
+    JwtProvider::from_rule("foo/jwt", &serde_json::from_value(rule).unwrap())
+}
+
+fn bearer(token: &str) -> http::request::Parts {
+    head("/", &[("authorization", &format!("Bearer {token}"))])
+}
+
+/// Polls `f` until it holds, for up to 10 s (refreshes run every 200 ms).
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{what}: never");
+}
+
+#[test]
+fn remote_keys_are_fetched_refreshed_kept_and_never_stall_other_issuers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (Signer::new(Algorithm::RS256, "old"), Signer::new(Algorithm::ES256, "new"));
+    std::fs::write(dir.path().join("jwks.json"), jwks(&[&old])).unwrap();
+    std::fs::write(dir.path().join("garbage.json"), "{\"keys\": 7").unwrap();
+    let (_server, port) = mesh_testkit::jwt::jwks_server(dir.path());
+    let base = format!("http://127.0.0.1:{port}");
+    std::fs::create_dir(dir.path().join(".well-known")).unwrap();
+    std::fs::write(
+        dir.path().join(".well-known/openid-configuration"),
+        json!({"issuer": base, "jwks_uri": format!("{base}/jwks.json")}).to_string(),
+    )
+    .unwrap();
+    let token = |signer: &Signer, iss: &str| signer.mint(&json!({"iss": iss, "sub": "alice", "exp": now() + 600}));
+    block(async {
+        let cache = Arc::new(JwksCache::new(std::time::Duration::from_millis(200)));
+        let a = Authenticator::new(
+            &[
+                remote_provider("https://by-uri", Some(format!("{base}/jwks.json")), "5s"),
+                remote_provider(&base, None, "5s"),
+                remote_provider("https://down", Some(format!("{base}/fail/jwks.json")), "5s"),
+                remote_provider("https://garbage", Some(format!("{base}/garbage.json")), "5s"),
+                remote_provider("https://slow", Some(format!("{base}/slow/jwks.json")), "20s"),
+            ],
+            &cache,
+        );
+        let check = |t: String| {
+            let a = &a;
+            async move { a.authenticate(&mut bearer(&t), now()).await }
+        };
+        assert!(matches!(check(token(&old, "https://by-uri")).await, Outcome::Verified(_)), "from jwksUri");
+        assert!(matches!(check(token(&old, &base)).await, Outcome::Verified(_)), "from the discovery document");
+        assert_eq!(check(token(&old, "https://down")).await, Outcome::Refused(JwtError::JwksFetchFailed));
+        assert_eq!(check(token(&old, "https://garbage")).await, Outcome::Refused(JwtError::JwksFetchFailed));
+
+        // A request of the slow issuer waits for its keys; others do not.
+        let slow = tokio::spawn({
+            let t = token(&old, "https://slow");
+            let a = Authenticator::new(
+                &[remote_provider("https://slow", Some(format!("{base}/slow/jwks.json")), "20s")],
+                &cache,
+            );
+            async move { a.authenticate(&mut bearer(&t), now()).await }
+        });
+        let quick =
+            tokio::time::timeout(std::time::Duration::from_secs(10), check(token(&old, "https://by-uri"))).await;
+        assert!(matches!(quick, Ok(Outcome::Verified(_))), "a known issuer waited on a slow one: {quick:?}");
+        assert!(!slow.is_finished(), "the slow issuer's request should still wait for its keys");
+        slow.abort();
+
+        // Rotation: a new key is published beside the old one.
+        std::fs::write(dir.path().join("jwks.json"), jwks(&[&old, &new])).unwrap();
+        eventually("the new key verifies", async || {
+            matches!(check(token(&new, "https://by-uri")).await, Outcome::Verified(_))
+        })
+        .await;
+        assert!(
+            matches!(check(token(&old, "https://by-uri")).await, Outcome::Verified(_)),
+            "the old key still published"
+        );
+        // A refresh that fails keeps the keys fetched before.
+        std::fs::write(dir.path().join("jwks.json"), "not json").unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        assert!(
+            matches!(check(token(&new, "https://by-uri")).await, Outcome::Verified(_)),
+            "the last good keys are kept"
+        );
+        // The old key withdrawn: its tokens fail.
+        std::fs::write(dir.path().join("jwks.json"), jwks(&[&new])).unwrap();
+        eventually("the withdrawn key is refused", async || {
+            check(token(&old, "https://by-uri")).await == Outcome::Refused(JwtError::KidAlgMismatch)
+        })
+        .await;
+    });
 }
