@@ -177,9 +177,24 @@ pub struct RouteMatch {
     pub method: Option<StringMatcher>,
     pub authority: Option<StringMatcher>,
     pub headers: Vec<HeaderMatcher>,
+    /// Istio's `@request.auth.claims.*` header matches: the verified JWT's
+    /// claims, never the request's headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<ClaimMatcher>,
     pub query_params: Vec<QueryParamMatcher>,
     pub port: Option<u16>,
     pub ignore_uri_case: bool,
+}
+
+/// A match on a claim of the request's verified JWT: a string claim, or
+/// any string of a list claim. No token or no such claim matches nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClaimMatcher {
+    /// Nested claim names, outermost first.
+    pub path: Vec<String>,
+    pub matcher: StringMatcher,
+    /// `withoutHeaders`: the route matches when this does not.
+    pub invert: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1190,22 +1190,22 @@ fn string_matcher(m: &istio::StringMatch) -> StringMatcher {
 }
 
 fn route_match(m: &istio::HttpMatchRequest) -> RouteMatch {
-    let mut headers: Vec<HeaderMatcher> = m
-        .headers
-        .iter()
-        .map(|(k, v)| HeaderMatcher { name: k.to_ascii_lowercase(), matcher: string_matcher(v), invert: false })
-        .collect();
-    headers.extend(m.without_headers.iter().map(|(k, v)| HeaderMatcher {
-        name: k.to_ascii_lowercase(),
-        matcher: string_matcher(v),
-        invert: true,
-    }));
+    let (mut headers, mut claims) = (Vec::new(), Vec::new());
+    let all = m.headers.iter().map(|h| (h, false)).chain(m.without_headers.iter().map(|h| (h, true)));
+    for ((name, value), invert) in all {
+        let matcher = string_matcher(value);
+        match crate::jwt::routing_claim(name) {
+            Some(path) => claims.push(ClaimMatcher { path, matcher, invert }),
+            None => headers.push(HeaderMatcher { name: name.to_ascii_lowercase(), matcher, invert }),
+        }
+    }
     RouteMatch {
         uri: m.uri.as_ref().map(string_matcher),
         scheme: m.scheme.as_ref().map(string_matcher),
         method: m.method.as_ref().map(string_matcher),
         authority: m.authority.as_ref().map(string_matcher),
         headers,
+        claims,
         query_params: m
             .query_params
             .iter()

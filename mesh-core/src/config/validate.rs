@@ -405,6 +405,14 @@ impl Validator {
             for (name, sm) in map {
                 if name.is_empty() {
                     self.err(format!("{at}.{field}"), "header and query parameter names must not be empty");
+                } else if field != "queryParams"
+                    && crate::jwt::routing_claim(name).is_none()
+                    && http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                {
+                    self.err(
+                        format!("{at}.{field}.{name}"),
+                        "not an HTTP header name, nor a JWT claim (`@request.auth.claims.NAME`)",
+                    );
                 }
                 self.string_match(&format!("{at}.{field}.{name}"), sm, true);
             }

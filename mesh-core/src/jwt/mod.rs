@@ -130,6 +130,19 @@ fn same_audience(a: &str, b: &str) -> bool {
     bare(a) == bare(b)
 }
 
+/// The claim path a VirtualService header match names, as Istio reads
+/// it: `@request.auth.claims.a.b` or `@request.auth.claims[a][b]` is
+/// `[a, b]`; any other name is a header.
+pub fn routing_claim(header_name: &str) -> Option<Vec<String>> {
+    const PREFIX: &str = "@request.auth.claims";
+    let name = header_name.get(PREFIX.len()..).filter(|_| header_name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX))?;
+    if let Some(dotted) = name.strip_prefix('.').filter(|n| !n.is_empty()) {
+        return Some(dotted.split('.').map(str::to_string).collect());
+    }
+    let bracketed = name.strip_prefix('[')?.strip_suffix(']').filter(|n| !n.is_empty())?;
+    Some(bracketed.split("][").map(str::to_string).collect())
+}
+
 /// The providers of the RequestAuthentications that select a workload, in
 /// Istio's order (by issuer). `resources` are `(namespace, name, spec)`;
 /// `selects` says whether a resource's selector picks the workload.
@@ -177,6 +190,22 @@ mod tests {
         );
         assert_eq!(p.jwks, JwksSource::Discovery("https://issuer.example/.well-known/openid-configuration".into()));
         assert_eq!(p.fetch_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn routing_claims_are_read_as_istio_reads_them() {
+        assert_eq!(routing_claim("@request.auth.claims.group"), Some(vec!["group".to_string()]));
+        assert_eq!(routing_claim("@Request.Auth.Claims.Org.Team"), Some(vec!["Org".to_string(), "Team".to_string()]));
+        assert_eq!(routing_claim("@request.auth.claims[a.b][c]"), Some(vec!["a.b".to_string(), "c".to_string()]));
+        for header in [
+            "@request.auth.claims",
+            "@request.auth.claims.",
+            "@request.auth.claims[]",
+            "x-group",
+            "@request.auth.claimsx",
+        ] {
+            assert_eq!(routing_claim(header), None, "{header}");
+        }
     }
 
     #[test]

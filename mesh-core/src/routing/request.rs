@@ -11,6 +11,8 @@ pub struct RequestView<'a> {
     pub headers: &'a http::HeaderMap,
     /// The port the request arrived on.
     pub port: u16,
+    /// The request's verified JWT, for claim-based routes.
+    pub claims: Option<&'a crate::jwt::VerifiedJwt>,
 }
 
 impl<'a> RequestView<'a> {
@@ -31,6 +33,7 @@ impl<'a> RequestView<'a> {
             query: head.uri.query(),
             headers: &head.headers,
             port,
+            claims: None,
         }
     }
 }

@@ -59,7 +59,9 @@ struct CompiledRouteMatch {
     scheme: Option<CompiledMatcher>,
     method: Option<CompiledMatcher>,
     authority: Option<CompiledMatcher>,
-    headers: Vec<(http::HeaderName, CompiledMatcher, bool)>,
+    /// `None`: a name that is no HTTP field name, which nothing matches.
+    headers: Vec<(Option<http::HeaderName>, CompiledMatcher, bool)>,
+    claims: Vec<(Vec<String>, CompiledMatcher, bool)>,
     query_params: Vec<(String, CompiledMatcher)>,
     port: Option<u16>,
 }
@@ -299,10 +301,15 @@ fn compile_match(m: &RouteMatch) -> Result<CompiledRouteMatch, regex::Error> {
         headers: m
             .headers
             .iter()
-            .filter_map(|h| {
-                let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-                Some(CompiledMatcher::new(&h.matcher, false).map(|c| (name, c, h.invert)))
+            .map(|h| {
+                let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok();
+                CompiledMatcher::new(&h.matcher, false).map(|c| (name, c, h.invert))
             })
+            .collect::<Result<_, _>>()?,
+        claims: m
+            .claims
+            .iter()
+            .map(|c| CompiledMatcher::new(&c.matcher, false).map(|m| (c.path.clone(), m, c.invert)))
             .collect::<Result<_, _>>()?,
         query_params: m
             .query_params
@@ -382,6 +389,7 @@ impl CompiledRouteMatch {
             return false;
         }
         for (name, matcher, invert) in &self.headers {
+            let Some(name) = name else { return false };
             let mut values = req.headers.get_all(name).iter();
             let matched = match (values.next(), values.next()) {
                 (None, _) => false,
@@ -393,6 +401,12 @@ impl CompiledRouteMatch {
                 }
             };
             if matched == *invert {
+                return false;
+            }
+        }
+        for (path, matcher, invert) in &self.claims {
+            let values = req.claims.map(|jwt| jwt.claim_strings(path)).unwrap_or_default();
+            if values.iter().any(|v| matcher.matches(v)) == *invert {
                 return false;
             }
         }
@@ -636,5 +650,52 @@ mod tests {
                 .err()
                 .unwrap();
         assert!(err.to_string().contains("route `broken`"), "{err}");
+    }
+
+    #[test]
+    fn claim_routes_read_the_verified_token_never_a_header() {
+        use crate::proxy_config::ClaimMatcher;
+        let claim = |path: &[&str], value: &str, invert: bool| RouteMatch {
+            claims: vec![ClaimMatcher {
+                path: path.iter().map(|p| p.to_string()).collect(),
+                matcher: StringMatcher::Exact(value.into()),
+                invert,
+            }],
+            ..Default::default()
+        };
+        let t = RouteTable::new(config(
+            &[&["*"]],
+            vec![
+                route("admins", vec![claim(&["groups"], "admin", false)]),
+                route("blue", vec![claim(&["org", "team"], "blue", false)]),
+                route("not-dev", vec![claim(&["groups"], "dev", true)]),
+                route("rest", vec![]),
+            ],
+        ))
+        .unwrap();
+        let jwt = |payload: serde_json::Value| {
+            let serde_json::Value::Object(map) = payload else { panic!("an object") };
+            crate::jwt::VerifiedJwt::from_payload(map, &[])
+        };
+        let pick = |claims: Option<&crate::jwt::VerifiedJwt>, headers: &[(&str, &str)]| {
+            let mut b = http::Request::get("http://app/");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            let (head, _) = b.body(()).unwrap().into_parts();
+            let view = RequestView { claims, ..RequestView::from_parts(&head, 80) };
+            t.find(&view).map(|h| h.route.name.clone())
+        };
+        let admin = jwt(serde_json::json!({"groups": ["dev", "admin"]}));
+        let blue = jwt(serde_json::json!({"groups": ["dev"], "org": {"team": "blue"}}));
+        let dev = jwt(serde_json::json!({"groups": "dev"}));
+        assert_eq!(pick(Some(&admin), &[]).as_deref(), Some("admins"));
+        assert_eq!(pick(Some(&blue), &[]).as_deref(), Some("blue"));
+        assert_eq!(pick(Some(&dev), &[]).as_deref(), Some("rest"));
+        assert_eq!(
+            pick(None, &[("groups", "admin"), ("org", "blue")]).as_deref(),
+            Some("not-dev"),
+            "headers are no claims"
+        );
     }
 }

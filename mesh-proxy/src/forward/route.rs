@@ -50,7 +50,9 @@ impl<'a> Exchange<'a> {
         let Some(table) = route_config.and_then(|n| live.routes.get(n)) else {
             return Err(self.reply(Flag::NoRoute, StatusCode::NOT_FOUND, "no route config for this listener\n"));
         };
-        let Some(hit) = table.find(&RequestView::from_parts(&self.head, ingress.port)) else {
+        let view =
+            RequestView { claims: self.request_auth.as_ref(), ..RequestView::from_parts(&self.head, ingress.port) };
+        let Some(hit) = table.find(&view) else {
             return Err(self.reply(Flag::NoRoute, StatusCode::NOT_FOUND, ""));
         };
         self.route = Some(hit.route);

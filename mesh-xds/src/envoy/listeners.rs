@@ -31,6 +31,7 @@ use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::Loca
 use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent, TokenBucket};
 use mesh_core::rate_limit::LocalRateLimit;
 
+use super::jwt::{self, JwksLookup};
 use super::rbac;
 use super::routes::header_options;
 use super::routes::{CORS_FILTER, FAULT_FILTER};
@@ -39,13 +40,28 @@ use super::{ads, any, boolean, duration, endpoints::socket_address, uint32};
 /// `None` when no chain of the listener can be expressed: Envoy refuses a
 /// listener without filter chains, and a connection nothing matches is
 /// closed either way.
-pub(super) fn listener(l: &Listener, cfg: &ProxyConfig, unsupported: &mut Vec<String>) -> Option<EnvoyListener> {
-    // Authorization is the workload's: its inbound and gateway traffic.
+pub(super) fn listener(
+    l: &Listener,
+    cfg: &ProxyConfig,
+    jwks: &dyn JwksLookup,
+    unsupported: &mut Vec<String>,
+) -> Option<EnvoyListener> {
+    // Authentication and authorization are the workload's: its inbound
+    // and gateway traffic.
     let side = Side::of(l.direction);
     let policies = if side == Side::Outbound { &[][..] } else { &cfg.authorization[..] };
+    let authn = (side != Side::Outbound)
+        .then(|| jwt::authentication(&cfg.request_authentication, jwks, unsupported))
+        .flatten()
+        .map(|config| HttpFilter {
+            name: jwt::FILTER.into(),
+            config_type: Some(HttpFilterConfig::TypedConfig(any(&config))),
+            ..Default::default()
+        });
     let limits: Vec<&LocalRateLimit> = cfg.local_rate_limits.iter().filter(|r| side.takes(&r.context)).collect();
+    let security = Security { authn, policies, limits: &limits };
     let chains: Vec<EnvoyFilterChain> =
-        l.filter_chains.iter().filter_map(|c| filter_chain(c, l, policies, &limits, unsupported)).collect();
+        l.filter_chains.iter().filter_map(|c| filter_chain(c, l, &security, unsupported)).collect();
     if chains.is_empty() {
         return None;
     }
@@ -92,15 +108,23 @@ fn splits_by_transport(c: &FilterChain, l: &Listener) -> bool {
     l.direction == TrafficDirection::Inbound && c.destination_port.is_some()
 }
 
+/// What an HTTP chain runs before routing: JWT authentication, then
+/// authorization, then local rate limits.
+struct Security<'a> {
+    authn: Option<HttpFilter>,
+    policies: &'a [AuthorizationPolicyRef],
+    limits: &'a [&'a LocalRateLimit],
+}
+
 /// `None` for a TLS chain whose certificate Envoy could not load: its
 /// `credentialName` needs SDS, which this server does not serve yet.
 fn filter_chain(
     c: &FilterChain,
     l: &Listener,
-    policies: &[AuthorizationPolicyRef],
-    limits: &[&LocalRateLimit],
+    security: &Security<'_>,
     unsupported: &mut Vec<String>,
 ) -> Option<EnvoyFilterChain> {
+    let Security { authn, policies, limits } = security;
     let transport_socket = match &c.tls {
         Some(tls) if tls.mode != "PASSTHROUGH" => Some(super::tls::downstream(tls)?),
         _ => None,
@@ -121,7 +145,7 @@ fn filter_chain(
                 config_type: Some(HttpFilterConfig::TypedConfig(any(&local_rate_limit(r)))),
                 ..Default::default()
             });
-            hcm.http_filters.splice(0..0, authz.chain(limited));
+            hcm.http_filters.splice(0..0, authn.iter().cloned().chain(authz).chain(limited));
             filters.push(Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
                 config_type: Some(FilterConfig::TypedConfig(any(&hcm))),

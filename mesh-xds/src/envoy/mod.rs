@@ -6,6 +6,7 @@
 
 mod clusters;
 mod endpoints;
+pub mod jwt;
 mod listeners;
 mod rbac;
 mod routes;
@@ -46,6 +47,17 @@ pub struct Translated {
 /// gets no auto mTLS (Envoy would wait for secrets that never come), so
 /// plaintext where the label alone would have chosen mTLS.
 pub fn resources(cfg: &ProxyConfig, flavor: Flavor, has_certificate: bool) -> Translated {
+    resources_with(cfg, flavor, has_certificate, &jwt::NoJwks)
+}
+
+/// [`resources`], with the JWKS documents of RequestAuthentication's
+/// `jwksUri`s the control plane fetched.
+pub fn resources_with(
+    cfg: &ProxyConfig,
+    flavor: Flavor,
+    has_certificate: bool,
+    jwks: &dyn jwt::JwksLookup,
+) -> Translated {
     let mut set = ResourceSet::default();
     let mut unsupported = Vec::new();
     let auto_mtls = flavor == Flavor::Envoy && has_certificate;
@@ -75,7 +87,7 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor, has_certificate: bool) -> Tr
     match flavor {
         Flavor::Envoy => {
             for l in &cfg.listeners {
-                if let Some(listener) = listeners::listener(l, cfg, &mut unsupported) {
+                if let Some(listener) = listeners::listener(l, cfg, jwks, &mut unsupported) {
                     set.insert(LISTENER, Resource::new(l.name.clone(), &listener));
                 }
             }
@@ -90,6 +102,21 @@ pub fn resources(cfg: &ProxyConfig, flavor: Flavor, has_certificate: bool) -> Tr
             if !cfg.authorization.is_empty() {
                 unsupported
                     .push(format!("{} AuthorizationPolicies: not sent to proxyless gRPC", cfg.authorization.len()));
+            }
+            let claim_routes = cfg
+                .route_configs
+                .iter()
+                .flat_map(|rc| rc.virtual_hosts.iter().flat_map(|vh| &vh.routes))
+                .filter(|r| r.matches.iter().any(|m| !m.claims.is_empty()))
+                .count();
+            if claim_routes > 0 {
+                unsupported.push(format!("{claim_routes} routes matching JWT claims: left out for proxyless gRPC"));
+            }
+            if !cfg.request_authentication.is_empty() {
+                unsupported.push(format!(
+                    "{} RequestAuthentication rules: not sent to proxyless gRPC (it has no JWT filter)",
+                    cfg.request_authentication.len()
+                ));
             }
         }
     }

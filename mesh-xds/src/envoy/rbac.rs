@@ -4,8 +4,11 @@
 //! permission and each `from` a principal, `when` conditions joining the
 //! side their attribute belongs to.
 //!
+//! Request principals and `request.auth.*` conditions read the payload
+//! the JWT filter (see `jwt`) leaves in its metadata.
+//!
 //! A field Envoy cannot check for this kind of traffic (an HTTP attribute
-//! on a TCP chain, a JWT claim with no JWT filter) narrows as Istio does:
+//! on a TCP chain, a JWT claim there) narrows as Istio does:
 //! an ALLOW rule holding it is dropped (it allows less), a DENY or AUDIT
 //! rule loses just that field (it denies more). Each is reported.
 
@@ -68,6 +71,7 @@ pub(super) fn filters(
                     strict: action == AuthorizationAction::Allow,
                     namespace: p.namespace.clone(),
                     problems: Vec::new(),
+                    claim: None,
                 };
                 let policy = gen.rule(rule);
                 for problem in gen.problems {
@@ -102,6 +106,9 @@ struct Generator {
     /// ALLOW: a field that cannot be checked drops its rule.
     strict: bool,
     problems: Vec<String>,
+    /// The claim path of the `request.auth.claims[...]` condition being
+    /// generated.
+    claim: Option<Vec<String>>,
 }
 
 /// A field's matcher, or why Envoy cannot check it here.
@@ -168,7 +175,10 @@ impl Generator {
         let mut and = Vec::new();
         let fields: [FieldSpec<'_, Principal>; 7] = [
             ("principals", &s.principals, &s.not_principals, |_, v| Ok(authenticated(spiffe_matcher(v)))),
-            ("requestPrincipals", &s.request_principals, &s.not_request_principals, |_, _| Err(JWT.into())),
+            ("requestPrincipals", &s.request_principals, &s.not_request_principals, |g, v| {
+                g.http_only("requestPrincipals")?;
+                Ok(request_principal(v))
+            }),
             ("serviceAccounts", &s.service_accounts, &s.not_service_accounts, |g, v| {
                 Ok(service_account(v, &g.namespace))
             }),
@@ -283,9 +293,20 @@ impl Generator {
             "source.service_account" => |g, v| Ok(service_account(v, &g.namespace)),
             "source.trust_domain" => |_, v| Ok(trust_domain(v)),
             k if k.starts_with("request.headers[") => |g, _| g.http_only("request.headers").map(|_| any_principal()),
-            k if k.starts_with("request.auth.") => |_, _| Err(JWT.into()),
+            "request.auth.principal" => |g, v| {
+                g.http_only("request.auth.principal")?;
+                Ok(request_principal(v))
+            },
+            "request.auth.audiences" => |g, v| jwt_claim(g, &["aud"], v),
+            "request.auth.presenter" => |g, v| jwt_claim(g, &["azp"], v),
+            k if k.starts_with("request.auth.claims[") => match mesh_core::authz::claim_path(k) {
+                // The path is in `what`; the generator gets only the value.
+                Some(_) => |g, v| jwt_claim(g, &[], v),
+                None => |_, _| Err("a claim key that is not request.auth.claims[NAME]...".into()),
+            },
             _ => |_, _| Err("an attribute Istio does not have".into()),
         };
+        self.claim = mesh_core::authz::claim_path(key);
         if let Some(name) = key.strip_prefix("request.headers[").and_then(|k| k.strip_suffix(']')) {
             if self.tcp {
                 return self.principal_field(&what, values, not_values, on_principal, principals);
@@ -305,7 +326,24 @@ impl Generator {
     }
 }
 
-const JWT: &str = "request principals and JWT claims need RequestAuthentication, which Envoy is not sent yet";
+fn metadata(m: envoy_types::pb::envoy::r#type::matcher::v3::MetadataMatcher) -> Principal {
+    use envoy_types::pb::envoy::config::rbac::v3::{MetadataSource, SourcedMetadata};
+    let sourced = SourcedMetadata { metadata_matcher: Some(m), metadata_source: MetadataSource::Dynamic as i32 };
+    Principal { identifier: Some(Identifier::SourcedMetadata(sourced)) }
+}
+
+fn request_principal(v: &str) -> Principal {
+    principal_and(super::jwt::request_principal(v).into_iter().map(metadata).collect())
+}
+
+fn jwt_claim(g: &Generator, claims: &[&str], v: &str) -> Gen<Principal> {
+    g.http_only("JWT claims")?;
+    let claims: Vec<String> = match claims {
+        [] => g.claim.clone().unwrap_or_default(),
+        some => some.iter().map(|c| c.to_string()).collect(),
+    };
+    Ok(metadata(super::jwt::claim_matcher(&claims, string_matcher(v, "", false))))
+}
 
 fn permission(rule: PermissionRule) -> Permission {
     Permission { rule: Some(rule) }

@@ -68,7 +68,14 @@ fn virtual_host(vh: &VirtualHost, cfg: &ProxyConfig, flavor: Flavor) -> EnvoyVir
     EnvoyVirtualHost {
         name: vh.name.clone(),
         domains: vh.domains.clone(),
-        routes: vh.routes.iter().flat_map(|r| route(r, cfg, flavor)).collect(),
+        // Proxyless gRPC has no JWT filter: a claim route could only
+        // match by ignoring its claims, so it is left out.
+        routes: vh
+            .routes
+            .iter()
+            .filter(|r| flavor == Flavor::Envoy || r.matches.iter().all(|m| m.claims.is_empty()))
+            .flat_map(|r| route(r, cfg, flavor))
+            .collect(),
         ..Default::default()
     }
 }
@@ -125,6 +132,20 @@ fn route_match(m: &RouteMatch) -> EnvoyRouteMatch {
         path_specifier: Some(path),
         case_sensitive: m.ignore_uri_case.then(|| boolean(false)).flatten(),
         headers,
+        // Claims are read from the JWT filter's metadata, never headers.
+        dynamic_metadata: m
+            .claims
+            .iter()
+            .map(|c| {
+                let value = string_matcher(&c.matcher).unwrap_or_else(|| EnvoyStringMatcher {
+                    match_pattern: Some(MatchPattern::SafeRegex(regex(".+"))),
+                    ignore_case: false,
+                });
+                let mut matcher = super::jwt::claim_matcher(&c.path, value);
+                matcher.invert = c.invert;
+                matcher
+            })
+            .collect(),
         query_parameters: m
             .query_params
             .iter()

@@ -56,6 +56,24 @@ pub fn listener(l: &EnvoyListener, kind: ProxyKind) -> Result<Listener, ImportEr
 
 const ORIGINAL_DST_FILTER: &str = "envoy.filters.listener.original_dst";
 
+/// HTTP filters mesh-proxy runs from a route's own config (fault, CORS)
+/// or not at all (the router is its own).
+const FOLLOWED_HTTP_FILTERS: &[&str] =
+    &["envoy.filters.http.router", "envoy.filters.http.fault", "envoy.filters.http.cors"];
+
+/// A security or traffic filter mesh-proxy does not take over xDS yet
+/// (authorization, JWT authentication, local rate limits, anything else):
+/// refused, naming it, rather than run without it.
+fn refuse_unenforced_filters(hcm: &HttpConnectionManager) -> Result<(), String> {
+    match hcm.http_filters.iter().find(|f| !FOLLOWED_HTTP_FILTERS.contains(&f.name.as_str())) {
+        Some(f) => Err(format!(
+            "HTTP filter {} is not enforced by mesh-proxy over xDS: refused rather than ignored (give mesh-proxy the policies from its config sources)",
+            f.name
+        )),
+        None => Ok(()),
+    }
+}
+
 fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChain, ImportError> {
     let err = |field: String, msg: String| ImportError::new(KIND, name, field, msg);
     let matching = c.filter_chain_match.clone().unwrap_or_default();
@@ -76,6 +94,7 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
             let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier else {
                 return Err(err(format!("{at}.filters[0].route_specifier"), "routes must come from RDS".into()));
             };
+            refuse_unenforced_filters(&hcm).map_err(|e| err(format!("{at}.filters[0].http_filters"), e))?;
             let protocol = match CodecType::try_from(hcm.codec_type) {
                 Ok(CodecType::Http2) => Protocol::Http2,
                 _ => Protocol::Http,

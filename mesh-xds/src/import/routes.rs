@@ -99,6 +99,14 @@ fn route_match(m: Option<&EnvoyRouteMatch>, at: &str, name: &str) -> Result<Rout
             _ => out.headers.push(HeaderMatcher { name: h.name.to_ascii_lowercase(), matcher, invert: h.invert_match }),
         }
     }
+    if !m.dynamic_metadata.is_empty() {
+        // JWT claim routes: without the JWT filter they would match anyone.
+        return Err(err(
+            name,
+            format!("{at}.dynamic_metadata"),
+            "metadata (JWT claim) matches are not supported over xDS",
+        ));
+    }
     for (i, q) in m.query_parameters.iter().enumerate() {
         let matcher = match &q.query_parameter_match_specifier {
             Some(QueryParameterMatchSpecifier::StringMatch(s)) => string_matcher(s),

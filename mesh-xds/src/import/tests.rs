@@ -179,3 +179,32 @@ fn refusals_name_the_resource_and_field() {
     let e = proxy_config(ProxyKind::Sidecar, &[], &[], &[cluster], &[]).unwrap_err();
     assert_eq!((e.kind, e.name.as_str(), e.field.as_str()), ("Cluster", "c1", "lb_policy"));
 }
+
+/// Policies mesh-proxy does not take over xDS are refused, not run
+/// without: authorization, JWT authentication, claim routes.
+#[test]
+fn security_filters_mesh_proxy_does_not_take_are_refused() {
+    let mut cfg = reviews_sidecar();
+    let policy = mesh_core::config::Resource::from_yaml(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: default}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n",
+    )
+    .unwrap();
+    let mesh_core::config::Spec::AuthorizationPolicy(policy) = policy.spec else { panic!("a policy") };
+    cfg.authorization.push(mesh_core::proxy_config::AuthorizationPolicyRef {
+        namespace: "default".into(),
+        name: "deny".into(),
+        policy,
+    });
+    let set = resources(&cfg, Flavor::Envoy, true).resources;
+    let e = proxy_config(ProxyKind::Sidecar, &all::<EnvoyListener>(&set, LISTENER), &[], &[], &[]).unwrap_err();
+    assert_eq!((e.kind, e.name.as_str()), ("Listener", "virtualInbound"));
+    assert!(e.message.contains("envoy.filters.http.rbac"), "{e}");
+
+    let mut cfg = reviews_sidecar();
+    let rule =
+        serde_json::from_value(serde_json::json!({"issuer": "https://issuer", "jwks": "{\"keys\": []}"})).unwrap();
+    cfg.request_authentication.push(mesh_core::jwt::JwtProvider::from_rule("default/jwt", &rule));
+    let set = resources(&cfg, Flavor::Envoy, true).resources;
+    let e = proxy_config(ProxyKind::Sidecar, &all::<EnvoyListener>(&set, LISTENER), &[], &[], &[]).unwrap_err();
+    assert!(e.message.contains("envoy.filters.http.jwt_authn"), "{e}");
+}
