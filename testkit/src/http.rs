@@ -34,6 +34,45 @@ pub fn raw(addr: &str, request: &[u8]) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Send `request` and read one answer: up to the end its framing gives
+/// (a length, or the last chunk), without waiting for the server to close
+/// (Envoy holds a connection it closes open for a second).
+fn one_answer(addr: &str, request: &[u8]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.write_all(request)?;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+        if answer_complete(&out) {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Whether `bytes` hold a whole answer by its own framing.
+fn answer_complete(bytes: &[u8]) -> bool {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let body = &bytes[end + 4..];
+    if head.starts_with("http/1.1 1") {
+        return false;
+    }
+    let field = |name: &str| head.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
+    if field("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    match field("content-length:").and_then(|v| v.parse::<usize>().ok()) {
+        Some(length) => body.len() >= length,
+        None => head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304"),
+    }
+}
+
 /// [`raw`] to a port on 127.0.0.1.
 pub fn raw_port(port: u16, request: &[u8]) -> std::io::Result<String> {
     raw(&format!("127.0.0.1:{port}"), request)
@@ -60,7 +99,7 @@ pub fn request(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    let text = raw(addr, req.as_bytes()).map_err(|e| format!("{method} {path} to {addr}: {e}"))?;
+    let text = one_answer(addr, req.as_bytes()).map_err(|e| format!("{method} {path} to {addr}: {e}"))?;
     parse(&text).ok_or_else(|| format!("{method} {path} to {addr}: unparsable answer {text:?}"))
 }
 

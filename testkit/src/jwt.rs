@@ -2,7 +2,8 @@
 //! takes, their JWKS, and tokens minted (or broken) with them.
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::{EncodingKey, Header};
 
 /// One signing key with its `kid`.
 pub struct Signer {

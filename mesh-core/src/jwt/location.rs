@@ -35,19 +35,25 @@ impl TokenLocation {
     /// The tokens at this location of a request with `headers` and `query`.
     pub fn find<'r>(&self, headers: &'r http::HeaderMap, query: Option<&'r str>) -> Vec<Cow<'r, str>> {
         match self {
+            // Envoy keeps `authorization` as one field, its repeated lines
+            // joined with commas; other headers it reads line by line.
+            TokenLocation::Header { name, prefix } if name == "authorization" => {
+                let values: Vec<&str> = headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok()).collect();
+                match values.as_slice() {
+                    [one] => after_prefix(one, prefix).map(Cow::Borrowed).into_iter().collect(),
+                    [] => Vec::new(),
+                    many => {
+                        let joined = many.join(",");
+                        after_prefix(&joined, prefix).map(|t| Cow::Owned(t.to_string())).into_iter().collect()
+                    }
+                }
+            }
             TokenLocation::Header { name, prefix } => headers
                 .get_all(name.as_str())
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .filter_map(|value| {
-                    if prefix.is_empty() {
-                        return Some(Cow::Borrowed(value));
-                    }
-                    let after = &value[value.find(prefix.as_str())? + prefix.len()..];
-                    // Envoy skips to the first token character; with none
-                    // it keeps the value whole.
-                    Some(Cow::Borrowed(after.find(starts_token).map_or(value, |at| &after[at..])))
-                })
+                .filter_map(|value| after_prefix(value, prefix))
+                .map(Cow::Borrowed)
                 .collect(),
             TokenLocation::Param(param) => query
                 .into_iter()
@@ -93,6 +99,17 @@ impl TokenLocation {
     }
 }
 
+/// The token in a header value: after `prefix` (found anywhere), from
+/// the first token character on; with no such character Envoy keeps the
+/// value whole. An empty prefix takes the value.
+fn after_prefix<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
+    if prefix.is_empty() {
+        return Some(value);
+    }
+    let after = &value[value.find(prefix)? + prefix.len()..];
+    Some(after.find(starts_token).map_or(value, |at| &after[at..]))
+}
+
 fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
         return Cow::Borrowed(s);
@@ -136,7 +153,8 @@ mod tests {
             ("authorization", "Basic xyz"),
             ("authorization", "x Bearer   d.e.f"),
         ]);
-        assert_eq!(bearer.find(&h, None), ["a.b.c", "d.e.f"]);
+        assert_eq!(bearer.find(&h, None), ["a.b.c,Basic xyz,x Bearer   d.e.f"], "one field, as Envoy joins it");
+        assert_eq!(bearer.find(&headers(&[("authorization", "x Bearer   d.e.f")]), None), ["d.e.f"]);
         let custom = TokenLocation::Header { name: "x-jwt".into(), prefix: String::new() };
         assert_eq!(custom.find(&headers(&[("x-jwt", "g.h.i")]), None), ["g.h.i"]);
     }

@@ -27,7 +27,13 @@ impl Exchange<'_> {
                 self.forwarder.metrics.jwt_refused(error);
                 let view = RequestView::from_parts(&self.head, self.ingress.port);
                 let challenge = jwt::challenge(self.ingress.scheme, view.authority, view.path);
-                let mut answer = self.reply(Flag::None, StatusCode::UNAUTHORIZED, &error.to_string());
+                // Envoy's codes: a token for another audience is forbidden,
+                // any other failure unauthorized.
+                let status = match error {
+                    jwt::JwtError::AudienceNotAllowed => StatusCode::FORBIDDEN,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                let mut answer = self.reply(Flag::None, status, &error.to_string());
                 answer.headers_mut().insert(http::header::WWW_AUTHENTICATE, challenge);
                 Err(answer)
             }

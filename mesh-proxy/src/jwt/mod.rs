@@ -1,6 +1,7 @@
 //! RequestAuthentication in the request path (Envoy's `jwt_authn` filter
 //! as Istio configures it): a request without a token passes with no
-//! request principal; one whose token fails gets 401; a verified token
+//! request principal; one whose token fails gets 401 (403 for a token of
+//! another audience, as Envoy answers); a verified token
 //! becomes the request's [`VerifiedJwt`] for authorization.
 //!
 //! | module | does |

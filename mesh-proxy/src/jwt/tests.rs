@@ -110,9 +110,17 @@ fn no_token_passes_and_every_token_must_verify() {
     );
     let good = key.mint(&claims());
     let expired = key.mint(&json!({"iss": ISSUER, "sub": "bob", "aud": "api", "exp": 10}));
-    let two = [("authorization", format!("Bearer {good}")), ("authorization", format!("Bearer {expired}"))];
+    // Two Authorization lines are one field to Envoy, and no token.
+    let two = [("authorization", format!("Bearer {good}")), ("authorization", format!("Bearer {good}"))];
     let mut h = head("/", &[(two[0].0, two[0].1.as_str()), (two[1].0, two[1].1.as_str())]);
-    assert_eq!(block(a.authenticate(&mut h, now())), Outcome::Refused(JwtError::Expired));
+    assert_eq!(block(a.authenticate(&mut h, now())), Outcome::Refused(JwtError::BadFormat));
+    // Two tokens in a header of its own: both must verify.
+    let rule = json!({"issuer": ISSUER, "jwks": jwks(&[&key]), "fromHeaders": [{"name": "x-jwt"}]});
+    let own = authenticator(&[JwtProvider::from_rule("foo/jwt", &serde_json::from_value(rule).unwrap())]);
+    let mut h = head("/", &[("x-jwt", good.as_str()), ("x-jwt", expired.as_str())]);
+    assert_eq!(block(own.authenticate(&mut h, now())), Outcome::Refused(JwtError::Expired));
+    let mut h = head("/", &[("x-jwt", good.as_str()), ("x-jwt", good.as_str())]);
+    assert!(matches!(block(own.authenticate(&mut h, now())), Outcome::Verified(_)));
     let mut q = head(&format!("/p?x=1&access_token={good}"), &[]);
     assert!(matches!(block(a.authenticate(&mut q, now())), Outcome::Verified(_)));
     assert_eq!(q.uri, "/p?x=1", "the verified token leaves the query");

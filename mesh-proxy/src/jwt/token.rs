@@ -3,7 +3,7 @@
 //! registered claims' types), the issuer, the times (60 s of clock skew),
 //! the audiences, then the signature against the issuer's keys.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use mesh_core::jwt::{JwtProvider, VerifiedJwt};
 use serde_json::{Map, Value};
@@ -31,9 +31,21 @@ pub enum JwtError {
     PayloadBadBase64,
     #[error("Jwt payload is an invalid JSON")]
     PayloadBadJson,
-    #[error("Jwt payload has a registered claim of the wrong type")]
-    PayloadBadClaim,
-    #[error("Jwt signature is an invalid Base64url input")]
+    #[error("Jwt payload [iss] field is not a string")]
+    IssNotString,
+    #[error("Jwt payload [sub] field is not a string")]
+    SubNotString,
+    #[error("Jwt payload [iat] field is not an integer")]
+    IatNotInteger,
+    #[error("Jwt payload [nbf] field is not an integer")]
+    NbfNotInteger,
+    #[error("Jwt payload [exp] field is not an integer")]
+    ExpNotInteger,
+    #[error("Jwt payload [jti] field is not a string")]
+    JtiNotString,
+    #[error("Jwt payload [aud] field is not a string or string list")]
+    AudNotString,
+    #[error("Jwt signature is an invalid Base64url encoded")]
     SignatureBadBase64,
     #[error("Jwt issuer is not configured")]
     UnknownIssuer,
@@ -50,6 +62,15 @@ pub enum JwtError {
     #[error("Jwks remote fetch is failed")]
     JwksFetchFailed,
 }
+
+/// base64url as Envoy (absl) decodes it: padding optional, and the
+/// unused bits of the last character not checked.
+const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Envoy's default clock skew for `exp` and `nbf`.
 pub const CLOCK_SKEW_SECONDS: u64 = 60;
@@ -77,7 +98,7 @@ pub struct ParsedJwt<'t> {
 }
 
 fn object(part: &str, bad_base64: JwtError, bad_json: JwtError) -> Result<Map<String, Value>, JwtError> {
-    let bytes = URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).map_err(|_| bad_base64)?;
+    let bytes = BASE64URL.decode(part).map_err(|_| bad_base64)?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(bad_json),
@@ -88,9 +109,10 @@ fn object(part: &str, bad_base64: JwtError, bad_json: JwtError) -> Result<Map<St
 fn registered<T>(
     payload: &Map<String, Value>,
     key: &str,
+    wrong: JwtError,
     read: impl Fn(&Value) -> Option<T>,
 ) -> Result<Option<T>, JwtError> {
-    payload.get(key).map(|v| read(v).ok_or(JwtError::PayloadBadClaim)).transpose()
+    payload.get(key).map(|v| read(v).ok_or(wrong)).transpose()
 }
 
 /// The form of a token, as Envoy parses it.
@@ -117,19 +139,19 @@ pub fn parse(token: &str) -> Result<ParsedJwt<'_>, JwtError> {
     let payload = object(payload_base64, JwtError::PayloadBadBase64, JwtError::PayloadBadJson)?;
     let text = |v: &Value| v.as_str().map(str::to_string);
     let time = |v: &Value| v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64));
-    let issuer = registered(&payload, "iss", text)?.unwrap_or_default();
-    registered(&payload, "sub", text)?;
-    registered(&payload, "jti", text)?;
-    registered(&payload, "iat", time)?;
-    let nbf = registered(&payload, "nbf", time)?.unwrap_or(0);
-    let exp = registered(&payload, "exp", time)?.unwrap_or(0);
-    let audiences = registered(&payload, "aud", |v| match v {
+    let issuer = registered(&payload, "iss", JwtError::IssNotString, text)?.unwrap_or_default();
+    registered(&payload, "sub", JwtError::SubNotString, text)?;
+    registered(&payload, "iat", JwtError::IatNotInteger, time)?;
+    let nbf = registered(&payload, "nbf", JwtError::NbfNotInteger, time)?.unwrap_or(0);
+    let exp = registered(&payload, "exp", JwtError::ExpNotInteger, time)?.unwrap_or(0);
+    registered(&payload, "jti", JwtError::JtiNotString, text)?;
+    let audiences = registered(&payload, "aud", JwtError::AudNotString, |v| match v {
         Value::String(s) => Some(vec![s.clone()]),
         Value::Array(list) => list.iter().map(text).collect(),
         _ => None,
     })?
     .unwrap_or_default();
-    URL_SAFE_NO_PAD.decode(signature.trim_end_matches('=')).map_err(|_| JwtError::SignatureBadBase64)?;
+    BASE64URL.decode(signature).map_err(|_| JwtError::SignatureBadBase64)?;
     let signed = &token[..header.len() + 1 + payload_base64.len()];
     Ok(ParsedJwt { alg, kid, signed, signature, payload_base64, payload, issuer, nbf, exp, audiences })
 }
@@ -166,7 +188,7 @@ mod tests {
     use super::*;
 
     fn b64(json: &str) -> String {
-        URL_SAFE_NO_PAD.encode(json)
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
     }
 
     #[test]
@@ -184,7 +206,8 @@ mod tests {
             (format!("{}.{good_body}.c", b64(r#"{"alg":"RS256","kid":7}"#)), JwtError::HeaderBadKid),
             (format!("{good_head}.@@.c"), JwtError::PayloadBadBase64),
             (format!("{good_head}.{}.c", b64("nope")), JwtError::PayloadBadJson),
-            (format!("{good_head}.{}.c", b64(r#"{"exp":"soon"}"#)), JwtError::PayloadBadClaim),
+            (format!("{good_head}.{}.c", b64(r#"{"exp":"soon"}"#)), JwtError::ExpNotInteger),
+            (format!("{good_head}.{}.c", b64(r#"{"aud":7}"#)), JwtError::AudNotString),
             (format!("{good_head}.{good_body}.***"), JwtError::SignatureBadBase64),
         ];
         for (token, want) in cases {
