@@ -278,10 +278,14 @@ impl Analysis<'_> {
         }
     }
 
-    /// What neither mesh-proxy nor Envoy over xDS enforces as written: a
-    /// CUSTOM policy (its rules deny), JWT attributes (until
-    /// RequestAuthentication is carried).
+    /// What does not work as written: a CUSTOM policy (its rules deny),
+    /// and JWT attributes with no RequestAuthentication that could give a
+    /// request a token (in the policy's namespace or the root one).
     fn authorization_policies(&mut self) {
+        let authn_in = |ns: &str| {
+            of_kind(&self.mesh.config, Kind::RequestAuthentication)
+                .any(|r| r.meta.namespace == ns || r.meta.namespace == crate::translate::ROOT_NAMESPACE)
+        };
         for r in of_kind(&self.mesh.config, Kind::AuthorizationPolicy) {
             let Spec::AuthorizationPolicy(p) = &r.spec else { continue };
             if p.action == crate::config::security::AuthorizationAction::Custom {
@@ -294,8 +298,8 @@ impl Analysis<'_> {
                     .iter()
                     .any(|f| !f.source.request_principals.is_empty() || !f.source.not_request_principals.is_empty());
                 let jwt_condition = rule.when.iter().any(|c| c.key.starts_with("request.auth."));
-                if jwt_source || jwt_condition {
-                    let message = "request principals and JWT claims are not checked yet (RequestAuthentication): in an ALLOW policy the rule matches nothing, in DENY the field is ignored by Envoy";
+                if (jwt_source || jwt_condition) && !authn_in(&r.meta.namespace) {
+                    let message = "request principals and JWT claims come from RequestAuthentication, and none is in this namespace or the root namespace: no request has them, so the rule matches none";
                     self.add(Severity::Warning, &r.key(), format!("spec.rules[{i}]"), message.into());
                 }
             }
@@ -416,7 +420,10 @@ mod tests {
         let found = messages(&analyze(&mesh(&[custom, jwt]), &[]));
         assert_eq!(found.len(), 2, "{found:#?}");
         assert!(found.iter().any(|m| m.contains("CUSTOM")));
-        assert!(found.iter().any(|m| m.contains("spec.rules[0]") && m.contains("JWT")));
+        assert!(found.iter().any(|m| m.contains("spec.rules[0]") && m.contains("RequestAuthentication")));
+        let authn = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: istio-system}\nspec:\n  jwtRules: [{issuer: i, jwks: '{}'}]\n";
+        let found = messages(&analyze(&mesh(&[custom, jwt, authn]), &[]));
+        assert_eq!(found.len(), 1, "a mesh-wide RequestAuthentication gives tokens: {found:#?}");
     }
 
     #[test]
