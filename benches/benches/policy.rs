@@ -51,7 +51,7 @@ fn authorization(c: &mut Criterion) {
         source_ip: "10.1.2.3".parse().ok(),
         remote_ip: None,
         source_principal: Some("cluster.local/ns/bar/sa/client"),
-        request_principal: None,
+        request_auth: None,
         host: "httpbin.foo.svc.cluster.local",
         method: "GET",
         path: "/api/items",
