@@ -69,6 +69,10 @@ pub struct ProxyArgs {
     /// the proxy exits, naming it); /ready then names the listeners down.
     #[arg(long)]
     pub allow_degraded: bool,
+    /// Seconds between fetches of RequestAuthentication's `jwksUri`
+    /// documents (Envoy's remote JWKS cache time as Istio sets it: 300).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub jwks_refresh: u64,
     #[command(flatten)]
     pub identity: identity::IdentityArgs,
     /// Worker threads; 1 runs everything on one thread, with no work
@@ -104,6 +108,7 @@ impl ProxyArgs {
             .access_log(self.access_log)
             .path_normalization(self.path_normalization)
             .allow_degraded(self.allow_degraded)
+            .jwks_refresh(std::time::Duration::from_secs(self.jwks_refresh))
             .after_config_applied(give_back_memory())
     }
 }
