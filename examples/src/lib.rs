@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod ca;
 pub mod identity;
+pub mod jwks;
 pub mod scrape;
 pub mod sources;
 

@@ -11,13 +11,16 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{backend, control_plane, debug_get, free_port, get, wait_until, Gateway};
+use common::{backend, control_plane_on, debug_get, free_port, get, wait_until, Gateway};
 use mesh_testkit::envoy::Envoy;
 use mesh_testkit::jwt::{jwks, now, Algorithm, Signer};
 use serde_json::{json, Value};
 
 const ISSUER_A: &str = "https://issuer-a.example";
 const ISSUER_B: &str = "https://issuer-b.example";
+/// Its keys come from a JWKS server: fetched by mesh-proxy, and by the
+/// control plane for Envoy.
+const ISSUER_C: &str = "https://issuer-c.example";
 
 /// The gateway on `port`, the backend as `app`, the JWT rules and
 /// policies, and routes: a claim route first, then everything to `app`.
@@ -59,16 +62,18 @@ spec:
     )
 }
 
-/// Two issuers: A in the default places with an audience, B in its own
-/// header, forwarded, with a claim copied into a header.
-fn rules(a_keys: &str, b_keys: &str) -> String {
+/// Three issuers: A in the default places with an audience, B in its own
+/// header, forwarded, with a claim copied into a header, C with its keys
+/// at `c_uri`.
+fn rules(a_keys: &str, b_keys: &str, c_uri: &str) -> String {
     let ra = json!({
         "apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
         "metadata": {"name": "jwt", "namespace": "default"},
         "spec": {"selector": {"matchLabels": {"istio": "ingressgateway"}}, "jwtRules": [
             {"issuer": ISSUER_A, "audiences": ["api"], "jwks": a_keys},
             {"issuer": ISSUER_B, "jwks": b_keys, "fromHeaders": [{"name": "x-jwt-b"}], "forwardOriginalToken": true,
-             "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}]}
+             "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}]},
+            {"issuer": ISSUER_C, "jwksUri": c_uri}
         ]}
     });
     format!(
@@ -127,7 +132,7 @@ fn b64(v: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
 }
 
-fn cases(a: &[Signer], b: &Signer, stranger: &Signer) -> Vec<Case> {
+fn cases(a: &[Signer], b: &Signer, c: &[Signer; 2], stranger: &Signer) -> Vec<Case> {
     let t = now();
     let base = json!({"iss": ISSUER_A, "sub": "alice", "aud": "api", "exp": t + 600, "azp": "web-app"});
     let with = |patch: Value| {
@@ -209,6 +214,9 @@ fn cases(a: &[Signer], b: &Signer, stranger: &Signer) -> Vec<Case> {
             ("authorization".into(), format!("Bearer {}", a[0].mint(&with(json!({"exp": t - 3600}))))),
         ],
     });
+    let c_token = |signer: &Signer| signer.mint(&json!({"iss": ISSUER_C, "sub": "bob", "exp": t + 600}));
+    out.push(Case { name: "c/published-key".into(), headers: bearer(c_token(&c[0])) });
+    out.push(Case { name: "c/unpublished-key".into(), headers: bearer(c_token(&c[1])) });
     out.push(Case {
         name: "basic-auth".into(),
         headers: vec![("authorization".into(), "Basic YWxpY2U6c2VjcmV0".into())],
@@ -244,7 +252,11 @@ fn envoy_jwt_authn_and_mesh_proxy_answer_every_token_alike() {
     // Same kid and algorithm as A's first key: only the signature tells.
     let stranger = Signer::new(Algorithm::RS256, &a[0].kid);
     let a_refs: Vec<&Signer> = a.iter().collect();
-    let rules = rules(&jwks(&a_refs), &jwks(&[&b]));
+    let c = [Signer::new(Algorithm::ES256, "c0"), Signer::new(Algorithm::RS256, "c1")];
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::write(keys.path().join("c.json"), jwks(&[&c[0]])).unwrap();
+    let (_jwks_server, jwks_port) = mesh_testkit::jwt::jwks_server(keys.path());
+    let rules = rules(&jwks(&a_refs), &jwks(&[&b]), &format!("http://127.0.0.1:{jwks_port}/c.json"));
 
     let (_backend, backend_port) = backend("v1", 0);
     let (envoy_port, mesh_port) = (free_port(), free_port());
@@ -260,10 +272,10 @@ fn envoy_jwt_authn_and_mesh_proxy_answer_every_token_alike() {
     let _mesh = Gateway::launch(
         &["--config", &mesh_dir.to_string_lossy(), "--namespace", "default"],
         mesh_port,
-        &[],
+        &["--jwks-refresh", "1"],
         std::process::Stdio::null(),
     );
-    let (_cp, xds, debug) = control_plane(&cp_dir);
+    let (_cp, xds, debug) = control_plane_on(&["--config", &cp_dir.to_string_lossy(), "--jwks-refresh", "1"]);
     let envoy = envoy(&dir("envoy"), xds);
     assert!(
         wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", envoy_port)).is_ok()
@@ -273,7 +285,15 @@ fn envoy_jwt_authn_and_mesh_proxy_answer_every_token_alike() {
         debug_get(debug, "/debug/syncz").map(|r| r.body)
     );
 
-    let cases = cases(&a, &b, &stranger);
+    // The control plane fetched C's keys and pushed them inline.
+    let c_valid = bearer_header(&c[0].mint(&json!({"iss": ISSUER_C, "sub": "bob", "exp": now() + 600})));
+    assert!(
+        wait_until(Duration::from_secs(30), || get(envoy_port, "/public", &[("authorization", &c_valid)]).status
+            == 200),
+        "Envoy never got issuer C's keys from the control plane; syncz: {:?}",
+        debug_get(debug, "/debug/syncz").map(|r| r.body)
+    );
+    let cases = cases(&a, &b, &c, &stranger);
     assert!(cases.len() >= 60, "{} tokens", cases.len());
     let mut disagreements = Vec::new();
     let mut codes = std::collections::BTreeMap::<u16, usize>::new();
@@ -300,4 +320,20 @@ fn envoy_jwt_authn_and_mesh_proxy_answer_every_token_alike() {
     for code in [200, 203, 206, 401, 403] {
         assert!(codes.get(&code).is_some_and(|n| *n > 0), "no {code} among {codes:?}: the cases should cover it");
     }
+
+    // C's second key published: both take it at their next fetch, and
+    // the first key's tokens keep passing.
+    std::fs::write(keys.path().join("c.json"), jwks(&[&c[0], &c[1]])).unwrap();
+    let rotated = bearer_header(&c[1].mint(&json!({"iss": ISSUER_C, "sub": "bob", "exp": now() + 600})));
+    for (who, port) in [("Envoy", envoy_port), ("mesh-proxy", mesh_port)] {
+        assert!(
+            wait_until(Duration::from_secs(30), || get(port, "/public", &[("authorization", &rotated)]).status == 200),
+            "{who} never took the rotated key"
+        );
+        assert_eq!(get(port, "/public", &[("authorization", &c_valid)]).status, 200, "{who}: the first key");
+    }
+}
+
+fn bearer_header(token: &str) -> String {
+    format!("Bearer {token}")
 }

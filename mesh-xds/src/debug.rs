@@ -39,7 +39,7 @@ pub fn config_dump(
         .map_err(|e| format!("proxyID {proxy_id:?} is not connected and {e}"))?,
     };
     let mesh = generator.mesh().ok_or("no mesh yet: the sources have not synced")?;
-    let (config, snapshot) = build(&mesh, &node, generator.mesh_config());
+    let (config, snapshot) = build(&mesh, &node, generator.options());
     let resources: serde_json::Map<String, Value> = snapshot
         .resources
         .types

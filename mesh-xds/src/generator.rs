@@ -105,6 +105,11 @@ pub struct GeneratorOptions {
     /// Istio's MeshConfig: auto mTLS, trust domains, the root namespace.
     pub mesh_config: Arc<MeshConfig>,
     pub after_translation: Option<AfterTranslation>,
+    /// The JWKS documents of RequestAuthentication's `jwksUri`s, fetched
+    /// by the control plane and sent inline (istiod's default); without,
+    /// such issuers get keys that verify nothing. Call
+    /// [`Generator::refresh`] when they change.
+    pub jwks: Option<Arc<dyn envoy::jwt::JwksLookup>>,
 }
 
 /// Called on the translating thread after each whole-mesh translation,
@@ -112,10 +117,14 @@ pub struct GeneratorOptions {
 /// that memory (see `control-plane`).
 pub type AfterTranslation = Arc<dyn Fn() + Send + Sync>;
 
-/// Build one node's config and its resources under `mesh_config`.
-pub fn build(mesh: &MeshSnapshot, node: &NodeInfo, mesh_config: &MeshConfig) -> (ProxyConfig, Snapshot) {
-    let config = translate_with(mesh, &node.identity, mesh_config);
-    let translated = envoy::resources(&config, node.flavor, node.has_certificate);
+/// Build one node's config and its resources as `options` say.
+pub fn build(mesh: &MeshSnapshot, node: &NodeInfo, options: &GeneratorOptions) -> (ProxyConfig, Snapshot) {
+    let config = translate_with(mesh, &node.identity, &options.mesh_config);
+    let jwks: &dyn envoy::jwt::JwksLookup = match &options.jwks {
+        Some(jwks) => jwks.as_ref(),
+        None => &envoy::jwt::NoJwks,
+    };
+    let translated = envoy::resources_with(&config, node.flavor, node.has_certificate, jwks);
     let snapshot = Snapshot {
         config_version: config.version.clone(),
         resources: translated.resources,
@@ -146,6 +155,10 @@ impl Generator {
     /// The MeshConfig this generator translates under.
     pub fn mesh_config(&self) -> &MeshConfig {
         &self.options.mesh_config
+    }
+
+    pub fn options(&self) -> &GeneratorOptions {
+        &self.options
     }
 
     pub fn cache(&self) -> &Arc<SnapshotCache> {
@@ -223,7 +236,7 @@ impl Generator {
     fn rebuild(&self, mesh: &MeshSnapshot, node: &NodeInfo) {
         let _one_at_a_time = lock(&self.building);
         let key = node.key();
-        let (_, built) = build(mesh, node, &self.options.mesh_config);
+        let (_, built) = build(mesh, node, &self.options);
         let mut next = Snapshot { resources: lock(&self.interner).intern_set(built.resources), ..built };
         let previous = self.cache.get(&key);
         for item in next.unsupported.iter() {
@@ -269,6 +282,21 @@ impl Generator {
         next.changes.insert(ENDPOINT.to_string(), change);
         self.cache.set(&key, next);
         true
+    }
+
+    /// Rebuild every attached node on the current mesh: something the
+    /// translation reads besides the mesh changed (fetched JWKS keys).
+    pub async fn refresh(self: &Arc<Self>) {
+        let Some(mesh) = self.mesh() else { return };
+        let this = self.clone();
+        self.translator
+            .run(move || {
+                let nodes: Vec<NodeInfo> = lock(&this.attached).values().map(|a| a.node.clone()).collect();
+                for node in nodes {
+                    this.rebuild(&mesh, &node);
+                }
+            })
+            .await;
     }
 
     /// Follow the mesh until its stream ends.

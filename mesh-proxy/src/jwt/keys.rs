@@ -21,6 +21,8 @@ struct Key {
 #[derive(Default)]
 pub struct KeySet {
     keys: Vec<Key>,
+    /// The document they came from (a control plane sends it on).
+    document: String,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -68,7 +70,12 @@ impl KeySet {
         if keys.is_empty() {
             return Err(JwksError::NoValidKeys);
         }
-        Ok(KeySet { keys })
+        Ok(KeySet { keys, document: document.to_string() })
+    }
+
+    /// The JWKS document the keys came from.
+    pub fn document(&self) -> &str {
+        &self.document
     }
 
     pub fn len(&self) -> usize {

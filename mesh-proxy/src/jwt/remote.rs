@@ -52,6 +52,8 @@ pub struct JwksCache {
     client: HttpsClient,
     fetches: Family<FetchLabels, Counter>,
     refresh: Duration,
+    /// Bumped whenever a source's keys change.
+    changes: watch::Sender<u64>,
 }
 
 /// One source's keys, fetched by a task that lives as long as this.
@@ -70,6 +72,11 @@ impl Drop for RemoteKeys {
 }
 
 impl RemoteKeys {
+    /// The keys now, without waiting.
+    pub fn now(&self) -> Fetched {
+        self.keys.borrow().clone()
+    }
+
     /// The keys now, waiting up to `wait` for a first fetch under way.
     pub async fn current(&self, wait: Duration) -> Fetched {
         let mut keys = self.keys.clone();
@@ -111,7 +118,14 @@ impl JwksCache {
             client: Client::builder(TokioExecutor::new()).build(connector),
             fetches: Family::default(),
             refresh,
+            changes: watch::channel(0).0,
         }
+    }
+
+    /// Changes whenever some source's keys change (a control plane
+    /// sends them on).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Serve `mesh_jwks_fetches_total{result}` with the proxy's metrics.
@@ -155,7 +169,11 @@ impl JwksCache {
                 Ok(keys) => {
                     self.fetches.get_or_create(&FetchLabels { result: "ok" }).inc();
                     tracing::debug!(%url, keys = keys.len(), "JWKS fetched");
-                    let _ = tx.send(Fetched::Keys(Arc::new(keys)));
+                    let same = matches!(&*tx.borrow(), Fetched::Keys(k) if k.document() == keys.document());
+                    if !same {
+                        let _ = tx.send(Fetched::Keys(Arc::new(keys)));
+                        self.changes.send_modify(|n| *n += 1);
+                    }
                     retry = Duration::from_secs(1);
                     self.refresh
                 }
@@ -164,7 +182,11 @@ impl JwksCache {
                     let kept = matches!(&*tx.borrow(), Fetched::Keys(_));
                     tracing::warn!(%url, error = %e, kept_previous_keys = kept, "JWKS fetch failed");
                     if !kept {
+                        let first_failure = !matches!(&*tx.borrow(), Fetched::Failed(_));
                         let _ = tx.send(Fetched::Failed(e));
+                        if first_failure {
+                            self.changes.send_modify(|n| *n += 1);
+                        }
                     }
                     let wait = retry;
                     retry = (retry * 2).min(MAX_RETRY);

@@ -26,7 +26,7 @@ pub const PAYLOAD: &str = "payload";
 
 /// The JWKS documents the control plane fetched, by `jwksUri` (or
 /// discovery document URL).
-pub trait JwksLookup {
+pub trait JwksLookup: Send + Sync {
     fn jwks(&self, source: &JwksSource) -> Option<String>;
 }
 
