@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::{backend, control_plane_on, debug_get, free_port, get, wait_until, Gateway};
-use mesh_testkit::envoy::Envoy;
+use common::secure::{gateway_mesh, server};
+use common::{backend, control_plane_on, debug_get, free_port, gateway_envoy, get, wait_until, Gateway};
 use mesh_testkit::jwt::{jwks, now, Algorithm, Signer};
 use serde_json::{json, Value};
 
@@ -23,43 +22,17 @@ const ISSUER_B: &str = "https://issuer-b.example";
 const ISSUER_C: &str = "https://issuer-c.example";
 
 /// The gateway on `port`, the backend as `app`, the JWT rules and
-/// policies, and routes: a claim route first, then everything to `app`.
+/// policies, and routes: claim routes first, then everything to `app`.
 fn mesh(port: u16, backend: u16, rules: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {port}, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: app, namespace: default}}
-spec:
-  hosts: [app.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {backend}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: routes, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - match: [{{uri: {{prefix: /route}}, headers: {{"@request.auth.claims.groups": {{exact: admin}}}}}}]
-    directResponse: {{status: 203}}
-  - match: [{{uri: {{prefix: /route}}, headers: {{"@request.auth.claims[org][team]": {{exact: blue}}}}}}]
-    directResponse: {{status: 206}}
-  - route: [{{destination: {{host: app.default.svc.cluster.local}}}}]
----
-{rules}"#
-    )
+    let claim_routes = r#"  - match: [{uri: {prefix: /route}, headers: {"@request.auth.claims.groups": {exact: admin}}}]
+    directResponse: {status: 203}
+  - match: [{uri: {prefix: /route}, headers: {"@request.auth.claims[org][team]": {exact: blue}}}]
+    directResponse: {status: 206}
+"#;
+    let mesh = gateway_mesh(&server(port, ""), "app", backend, "", "");
+    let routed = mesh.replacen("  http:\n", &format!("  http:\n{claim_routes}"), 1);
+    assert_ne!(routed, mesh, "the VirtualService should have an http list");
+    format!("{routed}---\n{rules}")
 }
 
 /// Three issuers: A in the default places with an audience, B in its own
@@ -109,16 +82,6 @@ spec:
   - when: [{key: "request.auth.claims[scope]", values: [blocked]}]
 "#
     )
-}
-
-/// The plaintext gateway sample bootstrap on this test's ports.
-fn envoy(dir: &Path, xds: u16) -> Envoy {
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway.yaml");
-    let bootstrap = std::fs::read_to_string(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
-    let bootstrap = bootstrap
-        .replace("port_value: 15000", "port_value: 0")
-        .replace("port_value: 15010", &format!("port_value: {xds}"));
-    Envoy::start(&bootstrap, dir)
 }
 
 /// A token's name and the headers it travels in.
@@ -276,7 +239,7 @@ fn envoy_jwt_authn_and_mesh_proxy_answer_every_token_alike() {
         std::process::Stdio::null(),
     );
     let (_cp, xds, debug) = control_plane_on(&["--config", &cp_dir.to_string_lossy(), "--jwks-refresh", "1"]);
-    let envoy = envoy(&dir("envoy"), xds);
+    let envoy = gateway_envoy(&dir("envoy"), xds, "GRPC");
     assert!(
         wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", envoy_port)).is_ok()
             && get(envoy_port, "/public", &[]).status == 200),

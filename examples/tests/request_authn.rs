@@ -7,41 +7,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::secure::{gateway_mesh, server};
 use common::{free_port, get, wait_until, Gateway};
 use mesh_testkit::jwt::{jwks, jwks_server, now, Algorithm, Signer};
 use mesh_testkit::peers::{recorded_header, recording_upstream};
 
+/// The gateway on `port` routing to `app`, and issuers whose keys are at
+/// the JWKS server `base`.
 fn mesh(port: u16, app: u16, base: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {port}, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: app, namespace: default}}
-spec:
-  hosts: [app.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {app}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: routes, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: app.default.svc.cluster.local}}}}]
----
-apiVersion: security.istio.io/v1
+    let rules = format!(
+        r#"apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {{name: jwt, namespace: istio-system}}
 spec:
@@ -56,7 +31,8 @@ spec:
     jwksUri: {base}/slow/jwks.json
     timeout: 8s
 "#
-    )
+    );
+    format!("{}---\n{rules}", gateway_mesh(&server(port, ""), "app", app, "", ""))
 }
 
 fn bearer(token: &str) -> String {

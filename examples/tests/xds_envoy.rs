@@ -3,30 +3,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    backend, control_plane, debug_get, free_port, get, reviews_backends, routes, versions_at, wait_until, write_mesh,
-    Response, Service,
+    backend, control_plane, debug_get, free_port, gateway_envoy, get, reviews_backends, routes, versions_at,
+    wait_until, write_mesh, Response, Service,
 };
 use mesh_testkit::envoy::Envoy;
-
-/// Envoy as Istio's ingress gateway (`router~` node, `istio=ingressgateway`
-/// labels), all its config from ADS: the sample bootstrap the README
-/// shows, with this test's ports.
-fn envoy(dir: &Path, xds: u16, api_type: &str) -> Envoy {
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway.yaml");
-    let bootstrap = std::fs::read_to_string(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
-    for needle in ["port_value: 15000", "port_value: 15010", "api_type: GRPC"] {
-        assert_eq!(bootstrap.matches(needle).count(), 1, "{sample} should hold `{needle}` once");
-    }
-    let bootstrap = bootstrap
-        .replace("port_value: 15000", "port_value: 0")
-        .replace("port_value: 15010", &format!("port_value: {xds}"))
-        .replace("api_type: GRPC", &format!("api_type: {api_type}"));
-    Envoy::start(&bootstrap, dir)
-}
 
 #[test]
 fn envoy_routes_by_the_bookinfo_rules_follows_edits_and_keeps_config_after_a_nack() {
@@ -43,7 +26,7 @@ fn envoy_routes_by_the_bookinfo_rules_follows_edits_and_keeps_config_after_a_nac
     std::fs::write(config.path().join("routes.yaml"), routes("reviews", jason)).unwrap();
     let (_cp, xds, debug) = control_plane(config.path());
     let work = tempfile::tempdir().unwrap();
-    let envoy = envoy(work.path(), xds, "GRPC");
+    let envoy = gateway_envoy(work.path(), xds, "GRPC");
 
     // virtual-service-reviews-jason-v2-v3.yaml
     assert!(
@@ -147,7 +130,7 @@ fn delta_xds_drives_envoy_too() {
     .unwrap();
     let (_cp, xds, debug) = control_plane(config.path());
     let work = tempfile::tempdir().unwrap();
-    let envoy = envoy(work.path(), xds, "DELTA_GRPC");
+    let envoy = gateway_envoy(work.path(), xds, "DELTA_GRPC");
     wait_served(port, "/", &envoy);
     assert_eq!(versions_at(port, 10, "/", &[]), [("v1".to_string(), 10)].into());
 
@@ -214,7 +197,7 @@ fn envoy_executes_retries_timeouts_faults_hashing_and_circuit_breakers() {
     .unwrap();
     let (_cp, xds, _debug) = control_plane(config.path());
     let work = tempfile::tempdir().unwrap();
-    let envoy = envoy(work.path(), xds, "GRPC");
+    let envoy = gateway_envoy(work.path(), xds, "GRPC");
     wait_served(port, "/", &envoy);
 
     // Retries hide every second failure.
@@ -269,7 +252,7 @@ fn envoy_enforces_the_local_rate_limit_of_an_envoy_filter() {
     .unwrap();
     let (_cp, xds, _debug) = control_plane(config.path());
     let work = tempfile::tempdir().unwrap();
-    let envoy = envoy(work.path(), xds, "GRPC");
+    let envoy = gateway_envoy(work.path(), xds, "GRPC");
     wait_served(port, "/", &envoy);
     let filter = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: filter-local-ratelimit-gw, namespace: istio-system}\nspec:\n  workloadSelector:\n    labels: {istio: ingressgateway}\n  configPatches:\n    - applyTo: HTTP_FILTER\n      match:\n        context: GATEWAY\n      patch:\n        operation: INSERT_BEFORE\n        value:\n          name: envoy.filters.http.local_ratelimit\n          typed_config:\n            \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n            value:\n              stat_prefix: http_local_rate_limiter\n              token_bucket: {max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}\n              response_headers_to_add:\n              - header: {key: x-local-rate-limit, value: 'true'}\n";
     std::fs::write(config.path().join("ratelimit.yaml"), filter).unwrap();

@@ -261,3 +261,19 @@ pub fn versions_at(
     }
     counts
 }
+
+/// Envoy as Istio's ingress gateway (`router~` node, `istio=ingressgateway`
+/// labels), all its config from ADS: the sample bootstrap the README
+/// shows, with this test's ports.
+pub fn gateway_envoy(dir: &Path, xds: u16, api_type: &str) -> mesh_testkit::envoy::Envoy {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/envoy/ingress-gateway.yaml");
+    let bootstrap = std::fs::read_to_string(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
+    for needle in ["port_value: 15000", "port_value: 15010", "api_type: GRPC"] {
+        assert_eq!(bootstrap.matches(needle).count(), 1, "{sample} should hold `{needle}` once");
+    }
+    let bootstrap = bootstrap
+        .replace("port_value: 15000", "port_value: 0")
+        .replace("port_value: 15010", &format!("port_value: {xds}"))
+        .replace("api_type: GRPC", &format!("api_type: {api_type}"));
+    mesh_testkit::envoy::Envoy::start(&bootstrap, dir)
+}
