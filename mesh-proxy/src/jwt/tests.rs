@@ -243,9 +243,16 @@ fn remote_keys_are_fetched_refreshed_kept_and_never_stall_other_issuers() {
             matches!(check(token(&old, "https://by-uri")).await, Outcome::Verified(_)),
             "the old key still published"
         );
-        // A refresh that fails keeps the keys fetched before.
+        // A refresh that fails keeps the keys fetched before: wait for two
+        // fetches to start after the bad document is written (so one ran
+        // whole).
+        let hits = || async move {
+            let answer = tokio::task::spawn_blocking(move || mesh_testkit::http::get(port, "/__hits/jwks.json", &[]));
+            answer.await.map_or(0, |r| r.body.trim().parse::<u64>().unwrap_or(0))
+        };
         std::fs::write(dir.path().join("jwks.json"), "not json").unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        let before = hits().await;
+        eventually("two more fetches", async || hits().await >= before + 2).await;
         assert!(
             matches!(check(token(&new, "https://by-uri")).await, Outcome::Verified(_)),
             "the last good keys are kept"
