@@ -75,6 +75,15 @@ fn gateway_takes_keys_from_jwks_uri_and_discovery_rotates_them_and_counts_refusa
     // From the issuer's discovery document.
     assert_eq!(get(port, "/x", &[("authorization", &bearer(&token(&old, &base)))]).status, 200);
     assert_eq!(get(port, "/x", &[]).status, 200, "no token passes");
+    // A CORS preflight is not checked (istiod's bypass_cors_preflight).
+    let bad = bearer("not-a-token");
+    let preflight =
+        [("origin", "https://app.example"), ("access-control-request-method", "GET"), ("authorization", bad.as_str())];
+    let r =
+        mesh_testkit::http::request(&format!("127.0.0.1:{port}"), "OPTIONS", "/x", "test.example.com", &preflight, "")
+            .unwrap();
+    assert_eq!(r.status, 200, "a preflight was checked: {}", r.body);
+    assert_eq!(get(port, "/x", &[("authorization", &bad)]).status, 401);
 
     // A JWKS endpoint answering 500: that issuer's tokens are refused.
     let r = get(port, "/x", &[("authorization", &bearer(&token(&old, "https://down.example")))]);

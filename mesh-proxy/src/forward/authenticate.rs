@@ -13,7 +13,7 @@ use crate::response_flags::Flag;
 impl Exchange<'_> {
     pub(super) async fn authenticate(&mut self) -> Result<(), Answer> {
         let authenticator = &self.live.authenticator;
-        if authenticator.is_empty() || self.ingress.outbound {
+        if authenticator.is_empty() || self.ingress.outbound || self.is_cors_preflight() {
             return Ok(());
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -38,5 +38,13 @@ impl Exchange<'_> {
                 Err(answer)
             }
         }
+    }
+
+    /// Istio's jwt_authn passes CORS preflights (`bypass_cors_preflight`):
+    /// browsers send them without credentials.
+    fn is_cors_preflight(&self) -> bool {
+        self.head.method == http::Method::OPTIONS
+            && self.head.headers.contains_key(http::header::ORIGIN)
+            && self.head.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
     }
 }
