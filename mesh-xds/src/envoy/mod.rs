@@ -123,6 +123,9 @@ pub fn resources_with(
     if flavor == Flavor::ProxylessGrpc && !cfg.local_rate_limits.is_empty() {
         unsupported.push(format!("{} local rate limits: not sent to proxyless gRPC", cfg.local_rate_limits.len()));
     }
+    // Per-listener findings (a JWT issuer's keys) come once per listener.
+    let mut seen = std::collections::HashSet::new();
+    unsupported.retain(|item| seen.insert(item.clone()));
     Translated { resources: set, unsupported, credentials: tls::credential_refs(cfg) }
 }
 

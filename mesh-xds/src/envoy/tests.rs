@@ -260,3 +260,59 @@ fn proxyless_grpc_istio_mutual_names_its_certificate_providers_and_the_expected_
     let names: Vec<String> = v.match_subject_alt_names.iter().map(|m| format!("{:?}", m.match_pattern)).collect();
     assert_eq!(names, ["Some(Exact(\"spiffe://cluster.local/ns/default/sa/expected\"))"]);
 }
+
+/// A gateway's RequestAuthentication as istiod sends it: jwt_authn before
+/// RBAC, inline keys; an issuer whose keys were never fetched is named
+/// once, and its provider still gets keys Envoy loads.
+#[test]
+fn request_authentication_reaches_the_gateway_as_jwt_authn() {
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{jwt_provider, JwtAuthentication};
+    let mut cfg = translate(&mesh(), &ProxyIdentity::gateway("gw", "istio-system", Default::default()));
+    cfg.listeners.push(mesh_core::proxy_config::Listener {
+        name: "0.0.0.0_8080".into(),
+        address: "0.0.0.0".into(),
+        port: 8080,
+        direction: mesh_core::proxy_config::TrafficDirection::Gateway,
+        use_original_dst: false,
+        bind_to_port: true,
+        filter_chains: vec![mesh_core::proxy_config::FilterChain {
+            server_names: vec![],
+            destination_port: None,
+            tls: None,
+            action: mesh_core::proxy_config::ChainAction::Http {
+                route_config: "http.8080".into(),
+                protocol: mesh_core::model::Protocol::Http,
+            },
+        }],
+    });
+    let mut second = cfg.listeners.last().unwrap().clone();
+    (second.name, second.port) = ("0.0.0.0_8081".into(), 8081);
+    cfg.listeners.push(second);
+    let rules: [mesh_core::config::security::JwtRule; 2] = [
+        serde_json::from_value(serde_json::json!({"issuer": "https://a", "jwks": "{\"keys\":[]}"})).unwrap(),
+        serde_json::from_value(serde_json::json!({"issuer": "https://b", "jwksUri": "https://b/jwks"})).unwrap(),
+    ];
+    cfg.request_authentication = rules.iter().map(|r| mesh_core::jwt::JwtProvider::from_rule("ns/ra", r)).collect();
+    cfg.authorization = vec![];
+    let translated = resources(&cfg, Flavor::Envoy, true);
+    let l: Listener = decode(&translated.resources, LISTENER, "0.0.0.0_8080");
+    let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else { panic!() };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    assert_eq!(hcm.http_filters[0].name, super::jwt::FILTER);
+    let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) =
+        &hcm.http_filters[0].config_type
+    else {
+        panic!("a typed config")
+    };
+    let authn = JwtAuthentication::decode(any.value.as_slice()).unwrap();
+    let names: std::collections::BTreeSet<&String> = authn.providers.keys().collect();
+    assert_eq!(names.into_iter().cloned().collect::<Vec<_>>(), ["origins-0", "origins-1"]);
+    let b = &authn.providers["origins-1"];
+    assert_eq!(b.payload_in_metadata, "payload");
+    let Some(jwt_provider::JwksSourceSpecifier::LocalJwks(keys)) = &b.jwks_source_specifier else {
+        panic!("inline keys")
+    };
+    assert!(format!("{keys:?}").contains("unfetched"), "keys that verify nothing: {keys:?}");
+    let named: Vec<&String> = translated.unsupported.iter().filter(|u| u.contains("https://b")).collect();
+    assert_eq!(named.len(), 1, "named once for two listeners: {:?}", translated.unsupported);
+}
