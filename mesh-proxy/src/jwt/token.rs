@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::keys::KeySet;
 
 /// Why a token was refused, with Envoy's text for each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum JwtError {
     #[error("Jwt is missing")]
     Missing,
