@@ -102,9 +102,14 @@ def stop(proc):
         proc.wait()
 
 
-def run_wrk(port, path, args):
+def header_args(headers):
+    """wrk's and h2load's `-H` arguments for `headers` (name, value)."""
+    return [arg for name, value in headers for arg in ("-H", f"{name}: {value}")]
+
+
+def run_wrk(port, path, args, headers=()):
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", *header_args(headers), f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, timeout=args.duration + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -117,9 +122,9 @@ def run_wrk(port, path, args):
     return rps, lat["50%"], lat["99%"], total, int(errors.group(1)) if errors else 0
 
 
-def run_h2load(port, path, args):
+def run_h2load(port, path, args, headers=()):
     out = subprocess.run(
-        ["taskset", "-c", "1", "h2load", f"-c{args.connections}", "-m10", f"-D{args.duration}", f"http://127.0.0.1:{port}{path}"],
+        ["taskset", "-c", "1", "h2load", f"-c{args.connections}", "-m10", f"-D{args.duration}", *header_args(headers), f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, timeout=args.duration + 30,
     ).stdout
     m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
@@ -172,25 +177,25 @@ def connection_memory_kb(pid, port, path, count):
     return (after - before) / count
 
 
-def warm_up(port, path):
+def warm_up(port, path, headers=()):
     """Wait for the listener, then warm up connections and caches."""
     wait_port(port)
-    subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
+    subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d1s", *header_args(headers), f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
 
 
-def measure(name, launch, path, args, backend_pid, fresh=None, connections=True):
+def measure(name, launch, path, args, backend_pid, fresh=None, connections=True, headers=()):
     """`launch()` starts the proxy and returns (pid to read, port, h2 port
     or None, stop). The load runs on one process; memory per connection is
     read on a second, fresh one (`fresh`, or `launch` again), so that
     neither figure counts the other's memory, nor pages an allocator kept
     from the load. The backend's CPU is read over the same load: what the
-    proxy in front changes of it."""
+    proxy in front changes of it. Every request carries `headers`."""
     pid, port, h2_port, done = launch()
     try:
-        warm_up(port, path)
+        warm_up(port, path, headers)
         idle_rss = memory_kb(pid, "VmRSS")
         (user0, sys0), backend0 = cpu_seconds(pid), sum(cpu_seconds(backend_pid))
-        rps, p50, p99, total, errors = run_wrk(port, path, args)
+        rps, p50, p99, total, errors = run_wrk(port, path, args, headers)
         (user1, sys1), backend1 = cpu_seconds(pid), sum(cpu_seconds(backend_pid))
         per_request_us = 1e6 / max(total, 1)
         row = {
@@ -200,7 +205,7 @@ def measure(name, launch, path, args, backend_pid, fresh=None, connections=True)
             "backend_us": (backend1 - backend0) * per_request_us,
             "idle_rss_mb": idle_rss / 1024.0, "peak_rss_mb": memory_kb(pid, "VmHWM") / 1024.0,
         }
-        row["h2_rps"], row["h2_mean_ms"], _ = run_h2load(h2_port or port, path, args)
+        row["h2_rps"], row["h2_mean_ms"], _ = run_h2load(h2_port or port, path, args, headers)
     finally:
         done()
     row["conn_kb"] = float("nan")
