@@ -225,6 +225,7 @@ impl ClusterState {
                 if let Some(pod) = pod {
                     endpoint.labels = pod.labels.as_ref().clone();
                     endpoint.service_account = pod.service_account.clone();
+                    endpoint.workload = Some(pod.workload.clone());
                 }
                 endpoints.push(endpoint);
             }
@@ -261,7 +262,7 @@ mod tests {
     }
 
     fn pod() -> PodRecord {
-        PodRecord { labels: Arc::default(), service_account: None, locality: None, address: None }
+        PodRecord { labels: Arc::default(), service_account: None, locality: None, address: None, workload: "p".into() }
     }
 
     /// A pod in two slices of its service (as during a rollout) stays

@@ -175,6 +175,8 @@ pub struct PodRecord {
     /// The pod's IP while it runs and is ready: what a ServiceEntry's
     /// `workloadSelector` can pick.
     pub address: Option<String>,
+    /// The workload it belongs to (its Deployment...), for telemetry.
+    pub workload: String,
 }
 
 impl PodRecord {
@@ -186,7 +188,16 @@ impl PodRecord {
         let ready = status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let meta = &pod.metadata;
+        let controller = meta.owner_references.iter().flatten().find(|r| r.controller == Some(true));
+        let workload = mesh_core::workload::pod_workload_name(
+            meta.name.as_deref().unwrap_or_default(),
+            meta.generate_name.is_some(),
+            controller.map(|r| mesh_core::workload::Controller { kind: &r.kind, name: &r.name }),
+            &labels,
+        );
         PodRecord {
+            workload,
             labels: Arc::new(labels),
             service_account: pod.spec.as_ref().and_then(|s| s.service_account_name.clone()),
             locality,

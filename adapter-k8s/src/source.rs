@@ -459,7 +459,7 @@ impl Sync {
             .filter(|r| matches!(&r.spec, Spec::ServiceEntry(se) if se.workload_selector.is_some()))
             .map(|r| r.meta.namespace.as_str())
             .collect();
-        let pods: Vec<(&str, WorkloadEntry)> = selecting
+        let pods: Vec<(&str, &str, WorkloadEntry)> = selecting
             .iter()
             .flat_map(|ns| self.cluster.pods_in(ns).map(move |p| (*ns, p)))
             .filter_map(|(ns, p)| {
@@ -470,11 +470,11 @@ impl Sync {
                     locality: p.locality.as_ref().map(ToString::to_string),
                     ..WorkloadEntry::default()
                 };
-                Some((ns, entry))
+                Some((ns, p.workload.as_str(), entry))
             })
             .collect();
         let platform: Vec<NamespacedWorkload<'_>> =
-            pods.iter().map(|(namespace, entry)| NamespacedWorkload { namespace, entry }).collect();
+            pods.iter().map(|(namespace, workload, entry)| NamespacedWorkload { namespace, workload, entry }).collect();
         self.entry_services =
             services_of_all(entries, &platform).into_iter().map(|s| (s.service.hostname.clone(), s)).collect();
     }

@@ -243,7 +243,7 @@ fn parse_file(
         match decode_object(raw.value, &raw.location, options) {
             Decode::Object(key, object, warnings) => {
                 out.problems.extend(warnings.into_iter().map(|p| at_field_line(p, text)));
-                out.objects.push(Parsed { location: raw.location, key, object: Arc::new(object) });
+                out.objects.push(Parsed { location: raw.location, key, object });
             }
             Decode::Skipped(kind) => out.skipped_kinds.push((kind, raw.location)),
             Decode::Invalid(key, problems) => {
@@ -261,7 +261,7 @@ fn parse_file(
 }
 
 enum Decode {
-    Object(ObjectKey, Object, Vec<Problem>),
+    Object(ObjectKey, Arc<Object>, Vec<Problem>),
     /// A kind the mesh does not read: `apiVersion kind`.
     Skipped(String),
     Invalid(Option<ObjectKey>, Vec<Problem>),
@@ -307,7 +307,7 @@ fn decode_object(value: serde_json::Value, location: &Location, options: &Loader
         Ok(_) if key.name.is_empty() => {
             Decode::Invalid(None, vec![Problem::error(loc(), "is required").field("metadata.name")])
         }
-        Ok(o) => Decode::Object(key, o, vec![]),
+        Ok(o) => Decode::Object(key, Arc::new(o), vec![]),
         Err((path, reason)) => Decode::Invalid(
             Some(key.clone()),
             vec![Problem::error(loc(), reason).resource(key.to_string()).field(path)],
@@ -327,7 +327,7 @@ fn decode_istio(value: serde_json::Value, key: ObjectKey, location: &Location, o
                 .into_iter()
                 .map(|f| Problem::warning(loc(), "unknown field, ignored (a typo?)").resource(key.to_string()).field(f))
                 .collect();
-            Decode::Object(key, Object::Istio(Arc::new(resource)), warnings)
+            Decode::Object(key, Arc::new(Object::Istio(Arc::new(resource))), warnings)
         }
         Ok(Decoded::Istio { unknown_fields, .. }) => {
             let problems = unknown_fields
@@ -508,15 +508,17 @@ fn build_registry(
             .or_default()
             .push(ServiceState { service: Arc::new(service), endpoints: endpoints.into() });
     }
-    let workload_entries: Vec<(String, &config::networking::WorkloadEntry)> = resources
+    let workloads: Vec<NamespacedWorkload<'_>> = resources
         .iter()
         .filter_map(|(r, _)| match &r.spec {
-            Spec::WorkloadEntry(w) => Some((r.meta.namespace.clone(), w)),
+            Spec::WorkloadEntry(entry) => Some(NamespacedWorkload {
+                namespace: &r.meta.namespace,
+                workload: mesh_core::service_entry::entry_workload_name(r, entry),
+                entry,
+            }),
             _ => None,
         })
         .collect();
-    let workloads: Vec<NamespacedWorkload<'_>> =
-        workload_entries.iter().map(|(ns, w)| NamespacedWorkload { namespace: ns, entry: w }).collect();
     for (r, _) in resources {
         match &r.spec {
             Spec::ServiceEntry(se) => {

@@ -15,6 +15,31 @@ pub struct Meta {
     pub name: String,
     pub namespace: Option<String>,
     pub labels: Labels,
+    /// Set on pods a controller made: their workload is the controller's.
+    pub generate_name: Option<String>,
+    pub owner_references: Vec<OwnerReference>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+    pub controller: Option<bool>,
+}
+
+impl Pod {
+    /// The workload the pod belongs to, as Istio names it (its
+    /// Deployment, CronJob, ... or itself).
+    pub fn workload_name(&self) -> String {
+        let m = &self.metadata;
+        let controller = m
+            .owner_references
+            .iter()
+            .find(|r| r.controller == Some(true))
+            .map(|r| mesh_core::workload::Controller { kind: &r.kind, name: &r.name });
+        mesh_core::workload::pod_workload_name(&m.name, m.generate_name.is_some(), controller, &m.labels)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -219,6 +244,7 @@ pub fn endpoints_from_slices(
                 if let Some(pod) = pod {
                     ep.labels = pod.metadata.labels.clone();
                     ep.service_account = pod.spec.service_account_name.clone();
+                    ep.workload = Some(pod.workload_name());
                 }
                 out.push(ep);
             }
@@ -238,6 +264,7 @@ pub fn endpoints_from_pods(svc: &KubeService, pods: &[&Pod]) -> Vec<Endpoint> {
             let mut ep = Endpoint::new(p.status.pod_ip.clone()?);
             ep.labels = p.metadata.labels.clone();
             ep.service_account = p.spec.service_account_name.clone();
+            ep.workload = Some(p.workload_name());
             for sp in &svc.spec.ports {
                 let name = sp.name.clone().unwrap_or_default();
                 let port = match &sp.target_port {

@@ -32,7 +32,8 @@ pub struct ProxyArgs {
     /// Seconds a client may take to send its request headers.
     #[arg(long, default_value_t = 10)]
     pub header_read_timeout: u64,
-    /// A JSON access log line per request on stdout.
+    /// An access log line per request on stdout, in Istio's text format
+    /// (JSON with MeshConfig `accessLogEncoding: JSON`).
     #[arg(long)]
     pub access_log: bool,
     /// Connections each listener's accept queue holds (the kernel caps it
@@ -166,11 +167,7 @@ pub async fn config_source(
         let node = mesh_xds::node::node_for(&identity);
         tracing::info!(%server, node = %node.id, "config from xDS");
         let client = mesh_xds::client::start(mesh_xds::client::ClientOptions::new(server.clone(), node, identity.kind));
-        let source = mesh_proxy::ConfigSource::Stream {
-            name: identity.name,
-            namespace: identity.namespace,
-            configs: client.configs,
-        };
+        let source = mesh_proxy::ConfigSource::Stream { identity, configs: client.configs };
         return Ok((source, None));
     }
     if args.sources.is_empty() {
@@ -178,7 +175,37 @@ pub async fn config_source(
     }
     let sources = args.sources.start().await?;
     sources.ready().await;
+    let identity = named_from_registry(identity, &*sources.registry);
     Ok((mesh_proxy::ConfigSource::mesh(sources.store.clone(), sources.registry.clone(), identity), Some(sources)))
+}
+
+/// A proxy started without a workload name takes it (and its labels, when
+/// none were given) from the registry's endpoint at its IP, as Istio's
+/// injector names a pod's workload from its controller; else `unknown`.
+fn named_from_registry(
+    mut identity: mesh_core::translate::ProxyIdentity,
+    registry: &dyn mesh_core::ServiceRegistry,
+) -> mesh_core::translate::ProxyIdentity {
+    if !identity.name.is_empty() {
+        return identity;
+    }
+    let found = identity.ip.as_deref().and_then(|ip| mesh_core::workload::at_address(&registry.snapshot(), ip));
+    match found {
+        Some((name, labels)) => {
+            tracing::info!(workload = %name, "workload name from the registry");
+            identity.name = name;
+            if identity.labels.is_empty() {
+                identity.labels = labels;
+            }
+        }
+        None => {
+            tracing::warn!(
+                "no --name and no registry endpoint at this proxy's --ip: metrics name the workload `unknown`"
+            );
+            identity.name = "unknown".into();
+        }
+    }
+    identity
 }
 
 /// The proxy's runtime: with one worker, a current-thread runtime (no work

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`config`] | Istio resources (VirtualService, DestinationRule, ...) decoded from YAML with field-path errors, and validated as Istio does |
 //! | [`model`] | services, ports, endpoints, localities |
+//! | [`workload`] | workloads as telemetry names them: controller names, canonical service and revision |
 //! | [`service_entry`] | ServiceEntry and WorkloadEntry as services and endpoints |
 //! | [`registry`] | [`ServiceRegistry`]: services and endpoints from a platform, plus aggregation |
 //! | [`store`] | [`ConfigStore`]: Istio resources by kind, plus aggregation |
@@ -169,6 +170,7 @@ pub mod routing;
 pub mod service_entry;
 pub mod store;
 pub mod translate;
+pub mod workload;
 
 pub use filter::Filter;
 pub use proxy_config::ProxyConfig;

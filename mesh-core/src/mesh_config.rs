@@ -1,7 +1,7 @@
 //! The mesh-wide settings of Istio's MeshConfig (the `mesh` key of the
 //! `istio` ConfigMap, or `meshConfig` of an IstioOperator) that decide
-//! translation: the trust domain and its aliases, auto mTLS, and the root
-//! namespace. Fields of MeshConfig not listed here are accepted and left
+//! translation: the trust domain and its aliases, auto mTLS, the root
+//! namespace, and the access log's file and encoding. Fields of MeshConfig not listed here are accepted and left
 //! alone, so users paste their file as it is.
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,18 @@ pub struct MeshConfig {
     pub enable_auto_mtls: bool,
     /// Where mesh-wide policies live.
     pub root_namespace: String,
+    /// Where proxies write their access log (`/dev/stdout`); empty: off.
+    pub access_log_file: String,
+    pub access_log_encoding: AccessLogEncoding,
+}
+
+/// The access log's format: Istio's text format, or its fields as JSON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AccessLogEncoding {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for MeshConfig {
@@ -27,6 +39,8 @@ impl Default for MeshConfig {
             trust_domain_aliases: Vec::new(),
             enable_auto_mtls: true,
             root_namespace: crate::translate::ROOT_NAMESPACE.into(),
+            access_log_file: String::new(),
+            access_log_encoding: AccessLogEncoding::Text,
         }
     }
 }
@@ -58,6 +72,12 @@ mod tests {
         assert!(!config.enable_auto_mtls);
         assert_eq!(config.root_namespace, "istio-system");
         assert_eq!(config.trust_domains().aliases, vec!["old.example".to_string()]);
+        assert_eq!(
+            (config.access_log_file.as_str(), config.access_log_encoding),
+            ("/dev/stdout", AccessLogEncoding::Text)
+        );
+        let json = MeshConfig::from_yaml("mesh.yaml", "accessLogEncoding: JSON\n").unwrap();
+        assert_eq!(json.access_log_encoding, AccessLogEncoding::Json);
         let err = MeshConfig::from_yaml("mesh.yaml", "enableAutoMtls: maybe").unwrap_err();
         assert!(err.starts_with("mesh.yaml: MeshConfig:"), "{err}");
     }

@@ -156,6 +156,10 @@ pub struct Endpoint {
     pub weight: u32,
     pub health: Health,
     pub service_account: Option<String>,
+    /// The workload that runs it (a pod's Deployment, a WorkloadEntry),
+    /// for telemetry; `None` when the platform does not say.
+    #[serde(default)]
+    pub workload: Option<String>,
 }
 
 impl Endpoint {
@@ -168,6 +172,7 @@ impl Endpoint {
             weight: 1,
             health: Health::Healthy,
             service_account: None,
+            workload: None,
         }
     }
 

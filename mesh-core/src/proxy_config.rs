@@ -523,6 +523,10 @@ pub struct LbEndpoint {
     /// as the ones before lose health.
     #[serde(default)]
     pub priority: u32,
+    /// Who runs it, for the `destination_*` labels of the client's
+    /// metrics; `None` when the platform did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<std::sync::Arc<crate::workload::WorkloadMeta>>,
 }
 
 /// Metadata shown in config dumps about what the config was built for.

@@ -10,9 +10,11 @@ use crate::config::{Resource, Spec};
 use crate::model::{labels_match, Endpoint, Locality, Protocol, Resolution, Service, ServicePort, ServiceState};
 use crate::registry::merge_states;
 
-/// A WorkloadEntry with the namespace it lives in.
+/// A WorkloadEntry with the namespace it lives in and the name of its
+/// workload (for telemetry).
 pub struct NamespacedWorkload<'a> {
     pub namespace: &'a str,
+    pub workload: &'a str,
     pub entry: &'a WorkloadEntry,
 }
 
@@ -41,13 +43,13 @@ pub fn services_of(
             })
         })
         .collect();
-    let mut endpoints: Vec<Endpoint> = se.endpoints.iter().filter_map(endpoint_of).collect();
+    let mut endpoints: Vec<Endpoint> = se.endpoints.iter().filter_map(|e| endpoint_of(e, None)).collect();
     if let Some(selector) = &se.workload_selector {
         endpoints.extend(
             workloads
                 .iter()
                 .filter(|w| w.namespace == namespace && labels_match(&selector.labels, &w.entry.labels))
-                .filter_map(|w| endpoint_of(w.entry)),
+                .filter_map(|w| endpoint_of(w.entry, Some(w.workload))),
         );
     }
     se.hosts
@@ -87,11 +89,19 @@ pub fn services_of_all<'a>(
     let mut workloads: Vec<NamespacedWorkload<'_>> = resources
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::WorkloadEntry(entry) => Some(NamespacedWorkload { namespace: &r.meta.namespace, entry }),
+            Spec::WorkloadEntry(entry) => Some(NamespacedWorkload {
+                namespace: &r.meta.namespace,
+                workload: entry_workload_name(r, entry),
+                entry,
+            }),
             _ => None,
         })
         .collect();
-    workloads.extend(platform.iter().map(|w| NamespacedWorkload { namespace: w.namespace, entry: w.entry }));
+    workloads.extend(platform.iter().map(|w| NamespacedWorkload {
+        namespace: w.namespace,
+        workload: w.workload,
+        entry: w.entry,
+    }));
     let mut by_host: BTreeMap<String, Vec<ServiceState>> = BTreeMap::new();
     for r in &resources {
         if let Spec::ServiceEntry(se) = &r.spec {
@@ -104,13 +114,27 @@ pub fn services_of_all<'a>(
     by_host.into_values().map(|states| merge_states(&states.iter().collect::<Vec<_>>())).collect()
 }
 
-fn endpoint_of(we: &WorkloadEntry) -> Option<Endpoint> {
+/// The workload a WorkloadEntry stands for, as Istio names it: its
+/// auto-registration group, else its `service.istio.io/workload-name`
+/// label, else its own name.
+pub fn entry_workload_name<'a>(r: &'a Resource, entry: &'a WorkloadEntry) -> &'a str {
+    let label = crate::workload::WORKLOAD_NAME_LABEL;
+    r.meta
+        .annotations
+        .get("istio.io/autoRegistrationGroup")
+        .or_else(|| r.meta.labels.get(label))
+        .or_else(|| entry.labels.get(label))
+        .map_or(&r.meta.name, |n| n)
+}
+
+fn endpoint_of(we: &WorkloadEntry, workload: Option<&str>) -> Option<Endpoint> {
     let mut e = Endpoint::new(we.address.clone()?);
     e.ports = we.ports.iter().filter_map(|(name, p)| Some((name.clone(), u16::try_from(*p).ok()?))).collect();
     e.labels = we.labels.clone();
     e.locality = we.locality.as_deref().map(Locality::parse).unwrap_or_default();
     e.weight = we.weight.unwrap_or(1).max(1);
     e.service_account = we.service_account.clone();
+    e.workload = workload.map(str::to_string);
     Some(e)
 }
 
@@ -155,13 +179,14 @@ mod tests {
         let (b, b_ns) = we("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: b, namespace: apps}\nspec: {address: 10.1.0.2, labels: {app: other}}\n");
         let (c, c_ns) = we("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: c, namespace: elsewhere}\nspec: {address: 10.1.0.3, labels: {app: vm}}\n");
         let workloads = [
-            NamespacedWorkload { namespace: &a_ns, entry: &a },
-            NamespacedWorkload { namespace: &b_ns, entry: &b },
-            NamespacedWorkload { namespace: &c_ns, entry: &c },
+            NamespacedWorkload { namespace: &a_ns, workload: "a", entry: &a },
+            NamespacedWorkload { namespace: &b_ns, workload: "b", entry: &b },
+            NamespacedWorkload { namespace: &c_ns, workload: "c", entry: &c },
         ];
         let services = services_of(&se, &ns, &workloads);
         let addresses: Vec<&str> = services[0].1.iter().map(|e| e.address.as_str()).collect();
         assert_eq!(addresses, ["10.1.0.1"]);
+        assert_eq!(services[0].1[0].workload.as_deref(), Some("a"), "named for telemetry");
         assert_eq!(services[0].0.ports[0].protocol, Protocol::Http, "protocol from the port name");
     }
 

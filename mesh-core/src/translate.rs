@@ -21,6 +21,7 @@ use crate::proxy_config::*;
 use crate::registry::RegistrySnapshot;
 use crate::resilience::retry::RetryOn;
 use crate::store::{of_kind, ConfigSnapshot};
+use crate::workload::WorkloadMeta;
 use crate::{mtls, peer_authentication};
 
 /// The DNS suffix of Kubernetes service names.
@@ -327,6 +328,7 @@ impl<'a> Translator<'a> {
                                 health: e.health,
                                 mtls_ready: mtls::endpoint_mtls_ready(e),
                                 priority: 0,
+                                workload: WorkloadMeta::of_endpoint(e, &svc.namespace),
                             })
                             .collect();
                         if let Some(rules) = &failover {
@@ -382,12 +384,13 @@ impl<'a> Translator<'a> {
     fn clusters(&self) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
         let (mut clusters, mut assignments) = self.outbound_clusters(|_| true);
         if self.proxy.kind == ProxyKind::Sidecar {
-            for (port, _) in self.inbound_ports() {
+            for (port, svc) in self.inbound_ports() {
                 let name = cluster_name("inbound", port.port, None, "");
                 let target = port.target_port.unwrap_or(port.port);
                 clusters.push(Cluster {
                     name: name.clone(),
-                    service: String::new(),
+                    // The service the port serves, for the server's metrics.
+                    service: svc.hostname.clone(),
                     port: target,
                     subset: None,
                     discovery: DiscoveryType::Static,
@@ -414,6 +417,7 @@ impl<'a> Translator<'a> {
                         health: Default::default(),
                         mtls_ready: false,
                         priority: 0,
+                        workload: None,
                     }],
                 });
             }

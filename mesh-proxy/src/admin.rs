@@ -53,7 +53,9 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>, prometheus_only: bool
     let live = state.live.load_full();
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/stats/prometheus") | (&Method::GET, "/metrics") => {
-            reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render())
+            let accept = req.headers().get(http::header::ACCEPT).and_then(|a| a.to_str().ok());
+            let format = crate::metrics::Format::negotiate(accept);
+            reply(StatusCode::OK, format.content_type(), state.metrics.render(format))
         }
         _ if prometheus_only => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         (&Method::GET, "/config_dump") => {

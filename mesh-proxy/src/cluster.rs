@@ -13,6 +13,7 @@ use mesh_core::model::Health;
 use mesh_core::proxy_config::{Cluster, ClusterLoadAssignment};
 use mesh_core::resilience::circuit_breaker::CircuitBreaker;
 use mesh_core::resilience::outlier::OutlierDetector;
+use mesh_core::workload::WorkloadMeta;
 
 use crate::upstream::{ClusterConnections, Upstreams};
 
@@ -22,6 +23,12 @@ pub struct ClusterState {
     /// Endpoints that can take traffic, parallel to `hosts`.
     pub addresses: Vec<SocketAddr>,
     pub hosts: Vec<Host>,
+    /// Who runs each endpoint (from the registry) and its key for the
+    /// metrics' series, parallel to `hosts`.
+    pub workloads: Vec<Option<(Arc<WorkloadMeta>, u64)>>,
+    /// Some endpoint is a mesh workload: requests carry Istio's metadata
+    /// exchange header, so its proxy can name the caller.
+    pub in_mesh: bool,
     balancer: Box<dyn LoadBalancer>,
     pub breaker: Arc<CircuitBreaker>,
     pub outlier: Option<OutlierDetector>,
@@ -46,6 +53,10 @@ impl ClusterState {
             .collect();
         let addresses: Vec<SocketAddr> = usable.iter().map(|(e, ip)| SocketAddr::new(*ip, e.port)).collect();
         let hosts: Vec<Host> = usable.iter().map(|(e, _)| Host::from_endpoint(e)).collect();
+        let workloads: Vec<_> = usable
+            .iter()
+            .map(|(e, _)| e.workload.as_ref().map(|w| (Arc::clone(w), crate::metrics::series_key(w))))
+            .collect();
         let balancer = lb::build(&config.lb, &hosts);
         let endpoints: Vec<(SocketAddr, bool)> =
             usable.iter().zip(&addresses).map(|((e, _), addr)| (*addr, e.mtls_ready)).collect();
@@ -57,6 +68,8 @@ impl ClusterState {
             assignment,
             addresses,
             hosts,
+            in_mesh: workloads.iter().any(Option::is_some),
+            workloads,
             balancer,
             started: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),

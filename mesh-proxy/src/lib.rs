@@ -28,7 +28,7 @@
 //! | [`metrics`] | Istio's metrics, and the downstream failures counted before any request |
 //! | [`response_flags`] | Envoy's response flags: how an exchange ended |
 //! | [`status`] | listeners down and config rejected, for `/ready`, `/stats`, Prometheus |
-//! | [`access_log`] | the JSON access log, buffered |
+//! | [`access_log`] | the access log in Istio's format (text or JSON), buffered |
 //! | [`tls`] | TLS termination by SNI for gateway listeners |
 //! | [`mtls`] | Istio mTLS: the workload identity, peer verification (SPIFFE), file-mounted certificates |
 //! | [`body`] | body types and the replay buffer |
@@ -108,6 +108,7 @@ use mesh_core::mesh::{self, Debounce};
 use mesh_core::mesh_config::MeshConfig;
 use mesh_core::path::PathNormalization;
 use mesh_core::translate::{translate_with, ProxyIdentity, ProxyKind};
+use mesh_core::workload::{WorkloadMeta, DEFAULT_CLUSTER};
 use mesh_core::{ConfigStore, ProxyConfig, ServiceRegistry};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
@@ -129,8 +130,10 @@ pub enum ConfigSource {
         identity: ProxyIdentity,
         debounce: Debounce,
     },
-    /// Ready-made configs (from an xDS client, or code), applied in order.
-    Stream { name: String, namespace: String, configs: BoxStream<'static, ProxyConfig> },
+    /// Ready-made configs (from an xDS client, or code), applied in order,
+    /// for the proxy `identity` says (its name and labels are its
+    /// workload's in the metrics).
+    Stream { identity: ProxyIdentity, configs: BoxStream<'static, ProxyConfig> },
 }
 
 impl ConfigSource {
@@ -303,18 +306,35 @@ impl ProxyBuilder {
         self
     }
 
+    /// The access log's encoding when it is on (`access_log`, or
+    /// MeshConfig's `accessLogFile`).
+    fn access_log_encoding(&self) -> Option<access_log::Encoding> {
+        let file = &self.mesh_config.access_log_file;
+        if !self.access_log && file.is_empty() {
+            return None;
+        }
+        if !file.is_empty() && file != "/dev/stdout" {
+            tracing::warn!(accessLogFile = %file, "MeshConfig accessLogFile: only /dev/stdout is written; the access log goes to stdout");
+        }
+        Some(match self.mesh_config.access_log_encoding {
+            mesh_core::mesh_config::AccessLogEncoding::Text => access_log::Encoding::Text,
+            mesh_core::mesh_config::AccessLogEncoding::Json => access_log::Encoding::Json,
+        })
+    }
+
     /// Start serving. Listeners come up as the first config arrives.
     pub async fn start(self) -> std::io::Result<ProxyHandle> {
         self.limits.check().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let (name, namespace) = match &self.source {
-            ConfigSource::Mesh { identity, .. } => (identity.name.clone(), identity.namespace.clone()),
-            ConfigSource::Stream { name, namespace, .. } => (name.clone(), namespace.clone()),
-        };
+        let (ConfigSource::Mesh { identity, .. } | ConfigSource::Stream { identity, .. }) = &self.source;
+        let namespace = identity.namespace.clone();
+        let own = WorkloadMeta::from_labels(&identity.name, &identity.namespace, &identity.labels, DEFAULT_CLUSTER);
         let live: SharedConfig = Arc::new(ArcSwap::from_pointee(LiveConfig::empty()));
         let status = Arc::new(ProxyStatus::default());
-        let mut metrics = Metrics::new(&name, &namespace, self.access_log);
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let mut metrics = Metrics::new(own, self.access_log_encoding());
         metrics.set_identity(self.identity.clone());
         metrics.register_status(&status);
+        metrics.register_server(drain_rx.clone());
         let jwks = Arc::new(jwt::remote::JwksCache::new(self.jwks_refresh));
         metrics.register_jwks(&jwks);
         let metrics = Arc::new(metrics);
@@ -328,7 +348,6 @@ impl ProxyBuilder {
             identity: self.identity.clone(),
             jwks,
         });
-        let (drain_tx, drain_rx) = watch::channel(false);
         let admin_state = admin::AdminState {
             live: Arc::clone(&live),
             metrics: Arc::clone(&metrics),

@@ -24,8 +24,11 @@ use crate::downstream::{self, drained, Io, Served};
 use crate::forward::{Forwarder, Ingress};
 use crate::inbound_mtls::{self, Accepted, InboundMtls};
 use crate::limits::DownstreamLimits;
+use crate::metrics::tcp::Metered;
+use crate::metrics::Metrics;
 use crate::mtls::peer::PeerIdentity;
 use crate::mtls::WorkloadIdentity;
+use crate::response_flags::Flag;
 use crate::status::ProxyStatus;
 use crate::tls::{Credentials, TlsListener};
 
@@ -229,6 +232,7 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
         };
         let _ = stream.set_nodelay(true);
         let mut plain = Ingress::new(config.name.clone(), config.port, peer);
+        plain.local = stream.local_addr().ok();
         plain.outbound = config.direction == TrafficDirection::Outbound;
         let (ingress, mtls) = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
             Target::Http(ingress, mtls) => (ingress, mtls),
@@ -237,17 +241,18 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
                 tokio::spawn(async move {
                     let _slot = slot;
                     match inbound_mtls::accept(stream, mtls, identity.as_ref(), settings.header_timeout).await {
-                        Some(Accepted::Plain(stream)) => proxy_tcp(stream, clusters, forwarder).await,
-                        Some(Accepted::Mtls(stream, _)) => proxy_tcp(*stream, clusters, forwarder).await,
+                        Some(Accepted::Plain(stream)) => proxy_tcp(stream, None, clusters, forwarder).await,
+                        Some(Accepted::Mtls(stream, peer)) => proxy_tcp(*stream, Some(peer), clusters, forwarder).await,
                         None => {}
                     }
                 });
                 continue;
             }
             Target::Passthrough(to) => {
+                let (forwarder, inbound) = (Arc::clone(&forwarder), config.direction == TrafficDirection::Inbound);
                 tokio::spawn(async move {
                     let _slot = slot;
-                    passthrough(stream, to).await
+                    passthrough(stream, to, inbound, &forwarder.metrics).await
                 });
                 continue;
             }
@@ -524,8 +529,12 @@ fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
 }
 
 /// Istio's passthrough clusters: no config for it, so straight on.
-async fn passthrough(mut downstream: TcpStream, to: SocketAddr) {
-    if let Ok(Ok(mut upstream)) = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(to)).await {
+async fn passthrough(downstream: TcpStream, to: SocketAddr, inbound: bool, metrics: &Metrics) {
+    let cluster = if inbound { "InboundPassthroughClusterIpv4" } else { "PassthroughCluster" };
+    let connected = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(to)).await;
+    let flag = if matches!(connected, Ok(Ok(_))) { Flag::None } else { Flag::ConnectFailure };
+    let mut downstream = Metered::new(downstream, metrics.tcp_open((cluster, ""), None, None, flag));
+    if let Ok(Ok(mut upstream)) = connected {
         let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
     }
 }
@@ -548,6 +557,7 @@ pub async fn serve_http_proxy(
         };
         let _ = stream.set_nodelay(true);
         let mut ingress = Ingress::new("explicitOutbound".into(), port, peer);
+        ingress.local = stream.local_addr().ok();
         ingress.route_by_authority_port = true;
         ingress.outbound = true;
         let Some(slot) = connections.slot() else { continue };
@@ -566,27 +576,39 @@ pub async fn serve_http_proxy(
     }
 }
 
-/// A `tcp` route: the weighted cluster's endpoint, bytes copied both ways.
+/// A `tcp` route: the weighted cluster's endpoint, bytes copied both ways,
+/// counted in Istio's TCP metrics (`peer`: the client's mTLS identity).
 async fn proxy_tcp<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    mut downstream: IO,
+    downstream: IO,
+    peer: Option<Arc<PeerIdentity>>,
     clusters: Vec<mesh_core::proxy_config::WeightedCluster>,
     forwarder: Arc<Forwarder>,
 ) {
     let live = forwarder.live.load_full();
     let Some(chosen) = mesh_core::routing::pick_weighted(&clusters, fastrand::u64(..)) else { return };
     let Some(cluster) = live.clusters.get(&chosen.cluster) else { return };
-    let Some(host) = cluster.pick(None, &[]) else { return };
+    let meter = |flag: Flag, host: Option<usize>| {
+        let upstream = host.and_then(|h| cluster.workloads[h].as_ref()).map(|(w, _)| &**w);
+        forwarder.metrics.tcp_open((&cluster.config.name, &cluster.config.service), peer.as_deref(), upstream, flag)
+    };
+    let Some(host) = cluster.pick(None, &[]) else {
+        drop(meter(Flag::NoHealthyUpstream, None));
+        return;
+    };
     let Some(_permit) = cluster.breaker.try_acquire(mesh_core::resilience::circuit_breaker::Resource::Connections)
     else {
+        drop(meter(Flag::Overflow, Some(host)));
         return;
     };
     let connect =
         tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(cluster.addresses[host])).await;
     match connect {
         Ok(Ok(mut upstream)) => {
+            let mut downstream = Metered::new(downstream, meter(Flag::None, Some(host)));
             let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
         }
         _ => {
+            drop(meter(Flag::ConnectFailure, Some(host)));
             if let Some(o) = &cluster.outlier {
                 o.record(host, mesh_core::resilience::outlier::Observation::LocalOriginFailure, cluster.now());
             }

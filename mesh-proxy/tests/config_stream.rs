@@ -53,11 +53,14 @@ async fn serves_a_stream_of_proxy_configs() {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tx.send(config(port, backend_port, "  - route:\n    - destination: {host: app}\n")).unwrap();
     let configs = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed();
-    let proxy = ProxyBuilder::new(ConfigSource::Stream { name: "custom".into(), namespace: "default".into(), configs })
-        .bind_ip("127.0.0.1".parse().unwrap())
-        .start()
-        .await
-        .unwrap();
+    let proxy = ProxyBuilder::new(ConfigSource::Stream {
+        identity: mesh_core::translate::ProxyIdentity::gateway("custom", "default", Default::default()),
+        configs,
+    })
+    .bind_ip("127.0.0.1".parse().unwrap())
+    .start()
+    .await
+    .unwrap();
     let first = proxy.wait_for_version_change("", Duration::from_secs(10)).await.expect("the first config applies");
     let answer = tokio::task::spawn_blocking(move || get(port, "/hello.txt")).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello from python\n"), "{answer}");

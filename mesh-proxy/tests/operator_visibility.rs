@@ -36,12 +36,15 @@ async fn start(degraded: bool, first: ProxyConfig) -> (ProxyHandle, UnboundedSen
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tx.send(first).unwrap();
     let configs = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed();
-    let proxy = ProxyBuilder::new(ConfigSource::Stream { name: "gw".into(), namespace: "default".into(), configs })
-        .admin("127.0.0.1:0".parse().unwrap())
-        .allow_degraded(degraded)
-        .start()
-        .await
-        .unwrap();
+    let proxy = ProxyBuilder::new(ConfigSource::Stream {
+        identity: mesh_core::translate::ProxyIdentity::gateway("gw", "default", Default::default()),
+        configs,
+    })
+    .admin("127.0.0.1:0".parse().unwrap())
+    .allow_degraded(degraded)
+    .start()
+    .await
+    .unwrap();
     (proxy, tx)
 }
 
@@ -108,10 +111,13 @@ async fn a_busy_admin_port_is_an_error_that_names_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let configs = futures_util::stream::pending().boxed();
-    let started = ProxyBuilder::new(ConfigSource::Stream { name: "gw".into(), namespace: "default".into(), configs })
-        .admin(addr)
-        .start()
-        .await;
+    let started = ProxyBuilder::new(ConfigSource::Stream {
+        identity: mesh_core::translate::ProxyIdentity::gateway("gw", "default", Default::default()),
+        configs,
+    })
+    .admin(addr)
+    .start()
+    .await;
     let error = started.err().expect("the admin port is taken").to_string();
     assert!(error.contains(&format!("admin address {addr}")), "{error}");
 }

@@ -19,8 +19,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Args {
     #[command(flatten)]
     proxy: examples::ProxyArgs,
-    /// The workload's name, for metrics.
-    #[arg(long, default_value = "workload")]
+    /// The workload's name (its Deployment's, say), for metrics; without
+    /// it, the registry's name for the endpoint at --ip.
+    #[arg(long, default_value = "")]
     name: String,
     #[arg(long, default_value = "default")]
     namespace: String,

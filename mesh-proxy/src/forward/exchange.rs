@@ -13,7 +13,7 @@ use super::{headers, local_reply, Forwarder, Ingress};
 use crate::answer::Answer;
 use crate::ascii;
 use crate::live::LiveConfig;
-use crate::metrics::RequestRecord;
+use crate::metrics::{peer, RequestRecord};
 use crate::response_flags::Flag;
 
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -62,6 +62,9 @@ impl<'a> Exchange<'a> {
         let path_error = normalize_path(&mut head, forwarder.path_normalization).err();
         let mut record = forwarder.metrics.start(&head, request_id);
         record.peer = ingress.peer_identity.as_deref();
+        record.downstream = Some((ingress.peer, ingress.local));
+        // A client's proxy says who it is; only a server side believes it.
+        record.peer_metadata = peer::take(&mut head.headers).filter(|_| !ingress.outbound);
         let filter_context = (!forwarder.filters.is_empty())
             .then(|| FilterContext::new(record.request_id.to_str().unwrap_or_default(), Some(ingress.peer)));
         Exchange {
@@ -88,19 +91,21 @@ impl<'a> Exchange<'a> {
         local_reply::text(status, text)
     }
 
-    /// Log: metrics, the access log line and the filters' `on_log`.
-    pub(super) fn log_phase(&mut self, response: &Answer) {
+    /// Log: metrics, the access log line and the filters' `on_log`. A
+    /// body without a length is measured as it goes: the answer comes back
+    /// wrapped.
+    pub(super) fn log_phase(&mut self, response: Answer) -> Answer {
         self.record.status = response.status().as_u16();
         if self.record.grpc {
             self.record.grpc_status = response.header(&GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_string);
         }
-        self.log();
+        self.logged = true;
+        let response = self.forwarder.metrics.record(&self.record, response);
+        self.filters_on_log();
+        response
     }
 
-    fn log(&mut self) {
-        self.logged = true;
-        let took = self.record.started.elapsed();
-        self.forwarder.metrics.record(&self.record, took);
+    fn filters_on_log(&mut self) {
         if let Some(ctx) = &mut self.filter_context {
             ctx.response_flags = flag_code(self.record.flag);
             self.forwarder.filters.on_log(ctx);
@@ -123,7 +128,8 @@ impl Drop for Exchange<'_> {
         if !self.logged {
             self.record.status = 0;
             self.record.flag = Flag::DownstreamTermination;
-            self.log();
+            self.forwarder.metrics.record_abandoned(&self.record);
+            self.filters_on_log();
         }
     }
 }

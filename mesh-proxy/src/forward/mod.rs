@@ -75,6 +75,9 @@ pub struct Ingress {
     pub listener: String,
     pub port: u16,
     pub peer: SocketAddr,
+    /// The address the connection came to (the access log's
+    /// `downstream_local_address`).
+    pub local: Option<SocketAddr>,
     /// The route table chosen at the connection (by SNI, for TLS); `None`:
     /// the listener's HTTP chain.
     pub route_config: Option<String>,
@@ -104,6 +107,7 @@ impl Ingress {
             listener,
             port,
             peer,
+            local: None,
             route_config: None,
             scheme: "http",
             route_by_authority_port: false,
@@ -125,12 +129,12 @@ impl Forwarder {
         let live = self.live.load_full();
         let (head, body) = req.into_parts();
         let mut exchange = Exchange::begin(self, &live, ingress, head);
+        let body = self.metrics.request_body(&mut exchange.record, body);
         let response = match exchange.request_phases(body).await {
             Ok(answer) | Err(answer) => answer,
         };
         let response = exchange.response_phase(response).await;
-        exchange.log_phase(&response);
-        response
+        exchange.log_phase(response)
     }
 }
 

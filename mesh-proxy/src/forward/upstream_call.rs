@@ -52,7 +52,7 @@ impl Sending {
 /// One attempt's result: `Err(())` is its per-try (or route) timeout.
 type Attempt = Result<Result<Answer, UpstreamError>, ()>;
 
-impl Exchange<'_> {
+impl<'a> Exchange<'a> {
     pub(super) async fn upstream_attempts(&mut self, incoming: Body) -> Answer {
         let (Some(route), Some(chosen)) = (self.route, self.cluster) else {
             return self.reply(Flag::NoCluster, StatusCode::SERVICE_UNAVAILABLE, "no cluster\n");
@@ -60,6 +60,10 @@ impl Exchange<'_> {
         let Some(cluster) = self.live.clusters.get(&chosen.cluster) else {
             return self.reply(Flag::NoCluster, StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
         };
+        self.record.service = &cluster.config.service;
+        if cluster.in_mesh && !chosen.cluster.starts_with("inbound|") {
+            self.forwarder.metrics.own_metadata.insert(&mut self.head.headers);
+        }
         let mut sending = match self.request_body(incoming, route).await {
             Ok(sending) => sending,
             Err(reply) => return reply,
@@ -100,7 +104,9 @@ impl Exchange<'_> {
                 Some(_) if cluster.connections.is_mtls(host) => Some("unknown"),
                 _ => None,
             };
+            let sent = std::time::Instant::now();
             let result = self.attempt(cluster, host, timeout, sending.next()).await;
+            self.record.upstream_service_time = matches!(result, Ok(Ok(_))).then(|| sent.elapsed());
             if let Some(failure) = result.as_ref().ok().and_then(|r| r.as_ref().err()?.client_failure()) {
                 return self.client_failed(failure);
             }
@@ -144,13 +150,14 @@ impl Exchange<'_> {
     /// One send to one host, under the attempt's timeout.
     async fn attempt(
         &mut self,
-        cluster: &ClusterState,
+        cluster: &'a ClusterState,
         host: usize,
         timeout: Option<Duration>,
         body: RequestBody,
     ) -> Attempt {
         let addr = cluster.addresses[host];
         self.record.upstream_host = Some(addr);
+        self.record.upstream_workload = cluster.workloads[host].as_ref().map(|(w, key)| (&**w, *key));
         cluster.hosts[host].active_requests.fetch_add(1, Ordering::Relaxed);
         let call = cluster.connections.send(host, addr, &self.head, body, self.upgrade.is_some());
         let result = match timeout {

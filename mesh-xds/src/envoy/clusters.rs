@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     },
     CircuitBreakers, Cluster as EnvoyCluster, OutlierDetection,
 };
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::config::core::v3::{
     transport_socket::ConfigType as SocketConfig, Http1ProtocolOptions, Http2ProtocolOptions,
     HttpProtocolOptions as CommonHttpOptions, TransportSocket,
@@ -21,11 +22,14 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
 };
 use envoy_types::pb::envoy::r#type::v3::Percent;
-use envoy_types::pb::google::protobuf::Struct;
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{Cluster, DiscoveryType, LbPolicy, OutlierDetectionConfig, ProxyConfig, UpstreamTls};
 
 use super::endpoints::{text, ISTIO, TLS_MODE};
+
+/// `istio` cluster metadata: the services a cluster is for.
+pub(crate) const SERVICES: &str = "services";
 use super::{ads, any, duration, endpoints, uint32, Flavor};
 
 pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig, flavor: Flavor, auto_mtls: bool) -> EnvoyCluster {
@@ -38,6 +42,7 @@ pub(super) fn cluster(c: &Cluster, cfg: &ProxyConfig, flavor: Flavor, auto_mtls:
         ..Default::default()
     };
     transport(&mut out, c.tls.as_ref(), flavor, auto_mtls);
+    out.metadata = inbound_service(c);
     let discovery = match c.discovery {
         DiscoveryType::Eds => {
             out.eds_cluster_config = Some(EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() });
@@ -140,6 +145,26 @@ fn outlier_detection(od: &OutlierDetectionConfig) -> OutlierDetection {
 }
 
 /// HTTP/2 toward gRPC and HTTP/2 ports, pool limits for every HTTP cluster.
+/// The service an inbound cluster serves, as Istio's `istio.services`
+/// cluster metadata (an outbound cluster's name says it already).
+fn inbound_service(c: &Cluster) -> Option<Metadata> {
+    if !c.name.starts_with("inbound|") || c.service.is_empty() {
+        return None;
+    }
+    let mut service = Struct::default();
+    service.fields.insert("host".into(), text(&c.service));
+    let mut parts = c.service.splitn(3, '.');
+    if let (Some(name), Some(namespace)) = (parts.next(), parts.next()) {
+        service.fields.insert("name".into(), text(name));
+        service.fields.insert("namespace".into(), text(namespace));
+    }
+    let services = Value {
+        kind: Some(Kind::ListValue(ListValue { values: vec![Value { kind: Some(Kind::StructValue(service)) }] })),
+    };
+    let istio = Struct { fields: [(SERVICES.to_string(), services)].into() };
+    Some(Metadata { filter_metadata: [(ISTIO.to_string(), istio)].into(), ..Default::default() })
+}
+
 fn protocol_options(c: &Cluster) -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
     let upstream = match c.protocol {
         Protocol::Http2 | Protocol::Grpc => ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default()),

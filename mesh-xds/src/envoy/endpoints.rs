@@ -47,20 +47,25 @@ pub(super) fn load_assignment(la: &ClusterLoadAssignment) -> EnvoyLoadAssignment
 const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 pub(super) const TLS_MODE: &str = "tlsMode";
 pub(super) const ISTIO: &str = "istio";
+/// `istio` endpoint metadata: `name;namespace;canonical service;revision;cluster`.
+pub(crate) const WORKLOAD: &str = "workload";
 
 pub(super) fn text(s: &str) -> Value {
     Value { kind: Some(Kind::StringValue(s.to_string())) }
 }
 
 fn lb_endpoint(e: &LbEndpoint) -> EnvoyLbEndpoint {
-    let metadata = e.mtls_ready.then(|| Metadata {
-        filter_metadata: [(
-            TRANSPORT_SOCKET_MATCH.to_string(),
-            Struct { fields: [(TLS_MODE.to_string(), text(ISTIO))].into() },
-        )]
-        .into(),
-        ..Default::default()
-    });
+    let mut filter_metadata = std::collections::HashMap::new();
+    if e.mtls_ready {
+        let tls_mode = Struct { fields: [(TLS_MODE.to_string(), text(ISTIO))].into() };
+        filter_metadata.insert(TRANSPORT_SOCKET_MATCH.to_string(), tls_mode);
+    }
+    if let Some(w) = &e.workload {
+        // Istio's stats filter names the client's destination from this.
+        let workload = Struct { fields: [(WORKLOAD.to_string(), text(&w.endpoint_encoding()))].into() };
+        filter_metadata.insert(ISTIO.to_string(), workload);
+    }
+    let metadata = (!filter_metadata.is_empty()).then(|| Metadata { filter_metadata, ..Default::default() });
     EnvoyLbEndpoint {
         metadata,
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {

@@ -79,6 +79,7 @@ pub(crate) fn mesh_with_endpoint_labels(labels: &[(&str, &str)]) -> MeshSnapshot
             let mut e = Endpoint::new(format!("10.0.0.{}", i + 1));
             e.labels.insert("version".into(), v.to_string());
             e.labels.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            e.workload = Some(format!("reviews-{v}"));
             e
         })
         .collect();

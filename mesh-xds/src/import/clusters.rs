@@ -23,6 +23,18 @@ use super::{decode, duration, endpoints::load_assignment, ImportError};
 const KIND: &str = "Cluster";
 
 /// A cluster, and its endpoints when they come inline (DNS and static).
+/// The first of Istio's `istio.services` (an inbound cluster's service).
+fn metadata_service(c: &EnvoyCluster) -> Option<String> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let istio = c.metadata.as_ref()?.filter_metadata.get("istio")?;
+    let Some(Kind::ListValue(services)) = istio.fields.get("services")?.kind.as_ref() else { return None };
+    let Some(Kind::StructValue(first)) = services.values.first()?.kind.as_ref() else { return None };
+    match first.fields.get("host")?.kind.as_ref() {
+        Some(Kind::StringValue(host)) => Some(host.clone()),
+        _ => None,
+    }
+}
+
 pub fn cluster(c: &EnvoyCluster) -> Result<(Cluster, Option<ClusterLoadAssignment>), ImportError> {
     let err = |field: &str, msg: String| ImportError::new(KIND, &c.name, field, msg);
     let discovery = match c.cluster_discovery_type {
@@ -38,7 +50,10 @@ pub fn cluster(c: &EnvoyCluster) -> Result<(Cluster, Option<ClusterLoadAssignmen
             return Err(err("cluster_type", "custom cluster types are not supported".into()))
         }
     };
-    let (service, port, subset) = istio_name(&c.name);
+    let (mut service, port, subset) = istio_name(&c.name);
+    if service.is_empty() {
+        service = metadata_service(c).unwrap_or_default();
+    }
     let (protocol, idle_timeout, max_requests_per_connection) = protocol_options(c)?;
     let thresholds = c.circuit_breakers.as_ref().and_then(|cb| cb.thresholds.first());
     // Unset thresholds take Envoy's defaults: 1024 connections, pending and

@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::google::protobuf::value::Kind;
 use mesh_core::model::{Health, Locality};
 use mesh_core::proxy_config::{ClusterLoadAssignment, LbEndpoint};
+use mesh_core::workload::WorkloadMeta;
 
 use super::ImportError;
 
@@ -40,6 +41,7 @@ pub fn load_assignment(la: &EnvoyLoadAssignment) -> Result<ClusterLoadAssignment
                 },
                 mtls_ready: tls_mode_istio(e.metadata.as_ref()),
                 priority: group.priority,
+                workload: workload(e.metadata.as_ref()),
             });
         }
     }
@@ -54,6 +56,13 @@ pub(super) fn socket_address(address: Option<&Address>) -> Option<(String, u16)>
 
 /// Istio's auto mTLS mark on an endpoint: `tlsMode: istio` under
 /// `envoy.transport_socket_match`.
+/// Istio's `istio.workload` endpoint metadata, for the client's metrics.
+fn workload(metadata: Option<&Metadata>) -> Option<std::sync::Arc<WorkloadMeta>> {
+    let fields = &metadata?.filter_metadata.get("istio")?.fields;
+    let Some(Kind::StringValue(text)) = fields.get("workload")?.kind.as_ref() else { return None };
+    WorkloadMeta::from_endpoint_encoding(text).map(std::sync::Arc::new)
+}
+
 fn tls_mode_istio(metadata: Option<&Metadata>) -> bool {
     let Some(fields) = metadata.and_then(|m| m.filter_metadata.get("envoy.transport_socket_match")) else {
         return false;

@@ -1,0 +1,509 @@
+//! Istio's standard metrics, for both reporters, with Istio's names,
+//! buckets and labels: `istio_requests_total`, the request duration and
+//! request and response size histograms, the `istio_tcp_*` counters; the
+//! proxy's health gauges; each request's access log line
+//! ([`crate::access_log`]) is written from here.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `record` | what one request did, as the request path learns it |
+//! | `labels` | Istio's labels: who is at each end, from either side |
+//! | [`peer`] | Istio's metadata exchange header: a client's proxy says who it is |
+//! | `histogram` | a lock-free histogram on Envoy's buckets |
+//! | `streamed` | bodies without a length, measured as they pass |
+//! | [`tcp`] | connections and bytes of TCP proxying |
+//! | `server` | the `envoy_server_*` gauges |
+//! | `exposition` | OpenMetrics or Prometheus text, by `Accept` |
+//! | `downstream` | downstream failures counted before any request |
+
+mod downstream;
+mod exposition;
+mod histogram;
+mod labels;
+pub mod peer;
+mod record;
+mod server;
+mod streamed;
+pub mod tcp;
+
+use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use http_body_util::BodyExt;
+use mesh_core::workload::WorkloadMeta;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+// Looked up on every request: a fast hash, not SipHash.
+use rustc_hash::{FxHashMap, FxHasher};
+
+use crate::access_log::{AccessLog, Encoding, Entry};
+use crate::answer::Answer;
+use crate::mtls::peer::PeerIdentity;
+use crate::mtls::WorkloadIdentity;
+use crate::response_flags::Flag;
+pub use downstream::DownstreamStats;
+pub use exposition::Format;
+use histogram::AtomicHistogram;
+use labels::{Ends, RequestLabels, Service, Side, TcpLabels};
+use record::RequestLine;
+pub use record::RequestRecord;
+use streamed::{CountedBody, MeteredBody, ResponseMeter};
+
+type HistogramFamily = Family<RequestLabels, AtomicHistogram>;
+
+/// What distinguishes one series from another within a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Outcome {
+    status: u16,
+    flag: Flag,
+    grpc_status: Option<u16>,
+    grpc: bool,
+    /// The mTLS peer's principal, hashed (0: no mTLS peer).
+    peer: u64,
+    /// The metadata exchange header, hashed (0: none).
+    source: u64,
+    /// The endpoint's workload, hashed (0: unknown).
+    destination: u64,
+    /// Outbound over mTLS.
+    upstream_mtls: bool,
+}
+
+/// One series of each request metric.
+#[derive(Clone)]
+struct Series {
+    requests: Counter,
+    duration: AtomicHistogram,
+    request_size: AtomicHistogram,
+    response_size: AtomicHistogram,
+}
+
+type Handles = FxHashMap<Outcome, Series>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily,
+    request_sizes: HistogramFamily,
+    response_sizes: HistogramFamily,
+    pub tcp: tcp::TcpMetrics,
+    /// Series already resolved, by cluster then outcome: the request path
+    /// reads these without locks or allocation.
+    resolved: ArcSwap<FxHashMap<String, Arc<ArcSwap<Handles>>>>,
+    /// This proxy's workload.
+    own: WorkloadMeta,
+    /// What it tells the servers it calls.
+    pub own_metadata: peer::OwnMetadata,
+    access_log: Option<Arc<AccessLog>>,
+    /// The workload's certificate (its principal, on both sides).
+    identity: Option<WorkloadIdentity>,
+    /// Requests whose JWT was refused (401), by reason.
+    jwt_denied: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: crate::jwt::JwtError,
+}
+
+/// The reason's variant name, written at scrape time: counting a refused
+/// token allocates nothing.
+impl prometheus_client::encoding::EncodeLabelValue for crate::jwt::JwtError {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        write!(encoder, "{self:?}")
+    }
+}
+
+/// A key for a series, from what names its labels.
+pub fn series_key(value: &impl Hash) -> u64 {
+    let mut h = FxHasher::default();
+    value.hash(&mut h);
+    h.finish().max(1)
+}
+
+impl Metrics {
+    pub fn new(own: WorkloadMeta, access_log: Option<Encoding>) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("istio_requests", "Requests handled, by Istio's standard labels", requests.clone());
+        let histograms = [
+            ("istio_request_duration_milliseconds", "Request durations, in milliseconds"),
+            ("istio_request_bytes", "Request sizes (head and body), in bytes"),
+            ("istio_response_bytes", "Response sizes (head and body), in bytes"),
+        ]
+        .map(|(name, help)| {
+            let family = HistogramFamily::default();
+            registry.register(name, help, family.clone());
+            family
+        });
+        let [durations, request_sizes, response_sizes] = histograms;
+        let tcp = tcp::TcpMetrics::default();
+        tcp.register(&mut registry);
+        let jwt_denied = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "mesh_jwt_authn_denied",
+            "Requests refused by RequestAuthentication (401), by reason",
+            jwt_denied.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            request_sizes,
+            response_sizes,
+            tcp,
+            resolved: ArcSwap::from_pointee(FxHashMap::default()),
+            own_metadata: peer::OwnMetadata::new(&own),
+            own,
+            access_log: access_log.map(|encoding| Arc::new(AccessLog::new(encoding))),
+            identity: None,
+            jwt_denied,
+        }
+    }
+
+    /// The workload's identity, for the principals of both sides.
+    pub fn set_identity(&mut self, identity: Option<WorkloadIdentity>) {
+        self.identity = identity;
+    }
+
+    /// Serve the proxy's status metrics with the others.
+    pub fn register_status(&mut self, status: &crate::status::ProxyStatus) {
+        status.register(&mut self.registry);
+    }
+
+    /// Serve the `envoy_server_*` gauges; they read `draining` at scrape.
+    pub fn register_server(&mut self, draining: tokio::sync::watch::Receiver<bool>) {
+        self.registry.register_collector(Box::new(server::ServerStats::new(draining)));
+    }
+
+    /// Serve the JWKS fetch counts with the others.
+    pub fn register_jwks(&mut self, jwks: &crate::jwt::remote::JwksCache) {
+        jwks.register(&mut self.registry);
+    }
+
+    /// Count a request whose token was refused.
+    pub fn jwt_refused(&self, error: crate::jwt::JwtError) {
+        self.jwt_denied.get_or_create(&ReasonLabel { reason: error }).inc();
+    }
+
+    /// Start the record of one request.
+    pub fn start<'a>(&self, head: &http::request::Parts, request_id: HeaderValue) -> RequestRecord<'a> {
+        RequestRecord::new(head, request_id, self.access_log.is_some())
+    }
+
+    /// A request body on its way: its size from its length, or counted as
+    /// it passes when it has none.
+    pub fn request_body(&self, r: &mut RequestRecord<'_>, body: crate::body::Body) -> crate::body::Body {
+        use hyper::body::Body as _;
+        if let Some(exact) = body.size_hint().exact() {
+            r.request_bytes += exact;
+            return body;
+        }
+        let count = Arc::new(AtomicU64::new(0));
+        r.request_body_count = Some(Arc::clone(&count));
+        CountedBody::new(body, count).boxed_unsync()
+    }
+
+    /// Record an exchange whose answer is `answer`: now, when its body's
+    /// length is known, else when the body ends (its duration, response
+    /// size and access log line then).
+    pub fn record(&self, r: &RequestRecord<'_>, answer: Answer) -> Answer {
+        use hyper::body::Body as _;
+        let took = r.started.elapsed();
+        let head_bytes = (record::fields_bytes(answer.fields()) + "HTTP/1.1 200 OK\r\n\r\n".len()) as u64;
+        let series = self.series(r);
+        series.requests.inc();
+        series.request_size.observe(r.request_bytes() as f64);
+        let entry = r.request_line.as_ref().map(|line| self.entry(r, line, took));
+        match answer.body().size_hint().exact() {
+            Some(body) => {
+                series.duration.observe(took.as_secs_f64() * 1000.0);
+                series.response_size.observe((head_bytes + body) as f64);
+                if let (Some(log), Some(mut entry)) = (&self.access_log, entry) {
+                    entry.bytes_sent = body;
+                    log.write(&entry);
+                }
+                answer
+            }
+            None => {
+                let meter = ResponseMeter {
+                    started: r.started,
+                    duration: series.duration,
+                    size: series.response_size,
+                    head_bytes,
+                    body_bytes: 0,
+                    log: self.access_log.clone().zip(entry.map(Entry::into_owned)),
+                };
+                answer.map_body(|body| MeteredBody::new(body, meter).boxed_unsync())
+            }
+        }
+    }
+
+    /// An exchange that ended without an answer (the client left).
+    pub fn record_abandoned(&self, r: &RequestRecord<'_>) {
+        let took = r.started.elapsed();
+        let series = self.series(r);
+        series.requests.inc();
+        series.request_size.observe(r.request_bytes() as f64);
+        series.duration.observe(took.as_secs_f64() * 1000.0);
+        series.response_size.observe(0.0);
+        if let (Some(log), Some(line)) = (&self.access_log, &r.request_line) {
+            log.write(&self.entry(r, line, took));
+        }
+    }
+
+    /// `r`'s access log line; the bytes sent are the caller's to fill.
+    fn entry<'r>(&self, r: &'r RequestRecord<'_>, line: &'r RequestLine, took: Duration) -> Entry<'r> {
+        let text = |v: &'r Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).map(Cow::Borrowed);
+        Entry {
+            start_time: line.started_at,
+            method: Cow::Borrowed(line.method.as_str()),
+            path: Cow::Borrowed(line.path()),
+            protocol: Some(line.protocol()),
+            response_code: r.status,
+            response_flags: r.flag.code(),
+            response_code_details: r.flag.details(r.upstream_service_time.is_some()),
+            bytes_received: r.request_bytes() - r.request_head_bytes,
+            bytes_sent: 0,
+            duration: took,
+            upstream_service_time: r.upstream_service_time.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            x_forwarded_for: text(&line.forwarded_for),
+            user_agent: text(&line.user_agent),
+            request_id: Cow::Borrowed(r.request_id.to_str().unwrap_or_default()),
+            authority: Cow::Borrowed(line.authority()),
+            upstream_host: r.upstream_host,
+            upstream_cluster: Cow::Borrowed(r.cluster),
+            downstream_local_address: r.downstream.and_then(|(_, local)| local),
+            downstream_remote_address: r.downstream.map(|(remote, _)| remote),
+            requested_server_name: None,
+            route_name: Cow::Borrowed(r.route),
+        }
+    }
+
+    /// The series of `r`'s outcome, resolved once per (cluster, outcome).
+    fn series(&self, r: &RequestRecord<'_>) -> Series {
+        let outcome = Outcome {
+            status: r.status,
+            flag: r.flag,
+            grpc_status: r.grpc_status.as_deref().and_then(|g| g.parse().ok()),
+            grpc: r.grpc,
+            peer: r.peer.map_or(0, |p| p.key),
+            source: r.peer_metadata.as_ref().map_or(0, |m| series_key(&m.as_bytes())),
+            destination: r.upstream_workload.map_or(0, |(_, key)| key),
+            upstream_mtls: r.upstream_peer.is_some(),
+        };
+        let cached = self.resolved.load().get(r.cluster).and_then(|cluster| cluster.load().get(&outcome).cloned());
+        cached.unwrap_or_else(|| self.resolve(r, outcome))
+    }
+
+    /// Who is at each end of an exchange with `cluster`, seen from this
+    /// side: inbound, the client is `peer` (mTLS) and what its
+    /// `peer_metadata` says; outbound, the server is `upstream`'s workload
+    /// and `upstream_peer` (mTLS).
+    fn ends(
+        &self,
+        (cluster, host): (&str, &str),
+        (peer, peer_metadata): (Option<&PeerIdentity>, Option<&HeaderValue>),
+        (upstream, upstream_peer): (Option<&WorkloadMeta>, Option<&str>),
+    ) -> Ends {
+        let service = Service::of_cluster(cluster, host);
+        let own_principal = self.identity.as_ref().and_then(|i| i.spiffe_id()).map(|id| id.to_string());
+        if cluster.starts_with("inbound|") {
+            let source = peer_metadata.and_then(peer::decode);
+            let me = Side { workload: Some(&self.own), principal: own_principal.as_deref() };
+            let client = Side { workload: source.as_ref(), principal: peer.map(|p| p.uri.as_str()) };
+            Ends::server(&me, &client, &service)
+        } else {
+            // The client's principal is its own only over mTLS.
+            let principal = own_principal.as_deref().filter(|_| upstream_peer.is_some());
+            let me = Side { workload: Some(&self.own), principal };
+            Ends::client(&me, &Side { workload: upstream, principal: upstream_peer }, &service)
+        }
+    }
+
+    /// The first request of a (cluster, outcome): make its series and
+    /// remember the handles.
+    fn resolve(&self, r: &RequestRecord<'_>, outcome: Outcome) -> Series {
+        let ends = self.ends(
+            (r.cluster, r.service),
+            (r.peer, r.peer_metadata.as_ref()),
+            (r.upstream_workload.map(|(w, _)| w), r.upstream_peer),
+        );
+        let labels = RequestLabels {
+            ends,
+            request_protocol: if r.grpc { "grpc" } else { "http" },
+            response_code: r.status.to_string(),
+            grpc_response_status: r.grpc_status.clone().unwrap_or_default(),
+            response_flags: r.flag.code(),
+        };
+        let series = Series {
+            requests: self.requests.get_or_create_owned(&labels),
+            duration: self.durations.get_or_create_owned(&labels),
+            request_size: self.request_sizes.get_or_create_owned(&labels),
+            response_size: self.response_sizes.get_or_create_owned(&labels),
+        };
+        let existing = self.resolved.load().get(r.cluster).cloned();
+        let cluster = existing.unwrap_or_else(|| {
+            let fresh: Arc<ArcSwap<Handles>> = Arc::default();
+            self.resolved.rcu(|all| {
+                let mut all = FxHashMap::clone(all);
+                all.entry(r.cluster.to_string()).or_insert_with(|| Arc::clone(&fresh));
+                all
+            });
+            self.resolved.load().get(r.cluster).cloned().unwrap_or(fresh)
+        });
+        cluster.rcu(|known| {
+            let mut known = FxHashMap::clone(known);
+            known.insert(outcome, series.clone());
+            known
+        });
+        series
+    }
+
+    /// Count a proxied TCP connection to `cluster` for `service` (or to
+    /// Istio's passthrough clusters, which have no config): from `peer` (over
+    /// mTLS) when inbound, to `upstream`'s workload when outbound.
+    pub fn tcp_open(
+        &self,
+        (cluster, service): (&str, &str),
+        peer: Option<&PeerIdentity>,
+        upstream: Option<&WorkloadMeta>,
+        flag: Flag,
+    ) -> tcp::TcpConnection {
+        let ends = self.ends((cluster, service), (peer, None), (upstream, None));
+        self.tcp.open(&TcpLabels { ends, request_protocol: "tcp", response_flags: flag.code() })
+    }
+
+    /// Hand the buffered access log lines to its writer.
+    pub fn flush_access_log(&self) {
+        if let Some(log) = &self.access_log {
+            log.flush();
+        }
+    }
+
+    /// Write out the access log and wait until it is written (draining).
+    pub fn drain_access_log(&self) {
+        if let Some(log) = &self.access_log {
+            log.flush_and_wait();
+        }
+    }
+
+    /// The metrics in `format`.
+    pub fn render(&self, format: Format) -> String {
+        exposition::render(&self.registry, format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Metrics {
+        let labels = [("app".to_string(), "gateway".to_string())].into();
+        Metrics::new(WorkloadMeta::from_labels("gw", "istio-system", &labels, ""), None)
+    }
+
+    fn record<'a>(m: &Metrics, cluster: &'a str, status: u16) -> RequestRecord<'a> {
+        let (head, _) = http::Request::get("http://web/x").body(()).unwrap().into_parts();
+        let mut r = m.start(&head, HeaderValue::from_static("id"));
+        r.cluster = cluster;
+        r.status = status;
+        r
+    }
+
+    fn answer(body: &'static str) -> Answer {
+        let fields = vec![(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()))];
+        Answer::with_fields(http::StatusCode::OK, http::Version::HTTP_11, fields, crate::body::full(body))
+    }
+
+    fn line(text: &str, prefix: &str, needle: &str) -> String {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && l.contains(needle))
+            .unwrap_or_else(|| panic!("no {prefix} {needle} in\n{text}"))
+            .to_string()
+    }
+
+    #[test]
+    fn series_and_histograms_render_as_prometheus_text() {
+        let m = metrics();
+        let reviews = "outbound|9080|v2|reviews.default.svc.cluster.local";
+        for _ in 0..3 {
+            let _ = m.record(&record(&m, reviews, 200), answer("hello"));
+        }
+        let _ = m.record(&record(&m, reviews, 503), answer(""));
+        let _ = m.record(&record(&m, "", 404), answer(""));
+        let text = m.render(Format::Prometheus);
+        let ok = line(&text, "istio_requests_total{", "response_code=\"200\"");
+        for label in [
+            "reporter=\"source\"",
+            "source_workload=\"gw\"",
+            "source_app=\"gateway\"",
+            "source_canonical_service=\"gateway\"",
+            "destination_service=\"reviews.default.svc.cluster.local\"",
+            "destination_service_name=\"reviews\"",
+            "destination_service_namespace=\"default\"",
+            "destination_workload=\"unknown\"",
+            "request_protocol=\"http\"",
+            "connection_security_policy=\"unknown\"",
+        ] {
+            assert!(ok.contains(label), "{label} in {ok}");
+        }
+        assert!(ok.ends_with(" 3"), "{ok}");
+        assert_eq!(ok.matches('=').count(), 25, "Istio's 25 labels: {ok}");
+        assert!(line(&text, "istio_requests_total{", "response_code=\"503\"").ends_with(" 1"));
+        assert!(line(&text, "istio_requests_total{", "response_code=\"404\"").contains("response_flags=\"-\""));
+        assert!(line(&text, "istio_request_duration_milliseconds_count{", "response_code=\"200\"").ends_with(" 3"));
+        // GET /x: "GET /x HTTP/1.1\r\n" + "\r\n" = 19 bytes, in le=25.
+        assert!(line(&text, "istio_request_bytes_bucket{", "response_code=\"200\"").contains("le=\"0.5\""));
+        assert!(
+            text.lines().any(|l| l.starts_with("istio_request_bytes_bucket{")
+                && l.contains("le=\"25.0\"")
+                && l.contains("response_code=\"200\"")
+                && l.ends_with(" 3")),
+            "{text}"
+        );
+        let sum: f64 = line(&text, "istio_response_bytes_sum{", "response_code=\"200\"")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // "HTTP/1.1 200 OK\r\n\r\n", "content-length: 5\r\n" and "hello".
+        assert_eq!(sum, 3.0 * (19.0 + 19.0 + 5.0), "{text}");
+        assert!(text.contains("# TYPE istio_requests_total counter"), "{text}");
+        // Repeat outcomes reuse the resolved handles: one entry per outcome.
+        assert_eq!(m.resolved.load()[reviews].load().len(), 2);
+    }
+
+    #[test]
+    fn a_body_without_a_length_is_measured_when_it_ends() {
+        let m = metrics();
+        let cluster = "outbound|80||web.default.svc.cluster.local";
+        let stream = futures_util::stream::iter([Ok::<_, crate::body::BoxError>(hyper::body::Frame::data(
+            bytes::Bytes::from_static(b"abcdef"),
+        ))]);
+        let body = http_body_util::StreamBody::new(stream).boxed_unsync();
+        let streamed = Answer::with_fields(http::StatusCode::OK, http::Version::HTTP_11, Vec::new(), body);
+        let answer = m.record(&record(&m, cluster, 200), streamed);
+        let count =
+            |text: &str| line(text, "istio_response_bytes_count{", "web").rsplit(' ').next().unwrap().to_string();
+        assert_eq!(count(&m.render(Format::Prometheus)), "0", "not before the body ends");
+        let collected = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(answer.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        assert_eq!(collected, "abcdef");
+        let text = m.render(Format::Prometheus);
+        assert_eq!(count(&text), "1");
+        assert!(line(&text, "istio_response_bytes_sum{", "web").ends_with(" 25.0"), "{text}");
+    }
+}

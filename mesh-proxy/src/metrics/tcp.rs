@@ -1,0 +1,123 @@
+//! Istio's TCP metrics: connections opened and closed, and bytes each way,
+//! counted as they pass (not at the close, so a long connection shows its
+//! traffic while it lasts). `sent` is what went to the downstream peer,
+//! `received` what came from it, as Envoy's downstream byte meter counts.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::labels::TcpLabels;
+
+#[derive(Default)]
+pub struct TcpMetrics {
+    opened: Family<TcpLabels, Counter>,
+    closed: Family<TcpLabels, Counter>,
+    sent: Family<TcpLabels, Counter>,
+    received: Family<TcpLabels, Counter>,
+}
+
+impl TcpMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let families = [
+            ("istio_tcp_connections_opened", "TCP connections opened", &self.opened),
+            ("istio_tcp_connections_closed", "TCP connections closed", &self.closed),
+            ("istio_tcp_sent_bytes", "Bytes sent to the downstream peer on TCP connections", &self.sent),
+            ("istio_tcp_received_bytes", "Bytes received from the downstream peer on TCP connections", &self.received),
+        ];
+        for (name, help, family) in families {
+            registry.register(name, help, family.clone());
+        }
+    }
+
+    /// Count a connection as opened; the handle counts its bytes and its
+    /// close.
+    pub fn open(&self, labels: &TcpLabels) -> TcpConnection {
+        self.opened.get_or_create(labels).inc();
+        TcpConnection {
+            sent: self.sent.get_or_create_owned(labels),
+            received: self.received.get_or_create_owned(labels),
+            closed: self.closed.get_or_create_owned(labels),
+        }
+    }
+}
+
+/// One connection's counters; dropping it counts the close.
+pub struct TcpConnection {
+    sent: Counter,
+    received: Counter,
+    closed: Counter,
+}
+
+impl Drop for TcpConnection {
+    fn drop(&mut self) {
+        self.closed.inc();
+    }
+}
+
+pin_project! {
+    /// The downstream side of a proxied connection, its bytes counted.
+    pub struct Metered<IO> {
+        #[pin]
+        io: IO,
+        meter: TcpConnection,
+    }
+}
+
+impl<IO> Metered<IO> {
+    pub fn new(io: IO, meter: TcpConnection) -> Metered<IO> {
+        Metered { io, meter }
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for Metered<IO> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.io.poll_read(cx, buf);
+        this.meter.received.inc_by((buf.filled().len() - before) as u64);
+        result
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let result = this.io.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            this.meter.sent.inc_by(*n as u64);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let result = this.io.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &result {
+            this.meter.sent.inc_by(*n as u64);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
