@@ -7,14 +7,14 @@ use mesh_core::config::{self, Kind, Resource, ResourceKey};
 
 /// The versions the mesh reads, most preferred first: a cluster that has
 /// only older Istio CRDs installed is read at the newest version it has.
-const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+const VERSIONS: [&str; 4] = ["v1", "v1beta1", "v1alpha3", "v1alpha1"];
 
 /// Where each Istio kind is served; kinds the server does not serve are
 /// left out (their CRDs are not installed). Errors other than "not found"
 /// are for the caller to retry.
 pub async fn served(client: &Client) -> Result<Vec<(Kind, ApiResource)>, kube::Error> {
     let mut out = Vec::new();
-    for group in ["networking.istio.io", "security.istio.io"] {
+    for group in ["networking.istio.io", "security.istio.io", "telemetry.istio.io"] {
         let api_group = match kube::discovery::oneshot::group(client, group).await {
             Ok(g) => g,
             Err(kube::Error::Discovery(_)) => {

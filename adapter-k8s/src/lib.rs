@@ -73,6 +73,7 @@ pub const READS: &[(&str, &str)] = &[
     ("security.istio.io", "authorizationpolicies"),
     ("security.istio.io", "peerauthentications"),
     ("security.istio.io", "requestauthentications"),
+    ("telemetry.istio.io", "telemetries"),
 ];
 
 pub use selector::LabelSelector;

@@ -718,7 +718,7 @@ fn slow_clients_and_upstreams_that_reset_mid_response() {
 }
 
 #[test]
-fn json_access_log_and_drain_from_the_admin_server() {
+fn istio_json_access_log_and_drain_from_the_admin_server() {
     let (_b, p) = backend("v1", 0);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -728,7 +728,14 @@ fn json_access_log_and_drain_from_the_admin_server() {
         routes("web", "  - name: to-web\n    route:\n    - destination: {host: web}\n"),
     )
     .unwrap();
-    let mut g = Gateway::start_with(dir.path(), port, &["--access-log"], std::process::Stdio::piped());
+    let mesh_config = dir.path().join("mesh-config.yaml");
+    std::fs::write(&mesh_config, "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\n").unwrap();
+    let mut g = Gateway::start_with(
+        dir.path(),
+        port,
+        &["--mesh-config", mesh_config.to_str().unwrap()],
+        std::process::Stdio::piped(),
+    );
     let stdout = g.proc.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -740,14 +747,17 @@ fn json_access_log_and_drain_from_the_admin_server() {
     let entry = loop {
         let line = rx.recv_timeout(Duration::from_secs(5)).expect("an access log line");
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON access log");
-        if v["x_request_id"] == "log-me-1" {
+        if v["request_id"] == "log-me-1" {
             break v;
         }
     };
     assert_eq!(entry["method"], "GET");
     assert_eq!(entry["path"], "/path?q=1");
-    assert_eq!(entry["response_code"], 200);
-    assert_eq!(entry["response_flags"], "-");
+    assert_eq!((&entry["protocol"], &entry["response_code"]), (&"HTTP/1.1".into(), &200.into()));
+    assert_eq!((&entry["response_flags"], &entry["response_code_details"]), (&"-".into(), &"via_upstream".into()));
+    assert!(entry["bytes_sent"].as_u64().is_some_and(|b| b > 0), "{entry}");
+    assert!(entry["start_time"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 24), "{entry}");
+    assert!(entry["downstream_remote_address"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{entry}");
     assert_eq!(entry["route_name"], "to-web");
     assert_eq!(entry["upstream_cluster"], "outbound|9080||web.default.svc.cluster.local");
     assert_eq!(entry["upstream_host"], format!("127.0.0.1:{p}"));

@@ -30,6 +30,7 @@
 //! | [`mtls`] | which connections carry Istio mTLS: DestinationRule TLS, auto mTLS, PeerAuthentication as inbound chains |
 //! | [`peer_authentication`] | PeerAuthentication merged for a workload (mesh, namespace, workload, port) |
 //! | [`jwt`] | RequestAuthentication: JWT providers, where tokens are found, verified claims |
+//! | [`telemetry`] | the Telemetry API merged for a proxy: tracing providers and sampling, access logging, metrics |
 //! | [`authz`] | AuthorizationPolicy evaluation |
 //! | [`filter`] | [`Filter`]: user code in the request path |
 //!
@@ -169,6 +170,7 @@ pub mod resilience;
 pub mod routing;
 pub mod service_entry;
 pub mod store;
+pub mod telemetry;
 pub mod translate;
 pub mod workload;
 

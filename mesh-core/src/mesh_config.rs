@@ -1,14 +1,15 @@
 //! The mesh-wide settings of Istio's MeshConfig (the `mesh` key of the
 //! `istio` ConfigMap, or `meshConfig` of an IstioOperator) that decide
 //! translation: the trust domain and its aliases, auto mTLS, the root
-//! namespace, and the access log's file and encoding. Fields of MeshConfig not listed here are accepted and left
+//! namespace, the access log's file and encoding, and the telemetry
+//! providers. Fields of MeshConfig not listed here are accepted and left
 //! alone, so users paste their file as it is.
 
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{TrustDomains, DEFAULT_TRUST_DOMAIN};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct MeshConfig {
     pub trust_domain: String,
@@ -21,6 +22,68 @@ pub struct MeshConfig {
     /// Where proxies write their access log (`/dev/stdout`); empty: off.
     pub access_log_file: String,
     pub access_log_encoding: AccessLogEncoding,
+    /// Tracing, metrics and logging backends, by name (the Telemetry API
+    /// names them).
+    pub extension_providers: Vec<ExtensionProvider>,
+    /// The providers used where no Telemetry resource names one.
+    pub default_providers: DefaultProviders,
+    /// Proxies' defaults; only `tracing.sampling` is read.
+    pub default_config: ProxyDefaults,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtensionProvider {
+    pub name: String,
+    pub zipkin: Option<ZipkinProvider>,
+    pub opentelemetry: Option<OpenTelemetryProvider>,
+}
+
+/// Zipkin's v2 JSON API (`POST /api/v2/spans`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ZipkinProvider {
+    pub service: String,
+    pub port: u16,
+    pub max_tag_length: Option<u32>,
+}
+
+/// OTLP: over gRPC, or over HTTP when `http` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OpenTelemetryProvider {
+    pub service: String,
+    pub port: u16,
+    pub max_tag_length: Option<u32>,
+    pub http: Option<OtlpHttp>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OtlpHttp {
+    /// `/v1/traces` when empty.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DefaultProviders {
+    pub tracing: Vec<String>,
+    pub metrics: Vec<String>,
+    pub access_logging: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyDefaults {
+    pub tracing: Option<TracingDefaults>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TracingDefaults {
+    /// Percent of new traces sampled; Istio's default is 1.
+    pub sampling: Option<f64>,
 }
 
 /// The access log's format: Istio's text format, or its fields as JSON.
@@ -41,6 +104,9 @@ impl Default for MeshConfig {
             root_namespace: crate::translate::ROOT_NAMESPACE.into(),
             access_log_file: String::new(),
             access_log_encoding: AccessLogEncoding::Text,
+            extension_providers: Vec::new(),
+            default_providers: DefaultProviders::default(),
+            default_config: ProxyDefaults::default(),
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct ProxyConfig {
     /// Local rate limits (from EnvoyFilters) that apply to this proxy.
     #[serde(default)]
     pub local_rate_limits: Vec<crate::rate_limit::LocalRateLimit>,
+    /// Tracing, access logging and metrics, from the Telemetry API.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// One AuthorizationPolicy as it applies to a proxy.

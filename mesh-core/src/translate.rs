@@ -125,6 +125,7 @@ pub fn translate_with(mesh: &MeshSnapshot, proxy: &ProxyIdentity, mesh_config: &
         authorization: t.authorization_policies(),
         request_authentication: t.request_authentication(),
         local_rate_limits: t.local_rate_limits(),
+        telemetry: t.telemetry(),
     };
     match proxy.kind {
         ProxyKind::Sidecar => t.sidecar_listeners(&mut cfg),
@@ -1023,6 +1024,29 @@ impl Translator<'_> {
                 ra,
             ))
         }))
+    }
+
+    /// The Telemetry resources for this proxy (root namespace's, its
+    /// namespace's, then the one selecting it), merged with MeshConfig.
+    fn telemetry(&self) -> crate::telemetry::TelemetryConfig {
+        let root = &self.mesh_config.root_namespace;
+        let mut levels: [Vec<(String, &crate::config::telemetry::Telemetry)>; 3] = Default::default();
+        for r in of_kind(self.config, Kind::Telemetry) {
+            let Spec::Telemetry(t) = &r.spec else { continue };
+            let (ns, selector) = (&r.meta.namespace, t.selector.as_ref());
+            let level = match (ns == root, ns == &self.proxy.namespace, selector) {
+                (true, _, None) => 0,
+                (false, true, None) => 1,
+                (_, true, Some(sel)) if labels_match(&sel.match_labels, &self.proxy.labels) => 2,
+                _ => continue,
+            };
+            levels[level].push((format!("{ns}/{}", r.meta.name), t));
+        }
+        // Several at one level: Istio takes one; the first by name here.
+        let names: Vec<(String, &crate::config::telemetry::Telemetry)> =
+            levels.into_iter().filter_map(|mut l| (!l.is_empty()).then(|| l.swap_remove(0))).collect();
+        let scopes = crate::telemetry::Scopes { ordered: names.iter().map(|(n, t)| (n.as_str(), *t)).collect() };
+        crate::telemetry::resolve(&scopes, self.mesh_config)
     }
 
     /// Whether a security policy in `namespace` applies to this proxy: one

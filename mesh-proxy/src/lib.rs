@@ -306,20 +306,16 @@ impl ProxyBuilder {
         self
     }
 
-    /// The access log's encoding when it is on (`access_log`, or
-    /// MeshConfig's `accessLogFile`).
-    fn access_log_encoding(&self) -> Option<access_log::Encoding> {
+    /// The access log's encoding (MeshConfig's `accessLogEncoding`).
+    fn access_log_encoding(&self) -> access_log::Encoding {
         let file = &self.mesh_config.access_log_file;
-        if !self.access_log && file.is_empty() {
-            return None;
-        }
         if !file.is_empty() && file != "/dev/stdout" {
             tracing::warn!(accessLogFile = %file, "MeshConfig accessLogFile: only /dev/stdout is written; the access log goes to stdout");
         }
-        Some(match self.mesh_config.access_log_encoding {
+        match self.mesh_config.access_log_encoding {
             mesh_core::mesh_config::AccessLogEncoding::Text => access_log::Encoding::Text,
             mesh_core::mesh_config::AccessLogEncoding::Json => access_log::Encoding::Json,
-        })
+        }
     }
 
     /// Start serving. Listeners come up as the first config arrives.
@@ -331,7 +327,7 @@ impl ProxyBuilder {
         let live: SharedConfig = Arc::new(ArcSwap::from_pointee(LiveConfig::empty()));
         let status = Arc::new(ProxyStatus::default());
         let (drain_tx, drain_rx) = watch::channel(false);
-        let mut metrics = Metrics::new(own, self.access_log_encoding());
+        let mut metrics = Metrics::new(own, self.access_log_encoding(), self.access_log);
         metrics.set_identity(self.identity.clone());
         metrics.register_status(&status);
         metrics.register_server(drain_rx.clone());

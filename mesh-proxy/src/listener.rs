@@ -25,7 +25,6 @@ use crate::forward::{Forwarder, Ingress};
 use crate::inbound_mtls::{self, Accepted, InboundMtls};
 use crate::limits::DownstreamLimits;
 use crate::metrics::tcp::Metered;
-use crate::metrics::Metrics;
 use crate::mtls::peer::PeerIdentity;
 use crate::mtls::WorkloadIdentity;
 use crate::response_flags::Flag;
@@ -252,7 +251,7 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
                 let (forwarder, inbound) = (Arc::clone(&forwarder), config.direction == TrafficDirection::Inbound);
                 tokio::spawn(async move {
                     let _slot = slot;
-                    passthrough(stream, to, inbound, &forwarder.metrics).await
+                    passthrough(stream, to, inbound, &forwarder).await
                 });
                 continue;
             }
@@ -529,11 +528,13 @@ fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
 }
 
 /// Istio's passthrough clusters: no config for it, so straight on.
-async fn passthrough(downstream: TcpStream, to: SocketAddr, inbound: bool, metrics: &Metrics) {
+async fn passthrough(downstream: TcpStream, to: SocketAddr, inbound: bool, forwarder: &Forwarder) {
     let cluster = if inbound { "InboundPassthroughClusterIpv4" } else { "PassthroughCluster" };
     let connected = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(to)).await;
     let flag = if matches!(connected, Ok(Ok(_))) { Flag::None } else { Flag::ConnectFailure };
-    let mut downstream = Metered::new(downstream, metrics.tcp_open((cluster, ""), None, None, flag));
+    let switches = forwarder.live.load().switches;
+    let meter = forwarder.metrics.tcp_open((cluster, ""), None, None, (flag, &switches));
+    let mut downstream = Metered::new(downstream, meter);
     if let Ok(Ok(mut upstream)) = connected {
         let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
     }
@@ -589,7 +590,8 @@ async fn proxy_tcp<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let Some(cluster) = live.clusters.get(&chosen.cluster) else { return };
     let meter = |flag: Flag, host: Option<usize>| {
         let upstream = host.and_then(|h| cluster.workloads[h].as_ref()).map(|(w, _)| &**w);
-        forwarder.metrics.tcp_open((&cluster.config.name, &cluster.config.service), peer.as_deref(), upstream, flag)
+        let cluster_name = (cluster.config.name.as_str(), cluster.config.service.as_str());
+        forwarder.metrics.tcp_open(cluster_name, peer.as_deref(), upstream, (flag, &live.switches))
     };
     let Some(host) = cluster.pick(None, &[]) else {
         drop(meter(Flag::NoHealthyUpstream, None));

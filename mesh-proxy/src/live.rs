@@ -31,6 +31,8 @@ pub struct LiveConfig {
     pub regexes: FxHashMap<String, CompiledMatcher>,
     /// The local rate limits of each listener, by listener name.
     pub rate_limits: FxHashMap<String, Vec<Arc<RateLimiter>>>,
+    /// Metrics and access logging the Telemetry API turned on or off.
+    pub switches: crate::metrics::Switches,
 }
 
 /// A local rate limit with its bucket; kept across configs that do not
@@ -59,6 +61,7 @@ impl LiveConfig {
                 authorization: vec![],
                 request_authentication: vec![],
                 local_rate_limits: vec![],
+                telemetry: Default::default(),
             }),
             routes: FxHashMap::default(),
             listener_routes: FxHashMap::default(),
@@ -67,6 +70,7 @@ impl LiveConfig {
             authenticator: crate::jwt::Authenticator::default(),
             regexes: FxHashMap::default(),
             rate_limits: FxHashMap::default(),
+            switches: Default::default(),
         }
     }
 
@@ -79,6 +83,11 @@ impl LiveConfig {
         upstreams: &Upstreams,
         jwks: &Arc<crate::jwt::remote::JwksCache>,
     ) -> Result<LiveConfig, RouteTableError> {
+        if config.telemetry.warnings != previous.config.telemetry.warnings {
+            for warning in &config.telemetry.warnings {
+                tracing::warn!("{warning}");
+            }
+        }
         let routes = config
             .route_configs
             .iter()
@@ -156,6 +165,7 @@ impl LiveConfig {
             })
             .collect();
         Ok(LiveConfig {
+            switches: crate::metrics::Switches::of(&config.telemetry),
             config: Arc::new(config),
             routes,
             listener_routes,

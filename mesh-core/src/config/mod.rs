@@ -5,6 +5,7 @@ pub mod duration;
 mod error;
 pub mod networking;
 pub mod security;
+pub mod telemetry;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ pub use validate::validate;
 
 use networking::{DestinationRule, EnvoyFilter, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use telemetry::Telemetry;
 
 /// The Istio resource kinds the mesh understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -31,10 +33,11 @@ pub enum Kind {
     PeerAuthentication,
     RequestAuthentication,
     EnvoyFilter,
+    Telemetry,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -45,6 +48,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::RequestAuthentication,
         Kind::EnvoyFilter,
+        Kind::Telemetry,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::EnvoyFilter => "EnvoyFilter",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -76,12 +81,14 @@ impl Kind {
             Kind::PeerAuthentication => "peerauthentications",
             Kind::RequestAuthentication => "requestauthentications",
             Kind::EnvoyFilter => "envoyfilters",
+            Kind::Telemetry => "telemetries",
         }
     }
 
     pub fn group(self) -> &'static str {
         match self {
             Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication => "security.istio.io",
+            Kind::Telemetry => "telemetry.istio.io",
             _ => "networking.istio.io",
         }
     }
@@ -94,6 +101,7 @@ impl Kind {
         let served = match group {
             "networking.istio.io" => ["v1", "v1beta1", "v1alpha3"].contains(&version),
             "security.istio.io" => ["v1", "v1beta1"].contains(&version),
+            "telemetry.istio.io" => ["v1", "v1alpha1"].contains(&version),
             _ => false,
         };
         (served && kind.group() == group).then_some(kind)
@@ -155,6 +163,7 @@ pub enum Spec {
     PeerAuthentication(PeerAuthentication),
     RequestAuthentication(RequestAuthentication),
     EnvoyFilter(EnvoyFilter),
+    Telemetry(Telemetry),
 }
 
 impl Spec {
@@ -170,6 +179,7 @@ impl Spec {
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
             Spec::RequestAuthentication(_) => Kind::RequestAuthentication,
             Spec::EnvoyFilter(_) => Kind::EnvoyFilter,
+            Spec::Telemetry(_) => Kind::Telemetry,
         }
     }
 }
@@ -289,6 +299,7 @@ fn decode_spec(kind: Kind, value: serde_json::Value, unknown: &mut Vec<String>) 
         Kind::PeerAuthentication => Spec::PeerAuthentication(typed(value, unknown)?),
         Kind::RequestAuthentication => Spec::RequestAuthentication(typed(value, unknown)?),
         Kind::EnvoyFilter => Spec::EnvoyFilter(typed(value, unknown)?),
+        Kind::Telemetry => Spec::Telemetry(typed(value, unknown)?),
     })
 }
 

@@ -46,6 +46,7 @@ pub fn validate(resource: &Resource) -> Vec<ValidationError> {
         Spec::PeerAuthentication(pa) => v.peer_authentication(pa),
         Spec::RequestAuthentication(ra) => v.request_authentication(ra),
         Spec::EnvoyFilter(ef) => v.envoy_filter(ef),
+        Spec::Telemetry(t) => v.telemetry(t),
     }
     v.errors
 }
@@ -1086,4 +1087,42 @@ fn check_host(host: &str) -> Result<(), String> {
         return Err(format!("host `{host}`: a wildcard is allowed only as the first label"));
     }
     Ok(())
+}
+impl Validator {
+    /// Istio's Telemetry validation: sampling percentages in range, one
+    /// source per custom tag, known metric names and tag operations.
+    fn telemetry(&mut self, t: &super::telemetry::Telemetry) {
+        use super::telemetry::{METRICS, OTHER_METRIC_NAMES};
+        for (i, tracing) in t.tracing.iter().enumerate() {
+            let at = format!("spec.tracing[{i}]");
+            if let Some(p) = tracing.random_sampling_percentage.filter(|p| !(0.0..=100.0).contains(p)) {
+                self.err(format!("{at}.randomSamplingPercentage"), format!("{p} is not between 0 and 100"));
+            }
+            for (name, tag) in &tracing.custom_tags {
+                let sources = [tag.literal.is_some(), tag.environment.is_some(), tag.header.is_some()];
+                if sources.iter().filter(|s| **s).count() != 1 {
+                    self.err(format!("{at}.customTags.{name}"), "needs exactly one of literal, environment, header");
+                }
+            }
+        }
+        for (i, metrics) in t.metrics.iter().enumerate() {
+            for (j, o) in metrics.overrides.iter().enumerate() {
+                let at = format!("spec.metrics[{i}].overrides[{j}]");
+                let metric = o.match_.as_ref().and_then(|m| m.metric.as_deref());
+                if let Some(name) =
+                    metric.filter(|m| !METRICS.iter().any(|(n, _)| n == m) && !OTHER_METRIC_NAMES.contains(m))
+                {
+                    self.err(format!("{at}.match.metric"), format!("`{name}` is not one of Istio's metrics"));
+                }
+                for (tag, op) in &o.tag_overrides {
+                    if let Some(op) = op.operation.as_deref().filter(|op| !["UPSERT", "REMOVE"].contains(op)) {
+                        self.err(
+                            format!("{at}.tagOverrides.{tag}.operation"),
+                            format!("`{op}` is not UPSERT or REMOVE"),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

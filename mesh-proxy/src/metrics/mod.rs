@@ -12,6 +12,7 @@
 //! | `histogram` | a lock-free histogram on Envoy's buckets |
 //! | `streamed` | bodies without a length, measured as they pass |
 //! | [`tcp`] | connections and bytes of TCP proxying |
+//! | `switches` | what the Telemetry API turns on and off, per side |
 //! | `server` | the `envoy_server_*` gauges |
 //! | `exposition` | OpenMetrics or Prometheus text, by `Accept` |
 //! | `downstream` | downstream failures counted before any request |
@@ -24,6 +25,7 @@ pub mod peer;
 mod record;
 mod server;
 mod streamed;
+mod switches;
 pub mod tcp;
 
 use std::borrow::Cow;
@@ -55,6 +57,7 @@ use labels::{Ends, RequestLabels, Service, Side, TcpLabels};
 use record::RequestLine;
 pub use record::RequestRecord;
 use streamed::{CountedBody, MeteredBody, ResponseMeter};
+pub use switches::Switches;
 
 type HistogramFamily = Family<RequestLabels, AtomicHistogram>;
 
@@ -73,15 +76,18 @@ struct Outcome {
     destination: u64,
     /// Outbound over mTLS.
     upstream_mtls: bool,
+    /// Which metrics are on: a Telemetry change makes new series.
+    switches: switches::SideSwitches,
 }
 
-/// One series of each request metric.
+/// One series of each request metric the Telemetry API left on (a metric
+/// turned off has no series at all, not one stuck at zero).
 #[derive(Clone)]
 struct Series {
-    requests: Counter,
-    duration: AtomicHistogram,
-    request_size: AtomicHistogram,
-    response_size: AtomicHistogram,
+    requests: Option<Counter>,
+    duration: Option<AtomicHistogram>,
+    request_size: Option<AtomicHistogram>,
+    response_size: Option<AtomicHistogram>,
 }
 
 type Handles = FxHashMap<Outcome, Series>;
@@ -100,7 +106,10 @@ pub struct Metrics {
     own: WorkloadMeta,
     /// What it tells the servers it calls.
     pub own_metadata: peer::OwnMetadata,
-    access_log: Option<Arc<AccessLog>>,
+    access_log: Arc<AccessLog>,
+    /// Log requests where neither MeshConfig nor the Telemetry API says
+    /// (`--access-log`).
+    log_by_default: bool,
     /// The workload's certificate (its principal, on both sides).
     identity: Option<WorkloadIdentity>,
     /// Requests whose JWT was refused (401), by reason.
@@ -121,6 +130,12 @@ impl prometheus_client::encoding::EncodeLabelValue for crate::jwt::JwtError {
     }
 }
 
+fn observe(histogram: &Option<AtomicHistogram>, value: f64) {
+    if let Some(h) = histogram {
+        h.observe(value);
+    }
+}
+
 /// A key for a series, from what names its labels.
 pub fn series_key(value: &impl Hash) -> u64 {
     let mut h = FxHasher::default();
@@ -129,7 +144,7 @@ pub fn series_key(value: &impl Hash) -> u64 {
 }
 
 impl Metrics {
-    pub fn new(own: WorkloadMeta, access_log: Option<Encoding>) -> Metrics {
+    pub fn new(own: WorkloadMeta, encoding: Encoding, log_by_default: bool) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("istio_requests", "Requests handled, by Istio's standard labels", requests.clone());
@@ -162,7 +177,8 @@ impl Metrics {
             resolved: ArcSwap::from_pointee(FxHashMap::default()),
             own_metadata: peer::OwnMetadata::new(&own),
             own,
-            access_log: access_log.map(|encoding| Arc::new(AccessLog::new(encoding))),
+            access_log: Arc::new(AccessLog::new(encoding)),
+            log_by_default,
             identity: None,
             jwt_denied,
         }
@@ -194,8 +210,19 @@ impl Metrics {
     }
 
     /// Start the record of one request.
-    pub fn start<'a>(&self, head: &http::request::Parts, request_id: HeaderValue) -> RequestRecord<'a> {
-        RequestRecord::new(head, request_id, self.access_log.is_some())
+    pub fn start<'a>(
+        &self,
+        head: &http::request::Parts,
+        request_id: HeaderValue,
+        switches: &'a Switches,
+    ) -> RequestRecord<'a> {
+        let logs = |side: &switches::SideSwitches| side.access_log.unwrap_or(self.log_by_default);
+        RequestRecord::new(head, request_id, switches, logs(&switches.client) || logs(&switches.server))
+    }
+
+    /// Whether `r` is logged, on the side of the exchange it was.
+    fn logs(&self, r: &RequestRecord<'_>) -> bool {
+        r.switches.side(r.cluster).access_log.unwrap_or(self.log_by_default)
     }
 
     /// A request body on its way: its size from its length, or counted as
@@ -219,16 +246,18 @@ impl Metrics {
         let took = r.started.elapsed();
         let head_bytes = (record::fields_bytes(answer.fields()) + "HTTP/1.1 200 OK\r\n\r\n".len()) as u64;
         let series = self.series(r);
-        series.requests.inc();
-        series.request_size.observe(r.request_bytes() as f64);
-        let entry = r.request_line.as_ref().map(|line| self.entry(r, line, took));
+        if let Some(requests) = &series.requests {
+            requests.inc();
+        }
+        observe(&series.request_size, r.request_bytes() as f64);
+        let entry = r.request_line.as_ref().filter(|_| self.logs(r)).map(|line| self.entry(r, line, took));
         match answer.body().size_hint().exact() {
             Some(body) => {
-                series.duration.observe(took.as_secs_f64() * 1000.0);
-                series.response_size.observe((head_bytes + body) as f64);
-                if let (Some(log), Some(mut entry)) = (&self.access_log, entry) {
+                observe(&series.duration, took.as_secs_f64() * 1000.0);
+                observe(&series.response_size, (head_bytes + body) as f64);
+                if let Some(mut entry) = entry {
                     entry.bytes_sent = body;
-                    log.write(&entry);
+                    self.access_log.write(&entry);
                 }
                 answer
             }
@@ -239,7 +268,7 @@ impl Metrics {
                     size: series.response_size,
                     head_bytes,
                     body_bytes: 0,
-                    log: self.access_log.clone().zip(entry.map(Entry::into_owned)),
+                    log: entry.map(|e| (Arc::clone(&self.access_log), e.into_owned())),
                 };
                 answer.map_body(|body| MeteredBody::new(body, meter).boxed_unsync())
             }
@@ -250,12 +279,14 @@ impl Metrics {
     pub fn record_abandoned(&self, r: &RequestRecord<'_>) {
         let took = r.started.elapsed();
         let series = self.series(r);
-        series.requests.inc();
-        series.request_size.observe(r.request_bytes() as f64);
-        series.duration.observe(took.as_secs_f64() * 1000.0);
-        series.response_size.observe(0.0);
-        if let (Some(log), Some(line)) = (&self.access_log, &r.request_line) {
-            log.write(&self.entry(r, line, took));
+        if let Some(requests) = &series.requests {
+            requests.inc();
+        }
+        observe(&series.request_size, r.request_bytes() as f64);
+        observe(&series.duration, took.as_secs_f64() * 1000.0);
+        observe(&series.response_size, 0.0);
+        if let Some(line) = r.request_line.as_ref().filter(|_| self.logs(r)) {
+            self.access_log.write(&self.entry(r, line, took));
         }
     }
 
@@ -298,6 +329,7 @@ impl Metrics {
             source: r.peer_metadata.as_ref().map_or(0, |m| series_key(&m.as_bytes())),
             destination: r.upstream_workload.map_or(0, |(_, key)| key),
             upstream_mtls: r.upstream_peer.is_some(),
+            switches: *r.switches.side(r.cluster),
         };
         let cached = self.resolved.load().get(r.cluster).and_then(|cluster| cluster.load().get(&outcome).cloned());
         cached.unwrap_or_else(|| self.resolve(r, outcome))
@@ -343,11 +375,13 @@ impl Metrics {
             grpc_response_status: r.grpc_status.clone().unwrap_or_default(),
             response_flags: r.flag.code(),
         };
+        let on = outcome.switches;
+        let histogram = |on: bool, family: &HistogramFamily| on.then(|| family.get_or_create_owned(&labels));
         let series = Series {
-            requests: self.requests.get_or_create_owned(&labels),
-            duration: self.durations.get_or_create_owned(&labels),
-            request_size: self.request_sizes.get_or_create_owned(&labels),
-            response_size: self.response_sizes.get_or_create_owned(&labels),
+            requests: on.requests.then(|| self.requests.get_or_create_owned(&labels)),
+            duration: histogram(on.duration, &self.durations),
+            request_size: histogram(on.request_size, &self.request_sizes),
+            response_size: histogram(on.response_size, &self.response_sizes),
         };
         let existing = self.resolved.load().get(r.cluster).cloned();
         let cluster = existing.unwrap_or_else(|| {
@@ -375,24 +409,21 @@ impl Metrics {
         (cluster, service): (&str, &str),
         peer: Option<&PeerIdentity>,
         upstream: Option<&WorkloadMeta>,
-        flag: Flag,
+        (flag, switches): (Flag, &Switches),
     ) -> tcp::TcpConnection {
         let ends = self.ends((cluster, service), (peer, None), (upstream, None));
-        self.tcp.open(&TcpLabels { ends, request_protocol: "tcp", response_flags: flag.code() })
+        let labels = TcpLabels { ends, request_protocol: "tcp", response_flags: flag.code() };
+        self.tcp.open(&labels, switches.side(cluster))
     }
 
     /// Hand the buffered access log lines to its writer.
     pub fn flush_access_log(&self) {
-        if let Some(log) = &self.access_log {
-            log.flush();
-        }
+        self.access_log.flush();
     }
 
     /// Write out the access log and wait until it is written (draining).
     pub fn drain_access_log(&self) {
-        if let Some(log) = &self.access_log {
-            log.flush_and_wait();
-        }
+        self.access_log.flush_and_wait();
     }
 
     /// The metrics in `format`.
@@ -407,12 +438,13 @@ mod tests {
 
     fn metrics() -> Metrics {
         let labels = [("app".to_string(), "gateway".to_string())].into();
-        Metrics::new(WorkloadMeta::from_labels("gw", "istio-system", &labels, ""), None)
+        Metrics::new(WorkloadMeta::from_labels("gw", "istio-system", &labels, ""), Encoding::Text, false)
     }
 
     fn record<'a>(m: &Metrics, cluster: &'a str, status: u16) -> RequestRecord<'a> {
         let (head, _) = http::Request::get("http://web/x").body(()).unwrap().into_parts();
-        let mut r = m.start(&head, HeaderValue::from_static("id"));
+        static ALL_ON: Switches = Switches::ALL_ON;
+        let mut r = m.start(&head, HeaderValue::from_static("id"), &ALL_ON);
         r.cluster = cluster;
         r.status = status;
         r

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use http::HeaderValue;
 use mesh_core::workload::WorkloadMeta;
 
+use super::Switches;
 use crate::mtls::peer::PeerIdentity;
 use crate::response_flags::Flag;
 
@@ -51,10 +52,17 @@ pub struct RequestRecord<'a> {
     pub(super) request_body_count: Option<Arc<AtomicU64>>,
     /// Only kept when the access log is on.
     pub(super) request_line: Option<RequestLine>,
+    /// What the Telemetry API turned on and off for the config in force.
+    pub(super) switches: &'a Switches,
 }
 
-impl RequestRecord<'_> {
-    pub(super) fn new(head: &http::request::Parts, request_id: HeaderValue, keep_line: bool) -> Self {
+impl<'a> RequestRecord<'a> {
+    pub(super) fn new(
+        head: &http::request::Parts,
+        request_id: HeaderValue,
+        switches: &'a Switches,
+        keep_line: bool,
+    ) -> Self {
         RequestRecord {
             started: Instant::now(),
             request_id,
@@ -79,6 +87,7 @@ impl RequestRecord<'_> {
             upstream_service_time: None,
             request_body_count: None,
             request_line: keep_line.then(|| RequestLine::of(head)),
+            switches,
         }
     }
 }

@@ -60,8 +60,9 @@ impl HttpBody for CountedBody {
 /// What a streamed response observes when it ends.
 pub struct ResponseMeter {
     pub(super) started: Instant,
-    pub(super) duration: AtomicHistogram,
-    pub(super) size: AtomicHistogram,
+    /// `None` where the Telemetry API turned the metric off.
+    pub(super) duration: Option<AtomicHistogram>,
+    pub(super) size: Option<AtomicHistogram>,
     pub(super) head_bytes: u64,
     /// The body's bytes as they pass.
     pub(super) body_bytes: u64,
@@ -74,8 +75,12 @@ impl Drop for ResponseMeter {
     /// exchange is over.
     fn drop(&mut self) {
         let took = self.started.elapsed();
-        self.duration.observe(took.as_secs_f64() * 1000.0);
-        self.size.observe((self.head_bytes + self.body_bytes) as f64);
+        if let Some(duration) = &self.duration {
+            duration.observe(took.as_secs_f64() * 1000.0);
+        }
+        if let Some(size) = &self.size {
+            size.observe((self.head_bytes + self.body_bytes) as f64);
+        }
         if let Some((log, entry)) = &mut self.log {
             (entry.bytes_sent, entry.duration) = (self.body_bytes, took);
             log.write(entry);

@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::labels::TcpLabels;
+use super::switches::SideSwitches;
 
 #[derive(Default)]
 pub struct TcpMetrics {
@@ -37,27 +38,38 @@ impl TcpMetrics {
     }
 
     /// Count a connection as opened; the handle counts its bytes and its
-    /// close.
-    pub fn open(&self, labels: &TcpLabels) -> TcpConnection {
-        self.opened.get_or_create(labels).inc();
+    /// close (each only where `side` has it on).
+    pub fn open(&self, labels: &TcpLabels, side: &SideSwitches) -> TcpConnection {
+        if side.tcp_opened {
+            self.opened.get_or_create(labels).inc();
+        }
+        let counter = |on: bool, family: &Family<TcpLabels, Counter>| on.then(|| family.get_or_create_owned(labels));
         TcpConnection {
-            sent: self.sent.get_or_create_owned(labels),
-            received: self.received.get_or_create_owned(labels),
-            closed: self.closed.get_or_create_owned(labels),
+            sent: counter(side.tcp_sent, &self.sent),
+            received: counter(side.tcp_received, &self.received),
+            closed: counter(side.tcp_closed, &self.closed),
         }
     }
 }
 
 /// One connection's counters; dropping it counts the close.
 pub struct TcpConnection {
-    sent: Counter,
-    received: Counter,
-    closed: Counter,
+    sent: Option<Counter>,
+    received: Option<Counter>,
+    closed: Option<Counter>,
+}
+
+impl TcpConnection {
+    fn add(counter: &Option<Counter>, n: usize) {
+        if let Some(c) = counter {
+            c.inc_by(n as u64);
+        }
+    }
 }
 
 impl Drop for TcpConnection {
     fn drop(&mut self) {
-        self.closed.inc();
+        TcpConnection::add(&self.closed, 1);
     }
 }
 
@@ -81,7 +93,7 @@ impl<IO: AsyncRead> AsyncRead for Metered<IO> {
         let this = self.project();
         let before = buf.filled().len();
         let result = this.io.poll_read(cx, buf);
-        this.meter.received.inc_by((buf.filled().len() - before) as u64);
+        TcpConnection::add(&this.meter.received, buf.filled().len() - before);
         result
     }
 }
@@ -91,7 +103,7 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         let this = self.project();
         let result = this.io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &result {
-            this.meter.sent.inc_by(*n as u64);
+            TcpConnection::add(&this.meter.sent, *n);
         }
         result
     }
@@ -104,7 +116,7 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         let this = self.project();
         let result = this.io.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &result {
-            this.meter.sent.inc_by(*n as u64);
+            TcpConnection::add(&this.meter.sent, *n);
         }
         result
     }

@@ -85,6 +85,8 @@ pub fn assemble(
         authorization: Vec::new(),
         request_authentication: Vec::new(),
         local_rate_limits: Vec::new(),
+        // Envoy's tracing and access log settings are not imported yet.
+        telemetry: Default::default(),
     };
     cfg.version = version_of(&cfg);
     cfg

@@ -1,0 +1,76 @@
+//! The Telemetry API in the gateway binary: a workload-scoped Telemetry
+//! overrides the root namespace's, observed in the access log and the
+//! metrics, and changes take effect live.
+
+mod common;
+
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use common::{backend, free_port, write_mesh, Gateway, Service};
+
+const ROOT: &str = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec:\n  accessLogging: [{disabled: true}]\n  metrics:\n  - overrides: [{match: {metric: REQUEST_DURATION}, disabled: true}]\n";
+const GATEWAY: &str = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: ingress, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  accessLogging: [{providers: [{name: envoy}]}]\n  metrics:\n  - overrides: [{match: {metric: REQUEST_COUNT, mode: CLIENT}, disabled: true}]\n";
+
+/// The access log lines with `id` that arrive within a second.
+fn lines_with(log: &Receiver<String>, id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    while let Ok(line) = log.recv_timeout(Duration::from_secs(1)) {
+        if line.contains(id) {
+            found.push(line);
+        }
+    }
+    found
+}
+
+fn has_series(g: &Gateway, name: &str) -> bool {
+    let body = g.admin_get("/stats/prometheus").map(|r| r.body).unwrap_or_default();
+    body.lines().any(|l| l.starts_with(name) && l.contains("destination_service_name=\"web\""))
+}
+
+#[test]
+fn a_workload_telemetry_overrides_the_root_namespace_one_live() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        common::routes("web", "  - route:\n    - destination: {host: web}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("telemetry-root.yaml"), ROOT).unwrap();
+    std::fs::write(dir.path().join("telemetry-gateway.yaml"), GATEWAY).unwrap();
+    let mut g = Gateway::start_with(dir.path(), port, &["--access-log"], std::process::Stdio::piped());
+    let stdout = g.proc.0.stdout.take().unwrap();
+    let (tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
+    // The gateway's own Telemetry logs (the root's says not to) and drops
+    // the request count; the root's duration override still holds.
+    assert_eq!(g.get("/a", &[("x-request-id", "with-both")]).status, 200);
+    let logged = lines_with(&log, "with-both");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].contains("\"GET /a HTTP/1.1\" 200 - via_upstream"), "Istio's text format: {}", logged[0]);
+    assert!(!has_series(&g, "istio_requests_total{"), "REQUEST_COUNT is off for the gateway");
+    assert!(!has_series(&g, "istio_request_duration_milliseconds_count{"), "REQUEST_DURATION is off mesh-wide");
+    assert!(has_series(&g, "istio_request_bytes_count{"), "REQUEST_SIZE stays on");
+
+    // Without it, the root namespace's Telemetry rules: no log line, and
+    // the request count is back.
+    g.apply(dir.path(), "telemetry-gateway.yaml", "");
+    assert_eq!(g.get("/b", &[("x-request-id", "root-only")]).status, 200);
+    assert!(lines_with(&log, "root-only").is_empty(), "the root Telemetry turns the log off");
+    assert!(has_series(&g, "istio_requests_total{"));
+    assert!(!has_series(&g, "istio_request_duration_milliseconds_count{"));
+
+    // And with no Telemetry at all, `--access-log` decides.
+    g.apply(dir.path(), "telemetry-root.yaml", "");
+    assert_eq!(g.get("/c", &[("x-request-id", "flag-only")]).status, 200);
+    assert_eq!(lines_with(&log, "flag-only").len(), 1);
+    assert!(has_series(&g, "istio_request_duration_milliseconds_count{"));
+}
