@@ -55,7 +55,8 @@ fn measure(label: &str, routes: usize, endpoints: usize) {
     let translated = ALLOCATOR.live_bytes();
     let upstreams = Upstreams::default();
     let jwks = std::sync::Arc::new(mesh_proxy::jwt::remote::JwksCache::default());
-    let live = LiveConfig::compile(config, &LiveConfig::empty(), &upstreams, &jwks).expect("compiles");
+    let live =
+        LiveConfig::compile(config, &LiveConfig::empty(), &upstreams, &jwks, &Default::default()).expect("compiles");
     let compiled = ALLOCATOR.live_bytes();
     println!(
         "proxy_memory {label}: the files read {:.2} MB, translated {:.2} MB, compiled {:.2} MB; {:.2} MB live in all, peak {:.2} MB",

@@ -61,7 +61,7 @@ pub struct TracingConfig {
     pub disable_reporting: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TraceProvider {
     /// Zipkin's v2 JSON API at `address` (`host:port`).
     Zipkin { name: String, address: String, max_tag_length: u32 },

@@ -40,7 +40,13 @@ pub(crate) async fn run(mut l: ConfigLoop) {
             continue;
         }
         let v = config.version.clone();
-        let compiled = match LiveConfig::compile(config, &l.live.load(), &l.forwarder.upstreams, &l.forwarder.jwks) {
+        let compiled = match LiveConfig::compile(
+            config,
+            &l.live.load(),
+            &l.forwarder.upstreams,
+            &l.forwarder.jwks,
+            &l.forwarder.tracing,
+        ) {
             Ok(compiled) => compiled,
             Err(e) => {
                 tracing::error!(version = %v, "config rejected, the previous one keeps serving: {e}");

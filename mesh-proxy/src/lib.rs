@@ -29,6 +29,7 @@
 //! | [`response_flags`] | Envoy's response flags: how an exchange ended |
 //! | [`status`] | listeners down and config rejected, for `/ready`, `/stats`, Prometheus |
 //! | [`access_log`] | the access log in Istio's format (text or JSON), buffered |
+//! | [`trace`] | spans per request, trace headers passed on, spans sent to Zipkin or OTLP collectors |
 //! | [`tls`] | TLS termination by SNI for gateway listeners |
 //! | [`mtls`] | Istio mTLS: the workload identity, peer verification (SPIFFE), file-mounted certificates |
 //! | [`body`] | body types and the replay buffer |
@@ -89,6 +90,7 @@ pub mod mtls;
 pub mod response_flags;
 pub mod status;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod upstream_tls;
 
@@ -327,7 +329,9 @@ impl ProxyBuilder {
         let live: SharedConfig = Arc::new(ArcSwap::from_pointee(LiveConfig::empty()));
         let status = Arc::new(ProxyStatus::default());
         let (drain_tx, drain_rx) = watch::channel(false);
+        let tracing = Arc::new(trace::Setup { own: own.clone(), ..trace::Setup::default() });
         let mut metrics = Metrics::new(own, self.access_log_encoding(), self.access_log);
+        tracing.exporters.stats.register(metrics.registry_mut());
         metrics.set_identity(self.identity.clone());
         metrics.register_status(&status);
         metrics.register_server(drain_rx.clone());
@@ -343,6 +347,7 @@ impl ProxyBuilder {
             path_normalization: self.path_normalization,
             identity: self.identity.clone(),
             jwks,
+            tracing,
         });
         let admin_state = admin::AdminState {
             live: Arc::clone(&live),

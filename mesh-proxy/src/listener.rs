@@ -233,6 +233,7 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
         let mut plain = Ingress::new(config.name.clone(), config.port, peer);
         plain.local = stream.local_addr().ok();
         plain.outbound = config.direction == TrafficDirection::Outbound;
+        plain.inbound = config.direction == TrafficDirection::Inbound;
         let (ingress, mtls) = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
             Target::Http(ingress, mtls) => (ingress, mtls),
             Target::Tcp(clusters, mtls) => {

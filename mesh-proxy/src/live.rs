@@ -33,6 +33,8 @@ pub struct LiveConfig {
     pub rate_limits: FxHashMap<String, Vec<Arc<RateLimiter>>>,
     /// Metrics and access logging the Telemetry API turned on or off.
     pub switches: crate::metrics::Switches,
+    /// Tracing per side, as the Telemetry API says.
+    pub tracers: crate::trace::Tracers,
 }
 
 /// A local rate limit with its bucket; kept across configs that do not
@@ -71,6 +73,7 @@ impl LiveConfig {
             regexes: FxHashMap::default(),
             rate_limits: FxHashMap::default(),
             switches: Default::default(),
+            tracers: Default::default(),
         }
     }
 
@@ -82,6 +85,7 @@ impl LiveConfig {
         previous: &LiveConfig,
         upstreams: &Upstreams,
         jwks: &Arc<crate::jwt::remote::JwksCache>,
+        tracing: &crate::trace::Setup,
     ) -> Result<LiveConfig, RouteTableError> {
         if config.telemetry.warnings != previous.config.telemetry.warnings {
             for warning in &config.telemetry.warnings {
@@ -166,6 +170,7 @@ impl LiveConfig {
             .collect();
         Ok(LiveConfig {
             switches: crate::metrics::Switches::of(&config.telemetry),
+            tracers: crate::trace::Tracers::compile(&config.telemetry, tracing),
             config: Arc::new(config),
             routes,
             listener_routes,

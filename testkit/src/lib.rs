@@ -12,10 +12,13 @@
 //! - [`jwt`]: JWT signing keys of every algorithm, their JWKS, tokens,
 //!   and a JWKS server.
 //! - [`fixtures`]: the repository's Istio-format fixture files.
+//! - [`collector`]: in-process trace collectors (Zipkin, OTLP over HTTP
+//!   and gRPC).
 //!
 //! A missing peer or fixture fails the test with a message naming it and
 //! how to get it, never a panic deep in a helper.
 
+pub mod collector;
 pub mod envoy;
 pub mod fixtures;
 pub mod http;

@@ -42,6 +42,8 @@ pub struct Exchange<'a> {
     pub(super) request_auth: Option<mesh_core::jwt::VerifiedJwt>,
     /// For user filters; `None` when there are none.
     pub(super) filter_context: Option<FilterContext>,
+    /// This request's span, when its side traces.
+    pub(super) span: Option<crate::trace::ActiveSpan<'a>>,
     logged: bool,
 }
 
@@ -65,6 +67,7 @@ impl<'a> Exchange<'a> {
         record.downstream = Some((ingress.peer, ingress.local));
         // A client's proxy says who it is; only a server side believes it.
         record.peer_metadata = peer::take(&mut head.headers).filter(|_| !ingress.outbound);
+        let span = live.tracers.side(ingress.inbound).map(|tracer| tracer.begin(&head));
         let filter_context = (!forwarder.filters.is_empty())
             .then(|| FilterContext::new(record.request_id.to_str().unwrap_or_default(), Some(ingress.peer)));
         Exchange {
@@ -81,6 +84,7 @@ impl<'a> Exchange<'a> {
             cors_origin: None,
             request_auth: None,
             filter_context,
+            span,
             logged: false,
         }
     }
@@ -100,9 +104,25 @@ impl<'a> Exchange<'a> {
             self.record.grpc_status = response.header(&GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_string);
         }
         self.logged = true;
+        self.finish_span();
         let response = self.forwarder.metrics.record(&self.record, response);
         self.filters_on_log();
         response
+    }
+
+    fn finish_span(&mut self) {
+        let Some(span) = self.span.take() else { return };
+        let r = &self.record;
+        span.finish(&crate::trace::SpanEnd {
+            status: r.status,
+            flags: r.flag.code(),
+            cluster: r.cluster,
+            service: r.service,
+            request_id: r.request_id.to_str().unwrap_or_default(),
+            upstream: r.upstream_host,
+            peer: self.ingress.peer,
+            request_size: r.request_bytes(),
+        });
     }
 
     fn filters_on_log(&mut self) {
@@ -128,6 +148,7 @@ impl Drop for Exchange<'_> {
         if !self.logged {
             self.record.status = 0;
             self.record.flag = Flag::DownstreamTermination;
+            self.finish_span();
             self.forwarder.metrics.record_abandoned(&self.record);
             self.filters_on_log();
         }

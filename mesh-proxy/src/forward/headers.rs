@@ -46,6 +46,9 @@ impl Exchange<'_> {
             head.headers.insert(http::header::UPGRADE, protocol.clone());
         }
         append_forwarded(&mut head.headers, self.ingress);
+        if let Some(span) = &self.span {
+            span.inject(&mut head.headers);
+        }
         // An HTTP/2 client names the host in `:authority`; HTTP/1.1
         // upstreams need it as `host`.
         if !head.headers.contains_key(http::header::HOST) {

@@ -67,6 +67,8 @@ pub struct Forwarder {
     /// JWKS documents fetched for RequestAuthentication, kept across
     /// configs.
     pub jwks: Arc<crate::jwt::remote::JwksCache>,
+    /// Span exporters, kept across configs, and who the spans are from.
+    pub tracing: Arc<crate::trace::Setup>,
 }
 
 /// Which listener a request came in on.
@@ -90,6 +92,8 @@ pub struct Ingress {
     /// A sidecar's outbound traffic: the workload's AuthorizationPolicies
     /// guard what comes in to it, not what it sends.
     pub outbound: bool,
+    /// A sidecar's inbound traffic: the server side of telemetry.
+    pub inbound: bool,
     /// `peer`'s address as an `x-forwarded-for` entry: written once per
     /// connection, not once per request.
     peer_entry: HeaderValue,
@@ -113,6 +117,7 @@ impl Ingress {
             route_by_authority_port: false,
             peer_identity: None,
             outbound: false,
+            inbound: false,
             peer_entry,
         }
     }

@@ -199,6 +199,11 @@ impl Metrics {
         self.registry.register_collector(Box::new(server::ServerStats::new(draining)));
     }
 
+    /// The registry the others' metrics are served from.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Serve the JWKS fetch counts with the others.
     pub fn register_jwks(&mut self, jwks: &crate::jwt::remote::JwksCache) {
         jwks.register(&mut self.registry);

@@ -1,0 +1,155 @@
+//! Spans leave the request path through a bounded queue: a task sends
+//! them in batches (every second, or at 512), so a slow or dead collector
+//! costs requests nothing. A full queue drops the span and counts it,
+//! rather than grow.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use mesh_core::telemetry::TraceProvider;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+
+use super::span::Span;
+
+/// Spans waiting to be sent, at most.
+pub const QUEUE: usize = 4096;
+/// Spans in one request to the collector, at most.
+const BATCH: usize = 512;
+/// How long spans wait for more to share a request.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long a send may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    provider: String,
+    result: &'static str,
+}
+
+/// Counts of what became of spans, by provider: `sent`, `dropped` (queue
+/// full), `failed` (the collector refused them or could not be reached).
+#[derive(Clone, Debug, Default)]
+pub struct TraceStats(Family<Outcome, Counter>);
+
+impl TraceStats {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("mesh_tracing_spans", "Spans by what became of them, by provider", self.0.clone());
+    }
+
+    fn count(&self, provider: &str, result: &'static str, n: usize) {
+        self.0.get_or_create(&Outcome { provider: provider.to_string(), result }).inc_by(n as u64);
+    }
+}
+
+/// One provider's queue.
+pub struct Exporter {
+    provider: String,
+    queue: mpsc::Sender<Span>,
+    stats: TraceStats,
+}
+
+impl Exporter {
+    /// Queue `span`; with the queue full it is dropped and counted.
+    pub fn report(&self, span: Span) {
+        if self.queue.try_send(span).is_err() {
+            self.stats.count(&self.provider, "dropped", 1);
+        }
+    }
+}
+
+/// An exporter per provider, made when a config first names it and kept
+/// across configs.
+#[derive(Default)]
+pub struct Exporters {
+    by_provider: Mutex<HashMap<TraceProvider, Arc<Exporter>>>,
+    pub stats: TraceStats,
+}
+
+impl Exporters {
+    /// The exporter of `provider`, started on first use (in the runtime).
+    pub fn get(&self, provider: &TraceProvider) -> Arc<Exporter> {
+        let mut all = self.by_provider.lock().unwrap_or_else(PoisonError::into_inner);
+        let exporter = all.entry(provider.clone()).or_insert_with(|| {
+            let (queue, spans) = mpsc::channel(QUEUE);
+            let name = match provider {
+                TraceProvider::Zipkin { name, .. } | TraceProvider::OpenTelemetry { name, .. } => name.clone(),
+            };
+            tokio::spawn(send_batches(provider.clone(), spans, self.stats.clone()));
+            Arc::new(Exporter { provider: name, queue, stats: self.stats.clone() })
+        });
+        Arc::clone(exporter)
+    }
+}
+
+async fn send_batches(provider: TraceProvider, mut spans: mpsc::Receiver<Span>, stats: TraceStats) {
+    let name = match &provider {
+        TraceProvider::Zipkin { name, .. } | TraceProvider::OpenTelemetry { name, .. } => name.clone(),
+    };
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let Some(first) = spans.recv().await else { return };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, spans.recv()).await {
+                Ok(Some(span)) => batch.push(span),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        match tokio::time::timeout(SEND_TIMEOUT, send(&provider, std::mem::take(&mut batch))).await {
+            Ok(Ok(())) => stats.count(&name, "sent", n),
+            Ok(Err(e)) => {
+                tracing::debug!(provider = %name, "spans not sent: {e}");
+                stats.count(&name, "failed", n);
+            }
+            Err(_) => stats.count(&name, "failed", n),
+        }
+    }
+}
+
+type SendError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn send(provider: &TraceProvider, spans: Vec<Span>) -> Result<(), SendError> {
+    match provider {
+        TraceProvider::Zipkin { address, max_tag_length, .. } => {
+            let list: Vec<_> = spans.iter().map(|s| s.zipkin(*max_tag_length as usize)).collect();
+            let body = serde_json::to_vec(&list)?;
+            post(address, "/api/v2/spans", "application/json", body.into()).await
+        }
+        TraceProvider::OpenTelemetry { address, http_path: Some(path), max_tag_length, .. } => {
+            let body = prost::Message::encode_to_vec(&super::otlp::request(&spans, *max_tag_length as usize));
+            post(address, path, "application/x-protobuf", body.into()).await
+        }
+        TraceProvider::OpenTelemetry { address, http_path: None, max_tag_length, .. } => {
+            super::otlp::export_grpc(address, super::otlp::request(&spans, *max_tag_length as usize)).await
+        }
+    }
+}
+
+/// One HTTP/1.1 POST to `address` (`host:port`); a 2xx answer is success.
+async fn post(address: &str, path: &str, content_type: &str, body: Bytes) -> Result<(), SendError> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::post(path)
+        .header(http::header::HOST, address)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(body))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    // Read the answer, so the connection ends cleanly.
+    let _ = response.into_body().collect().await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{address}{path} answered {status}").into())
+    }
+}
