@@ -1,9 +1,14 @@
-//! Istio's dashboards, answered: a real Prometheus (Debian's) scrapes a
-//! gateway and two sidecars while traffic flows gateway -> productpage and
-//! productpage -> reviews (HTTP over mTLS, and a TCP port), then runs the
-//! queries of Istio's mesh, service and workload dashboards. Every query
-//! must come back with the series and values the traffic made. Root only
-//! (pods are network namespaces with iptables capture); CI runs as root.
+//! Telemetry across a mesh: a gateway and two sidecars (pods as network
+//! namespaces with iptables capture; root only, as CI runs).
+//!
+//! - Istio's dashboards, answered: a real Prometheus (Debian's) scrapes the
+//!   three while traffic flows gateway -> productpage and productpage ->
+//!   reviews (HTTP over mTLS, and a TCP port), then runs the queries of
+//!   Istio's mesh, service and workload dashboards; each must come back
+//!   with the series and values the traffic made.
+//! - One trace: a request through gateway -> productpage (whose app calls
+//!   reviews, passing the trace headers on) -> reviews gives four spans of
+//!   one trace at a Zipkin receiver, each the child of the one before.
 
 mod common;
 
@@ -74,6 +79,69 @@ fn chmod_readable(dir: &Path) {
     }
 }
 
+/// productpage's app: answers, and for `/chain` first calls reviews with
+/// the trace headers it got (as Istio asks apps to).
+const PRODUCTPAGE: &str = r#"
+import http.server, sys, urllib.request, urllib.error
+PASS = ('traceparent', 'tracestate', 'x-request-id', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-parentspanid', 'x-b3-sampled', 'x-b3-flags', 'b3')
+class App(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_GET(self):
+        body = b'productpage'
+        if self.path.startswith('/chain'):
+            headers = {k: v for k, v in self.headers.items() if k.lower() in PASS}
+            headers['Host'] = 'reviews.default.svc.cluster.local:9080'
+            try:
+                body = urllib.request.urlopen(urllib.request.Request(sys.argv[2], headers=headers), timeout=5).read()
+            except urllib.error.HTTPError as e:
+                body = e.read()
+        self.send_response(200)
+        self.send_header('content-length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), App).serve_forever()
+"#;
+
+/// A Zipkin receiver: each POSTed list of spans, a line of the file.
+const ZIPKIN: &str = r#"
+import http.server, sys
+class Receiver(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('content-length', 0)))
+        with open(sys.argv[2], 'ab') as f:
+            f.write(body + b'\n')
+        self.send_response(202)
+        self.send_header('content-length', '0')
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[3], int(sys.argv[1])), Receiver).serve_forever()
+"#;
+
+/// `python3 -c code args` in `ns`.
+fn python_server(ns: &str, code: &str, args: &[&str]) -> Proc {
+    let command =
+        Command::new("ip").args(["netns", "exec", ns, "python3", "-c", code]).args(args).stdout(Stdio::null()).spawn();
+    Proc(command.expect("python3"))
+}
+
+/// MeshConfig naming the Zipkin receiver, and a Telemetry resource that
+/// traces every request to it.
+fn tracing_config(dir: &Path, zipkin: &str) -> std::path::PathBuf {
+    let (host, port) = zipkin.split_once(':').expect("host:port");
+    let mesh_config = dir.join("mesh-config.yaml");
+    write_readable(
+        &mesh_config,
+        &format!("extensionProviders:\n- name: zipkin\n  zipkin: {{service: {host}, port: {port}}}\n"),
+    );
+    let telemetry = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec:\n  tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 100}]\n";
+    write_readable(&dir.join("config/telemetry.yaml"), telemetry);
+    mesh_config
+}
+
 /// `demo-backend` in `pod` on `port`.
 fn app(pod: &Pod, version: &str, port: u16, fail_every: u64) -> Proc {
     let backend = env!("CARGO_BIN_EXE_demo-backend");
@@ -84,7 +152,7 @@ fn app(pod: &Pod, version: &str, port: u16, fail_every: u64) -> Proc {
 
 /// The sidecar of `pod`, capture first (as Istio's init container), no
 /// `--name`: its workload name comes from the registry.
-fn sidecar(world_dir: &Path, pod: &Pod, certs: &Path) -> Proc {
+fn sidecar(world_dir: &Path, pod: &Pod, certs: &Path, mesh_config: &Path) -> Proc {
     in_ns(&pod.ns, &[env!("CARGO_BIN_EXE_mesh-iptables"), "--apply"]);
     let mut command = Command::new("ip");
     command
@@ -94,6 +162,8 @@ fn sidecar(world_dir: &Path, pod: &Pod, certs: &Path) -> Proc {
         .arg(world_dir.join("config"))
         .args(["--ip", &pod.ip, "--namespace", "default", "--cert-dir"])
         .arg(certs)
+        .arg("--mesh-config")
+        .arg(mesh_config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
     Proc(command.spawn().expect("a sidecar"))
@@ -180,7 +250,7 @@ fn grouped(at: &At<'_>, promql: &str, by: &str) -> BTreeMap<String, f64> {
 }
 
 #[test]
-fn istio_dashboard_queries_answer_from_a_real_prometheus() {
+fn dashboards_queries_and_one_trace_across_a_gateway_and_two_sidecars() {
     let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
     assert_eq!(uid.trim(), "0", "this test needs root: ip netns, iptables, and running the proxy as UID 1337");
     let dir = tempfile::tempdir().unwrap();
@@ -194,15 +264,21 @@ fn istio_dashboard_queries_answer_from_a_real_prometheus() {
     chmod_readable(&dir.path().join("config"));
     write_readable(&dir.path().join("config/mesh.yaml"), &mesh_yaml(&productpage, &reviews));
     let certs = certificates(dir.path());
+    let node_ip = world.node_ip();
+    let (zipkin, spans_file) = (format!("{node_ip}:19411"), dir.path().join("spans.jsonl"));
+    let mesh_config = tracing_config(dir.path(), &zipkin);
+    let _zipkin = python_server(&world.node, ZIPKIN, &["19411", spans_file.to_str().unwrap(), &node_ip]);
+    let reviews_url = format!("http://{}:9080/", reviews.ip);
     let _apps = [
-        app(&productpage, "v1", 9080, 0),
+        python_server(&productpage.ns, PRODUCTPAGE, &["9080", &reviews_url]),
         // Every 4th request to reviews fails: the success rate is 0.75.
         app(&reviews, "v1", 9080, 4),
         app(&reviews, "tcp", 9091, 0),
     ];
-    let _sidecars =
-        [sidecar(dir.path(), &productpage, &certs["productpage"]), sidecar(dir.path(), &reviews, &certs["reviews"])];
-    let node_ip = world.node_ip();
+    let _sidecars = [
+        sidecar(dir.path(), &productpage, &certs["productpage"], &mesh_config),
+        sidecar(dir.path(), &reviews, &certs["reviews"], &mesh_config),
+    ];
     let gateway_metrics = format!("{node_ip}:15091");
     let _gateway = Proc(
         Command::new("ip")
@@ -211,6 +287,8 @@ fn istio_dashboard_queries_answer_from_a_real_prometheus() {
             .args(["--bind", &node_ip, "--admin", &format!("{node_ip}:15001"), "--metrics", &gateway_metrics])
             .arg("--cert-dir")
             .arg(&certs["gateway"])
+            .arg("--mesh-config")
+            .arg(&mesh_config)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -254,6 +332,46 @@ fn istio_dashboard_queries_answer_from_a_real_prometheus() {
     for live in query(&at, "envoy_server_live") {
         assert_eq!(live.1, 1.0, "{live:?}");
     }
+
+    let chain = format!("import urllib.request\nr = urllib.request.Request('http://{node_ip}:{GATEWAY_PORT}/chain', headers={{'Host': 'bookinfo.example', 'x-request-id': 'chain-1'}})\nprint(urllib.request.urlopen(r, timeout=5).status)");
+    assert_eq!(python(&node, &chain).as_deref(), Ok("200"));
+    check_one_trace(&spans_file);
+}
+
+/// The chain's four spans: one trace, each span the child of the one
+/// before: the gateway's client span, productpage's server and client
+/// spans, reviews' server span.
+fn check_one_trace(spans_file: &Path) {
+    let chain = || -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(spans_file).unwrap_or_default();
+        let all = text.lines().filter_map(|l| serde_json::from_str::<Vec<serde_json::Value>>(l).ok()).flatten();
+        all.filter(|s| s["tags"]["guid:x-request-id"] == "chain-1").collect()
+    };
+    let received = || std::fs::read_to_string(spans_file).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), || chain().len() == 4),
+        "the chain's spans: {:?}\nall received: {:.2000}",
+        chain(),
+        received()
+    );
+    let spans = chain();
+    let find = |service: &str, kind: &str| {
+        spans
+            .iter()
+            .find(|s| s["localEndpoint"]["serviceName"] == service && s["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} span of {service}: {spans:?}"))
+    };
+    let gateway = find("istio-ingressgateway.istio-system", "CLIENT");
+    let pp_in = find("productpage.default", "SERVER");
+    let pp_out = find("productpage.default", "CLIENT");
+    let reviews_in = find("reviews.default", "SERVER");
+    assert!(spans.iter().all(|s| s["traceId"] == gateway["traceId"]), "one trace: {spans:?}");
+    assert!(gateway.get("parentId").is_none(), "{gateway}");
+    for (child, parent) in [(pp_in, gateway), (pp_out, pp_in), (reviews_in, pp_out)] {
+        assert_eq!(child["parentId"], parent["id"], "{child} under {parent}");
+    }
+    assert_eq!(reviews_in["name"], "reviews.default.svc.cluster.local:9080/*");
+    assert_eq!(pp_in["tags"]["istio.canonical_service"], "productpage");
 }
 
 /// Istio's mesh dashboard: global volume and success rate, the HTTP
@@ -369,5 +487,9 @@ fn check_workload_dashboard(at: &At<'_>) {
         scalar(at, r#"sum(istio_tcp_connections_opened_total{reporter="source", destination_workload="reviews-v1"})"#);
     let closed =
         scalar(at, r#"sum(istio_tcp_connections_closed_total{reporter="source", destination_workload="reviews-v1"})"#);
-    assert!(opened > 10.0 && closed == opened, "TCP connections opened {opened}, closed {closed}");
+    // At the moment queried, one connection may still be open.
+    assert!(
+        opened > 10.0 && (opened - 1.0..=opened).contains(&closed),
+        "TCP connections opened {opened}, closed {closed}"
+    );
 }
