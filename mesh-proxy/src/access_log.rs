@@ -84,10 +84,10 @@ impl Entry<'_> {
         }
     }
 
-    fn write(&self, encoding: Encoding, out: &mut Vec<u8>) {
+    fn write(&self, encoding: Encoding, out: &mut Vec<u8>, times: &mut StartTimes) {
         match encoding {
-            Encoding::Text => self.write_text(out),
-            Encoding::Json => self.write_json(out),
+            Encoding::Text => self.write_text(out, times),
+            Encoding::Json => self.write_json(out, times),
         }
     }
 
@@ -99,9 +99,9 @@ impl Entry<'_> {
     /// "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW%
     /// %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%
     /// %REQUESTED_SERVER_NAME% %ROUTE_NAME%`, `-` for what is not there.
-    fn write_text(&self, out: &mut Vec<u8>) {
+    fn write_text(&self, out: &mut Vec<u8>, times: &mut StartTimes) {
         out.push(b'[');
-        push_start_time(out, self.start_time);
+        times.push(out, self.start_time);
         out.extend_from_slice(b"] \"");
         push_text(out, Some(&self.method));
         out.push(b' ');
@@ -149,9 +149,9 @@ impl Entry<'_> {
 
     /// Istio's JSON format: the text format's fields by name, numbers as
     /// numbers, `null` for what is not there.
-    fn write_json(&self, out: &mut Vec<u8>) {
+    fn write_json(&self, out: &mut Vec<u8>, times: &mut StartTimes) {
         out.extend_from_slice(b"{\"start_time\":\"");
-        push_start_time(out, self.start_time);
+        times.push(out, self.start_time);
         out.push(b'"');
         let strings: [(&[u8], Option<&str>); 5] = [
             (b",\"method\":", Some(&self.method)),
@@ -213,23 +213,45 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// `%START_TIME%`'s default: `2026-12-06T20:17:03.123Z` (UTC).
-fn push_start_time(out: &mut Vec<u8>, at: SystemTime) {
-    let t = time::OffsetDateTime::from(at);
-    let two = |out: &mut Vec<u8>, n: u8| out.extend_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
-    push_int(out, t.year());
-    out.push(b'-');
-    two(out, u8::from(t.month()));
-    out.push(b'-');
-    two(out, t.day());
-    out.push(b'T');
-    two(out, t.hour());
-    out.push(b':');
-    two(out, t.minute());
-    out.push(b':');
-    two(out, t.second());
-    let ms = t.millisecond();
-    out.extend_from_slice(&[b'.', b'0' + (ms / 100) as u8, b'0' + (ms / 10 % 10) as u8, b'0' + (ms % 10) as u8, b'Z']);
+/// `%START_TIME%`'s default, `2026-12-06T19:57:03.123Z` (UTC), with the
+/// date and time to the second kept while the second lasts: most lines of
+/// a busy proxy share it.
+#[derive(Default)]
+pub struct StartTimes {
+    second: Option<u64>,
+    text: Vec<u8>,
+}
+
+impl StartTimes {
+    fn push(&mut self, out: &mut Vec<u8>, at: SystemTime) {
+        let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        if self.second != Some(since.as_secs()) {
+            self.second = Some(since.as_secs());
+            self.text.clear();
+            let t = time::OffsetDateTime::from(at);
+            let two = |out: &mut Vec<u8>, n: u8| out.extend_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
+            push_int(&mut self.text, t.year());
+            self.text.push(b'-');
+            two(&mut self.text, u8::from(t.month()));
+            self.text.push(b'-');
+            two(&mut self.text, t.day());
+            self.text.push(b'T');
+            two(&mut self.text, t.hour());
+            self.text.push(b':');
+            two(&mut self.text, t.minute());
+            self.text.push(b':');
+            two(&mut self.text, t.second());
+        }
+        out.extend_from_slice(&self.text);
+        let ms = since.subsec_millis();
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ]);
+    }
 }
 
 /// A text field: `-` when empty or absent; bytes a terminal or a log
@@ -237,6 +259,8 @@ fn push_start_time(out: &mut Vec<u8>, at: SystemTime) {
 fn push_text(out: &mut Vec<u8>, value: Option<&str>) {
     match value.filter(|v| !v.is_empty()) {
         None => out.push(b'-'),
+        // Almost every value: nothing to escape.
+        Some(v) if !crate::ascii::needs_json_escape(v.as_bytes()) => out.extend_from_slice(v.as_bytes()),
         Some(v) => {
             for b in v.bytes() {
                 match b {
@@ -279,7 +303,7 @@ enum Job {
 
 pub struct AccessLog {
     encoding: Encoding,
-    buffer: Mutex<Vec<u8>>,
+    buffer: Mutex<(Vec<u8>, StartTimes)>,
     /// `None` if the writer thread could not be started: lines are then
     /// written where they are flushed.
     writer: Option<mpsc::Sender<Job>>,
@@ -305,22 +329,23 @@ impl AccessLog {
     }
 
     pub fn write(&self, entry: &Entry<'_>) {
-        let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut locked = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+        let (buffer, times) = &mut *locked;
         if buffer.capacity() == 0 {
             // Sized once, so lines are not copied as it grows.
             buffer.reserve(FLUSH_AT + LINE_ROOM);
         }
-        entry.write(self.encoding, &mut buffer);
+        entry.write(self.encoding, buffer, times);
         if buffer.len() >= FLUSH_AT {
-            let lines = std::mem::take(&mut *buffer);
-            drop(buffer);
+            let lines = std::mem::take(buffer);
+            drop(locked);
             self.hand_over(lines);
         }
     }
 
     /// Hand what is buffered to the writer (the flush timer).
     pub fn flush(&self) {
-        let lines = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(PoisonError::into_inner));
+        let lines = std::mem::take(&mut self.buffer.lock().unwrap_or_else(PoisonError::into_inner).0);
         if !lines.is_empty() {
             self.hand_over(lines);
         }
@@ -390,7 +415,7 @@ mod tests {
     #[test]
     fn a_text_line_is_istios_default_format() {
         let mut out = Vec::new();
-        entry().write(Encoding::Text, &mut out);
+        entry().write(Encoding::Text, &mut out, &mut StartTimes::default());
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "[2026-12-06T19:57:03.123Z] \"GET /a \\\"quoted\\\"\\\\path?q=\\x01&n=ü HTTP/1.1\" 503 UF \
@@ -403,7 +428,7 @@ mod tests {
     #[test]
     fn a_json_line_has_the_same_fields() {
         let mut out = Vec::new();
-        entry().into_owned().write(Encoding::Json, &mut out);
+        entry().into_owned().write(Encoding::Json, &mut out, &mut StartTimes::default());
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["start_time"], "2026-12-06T19:57:03.123Z");

@@ -98,7 +98,7 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
 /// Whether `bytes` hold a control character, `"` or `\\`. Almost no
 /// string does; the log's are short (a method, a path, an address), so
 /// they are checked a word at a time, not left to a vector loop's tail.
-fn needs_json_escape(bytes: &[u8]) -> bool {
+pub(crate) fn needs_json_escape(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     // The high bit of a byte of `(x - n) & !x` is set for some byte iff

@@ -22,7 +22,9 @@ pub struct AtomicHistogram(Arc<HistogramInner>);
 struct HistogramInner {
     /// One per bucket of `BUCKETS`, then +Inf; not cumulative.
     counts: Vec<AtomicU64>,
-    sum_bits: AtomicU64,
+    /// The sum in thousandths (a microsecond of a duration in
+    /// milliseconds): one atomic add per observation, not a CAS loop.
+    sum_thousandths: AtomicU64,
     count: AtomicU64,
 }
 
@@ -30,7 +32,7 @@ impl Default for AtomicHistogram {
     fn default() -> AtomicHistogram {
         AtomicHistogram(Arc::new(HistogramInner {
             counts: (0..=BUCKETS.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_bits: AtomicU64::new(0f64.to_bits()),
+            sum_thousandths: AtomicU64::new(0),
             count: AtomicU64::new(0),
         }))
     }
@@ -41,10 +43,8 @@ impl AtomicHistogram {
         let i = BUCKETS.iter().position(|b| v <= *b).unwrap_or(BUCKETS.len());
         self.0.counts[i].fetch_add(1, Ordering::Relaxed);
         self.0.count.fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .0
-            .sum_bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some((f64::from_bits(bits) + v).to_bits()));
+        // `as` saturates: a negative or NaN value adds nothing.
+        self.0.sum_thousandths.fetch_add((v * 1000.0).round() as u64, Ordering::Relaxed);
     }
 }
 
@@ -56,7 +56,7 @@ impl EncodeMetric for AtomicHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let bounds = BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY));
         let buckets: Vec<(f64, u64)> = bounds.zip(self.0.counts.iter().map(|c| c.load(Ordering::Relaxed))).collect();
-        let sum = f64::from_bits(self.0.sum_bits.load(Ordering::Relaxed));
+        let sum = self.0.sum_thousandths.load(Ordering::Relaxed) as f64 / 1000.0;
         encoder.encode_histogram::<NoLabelSet>(sum, self.0.count.load(Ordering::Relaxed), &buckets, None)
     }
 

@@ -63,6 +63,7 @@ impl<'a> RequestRecord<'a> {
         switches: &'a Switches,
         keep_line: bool,
     ) -> Self {
+        let head_bytes = request_head_bytes(head);
         RequestRecord {
             started: Instant::now(),
             request_id,
@@ -81,8 +82,8 @@ impl<'a> RequestRecord<'a> {
             peer: None,
             peer_metadata: None,
             upstream_peer: None,
-            request_bytes: request_head_bytes(head),
-            request_head_bytes: request_head_bytes(head),
+            request_bytes: head_bytes,
+            request_head_bytes: head_bytes,
             downstream: None,
             upstream_service_time: None,
             request_body_count: None,
