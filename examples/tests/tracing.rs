@@ -179,3 +179,64 @@ fn check_otlp(request: &opentelemetry_proto::tonic::collector::trace::v1::Export
     assert!(span.end_time_unix_nano > span.start_time_unix_nano);
     assert_eq!(span.name, "app.default.svc.cluster.local:80/*");
 }
+
+/// Envoy driven by our control plane gets the same: the Telemetry API's
+/// tracer and sampling on its connection manager, the collector as a
+/// cluster, and Istio's access log format, to MeshConfig's file.
+#[test]
+fn envoy_over_xds_traces_and_logs_as_the_telemetry_api_says() {
+    let (_app, app_port) = recording_upstream(None);
+    let (zipkin_port, zipkin) = http_collector();
+    let dir = tempfile::tempdir().unwrap();
+    let access_log = dir.path().join("envoy-access.log");
+    let mesh_config = dir.path().join("mesh-config.yaml");
+    std::fs::write(
+        &mesh_config,
+        format!(
+            "accessLogFile: {}\nextensionProviders:\n- name: zipkin\n  zipkin: {{service: 127.0.0.1, port: {zipkin_port}}}\n",
+            access_log.display()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let port = free_port();
+    std::fs::write(config.join("mesh.yaml"), mesh(port, app_port)).unwrap();
+    std::fs::write(config.join("telemetry.yaml"), telemetry("zipkin", 100.0)).unwrap();
+    let (_cp, xds, _debug) = common::control_plane_on(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--mesh-config",
+        mesh_config.to_str().unwrap(),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let envoy = common::gateway_envoy(work.path(), xds, "GRPC");
+    let served =
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && common::get(port, "/", &[]).status == 200;
+    assert!(common::wait_until(Duration::from_secs(30), served), "Envoy never served; its log:\n{}", envoy.log());
+
+    // An edge Envoy makes its own x-request-id: the span is found by path.
+    let r = common::get(port, "/envoy", &[("x-tenant", "acme")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut spans = Vec::new();
+    let ours = |s: &serde_json::Value| s["tags"]["http.url"].as_str().is_some_and(|u| u.ends_with("/envoy"));
+    let found = common::wait_until(Duration::from_secs(15), || {
+        spans.extend(zipkin_spans(&zipkin, Duration::from_millis(200)));
+        spans.iter().any(ours)
+    });
+    assert!(found, "no span of Envoy's at the collector: {spans:?}\n{}", envoy.log());
+    let span = spans.iter().find(|s| ours(s)).unwrap();
+    assert_eq!((tag(span, "team"), tag(span, "tenant")), ("mesh", "acme"), "custom tags: {span}");
+    assert_eq!(span["name"], "app.default.svc.cluster.local:80/*", "Istio's span name, as mesh-proxy's");
+    assert_eq!(recorded_header(&r.body, "x-b3-traceid"), [span["traceId"].as_str().unwrap().to_string()]);
+    let request_id = tag(span, "guid:x-request-id").to_string();
+    assert_eq!(recorded_header(&r.body, "x-request-id"), [request_id.clone()]);
+
+    let logged = || std::fs::read_to_string(&access_log).unwrap_or_default();
+    assert!(common::wait_until(Duration::from_secs(10), || logged().contains(&request_id)), "{}", logged());
+    let line = logged().lines().find(|l| l.contains(&request_id)).unwrap().to_string();
+    assert!(
+        line.starts_with('[') && line.contains("\"GET /envoy HTTP/1.1\" 200 - via_upstream"),
+        "Istio's format: {line}"
+    );
+}

@@ -23,6 +23,12 @@ pub struct TelemetryConfig {
     /// supported), each naming the resource and field: to be shown loudly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// MeshConfig's `accessLogEncoding` and `accessLogFile`, for proxies
+    /// configured over xDS.
+    #[serde(default)]
+    pub access_log_encoding: crate::mesh_config::AccessLogEncoding,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub access_log_file: String,
 }
 
 impl TelemetryConfig {
@@ -104,7 +110,13 @@ pub fn resolve(scopes: &Scopes<'_>, mesh: &MeshConfig) -> TelemetryConfig {
             ));
         }
     }
-    TelemetryConfig { client, server, warnings }
+    TelemetryConfig {
+        client,
+        server,
+        warnings,
+        access_log_encoding: mesh.access_log_encoding,
+        access_log_file: mesh.access_log_file.clone(),
+    }
 }
 
 fn tracing(scopes: &Scopes<'_>, mesh: &MeshConfig, client: bool, warnings: &mut Vec<String>) -> Option<TracingConfig> {

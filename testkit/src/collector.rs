@@ -40,12 +40,13 @@ pub fn http_collector() -> (u16, mpsc::Receiver<Posted>) {
     (port, rx)
 }
 
-/// One request with a `content-length` body; `None` at the end.
+/// One request, its body by `content-length` or chunked (as Envoy sends
+/// spans); `None` at the end.
 fn read_post(reader: &mut BufReader<std::net::TcpStream>) -> Option<Posted> {
     let mut line = String::new();
     reader.read_line(&mut line).ok().filter(|n| *n > 0)?;
     let path = line.split_whitespace().nth(1)?.to_string();
-    let mut length = 0usize;
+    let (mut length, mut chunked) = (0usize, false);
     loop {
         let mut header = String::new();
         reader.read_line(&mut header).ok().filter(|n| *n > 0)?;
@@ -56,12 +57,28 @@ fn read_post(reader: &mut BufReader<std::net::TcpStream>) -> Option<Posted> {
         if let Some((name, value)) = header.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse().ok()?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.trim().eq_ignore_ascii_case("chunked");
             }
         }
     }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    Some((path, body))
+    if !chunked {
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).ok()?;
+        return Some((path, body));
+    }
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).ok().filter(|n| *n > 0)?;
+        let size = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).ok()?;
+        if size == 0 {
+            return Some((path, body));
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
 }
 
 struct Receiver(tokio::sync::mpsc::UnboundedSender<ExportTraceServiceRequest>);

@@ -59,7 +59,8 @@ pub(super) fn listener(
             ..Default::default()
         });
     let limits: Vec<&LocalRateLimit> = cfg.local_rate_limits.iter().filter(|r| side.takes(&r.context)).collect();
-    let security = Security { authn, policies, limits: &limits };
+    let telemetry = cfg.telemetry.side(side != Side::Inbound);
+    let security = Security { authn, policies, limits: &limits, telemetry: (telemetry, &cfg.telemetry) };
     let chains: Vec<EnvoyFilterChain> =
         l.filter_chains.iter().filter_map(|c| filter_chain(c, l, &security, unsupported)).collect();
     if chains.is_empty() {
@@ -114,6 +115,8 @@ struct Security<'a> {
     authn: Option<HttpFilter>,
     policies: &'a [AuthorizationPolicyRef],
     limits: &'a [&'a LocalRateLimit],
+    /// And what it reports: spans and the access log of its side.
+    telemetry: (&'a mesh_core::telemetry::SideTelemetry, &'a mesh_core::telemetry::TelemetryConfig),
 }
 
 /// `None` for a TLS chain whose certificate Envoy could not load: its
@@ -124,7 +127,7 @@ fn filter_chain(
     security: &Security<'_>,
     unsupported: &mut Vec<String>,
 ) -> Option<EnvoyFilterChain> {
-    let Security { authn, policies, limits } = security;
+    let Security { authn, policies, limits, telemetry: (telemetry, all_telemetry) } = security;
     let transport_socket = match &c.tls {
         Some(tls) if tls.mode != "PASSTHROUGH" => Some(super::tls::downstream(tls)?),
         _ => None,
@@ -135,6 +138,8 @@ fn filter_chain(
     match &c.action {
         ChainAction::Http { route_config, .. } => {
             let mut hcm = http_connection_manager(&l.name, route_config, Side::of(l.direction), true);
+            hcm.tracing = super::telemetry::tracing(telemetry);
+            hcm.access_log = super::telemetry::access_logs(telemetry, all_telemetry);
             let authz = rbac.into_iter().map(|(_, rules)| HttpFilter {
                 name: rbac::HTTP_FILTER.into(),
                 config_type: Some(HttpFilterConfig::TypedConfig(any(&rbac::http_config(rules)))),

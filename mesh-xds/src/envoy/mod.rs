@@ -10,6 +10,7 @@ pub mod jwt;
 mod listeners;
 mod rbac;
 mod routes;
+mod telemetry;
 mod tls;
 
 use envoy_types::pb::envoy::config::core::v3::{
@@ -86,6 +87,9 @@ pub fn resources_with(
     }
     match flavor {
         Flavor::Envoy => {
+            for c in telemetry::collector_clusters(cfg) {
+                set.insert(CLUSTER, Resource::new(c.name.clone(), &c));
+            }
             for l in &cfg.listeners {
                 if let Some(listener) = listeners::listener(l, cfg, jwks, &mut unsupported) {
                     set.insert(LISTENER, Resource::new(l.name.clone(), &listener));

@@ -105,9 +105,22 @@ fn route(r: &Route, cfg: &ProxyConfig, flavor: Flavor) -> Vec<EnvoyRoute> {
             response_headers_to_add: header_options(&r.headers.response_set, &r.headers.response_add),
             response_headers_to_remove: r.headers.response_remove.clone(),
             typed_per_filter_config: per_filter.clone(),
+            decorator: decorator(r, flavor),
             ..Default::default()
         })
         .collect()
+}
+
+/// Istio's span name for a route: its first destination's
+/// `host:port/*` (`reviews.default.svc.cluster.local:9080/*`).
+fn decorator(r: &Route, flavor: Flavor) -> Option<envoy_types::pb::envoy::config::route::v3::Decorator> {
+    let mesh_core::proxy_config::RouteAction::Forward { clusters } = &r.action else { return None };
+    let mut parts = clusters.first()?.cluster.split('|');
+    let (port, host) = (parts.nth(1)?, parts.nth(1)?);
+    (flavor == Flavor::Envoy && !host.is_empty()).then(|| envoy_types::pb::envoy::config::route::v3::Decorator {
+        operation: format!("{host}:{port}/*"),
+        ..Default::default()
+    })
 }
 
 fn prefix_match(prefix: &str) -> EnvoyRouteMatch {
