@@ -230,7 +230,7 @@ fn envoy_over_xds_traces_and_logs_as_the_telemetry_api_says() {
     assert_eq!(span["name"], "app.default.svc.cluster.local:80/*", "Istio's span name, as mesh-proxy's");
     assert_eq!(recorded_header(&r.body, "x-b3-traceid"), [span["traceId"].as_str().unwrap().to_string()]);
     let request_id = tag(span, "guid:x-request-id").to_string();
-    assert_eq!(recorded_header(&r.body, "x-request-id"), [request_id.clone()]);
+    assert_eq!(recorded_header(&r.body, "x-request-id"), std::slice::from_ref(&request_id));
 
     let logged = || std::fs::read_to_string(&access_log).unwrap_or_default();
     assert!(common::wait_until(Duration::from_secs(10), || logged().contains(&request_id)), "{}", logged());
