@@ -93,24 +93,26 @@ fn spans_reach_zipkin_and_otlp_collectors_with_istios_context_and_sampling() {
     }
     assert!(tag(span, "http.url").ends_with("/new?x=1"), "{span}");
     let (trace, id) = (span["traceId"].as_str().unwrap(), span["id"].as_str().unwrap());
-    assert_eq!(recorded_header(&r.body, "traceparent"), [format!("00-{trace}-{id}-01")]);
+    // A new trace goes on in Zipkin's own headers, B3.
     assert_eq!(recorded_header(&r.body, "x-b3-traceid"), [trace.to_string()]);
     assert_eq!(recorded_header(&r.body, "x-b3-spanid"), [id.to_string()]);
+    assert_eq!(recorded_header(&r.body, "x-b3-sampled"), ["1"]);
+    assert!(recorded_header(&r.body, "traceparent").is_empty());
     assert!(span.get("parentId").is_none(), "a new trace: {span}");
 
-    // The caller's trace continues; its decision holds either way.
+    // The caller's trace continues, in its headers; its decision holds
+    // either way.
     let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    assert_eq!(g.get("/", &[("traceparent", caller)]).status, 200);
+    let r = g.get("/", &[("traceparent", caller)]);
     let spans = zipkin_spans(&zipkin, Duration::from_secs(3));
     assert_eq!(spans.len(), 1, "{spans:?}");
-    assert_eq!(
-        (spans[0]["traceId"].as_str(), spans[0]["parentId"].as_str()),
-        (Some("4bf92f3577b34da6a3ce929d0e0e4736"), Some("00f067aa0ba902b7"))
-    );
+    let (trace, id) = (spans[0]["traceId"].as_str().unwrap(), spans[0]["id"].as_str().unwrap());
+    assert_eq!((trace, spans[0]["parentId"].as_str()), ("4bf92f3577b34da6a3ce929d0e0e4736", Some("00f067aa0ba902b7")));
+    assert_eq!(recorded_header(&r.body, "traceparent"), [format!("00-{trace}-{id}-01")]);
     let r =
         g.get("/", &[("x-b3-traceid", "a3ce929d0e0e4736"), ("x-b3-spanid", "00f067aa0ba902b7"), ("x-b3-sampled", "0")]);
     assert_eq!(recorded_header(&r.body, "x-b3-sampled"), ["0"], "the caller's decision passed on");
-    assert!(recorded_header(&r.body, "traceparent")[0].ends_with("-00"));
+    assert_eq!(recorded_header(&r.body, "x-b3-traceid"), ["0000000000000000a3ce929d0e0e4736"]);
     assert!(zipkin_spans(&zipkin, Duration::from_secs(2)).is_empty(), "an unsampled trace reports nothing");
 
     // 0%: nothing new is sampled, but a caller's `sampled=1` still is.

@@ -24,16 +24,26 @@ pub struct Incoming {
     pub parent: Option<(u128, u64)>,
     pub sampled: Option<bool>,
     pub tracestate: Option<HeaderValue>,
+    /// The headers it came in: the upstream gets the same kind.
+    pub formats: Formats,
+}
+
+/// Which kinds of trace headers a request carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Formats {
+    pub w3c: bool,
+    pub b3: bool,
 }
 
 /// Read the caller's context: W3C first, then B3 single, then B3 multi
 /// (a malformed header counts as absent, as Envoy treats it).
 pub fn extract(headers: &HeaderMap) -> Incoming {
     if let Some(incoming) = headers.get(&TRACEPARENT).and_then(|v| traceparent(v.as_bytes())) {
-        return Incoming { tracestate: headers.get(&TRACESTATE).cloned(), ..incoming };
+        let formats = Formats { w3c: true, b3: false };
+        return Incoming { tracestate: headers.get(&TRACESTATE).cloned(), formats, ..incoming };
     }
     if let Some(incoming) = headers.get(&B3).and_then(|v| b3_single(v.to_str().ok()?)) {
-        return incoming;
+        return Incoming { formats: Formats { w3c: false, b3: true }, ..incoming };
     }
     let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let sampled = match (text(&B3_FLAGS), text(&B3_SAMPLED)) {
@@ -43,7 +53,8 @@ pub fn extract(headers: &HeaderMap) -> Incoming {
         _ => None,
     };
     let parent = text(&B3_TRACE_ID).and_then(trace_id).zip(text(&B3_SPAN_ID).and_then(span_id));
-    Incoming { parent, sampled, tracestate: None }
+    let formats = Formats { w3c: false, b3: parent.is_some() || sampled.is_some() };
+    Incoming { parent, sampled, tracestate: None, formats }
 }
 
 /// `00-<trace id>-<parent id>-<flags>`, version 00 (a later version's
@@ -60,7 +71,7 @@ fn traceparent(value: &[u8]) -> Option<Incoming> {
     }
     let (trace, span) = (trace_id(trace)?, span_id(span)?);
     let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some(Incoming { parent: Some((trace, span)), sampled: Some(flags & 1 == 1), tracestate: None })
+    Some(Incoming { parent: Some((trace, span)), sampled: Some(flags & 1 == 1), ..Incoming::default() })
 }
 
 /// `b3: {trace}-{span}[-{sampling}[-{parent}]]`, or a bare decision
@@ -72,7 +83,7 @@ fn b3_single(text: &str) -> Option<Incoming> {
         _ => None,
     };
     if let Some(sampled) = decision(text) {
-        return Some(Incoming { parent: None, sampled, tracestate: None });
+        return Some(Incoming { parent: None, sampled, ..Incoming::default() });
     }
     let mut parts = text.split('-');
     let (trace, span) = (trace_id(parts.next()?)?, span_id(parts.next()?)?);
@@ -80,7 +91,7 @@ fn b3_single(text: &str) -> Option<Incoming> {
         Some(s) => decision(s)?,
         None => None,
     };
-    Some(Incoming { parent: Some((trace, span)), sampled, tracestate: None })
+    Some(Incoming { parent: Some((trace, span)), sampled, ..Incoming::default() })
 }
 
 /// 32 or 16 hex digits (a 64-bit B3 trace ID), never all zeros.
@@ -99,22 +110,51 @@ fn span_id(text: &str) -> Option<u64> {
         .filter(|id| *id != 0)
 }
 
-/// Our span as the upstream's parent: the caller's B3 and W3C headers
-/// replaced with ours.
-pub fn inject(headers: &mut HeaderMap, trace: u128, span: u64, parent: Option<u64>, sampled: bool) {
+/// Our span as the upstream's parent, in the `formats` asked for; the
+/// caller's B3 headers are replaced. The values share one buffer: one
+/// allocation a request.
+pub fn inject(
+    headers: &mut HeaderMap,
+    (trace, span, parent): (u128, u64, Option<u64>),
+    sampled: bool,
+    formats: Formats,
+) {
     for name in [&B3, &B3_PARENT_SPAN_ID, &B3_FLAGS] {
         headers.remove(name);
     }
-    let (trace_hex, span_hex) = (format!("{trace:032x}"), format!("{span:016x}"));
-    let flags = if sampled { "01" } else { "00" };
-    let value = |text: String| HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""));
-    headers.insert(TRACEPARENT.clone(), value(format!("00-{trace_hex}-{span_hex}-{flags}")));
-    headers.insert(B3_TRACE_ID.clone(), value(trace_hex));
-    headers.insert(B3_SPAN_ID.clone(), value(span_hex));
-    if let Some(parent) = parent {
-        headers.insert(B3_PARENT_SPAN_ID.clone(), value(format!("{parent:016x}")));
+    let mut buf = Vec::with_capacity(55 + 32 + 16 + 16);
+    let hex = |buf: &mut Vec<u8>, bytes: &[u8]| {
+        for b in bytes {
+            buf.extend_from_slice(&crate::ascii::HEX_PAIRS[usize::from(*b)]);
+        }
+    };
+    buf.extend_from_slice(b"00-");
+    hex(&mut buf, &trace.to_be_bytes());
+    buf.push(b'-');
+    hex(&mut buf, &span.to_be_bytes());
+    buf.extend_from_slice(if sampled { b"-01" } else { b"-00" });
+    hex(&mut buf, &trace.to_be_bytes());
+    hex(&mut buf, &span.to_be_bytes());
+    hex(&mut buf, &parent.unwrap_or(0).to_be_bytes());
+    let all = bytes::Bytes::from(buf);
+    // Hex digits and dashes: always a valid header value.
+    let value = |from: usize, to: usize| HeaderValue::from_maybe_shared(all.slice(from..to)).ok();
+    let mut put = |name: &HeaderName, value: Option<HeaderValue>| {
+        if let Some(v) = value {
+            headers.insert(name.clone(), v);
+        }
+    };
+    if formats.w3c {
+        put(&TRACEPARENT, value(0, 55));
     }
-    headers.insert(B3_SAMPLED.clone(), HeaderValue::from_static(if sampled { "1" } else { "0" }));
+    if formats.b3 {
+        put(&B3_TRACE_ID, value(55, 87));
+        put(&B3_SPAN_ID, value(87, 103));
+        if parent.is_some() {
+            put(&B3_PARENT_SPAN_ID, value(103, 119));
+        }
+        put(&B3_SAMPLED, Some(HeaderValue::from_static(if sampled { "1" } else { "0" })));
+    }
 }
 
 #[cfg(test)]
@@ -147,10 +187,8 @@ mod tests {
             extract(&headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")]));
         assert_eq!(single.parent, Some((0x80f198ee56343ba864fe8b2a57d3eff7, 0xe457b5a2e4d86bd1)));
         assert_eq!(single.sampled, Some(true));
-        assert_eq!(
-            extract(&headers(&[("b3", "0")])),
-            Incoming { parent: None, sampled: Some(false), tracestate: None }
-        );
+        let decision = extract(&headers(&[("b3", "0")]));
+        assert_eq!((decision.parent, decision.sampled, decision.formats.b3), (None, Some(false), true));
         let multi = extract(&headers(&[
             ("x-b3-traceid", "a3ce929d0e0e4736"),
             ("x-b3-spanid", "00f067aa0ba902b7"),
@@ -183,7 +221,7 @@ mod tests {
             ("x-b3-flags", "1"),
             ("traceparent", "00-11111111111111111111111111111111-2222222222222222-01"),
         ]);
-        inject(&mut h, TRACE, 0xabc, Some(0x00f067aa0ba902b7), true);
+        inject(&mut h, (TRACE, 0xabc, Some(0x00f067aa0ba902b7)), true, Formats { w3c: true, b3: true });
         assert_eq!(h["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01");
         assert_eq!(h["x-b3-traceid"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(h["x-b3-spanid"], "0000000000000abc");
@@ -192,5 +230,9 @@ mod tests {
         assert!(h.get("b3").is_none() && h.get("x-b3-flags").is_none());
         let back = extract(&h);
         assert_eq!((back.parent, back.sampled), (Some((TRACE, 0xabc)), Some(true)));
+        let mut only_w3c = HeaderMap::new();
+        inject(&mut only_w3c, (TRACE, 0xabc, None), false, Formats { w3c: true, b3: false });
+        assert_eq!(only_w3c.len(), 1, "{only_w3c:?}");
+        assert!(only_w3c["traceparent"].to_str().unwrap().ends_with("-00"));
     }
 }

@@ -81,10 +81,25 @@ impl Exporters {
             let name = match provider {
                 TraceProvider::Zipkin { name, .. } | TraceProvider::OpenTelemetry { name, .. } => name.clone(),
             };
-            tokio::spawn(send_batches(provider.clone(), spans, self.stats.clone()));
+            spawn_sender(provider.clone(), spans, self.stats.clone());
             Arc::new(Exporter { provider: name, queue, stats: self.stats.clone() })
         });
         Arc::clone(exporter)
+    }
+}
+
+/// The sender runs on a thread of its own: encoding a second's spans
+/// never takes a turn from the proxy's workers.
+fn spawn_sender(provider: TraceProvider, spans: mpsc::Receiver<Span>, stats: TraceStats) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let started = runtime.map_err(|e| e.to_string()).and_then(|runtime| {
+        let run = move || runtime.block_on(send_batches(provider, spans, stats));
+        std::thread::Builder::new().name("span-export".into()).spawn(run).map_err(|e| e.to_string())
+    });
+    if let Err(e) = started {
+        // Spans then wait in the queue and are dropped (and counted) once
+        // it is full.
+        tracing::warn!("span exporter not started: {e}");
     }
 }
 

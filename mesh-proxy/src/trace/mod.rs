@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderMap;
-use mesh_core::telemetry::{TelemetryConfig, TracingConfig};
+use mesh_core::telemetry::{TelemetryConfig, TraceProvider, TracingConfig};
 use mesh_core::workload::WorkloadMeta;
 
 pub use export::{Exporters, TraceStats, QUEUE};
@@ -129,7 +129,15 @@ impl SideTracer {
                 }
             }
         }
-        ActiveSpan { tracer: self, trace, id: fastrand::u64(1..), parent, sampled, start: SystemTime::now(), tags }
+        // A new trace goes on in the provider's own headers; a caller's in
+        // the ones it came in.
+        let native = match self.config.provider {
+            TraceProvider::Zipkin { .. } => context::Formats { w3c: false, b3: true },
+            TraceProvider::OpenTelemetry { .. } => context::Formats { w3c: true, b3: false },
+        };
+        let formats = if incoming.formats == context::Formats::default() { native } else { incoming.formats };
+        let start = if sampled { SystemTime::now() } else { SystemTime::UNIX_EPOCH };
+        ActiveSpan { tracer: self, trace, id: fastrand::u64(1..), parent, sampled, formats, start, tags }
     }
 }
 
@@ -159,6 +167,7 @@ pub struct ActiveSpan<'a> {
     id: u64,
     parent: Option<u64>,
     pub sampled: bool,
+    formats: context::Formats,
     start: SystemTime,
     tags: Vec<(Cow<'static, str>, String)>,
 }
@@ -179,7 +188,7 @@ pub struct SpanEnd<'r> {
 impl ActiveSpan<'_> {
     /// Our span becomes the parent of the upstream request.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        context::inject(headers, self.trace, self.id, self.parent, self.sampled);
+        context::inject(headers, (self.trace, self.id, self.parent), self.sampled, self.formats);
     }
 
     /// Report the span, when sampled and reporting is on.
