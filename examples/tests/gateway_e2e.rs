@@ -736,13 +736,7 @@ fn istio_json_access_log_and_drain_from_the_admin_server() {
         &["--mesh-config", mesh_config.to_str().unwrap()],
         std::process::Stdio::piped(),
     );
-    let stdout = g.proc.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = g.stdout_lines();
     assert_eq!(g.get("/path?q=1", &[("x-request-id", "log-me-1")]).status, 200);
     let entry = loop {
         let line = rx.recv_timeout(Duration::from_secs(5)).expect("an access log line");

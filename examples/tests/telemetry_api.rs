@@ -42,13 +42,7 @@ fn a_workload_telemetry_overrides_the_root_namespace_one_live() {
     std::fs::write(dir.path().join("telemetry-root.yaml"), ROOT).unwrap();
     std::fs::write(dir.path().join("telemetry-gateway.yaml"), GATEWAY).unwrap();
     let mut g = Gateway::start_with(dir.path(), port, &["--access-log"], std::process::Stdio::piped());
-    let stdout = g.proc.0.stdout.take().unwrap();
-    let (tx, log) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let log = g.stdout_lines();
 
     // The gateway's own Telemetry logs (the root's says not to) and drops
     // the request count; the root's duration override still holds.

@@ -207,6 +207,7 @@ fn prometheus(world: &World, dir: &Path, targets: &[String]) -> (Proc, String) {
 /// Where and when to query: the node namespace, Prometheus' address, and
 /// a moment while the traffic flowed (the dashboards' `irate` looks at
 /// the last two samples before it).
+#[derive(Clone, Copy)]
 struct At<'a> {
     node: &'a str,
     base: &'a str,
@@ -324,7 +325,11 @@ fn dashboards_queries_and_one_trace_across_a_gateway_and_two_sidecars() {
     // A second before the traffic ended, once scraped.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let at = At { node: &node, base: &base, time: now - 1.5 };
-    std::thread::sleep(Duration::from_secs(3));
+    let scraped_since = || {
+        let later = At { time: now + 5.0, ..at };
+        query(&later, "min(timestamp(up))").first().is_some_and(|(_, t)| *t > now + 0.5)
+    };
+    assert!(wait_until(Duration::from_secs(10), scraped_since), "no scrape after the traffic");
 
     check_mesh_dashboard(&at);
     check_service_dashboard(&at);

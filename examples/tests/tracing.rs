@@ -24,6 +24,27 @@ fn telemetry(provider: &str, percent: f64) -> String {
     )
 }
 
+/// A gateway's config (routing to the app) and MeshConfig, tracing all
+/// to `zipkin`.
+struct Setup {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    mesh_config: std::path::PathBuf,
+    port: u16,
+}
+
+fn setup(mesh_config_text: &str, app_port: u16) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh_config = dir.path().join("mesh-config.yaml");
+    std::fs::write(&mesh_config, mesh_config_text).unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let port = free_port();
+    std::fs::write(config.join("mesh.yaml"), mesh(port, app_port)).unwrap();
+    std::fs::write(config.join("telemetry.yaml"), telemetry("zipkin", 100.0)).unwrap();
+    Setup { dir, config, mesh_config, port }
+}
+
 /// Zipkin spans posted within `wait`.
 fn zipkin_spans(posted: &Receiver<Posted>, wait: Duration) -> Vec<serde_json::Value> {
     let mut spans = Vec::new();
@@ -46,20 +67,10 @@ fn spans_reach_zipkin_and_otlp_collectors_with_istios_context_and_sampling() {
     let (otlp_http_port, otlp_http) = http_collector();
     let (otlp_grpc_port, otlp_grpc) = otlp_grpc_collector();
     let dead = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mesh_config = dir.path().join("mesh-config.yaml");
-    std::fs::write(
-        &mesh_config,
-        format!(
-            "extensionProviders:\n- name: zipkin\n  zipkin: {{service: 127.0.0.1, port: {zipkin_port}}}\n- name: otel-grpc\n  opentelemetry: {{service: 127.0.0.1, port: {otlp_grpc_port}}}\n- name: otel-http\n  opentelemetry: {{service: 127.0.0.1, port: {otlp_http_port}, http: {{path: /v1/traces}}}}\n- name: down\n  zipkin: {{service: 127.0.0.1, port: {dead}}}\n"
-        ),
-    )
-    .unwrap();
-    let config = dir.path().join("config");
-    std::fs::create_dir(&config).unwrap();
-    let port = free_port();
-    std::fs::write(config.join("mesh.yaml"), mesh(port, app_port)).unwrap();
-    std::fs::write(config.join("telemetry.yaml"), telemetry("zipkin", 100.0)).unwrap();
+    let providers = format!(
+        "extensionProviders:\n- name: zipkin\n  zipkin: {{service: 127.0.0.1, port: {zipkin_port}}}\n- name: otel-grpc\n  opentelemetry: {{service: 127.0.0.1, port: {otlp_grpc_port}}}\n- name: otel-http\n  opentelemetry: {{service: 127.0.0.1, port: {otlp_http_port}, http: {{path: /v1/traces}}}}\n- name: down\n  zipkin: {{service: 127.0.0.1, port: {dead}}}\n"
+    );
+    let Setup { dir: _dir, config, mesh_config, port } = setup(&providers, app_port);
     let g = Gateway::start_with(
         &config,
         port,
@@ -189,22 +200,13 @@ fn check_otlp(request: &opentelemetry_proto::tonic::collector::trace::v1::Export
 fn envoy_over_xds_traces_and_logs_as_the_telemetry_api_says() {
     let (_app, app_port) = recording_upstream(None);
     let (zipkin_port, zipkin) = http_collector();
-    let dir = tempfile::tempdir().unwrap();
-    let access_log = dir.path().join("envoy-access.log");
-    let mesh_config = dir.path().join("mesh-config.yaml");
-    std::fs::write(
-        &mesh_config,
-        format!(
-            "accessLogFile: {}\nextensionProviders:\n- name: zipkin\n  zipkin: {{service: 127.0.0.1, port: {zipkin_port}}}\n",
-            access_log.display()
-        ),
-    )
-    .unwrap();
-    let config = dir.path().join("config");
-    std::fs::create_dir(&config).unwrap();
-    let port = free_port();
-    std::fs::write(config.join("mesh.yaml"), mesh(port, app_port)).unwrap();
-    std::fs::write(config.join("telemetry.yaml"), telemetry("zipkin", 100.0)).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let access_log = logs.path().join("envoy-access.log");
+    let providers = format!(
+        "accessLogFile: {}\nextensionProviders:\n- name: zipkin\n  zipkin: {{service: 127.0.0.1, port: {zipkin_port}}}\n",
+        access_log.display()
+    );
+    let Setup { dir: _dir, config, mesh_config, port } = setup(&providers, app_port);
     let (_cp, xds, _debug) = common::control_plane_on(&[
         "--config",
         config.to_str().unwrap(),

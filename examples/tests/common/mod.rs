@@ -226,6 +226,19 @@ impl Gateway {
         get(self.port, path, headers)
     }
 
+    /// The lines the gateway (started with its stdout piped) writes, as
+    /// they come: its access log.
+    pub fn stdout_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
+        let stdout = self.proc.0.stdout.take().expect("the gateway started with its stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    }
+
     /// Wait up to `limit` for the gateway process to exit; its exit status.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         self.proc.wait_exit(limit)

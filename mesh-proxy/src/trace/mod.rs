@@ -17,7 +17,6 @@ mod export;
 mod otlp;
 mod span;
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -27,7 +26,7 @@ use mesh_core::telemetry::{TelemetryConfig, TraceProvider, TracingConfig};
 use mesh_core::workload::WorkloadMeta;
 
 pub use export::{Exporters, TraceStats, QUEUE};
-pub use span::{Span, SpanKind};
+pub use span::{Span, SpanKind, Tag};
 
 /// What a proxy traces with: its exporters (kept across configs) and who
 /// it is (its spans' service and Istio tags).
@@ -46,7 +45,7 @@ pub struct SideTracer {
     service: String,
     /// Istio's tags of this proxy and the Telemetry API's literal and
     /// environment tags.
-    fixed_tags: Vec<(Cow<'static, str>, String)>,
+    fixed_tags: Arc<[Tag]>,
 }
 
 /// Both sides' tracers; `None` where no provider traces.
@@ -81,13 +80,13 @@ impl SideTracer {
     fn new(config: TracingConfig, kind: SpanKind, setup: &Setup) -> SideTracer {
         let own = &setup.own;
         let text = |s: &str| if s.is_empty() { "unknown".to_string() } else { s.to_string() };
-        let mut fixed_tags: Vec<(Cow<'static, str>, String)> = vec![
+        let mut fixed_tags: Vec<Tag> = vec![
             ("component".into(), "proxy".into()),
-            ("istio.canonical_service".into(), text(&own.canonical_service)),
-            ("istio.canonical_revision".into(), text(&own.canonical_revision)),
-            ("istio.namespace".into(), text(&own.namespace)),
+            ("istio.canonical_service".into(), text(&own.canonical_service).into()),
+            ("istio.canonical_revision".into(), text(&own.canonical_revision).into()),
+            ("istio.namespace".into(), text(&own.namespace).into()),
             ("istio.mesh_id".into(), "cluster.local".into()),
-            ("istio.cluster_id".into(), text(&own.cluster)),
+            ("istio.cluster_id".into(), text(&own.cluster).into()),
         ];
         for (name, tag) in &config.custom_tags {
             let value = match (&tag.literal, &tag.environment) {
@@ -96,7 +95,7 @@ impl SideTracer {
                 _ => None,
             };
             if let Some(value) = value {
-                fixed_tags.push((name.clone().into(), value));
+                fixed_tags.push((name.clone().into(), value.into()));
             }
         }
         SideTracer {
@@ -104,7 +103,7 @@ impl SideTracer {
             config,
             kind,
             service: format!("{}.{}", text(&own.canonical_service), text(&own.namespace)),
-            fixed_tags,
+            fixed_tags: fixed_tags.into(),
         }
     }
 
@@ -124,7 +123,7 @@ impl SideTracer {
                 if let Some(h) = &tag.header {
                     let value = head.headers.get(h.name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string);
                     if let Some(value) = value.or_else(|| h.default_value.clone()) {
-                        tags.push((name.clone().into(), value));
+                        tags.push((name.clone().into(), value.into()));
                     }
                 }
             }
@@ -142,7 +141,7 @@ impl SideTracer {
 }
 
 /// The request's own tags, read as it came.
-fn request_tags(head: &http::request::Parts) -> Vec<(Cow<'static, str>, String)> {
+fn request_tags(head: &http::request::Parts) -> Vec<Tag> {
     let field = |name: http::header::HeaderName| head.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
     let authority = head.uri.authority().map(|a| a.as_str()).unwrap_or_else(|| field(http::header::HOST));
     let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -152,10 +151,10 @@ fn request_tags(head: &http::request::Parts) -> Vec<(Cow<'static, str>, String)>
         _ => "HTTP/1.1",
     };
     vec![
-        ("http.url".into(), format!("http://{authority}{path}")),
-        ("http.method".into(), head.method.as_str().to_string()),
+        ("http.url".into(), format!("http://{authority}{path}").into()),
+        ("http.method".into(), head.method.as_str().to_string().into()),
         ("http.protocol".into(), protocol.into()),
-        ("user_agent".into(), field(http::header::USER_AGENT).to_string()),
+        ("user_agent".into(), field(http::header::USER_AGENT).to_string().into()),
         ("downstream_cluster".into(), "-".into()),
     ]
 }
@@ -169,7 +168,7 @@ pub struct ActiveSpan<'a> {
     pub sampled: bool,
     formats: context::Formats,
     start: SystemTime,
-    tags: Vec<(Cow<'static, str>, String)>,
+    tags: Vec<Tag>,
 }
 
 /// How the exchange ended, for its span.
@@ -199,19 +198,19 @@ impl ActiveSpan<'_> {
         let port = end.cluster.split('|').nth(1).filter(|p| !p.is_empty());
         let name = match (end.service.is_empty(), port) {
             (false, Some(port)) => format!("{}:{port}/*", end.service),
-            _ => self.tags.iter().find(|(k, _)| k == "http.url").map_or_else(|| "-".to_string(), |(_, u)| u.clone()),
+            _ => {
+                self.tags.iter().find(|(k, _)| k == "http.url").map_or_else(|| "-".to_string(), |(_, u)| u.to_string())
+            }
         };
-        let status = if end.status == 0 { "0".to_string() } else { end.status.to_string() };
         let mut tags = std::mem::take(&mut self.tags);
-        tags.extend(self.tracer.fixed_tags.iter().cloned());
         tags.extend([
-            ("http.status_code".into(), status),
-            ("response_flags".into(), end.flags.to_string()),
-            ("upstream_cluster".into(), end.cluster.to_string()),
-            ("upstream_cluster.name".into(), end.cluster.to_string()),
-            ("guid:x-request-id".into(), end.request_id.to_string()),
-            ("request_size".into(), end.request_size.to_string()),
-            ("peer.address".into(), end.peer.ip().to_string()),
+            ("http.status_code".into(), end.status.to_string().into()),
+            ("response_flags".into(), end.flags.into()),
+            ("upstream_cluster".into(), end.cluster.to_string().into()),
+            ("upstream_cluster.name".into(), end.cluster.to_string().into()),
+            ("guid:x-request-id".into(), end.request_id.to_string().into()),
+            ("request_size".into(), end.request_size.to_string().into()),
+            ("peer.address".into(), end.peer.ip().to_string().into()),
         ]);
         if end.status == 0 || end.status >= 500 {
             tags.push(("error".into(), "true".into()));
@@ -228,6 +227,7 @@ impl ActiveSpan<'_> {
             service: tracer.service.clone(),
             remote: end.upstream,
             tags,
+            fixed: Arc::clone(&tracer.fixed_tags),
         });
     }
 }

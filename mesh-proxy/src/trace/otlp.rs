@@ -29,7 +29,7 @@ fn otlp_span(s: &Span, max_tag_length: usize) -> OtlpSpan {
         } as i32,
         start_time_unix_nano: start,
         end_time_unix_nano: start + s.duration_micros() * 1000,
-        attributes: s.tags.iter().map(|(k, v)| attribute(k, truncate(v, max_tag_length))).collect(),
+        attributes: s.all_tags().map(|(k, v)| attribute(k, truncate(v, max_tag_length))).collect(),
         status: Some(Status {
             code: if failed { status::StatusCode::Error } else { status::StatusCode::Unset } as i32,
             message: String::new(),

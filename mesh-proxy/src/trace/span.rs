@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
@@ -27,10 +28,21 @@ pub struct Span {
     /// The local service: `<canonical service>.<namespace>`.
     pub service: String,
     pub remote: Option<SocketAddr>,
-    pub tags: Vec<(Cow<'static, str>, String)>,
+    /// This request's tags.
+    pub tags: Vec<Tag>,
+    /// The tags every span of this proxy side carries, shared.
+    pub fixed: Arc<[Tag]>,
 }
 
+/// A tag: fixed names and values borrowed, the rest owned.
+pub type Tag = (Cow<'static, str>, Cow<'static, str>);
+
 impl Span {
+    /// Every tag: the request's, then the fixed ones.
+    pub fn all_tags(&self) -> impl Iterator<Item = &Tag> {
+        self.tags.iter().chain(self.fixed.iter())
+    }
+
     fn micros(d: Duration) -> u64 {
         u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
     }
@@ -47,8 +59,7 @@ impl Span {
     /// tag values cut to `max_tag_length` bytes.
     pub fn zipkin(&self, max_tag_length: usize) -> Value {
         let tags: Map<String, Value> = self
-            .tags
-            .iter()
+            .all_tags()
             .map(|(k, v)| (k.to_string(), Value::String(truncate(v, max_tag_length).to_string())))
             .collect();
         let mut span = json!({
