@@ -135,8 +135,7 @@ type SendError = Box<dyn std::error::Error + Send + Sync>;
 async fn send(provider: &TraceProvider, spans: Vec<Span>) -> Result<(), SendError> {
     match provider {
         TraceProvider::Zipkin { address, max_tag_length, .. } => {
-            let list: Vec<_> = spans.iter().map(|s| s.zipkin(*max_tag_length as usize)).collect();
-            let body = serde_json::to_vec(&list)?;
+            let body = super::span::zipkin_list(&spans, *max_tag_length as usize);
             post(address, "/api/v2/spans", "application/json", body.into()).await
         }
         TraceProvider::OpenTelemetry { address, http_path: Some(path), max_tag_length, .. } => {
