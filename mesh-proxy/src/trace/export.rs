@@ -1,7 +1,7 @@
-//! Spans leave the request path through a bounded queue: a task sends
-//! them in batches (every second, or at 512), so a slow or dead collector
-//! costs requests nothing. A full queue drops the span and counts it,
-//! rather than grow.
+//! Spans leave the request path through a bounded queue: a thread of
+//! its own sends them in batches (every second, or at 512), so a slow or
+//! dead collector costs requests nothing. A full queue drops the span and
+//! counts it, rather than grow.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,7 +14,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tokio::sync::mpsc;
 
 use super::span::Span;
 
@@ -48,18 +47,35 @@ impl TraceStats {
     }
 }
 
+/// Spans waiting for the sender. A span is pushed under a lock, with no
+/// wakeup: the sender comes every second, or when a batch is full (one
+/// wakeup per batch, not per span).
+#[derive(Default)]
+struct Pending {
+    spans: Mutex<Vec<Span>>,
+    batch_ready: tokio::sync::Notify,
+}
+
 /// One provider's queue.
 pub struct Exporter {
     provider: String,
-    queue: mpsc::Sender<Span>,
+    pending: Arc<Pending>,
     stats: TraceStats,
 }
 
 impl Exporter {
     /// Queue `span`; with the queue full it is dropped and counted.
     pub fn report(&self, span: Span) {
-        if self.queue.try_send(span).is_err() {
+        let mut spans = self.pending.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        if spans.len() >= QUEUE {
+            drop(spans);
             self.stats.count(&self.provider, "dropped", 1);
+            return;
+        }
+        spans.push(span);
+        if spans.len() == BATCH {
+            drop(spans);
+            self.pending.batch_ready.notify_one();
         }
     }
 }
@@ -73,27 +89,31 @@ pub struct Exporters {
 }
 
 impl Exporters {
-    /// The exporter of `provider`, started on first use (in the runtime).
+    /// The exporter of `provider`, its sender started on first use.
     pub fn get(&self, provider: &TraceProvider) -> Arc<Exporter> {
         let mut all = self.by_provider.lock().unwrap_or_else(PoisonError::into_inner);
         let exporter = all.entry(provider.clone()).or_insert_with(|| {
-            let (queue, spans) = mpsc::channel(QUEUE);
-            let name = match provider {
-                TraceProvider::Zipkin { name, .. } | TraceProvider::OpenTelemetry { name, .. } => name.clone(),
-            };
-            spawn_sender(provider.clone(), spans, self.stats.clone());
-            Arc::new(Exporter { provider: name, queue, stats: self.stats.clone() })
+            let pending = Arc::<Pending>::default();
+            let name = provider_name(provider).to_string();
+            spawn_sender(provider.clone(), Arc::clone(&pending), self.stats.clone());
+            Arc::new(Exporter { provider: name, pending, stats: self.stats.clone() })
         });
         Arc::clone(exporter)
     }
 }
 
+fn provider_name(provider: &TraceProvider) -> &str {
+    match provider {
+        TraceProvider::Zipkin { name, .. } | TraceProvider::OpenTelemetry { name, .. } => name,
+    }
+}
+
 /// The sender runs on a thread of its own: encoding a second's spans
 /// never takes a turn from the proxy's workers.
-fn spawn_sender(provider: TraceProvider, spans: mpsc::Receiver<Span>, stats: TraceStats) {
+fn spawn_sender(provider: TraceProvider, pending: Arc<Pending>, stats: TraceStats) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
     let started = runtime.map_err(|e| e.to_string()).and_then(|runtime| {
-        let run = move || runtime.block_on(send_batches(provider, spans, stats));
+        let run = move || runtime.block_on(send_batches(provider, pending, stats));
         std::thread::Builder::new().name("span-export".into()).spawn(run).map_err(|e| e.to_string())
     });
     if let Err(e) = started {
@@ -103,29 +123,23 @@ fn spawn_sender(provider: TraceProvider, spans: mpsc::Receiver<Span>, stats: Tra
     }
 }
 
-async fn send_batches(provider: TraceProvider, mut spans: mpsc::Receiver<Span>, stats: TraceStats) {
-    let name = match &provider {
-        TraceProvider::Zipkin { name, .. } | TraceProvider::OpenTelemetry { name, .. } => name.clone(),
-    };
-    let mut batch = Vec::with_capacity(BATCH);
+async fn send_batches(provider: TraceProvider, pending: Arc<Pending>, stats: TraceStats) {
+    let name = provider_name(&provider).to_string();
     loop {
-        let Some(first) = spans.recv().await else { return };
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, spans.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) | Err(_) => break,
+        let _ = tokio::time::timeout(FLUSH_EVERY, pending.batch_ready.notified()).await;
+        let spans = std::mem::take(&mut *pending.spans.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut spans = spans.into_iter().peekable();
+        while spans.peek().is_some() {
+            let batch: Vec<Span> = spans.by_ref().take(BATCH).collect();
+            let n = batch.len();
+            match tokio::time::timeout(SEND_TIMEOUT, send(&provider, batch)).await {
+                Ok(Ok(())) => stats.count(&name, "sent", n),
+                Ok(Err(e)) => {
+                    tracing::debug!(provider = %name, "spans not sent: {e}");
+                    stats.count(&name, "failed", n);
+                }
+                Err(_) => stats.count(&name, "failed", n),
             }
-        }
-        let n = batch.len();
-        match tokio::time::timeout(SEND_TIMEOUT, send(&provider, std::mem::take(&mut batch))).await {
-            Ok(Ok(())) => stats.count(&name, "sent", n),
-            Ok(Err(e)) => {
-                tracing::debug!(provider = %name, "spans not sent: {e}");
-                stats.count(&name, "failed", n);
-            }
-            Err(_) => stats.count(&name, "failed", n),
         }
     }
 }
