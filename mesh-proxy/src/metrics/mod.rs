@@ -221,13 +221,18 @@ impl Metrics {
         request_id: HeaderValue,
         switches: &'a Switches,
     ) -> RequestRecord<'a> {
-        let logs = |side: &switches::SideSwitches| side.access_log.unwrap_or(self.log_by_default);
-        RequestRecord::new(head, request_id, switches, logs(&switches.client) || logs(&switches.server))
+        let keep_line = self.side_logs(&switches.client) || self.side_logs(&switches.server);
+        RequestRecord::new(head, request_id, switches, keep_line)
+    }
+
+    /// Whether exchanges on `side` are logged.
+    fn side_logs(&self, side: &switches::SideSwitches) -> bool {
+        side.access_log.unwrap_or(self.log_by_default)
     }
 
     /// Whether `r` is logged, on the side of the exchange it was.
     fn logs(&self, r: &RequestRecord<'_>) -> bool {
-        r.switches.side(r.cluster).access_log.unwrap_or(self.log_by_default)
+        self.side_logs(r.switches.side(r.cluster))
     }
 
     /// A request body on its way: its size from its length, or counted as

@@ -25,7 +25,7 @@ use http::HeaderMap;
 use mesh_core::telemetry::{TelemetryConfig, TraceProvider, TracingConfig};
 use mesh_core::workload::WorkloadMeta;
 
-pub use export::{Exporters, TraceStats, QUEUE};
+pub use export::{Exporters, TraceStats};
 pub use span::{Span, SpanKind, Tag};
 
 /// What a proxy traces with: its exporters (kept across configs) and who
