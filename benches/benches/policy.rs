@@ -116,5 +116,45 @@ fn filters(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, token_bucket, authorization, circuit_breaker, hashing, filters);
+/// A Telemetry access log filter and tag override, evaluated per exchange
+/// where configured (nothing is evaluated where none is).
+fn expressions(c: &mut Criterion) {
+    use mesh_core::expression::{Attributes, ConnectionAttributes, Expression, RequestAttributes, ResponseAttributes};
+    let uri: http::Uri = "/api/items?page=2".parse().unwrap_or_else(|e| panic!("{e}"));
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [("host", "httpbin.foo"), ("user-agent", "curl/8"), ("x-user", "jason"), ("accept", "*/*")] {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    let fields = [(&http::header::CONTENT_TYPE, &http::HeaderValue::from_static("application/json"))];
+    let attributes = Attributes {
+        request: Some(RequestAttributes {
+            method: "GET",
+            uri: &uri,
+            version: http::Version::HTTP_11,
+            headers: &headers,
+            id: "abc",
+            size: 0,
+            total_size: 80,
+        }),
+        response: Some(ResponseAttributes {
+            code: 200,
+            code_details: "via_upstream",
+            grpc_status: None,
+            headers: &fields,
+            size: Some(120),
+            total_size: Some(200),
+        }),
+        connection: ConnectionAttributes { mtls: true, ..Default::default() },
+        ..Default::default()
+    };
+    let compile = |source: &str| Expression::compile(source).unwrap_or_else(|e| panic!("{e}"));
+    let status = compile("response.code >= 400");
+    c.bench_function("expression/filter_response_code", |b| b.iter(|| status.matches(&attributes)));
+    let header = compile("response.code >= 400 || request.headers['x-user'] == 'jason'");
+    c.bench_function("expression/filter_code_or_header", |b| b.iter(|| header.matches(&attributes)));
+    let host = compile("request.host");
+    c.bench_function("expression/tag_request_host", |b| b.iter(|| host.value(&attributes)));
+}
+
+criterion_group!(benches, token_bucket, authorization, circuit_breaker, hashing, filters, expressions);
 criterion_main!(benches);

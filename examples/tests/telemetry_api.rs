@@ -68,3 +68,94 @@ fn a_workload_telemetry_overrides_the_root_namespace_one_live() {
     assert_eq!(lines_with(&log, "flag-only").len(), 1);
     assert!(has_series(&g, "istio_request_duration_milliseconds_count{"));
 }
+
+const TAGS_ROOT: &str = r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: "response.code >= 400 || request.headers['x-debug'] == 'true'"}
+  metrics:
+  - overrides:
+    - tagOverrides:
+        source_principal: {operation: REMOVE}
+        response_code: {value: "response.code >= 400 ? 'error' : 'ok'"}
+        request_host: {value: request.host}
+"#;
+const TAGS_GATEWAY: &str = r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: ingress, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        request_host: {value: "'pinned'"}
+        user: {value: "request.headers['x-user']"}
+"#;
+
+fn series(g: &Gateway, prefix: &str) -> Vec<String> {
+    let body = g.admin_get("/stats/prometheus").map(|r| r.body).unwrap_or_default();
+    body.lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect()
+}
+
+#[test]
+fn tag_overrides_and_a_log_filter_apply_as_expressions_over_the_request() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    let http = "  - match: [{uri: {prefix: /api}}]\n    route:\n    - destination: {host: web}\n";
+    std::fs::write(dir.path().join("routes.yaml"), common::routes("web", http)).unwrap();
+    std::fs::write(dir.path().join("telemetry-root.yaml"), TAGS_ROOT).unwrap();
+    std::fs::write(dir.path().join("telemetry-gateway.yaml"), TAGS_GATEWAY).unwrap();
+    let mut g = Gateway::start_with(dir.path(), port, &[], std::process::Stdio::piped());
+    let log = g.stdout_lines();
+
+    // The filter: a 200 is logged only when asked with x-debug, a 404 always.
+    assert_eq!(g.get("/api/1", &[("x-request-id", "quiet"), ("x-user", "jason")]).status, 200);
+    assert_eq!(g.get("/api/2", &[("x-request-id", "debugged"), ("x-debug", "true")]).status, 200);
+    assert_eq!(g.get("/other", &[("x-request-id", "missed")]).status, 404);
+    let logged = lines_with(&log, "");
+    let count = |id: &str| logged.iter().filter(|l| l.contains(id)).count();
+    assert_eq!((count("quiet"), count("debugged"), count("missed")), (0, 1, 1), "{logged:#?}");
+
+    // The gateway's override of REQUEST_COUNT wins over the root's for that
+    // metric; the root's holds for the others.
+    let requests = series(&g, "istio_requests_total{");
+    let ok: Vec<_> = requests.iter().filter(|l| l.contains("response_code=\"ok\"")).collect();
+    assert_eq!(ok.len(), 2, "one series per user: {requests:#?}");
+    assert!(ok.iter().all(|l| l.contains("request_host=\"pinned\"")), "{requests:#?}");
+    assert!(ok.iter().any(|l| l.contains("user=\"jason\"")), "{requests:#?}");
+    assert!(ok.iter().any(|l| l.contains("user=\"unknown\"")), "no x-user: unknown, {requests:#?}");
+    let missed = requests.iter().find(|l| l.contains("response_flags=\"NR\""));
+    assert!(missed.is_some_and(|l| l.contains("response_code=\"error\"")), "{requests:#?}");
+    let sizes = series(&g, "istio_request_bytes_count{");
+    assert!(
+        sizes.iter().all(|l| l.contains("request_host=\"test.example.com\"") && !l.contains("user=")),
+        "{sizes:#?}"
+    );
+    let all = series(&g, "istio_");
+    assert!(!all.is_empty() && all.iter().all(|l| !l.contains("source_principal=")), "removed everywhere");
+
+    // An expression naming an attribute the proxy lacks is refused, loudly,
+    // and the last good config keeps serving.
+    let bad = TAGS_GATEWAY.replace("\"'pinned'\"", "node.id");
+    std::fs::write(dir.path().join("telemetry-gateway.yaml"), bad).unwrap();
+    let mut rejections = String::new();
+    let shown = mesh_testkit::wait_until(Duration::from_secs(10), || {
+        rejections = g.admin_get("/config_rejections").map(|r| r.body).unwrap_or_default();
+        rejections.contains("attribute `node` is not supported")
+    });
+    assert!(shown && rejections.contains("tagOverrides.request_host.value"), "{rejections}");
+    assert_eq!(g.get("/api/3", &[("x-user", "jason")]).status, 200);
+    let requests = series(&g, "istio_requests_total{");
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains("request_host=\"pinned\"") && l.contains("user=\"jason\"") && l.ends_with(" 2")),
+        "{requests:#?}"
+    );
+}

@@ -195,7 +195,8 @@ fn check_otlp(request: &opentelemetry_proto::tonic::collector::trace::v1::Export
 
 /// Envoy driven by our control plane gets the same: the Telemetry API's
 /// tracer and sampling on its connection manager, the collector as a
-/// cluster, and Istio's access log format, to MeshConfig's file.
+/// cluster, and Istio's access log format, to MeshConfig's file, filtered
+/// by the Telemetry's expression.
 #[test]
 fn envoy_over_xds_traces_and_logs_as_the_telemetry_api_says() {
     let (_app, app_port) = recording_upstream(None);
@@ -207,6 +208,8 @@ fn envoy_over_xds_traces_and_logs_as_the_telemetry_api_says() {
         access_log.display()
     );
     let Setup { dir: _dir, config, mesh_config, port } = setup(&providers, app_port);
+    let filtered = "  accessLogging: [{filter: {expression: \"request.url_path != '/quiet'\"}}]\n";
+    std::fs::write(config.join("telemetry.yaml"), telemetry("zipkin", 100.0) + filtered).unwrap();
     let (_cp, xds, _debug) = common::control_plane_on(&[
         "--config",
         config.to_str().unwrap(),
@@ -220,6 +223,7 @@ fn envoy_over_xds_traces_and_logs_as_the_telemetry_api_says() {
     assert!(common::wait_until(Duration::from_secs(30), served), "Envoy never served; its log:\n{}", envoy.log());
 
     // An edge Envoy makes its own x-request-id: the span is found by path.
+    assert_eq!(common::get(port, "/quiet", &[]).status, 200);
     let r = common::get(port, "/envoy", &[("x-tenant", "acme")]);
     assert_eq!(r.status, 200, "{}", r.body);
     let mut spans = Vec::new();
@@ -243,4 +247,5 @@ fn envoy_over_xds_traces_and_logs_as_the_telemetry_api_says() {
         line.starts_with('[') && line.contains("\"GET /envoy HTTP/1.1\" 200 - via_upstream"),
         "Istio's format: {line}"
     );
+    assert!(!logged().contains("/quiet"), "the Telemetry's CEL filter, in Envoy: {}", logged());
 }

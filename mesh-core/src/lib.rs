@@ -30,6 +30,7 @@
 //! | [`mtls`] | which connections carry Istio mTLS: DestinationRule TLS, auto mTLS, PeerAuthentication as inbound chains |
 //! | [`peer_authentication`] | PeerAuthentication merged for a workload (mesh, namespace, workload, port) |
 //! | [`jwt`] | RequestAuthentication: JWT providers, where tokens are found, verified claims |
+//! | [`expression`] | Envoy's attribute expressions (CEL) over a request, as Telemetry tag overrides and access log filters use them |
 //! | [`telemetry`] | the Telemetry API merged for a proxy: tracing providers and sampling, access logging, metrics |
 //! | [`authz`] | AuthorizationPolicy evaluation |
 //! | [`filter`] | [`Filter`]: user code in the request path |
@@ -151,6 +152,7 @@ pub mod authz;
 pub mod certificate;
 pub mod config;
 pub mod credentials;
+pub mod expression;
 pub mod fault;
 pub mod filter;
 pub mod identity;

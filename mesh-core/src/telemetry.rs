@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::telemetry::{CustomTag, Telemetry, METRICS};
+use crate::config::telemetry::{CustomTag, Telemetry, METRICS, STANDARD_TAGS};
 use crate::mesh_config::MeshConfig;
 
 /// Istio's sampling of new traces when nothing says otherwise: 1%.
@@ -49,12 +49,23 @@ pub struct SideTelemetry {
     /// Telemetry resource says (the proxy's own setting decides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<bool>,
-    /// A CEL filter on what is logged, as given (not evaluated yet).
+    /// A CEL expression: only exchanges it is true for are logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log_filter: Option<String>,
     /// Prometheus names of the metrics not reported.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disabled_metrics: Vec<String>,
+    /// By metric (Prometheus name), by tag: what a Telemetry resource's
+    /// `tagOverrides` does to it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tag_overrides: BTreeMap<String, BTreeMap<String, TagOp>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TagOp {
+    Remove,
+    /// Set, or add, the tag: a CEL expression over the exchange.
+    Upsert(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,25 +102,11 @@ pub fn resolve(scopes: &Scopes<'_>, mesh: &MeshConfig) -> TelemetryConfig {
             access_log,
             access_log_filter,
             disabled_metrics: disabled_metrics(scopes, client),
+            tag_overrides: tag_overrides(scopes, client),
         }
     };
     let (client, server) = (side(true), side(false));
-    for (name, t) in &scopes.ordered {
-        for (i, m) in t.metrics.iter().enumerate() {
-            for (j, o) in m.overrides.iter().enumerate().filter(|(_, o)| !o.tag_overrides.is_empty()) {
-                let tags: Vec<&str> = o.tag_overrides.keys().map(String::as_str).collect();
-                warnings.push(format!(
-                    "Telemetry {name}: spec.metrics[{i}].overrides[{j}].tagOverrides ({}) not applied: CEL tag expressions are not supported",
-                    tags.join(", ")
-                ));
-            }
-        }
-        if t.access_logging.iter().any(|a| a.filter.is_some()) {
-            warnings.push(format!(
-                "Telemetry {name}: spec.accessLogging[].filter not applied: CEL filters are not supported, every request is logged"
-            ));
-        }
-    }
+    warnings.extend(nonstandard_removals(scopes));
     TelemetryConfig {
         client,
         server,
@@ -203,6 +200,51 @@ fn disabled_metrics(scopes: &Scopes<'_>, client: bool) -> Vec<String> {
     disabled.into_iter().filter(|(_, off)| *off).map(|(name, _)| name.to_string()).collect()
 }
 
+/// Each metric's tag overrides, the later scope's and the later
+/// override's winning per tag, as Istio merges them.
+fn tag_overrides(scopes: &Scopes<'_>, client: bool) -> BTreeMap<String, BTreeMap<String, TagOp>> {
+    let mut merged: BTreeMap<String, BTreeMap<String, TagOp>> = BTreeMap::new();
+    for (_, t) in &scopes.ordered {
+        for o in t.metrics.iter().flat_map(|m| &m.overrides).filter(|o| !o.tag_overrides.is_empty()) {
+            let selector = o.match_.clone().unwrap_or_default();
+            if !selector.mode.covers(client) {
+                continue;
+            }
+            let metric = selector.metric.as_deref().unwrap_or("ALL_METRICS");
+            for (_, prometheus) in METRICS.iter().filter(|(name, _)| metric == "ALL_METRICS" || metric == *name) {
+                let tags = merged.entry(prometheus.to_string()).or_default();
+                for (tag, op) in &o.tag_overrides {
+                    let op = match (op.operation.as_deref(), &op.value) {
+                        (Some("REMOVE"), _) => TagOp::Remove,
+                        (_, value) => TagOp::Upsert(value.clone().unwrap_or_default()),
+                    };
+                    tags.insert(tag.clone(), op);
+                }
+            }
+        }
+    }
+    merged
+}
+
+/// Removing a tag that is not one of Istio's does nothing (Istio's stats
+/// filter logs it and goes on): say so.
+fn nonstandard_removals(scopes: &Scopes<'_>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (name, t) in &scopes.ordered {
+        for (i, m) in t.metrics.iter().enumerate() {
+            for (j, o) in m.overrides.iter().enumerate() {
+                let removed = o.tag_overrides.iter().filter(|(_, op)| op.operation.as_deref() == Some("REMOVE"));
+                for (tag, _) in removed.filter(|(tag, _)| !STANDARD_TAGS.contains(&tag.as_str())) {
+                    warnings.push(format!(
+                        "Telemetry {name}: spec.metrics[{i}].overrides[{j}].tagOverrides.{tag}: REMOVE of `{tag}`, which is not one of Istio's standard labels, does nothing"
+                    ));
+                }
+            }
+        }
+    }
+    warnings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,14 +302,43 @@ mod tests {
         assert!(none.client.tracing.is_none() && none.client.access_log.is_none());
         let defaults = resolve(&Scopes { ordered: vec![] }, &mesh());
         assert_eq!(defaults.server.tracing.unwrap().sampling, DEFAULT_SAMPLING);
-        let unknown = telemetry("  tracing: [{providers: [{name: jaeger}]}]\n  metrics: [{overrides: [{tagOverrides: {x: {value: request.host}}}]}]\n");
+        let unknown = telemetry("  tracing: [{providers: [{name: jaeger}]}]\n  metrics: [{overrides: [{tagOverrides: {x: {operation: REMOVE}}}]}]\n");
         let t = resolve(&Scopes { ordered: vec![("ns/t", &unknown)] }, &mesh());
         assert!(t.client.tracing.is_none());
         assert!(t.warnings.iter().any(|w| w.contains("Telemetry ns/t") && w.contains("`jaeger`")), "{:?}", t.warnings);
-        assert!(t.warnings.iter().any(|w| w.contains("tagOverrides (x)")), "{:?}", t.warnings);
-        let invalid = Resource::from_yaml(
-            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec:\n  tracing: [{randomSamplingPercentage: 150}]\n",
+        assert!(t.warnings.iter().any(|w| w.contains("tagOverrides.x: REMOVE")), "{:?}", t.warnings);
+        let invalid = |spec: &str| {
+            let yaml =
+                format!("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t}}\nspec:\n{spec}");
+            Resource::from_yaml(&yaml).unwrap_err().to_string()
+        };
+        assert!(invalid("  tracing: [{randomSamplingPercentage: 150}]\n").contains("randomSamplingPercentage"));
+        let no_value = invalid("  metrics: [{overrides: [{tagOverrides: {x: {operation: UPSERT}}}]}]\n");
+        assert!(no_value.contains("spec.metrics[0].overrides[0].tagOverrides.x.value"), "{no_value}");
+        let bad_attribute = invalid("  metrics: [{overrides: [{tagOverrides: {x: {value: request.hostname}}}]}]\n");
+        assert!(bad_attribute.contains("`request.hostname` is not supported"), "{bad_attribute}");
+        let bad_filter = invalid("  accessLogging: [{filter: {expression: 'response.code >='}}]\n");
+        assert!(bad_filter.contains("spec.accessLogging[0].filter.expression"), "{bad_filter}");
+    }
+
+    #[test]
+    fn tag_overrides_merge_per_metric_and_tag_later_scopes_winning() {
+        let root = telemetry(
+            "  metrics:\n  - overrides:\n    - tagOverrides: {request_host: {value: request.host}, source_principal: {operation: REMOVE}}\n",
         );
-        assert!(invalid.unwrap_err().to_string().contains("randomSamplingPercentage"));
+        let workload = telemetry(
+            "  metrics:\n  - overrides:\n    - match: {metric: REQUEST_COUNT, mode: SERVER}\n      tagOverrides: {request_host: {value: \"'fixed'\"}, source_principal: {value: source.address}}\n",
+        );
+        let t = resolve(&Scopes { ordered: vec![("istio-system/root", &root), ("ns/w", &workload)] }, &mesh());
+        let upsert = |s: &str| TagOp::Upsert(s.to_string());
+        let server_requests = &t.server.tag_overrides["istio_requests_total"];
+        assert_eq!(server_requests["request_host"], upsert("'fixed'"));
+        assert_eq!(server_requests["source_principal"], upsert("source.address"));
+        let client_requests = &t.client.tag_overrides["istio_requests_total"];
+        assert_eq!(client_requests["request_host"], upsert("request.host"));
+        assert_eq!(client_requests["source_principal"], TagOp::Remove);
+        assert_eq!(t.server.tag_overrides["istio_tcp_sent_bytes_total"]["source_principal"], TagOp::Remove);
+        assert_eq!(t.server.tag_overrides.len(), 8, "ALL_METRICS is every metric");
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     }
 }

@@ -533,8 +533,7 @@ async fn passthrough(downstream: TcpStream, to: SocketAddr, inbound: bool, forwa
     let cluster = if inbound { "InboundPassthroughClusterIpv4" } else { "PassthroughCluster" };
     let connected = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(to)).await;
     let flag = if matches!(connected, Ok(Ok(_))) { Flag::None } else { Flag::ConnectFailure };
-    let switches = forwarder.live.load().switches;
-    let meter = forwarder.metrics.tcp_open((cluster, ""), None, None, (flag, &switches));
+    let meter = forwarder.metrics.tcp_open((cluster, ""), None, None, (flag, &forwarder.live.load().telemetry));
     let mut downstream = Metered::new(downstream, meter);
     if let Ok(Ok(mut upstream)) = connected {
         let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
@@ -592,7 +591,7 @@ async fn proxy_tcp<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let meter = |flag: Flag, host: Option<usize>| {
         let upstream = host.and_then(|h| cluster.workloads[h].as_ref()).map(|(w, _)| &**w);
         let cluster_name = (cluster.config.name.as_str(), cluster.config.service.as_str());
-        forwarder.metrics.tcp_open(cluster_name, peer.as_deref(), upstream, (flag, &live.switches))
+        forwarder.metrics.tcp_open(cluster_name, peer.as_deref(), upstream, (flag, &live.telemetry))
     };
     let Some(host) = cluster.pick(None, &[]) else {
         drop(meter(Flag::NoHealthyUpstream, None));

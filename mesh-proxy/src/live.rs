@@ -31,8 +31,8 @@ pub struct LiveConfig {
     pub regexes: FxHashMap<String, CompiledMatcher>,
     /// The local rate limits of each listener, by listener name.
     pub rate_limits: FxHashMap<String, Vec<Arc<RateLimiter>>>,
-    /// Metrics and access logging the Telemetry API turned on or off.
-    pub switches: crate::metrics::Switches,
+    /// What the Telemetry API asks of metrics and the access log.
+    pub telemetry: crate::metrics::TelemetryRules,
     /// Tracing per side, as the Telemetry API says.
     pub tracers: crate::trace::Tracers,
 }
@@ -72,7 +72,7 @@ impl LiveConfig {
             authenticator: crate::jwt::Authenticator::default(),
             regexes: FxHashMap::default(),
             rate_limits: FxHashMap::default(),
-            switches: Default::default(),
+            telemetry: Default::default(),
             tracers: Default::default(),
         }
     }
@@ -92,6 +92,12 @@ impl LiveConfig {
                 tracing::warn!("{warning}");
             }
         }
+        // Compiled again only when it changed (not on every endpoint update).
+        let telemetry = if config.telemetry == previous.config.telemetry {
+            previous.telemetry.clone()
+        } else {
+            crate::metrics::TelemetryRules::of(&config.telemetry)
+        };
         let routes = config
             .route_configs
             .iter()
@@ -169,7 +175,7 @@ impl LiveConfig {
             })
             .collect();
         Ok(LiveConfig {
-            switches: crate::metrics::Switches::of(&config.telemetry),
+            telemetry,
             tracers: crate::trace::Tracers::compile(&config.telemetry, tracing),
             config: Arc::new(config),
             routes,

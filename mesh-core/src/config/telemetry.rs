@@ -163,3 +163,33 @@ pub const METRICS: [(&str, &str); 8] = [
 /// Metric names the Telemetry API accepts besides [`METRICS`]: all of
 /// them, and gRPC message counts (which mesh-proxy does not report).
 pub const OTHER_METRIC_NAMES: [&str; 3] = ["ALL_METRICS", "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES"];
+
+/// The labels of Istio's standard metrics, in the order its stats filter
+/// writes them (TCP metrics lack the last two).
+pub const STANDARD_TAGS: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "connection_security_policy",
+    "request_protocol",
+    "response_flags",
+    "response_code",
+    "grpc_response_status",
+];

@@ -1105,6 +1105,12 @@ impl Validator {
                 }
             }
         }
+        for (i, logging) in t.access_logging.iter().enumerate() {
+            let filter = logging.filter.as_ref().map(|f| crate::expression::Expression::compile(&f.expression));
+            if let Some(Err(e)) = filter {
+                self.err(format!("spec.accessLogging[{i}].filter.expression"), e);
+            }
+        }
         for (i, metrics) in t.metrics.iter().enumerate() {
             for (j, o) in metrics.overrides.iter().enumerate() {
                 let at = format!("spec.metrics[{i}].overrides[{j}]");
@@ -1115,11 +1121,21 @@ impl Validator {
                     self.err(format!("{at}.match.metric"), format!("`{name}` is not one of Istio's metrics"));
                 }
                 for (tag, op) in &o.tag_overrides {
-                    if let Some(op) = op.operation.as_deref().filter(|op| !["UPSERT", "REMOVE"].contains(op)) {
-                        self.err(
-                            format!("{at}.tagOverrides.{tag}.operation"),
-                            format!("`{op}` is not UPSERT or REMOVE"),
-                        );
+                    let at = format!("{at}.tagOverrides.{tag}");
+                    match (op.operation.as_deref().unwrap_or("UPSERT"), op.value.as_deref()) {
+                        ("UPSERT", None | Some("")) => {
+                            self.err(format!("{at}.value"), "must be set when operation is UPSERT")
+                        }
+                        ("UPSERT", Some(value)) => {
+                            if let Err(e) = crate::expression::Expression::compile(value) {
+                                self.err(format!("{at}.value"), e);
+                            }
+                        }
+                        ("REMOVE", Some(v)) if !v.is_empty() => {
+                            self.err(format!("{at}.value"), "may only be set when operation is UPSERT")
+                        }
+                        ("REMOVE", _) => {}
+                        (other, _) => self.err(format!("{at}.operation"), format!("`{other}` is not UPSERT or REMOVE")),
                     }
                 }
             }

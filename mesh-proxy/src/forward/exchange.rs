@@ -62,7 +62,7 @@ impl<'a> Exchange<'a> {
         headers::forward_client_cert(&mut head.headers, ingress);
         let request_id = request_id(&mut head.headers);
         let path_error = normalize_path(&mut head, forwarder.path_normalization).err();
-        let mut record = forwarder.metrics.start(&head, request_id, &live.switches);
+        let mut record = forwarder.metrics.start(&head, request_id, &live.telemetry);
         record.peer = ingress.peer_identity.as_deref();
         record.downstream = Some((ingress.peer, ingress.local));
         // A client's proxy says who it is; only a server side believes it.

@@ -5,11 +5,49 @@
 //! itself and learns the source from the mTLS peer's certificate and the
 //! metadata exchange header.
 
+use std::borrow::Cow;
+
 use mesh_core::workload::WorkloadMeta;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+
+/// A series' labels, in order: Istio's standard ones as filled here, then
+/// as the Telemetry API's tag overrides leave them (some removed, some
+/// set, some added under names of the user's).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Labels(pub Vec<(Cow<'static, str>, String)>);
+
+impl EncodeLabelSet for Labels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+}
+
+impl Labels {
+    fn push(&mut self, name: &'static str, value: impl Into<String>) {
+        self.0.push((Cow::Borrowed(name), value.into()));
+    }
+
+    /// `istio_requests_total`'s labels and its histograms'.
+    pub fn request(ends: Ends, protocol: &'static str, code: u16, grpc_status: &str, flags: &'static str) -> Labels {
+        let mut labels = ends.into_labels();
+        labels.push("request_protocol", protocol);
+        labels.push("response_code", code.to_string());
+        labels.push("grpc_response_status", grpc_status);
+        labels.push("response_flags", flags);
+        labels
+    }
+
+    /// The `istio_tcp_*` metrics' labels.
+    pub fn tcp(ends: Ends, flags: &'static str) -> Labels {
+        let mut labels = ends.into_labels();
+        labels.push("request_protocol", "tcp");
+        labels.push("response_flags", flags);
+        labels
+    }
+}
 
 /// Who is at each end: the labels every Istio metric has.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug)]
 pub struct Ends {
     reporter: &'static str,
     source_workload: String,
@@ -34,24 +72,32 @@ pub struct Ends {
     connection_security_policy: &'static str,
 }
 
-/// `istio_requests_total`'s labels and its histograms'.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    #[prometheus(flatten)]
-    pub ends: Ends,
-    pub request_protocol: &'static str,
-    pub response_code: String,
-    pub grpc_response_status: String,
-    pub response_flags: &'static str,
-}
-
-/// The `istio_tcp_*` metrics' labels.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
-    #[prometheus(flatten)]
-    pub ends: Ends,
-    pub request_protocol: &'static str,
-    pub response_flags: &'static str,
+impl Ends {
+    fn into_labels(self) -> Labels {
+        let mut l = Labels(Vec::with_capacity(26));
+        l.push("reporter", self.reporter);
+        l.push("source_workload", self.source_workload);
+        l.push("source_canonical_service", self.source_canonical_service);
+        l.push("source_canonical_revision", self.source_canonical_revision);
+        l.push("source_workload_namespace", self.source_workload_namespace);
+        l.push("source_principal", self.source_principal);
+        l.push("source_app", self.source_app);
+        l.push("source_version", self.source_version);
+        l.push("source_cluster", self.source_cluster);
+        l.push("destination_workload", self.destination_workload);
+        l.push("destination_workload_namespace", self.destination_workload_namespace);
+        l.push("destination_principal", self.destination_principal);
+        l.push("destination_app", self.destination_app);
+        l.push("destination_version", self.destination_version);
+        l.push("destination_service", self.destination_service);
+        l.push("destination_canonical_service", self.destination_canonical_service);
+        l.push("destination_canonical_revision", self.destination_canonical_revision);
+        l.push("destination_service_name", self.destination_service_name);
+        l.push("destination_service_namespace", self.destination_service_namespace);
+        l.push("destination_cluster", self.destination_cluster);
+        l.push("connection_security_policy", self.connection_security_policy);
+        l
+    }
 }
 
 /// What one side knows of an exchange.
@@ -180,6 +226,18 @@ impl Ends {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_labels_are_istios_standard_ones() {
+        let anonymous = Side { workload: None, principal: None };
+        let ends = Ends::client(&anonymous, &anonymous, &Service::of_cluster("", ""));
+        let labels = Labels::request(ends, "http", 200, "", "-");
+        let mut names: Vec<&str> = labels.0.iter().map(|(n, _)| &**n).collect();
+        let mut standard = mesh_core::config::telemetry::STANDARD_TAGS.to_vec();
+        names.sort_unstable();
+        standard.sort_unstable();
+        assert_eq!(names, standard);
+    }
 
     fn workload(name: &str, namespace: &str, app: &str, version: &str) -> WorkloadMeta {
         let labels = [("app".to_string(), app.to_string()), ("version".to_string(), version.to_string())].into();

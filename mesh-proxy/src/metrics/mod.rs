@@ -12,7 +12,8 @@
 //! | `histogram` | a lock-free histogram on Envoy's buckets |
 //! | `streamed` | bodies without a length, measured as they pass |
 //! | [`tcp`] | connections and bytes of TCP proxying |
-//! | `switches` | what the Telemetry API turns on and off, per side |
+//! | `rules` | what the Telemetry API asks, per side: metrics on or off, tag overrides, a log filter |
+//! | `tags` | tag overrides: Istio's labels removed, set or added by expressions |
 //! | `server` | the `envoy_server_*` gauges |
 //! | `exposition` | OpenMetrics or Prometheus text, by `Accept` |
 //! | `downstream` | downstream failures counted before any request |
@@ -23,9 +24,10 @@ mod histogram;
 mod labels;
 pub mod peer;
 mod record;
+mod rules;
 mod server;
 mod streamed;
-mod switches;
+mod tags;
 pub mod tcp;
 
 use std::borrow::Cow;
@@ -37,6 +39,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http_body_util::BodyExt;
+use mesh_core::expression::{Attributes, ConnectionAttributes, RequestAttributes, ResponseAttributes};
 use mesh_core::workload::WorkloadMeta;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -53,13 +56,15 @@ use crate::response_flags::Flag;
 pub use downstream::DownstreamStats;
 pub use exposition::Format;
 use histogram::AtomicHistogram;
-use labels::{Ends, RequestLabels, Service, Side, TcpLabels};
+use labels::{Ends, Labels, Service, Side};
 use record::RequestLine;
 pub use record::RequestRecord;
+pub use rules::TelemetryRules;
+use rules::{SideRules, SideSwitches};
 use streamed::{CountedBody, MeteredBody, ResponseMeter};
-pub use switches::Switches;
+use tags::Metric;
 
-type HistogramFamily = Family<RequestLabels, AtomicHistogram>;
+type HistogramFamily = Family<Labels, AtomicHistogram>;
 
 /// What distinguishes one series from another within a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,7 +82,9 @@ struct Outcome {
     /// Outbound over mTLS.
     upstream_mtls: bool,
     /// Which metrics are on: a Telemetry change makes new series.
-    switches: switches::SideSwitches,
+    switches: SideSwitches,
+    /// The tag overrides' values, hashed (0: no overrides).
+    tags: u64,
 }
 
 /// One series of each request metric the Telemetry API left on (a metric
@@ -94,7 +101,7 @@ type Handles = FxHashMap<Outcome, Series>;
 
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
+    requests: Family<Labels, Counter>,
     durations: HistogramFamily,
     request_sizes: HistogramFamily,
     response_sizes: HistogramFamily,
@@ -146,7 +153,7 @@ pub fn series_key(value: &impl Hash) -> u64 {
 impl Metrics {
     pub fn new(own: WorkloadMeta, encoding: Encoding, log_by_default: bool) -> Metrics {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<Labels, Counter>::default();
         registry.register("istio_requests", "Requests handled, by Istio's standard labels", requests.clone());
         let histograms = [
             ("istio_request_duration_milliseconds", "Request durations, in milliseconds"),
@@ -219,20 +226,45 @@ impl Metrics {
         &self,
         head: &http::request::Parts,
         request_id: HeaderValue,
-        switches: &'a Switches,
+        rules: &'a TelemetryRules,
     ) -> RequestRecord<'a> {
-        let keep_line = self.side_logs(&switches.client) || self.side_logs(&switches.server);
-        RequestRecord::new(head, request_id, switches, keep_line)
+        let keep_line = self.side_logs(&rules.client) || self.side_logs(&rules.server);
+        RequestRecord::new(head, request_id, rules, keep_line)
     }
 
-    /// Whether exchanges on `side` are logged.
-    fn side_logs(&self, side: &switches::SideSwitches) -> bool {
-        side.access_log.unwrap_or(self.log_by_default)
+    /// Whether exchanges on `side` are logged (its filter aside).
+    fn side_logs(&self, side: &SideRules) -> bool {
+        side.on.access_log.unwrap_or(self.log_by_default)
     }
 
-    /// Whether `r` is logged, on the side of the exchange it was.
-    fn logs(&self, r: &RequestRecord<'_>) -> bool {
-        self.side_logs(r.switches.side(r.cluster))
+    /// What the expressions of `r`'s side say of it, answered with
+    /// `response` (none when the client left): its tag overrides' values,
+    /// and whether it is logged.
+    fn judge(&self, r: &RequestRecord<'_>, response: Option<(&Answer, u64, Option<u64>)>) -> (Vec<String>, bool) {
+        let side = r.rules.side(r.cluster);
+        let logs = r.request_line.is_some() && self.side_logs(side);
+        let filter = side.log_filter.as_ref().filter(|_| logs);
+        if side.tags.is_empty() && filter.is_none() {
+            return (Vec::new(), logs);
+        }
+        let fields: Vec<_> = match response {
+            Some((answer, ..)) if side.reads("response") => answer.fields().collect(),
+            _ => Vec::new(),
+        };
+        let details = r.flag.details(r.upstream_service_time.is_some());
+        let (head, body) = response.map_or((0, Some(0)), |(_, head, body)| (head, body));
+        let response = ResponseAttributes {
+            code: r.status,
+            code_details: details,
+            grpc_status: r.grpc_status.as_deref().and_then(|g| g.parse().ok()),
+            headers: &fields,
+            size: body,
+            total_size: body.map(|b| head + b),
+        };
+        let no_headers = http::HeaderMap::new();
+        let attributes = attributes(r, response, &no_headers);
+        let values = side.tags.evaluate(&attributes);
+        (values, logs && filter.is_none_or(|f| f.matches(&attributes)))
     }
 
     /// A request body on its way: its size from its length, or counted as
@@ -255,13 +287,15 @@ impl Metrics {
         use hyper::body::Body as _;
         let took = r.started.elapsed();
         let head_bytes = (record::fields_bytes(answer.fields()) + "HTTP/1.1 200 OK\r\n\r\n".len()) as u64;
-        let series = self.series(r);
+        let body_bytes = answer.body().size_hint().exact();
+        let (tags, logs) = self.judge(r, Some((&answer, head_bytes, body_bytes)));
+        let series = self.series(r, &tags);
         if let Some(requests) = &series.requests {
             requests.inc();
         }
         observe(&series.request_size, r.request_bytes() as f64);
-        let entry = r.request_line.as_ref().filter(|_| self.logs(r)).map(|line| self.entry(r, line, took));
-        match answer.body().size_hint().exact() {
+        let entry = r.request_line.as_ref().filter(|_| logs).map(|line| self.entry(r, line, took));
+        match body_bytes {
             Some(body) => {
                 observe(&series.duration, took.as_secs_f64() * 1000.0);
                 observe(&series.response_size, (head_bytes + body) as f64);
@@ -288,14 +322,15 @@ impl Metrics {
     /// An exchange that ended without an answer (the client left).
     pub fn record_abandoned(&self, r: &RequestRecord<'_>) {
         let took = r.started.elapsed();
-        let series = self.series(r);
+        let (tags, logs) = self.judge(r, None);
+        let series = self.series(r, &tags);
         if let Some(requests) = &series.requests {
             requests.inc();
         }
         observe(&series.request_size, r.request_bytes() as f64);
         observe(&series.duration, took.as_secs_f64() * 1000.0);
         observe(&series.response_size, 0.0);
-        if let Some(line) = r.request_line.as_ref().filter(|_| self.logs(r)) {
+        if let Some(line) = r.request_line.as_ref().filter(|_| logs) {
             self.access_log.write(&self.entry(r, line, took));
         }
     }
@@ -328,8 +363,9 @@ impl Metrics {
         }
     }
 
-    /// The series of `r`'s outcome, resolved once per (cluster, outcome).
-    fn series(&self, r: &RequestRecord<'_>) -> Series {
+    /// The series of `r`'s outcome (with its tag overrides' values),
+    /// resolved once per (cluster, outcome).
+    fn series(&self, r: &RequestRecord<'_>, tags: &[String]) -> Series {
         let outcome = Outcome {
             status: r.status,
             flag: r.flag,
@@ -339,10 +375,11 @@ impl Metrics {
             source: r.peer_metadata.as_ref().map_or(0, |m| series_key(&m.as_bytes())),
             destination: r.upstream_workload.map_or(0, |(_, key)| key),
             upstream_mtls: r.upstream_peer.is_some(),
-            switches: *r.switches.side(r.cluster),
+            switches: r.rules.side(r.cluster).on,
+            tags: if tags.is_empty() { 0 } else { series_key(&tags) },
         };
         let cached = self.resolved.load().get(r.cluster).and_then(|cluster| cluster.load().get(&outcome).cloned());
-        cached.unwrap_or_else(|| self.resolve(r, outcome))
+        cached.unwrap_or_else(|| self.resolve(r, outcome, tags))
     }
 
     /// Who is at each end of an exchange with `cluster`, seen from this
@@ -372,26 +409,25 @@ impl Metrics {
 
     /// The first request of a (cluster, outcome): make its series and
     /// remember the handles.
-    fn resolve(&self, r: &RequestRecord<'_>, outcome: Outcome) -> Series {
+    fn resolve(&self, r: &RequestRecord<'_>, outcome: Outcome, tags: &[String]) -> Series {
         let ends = self.ends(
             (r.cluster, r.service),
             (r.peer, r.peer_metadata.as_ref()),
             (r.upstream_workload.map(|(w, _)| w), r.upstream_peer),
         );
-        let labels = RequestLabels {
-            ends,
-            request_protocol: if r.grpc { "grpc" } else { "http" },
-            response_code: r.status.to_string(),
-            grpc_response_status: r.grpc_status.clone().unwrap_or_default(),
-            response_flags: r.flag.code(),
-        };
+        let protocol = if r.grpc { "grpc" } else { "http" };
+        let grpc_status = r.grpc_status.as_deref().unwrap_or_default();
+        let labels = Labels::request(ends, protocol, r.status, grpc_status, r.flag.code());
+        let overrides = &r.rules.side(r.cluster).tags;
+        let labels_of = |metric| overrides.apply(metric, &labels, tags);
         let on = outcome.switches;
-        let histogram = |on: bool, family: &HistogramFamily| on.then(|| family.get_or_create_owned(&labels));
+        let histogram =
+            |on: bool, family: &HistogramFamily, metric| on.then(|| family.get_or_create_owned(&labels_of(metric)));
         let series = Series {
-            requests: on.requests.then(|| self.requests.get_or_create_owned(&labels)),
-            duration: histogram(on.duration, &self.durations),
-            request_size: histogram(on.request_size, &self.request_sizes),
-            response_size: histogram(on.response_size, &self.response_sizes),
+            requests: on.requests.then(|| self.requests.get_or_create_owned(&labels_of(Metric::Requests))),
+            duration: histogram(on.duration, &self.durations, Metric::Duration),
+            request_size: histogram(on.request_size, &self.request_sizes, Metric::RequestSize),
+            response_size: histogram(on.response_size, &self.response_sizes, Metric::ResponseSize),
         };
         let existing = self.resolved.load().get(r.cluster).cloned();
         let cluster = existing.unwrap_or_else(|| {
@@ -419,11 +455,21 @@ impl Metrics {
         (cluster, service): (&str, &str),
         peer: Option<&PeerIdentity>,
         upstream: Option<&WorkloadMeta>,
-        (flag, switches): (Flag, &Switches),
+        (flag, rules): (Flag, &TelemetryRules),
     ) -> tcp::TcpConnection {
         let ends = self.ends((cluster, service), (peer, None), (upstream, None));
-        let labels = TcpLabels { ends, request_protocol: "tcp", response_flags: flag.code() };
-        self.tcp.open(&labels, switches.side(cluster))
+        let side = rules.side(cluster);
+        let values = if side.tags.is_empty() {
+            Vec::new()
+        } else {
+            let connection = ConnectionAttributes {
+                mtls: peer.is_some(),
+                requested_server_name: None,
+                peer_principal: peer.map(|p| p.uri.as_str()),
+            };
+            side.tags.evaluate(&Attributes { connection, cluster_name: cluster, ..Attributes::default() })
+        };
+        self.tcp.open(|metric| side.tags.apply(metric, &Labels::tcp(ends.clone(), flag.code()), &values), &side.on)
     }
 
     /// Hand the buffered access log lines to its writer.
@@ -442,6 +488,37 @@ impl Metrics {
     }
 }
 
+/// What `r` knows, as Envoy's attributes name it.
+fn attributes<'r>(
+    r: &'r RequestRecord<'_>,
+    response: ResponseAttributes<'r>,
+    no_headers: &'r http::HeaderMap,
+) -> Attributes<'r> {
+    let request = r.request_line.as_ref().map(|line| RequestAttributes {
+        method: line.method.as_str(),
+        uri: &line.uri,
+        version: line.version,
+        headers: line.headers.as_ref().unwrap_or(no_headers),
+        id: r.request_id.to_str().unwrap_or_default(),
+        size: r.request_bytes() - r.request_head_bytes,
+        total_size: r.request_bytes(),
+    });
+    Attributes {
+        request,
+        response: Some(response),
+        source: r.downstream.map(|(remote, _)| remote),
+        destination: r.downstream.and_then(|(_, local)| local),
+        upstream: r.upstream_host,
+        connection: ConnectionAttributes {
+            mtls: r.peer.is_some(),
+            requested_server_name: None,
+            peer_principal: r.peer.map(|p| p.uri.as_str()),
+        },
+        cluster_name: r.cluster,
+        route_name: r.route,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,7 +530,7 @@ mod tests {
 
     fn record<'a>(m: &Metrics, cluster: &'a str, status: u16) -> RequestRecord<'a> {
         let (head, _) = http::Request::get("http://web/x").body(()).unwrap().into_parts();
-        static ALL_ON: Switches = Switches::ALL_ON;
+        static ALL_ON: TelemetryRules = TelemetryRules::ALL_ON;
         let mut r = m.start(&head, HeaderValue::from_static("id"), &ALL_ON);
         r.cluster = cluster;
         r.status = status;

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use http::HeaderValue;
 use mesh_core::workload::WorkloadMeta;
 
-use super::Switches;
+use super::TelemetryRules;
 use crate::mtls::peer::PeerIdentity;
 use crate::response_flags::Flag;
 
@@ -50,17 +50,18 @@ pub struct RequestRecord<'a> {
     pub upstream_service_time: Option<std::time::Duration>,
     /// A body without a length: what of it has passed so far.
     pub(super) request_body_count: Option<Arc<AtomicU64>>,
-    /// Only kept when the access log is on.
+    /// Only kept when the access log is on or an expression reads the
+    /// request.
     pub(super) request_line: Option<RequestLine>,
-    /// What the Telemetry API turned on and off for the config in force.
-    pub(super) switches: &'a Switches,
+    /// What the Telemetry API asks for, for the config in force.
+    pub(super) rules: &'a TelemetryRules,
 }
 
 impl<'a> RequestRecord<'a> {
     pub(super) fn new(
         head: &http::request::Parts,
         request_id: HeaderValue,
-        switches: &'a Switches,
+        rules: &'a TelemetryRules,
         keep_line: bool,
     ) -> Self {
         let head_bytes = request_head_bytes(head);
@@ -87,8 +88,8 @@ impl<'a> RequestRecord<'a> {
             downstream: None,
             upstream_service_time: None,
             request_body_count: None,
-            request_line: keep_line.then(|| RequestLine::of(head)),
-            switches,
+            request_line: (keep_line || rules.reads_request).then(|| RequestLine::of(head, rules.reads_request)),
+            rules,
         }
     }
 }
@@ -110,10 +111,12 @@ pub(super) struct RequestLine {
     pub user_agent: Option<HeaderValue>,
     pub forwarded_for: Option<HeaderValue>,
     pub started_at: SystemTime,
+    /// All of them, when an expression reads the request.
+    pub headers: Option<http::HeaderMap>,
 }
 
 impl RequestLine {
-    fn of(head: &http::request::Parts) -> RequestLine {
+    fn of(head: &http::request::Parts, keep_headers: bool) -> RequestLine {
         let field = |name| head.headers.get(name).cloned();
         RequestLine {
             method: head.method.clone(),
@@ -123,6 +126,7 @@ impl RequestLine {
             user_agent: field(http::header::USER_AGENT),
             forwarded_for: field(http::header::HeaderName::from_static("x-forwarded-for")),
             started_at: SystemTime::now(),
+            headers: keep_headers.then(|| head.headers.clone()),
         }
     }
 

@@ -13,15 +13,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::labels::TcpLabels;
-use super::switches::SideSwitches;
+use super::labels::Labels;
+use super::rules::SideSwitches;
+use super::tags::Metric;
 
 #[derive(Default)]
 pub struct TcpMetrics {
-    opened: Family<TcpLabels, Counter>,
-    closed: Family<TcpLabels, Counter>,
-    sent: Family<TcpLabels, Counter>,
-    received: Family<TcpLabels, Counter>,
+    opened: Family<Labels, Counter>,
+    closed: Family<Labels, Counter>,
+    sent: Family<Labels, Counter>,
+    received: Family<Labels, Counter>,
 }
 
 impl TcpMetrics {
@@ -38,16 +39,19 @@ impl TcpMetrics {
     }
 
     /// Count a connection as opened; the handle counts its bytes and its
-    /// close (each only where `side` has it on).
-    pub fn open(&self, labels: &TcpLabels, side: &SideSwitches) -> TcpConnection {
-        if side.tcp_opened {
-            self.opened.get_or_create(labels).inc();
+    /// close (each only where `side` has it on), each metric's series
+    /// labelled `labels(metric)`.
+    pub fn open(&self, labels: impl Fn(Metric) -> Labels, side: &SideSwitches) -> TcpConnection {
+        let counter = |on: bool, family: &Family<Labels, Counter>, metric| {
+            on.then(|| family.get_or_create_owned(&labels(metric)))
+        };
+        if let Some(opened) = counter(side.tcp_opened, &self.opened, Metric::TcpOpened) {
+            opened.inc();
         }
-        let counter = |on: bool, family: &Family<TcpLabels, Counter>| on.then(|| family.get_or_create_owned(labels));
         TcpConnection {
-            sent: counter(side.tcp_sent, &self.sent),
-            received: counter(side.tcp_received, &self.received),
-            closed: counter(side.tcp_closed, &self.closed),
+            sent: counter(side.tcp_sent, &self.sent, Metric::TcpSent),
+            received: counter(side.tcp_received, &self.received, Metric::TcpReceived),
+            closed: counter(side.tcp_closed, &self.closed, Metric::TcpClosed),
         }
     }
 }

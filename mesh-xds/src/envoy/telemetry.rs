@@ -4,7 +4,11 @@
 //! JSON) on each HTTP connection manager of the side it is for, and a
 //! cluster for each collector.
 
-use envoy_types::pb::envoy::config::accesslog::v3::{access_log::ConfigType as LogConfig, AccessLog};
+use envoy_types::pb::envoy::config::accesslog::v3::access_log_filter::FilterSpecifier;
+use envoy_types::pb::envoy::config::accesslog::v3::extension_filter::ConfigType as ExtensionConfig;
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    access_log::ConfigType as LogConfig, AccessLog, AccessLogFilter, ExtensionFilter,
+};
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType},
     Cluster as EnvoyCluster,
@@ -21,6 +25,7 @@ use envoy_types::pb::envoy::config::trace::v3::{
     zipkin_config::CollectorEndpointVersion, OpenTelemetryConfig, ZipkinConfig,
 };
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{file_access_log::AccessLogFormat, FileAccessLog};
+use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions},
@@ -192,9 +197,19 @@ pub(super) fn access_logs(side: &SideTelemetry, t: &TelemetryConfig) -> Vec<Acce
     };
     vec![AccessLog {
         name: "envoy.access_loggers.file".into(),
+        filter: side.access_log_filter.as_deref().map(cel_filter),
         config_type: Some(LogConfig::TypedConfig(any(&file))),
-        ..Default::default()
     }]
+}
+
+/// A Telemetry `accessLogging[].filter`, as Istio hands it to Envoy.
+fn cel_filter(expression: &str) -> AccessLogFilter {
+    let cel = ExpressionFilter { expression: expression.into(), cel_config: None };
+    let extension = ExtensionFilter {
+        name: "envoy.access_loggers.extension_filters.cel".into(),
+        config_type: Some(ExtensionConfig::TypedConfig(any(&cel))),
+    };
+    AccessLogFilter { filter_specifier: Some(FilterSpecifier::ExtensionFilter(extension)) }
 }
 
 /// A cluster for each collector the config traces to that is not one of
