@@ -53,6 +53,15 @@ fn a_workload_telemetry_overrides_the_root_namespace_one_live() {
     assert!(!has_series(&g, "istio_requests_total{"), "REQUEST_COUNT is off for the gateway");
     assert!(!has_series(&g, "istio_request_duration_milliseconds_count{"), "REQUEST_DURATION is off mesh-wide");
     assert!(has_series(&g, "istio_request_bytes_count{"), "REQUEST_SIZE stays on");
+    // Beside them, Envoy's cluster stats under Envoy's own names.
+    let text = g.admin_get("/stats/prometheus").map(|r| r.body).unwrap_or_default();
+    assert!(text.contains("# TYPE envoy_cluster_upstream_rq_pending_overflow untyped"), "{text}");
+    assert!(
+        text.contains(
+            "envoy_cluster_membership_healthy{cluster_name=\"outbound|9080||web.default.svc.cluster.local\"} 1"
+        ),
+        "{text}"
+    );
 
     // Without it, the root namespace's Telemetry rules: no log line, and
     // the request count is back.

@@ -337,6 +337,11 @@ fn dashboards_queries_and_one_trace_across_a_gateway_and_two_sidecars() {
     for live in query(&at, "envoy_server_live") {
         assert_eq!(live.1, 1.0, "{live:?}");
     }
+    // Envoy's cluster stats under Envoy's names: the gateway's cluster for
+    // productpage has its one endpoint, healthy.
+    let members = query(&at, "envoy_cluster_membership_healthy{cluster_name=~\"outbound.*productpage.*\"}");
+    assert!(!members.is_empty() && members.iter().all(|(_, n)| *n == 1.0), "{members:?}");
+    assert!(!query(&at, "envoy_cluster_upstream_rq_pending_overflow").is_empty());
 
     let chain = format!("import urllib.request\nr = urllib.request.Request('http://{node_ip}:{GATEWAY_PORT}/chain', headers={{'Host': 'bookinfo.example', 'x-request-id': 'chain-1'}})\nprint(urllib.request.urlopen(r, timeout=5).status)");
     assert_eq!(python(&node, &chain).as_deref(), Ok("200"));

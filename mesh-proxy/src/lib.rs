@@ -335,6 +335,8 @@ impl ProxyBuilder {
         metrics.set_identity(self.identity.clone());
         metrics.register_status(&status);
         metrics.register_server(drain_rx.clone());
+        let downstream_stats = Arc::new(metrics::DownstreamStats::default());
+        metrics.register_envoy_stats(Arc::clone(&live), Arc::clone(&downstream_stats));
         let jwks = Arc::new(jwt::remote::JwksCache::new(self.jwks_refresh));
         metrics.register_jwks(&jwks);
         let metrics = Arc::new(metrics);
@@ -343,7 +345,7 @@ impl ProxyBuilder {
             upstreams: upstream::Upstreams::new(self.identity.clone()),
             filters: FilterChain::new(self.filters),
             metrics: Arc::clone(&metrics),
-            stats: Arc::default(),
+            stats: downstream_stats,
             path_normalization: self.path_normalization,
             identity: self.identity.clone(),
             jwks,

@@ -17,8 +17,10 @@
 //! | `server` | the `envoy_server_*` gauges |
 //! | `exposition` | OpenMetrics or Prometheus text, by `Accept` |
 //! | `downstream` | downstream failures counted before any request |
+//! | `envoy_stats` | Envoy's cluster and listener stats, read from the config in force at scrape |
 
 mod downstream;
+mod envoy_stats;
 mod exposition;
 mod histogram;
 mod labels;
@@ -204,6 +206,12 @@ impl Metrics {
     /// Serve the `envoy_server_*` gauges; they read `draining` at scrape.
     pub fn register_server(&mut self, draining: tokio::sync::watch::Receiver<bool>) {
         self.registry.register_collector(Box::new(server::ServerStats::new(draining)));
+    }
+
+    /// Serve Envoy's cluster and listener stats, read from `live` and
+    /// `downstream` at scrape.
+    pub fn register_envoy_stats(&mut self, live: crate::live::SharedConfig, downstream: Arc<DownstreamStats>) {
+        self.registry.register_collector(Box::new(envoy_stats::EnvoyStats { live, downstream }));
     }
 
     /// The registry the others' metrics are served from.
