@@ -168,3 +168,42 @@ fn tag_overrides_and_a_log_filter_apply_as_expressions_over_the_request() {
         "{requests:#?}"
     );
 }
+
+/// A TCP connection is logged as it closes, as Envoy's TCP proxy logs it:
+/// no method, path or code; bytes each way, the upstream and the cluster.
+#[test]
+fn tcp_connections_are_logged_as_they_close() {
+    let (_b, p) = backend("v1", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        common::routes("web", "  - route:\n    - destination: {host: web}\n"),
+    )
+    .unwrap();
+    let tcp_port = free_port();
+    let tcp = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: tcp-gw, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: tcp-routes, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [tcp-gw]\n  tcp:\n  - route:\n    - destination: {{host: web}}\n"
+    );
+    std::fs::write(dir.path().join("tcp.yaml"), tcp).unwrap();
+    let mut g = Gateway::start_with(dir.path(), port, &["--access-log"], std::process::Stdio::piped());
+    let log = g.stdout_lines();
+    let up = || std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_ok();
+    assert!(common::wait_until(Duration::from_secs(10), up), "the TCP listener is up");
+    let r = common::get(tcp_port, "/over-tcp", &[("x-request-id", "inside-tcp")]);
+    assert_eq!(r.status, 200);
+
+    // Bytes received (the request) and sent (the response), both counted;
+    // the probes that only connected have none.
+    let logged = lines_with(&log, "\"- - -\"");
+    let bytes = |line: &str| -> Vec<u64> {
+        line.split("\"-\" ").nth(1).unwrap_or_default().split(' ').take(2).filter_map(|n| n.parse().ok()).collect()
+    };
+    let line =
+        logged.iter().find(|l| bytes(l).first().is_some_and(|b| *b > 0)).unwrap_or_else(|| panic!("{logged:#?}"));
+    assert!(line.contains("\"- - -\" 0 - - - \"-\" "), "Envoy's TCP line: {line}");
+    assert!(line.contains(&format!("\"127.0.0.1:{p}\" outbound|9080||web.default.svc.cluster.local ")), "{line}");
+    let numbers = bytes(line);
+    assert!(numbers[1] > numbers[0] / 2, "{line}");
+}

@@ -67,6 +67,40 @@ pub struct Entry<'a> {
 }
 
 impl Entry<'_> {
+    /// A TCP connection's line, its bytes and duration to be filled as it
+    /// closes: no method, path, protocol or response code, as Envoy's TCP
+    /// proxy logs.
+    pub fn tcp(
+        cluster: String,
+        response_flags: &'static str,
+        upstream_host: Option<SocketAddr>,
+        (remote, local): (SocketAddr, Option<SocketAddr>),
+    ) -> Entry<'static> {
+        Entry {
+            start_time: SystemTime::now(),
+            method: Cow::Borrowed(""),
+            path: Cow::Borrowed(""),
+            protocol: None,
+            response_code: 0,
+            response_flags,
+            response_code_details: "",
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: Duration::ZERO,
+            upstream_service_time: None,
+            x_forwarded_for: None,
+            user_agent: None,
+            request_id: Cow::Borrowed(""),
+            authority: Cow::Borrowed(""),
+            upstream_host,
+            upstream_cluster: Cow::Owned(cluster),
+            downstream_local_address: local,
+            downstream_remote_address: Some(remote),
+            requested_server_name: None,
+            route_name: Cow::Borrowed(""),
+        }
+    }
+
     /// The same line, owning its strings.
     pub fn into_owned(self) -> Entry<'static> {
         let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
@@ -288,7 +322,8 @@ fn push_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
 fn push_json_fields<const N: usize>(out: &mut Vec<u8>, fields: [(&[u8], Option<&str>); N]) {
     for (key, value) in fields {
         out.extend_from_slice(key);
-        match value {
+        // Empty is absent, as in the text format's `-`.
+        match value.filter(|v| !v.is_empty()) {
             Some(v) => push_json_str(out, v),
             None => out.extend_from_slice(b"null"),
         }

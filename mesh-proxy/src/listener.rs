@@ -25,6 +25,7 @@ use crate::forward::{Forwarder, Ingress};
 use crate::inbound_mtls::{self, Accepted, InboundMtls};
 use crate::limits::DownstreamLimits;
 use crate::metrics::tcp::Metered;
+use crate::metrics::TcpExchange;
 use crate::mtls::peer::PeerIdentity;
 use crate::mtls::WorkloadIdentity;
 use crate::response_flags::Flag;
@@ -234,15 +235,17 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
         plain.local = stream.local_addr().ok();
         plain.outbound = config.direction == TrafficDirection::Outbound;
         plain.inbound = config.direction == TrafficDirection::Inbound;
+        let addresses = (peer, plain.local);
         let (ingress, mtls) = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
             Target::Http(ingress, mtls) => (ingress, mtls),
             Target::Tcp(clusters, mtls) => {
                 let (forwarder, identity) = (Arc::clone(&forwarder), identity.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
+                    let tcp = TcpRoute { clusters, addresses, forwarder };
                     match inbound_mtls::accept(stream, mtls, identity.as_ref(), settings.header_timeout).await {
-                        Some(Accepted::Plain(stream)) => proxy_tcp(stream, None, clusters, forwarder).await,
-                        Some(Accepted::Mtls(stream, peer)) => proxy_tcp(*stream, Some(peer), clusters, forwarder).await,
+                        Some(Accepted::Plain(stream)) => proxy_tcp(stream, None, tcp).await,
+                        Some(Accepted::Mtls(stream, peer)) => proxy_tcp(*stream, Some(peer), tcp).await,
                         None => {}
                     }
                 });
@@ -533,7 +536,16 @@ async fn passthrough(downstream: TcpStream, to: SocketAddr, inbound: bool, forwa
     let cluster = if inbound { "InboundPassthroughClusterIpv4" } else { "PassthroughCluster" };
     let connected = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(to)).await;
     let flag = if matches!(connected, Ok(Ok(_))) { Flag::None } else { Flag::ConnectFailure };
-    let meter = forwarder.metrics.tcp_open((cluster, ""), None, None, (flag, &forwarder.live.load().telemetry));
+    let Ok(remote) = downstream.peer_addr() else { return };
+    let exchange = TcpExchange {
+        cluster,
+        service: "",
+        peer: None,
+        upstream: Some((to, None)),
+        downstream: (remote, downstream.local_addr().ok()),
+        flag,
+    };
+    let meter = forwarder.metrics.tcp_open(&exchange, &forwarder.live.load().telemetry);
     let mut downstream = Metered::new(downstream, meter);
     if let Ok(Ok(mut upstream)) = connected {
         let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
@@ -577,21 +589,34 @@ pub async fn serve_http_proxy(
     }
 }
 
+/// A `tcp` route's clusters, for a connection from and to `addresses`.
+struct TcpRoute {
+    clusters: Vec<mesh_core::proxy_config::WeightedCluster>,
+    addresses: (SocketAddr, Option<SocketAddr>),
+    forwarder: Arc<Forwarder>,
+}
+
 /// A `tcp` route: the weighted cluster's endpoint, bytes copied both ways,
 /// counted in Istio's TCP metrics (`peer`: the client's mTLS identity).
 async fn proxy_tcp<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     downstream: IO,
     peer: Option<Arc<PeerIdentity>>,
-    clusters: Vec<mesh_core::proxy_config::WeightedCluster>,
-    forwarder: Arc<Forwarder>,
+    TcpRoute { clusters, addresses, forwarder }: TcpRoute,
 ) {
     let live = forwarder.live.load_full();
     let Some(chosen) = mesh_core::routing::pick_weighted(&clusters, fastrand::u64(..)) else { return };
     let Some(cluster) = live.clusters.get(&chosen.cluster) else { return };
     let meter = |flag: Flag, host: Option<usize>| {
-        let upstream = host.and_then(|h| cluster.workloads[h].as_ref()).map(|(w, _)| &**w);
-        let cluster_name = (cluster.config.name.as_str(), cluster.config.service.as_str());
-        forwarder.metrics.tcp_open(cluster_name, peer.as_deref(), upstream, (flag, &live.telemetry))
+        let upstream = host.map(|h| (cluster.addresses[h], cluster.workloads[h].as_ref().map(|(w, _)| &**w)));
+        let exchange = TcpExchange {
+            cluster: &cluster.config.name,
+            service: &cluster.config.service,
+            peer: peer.as_deref(),
+            upstream,
+            downstream: addresses,
+            flag,
+        };
+        forwarder.metrics.tcp_open(&exchange, &live.telemetry)
     };
     let Some(host) = cluster.pick(None, &[]) else {
         drop(meter(Flag::NoHealthyUpstream, None));

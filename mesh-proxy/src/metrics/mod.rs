@@ -89,6 +89,21 @@ struct Outcome {
     tags: u64,
 }
 
+/// A proxied TCP connection, as its metrics and log line name it.
+pub struct TcpExchange<'a> {
+    pub cluster: &'a str,
+    /// The service the cluster is for (none for Istio's passthrough
+    /// clusters, which have no config).
+    pub service: &'a str,
+    /// The client's mTLS identity (inbound).
+    pub peer: Option<&'a PeerIdentity>,
+    /// The endpoint picked, and who runs it (from the registry).
+    pub upstream: Option<(std::net::SocketAddr, Option<&'a WorkloadMeta>)>,
+    /// Where the connection came from, and the address it came to.
+    pub downstream: (std::net::SocketAddr, Option<std::net::SocketAddr>),
+    pub flag: Flag,
+}
+
 /// One series of each request metric the Telemetry API left on (a metric
 /// turned off has no series at all, not one stuck at zero).
 #[derive(Clone)]
@@ -455,29 +470,33 @@ impl Metrics {
         series
     }
 
-    /// Count a proxied TCP connection to `cluster` for `service` (or to
-    /// Istio's passthrough clusters, which have no config): from `peer` (over
-    /// mTLS) when inbound, to `upstream`'s workload when outbound.
-    pub fn tcp_open(
-        &self,
-        (cluster, service): (&str, &str),
-        peer: Option<&PeerIdentity>,
-        upstream: Option<&WorkloadMeta>,
-        (flag, rules): (Flag, &TelemetryRules),
-    ) -> tcp::TcpConnection {
-        let ends = self.ends((cluster, service), (peer, None), (upstream, None));
-        let side = rules.side(cluster);
-        let values = if side.tags.is_empty() {
-            Vec::new()
-        } else {
-            let connection = ConnectionAttributes {
-                mtls: peer.is_some(),
+    /// Count a proxied TCP connection, and log it as it closes where the
+    /// access log is on for its side (and its filter passes).
+    pub fn tcp_open(&self, x: &TcpExchange<'_>, rules: &TelemetryRules) -> tcp::TcpConnection {
+        let (upstream_host, upstream) = x.upstream.map_or((None, None), |(addr, w)| (Some(addr), w));
+        let ends = self.ends((x.cluster, x.service), (x.peer, None), (upstream, None));
+        let side = rules.side(x.cluster);
+        let attributes = Attributes {
+            source: Some(x.downstream.0),
+            destination: x.downstream.1,
+            upstream: upstream_host,
+            connection: ConnectionAttributes {
+                mtls: x.peer.is_some(),
                 requested_server_name: None,
-                peer_principal: peer.map(|p| p.uri.as_str()),
-            };
-            side.tags.evaluate(&Attributes { connection, cluster_name: cluster, ..Attributes::default() })
+                peer_principal: x.peer.map(|p| p.uri.as_str()),
+            },
+            cluster_name: x.cluster,
+            ..Attributes::default()
         };
-        self.tcp.open(|metric| side.tags.apply(metric, &Labels::tcp(ends.clone(), flag.code()), &values), &side.on)
+        let values = if side.tags.is_empty() { Vec::new() } else { side.tags.evaluate(&attributes) };
+        let logs = self.side_logs(side) && side.log_filter.as_ref().is_none_or(|f| f.matches(&attributes));
+        let log = logs.then(|| tcp::TcpLog {
+            to: Arc::clone(&self.access_log),
+            entry: Entry::tcp(x.cluster.to_string(), x.flag.code(), upstream_host, x.downstream),
+            started: std::time::Instant::now(),
+        });
+        let labels = Labels::tcp(ends, x.flag.code());
+        self.tcp.open(|metric| side.tags.apply(metric, &labels, &values), &side.on, log)
     }
 
     /// Hand the buffered access log lines to its writer.

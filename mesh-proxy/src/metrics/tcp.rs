@@ -2,10 +2,14 @@
 //! counted as they pass (not at the close, so a long connection shows its
 //! traffic while it lasts). `sent` is what went to the downstream peer,
 //! `received` what came from it, as Envoy's downstream byte meter counts.
+//! Where the access log is on, a connection's line is written as it
+//! closes, as Envoy's TCP proxy logs.
 
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
@@ -16,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::labels::Labels;
 use super::rules::SideSwitches;
 use super::tags::Metric;
+use crate::access_log::{AccessLog, Entry};
 
 #[derive(Default)]
 pub struct TcpMetrics {
@@ -40,8 +45,8 @@ impl TcpMetrics {
 
     /// Count a connection as opened; the handle counts its bytes and its
     /// close (each only where `side` has it on), each metric's series
-    /// labelled `labels(metric)`.
-    pub fn open(&self, labels: impl Fn(Metric) -> Labels, side: &SideSwitches) -> TcpConnection {
+    /// labelled `labels(metric)`, and writes `log` as it closes.
+    pub fn open(&self, labels: impl Fn(Metric) -> Labels, side: &SideSwitches, log: Option<TcpLog>) -> TcpConnection {
         let counter = |on: bool, family: &Family<Labels, Counter>, metric| {
             on.then(|| family.get_or_create_owned(&labels(metric)))
         };
@@ -52,8 +57,16 @@ impl TcpMetrics {
             sent: counter(side.tcp_sent, &self.sent, Metric::TcpSent),
             received: counter(side.tcp_received, &self.received, Metric::TcpReceived),
             closed: counter(side.tcp_closed, &self.closed, Metric::TcpClosed),
+            log,
         }
     }
+}
+
+/// A connection's access log line, completed as it closes.
+pub struct TcpLog {
+    pub to: Arc<AccessLog>,
+    pub entry: Entry<'static>,
+    pub started: Instant,
 }
 
 /// One connection's counters; dropping it counts the close.
@@ -61,19 +74,38 @@ pub struct TcpConnection {
     sent: Option<Counter>,
     received: Option<Counter>,
     closed: Option<Counter>,
+    log: Option<TcpLog>,
 }
 
 impl TcpConnection {
-    fn add(counter: &Option<Counter>, n: usize) {
-        if let Some(c) = counter {
+    fn sent(&mut self, n: usize) {
+        if let Some(c) = &self.sent {
             c.inc_by(n as u64);
+        }
+        if let Some(log) = &mut self.log {
+            log.entry.bytes_sent += n as u64;
+        }
+    }
+
+    fn received(&mut self, n: usize) {
+        if let Some(c) = &self.received {
+            c.inc_by(n as u64);
+        }
+        if let Some(log) = &mut self.log {
+            log.entry.bytes_received += n as u64;
         }
     }
 }
 
 impl Drop for TcpConnection {
     fn drop(&mut self) {
-        TcpConnection::add(&self.closed, 1);
+        if let Some(c) = &self.closed {
+            c.inc();
+        }
+        if let Some(mut log) = self.log.take() {
+            log.entry.duration = log.started.elapsed();
+            log.to.write(&log.entry);
+        }
     }
 }
 
@@ -97,7 +129,7 @@ impl<IO: AsyncRead> AsyncRead for Metered<IO> {
         let this = self.project();
         let before = buf.filled().len();
         let result = this.io.poll_read(cx, buf);
-        TcpConnection::add(&this.meter.received, buf.filled().len() - before);
+        this.meter.received(buf.filled().len() - before);
         result
     }
 }
@@ -107,7 +139,7 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         let this = self.project();
         let result = this.io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &result {
-            TcpConnection::add(&this.meter.sent, *n);
+            this.meter.sent(*n);
         }
         result
     }
@@ -120,7 +152,7 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         let this = self.project();
         let result = this.io.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &result {
-            TcpConnection::add(&this.meter.sent, *n);
+            this.meter.sent(*n);
         }
         result
     }
