@@ -105,14 +105,16 @@ http.server.ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), App).serve_foreve
 "#;
 
 /// A Zipkin receiver: each POSTed list of spans, a line of the file.
-const ZIPKIN: &str = r#"
-import http.server, sys
+/// A span receiver: each POST as a line, `<path> <base64 body>` (Zipkin's
+/// JSON and OTLP/HTTP's protobuf alike).
+const RECEIVER: &str = r#"
+import base64, http.server, sys
 class Receiver(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get('content-length', 0)))
         with open(sys.argv[2], 'ab') as f:
-            f.write(body + b'\n')
+            f.write(self.path.encode() + b' ' + base64.b64encode(body) + b'\n')
         self.send_response(202)
         self.send_header('content-length', '0')
         self.end_headers()
@@ -128,18 +130,26 @@ fn python_server(ns: &str, code: &str, args: &[&str]) -> Proc {
     Proc(command.expect("python3"))
 }
 
-/// MeshConfig naming the Zipkin receiver, and a Telemetry resource that
-/// traces every request to it.
-fn tracing_config(dir: &Path, zipkin: &str) -> std::path::PathBuf {
-    let (host, port) = zipkin.split_once(':').expect("host:port");
+/// MeshConfig naming the receiver as Zipkin and as OTLP over HTTP, and a
+/// Telemetry resource that traces every request to `provider`.
+fn tracing_config(dir: &Path, receiver: &str, provider: &str) -> std::path::PathBuf {
+    let (host, port) = receiver.split_once(':').expect("host:port");
     let mesh_config = dir.join("mesh-config.yaml");
     write_readable(
         &mesh_config,
-        &format!("extensionProviders:\n- name: zipkin\n  zipkin: {{service: {host}, port: {port}}}\n"),
+        &format!("extensionProviders:\n- name: zipkin\n  zipkin: {{service: {host}, port: {port}}}\n- name: otel\n  opentelemetry: {{service: {host}, port: {port}, http: {{path: /v1/traces}}}}\n"),
     );
-    let telemetry = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec:\n  tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 100}]\n";
-    write_readable(&dir.join("config/telemetry.yaml"), telemetry);
+    let telemetry = format!("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: mesh-default, namespace: istio-system}}\nspec:\n  tracing: [{{providers: [{{name: {provider}}}], randomSamplingPercentage: 100}}]\n");
+    write_readable(&dir.join("config/telemetry.yaml"), &telemetry);
     mesh_config
+}
+
+/// The bodies the receiver got at `path`.
+fn received(spans_file: &Path, path: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(spans_file).unwrap_or_default();
+    let bodies = text.lines().filter_map(|l| l.strip_prefix(path)?.strip_prefix(' '));
+    bodies.filter_map(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()).collect()
 }
 
 /// `demo-backend` in `pod` on `port`.
@@ -267,8 +277,8 @@ fn dashboards_queries_and_one_trace_across_a_gateway_and_two_sidecars() {
     let certs = certificates(dir.path());
     let node_ip = world.node_ip();
     let (zipkin, spans_file) = (format!("{node_ip}:19411"), dir.path().join("spans.jsonl"));
-    let mesh_config = tracing_config(dir.path(), &zipkin);
-    let _zipkin = python_server(&world.node, ZIPKIN, &["19411", spans_file.to_str().unwrap(), &node_ip]);
+    let mesh_config = tracing_config(dir.path(), &zipkin, "zipkin");
+    let _zipkin = python_server(&world.node, RECEIVER, &["19411", spans_file.to_str().unwrap(), &node_ip]);
     let reviews_url = format!("http://{}:9080/", reviews.ip);
     let _apps = [
         python_server(&productpage.ns, PRODUCTPAGE, &["9080", &reviews_url]),
@@ -346,6 +356,75 @@ fn dashboards_queries_and_one_trace_across_a_gateway_and_two_sidecars() {
     let chain = format!("import urllib.request\nr = urllib.request.Request('http://{node_ip}:{GATEWAY_PORT}/chain', headers={{'Host': 'bookinfo.example', 'x-request-id': 'chain-1'}})\nprint(urllib.request.urlopen(r, timeout=5).status)");
     assert_eq!(python(&node, &chain).as_deref(), Ok("200"));
     check_one_trace(&spans_file);
+
+    // The same chain to an OpenTelemetry collector (OTLP over HTTP), the
+    // Telemetry resource switched live; a chain counts once all four of its
+    // spans went there.
+    tracing_config(dir.path(), &zipkin, "otel");
+    let mut otlp = Vec::new();
+    let switched = wait_until(Duration::from_secs(20), || {
+        let id = format!("chain-otel-{}", otlp.len());
+        let chain = format!("import urllib.request\nr = urllib.request.Request('http://{node_ip}:{GATEWAY_PORT}/chain', headers={{'Host': 'bookinfo.example', 'x-request-id': '{id}'}})\nprint(urllib.request.urlopen(r, timeout=5).status)");
+        let _ = python(&node, &chain);
+        std::thread::sleep(Duration::from_millis(1500));
+        otlp = otlp_spans(&spans_file);
+        (0..20).any(|n| otlp.iter().filter(|s| s.1 == format!("chain-otel-{n}")).count() == 4)
+    });
+    assert!(switched, "no chain of four spans over OTLP: {otlp:?}");
+    check_otlp_chain(&otlp);
+}
+
+/// The spans received over OTLP/HTTP: (service, request id, span).
+type OtlpSpan = (String, String, opentelemetry_proto::tonic::trace::v1::Span);
+
+fn otlp_spans(spans_file: &Path) -> Vec<OtlpSpan> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v
+        .as_ref()
+        .and_then(|v| v.value.as_ref())
+    {
+        Some(Value::StringValue(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let mut spans = Vec::new();
+    for body in received(spans_file, "/v1/traces") {
+        let request = <ExportTraceServiceRequest as prost::Message>::decode(body.as_slice()).expect("OTLP protobuf");
+        for resource in request.resource_spans {
+            let attributes = resource.resource.map(|r| r.attributes).unwrap_or_default();
+            let service =
+                attributes.iter().find(|a| a.key == "service.name").map(|a| text(&a.value)).unwrap_or_default();
+            for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
+                let id = span.attributes.iter().find(|a| a.key == "guid:x-request-id").map(|a| text(&a.value));
+                spans.push((service.clone(), id.unwrap_or_default(), span));
+            }
+        }
+    }
+    spans
+}
+
+/// The first chain whose four spans all came over OTLP: one trace, each
+/// span the child of the one before.
+fn check_otlp_chain(spans: &[OtlpSpan]) {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let id = (0..20).map(|n| format!("chain-otel-{n}")).find(|id| spans.iter().filter(|s| &s.1 == id).count() == 4);
+    let chain: Vec<&OtlpSpan> = spans.iter().filter(|s| Some(&s.1) == id.as_ref()).collect();
+    let find = |service: &str, kind: SpanKind| {
+        chain
+            .iter()
+            .find(|s| s.0 == service && s.2.kind == kind as i32)
+            .map(|s| &s.2)
+            .unwrap_or_else(|| panic!("no {kind:?} span of {service}: {chain:?}"))
+    };
+    let gateway = find("istio-ingressgateway.istio-system", SpanKind::Client);
+    let pp_in = find("productpage.default", SpanKind::Server);
+    let pp_out = find("productpage.default", SpanKind::Client);
+    let reviews_in = find("reviews.default", SpanKind::Server);
+    assert!(chain.iter().all(|s| s.2.trace_id == gateway.trace_id), "one trace: {chain:?}");
+    assert!(gateway.parent_span_id.is_empty());
+    for (child, parent) in [(pp_in, gateway), (pp_out, pp_in), (reviews_in, pp_out)] {
+        assert_eq!(child.parent_span_id, parent.span_id, "{child:?} under {parent:?}");
+    }
 }
 
 /// The chain's four spans: one trace, each span the child of the one
@@ -353,8 +432,8 @@ fn dashboards_queries_and_one_trace_across_a_gateway_and_two_sidecars() {
 /// spans, reviews' server span.
 fn check_one_trace(spans_file: &Path) {
     let chain = || -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(spans_file).unwrap_or_default();
-        let all = text.lines().filter_map(|l| serde_json::from_str::<Vec<serde_json::Value>>(l).ok()).flatten();
+        let bodies = received(spans_file, "/api/v2/spans");
+        let all = bodies.iter().filter_map(|b| serde_json::from_slice::<Vec<serde_json::Value>>(b).ok()).flatten();
         all.filter(|s| s["tags"]["guid:x-request-id"] == "chain-1").collect()
     };
     let received = || std::fs::read_to_string(spans_file).unwrap_or_default();
