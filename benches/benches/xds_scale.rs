@@ -78,20 +78,15 @@ fn main() {
 // ------------------------------------------------------------------ server
 
 fn server() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    // The control-plane binary's runtime and allocator hooks.
+    let rt = examples::control_plane_runtime().expect("runtime");
     rt.block_on(async {
         let (config, services) = benches::mesh(1000, 10);
         let store = Arc::new(MemoryConfigStore::new());
         store.replace_all(config);
         let registry = Arc::new(MemoryRegistry::new("bench"));
         registry.replace_all(services.clone());
-        // As the control-plane binary: mimalloc gives back what each
-        // whole-mesh translation freed.
-        let hook: mesh_xds::generator::AfterTranslation = Arc::new(|| {
-            // SAFETY: `mi_collect` takes no pointers and may be called from
-            // any thread at any time (mimalloc's documented contract).
-            unsafe { libmimalloc_sys::mi_collect(true) }
-        });
+        let hook: mesh_xds::generator::AfterTranslation = examples::give_back_memory();
         let cache = Arc::new(mesh_xds::cache::SnapshotCache::new());
         let options = mesh_xds::generator::GeneratorOptions { after_translation: Some(hook), ..Default::default() };
         let generator = mesh_xds::generator::Generator::with_options(cache, options);

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Tracing benchmark: the load benchmark's gateway route with tracing off,
 at Istio's default 1% and at 100% (spans to a Zipkin sink, a child process
-that reads and drops them), in one run. One machine: read the figures as
-ratios against tracing off.
+that reads and drops them), and at 100% to a collector that is down (its
+port closed), in one run. One machine: read the figures as ratios against
+tracing off.
 
   python3 benches/load/tracebench.py [--duration 10] [--connections 50]
       [--rounds 3] [--gateway NAME=PATH]
 
 Goals (issue 31): at most 3% of the throughput lost at 1%, at most 15% at
-100%. The spans each run sent, dropped (queue full) and failed come from
+100%; a collector that is down costs the request path no more than one
+that is up. The spans each run sent, dropped (queue full) and failed come from
 the gateway's `mesh_tracing_spans_total`.
 
 Needs what loadbench.py needs.
@@ -76,20 +78,23 @@ def main():
     sink_port, backend_port = lb.free_port(), lb.free_port()
     sink = lb.start([sys.executable, "-c", SINK, str(sink_port)])
     backend = lb.start(["taskset", "-c", "0", backend_bin, "--host", "127.0.0.1", "--port", str(backend_port), "--version", "v1"], env=lb.ONE_WORKER)
-    mesh_config = os.path.join(work, "mesh-config.yaml")
-    open(mesh_config, "w").write(f"extensionProviders:\n- name: zipkin\n  zipkin: {{service: 127.0.0.1, port: {sink_port}}}\n")
+    mesh_configs = {}
+    for name, zipkin_port in (("up", sink_port), ("down", lb.free_port())):
+        mesh_configs[name] = os.path.join(work, f"mesh-config-{name}.yaml")
+        open(mesh_configs[name], "w").write(f"extensionProviders:\n- name: zipkin\n  zipkin: {{service: 127.0.0.1, port: {zipkin_port}}}\n")
     counted = {}
     try:
         lb.wait_port(backend_port)
         lb.wait_port(sink_port)
         jobs = []
-        for label, percent in (("tracing off", None), ("tracing 1%", 1), ("tracing 100%", 100)):
+        cases = (("tracing off", None, "up"), ("tracing 1%", 1, "up"), ("tracing 100%", 100, "up"), ("100%, down", 100, "down"))
+        for label, percent, collector in cases:
             d = tempfile.mkdtemp(dir=work)
             port, metrics_port = lb.free_port(), lb.free_port()
             lb.mesh_config(d, port, backend_port, lb.SMALL)
             if percent is not None:
                 open(os.path.join(d, "mesh.yaml"), "a").write(telemetry(percent))
-            cmd = lb.gateway_cmd(args.gateway, d, metrics_port) + ["--mesh-config", mesh_config]
+            cmd = lb.gateway_cmd(args.gateway, d, metrics_port) + ["--mesh-config", mesh_configs[collector]]
             launch = lb.launcher(cmd, port, env=dict(lb.ONE_WORKER, RUST_LOG="error"))
 
             def counting(launch=launch, label=label, metrics_port=metrics_port):
