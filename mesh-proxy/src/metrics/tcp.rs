@@ -46,7 +46,12 @@ impl TcpMetrics {
     /// Count a connection as opened; the handle counts its bytes and its
     /// close (each only where `side` has it on), each metric's series
     /// labelled `labels(metric)`, and writes `log` as it closes.
-    pub fn open(&self, labels: impl Fn(Metric) -> Labels, side: &SideSwitches, log: Option<TcpLog>) -> TcpConnection {
+    pub fn open<'l>(
+        &self,
+        labels: impl Fn(Metric) -> std::borrow::Cow<'l, Labels>,
+        side: &SideSwitches,
+        log: Option<TcpLog>,
+    ) -> TcpConnection {
         let counter = |on: bool, family: &Family<Labels, Counter>, metric| {
             on.then(|| family.get_or_create_owned(&labels(metric)))
         };

@@ -128,14 +128,22 @@ pub fn inject(
             buf.extend_from_slice(&crate::ascii::HEX_PAIRS[usize::from(*b)]);
         }
     };
-    buf.extend_from_slice(b"00-");
-    hex(&mut buf, &trace.to_be_bytes());
-    buf.push(b'-');
-    hex(&mut buf, &span.to_be_bytes());
-    buf.extend_from_slice(if sampled { b"-01" } else { b"-00" });
-    hex(&mut buf, &trace.to_be_bytes());
-    hex(&mut buf, &span.to_be_bytes());
-    hex(&mut buf, &parent.unwrap_or(0).to_be_bytes());
+    // Only what is written: `traceparent`, then B3's trace, span and parent.
+    if formats.w3c {
+        buf.extend_from_slice(b"00-");
+        hex(&mut buf, &trace.to_be_bytes());
+        buf.push(b'-');
+        hex(&mut buf, &span.to_be_bytes());
+        buf.extend_from_slice(if sampled { b"-01" } else { b"-00" });
+    }
+    let b3_at = buf.len();
+    if formats.b3 {
+        hex(&mut buf, &trace.to_be_bytes());
+        hex(&mut buf, &span.to_be_bytes());
+        if let Some(parent) = parent {
+            hex(&mut buf, &parent.to_be_bytes());
+        }
+    }
     let all = bytes::Bytes::from(buf);
     // Hex digits and dashes: always a valid header value.
     let value = |from: usize, to: usize| HeaderValue::from_maybe_shared(all.slice(from..to)).ok();
@@ -148,10 +156,10 @@ pub fn inject(
         put(&TRACEPARENT, value(0, 55));
     }
     if formats.b3 {
-        put(&B3_TRACE_ID, value(55, 87));
-        put(&B3_SPAN_ID, value(87, 103));
+        put(&B3_TRACE_ID, value(b3_at, b3_at + 32));
+        put(&B3_SPAN_ID, value(b3_at + 32, b3_at + 48));
         if parent.is_some() {
-            put(&B3_PARENT_SPAN_ID, value(103, 119));
+            put(&B3_PARENT_SPAN_ID, value(b3_at + 48, b3_at + 64));
         }
         put(&B3_SAMPLED, Some(HeaderValue::from_static(if sampled { "1" } else { "0" })));
     }
