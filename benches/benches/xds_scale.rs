@@ -78,8 +78,7 @@ fn main() {
 // ------------------------------------------------------------------ server
 
 fn server() {
-    // The control-plane binary's runtime and allocator hooks.
-    let rt = examples::control_plane_runtime().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let (config, services) = benches::mesh(1000, 10);
         let store = Arc::new(MemoryConfigStore::new());

@@ -155,32 +155,6 @@ pub fn give_back_memory() -> std::sync::Arc<dyn Fn() + Send + Sync> {
     })
 }
 
-/// The control plane's runtime: tokio's multi-threaded one, whose workers
-/// give mimalloc back the pages they freed when they run out of work (at
-/// most every 100 ms each). A burst (1,000 clients connecting, a push to
-/// all of them) frees tens of megabytes of connection and frame buffers on
-/// the workers; an idle worker's heap would otherwise keep them.
-pub fn control_plane_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().on_thread_park(collect_when_idle).build()
-}
-
-fn collect_when_idle() {
-    use std::cell::Cell;
-    use std::time::{Duration, Instant};
-    thread_local! {
-        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
-    }
-    let now = Instant::now();
-    if LAST.get().is_some_and(|last| now.duration_since(last) < Duration::from_millis(100)) {
-        return;
-    }
-    LAST.set(Some(now));
-    // SAFETY: `mi_collect` takes no pointers and may be called from any
-    // thread at any time (mimalloc's documented contract); not forced,
-    // pages freed less than mimalloc's purge delay ago stay.
-    unsafe { libmimalloc_sys::mi_collect(false) }
-}
-
 /// Where the proxy's config comes from: the sources (files, Kubernetes;
 /// followed for as long as the returned value lives, and synced before
 /// this returns), or an xDS server the proxy subscribes to as a node with

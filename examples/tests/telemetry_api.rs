@@ -28,20 +28,33 @@ fn has_series(g: &Gateway, name: &str) -> bool {
     body.lines().any(|l| l.starts_with(name) && l.contains("destination_service_name=\"web\""))
 }
 
-#[test]
-fn a_workload_telemetry_overrides_the_root_namespace_one_live() {
-    let (_b, p) = backend("v1", 0);
+/// A backend behind the gateway's config for service `web`, routed by
+/// `http` (a VirtualService's `http:` list), and `files` beside it.
+struct Web {
+    _backend: common::Proc,
+    backend_port: u16,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn web(http: &str, files: &[(&str, &str)]) -> Web {
+    let (backend, backend_port) = backend("v1", 0);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
-    std::fs::write(
-        dir.path().join("routes.yaml"),
-        common::routes("web", "  - route:\n    - destination: {host: web}\n"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("telemetry-root.yaml"), ROOT).unwrap();
-    std::fs::write(dir.path().join("telemetry-gateway.yaml"), GATEWAY).unwrap();
-    let mut g = Gateway::start_with(dir.path(), port, &["--access-log"], std::process::Stdio::piped());
+    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", backend_port)] }], "");
+    std::fs::write(dir.path().join("routes.yaml"), common::routes("web", http)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    Web { _backend: backend, backend_port, dir, port }
+}
+
+const ROUTE_ALL: &str = "  - route:\n    - destination: {host: web}\n";
+
+#[test]
+fn a_workload_telemetry_overrides_the_root_namespace_one_live() {
+    let Web { dir, port, .. } = &web(ROUTE_ALL, &[("telemetry-root.yaml", ROOT), ("telemetry-gateway.yaml", GATEWAY)]);
+    let mut g = Gateway::start_with(dir.path(), *port, &["--access-log"], std::process::Stdio::piped());
     let log = g.stdout_lines();
 
     // The gateway's own Telemetry logs (the root's says not to) and drops
@@ -112,15 +125,10 @@ fn series(g: &Gateway, prefix: &str) -> Vec<String> {
 
 #[test]
 fn tag_overrides_and_a_log_filter_apply_as_expressions_over_the_request() {
-    let (_b, p) = backend("v1", 0);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
     let http = "  - match: [{uri: {prefix: /api}}]\n    route:\n    - destination: {host: web}\n";
-    std::fs::write(dir.path().join("routes.yaml"), common::routes("web", http)).unwrap();
-    std::fs::write(dir.path().join("telemetry-root.yaml"), TAGS_ROOT).unwrap();
-    std::fs::write(dir.path().join("telemetry-gateway.yaml"), TAGS_GATEWAY).unwrap();
-    let mut g = Gateway::start_with(dir.path(), port, &[], std::process::Stdio::piped());
+    let Web { dir, port, .. } =
+        &web(http, &[("telemetry-root.yaml", TAGS_ROOT), ("telemetry-gateway.yaml", TAGS_GATEWAY)]);
+    let mut g = Gateway::start_with(dir.path(), *port, &[], std::process::Stdio::piped());
     let log = g.stdout_lines();
 
     // The filter: a 200 is logged only when asked with x-debug, a 404 always.
@@ -173,21 +181,12 @@ fn tag_overrides_and_a_log_filter_apply_as_expressions_over_the_request() {
 /// no method, path or code; bytes each way, the upstream and the cluster.
 #[test]
 fn tcp_connections_are_logged_as_they_close() {
-    let (_b, p) = backend("v1", 0);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_mesh(dir.path(), port, &[Service { name: "web", backends: &[("v1", p)] }], "");
-    std::fs::write(
-        dir.path().join("routes.yaml"),
-        common::routes("web", "  - route:\n    - destination: {host: web}\n"),
-    )
-    .unwrap();
     let tcp_port = free_port();
     let tcp = format!(
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: tcp-gw, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: tcp-routes, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [tcp-gw]\n  tcp:\n  - route:\n    - destination: {{host: web}}\n"
     );
-    std::fs::write(dir.path().join("tcp.yaml"), tcp).unwrap();
-    let mut g = Gateway::start_with(dir.path(), port, &["--access-log"], std::process::Stdio::piped());
+    let Web { dir, port, backend_port: p, .. } = &web(ROUTE_ALL, &[("tcp.yaml", &tcp)]);
+    let mut g = Gateway::start_with(dir.path(), *port, &["--access-log"], std::process::Stdio::piped());
     let log = g.stdout_lines();
     let up = || std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_ok();
     assert!(common::wait_until(Duration::from_secs(10), up), "the TCP listener is up");

@@ -81,13 +81,10 @@ struct Args {
     ca: examples::ca::CaArgs,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let args = Args::parse();
-    examples::control_plane_runtime()?.block_on(run(args))
-}
-
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let sources = Arc::new(args.sources.start().await?);
     // A whole-mesh translation frees tens of megabytes on the translation
     // thread; mimalloc keeps them in that thread's heap unless told
