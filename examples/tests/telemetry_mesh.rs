@@ -362,17 +362,22 @@ fn dashboards_queries_and_one_trace_across_a_gateway_and_two_sidecars() {
     // spans went there.
     tracing_config(dir.path(), &zipkin, "otel");
     let mut otlp = Vec::new();
-    let switched = wait_until(Duration::from_secs(20), || {
-        let id = format!("chain-otel-{}", otlp.len());
+    let switched = (0..CHAINS).any(|n| {
+        let id = format!("chain-otel-{n}");
         let chain = format!("import urllib.request\nr = urllib.request.Request('http://{node_ip}:{GATEWAY_PORT}/chain', headers={{'Host': 'bookinfo.example', 'x-request-id': '{id}'}})\nprint(urllib.request.urlopen(r, timeout=5).status)");
         let _ = python(&node, &chain);
-        std::thread::sleep(Duration::from_millis(1500));
-        otlp = otlp_spans(&spans_file);
-        (0..20).any(|n| otlp.iter().filter(|s| s.1 == format!("chain-otel-{n}")).count() == 4)
+        wait_until(Duration::from_secs(3), || {
+            otlp = otlp_spans(&spans_file);
+            otlp.iter().filter(|s| s.1 == id).count() == 4
+        })
     });
     assert!(switched, "no chain of four spans over OTLP: {otlp:?}");
     check_otlp_chain(&otlp);
 }
+
+/// Chains sent, each given 3 s, until one has all its spans over OTLP
+/// (proxies pick the Telemetry change up one by one).
+const CHAINS: usize = 8;
 
 /// The spans received over OTLP/HTTP: (service, request id, span).
 type OtlpSpan = (String, String, opentelemetry_proto::tonic::trace::v1::Span);
@@ -407,7 +412,7 @@ fn otlp_spans(spans_file: &Path) -> Vec<OtlpSpan> {
 /// span the child of the one before.
 fn check_otlp_chain(spans: &[OtlpSpan]) {
     use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-    let id = (0..20).map(|n| format!("chain-otel-{n}")).find(|id| spans.iter().filter(|s| &s.1 == id).count() == 4);
+    let id = (0..CHAINS).map(|n| format!("chain-otel-{n}")).find(|id| spans.iter().filter(|s| &s.1 == id).count() == 4);
     let chain: Vec<&OtlpSpan> = spans.iter().filter(|s| Some(&s.1) == id.as_ref()).collect();
     let find = |service: &str, kind: SpanKind| {
         chain
