@@ -78,6 +78,8 @@ fn main() {
 // ------------------------------------------------------------------ server
 
 fn server() {
+    // As the control-plane binary.
+    examples::return_freed_pages_sooner();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let (config, services) = benches::mesh(1000, 10);

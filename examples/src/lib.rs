@@ -155,6 +155,22 @@ pub fn give_back_memory() -> std::sync::Arc<dyn Fn() + Send + Sync> {
     })
 }
 
+/// mimalloc's `purge_delay` option: 15 in both v2's and v3's
+/// `mi_option_e` (libmimalloc-sys names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Have mimalloc return freed pages to the OS 100 ms after they are freed
+/// rather than after v3's default second. The control plane frees tens of
+/// megabytes at once after each burst (1,000 clients connecting, a push to
+/// all of them); held for a second, they are what put its RSS over its
+/// live heap (`benches/xds_scale.rs` with secrets: 154.9 MB after the
+/// storm, 140.1 MB with this, and no more CPU).
+pub fn return_freed_pages_sooner() {
+    // SAFETY: `mi_option_set` takes no pointers and may be called from any
+    // thread at any time (mimalloc's documented contract).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 100) }
+}
+
 /// Where the proxy's config comes from: the sources (files, Kubernetes;
 /// followed for as long as the returned value lives, and synced before
 /// this returns), or an xDS server the proxy subscribes to as a node with
@@ -255,4 +271,20 @@ pub fn parse_labels(pairs: &[String]) -> Result<Labels, String> {
                 .ok_or_else(|| format!("--labels: `{kv}` is not key=value"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Option 15 is the purge delay: v3's default second (unless the
+    /// environment sets it), then what we set.
+    #[test]
+    fn the_purge_delay_is_option_15() {
+        // SAFETY: as in `return_freed_pages_sooner`.
+        let get = || unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(get(), 1000);
+        }
+        super::return_freed_pages_sooner();
+        assert_eq!(get(), 100);
+    }
 }

@@ -84,6 +84,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
+    examples::return_freed_pages_sooner();
     let args = Args::parse();
     let sources = Arc::new(args.sources.start().await?);
     // A whole-mesh translation frees tens of megabytes on the translation
