@@ -289,7 +289,9 @@ fn header_text(value: &http::HeaderValue) -> Cow<'_, str> {
     String::from_utf8_lossy(value.as_bytes())
 }
 
-fn protocol(version: http::Version) -> &'static str {
+/// A request's protocol as Envoy names it (`%PROTOCOL%`,
+/// `request.protocol`, the `http.protocol` span tag).
+pub fn protocol(version: http::Version) -> &'static str {
     match version {
         http::Version::HTTP_10 => "HTTP/1.0",
         http::Version::HTTP_2 => "HTTP/2",

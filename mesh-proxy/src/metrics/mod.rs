@@ -271,7 +271,7 @@ impl Metrics {
             return (Vec::new(), logs);
         }
         let fields: Vec<_> = match response {
-            Some((answer, ..)) if side.reads("response") => answer.fields().collect(),
+            Some((answer, ..)) if side.reads_response => answer.fields().collect(),
             _ => Vec::new(),
         };
         let details = r.flag.details(r.upstream_service_time.is_some());
@@ -480,11 +480,7 @@ impl Metrics {
             source: Some(x.downstream.0),
             destination: x.downstream.1,
             upstream: upstream_host,
-            connection: ConnectionAttributes {
-                mtls: x.peer.is_some(),
-                requested_server_name: None,
-                peer_principal: x.peer.map(|p| p.uri.as_str()),
-            },
+            connection: connection(x.peer),
             cluster_name: x.cluster,
             ..Attributes::default()
         };
@@ -515,6 +511,15 @@ impl Metrics {
     }
 }
 
+/// The downstream connection: over mTLS when its peer proved an identity.
+fn connection(peer: Option<&PeerIdentity>) -> ConnectionAttributes<'_> {
+    ConnectionAttributes {
+        mtls: peer.is_some(),
+        requested_server_name: None,
+        peer_principal: peer.map(|p| p.uri.as_str()),
+    }
+}
+
 /// What `r` knows, as Envoy's attributes name it.
 fn attributes<'r>(
     r: &'r RequestRecord<'_>,
@@ -536,11 +541,7 @@ fn attributes<'r>(
         source: r.downstream.map(|(remote, _)| remote),
         destination: r.downstream.and_then(|(_, local)| local),
         upstream: r.upstream_host,
-        connection: ConnectionAttributes {
-            mtls: r.peer.is_some(),
-            requested_server_name: None,
-            peer_principal: r.peer.map(|p| p.uri.as_str()),
-        },
+        connection: connection(r.peer),
         cluster_name: r.cluster,
         route_name: r.route,
     }

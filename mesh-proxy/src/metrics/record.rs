@@ -131,12 +131,7 @@ impl RequestLine {
     }
 
     pub fn protocol(&self) -> &'static str {
-        match self.version {
-            http::Version::HTTP_10 => "HTTP/1.0",
-            http::Version::HTTP_2 => "HTTP/2",
-            http::Version::HTTP_3 => "HTTP/3",
-            _ => "HTTP/1.1",
-        }
+        mesh_core::expression::protocol(self.version)
     }
 
     pub fn path(&self) -> &str {

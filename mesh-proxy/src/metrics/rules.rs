@@ -66,10 +66,14 @@ pub struct SideRules {
     pub tags: TagRules,
     /// Only exchanges it is true for are logged.
     pub log_filter: Option<Expression>,
+    /// Whether the overrides or the filter read the response's fields (a
+    /// list of them is then made per exchange).
+    pub reads_response: bool,
 }
 
 impl SideRules {
-    pub const ALL_ON: SideRules = SideRules { on: SideSwitches::ALL_ON, tags: TagRules::NONE, log_filter: None };
+    pub const ALL_ON: SideRules =
+        SideRules { on: SideSwitches::ALL_ON, tags: TagRules::NONE, log_filter: None, reads_response: false };
 
     fn of(side: &SideTelemetry, warnings: &mut Vec<String>) -> SideRules {
         let log_filter = side.access_log_filter.as_deref().and_then(|source| {
@@ -77,7 +81,10 @@ impl SideRules {
                 .map_err(|e| warnings.push(format!("access log filter not applied, every exchange logged: {e}")))
                 .ok()
         });
-        SideRules { on: SideSwitches::of(side), tags: TagRules::compile(&side.tag_overrides, warnings), log_filter }
+        let tags = TagRules::compile(&side.tag_overrides, warnings);
+        let reads = |group| tags.reads(group) || log_filter.as_ref().is_some_and(|f: &Expression| f.reads(group));
+        let reads_response = reads("response");
+        SideRules { on: SideSwitches::of(side), tags, log_filter, reads_response }
     }
 
     /// Whether its tag overrides or log filter read attributes of `group`.

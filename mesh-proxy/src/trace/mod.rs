@@ -145,11 +145,7 @@ fn request_tags(head: &http::request::Parts) -> Vec<Tag> {
     let field = |name: http::header::HeaderName| head.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
     let authority = head.uri.authority().map(|a| a.as_str()).unwrap_or_else(|| field(http::header::HOST));
     let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let protocol = match head.version {
-        http::Version::HTTP_2 => "HTTP/2",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        _ => "HTTP/1.1",
-    };
+    let protocol = mesh_core::expression::protocol(head.version);
     vec![
         ("http.url".into(), format!("http://{authority}{path}").into()),
         ("http.method".into(), head.method.as_str().to_string().into()),
