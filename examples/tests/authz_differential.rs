@@ -1,8 +1,10 @@
 //! AuthorizationPolicy, differential: one set of policies enforced by
 //! Envoy 1.40 (RBAC from our control plane, over the secure xDS port) and
 //! by mesh-proxy (its own evaluation), each as an ISTIO_MUTUAL gateway
-//! in front of the same backend. Two client identities send the same
-//! 252 requests to both; every allow/deny decision must agree.
+//! in front of the same backend. Three client identities send the same
+//! 486 requests to both; every allow/deny decision must agree. The same
+//! policies also judge TCP connections (Envoy's network RBAC filter) on
+//! two TCP servers of each gateway, from two source addresses.
 
 mod common;
 
@@ -20,13 +22,18 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 const ENVOY_ID: &str = "spiffe://cluster.local/ns/default/sa/ingress";
 const GATEWAY_ID: &str = "spiffe://cluster.local/ns/default/sa/gateway";
-const CLIENTS: [(&str, &str); 2] =
-    [("sleep", "spiffe://cluster.local/ns/foo/sa/sleep"), ("curl", "spiffe://cluster.local/ns/bar/sa/curl")];
+const CLIENTS: [(&str, &str); 3] = [
+    ("sleep", "spiffe://cluster.local/ns/foo/sa/sleep"),
+    ("curl", "spiffe://cluster.local/ns/bar/sa/curl"),
+    ("dflt", "spiffe://cluster.local/ns/default/sa/sleep"),
+];
 
-/// Paths, methods, hosts, ports, headers and identities, every `not`
-/// form, `when` conditions on both sides of a rule, and a CUSTOM policy
-/// with no authorizer (its rules deny); the two gateways'
-/// ports go in for `ENVOY_PORT` and `MESH_PORT`.
+/// Paths, methods, hosts, ports, headers and identities (principals,
+/// namespaces, service accounts, trust domains), every `not` form, `when`
+/// conditions on both sides of a rule, a root-namespace policy, and a
+/// CUSTOM policy with no authorizer (its rules deny). The gateways' HTTP
+/// ports go in for `ENVOY_PORT` and `MESH_PORT`; their TCP servers'
+/// ports for `TCP_OPEN` and `TCP_SHUT`.
 const POLICIES: &str = r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-admin, namespace: default}
@@ -34,10 +41,23 @@ spec:
   selector: {matchLabels: {istio: ingressgateway}}
   action: DENY
   rules:
-  - to: [{operation: {paths: ["/admin*"]}}]
+  - to: [{operation: {paths: ["/admin*"], ports: ["ENVOY_PORT", "MESH_PORT"]}}]
     from: [{source: {notNamespaces: [bar]}}]
-  - to: [{operation: {methods: [DELETE], notPaths: ["*.html"]}}]
+  - to: [{operation: {methods: [DELETE], notPaths: ["*.html"], ports: ["ENVOY_PORT", "MESH_PORT"]}}]
     when: [{key: "request.headers[x-user]", notValues: [alice]}]
+  - to: [{operation: {methods: [GET], ports: [TCP_SHUT]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: root-deny, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - from: [{source: {serviceAccounts: [sleep]}}]
+    to: [{operation: {paths: ["/public/*"]}}]
+  - from: [{source: {notTrustDomains: ["cluster.local"]}}]
+    to: [{operation: {paths: ["/td"], ports: ["ENVOY_PORT", "MESH_PORT"]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -47,7 +67,7 @@ spec:
   action: CUSTOM
   provider: {name: opa}
   rules:
-  - to: [{operation: {paths: ["/health"], methods: [POST]}}]
+  - to: [{operation: {paths: ["/health"], methods: [POST], ports: ["ENVOY_PORT", "MESH_PORT"]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -71,9 +91,45 @@ spec:
     when:
     - {key: source.principal, values: ["*/ns/foo/sa/sleep"]}
     - {key: "request.headers[x-user]", values: ["*"]}
+  - from: [{source: {principals: ["cluster.local/ns/foo/sa/sleep"], serviceAccounts: ["bar/curl"]}}]
+    to: [{operation: {paths: ["/both"]}}]
+  - from: [{source: {trustDomains: ["other.td"]}}]
+    to: [{operation: {paths: ["/"]}}]
+  - from: [{source: {trustDomains: ["cluster.*"], notServiceAccounts: [sleep]}}]
+    to: [{operation: {paths: ["/td"]}}]
+  - from: [{source: {ipBlocks: ["127.0.0.1/32"]}}]
+    to: [{operation: {ports: [TCP_OPEN, TCP_SHUT]}}]
 "#;
 
-const PATHS: [&str; 7] = ["/", "/admin", "/admin/x", "/public/a", "/api/v1/items", "/x.html", "/health"];
+/// Each gateway's two TCP servers, routed to the backend.
+fn tcp_servers(open: u16, shut: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tcp-gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {open}, name: tcp-open, protocol: TCP}}
+    hosts: ["*"]
+  - port: {{number: {shut}, name: tcp-shut, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-routes, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-gw]
+  tcp:
+  - route: [{{destination: {{host: app.default.svc.cluster.local, port: {{number: 80}}}}}}]
+---
+"#
+    )
+}
+
+const PATHS: [&str; 9] =
+    ["/", "/admin", "/admin/x", "/public/a", "/api/v1/items", "/x.html", "/health", "/both", "/td"];
 const METHODS: [&str; 3] = ["GET", "POST", "DELETE"];
 const HOSTS: [&str; 2] = ["app.example.com", "other.test"];
 const USERS: [Option<&str>; 3] = [None, Some("alice"), Some("bob")];
@@ -143,6 +199,52 @@ fn send(
     (code, body)
 }
 
+/// One TCP connection from `source` (an address of 127/8): whether the
+/// backend answered an HTTP request sent through it (a denied connection
+/// is closed with nothing said).
+fn tcp_passes(port: u16, source: [u8; 4]) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let connected = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((source, 0).into())?;
+        socket.connect(([127, 0, 0, 1], port).into()).await
+    });
+    let Ok(stream) = connected.and_then(|s| s.into_std()) else { return false };
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = stream;
+    if stream.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// A gateway's ports: its ISTIO_MUTUAL HTTPS server and two TCP servers.
+#[derive(Clone, Copy)]
+struct Ports {
+    https: u16,
+    tcp_open: u16,
+    tcp_shut: u16,
+}
+
+impl Ports {
+    fn new() -> Ports {
+        Ports { https: free_port(), tcp_open: free_port(), tcp_shut: free_port() }
+    }
+}
+
+/// The gateway's config (`mesh.yaml`) and the policies into `dir`.
+fn write_config(dir: &Path, ports: Ports, backend_port: u16, policies: &str) {
+    std::fs::create_dir(dir).unwrap();
+    let tls = "    tls: {mode: ISTIO_MUTUAL}\n";
+    let tcp = tcp_servers(ports.tcp_open, ports.tcp_shut);
+    std::fs::write(dir.join("mesh.yaml"), gateway_mesh(&server(ports.https, tls), "app", backend_port, "", &tcp))
+        .unwrap();
+    std::fs::write(dir.join("policies.yaml"), policies).unwrap();
+}
+
 #[test]
 fn envoy_rbac_and_mesh_proxy_decide_every_request_alike() {
     let work = tempfile::tempdir().unwrap();
@@ -151,29 +253,24 @@ fn envoy_rbac_and_mesh_proxy_decide_every_request_alike() {
     identities.extend(CLIENTS);
     let ca = mesh_ca(work.path(), &identities, ENVOY_ID);
     let (_backend, backend_port) = backend("v1", 0);
-    let (envoy_port, mesh_port) = (free_port(), free_port());
-    let tls = "    tls: {mode: ISTIO_MUTUAL}\n";
+    let (envoy_ports, mesh_ports) = (Ports::new(), Ports::new());
+    let both = |a: u16, b: u16| format!("\"{a}\", \"{b}\"");
+    let policies = POLICIES
+        .replace("ENVOY_PORT", &envoy_ports.https.to_string())
+        .replace("MESH_PORT", &mesh_ports.https.to_string())
+        .replace("TCP_OPEN", &both(envoy_ports.tcp_open, mesh_ports.tcp_open))
+        .replace("TCP_SHUT", &both(envoy_ports.tcp_shut, mesh_ports.tcp_shut));
 
-    let mesh_config = path("mesh");
-    std::fs::create_dir(&mesh_config).unwrap();
-    std::fs::write(mesh_config.join("mesh.yaml"), gateway_mesh(&server(mesh_port, tls), "app", backend_port, "", ""))
-        .unwrap();
-    let policies = POLICIES.replace("ENVOY_PORT", &envoy_port.to_string()).replace("MESH_PORT", &mesh_port.to_string());
-    std::fs::write(mesh_config.join("policies.yaml"), &policies).unwrap();
+    write_config(&path("mesh"), mesh_ports, backend_port, &policies);
     let gateway = path("gateway");
     let _mesh = Gateway::launch(
-        &["--config", &mesh_config.to_string_lossy(), "--namespace", "default"],
-        mesh_port,
+        &["--config", &path("mesh").to_string_lossy(), "--namespace", "default"],
+        mesh_ports.https,
         &["--cert-dir", &gateway.to_string_lossy()],
         Stdio::null(),
     );
-
-    let cp_config = path("cp");
-    std::fs::create_dir(&cp_config).unwrap();
-    std::fs::write(cp_config.join("mesh.yaml"), gateway_mesh(&server(envoy_port, tls), "app", backend_port, "", ""))
-        .unwrap();
-    std::fs::write(cp_config.join("policies.yaml"), &policies).unwrap();
-    let (_cp, secure, debug) = secure_control_plane(&cp_config, &ca, &path("tokens"));
+    write_config(&path("cp"), envoy_ports, backend_port, &policies);
+    let (_cp, secure, debug) = secure_control_plane(&path("cp"), &ca, &path("tokens"));
     let envoy_dir = path("envoy");
     std::fs::create_dir(&envoy_dir).unwrap();
     let envoy = secure_envoy(&envoy_dir, secure, &ca.join("root-cert.pem"));
@@ -182,16 +279,30 @@ fn envoy_rbac_and_mesh_proxy_decide_every_request_alike() {
         CLIENTS.iter().map(|(name, _)| (*name, client(&path(name)))).collect();
     let sleep = &clients[0].1;
     assert!(
-        wait_until(Duration::from_secs(30), || send(envoy_port, sleep, "GET", "/public/a", "app.example.com", None).0
-            == 200),
+        wait_until(Duration::from_secs(30), || send(
+            envoy_ports.https,
+            sleep,
+            "GET",
+            "/public/a",
+            "app.example.com",
+            None
+        )
+        .0 == 200),
         "Envoy never served the allowed request; its log:\n{}\nsyncz: {:?}",
         envoy.log(),
         common::debug_get(debug, "/debug/syncz").map(|r| r.body)
     );
 
+    compare_requests(&clients, envoy_ports.https, mesh_ports.https);
+    compare_connections(envoy_ports, mesh_ports);
+}
+
+/// Every request from every client through both gateways: the same
+/// decisions, and Envoy's body on each denial.
+fn compare_requests(clients: &[(&str, Arc<rustls::ClientConfig>)], envoy_port: u16, mesh_port: u16) {
     let mut disagreements = Vec::new();
     let (mut requests, mut denied) = (0, 0);
-    for (name, tls) in &clients {
+    for (name, tls) in clients {
         for p in PATHS {
             for method in METHODS {
                 for host in HOSTS {
@@ -225,4 +336,21 @@ fn envoy_rbac_and_mesh_proxy_decide_every_request_alike() {
         denied > 50 && denied < requests - 50,
         "the policies should split the requests: {denied} of {requests} denied"
     );
+}
+
+/// TCP connections to both gateways' TCP servers from two addresses: the
+/// same decisions, and the ones the policies call for (open only from
+/// 127.0.0.1; the other port shut by a DENY rule whose method a
+/// connection does not have).
+fn compare_connections(envoy: Ports, mesh: Ports) {
+    let mut table = Vec::new();
+    for (port, (e, m)) in [("open", (envoy.tcp_open, mesh.tcp_open)), ("shut", (envoy.tcp_shut, mesh.tcp_shut))] {
+        for source in [[127, 0, 0, 1], [127, 0, 0, 2]] {
+            let (envoy_passes, mesh_passes) = (tcp_passes(e, source), tcp_passes(m, source));
+            table.push((port, source[3], envoy_passes, mesh_passes));
+        }
+    }
+    let expected =
+        [("open", 1, true, true), ("open", 2, false, false), ("shut", 1, false, false), ("shut", 2, false, false)];
+    assert_eq!(table, expected, "(port, from 127.0.0.x, Envoy passes, mesh-proxy passes)");
 }

@@ -28,6 +28,7 @@
 //! | [`metrics`] | Istio's metrics, and the downstream failures counted before any request |
 //! | [`response_flags`] | Envoy's response flags: how an exchange ended |
 //! | [`status`] | listeners down and config rejected, for `/ready`, `/stats`, Prometheus |
+//! | [`tcp`] | TCP connections: authorized on inbound and gateways, then routed or passed through |
 //! | [`access_log`] | the access log in Istio's format (text or JSON), buffered |
 //! | [`trace`] | spans per request, trace headers passed on, spans sent to Zipkin or OTLP collectors |
 //! | [`tls`] | TLS termination by SNI for gateway listeners |
@@ -89,6 +90,7 @@ pub mod metrics;
 pub mod mtls;
 pub mod response_flags;
 pub mod status;
+pub mod tcp;
 pub mod tls;
 pub mod trace;
 pub mod upstream;

@@ -24,12 +24,10 @@ use crate::downstream::{self, drained, Io, Served};
 use crate::forward::{Forwarder, Ingress};
 use crate::inbound_mtls::{self, Accepted, InboundMtls};
 use crate::limits::DownstreamLimits;
-use crate::metrics::tcp::Metered;
-use crate::metrics::TcpExchange;
 use crate::mtls::peer::PeerIdentity;
 use crate::mtls::WorkloadIdentity;
-use crate::response_flags::Flag;
 use crate::status::ProxyStatus;
+use crate::tcp::{passthrough, proxy_tcp, TcpRoute};
 use crate::tls::{Credentials, TlsListener};
 
 struct Running {
@@ -238,11 +236,12 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
         let addresses = (peer, plain.local);
         let (ingress, mtls) = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
             Target::Http(ingress, mtls) => (ingress, mtls),
-            Target::Tcp(clusters, mtls) => {
+            Target::Tcp(clusters, mtls, destination) => {
                 let (forwarder, identity) = (Arc::clone(&forwarder), identity.clone());
+                let authorize = config.direction != TrafficDirection::Outbound;
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let tcp = TcpRoute { clusters, addresses, forwarder };
+                    let tcp = TcpRoute { clusters, addresses, destination, authorize, forwarder };
                     match inbound_mtls::accept(stream, mtls, identity.as_ref(), settings.header_timeout).await {
                         Some(Accepted::Plain(stream)) => proxy_tcp(stream, None, tcp).await,
                         Some(Accepted::Mtls(stream, peer)) => proxy_tcp(*stream, Some(peer), tcp).await,
@@ -464,7 +463,8 @@ impl Connections {
 /// What to do with an accepted connection, and whether it takes mTLS.
 enum Target {
     Http(Ingress, InboundMtls),
-    Tcp(Vec<mesh_core::proxy_config::WeightedCluster>, InboundMtls),
+    /// A `tcp` route, and where the client was going.
+    Tcp(Vec<mesh_core::proxy_config::WeightedCluster>, InboundMtls, SocketAddr),
     /// Nothing in the config is for it: on to where it was going.
     Passthrough(SocketAddr),
 }
@@ -477,8 +477,9 @@ fn target(
     mut ingress: Ingress,
 ) -> Target {
     if !listener.use_original_dst {
+        let here = ingress.local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], listener.port)));
         return match tcp {
-            Some(clusters) => Target::Tcp(clusters.clone(), InboundMtls::Off),
+            Some(clusters) => Target::Tcp(clusters.clone(), InboundMtls::Off, here),
             None => Target::Http(ingress, InboundMtls::Off),
         };
     }
@@ -517,7 +518,7 @@ fn target(
             ingress.route_config = Some(route_config);
             Target::Http(ingress, mtls)
         }
-        Some((ChainAction::Tcp { clusters }, _)) => Target::Tcp(clusters, mtls),
+        Some((ChainAction::Tcp { clusters }, _)) => Target::Tcp(clusters, mtls, original),
         None => Target::Passthrough(original),
     }
 }
@@ -529,27 +530,6 @@ fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
     let original = SocketAddr::new(ip.into(), u16::from_be(sockaddr.sin_port));
     // Not redirected: the "original" destination is this socket itself.
     (stream.local_addr().ok() != Some(original)).then_some(original)
-}
-
-/// Istio's passthrough clusters: no config for it, so straight on.
-async fn passthrough(downstream: TcpStream, to: SocketAddr, inbound: bool, forwarder: &Forwarder) {
-    let cluster = if inbound { "InboundPassthroughClusterIpv4" } else { "PassthroughCluster" };
-    let connected = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(to)).await;
-    let flag = if matches!(connected, Ok(Ok(_))) { Flag::None } else { Flag::ConnectFailure };
-    let Ok(remote) = downstream.peer_addr() else { return };
-    let exchange = TcpExchange {
-        cluster,
-        service: "",
-        peer: None,
-        upstream: Some((to, None)),
-        downstream: (remote, downstream.local_addr().ok()),
-        flag,
-    };
-    let meter = forwarder.metrics.tcp_open(&exchange, &forwarder.live.load().telemetry);
-    let mut downstream = Metered::new(downstream, meter);
-    if let Ok(Ok(mut upstream)) = connected {
-        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-    }
 }
 
 /// Serve an explicit HTTP proxy port (apps with `http_proxy` set): routes
@@ -586,59 +566,5 @@ pub async fn serve_http_proxy(
             connections = cut_off,
             "explicit HTTP proxy port: drain deadline passed with requests in flight"
         );
-    }
-}
-
-/// A `tcp` route's clusters, for a connection from and to `addresses`.
-struct TcpRoute {
-    clusters: Vec<mesh_core::proxy_config::WeightedCluster>,
-    addresses: (SocketAddr, Option<SocketAddr>),
-    forwarder: Arc<Forwarder>,
-}
-
-/// A `tcp` route: the weighted cluster's endpoint, bytes copied both ways,
-/// counted in Istio's TCP metrics (`peer`: the client's mTLS identity).
-async fn proxy_tcp<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    downstream: IO,
-    peer: Option<Arc<PeerIdentity>>,
-    TcpRoute { clusters, addresses, forwarder }: TcpRoute,
-) {
-    let live = forwarder.live.load_full();
-    let Some(chosen) = mesh_core::routing::pick_weighted(&clusters, fastrand::u64(..)) else { return };
-    let Some(cluster) = live.clusters.get(&chosen.cluster) else { return };
-    let meter = |flag: Flag, host: Option<usize>| {
-        let upstream = host.map(|h| (cluster.addresses[h], cluster.workloads[h].as_ref().map(|(w, _)| &**w)));
-        let exchange = TcpExchange {
-            cluster: &cluster.config.name,
-            service: &cluster.config.service,
-            peer: peer.as_deref(),
-            upstream,
-            downstream: addresses,
-            flag,
-        };
-        forwarder.metrics.tcp_open(&exchange, &live.telemetry)
-    };
-    let Some(host) = cluster.pick(None, &[]) else {
-        drop(meter(Flag::NoHealthyUpstream, None));
-        return;
-    };
-    let Some(_permit) = cluster.breaker.try_acquire(mesh_core::resilience::circuit_breaker::Resource::Connections)
-    else {
-        drop(meter(Flag::Overflow, Some(host)));
-        return;
-    };
-    let connect =
-        tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(cluster.addresses[host])).await;
-    match connect {
-        Ok(Ok(mut upstream)) => {
-            let mut downstream = Metered::new(downstream, meter(Flag::None, Some(host)));
-            let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-        }
-        _ => {
-            drop(meter(Flag::ConnectFailure, Some(host)));
-            if let Some(o) = &cluster.outlier {
-                o.record(host, mesh_core::resilience::outlier::Observation::LocalOriginFailure, cluster.now());
-            }
-        }
     }
 }
