@@ -32,6 +32,7 @@
 //! | [`access_log`] | the access log in Istio's format (text or JSON), buffered |
 //! | [`trace`] | spans per request, trace headers passed on, spans sent to Zipkin or OTLP collectors |
 //! | [`tls`] | TLS termination by SNI for gateway listeners |
+//! | [`sni`] | a gateway connection's filter chain by its ClientHello's SNI (passthrough, TLS to TCP) |
 //! | [`mtls`] | Istio mTLS: the workload identity, peer verification (SPIFFE), file-mounted certificates |
 //! | [`body`] | body types and the replay buffer |
 //! | `wire` | HTTP/1.1 message syntax both directions share: heads, framing, body decoding |
@@ -89,6 +90,7 @@ pub mod live;
 pub mod metrics;
 pub mod mtls;
 pub mod response_flags;
+pub mod sni;
 pub mod status;
 pub mod tcp;
 pub mod tls;

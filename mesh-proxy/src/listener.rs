@@ -15,17 +15,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use mesh_core::proxy_config::{ChainAction, Listener, TrafficDirection};
+use mesh_core::proxy_config::{ChainAction, FilterChain, Listener, TrafficDirection};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::body::{self, BoxError};
-use crate::downstream::{self, drained, Io, Served};
+use crate::downstream::{self, drained, Io, Rewind, Served};
 use crate::forward::{Forwarder, Ingress};
 use crate::inbound_mtls::{self, Accepted, InboundMtls};
 use crate::limits::DownstreamLimits;
 use crate::mtls::peer::PeerIdentity;
 use crate::mtls::WorkloadIdentity;
+use crate::sni;
 use crate::status::ProxyStatus;
 use crate::tcp::{passthrough, proxy_tcp, TcpRoute};
 use crate::tls::{Credentials, TlsListener};
@@ -206,6 +207,8 @@ struct Serving {
 async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Receiver<bool>) -> usize {
     let Serving { config, tls, identity, forwarder, drain, settings } = serving;
     let connections = Connections::new(settings.max_connections);
+    let by_sni = (!config.use_original_dst && sni::routes_by_sni(&config.filter_chains))
+        .then(|| Arc::new(config.filter_chains.clone()));
     let tcp = config.filter_chains.iter().find_map(|c| match &c.action {
         ChainAction::Tcp { clusters } if config.direction != TrafficDirection::Outbound || !config.use_original_dst => {
             Some(clusters.clone())
@@ -234,6 +237,13 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
         plain.outbound = config.direction == TrafficDirection::Outbound;
         plain.inbound = config.direction == TrafficDirection::Inbound;
         let addresses = (peer, plain.local);
+        if let Some(chains) = &by_sni {
+            let (open, draining) = connections.open();
+            let forwarder = Arc::clone(&forwarder);
+            let connection = Connection { forwarder, ingress: plain, settings, draining, _open: open, _slot: slot };
+            tokio::spawn(connection.serve_by_sni(stream, Arc::clone(chains), tls.clone()));
+            continue;
+        }
         let (ingress, mtls) = match target(&stream, &config, tcp.as_ref(), &forwarder, plain) {
             Target::Http(ingress, mtls) => (ingress, mtls),
             Target::Tcp(clusters, mtls, destination) => {
@@ -294,18 +304,64 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve_plain(mut self, stream: TcpStream) {
+    async fn serve_plain<IO: Io>(mut self, stream: IO) {
         let result = serve_http(stream, false, self.settings, &mut self.draining, &self.forwarder, &self.ingress).await;
         self.finish(result);
     }
 
-    async fn serve_tls(mut self, stream: TcpStream, tls: TlsListener) {
+    /// A gateway port whose chains differ by SNI and include TCP: the
+    /// ClientHello picks the chain, which passes the connection through,
+    /// terminates its TLS, or serves it plain. No chain for the name:
+    /// closed, as Envoy closes a connection no filter chain matches.
+    async fn serve_by_sni(self, mut stream: TcpStream, chains: Arc<Vec<FilterChain>>, tls: Option<TlsListener>) {
+        let stats = &self.forwarder.stats;
+        let hello = tokio::time::timeout(self.settings.header_timeout, sni::read_client_hello(&mut stream)).await;
+        let (name, read) = match hello {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(_)) => {
+                stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let Some(chain) = sni::pick(&chains, name.as_deref()) else {
+            tracing::debug!(listener = %self.ingress.listener, sni = ?name, "no filter chain for the server name");
+            stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let stream = Rewind::new(read, stream);
+        let terminates =
+            chain.tls.as_ref().is_some_and(|t| !matches!(t.mode.as_str(), "PASSTHROUGH" | "AUTO_PASSTHROUGH"));
+        match (&chain.action, terminates.then_some(tls).flatten()) {
+            (_, Some(tls)) => self.serve_tls(stream, tls).await,
+            (ChainAction::Tcp { clusters }, None) => proxy_tcp(stream, None, self.tcp_route(clusters.clone())).await,
+            (ChainAction::Http { .. }, None) => self.serve_plain(stream).await,
+        }
+    }
+
+    /// This connection's TCP route to `clusters`, authorized unless it is
+    /// a sidecar's outbound.
+    fn tcp_route(&self, clusters: Vec<mesh_core::proxy_config::WeightedCluster>) -> TcpRoute {
+        let ingress = &self.ingress;
+        TcpRoute {
+            clusters,
+            addresses: (ingress.peer, ingress.local),
+            destination: ingress.local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ingress.port))),
+            authorize: !ingress.outbound,
+            forwarder: Arc::clone(&self.forwarder),
+        }
+    }
+
+    async fn serve_tls<IO: Io>(mut self, stream: IO, tls: TlsListener) {
         let stats = &self.forwarder.stats;
         // The handshake's state and the session are boxed: an idle
         // connection's task then holds neither inline, twice over.
         let handshake = Box::pin(tls.accept(stream));
-        let (stream, route_config) = match tokio::time::timeout(self.settings.header_timeout, handshake).await {
-            Ok(Ok((stream, route_config))) => (Box::new(stream), route_config),
+        let (stream, action) = match tokio::time::timeout(self.settings.header_timeout, handshake).await {
+            Ok(Ok((stream, action))) => (Box::new(stream), action),
             Ok(Err(e)) => {
                 tracing::debug!("TLS handshake: {e}");
                 stats.connection_errors.fetch_add(1, Ordering::Relaxed);
@@ -317,7 +373,6 @@ impl Connection {
             }
         };
         let session = stream.get_ref().1;
-        self.ingress.route_config = route_config;
         self.ingress.scheme = "https";
         // ISTIO_MUTUAL: the mesh client's identity, for authorization.
         let peer = session.peer_certificates().and_then(|c| c.first());
@@ -325,6 +380,13 @@ impl Connection {
             (Some(leaf), Some(identity)) => identity.peer(leaf, false),
             (Some(leaf), None) => PeerIdentity::from_leaf(leaf, None).map(Arc::new),
             (None, _) => None,
+        };
+        self.ingress.route_config = match action {
+            ChainAction::Http { route_config, .. } => Some(route_config),
+            ChainAction::Tcp { clusters } => {
+                let peer = self.ingress.peer_identity.clone();
+                return proxy_tcp(stream, peer, self.tcp_route(clusters)).await;
+            }
         };
         let h2 = session.alpn_protocol() == Some(b"h2");
         let result = serve_http(stream, h2, self.settings, &mut self.draining, &self.forwarder, &self.ingress).await;

@@ -18,7 +18,7 @@ use mesh_core::proxy_config::{ChainAction, Listener, ServerTls, TrafficDirection
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
 use crate::mtls::WorkloadIdentity;
@@ -57,7 +57,8 @@ pub struct Credentials {
 struct Chain {
     server_names: Vec<String>,
     config: ArcSwapOption<rustls::ServerConfig>,
-    route_config: Option<String>,
+    /// HTTP with a route table, or TCP on to clusters.
+    action: ChainAction,
     /// What the config was built from, to build it again.
     tls: ServerTls,
     /// The files' modification times and sizes, or the credential
@@ -99,12 +100,17 @@ impl TlsListener {
         let found = sni.as_deref().and_then(|name| {
             self.chains.iter().find(|c| c.server_names.iter().any(|n| mesh_core::translate::host_matches(n, name)))
         });
-        found.or(self.chains.first())
+        // A chain naming no server is the default; for SNI-less clients
+        // of HTTPS servers that all name theirs, the first.
+        found.or_else(|| self.chains.iter().find(|c| c.server_names.is_empty())).or(self.chains.first())
     }
 
     /// The handshake, with the config of the chain the SNI picks; the
-    /// stream and that chain's route table.
-    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<(TlsStream<TcpStream>, Option<String>)> {
+    /// stream and what that chain does.
+    pub async fn accept<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: IO,
+    ) -> std::io::Result<(TlsStream<IO>, ChainAction)> {
         let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
         let chain = self
             .chain(start.client_hello().server_name())
@@ -116,7 +122,7 @@ impl TlsListener {
             ))
         })?;
         let stream = start.into_stream(config).await?;
-        Ok((stream, chain.route_config.clone()))
+        Ok((stream, chain.action.clone()))
     }
 
     /// `None` when the listener terminates no TLS. A chain whose
@@ -134,15 +140,11 @@ impl TlsListener {
             if listener.direction == TrafficDirection::Inbound && tls.mode == mesh_core::mtls::ISTIO_MUTUAL {
                 continue;
             }
-            let route_config = match &chain.action {
-                ChainAction::Http { route_config, .. } => Some(route_config.clone()),
-                ChainAction::Tcp { .. } => None,
-            };
             let config = chain_config(&listener.name, tls, credentials)?;
             let chain = Chain {
                 server_names: chain.server_names.clone(),
                 config: ArcSwapOption::new(config),
-                route_config,
+                action: chain.action.clone(),
                 tls: tls.clone(),
                 stamp: Mutex::default(),
             };

@@ -13,6 +13,12 @@ pub struct Rewind<IO> {
     pub(super) io: IO,
 }
 
+impl<IO> Rewind<IO> {
+    pub fn new(prefix: Bytes, io: IO) -> Rewind<IO> {
+        Rewind { prefix, io }
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
