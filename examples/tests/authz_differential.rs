@@ -1,10 +1,12 @@
 //! AuthorizationPolicy, differential: one set of policies enforced by
 //! Envoy 1.40 (RBAC from our control plane, over the secure xDS port) and
 //! by mesh-proxy (its own evaluation), each as an ISTIO_MUTUAL gateway
-//! in front of the same backend. Three client identities send the same
-//! 486 requests to both; every allow/deny decision must agree. The same
-//! policies also judge TCP connections (Envoy's network RBAC filter) on
-//! two TCP servers of each gateway, from two source addresses.
+//! in front of the same backend, and by mesh-proxy fed over xDS by the
+//! same control plane (Envoy's RBAC filters, enforced as Envoy does).
+//! Three client identities send the same 486 requests to all three; every
+//! allow/deny decision must agree. The same policies also judge TCP
+//! connections (Envoy's network RBAC filter) on two TCP servers of each
+//! gateway, from two source addresses.
 
 mod common;
 
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::secure::{gateway_mesh, mesh_ca, secure_control_plane, secure_envoy, server};
-use common::{backend, free_port, wait_until, Gateway};
+use common::{backend, control_plane, free_port, wait_until, Gateway};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -32,7 +34,7 @@ const CLIENTS: [(&str, &str); 3] = [
 /// namespaces, service accounts, trust domains), every `not` form, `when`
 /// conditions on both sides of a rule, a root-namespace policy, and a
 /// CUSTOM policy with no authorizer (its rules deny). The gateways' HTTP
-/// ports go in for `ENVOY_PORT` and `MESH_PORT`; their TCP servers'
+/// ports go in for `"ENVOY_PORT", "MESH_PORT"`; their TCP servers'
 /// ports for `TCP_OPEN` and `TCP_SHUT`.
 const POLICIES: &str = r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -253,22 +255,31 @@ fn envoy_rbac_and_mesh_proxy_decide_every_request_alike() {
     identities.extend(CLIENTS);
     let ca = mesh_ca(work.path(), &identities, ENVOY_ID);
     let (_backend, backend_port) = backend("v1", 0);
-    let (envoy_ports, mesh_ports) = (Ports::new(), Ports::new());
-    let both = |a: u16, b: u16| format!("\"{a}\", \"{b}\"");
+    let (envoy_ports, mesh_ports, xds_ports) = (Ports::new(), Ports::new(), Ports::new());
+    let all = |port: fn(&Ports) -> u16| {
+        format!("\"{}\", \"{}\", \"{}\"", port(&envoy_ports), port(&mesh_ports), port(&xds_ports))
+    };
     let policies = POLICIES
-        .replace("ENVOY_PORT", &envoy_ports.https.to_string())
-        .replace("MESH_PORT", &mesh_ports.https.to_string())
-        .replace("TCP_OPEN", &both(envoy_ports.tcp_open, mesh_ports.tcp_open))
-        .replace("TCP_SHUT", &both(envoy_ports.tcp_shut, mesh_ports.tcp_shut));
+        .replace("\"ENVOY_PORT\", \"MESH_PORT\"", &all(|p| p.https))
+        .replace("TCP_OPEN", &all(|p| p.tcp_open))
+        .replace("TCP_SHUT", &all(|p| p.tcp_shut));
 
     write_config(&path("mesh"), mesh_ports, backend_port, &policies);
     let gateway = path("gateway");
-    let _mesh = Gateway::launch(
-        &["--config", &path("mesh").to_string_lossy(), "--namespace", "default"],
-        mesh_ports.https,
-        &["--cert-dir", &gateway.to_string_lossy()],
-        Stdio::null(),
-    );
+    let certs = ["--cert-dir", &gateway.to_string_lossy()].map(String::from);
+    let certs: Vec<&str> = certs.iter().map(String::as_str).collect();
+    let source = ["--config", &path("mesh").to_string_lossy(), "--namespace", "default"].map(String::from);
+    let source: Vec<&str> = source.iter().map(String::as_str).collect();
+    let _mesh = Gateway::launch(&source, mesh_ports.https, &certs, Stdio::null());
+
+    // mesh-proxy over xDS: its own control plane (the ports differ from
+    // Envoy's), plaintext xDS, its certificate from files.
+    write_config(&path("xds"), xds_ports, backend_port, &policies);
+    let (_xds_cp, xds, _) = control_plane(&path("xds"));
+    let server = format!("http://127.0.0.1:{xds}");
+    let source = ["--xds-server", &server, "--namespace", "default"];
+    let _over_xds = Gateway::launch(&source, xds_ports.https, &certs, Stdio::null());
+
     write_config(&path("cp"), envoy_ports, backend_port, &policies);
     let (_cp, secure, debug) = secure_control_plane(&path("cp"), &ca, &path("tokens"));
     let envoy_dir = path("envoy");
@@ -293,13 +304,14 @@ fn envoy_rbac_and_mesh_proxy_decide_every_request_alike() {
         common::debug_get(debug, "/debug/syncz").map(|r| r.body)
     );
 
-    compare_requests(&clients, envoy_ports.https, mesh_ports.https);
-    compare_connections(envoy_ports, mesh_ports);
+    let gateways = [("mesh-proxy", mesh_ports), ("over xDS", xds_ports)];
+    compare_requests(&clients, envoy_ports.https, &gateways);
+    compare_connections(envoy_ports, &gateways);
 }
 
-/// Every request from every client through both gateways: the same
-/// decisions, and Envoy's body on each denial.
-fn compare_requests(clients: &[(&str, Arc<rustls::ClientConfig>)], envoy_port: u16, mesh_port: u16) {
+/// Every request from every client through Envoy and each gateway: the
+/// same decisions, and Envoy's body on each denial.
+fn compare_requests(clients: &[(&str, Arc<rustls::ClientConfig>)], envoy_port: u16, gateways: &[(&str, Ports)]) {
     let mut disagreements = Vec::new();
     let (mut requests, mut denied) = (0, 0);
     for (name, tls) in clients {
@@ -308,18 +320,23 @@ fn compare_requests(clients: &[(&str, Arc<rustls::ClientConfig>)], envoy_port: u
                 for host in HOSTS {
                     for user in USERS {
                         let (envoy_code, envoy_body) = send(envoy_port, tls, method, p, host, user);
-                        let (mesh_code, mesh_body) = send(mesh_port, tls, method, p, host, user);
                         requests += 1;
                         denied += usize::from(envoy_code == 403);
-                        let row = format!("{name:5} {method:6} {host:15} {p:14} x-user={:5} Envoy {envoy_code} mesh-proxy {mesh_code}", user.unwrap_or("-"));
-                        if (envoy_code == 403) != (mesh_code == 403) || ![200, 403].contains(&envoy_code) {
-                            disagreements.push(row);
-                        } else if envoy_code == 403 {
-                            assert_eq!(
-                                (envoy_body.as_str(), mesh_body.as_str()),
-                                ("RBAC: access denied", "RBAC: access denied"),
-                                "{row}"
+                        for (gateway, ports) in gateways {
+                            let (code, body) = send(ports.https, tls, method, p, host, user);
+                            let row = format!(
+                                "{name:5} {method:6} {host:15} {p:14} x-user={:5} Envoy {envoy_code} {gateway} {code}",
+                                user.unwrap_or("-")
                             );
+                            if (envoy_code == 403) != (code == 403) || ![200, 403].contains(&envoy_code) {
+                                disagreements.push(row);
+                            } else if envoy_code == 403 {
+                                assert_eq!(
+                                    (envoy_body.as_str(), body.as_str()),
+                                    ("RBAC: access denied", "RBAC: access denied"),
+                                    "{row}"
+                                );
+                            }
                         }
                     }
                 }
@@ -338,19 +355,19 @@ fn compare_requests(clients: &[(&str, Arc<rustls::ClientConfig>)], envoy_port: u
     );
 }
 
-/// TCP connections to both gateways' TCP servers from two addresses: the
-/// same decisions, and the ones the policies call for (open only from
-/// 127.0.0.1; the other port shut by a DENY rule whose method a
-/// connection does not have).
-fn compare_connections(envoy: Ports, mesh: Ports) {
-    let mut table = Vec::new();
-    for (port, (e, m)) in [("open", (envoy.tcp_open, mesh.tcp_open)), ("shut", (envoy.tcp_shut, mesh.tcp_shut))] {
-        for source in [[127, 0, 0, 1], [127, 0, 0, 2]] {
-            let (envoy_passes, mesh_passes) = (tcp_passes(e, source), tcp_passes(m, source));
-            table.push((port, source[3], envoy_passes, mesh_passes));
+/// TCP connections to every gateway's TCP servers from two addresses:
+/// the same decisions as Envoy's, and the ones the policies call for
+/// (open only from 127.0.0.1; the other port shut by a DENY rule whose
+/// method a connection does not have).
+fn compare_connections(envoy: Ports, gateways: &[(&str, Ports)]) {
+    let expected = [("open", 1, true), ("open", 2, false), ("shut", 1, false), ("shut", 2, false)];
+    for (who, ports) in [("Envoy", envoy)].iter().chain(gateways) {
+        let mut table = Vec::new();
+        for (name, port) in [("open", ports.tcp_open), ("shut", ports.tcp_shut)] {
+            for source in [[127, 0, 0, 1], [127, 0, 0, 2]] {
+                table.push((name, source[3], tcp_passes(port, source)));
+            }
         }
+        assert_eq!(table, expected, "{who}: (port, from 127.0.0.x, passes)");
     }
-    let expected =
-        [("open", 1, true, true), ("open", 2, false, false), ("shut", 1, false, false), ("shut", 2, false, false)];
-    assert_eq!(table, expected, "(port, from 127.0.0.x, Envoy passes, mesh-proxy passes)");
 }

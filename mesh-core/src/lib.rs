@@ -33,6 +33,7 @@
 //! | [`expression`] | Envoy's attribute expressions (CEL) over a request, as Telemetry tag overrides and access log filters use them |
 //! | [`telemetry`] | the Telemetry API merged for a proxy: tracing providers and sampling, access logging, metrics |
 //! | [`authz`] | AuthorizationPolicy evaluation |
+//! | [`rbac`] | Envoy's RBAC filter as received over xDS, judged as Envoy judges it |
 //! | [`filter`] | [`Filter`]: user code in the request path |
 //!
 //! ## A custom filter
@@ -167,6 +168,7 @@ pub mod path;
 pub mod peer_authentication;
 pub mod proxy_config;
 pub mod rate_limit;
+pub mod rbac;
 pub mod registry;
 pub mod resilience;
 pub mod routing;

@@ -92,6 +92,11 @@ pub struct FilterChain {
     pub destination_port: Option<u16>,
     pub tls: Option<ServerTls>,
     pub action: ChainAction,
+    /// Envoy's RBAC filters on this chain, in order, as received over
+    /// xDS. Config from Istio resources authorizes with
+    /// [`ProxyConfig::authorization`] instead, and leaves this empty.
+    #[serde(default)]
+    pub rbac: Vec<crate::rbac::RbacFilter>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -473,6 +473,7 @@ impl<'a> Translator<'a> {
                         headers: HeaderOps::default(),
                     }],
                 },
+                rbac: Vec::new(),
             }],
         });
         // One HTTP listener and route table per HTTP port; TCP ports get a
@@ -501,6 +502,7 @@ impl<'a> Translator<'a> {
                                 destination_port: None,
                                 tls: None,
                                 action: ChainAction::Tcp { clusters },
+                                rbac: Vec::new(),
                             }],
                         ),
                     );
@@ -531,6 +533,7 @@ impl<'a> Translator<'a> {
                     destination_port: None,
                     tls: None,
                     action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
+                    rbac: Vec::new(),
                 }],
             ));
         }
@@ -570,6 +573,7 @@ impl<'a> Translator<'a> {
                     destination_port: Some(target),
                     tls,
                     action: action.clone(),
+                    rbac: Vec::new(),
                 });
             }
         }
@@ -838,6 +842,7 @@ impl<'a> Translator<'a> {
                             destination_port: None,
                             tls: server.tls.as_ref().map(|t| server_tls(t, &tls_mode, self.mesh_config)),
                             action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
+                            rbac: Vec::new(),
                         });
                     } else {
                         plain_http = true;
@@ -862,6 +867,7 @@ impl<'a> Translator<'a> {
                                 .then(|| server.tls.as_ref().map(|t| server_tls(t, &tls_mode, self.mesh_config)))
                                 .flatten(),
                             action: ChainAction::Tcp { clusters },
+                            rbac: Vec::new(),
                         });
                     }
                 }
@@ -877,6 +883,7 @@ impl<'a> Translator<'a> {
                     destination_port: None,
                     tls: None,
                     action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
+                    rbac: Vec::new(),
                 });
             }
             cfg.listeners.push(port_listener("0.0.0.0", port, TrafficDirection::Gateway, chains));

@@ -249,9 +249,10 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
             Target::Tcp(clusters, mtls, destination) => {
                 let (forwarder, identity) = (Arc::clone(&forwarder), identity.clone());
                 let authorize = config.direction != TrafficDirection::Outbound;
+                let listener = config.name.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let tcp = TcpRoute { clusters, addresses, destination, authorize, forwarder };
+                    let tcp = TcpRoute { clusters, addresses, destination, authorize, listener, forwarder };
                     match inbound_mtls::accept(stream, mtls, identity.as_ref(), settings.header_timeout).await {
                         Some(Accepted::Plain(stream)) => proxy_tcp(stream, None, tcp).await,
                         Some(Accepted::Mtls(stream, peer)) => proxy_tcp(*stream, Some(peer), tcp).await,
@@ -261,10 +262,11 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
                 continue;
             }
             Target::Passthrough(to) => {
-                let (forwarder, inbound) = (Arc::clone(&forwarder), config.direction == TrafficDirection::Inbound);
+                let forwarder = Arc::clone(&forwarder);
+                let inbound = (config.direction == TrafficDirection::Inbound).then(|| config.name.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
-                    passthrough(stream, to, inbound, &forwarder).await
+                    passthrough(stream, to, inbound.as_deref(), &forwarder).await
                 });
                 continue;
             }
@@ -351,6 +353,7 @@ impl Connection {
             addresses: (ingress.peer, ingress.local),
             destination: ingress.local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], ingress.port))),
             authorize: !ingress.outbound,
+            listener: ingress.listener.clone(),
             forwarder: Arc::clone(&self.forwarder),
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use mesh_core::authz::Authorizer;
 use mesh_core::proxy_config::ProxyConfig;
+use mesh_core::rbac::Rbac;
 use std::time::Instant;
 
 use mesh_core::proxy_config::{ChainAction, StringMatcher, TrafficDirection};
@@ -25,6 +26,8 @@ pub struct LiveConfig {
     pub listener_routes: FxHashMap<String, String>,
     pub clusters: FxHashMap<String, Arc<ClusterState>>,
     pub authorizer: Authorizer,
+    /// The RBAC filters of chains received over xDS, by listener.
+    pub chain_rbac: FxHashMap<String, Vec<ChainRbac>>,
     /// RequestAuthentication's JWT providers.
     pub authenticator: crate::jwt::Authenticator,
     /// Regexes of rewrites and CORS origins, compiled once.
@@ -69,6 +72,7 @@ impl LiveConfig {
             listener_routes: FxHashMap::default(),
             clusters: FxHashMap::default(),
             authorizer: Authorizer::default(),
+            chain_rbac: FxHashMap::default(),
             authenticator: crate::jwt::Authenticator::default(),
             regexes: FxHashMap::default(),
             rate_limits: FxHashMap::default(),
@@ -116,6 +120,7 @@ impl LiveConfig {
             })
             .collect();
         let authorizer = Authorizer::new(&config.authorization);
+        let chain_rbac = chain_rbac(&config);
         let authenticator = crate::jwt::Authenticator::new(&config.request_authentication, jwks);
         let listener_routes = config
             .listeners
@@ -182,11 +187,52 @@ impl LiveConfig {
             listener_routes,
             clusters,
             authorizer,
+            chain_rbac,
             authenticator,
             regexes,
             rate_limits,
         })
     }
+}
+
+/// One chain's RBAC: the chain by its destination port (capture
+/// listeners) and kind (HTTP or TCP, which istiod narrows apart).
+pub struct ChainRbac {
+    pub port: Option<u16>,
+    pub tcp: bool,
+    pub rbac: Rbac,
+}
+
+impl LiveConfig {
+    /// The RBAC of the chain a request (`tcp`: a connection) came in on.
+    pub fn rbac_for(&self, listener: &str, port: u16, tcp: bool) -> Option<&Rbac> {
+        let chains = self.chain_rbac.get(listener)?;
+        let of_port = |p: Option<u16>| chains.iter().find(|c| c.tcp == tcp && c.port == p);
+        of_port(Some(port)).or_else(|| of_port(None)).map(|c| &c.rbac)
+    }
+}
+
+/// Each chain's RBAC compiled. The import checked the regexes; one that
+/// still fails makes its chain deny everything, never allow. Chains
+/// alike but for their SNI carry the same RBAC (istiod's), so the first
+/// stands for them.
+fn chain_rbac(config: &ProxyConfig) -> FxHashMap<String, Vec<ChainRbac>> {
+    let mut out: FxHashMap<String, Vec<ChainRbac>> = FxHashMap::default();
+    for l in &config.listeners {
+        for c in l.filter_chains.iter().filter(|c| !c.rbac.is_empty()) {
+            let (port, tcp) = (c.destination_port, matches!(c.action, ChainAction::Tcp { .. }));
+            let chains = out.entry(l.name.clone()).or_default();
+            if chains.iter().any(|k| k.port == port && k.tcp == tcp) {
+                continue;
+            }
+            let rbac = Rbac::new(&c.rbac).unwrap_or_else(|e| {
+                tracing::warn!(listener = %l.name, "RBAC does not compile ({e}): the chain denies everything");
+                Rbac::deny_all()
+            });
+            chains.push(ChainRbac { port, tcp, rbac });
+        }
+    }
+    out
 }
 
 /// The swap point shared by listeners, the admin server and the config

@@ -20,13 +20,13 @@ use crate::mtls::peer::PeerIdentity;
 use crate::response_flags::Flag;
 
 /// Istio's passthrough clusters: no config for it, so straight on (an
-/// inbound connection once authorized, as Istio's passthrough chains
-/// carry the RBAC filter too).
-pub(crate) async fn passthrough(downstream: TcpStream, to: SocketAddr, inbound: bool, forwarder: &Forwarder) {
-    let cluster = if inbound { "InboundPassthroughClusterIpv4" } else { "PassthroughCluster" };
+/// inbound connection, on listener `inbound`, once authorized, as
+/// Istio's passthrough chains carry the RBAC filter too).
+pub(crate) async fn passthrough(downstream: TcpStream, to: SocketAddr, inbound: Option<&str>, forwarder: &Forwarder) {
+    let cluster = if inbound.is_some() { "InboundPassthroughClusterIpv4" } else { "PassthroughCluster" };
     let Ok(remote) = downstream.peer_addr() else { return };
     let addresses = (remote, downstream.local_addr().ok());
-    if inbound && denied(&forwarder.live.load(), None, addresses, to) {
+    if inbound.is_some_and(|listener| denied(&forwarder.live.load(), listener, None, addresses, to)) {
         let exchange =
             TcpExchange { cluster, service: "", peer: None, upstream: None, downstream: addresses, flag: Flag::Denied };
         drop(forwarder.metrics.tcp_open(&exchange, &forwarder.live.load().telemetry));
@@ -53,6 +53,8 @@ pub(crate) struct TcpRoute {
     /// Inbound or gateway traffic: authorized first. Never a sidecar's
     /// outbound (Istio puts RBAC on inbound chains only).
     pub authorize: bool,
+    /// The listener it came in on (whose chain may carry RBAC).
+    pub listener: String,
     pub forwarder: Arc<Forwarder>,
 }
 
@@ -61,10 +63,10 @@ pub(crate) struct TcpRoute {
 pub(crate) async fn proxy_tcp<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     downstream: IO,
     peer: Option<Arc<PeerIdentity>>,
-    TcpRoute { clusters, addresses, destination, authorize, forwarder }: TcpRoute,
+    TcpRoute { clusters, addresses, destination, authorize, listener, forwarder }: TcpRoute,
 ) {
     let live = forwarder.live.load_full();
-    if authorize && denied(&live, peer.as_deref(), addresses, destination) {
+    if authorize && denied(&live, &listener, peer.as_deref(), addresses, destination) {
         let exchange = TcpExchange {
             cluster: "",
             service: "",
@@ -115,20 +117,22 @@ pub(crate) async fn proxy_tcp<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite +
     }
 }
 
-/// Whether the AuthorizationPolicies refuse this connection, judged on
-/// what a connection has: the peer's address and mTLS identity, and
-/// where it was going.
+/// Whether the AuthorizationPolicies (or, over xDS, the chain's network
+/// RBAC) refuse this connection, judged on what a connection has: the
+/// peer's address and mTLS identity, and where it was going.
 fn denied(
     live: &LiveConfig,
+    listener: &str,
     peer: Option<&PeerIdentity>,
     (remote, _): (SocketAddr, Option<SocketAddr>),
     destination: SocketAddr,
 ) -> bool {
-    if live.authorizer.is_empty() {
+    let rbac = live.rbac_for(listener, destination.port(), true);
+    if live.authorizer.is_empty() && rbac.is_none() {
         return false;
     }
     let no_headers = http::HeaderMap::new();
-    let decision = live.authorizer.evaluate_connection(&AuthzRequest {
+    let request = AuthzRequest {
         source_ip: Some(remote.ip()),
         remote_ip: None,
         source_principal: peer.map(|p| p.principal.as_str()),
@@ -140,7 +144,11 @@ fn denied(
         headers: &no_headers,
         destination_ip: Some(destination.ip()),
         sni: None,
-    });
+    };
+    let mut decision = live.authorizer.evaluate_connection(&request);
+    if let (Decision::Allow, Some(rbac)) = (&decision, rbac) {
+        decision = rbac.evaluate(&request);
+    }
     if let Decision::Deny { policy } = &decision {
         tracing::debug!(%remote, %destination, policy = policy.as_deref().unwrap_or("none"), "connection denied by RBAC");
     }

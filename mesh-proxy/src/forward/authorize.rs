@@ -1,6 +1,8 @@
-//! Authorize: the AuthorizationPolicies that apply to this proxy (Envoy's
-//! RBAC filter), on the normalized path; on inbound and gateway traffic,
-//! never on a sidecar's outbound (Istio puts RBAC on inbound chains only).
+//! Authorize: the AuthorizationPolicies that apply to this proxy, or the
+//! RBAC filters of the chain the request came in on when the config came
+//! over xDS (Envoy's RBAC filter), on the normalized path; on inbound and
+//! gateway traffic, never on a sidecar's outbound (Istio puts RBAC on
+//! inbound chains only).
 
 use http::StatusCode;
 use mesh_core::authz::{AuthzRequest, Decision};
@@ -13,10 +15,11 @@ use crate::response_flags::Flag;
 impl Exchange<'_> {
     pub(super) fn authorize(&mut self) -> Result<(), Answer> {
         let authorizer = &self.live.authorizer;
-        if authorizer.is_empty() || self.ingress.outbound {
+        let rbac = self.live.rbac_for(&self.ingress.listener, self.ingress.port, false);
+        if self.ingress.outbound || (authorizer.is_empty() && rbac.is_none()) {
             return Ok(());
         }
-        let decision = authorizer.evaluate(&AuthzRequest {
+        let request = AuthzRequest {
             source_ip: Some(self.ingress.peer.ip()),
             remote_ip: None,
             source_principal: self.ingress.peer_identity.as_ref().map(|p| p.principal.as_str()),
@@ -28,7 +31,11 @@ impl Exchange<'_> {
             headers: &self.head.headers,
             destination_ip: None,
             sni: None,
-        });
+        };
+        let mut decision = authorizer.evaluate(&request);
+        if let (Decision::Allow, Some(rbac)) = (&decision, rbac) {
+            decision = rbac.evaluate(&request);
+        }
         match decision {
             Decision::Deny { .. } => Err(self.reply(Flag::Denied, StatusCode::FORBIDDEN, "RBAC: access denied")),
             _ => Ok(()),

@@ -284,6 +284,7 @@ fn request_authentication_reaches_the_gateway_as_jwt_authn() {
                 route_config: "http.8080".into(),
                 protocol: mesh_core::model::Protocol::Http,
             },
+            rbac: Vec::new(),
         }],
     });
     let mut second = cfg.listeners.last().unwrap().clone();

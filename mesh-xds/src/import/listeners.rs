@@ -5,18 +5,23 @@ use envoy_types::pb::envoy::config::core::v3::{
     transport_socket::ConfigType as SocketConfig, TrafficDirection as EnvoyDirection,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    filter::ConfigType as FilterConfig, FilterChain as EnvoyFilterChain, Listener as EnvoyListener,
+    filter::ConfigType as FilterConfig, Filter as EnvoyFilter, FilterChain as EnvoyFilterChain,
+    Listener as EnvoyListener,
 };
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{CodecType, RouteSpecifier},
+    http_filter::ConfigType as HttpFilterConfig,
     HttpConnectionManager,
 };
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy::ClusterSpecifier, TcpProxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{
     ChainAction, FilterChain, HeaderOps, Listener, ServerTls, TrafficDirection, WeightedCluster,
 };
+use mesh_core::rbac::RbacFilter;
 use mesh_core::translate::ProxyKind;
 
 use super::{decode, endpoints::socket_address, ImportError};
@@ -40,6 +45,12 @@ pub fn listener(l: &EnvoyListener, kind: ProxyKind) -> Result<Listener, ImportEr
         .enumerate()
         .map(|(i, c)| filter_chain(c, &format!("filter_chains[{i}]"), &l.name))
         .collect::<Result<Vec<_>, _>>()?;
+    same_rbac_per_kind(&filter_chains).map_err(|i| {
+        err(
+            format!("filter_chains[{i}].filters"),
+            "RBAC differing between chains of one port and kind (by SNI) is not supported",
+        )
+    })?;
     Ok(Listener {
         name: l.name.clone(),
         address,
@@ -54,16 +65,32 @@ pub fn listener(l: &EnvoyListener, kind: ProxyKind) -> Result<Listener, ImportEr
     })
 }
 
+/// mesh-proxy keeps one RBAC per destination port and kind (HTTP or TCP)
+/// of a listener, as istiod writes it; the index of a chain that differs.
+fn same_rbac_per_kind(chains: &[FilterChain]) -> Result<(), usize> {
+    let kind = |c: &FilterChain| (c.destination_port, matches!(c.action, ChainAction::Tcp { .. }));
+    for (i, c) in chains.iter().enumerate() {
+        if chains[..i].iter().any(|o| kind(o) == kind(c) && o.rbac != c.rbac) {
+            return Err(i);
+        }
+    }
+    Ok(())
+}
+
 const ORIGINAL_DST_FILTER: &str = "envoy.filters.listener.original_dst";
 
 /// HTTP filters mesh-proxy runs from a route's own config (fault, CORS)
-/// or not at all (the router is its own).
+/// or not at all (the router is its own); RBAC is taken apart
+/// ([`http_rbac`]).
 const FOLLOWED_HTTP_FILTERS: &[&str] =
-    &["envoy.filters.http.router", "envoy.filters.http.fault", "envoy.filters.http.cors"];
+    &["envoy.filters.http.router", "envoy.filters.http.fault", "envoy.filters.http.cors", RBAC_HTTP_FILTER];
+
+const RBAC_HTTP_FILTER: &str = "envoy.filters.http.rbac";
+const RBAC_NETWORK_FILTER: &str = "envoy.filters.network.rbac";
 
 /// A security or traffic filter mesh-proxy does not take over xDS yet
-/// (authorization, JWT authentication, local rate limits, anything else):
-/// refused, naming it, rather than run without it.
+/// (JWT authentication, local rate limits, anything else): refused,
+/// naming it, rather than run without it.
 fn refuse_unenforced_filters(hcm: &HttpConnectionManager) -> Result<(), String> {
     match hcm.http_filters.iter().find(|f| !FOLLOWED_HTTP_FILTERS.contains(&f.name.as_str())) {
         Some(f) => Err(format!(
@@ -74,27 +101,70 @@ fn refuse_unenforced_filters(hcm: &HttpConnectionManager) -> Result<(), String> 
     }
 }
 
+/// The HCM's RBAC filters, in order (a filter without rules enforces
+/// nothing, as in Envoy).
+fn http_rbac(hcm: &HttpConnectionManager, at: &str) -> Result<Vec<RbacFilter>, (String, String)> {
+    let mut out = Vec::new();
+    for (i, f) in hcm.http_filters.iter().enumerate().filter(|(_, f)| f.name == RBAC_HTTP_FILTER) {
+        let at = format!("{at}.http_filters[{i}].typed_config");
+        let Some(HttpFilterConfig::TypedConfig(any)) = &f.config_type else {
+            return Err((at, "a typed_config is required".into()));
+        };
+        let config: HttpRbac = decode(any, KIND).map_err(|e| (at.clone(), e.message))?;
+        if config.matcher.is_some() {
+            return Err((format!("{at}.matcher"), "the matcher form of RBAC is not supported".into()));
+        }
+        if let Some(rules) = &config.rules {
+            out.push(super::rbac::filter(rules, &format!("{at}.rules"))?);
+        }
+    }
+    Ok(out)
+}
+
+/// A network RBAC filter ahead of the chain's proxy filter.
+fn network_rbac(filter: &EnvoyFilter, at: &str) -> Result<Option<RbacFilter>, (String, String)> {
+    let at = format!("{at}.typed_config");
+    let Some(FilterConfig::TypedConfig(any)) = &filter.config_type else {
+        return Err((at, "a typed_config is required".into()));
+    };
+    let config: NetworkRbac = decode(any, KIND).map_err(|e| (at.clone(), e.message))?;
+    if config.matcher.is_some() {
+        return Err((format!("{at}.matcher"), "the matcher form of RBAC is not supported".into()));
+    }
+    config.rules.as_ref().map(|rules| super::rbac::filter(rules, &format!("{at}.rules"))).transpose()
+}
+
 fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChain, ImportError> {
     let err = |field: String, msg: String| ImportError::new(KIND, name, field, msg);
     let matching = c.filter_chain_match.clone().unwrap_or_default();
-    let [filter] = c.filters.as_slice() else {
-        return Err(err(
-            format!("{at}.filters"),
-            format!("exactly one network filter is supported, got {}", c.filters.len()),
-        ));
+    // Network RBAC filters, then the one that proxies.
+    let Some((filter, guards)) = c.filters.split_last() else {
+        return Err(err(format!("{at}.filters"), "a network filter is required".into()));
     };
+    let mut rbac = Vec::new();
+    for (i, guard) in guards.iter().enumerate() {
+        let field = format!("{at}.filters[{i}]");
+        if guard.name != RBAC_NETWORK_FILTER {
+            return Err(err(format!("{field}.name"), format!("network filter {} is not supported", guard.name)));
+        }
+        rbac.extend(network_rbac(guard, &field).map_err(|(field, message)| err(field, message))?);
+    }
+    let last = c.filters.len() - 1;
     let Some(FilterConfig::TypedConfig(any)) = &filter.config_type else {
-        return Err(err(format!("{at}.filters[0]"), "a typed_config is required".into()));
+        return Err(err(format!("{at}.filters[{last}]"), "a typed_config is required".into()));
     };
     let located =
-        |e: ImportError| ImportError { name: name.into(), field: format!("{at}.filters[0].typed_config"), ..e };
+        |e: ImportError| ImportError { name: name.into(), field: format!("{at}.filters[{last}].typed_config"), ..e };
     let action = match filter.name.as_str() {
         "envoy.filters.network.http_connection_manager" => {
             let hcm: HttpConnectionManager = decode(any, KIND).map_err(located)?;
             let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier else {
-                return Err(err(format!("{at}.filters[0].route_specifier"), "routes must come from RDS".into()));
+                return Err(err(format!("{at}.filters[{last}].route_specifier"), "routes must come from RDS".into()));
             };
-            refuse_unenforced_filters(&hcm).map_err(|e| err(format!("{at}.filters[0].http_filters"), e))?;
+            refuse_unenforced_filters(&hcm).map_err(|e| err(format!("{at}.filters[{last}].http_filters"), e))?;
+            rbac.extend(
+                http_rbac(&hcm, &format!("{at}.filters[{last}]")).map_err(|(field, message)| err(field, message))?,
+            );
             let protocol = match CodecType::try_from(hcm.codec_type) {
                 Ok(CodecType::Http2) => Protocol::Http2,
                 _ => Protocol::Http,
@@ -114,11 +184,15 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
                         headers: HeaderOps::default(),
                     })
                     .collect(),
-                None => return Err(err(format!("{at}.filters[0].cluster_specifier"), "a cluster is required".into())),
+                None => {
+                    return Err(err(format!("{at}.filters[{last}].cluster_specifier"), "a cluster is required".into()))
+                }
             };
             ChainAction::Tcp { clusters }
         }
-        other => return Err(err(format!("{at}.filters[0].name"), format!("network filter {other} is not supported"))),
+        other => {
+            return Err(err(format!("{at}.filters[{last}].name"), format!("network filter {other} is not supported")))
+        }
     };
     let tls = match &c.transport_socket {
         Some(socket) => match &socket.config_type {
@@ -145,5 +219,6 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
         destination_port: matching.destination_port.as_ref().and_then(|p| u16::try_from(p.value).ok()),
         tls,
         action,
+        rbac,
     })
 }

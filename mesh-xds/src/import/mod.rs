@@ -8,6 +8,7 @@
 mod clusters;
 mod endpoints;
 mod listeners;
+mod rbac;
 mod routes;
 mod tls;
 

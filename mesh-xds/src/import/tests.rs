@@ -194,10 +194,12 @@ fn refusals_name_the_resource_and_field() {
     assert_eq!((e.kind, e.name.as_str(), e.field.as_str()), ("Cluster", "c1", "lb_policy"));
 }
 
-/// Policies mesh-proxy does not take over xDS are refused, not run
-/// without: authorization, JWT authentication, claim routes.
+/// AuthorizationPolicy arrives as Envoy's RBAC filters and is imported
+/// as such, on every inbound chain; what mesh-proxy cannot take over xDS
+/// is refused, not run without: JWT authentication (and so RBAC on its
+/// payload), claim routes.
 #[test]
-fn security_filters_mesh_proxy_does_not_take_are_refused() {
+fn rbac_is_imported_and_security_filters_mesh_proxy_does_not_take_are_refused() {
     let mut cfg = reviews_sidecar();
     let policy = mesh_core::config::Resource::from_yaml(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: default}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n",
@@ -210,9 +212,17 @@ fn security_filters_mesh_proxy_does_not_take_are_refused() {
         policy,
     });
     let set = resources(&cfg, Flavor::Envoy, true).resources;
-    let e = proxy_config(ProxyKind::Sidecar, &all::<EnvoyListener>(&set, LISTENER), &[], &[], &[]).unwrap_err();
-    assert_eq!((e.kind, e.name.as_str()), ("Listener", "virtualInbound"));
-    assert!(e.message.contains("envoy.filters.http.rbac"), "{e}");
+    let imported = proxy_config(ProxyKind::Sidecar, &all::<EnvoyListener>(&set, LISTENER), &[], &[], &[]).unwrap();
+    let inbound = imported.listeners.iter().find(|l| l.name == "virtualInbound").expect("virtualInbound");
+    let chains: Vec<_> = inbound.filter_chains.iter().filter(|c| c.destination_port.is_some()).collect();
+    assert!(!chains.is_empty());
+    for chain in chains {
+        let [filter] = chain.rbac.as_slice() else { panic!("one RBAC filter on {chain:?}") };
+        assert_eq!(filter.action, mesh_core::rbac::RbacAction::Deny);
+        let names: Vec<&str> = filter.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["ns[default]-policy[deny]-rule[0]"]);
+    }
+    assert!(imported.authorization.is_empty(), "enforced from the chains' RBAC, not Istio's policies");
 
     let mut cfg = reviews_sidecar();
     let rule =
