@@ -136,6 +136,7 @@ fn denied(
         source_ip: Some(remote.ip()),
         remote_ip: None,
         source_principal: peer.map(|p| p.principal.as_str()),
+        peer_uri: peer.map(|p| p.uri.as_str()),
         request_auth: None,
         host: "",
         method: "",

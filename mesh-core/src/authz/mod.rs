@@ -27,6 +27,9 @@ pub struct AuthzRequest<'a> {
     pub remote_ip: Option<IpAddr>,
     /// The peer's mTLS identity: `cluster.local/ns/default/sa/sleep`.
     pub source_principal: Option<&'a str>,
+    /// The same as its certificate's URI SAN (`spiffe://...`), which
+    /// Envoy's RBAC matches.
+    pub peer_uri: Option<&'a str>,
     /// The request's verified JWT (RequestAuthentication): its
     /// `issuer/subject` is the request principal.
     pub request_auth: Option<&'a VerifiedJwt>,

@@ -20,6 +20,7 @@ fn request<'a>(r: &'a Req, method: &'a str, path: &'a str, principal: Option<&'a
         source_ip: ip.parse().ok(),
         remote_ip: None,
         source_principal: principal,
+        peer_uri: None,
         request_auth: None,
         host: "httpbin.foo.svc.cluster.local:8000",
         method,

@@ -4,11 +4,13 @@ fn text(pattern: TextPattern) -> TextMatch {
     TextMatch { pattern, ignore_case: false }
 }
 
-fn request<'a>(headers: &'a http::HeaderMap, path: &'a str, principal: Option<&'a str>) -> AuthzRequest<'a> {
+/// `uri`: the peer's URI SAN.
+fn request<'a>(headers: &'a http::HeaderMap, path: &'a str, uri: Option<&'a str>) -> AuthzRequest<'a> {
     AuthzRequest {
         source_ip: "10.0.0.1".parse().ok(),
         remote_ip: None,
-        source_principal: principal,
+        source_principal: uri.map(|u| u.trim_start_matches("spiffe://")),
+        peer_uri: uri,
         request_auth: None,
         host: "app.example.com",
         method: "GET",
@@ -27,7 +29,7 @@ fn filter(action: RbacAction, permissions: Vec<Permission>, principals: Vec<Prin
 #[test]
 fn allow_needs_a_permission_and_a_principal() {
     let h = http::HeaderMap::new();
-    let sleep = Some("cluster.local/ns/foo/sa/sleep");
+    let sleep = Some("spiffe://cluster.local/ns/foo/sa/sleep");
     let by_sa = Principal::Authenticated(Some(text(TextPattern::Regex("spiffe://.+/ns/foo/sa/sleep".into()))));
     let rbac = Rbac::new(&[filter(
         RbacAction::Allow,
@@ -52,9 +54,9 @@ fn deny_names_the_policy_and_log_decides_nothing() {
         filter(RbacAction::Deny, vec![Permission::Any], vec![not_foo]),
     ])
     .unwrap();
-    assert_eq!(rbac.evaluate(&request(&h, "/", Some("cluster.local/ns/foo/sa/a"))), Decision::Allow);
+    assert_eq!(rbac.evaluate(&request(&h, "/", Some("spiffe://cluster.local/ns/foo/sa/a"))), Decision::Allow);
     assert_eq!(
-        rbac.evaluate(&request(&h, "/", Some("cluster.local/ns/bar/sa/a"))),
+        rbac.evaluate(&request(&h, "/", Some("spiffe://cluster.local/ns/bar/sa/a"))),
         Decision::Deny { policy: Some("p".into()) }
     );
     assert_eq!(rbac.evaluate(&request(&h, "/", None)), Decision::Deny { policy: Some("p".into()) });

@@ -23,6 +23,7 @@ impl Exchange<'_> {
             source_ip: Some(self.ingress.peer.ip()),
             remote_ip: None,
             source_principal: self.ingress.peer_identity.as_ref().map(|p| p.principal.as_str()),
+            peer_uri: self.ingress.peer_identity.as_ref().map(|p| p.uri.as_str()),
             request_auth: self.request_auth.as_ref(),
             host: RequestView::from_parts(&self.head, self.ingress.port).authority,
             method: self.head.method.as_str(),
