@@ -435,7 +435,12 @@ async fn client(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let now = || epoch.elapsed().as_nanos() as u64;
     stamps.connect.store(now(), Ordering::Relaxed);
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?;
+    // Envoy's HTTP/2 windows for its xDS stream (its defaults: 256 MiB),
+    // not h2's 64 KiB: the server sends a snapshot without waiting for
+    // window updates, as it does to a real Envoy.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .initial_stream_window_size(256 << 20)
+        .initial_connection_window_size(256 << 20);
     let secure = tls.is_some();
     let channel = match tls {
         Some(config) => endpoint.connect_with_connector(TlsConnector { config, port }).await?,

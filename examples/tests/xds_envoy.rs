@@ -254,7 +254,7 @@ fn envoy_enforces_the_local_rate_limit_of_an_envoy_filter() {
     let work = tempfile::tempdir().unwrap();
     let envoy = gateway_envoy(work.path(), xds, "GRPC");
     wait_served(port, "/", &envoy);
-    let filter = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: filter-local-ratelimit-gw, namespace: istio-system}\nspec:\n  workloadSelector:\n    labels: {istio: ingressgateway}\n  configPatches:\n    - applyTo: HTTP_FILTER\n      match:\n        context: GATEWAY\n      patch:\n        operation: INSERT_BEFORE\n        value:\n          name: envoy.filters.http.local_ratelimit\n          typed_config:\n            \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n            value:\n              stat_prefix: http_local_rate_limiter\n              token_bucket: {max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}\n              response_headers_to_add:\n              - header: {key: x-local-rate-limit, value: 'true'}\n";
+    let filter = common::LOCAL_RATE_LIMIT_FILTER;
     std::fs::write(config.path().join("ratelimit.yaml"), filter).unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || get(port, "/", &[]).status == 429),

@@ -1,6 +1,7 @@
 //! mesh-proxy driven over xDS: the gateway binary with `--xds-server` against the
 //! control-plane binary routes exactly as the gateway reading the same
-//! files itself, and follows edits of them.
+//! files itself, and follows edits of them; it enforces the local rate
+//! limit of an EnvoyFilter as Envoy's local_ratelimit filter.
 
 mod common;
 
@@ -53,4 +54,28 @@ fn gateway_over_xds_routes_as_from_files_and_follows_edits() {
         &routes("reviews", "  - route:\n    - destination: {host: reviews, subset: v3}\n"),
     );
     assert_eq!(versions(&g, 20, "/", &[]), [("v3".to_string(), 20)].into());
+}
+
+/// The control plane sends an EnvoyFilter's local rate limit as Envoy's
+/// local_ratelimit filter on the gateway's chain; mesh-proxy takes it:
+/// three requests a minute, then 429 with the filter's header.
+#[test]
+fn gateway_over_xds_enforces_the_local_rate_limit_filter() {
+    let (_backends, [p1, _, _]) = reviews_backends();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_mesh(dir.path(), port, &[Service { name: "reviews", backends: &[("v1", p1)] }], "");
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes("reviews", "  - route:\n    - destination: {host: reviews}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ratelimit.yaml"), common::LOCAL_RATE_LIMIT_FILTER).unwrap();
+    let (_cp, xds, _debug) = control_plane(dir.path());
+    let g = Gateway::start_xds(&format!("http://127.0.0.1:{xds}"), port);
+    let statuses: Vec<u16> = (0..4).map(|_| common::get(port, "/", &[]).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let limited = common::get(port, "/", &[]);
+    assert_eq!((limited.status, limited.header("x-local-rate-limit")), (429, Some("true")));
+    drop(g);
 }

@@ -97,6 +97,11 @@ pub struct FilterChain {
     /// [`ProxyConfig::authorization`] instead, and leaves this empty.
     #[serde(default)]
     pub rbac: Vec<crate::rbac::RbacFilter>,
+    /// Envoy's local rate limit filters on this chain (one bucket each),
+    /// as received over xDS. Config from Istio resources sets
+    /// [`ProxyConfig::local_rate_limits`] instead.
+    #[serde(default)]
+    pub local_rate_limits: Vec<crate::rate_limit::LocalRateLimit>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

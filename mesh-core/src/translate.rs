@@ -474,6 +474,7 @@ impl<'a> Translator<'a> {
                     }],
                 },
                 rbac: Vec::new(),
+                local_rate_limits: Vec::new(),
             }],
         });
         // One HTTP listener and route table per HTTP port; TCP ports get a
@@ -503,6 +504,7 @@ impl<'a> Translator<'a> {
                                 tls: None,
                                 action: ChainAction::Tcp { clusters },
                                 rbac: Vec::new(),
+                                local_rate_limits: Vec::new(),
                             }],
                         ),
                     );
@@ -534,6 +536,7 @@ impl<'a> Translator<'a> {
                     tls: None,
                     action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                     rbac: Vec::new(),
+                    local_rate_limits: Vec::new(),
                 }],
             ));
         }
@@ -574,6 +577,7 @@ impl<'a> Translator<'a> {
                     tls,
                     action: action.clone(),
                     rbac: Vec::new(),
+                    local_rate_limits: Vec::new(),
                 });
             }
         }
@@ -843,6 +847,7 @@ impl<'a> Translator<'a> {
                             tls: server.tls.as_ref().map(|t| server_tls(t, &tls_mode, self.mesh_config)),
                             action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                             rbac: Vec::new(),
+                            local_rate_limits: Vec::new(),
                         });
                     } else {
                         plain_http = true;
@@ -868,6 +873,7 @@ impl<'a> Translator<'a> {
                                 .flatten(),
                             action: ChainAction::Tcp { clusters },
                             rbac: Vec::new(),
+                            local_rate_limits: Vec::new(),
                         });
                     }
                 }
@@ -884,6 +890,7 @@ impl<'a> Translator<'a> {
                     tls: None,
                     action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                     rbac: Vec::new(),
+                    local_rate_limits: Vec::new(),
                 });
             }
             cfg.listeners.push(port_listener("0.0.0.0", port, TrafficDirection::Gateway, chains));

@@ -10,7 +10,7 @@ use mesh_core::proxy_config::ProxyConfig;
 use mesh_core::rbac::Rbac;
 use std::time::Instant;
 
-use mesh_core::proxy_config::{ChainAction, StringMatcher, TrafficDirection};
+use mesh_core::proxy_config::{ChainAction, Listener, StringMatcher, TrafficDirection};
 use mesh_core::rate_limit::{LocalRateLimit, TokenBucket};
 use mesh_core::routing::{CompiledMatcher, RouteTable, RouteTableError};
 // Looked up on every request by short strings: a fast hash, not SipHash.
@@ -44,11 +44,29 @@ pub struct LiveConfig {
 /// change it, so an edit elsewhere does not refill it.
 pub struct RateLimiter {
     pub limit: LocalRateLimit,
+    /// Over xDS, the limit of one chain: of a capture listener, the
+    /// destination port that chain serves. `None`: every request of the
+    /// listener.
+    pub port: Option<u16>,
     pub bucket: TokenBucket,
     started: Instant,
 }
 
 impl RateLimiter {
+    fn new(limit: &LocalRateLimit, port: Option<u16>) -> RateLimiter {
+        RateLimiter {
+            limit: limit.clone(),
+            port,
+            bucket: TokenBucket::new(limit.max_tokens, limit.tokens_per_fill, limit.fill_interval),
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether it limits a request to `port`.
+    pub fn covers(&self, port: u16) -> bool {
+        self.port.is_none_or(|p| p == port)
+    }
+
     pub fn try_acquire(&self) -> bool {
         self.bucket.try_acquire(self.started.elapsed())
     }
@@ -156,14 +174,8 @@ impl LiveConfig {
             .local_rate_limits
             .iter()
             .map(|l| {
-                let old = previous.rate_limits.values().flatten().find(|r| r.limit == *l);
-                old.cloned().unwrap_or_else(|| {
-                    Arc::new(RateLimiter {
-                        limit: l.clone(),
-                        bucket: TokenBucket::new(l.max_tokens, l.tokens_per_fill, l.fill_interval),
-                        started: Instant::now(),
-                    })
-                })
+                let old = previous.rate_limits.values().flatten().find(|r| r.limit == *l && r.port.is_none());
+                old.cloned().unwrap_or_else(|| Arc::new(RateLimiter::new(l, None)))
             })
             .collect();
         let rate_limits = config
@@ -176,7 +188,9 @@ impl LiveConfig {
                     "GATEWAY" => l.direction == TrafficDirection::Gateway,
                     _ => true,
                 };
-                (l.name.clone(), limiters.iter().filter(applies).cloned().collect())
+                let mut of_listener: Vec<Arc<RateLimiter>> = limiters.iter().filter(applies).cloned().collect();
+                of_listener.extend(chain_rate_limits(l, previous.rate_limits.get(&l.name)));
+                (l.name.clone(), of_listener)
             })
             .collect();
         Ok(LiveConfig {
@@ -210,6 +224,24 @@ impl LiveConfig {
         let of_port = |p: Option<u16>| chains.iter().find(|c| c.tcp == tcp && c.port == p);
         of_port(Some(port)).or_else(|| of_port(None)).map(|c| &c.rbac)
     }
+}
+
+/// The local rate limits of a listener's chains (over xDS), a bucket per
+/// chain and limit, kept from `previous` when unchanged. Chains alike but
+/// for their SNI share one.
+fn chain_rate_limits(l: &Listener, previous: Option<&Vec<Arc<RateLimiter>>>) -> Vec<Arc<RateLimiter>> {
+    let mut out: Vec<Arc<RateLimiter>> = Vec::new();
+    for c in &l.filter_chains {
+        for limit in &c.local_rate_limits {
+            let same = |r: &&Arc<RateLimiter>| r.port == c.destination_port && r.limit == *limit;
+            if out.iter().any(|r| same(&r)) {
+                continue;
+            }
+            let old = previous.into_iter().flatten().find(same).cloned();
+            out.push(old.unwrap_or_else(|| Arc::new(RateLimiter::new(limit, c.destination_port))));
+        }
+    }
+    out
 }
 
 /// Each chain's RBAC compiled. The import checked the regexes; one that

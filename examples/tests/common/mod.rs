@@ -18,6 +18,10 @@ pub mod kube;
 pub mod netns;
 pub mod secure;
 
+/// An EnvoyFilter with Envoy's local rate limit for the ingress gateway:
+/// a bucket of 3 a minute, and a header on the 429.
+pub const LOCAL_RATE_LIMIT_FILTER: &str = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: filter-local-ratelimit-gw, namespace: istio-system}\nspec:\n  workloadSelector:\n    labels: {istio: ingressgateway}\n  configPatches:\n    - applyTo: HTTP_FILTER\n      match:\n        context: GATEWAY\n      patch:\n        operation: INSERT_BEFORE\n        value:\n          name: envoy.filters.http.local_ratelimit\n          typed_config:\n            \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n            value:\n              stat_prefix: http_local_rate_limiter\n              token_bucket: {max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}\n              response_headers_to_add:\n              - header: {key: x-local-rate-limit, value: 'true'}\n";
+
 /// Start `demo-backend`; returns it and its port.
 pub fn backend(version: &str, fail_every: u64) -> (Proc, u16) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_demo-backend"));

@@ -15,7 +15,8 @@ impl<'a> Exchange<'a> {
     /// filter answers).
     pub(super) fn rate_limit(&mut self) -> Result<(), Answer> {
         let live = self.live;
-        for limiter in live.rate_limits.get(&self.ingress.listener).into_iter().flatten() {
+        let limiters = live.rate_limits.get(&self.ingress.listener).into_iter().flatten();
+        for limiter in limiters.filter(|l| l.covers(self.ingress.port)) {
             if !limiter.try_acquire() {
                 let mut r = self.reply(Flag::RateLimited, StatusCode::TOO_MANY_REQUESTS, "local_rate_limited");
                 for (name, value) in &limiter.limit.response_headers {

@@ -285,6 +285,7 @@ fn request_authentication_reaches_the_gateway_as_jwt_authn() {
                 protocol: mesh_core::model::Protocol::Http,
             },
             rbac: Vec::new(),
+            local_rate_limits: Vec::new(),
         }],
     });
     let mut second = cfg.listeners.last().unwrap().clone();

@@ -1,6 +1,7 @@
 //! LDS -> listeners: HTTP connection managers over RDS, TCP proxies, TLS
 //! from files.
 
+use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::core::v3::{
     transport_socket::ConfigType as SocketConfig, TrafficDirection as EnvoyDirection,
 };
@@ -8,6 +9,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
     filter::ConfigType as FilterConfig, Filter as EnvoyFilter, FilterChain as EnvoyFilterChain,
     Listener as EnvoyListener,
 };
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as EnvoyLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{CodecType, RouteSpecifier},
@@ -17,10 +19,12 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy::ClusterSpecifier, TcpProxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{
     ChainAction, FilterChain, HeaderOps, Listener, ServerTls, TrafficDirection, WeightedCluster,
 };
+use mesh_core::rate_limit::LocalRateLimit;
 use mesh_core::rbac::RbacFilter;
 use mesh_core::translate::ProxyKind;
 
@@ -82,15 +86,21 @@ const ORIGINAL_DST_FILTER: &str = "envoy.filters.listener.original_dst";
 /// HTTP filters mesh-proxy runs from a route's own config (fault, CORS)
 /// or not at all (the router is its own); RBAC is taken apart
 /// ([`http_rbac`]).
-const FOLLOWED_HTTP_FILTERS: &[&str] =
-    &["envoy.filters.http.router", "envoy.filters.http.fault", "envoy.filters.http.cors", RBAC_HTTP_FILTER];
+const FOLLOWED_HTTP_FILTERS: &[&str] = &[
+    "envoy.filters.http.router",
+    "envoy.filters.http.fault",
+    "envoy.filters.http.cors",
+    RBAC_HTTP_FILTER,
+    LOCAL_RATE_LIMIT_FILTER,
+];
 
 const RBAC_HTTP_FILTER: &str = "envoy.filters.http.rbac";
+const LOCAL_RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
 const RBAC_NETWORK_FILTER: &str = "envoy.filters.network.rbac";
 
 /// A security or traffic filter mesh-proxy does not take over xDS yet
-/// (JWT authentication, local rate limits, anything else): refused,
-/// naming it, rather than run without it.
+/// (JWT authentication, anything else): refused, naming it, rather than
+/// run without it.
 fn refuse_unenforced_filters(hcm: &HttpConnectionManager) -> Result<(), String> {
     match hcm.http_filters.iter().find(|f| !FOLLOWED_HTTP_FILTERS.contains(&f.name.as_str())) {
         Some(f) => Err(format!(
@@ -121,6 +131,64 @@ fn http_rbac(hcm: &HttpConnectionManager, at: &str) -> Result<Vec<RbacFilter>, (
     Ok(out)
 }
 
+/// The HCM's local rate limits: a token bucket on every request, 429 when
+/// empty. A filter Envoy neither enables nor enforces (its default) is
+/// left out, as it limits nothing; what mesh-proxy cannot do (descriptors,
+/// a share of requests, per-connection buckets, another status) is refused.
+fn http_local_rate_limits(hcm: &HttpConnectionManager, at: &str) -> Result<Vec<LocalRateLimit>, (String, String)> {
+    let mut out = Vec::new();
+    for (i, f) in hcm.http_filters.iter().enumerate().filter(|(_, f)| f.name == LOCAL_RATE_LIMIT_FILTER) {
+        let at = format!("{at}.http_filters[{i}].typed_config");
+        let Some(HttpFilterConfig::TypedConfig(any)) = &f.config_type else {
+            return Err((at, "a typed_config is required".into()));
+        };
+        let l: EnvoyLocalRateLimit = decode(any, KIND).map_err(|e| (at.clone(), e.message))?;
+        let share =
+            |p: &Option<RuntimeFractionalPercent>| p.as_ref().and_then(|p| p.default_value).map_or(0.0, percent);
+        let refused = |field: &str, what: &str| Err((format!("{at}.{field}"), format!("{what} is not supported")));
+        let (enabled, enforced) = (share(&l.filter_enabled), share(&l.filter_enforced));
+        if enabled <= 0.0 {
+            continue;
+        }
+        if enabled < 100.0 || enforced < 100.0 {
+            return refused("filter_enforced", "limiting a share of requests");
+        }
+        if !l.descriptors.is_empty() {
+            return refused("descriptors", "descriptors");
+        }
+        if l.local_rate_limit_per_downstream_connection {
+            return refused("local_rate_limit_per_downstream_connection", "a bucket per connection");
+        }
+        if l.status.as_ref().is_some_and(|s| s.code != 429) {
+            return refused("status", "a status other than 429");
+        }
+        let Some(bucket) = &l.token_bucket else { return Err((format!("{at}.token_bucket"), "required".into())) };
+        let response_headers = l
+            .response_headers_to_add
+            .iter()
+            .filter_map(|h| h.header.as_ref().map(|h| (h.key.clone(), h.value.clone())))
+            .collect();
+        out.push(LocalRateLimit {
+            max_tokens: bucket.max_tokens,
+            tokens_per_fill: bucket.tokens_per_fill.as_ref().map_or(1, |t| t.value),
+            fill_interval: bucket.fill_interval.as_ref().map_or(std::time::Duration::ZERO, super::duration),
+            context: "ANY".into(),
+            response_headers,
+        });
+    }
+    Ok(out)
+}
+
+/// A `FractionalPercent` as a percentage.
+fn percent(p: FractionalPercent) -> f64 {
+    let denominator = match DenominatorType::try_from(p.denominator) {
+        Ok(DenominatorType::TenThousand) => 10_000.0,
+        Ok(DenominatorType::Million) => 1_000_000.0,
+        _ => 100.0,
+    };
+    f64::from(p.numerator) * 100.0 / denominator
+}
+
 /// A network RBAC filter ahead of the chain's proxy filter.
 fn network_rbac(filter: &EnvoyFilter, at: &str) -> Result<Option<RbacFilter>, (String, String)> {
     let at = format!("{at}.typed_config");
@@ -142,6 +210,7 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
         return Err(err(format!("{at}.filters"), "a network filter is required".into()));
     };
     let mut rbac = Vec::new();
+    let mut local_rate_limits = Vec::new();
     for (i, guard) in guards.iter().enumerate() {
         let field = format!("{at}.filters[{i}]");
         if guard.name != RBAC_NETWORK_FILTER {
@@ -162,9 +231,10 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
                 return Err(err(format!("{at}.filters[{last}].route_specifier"), "routes must come from RDS".into()));
             };
             refuse_unenforced_filters(&hcm).map_err(|e| err(format!("{at}.filters[{last}].http_filters"), e))?;
-            rbac.extend(
-                http_rbac(&hcm, &format!("{at}.filters[{last}]")).map_err(|(field, message)| err(field, message))?,
-            );
+            let hcm_at = format!("{at}.filters[{last}]");
+            rbac.extend(http_rbac(&hcm, &hcm_at).map_err(|(field, message)| err(field, message))?);
+            local_rate_limits =
+                http_local_rate_limits(&hcm, &hcm_at).map_err(|(field, message)| err(field, message))?;
             let protocol = match CodecType::try_from(hcm.codec_type) {
                 Ok(CodecType::Http2) => Protocol::Http2,
                 _ => Protocol::Http,
@@ -220,5 +290,6 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
         tls,
         action,
         rbac,
+        local_rate_limits,
     })
 }

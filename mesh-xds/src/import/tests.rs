@@ -194,12 +194,13 @@ fn refusals_name_the_resource_and_field() {
     assert_eq!((e.kind, e.name.as_str(), e.field.as_str()), ("Cluster", "c1", "lb_policy"));
 }
 
-/// AuthorizationPolicy arrives as Envoy's RBAC filters and is imported
-/// as such, on every inbound chain; what mesh-proxy cannot take over xDS
-/// is refused, not run without: JWT authentication (and so RBAC on its
-/// payload), claim routes.
+/// AuthorizationPolicy arrives as Envoy's RBAC filters and local rate
+/// limits as its local_ratelimit filter; both are imported as such, on
+/// every inbound chain. What mesh-proxy cannot take over xDS is refused,
+/// not run without: JWT authentication (and so RBAC on its payload),
+/// claim routes.
 #[test]
-fn rbac_is_imported_and_security_filters_mesh_proxy_does_not_take_are_refused() {
+fn rbac_and_rate_limits_are_imported_and_filters_mesh_proxy_does_not_take_are_refused() {
     let mut cfg = reviews_sidecar();
     let policy = mesh_core::config::Resource::from_yaml(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: default}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n",
@@ -223,6 +224,24 @@ fn rbac_is_imported_and_security_filters_mesh_proxy_does_not_take_are_refused() 
         assert_eq!(names, ["ns[default]-policy[deny]-rule[0]"]);
     }
     assert!(imported.authorization.is_empty(), "enforced from the chains' RBAC, not Istio's policies");
+
+    // A local rate limit: a bucket on each inbound chain.
+    let mut cfg = reviews_sidecar();
+    let limit = mesh_core::rate_limit::LocalRateLimit {
+        max_tokens: 5,
+        tokens_per_fill: 2,
+        fill_interval: std::time::Duration::from_secs(10),
+        context: "SIDECAR_INBOUND".into(),
+        response_headers: vec![("x-limited".into(), "yes".into())],
+    };
+    cfg.local_rate_limits = vec![limit.clone()];
+    let set = resources(&cfg, Flavor::Envoy, true).resources;
+    let imported = proxy_config(ProxyKind::Sidecar, &all::<EnvoyListener>(&set, LISTENER), &[], &[], &[]).unwrap();
+    let inbound = imported.listeners.iter().find(|l| l.name == "virtualInbound").expect("virtualInbound");
+    for chain in inbound.filter_chains.iter().filter(|c| matches!(c.action, ChainAction::Http { .. })) {
+        let expected = mesh_core::rate_limit::LocalRateLimit { context: "ANY".into(), ..limit.clone() };
+        assert_eq!(chain.local_rate_limits, [expected]);
+    }
 
     let mut cfg = reviews_sidecar();
     let rule =
