@@ -220,6 +220,10 @@ pub struct ChainRbac {
 impl LiveConfig {
     /// The RBAC of the chain a request (`tcp`: a connection) came in on.
     pub fn rbac_for(&self, listener: &str, port: u16, tcp: bool) -> Option<&Rbac> {
+        // Config from Istio resources has none: no lookup per request.
+        if self.chain_rbac.is_empty() {
+            return None;
+        }
         let chains = self.chain_rbac.get(listener)?;
         let of_port = |p: Option<u16>| chains.iter().find(|c| c.tcp == tcp && c.port == p);
         of_port(Some(port)).or_else(|| of_port(None)).map(|c| &c.rbac)

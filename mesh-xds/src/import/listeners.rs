@@ -111,16 +111,30 @@ fn refuse_unenforced_filters(hcm: &HttpConnectionManager) -> Result<(), String> 
     }
 }
 
-/// The HCM's RBAC filters, in order (a filter without rules enforces
-/// nothing, as in Envoy).
-fn http_rbac(hcm: &HttpConnectionManager, at: &str) -> Result<Vec<RbacFilter>, (String, String)> {
+/// The configs of the HCM's filters named `name`, in order, each with
+/// where it is (`at` locates the HCM).
+fn http_filter_configs<M: prost::Message + Default + prost::Name>(
+    hcm: &HttpConnectionManager,
+    name: &str,
+    at: &str,
+) -> Result<Vec<(String, M)>, (String, String)> {
     let mut out = Vec::new();
-    for (i, f) in hcm.http_filters.iter().enumerate().filter(|(_, f)| f.name == RBAC_HTTP_FILTER) {
+    for (i, f) in hcm.http_filters.iter().enumerate().filter(|(_, f)| f.name == name) {
         let at = format!("{at}.http_filters[{i}].typed_config");
         let Some(HttpFilterConfig::TypedConfig(any)) = &f.config_type else {
             return Err((at, "a typed_config is required".into()));
         };
-        let config: HttpRbac = decode(any, KIND).map_err(|e| (at.clone(), e.message))?;
+        let config = decode(any, KIND).map_err(|e| (at.clone(), e.message))?;
+        out.push((at, config));
+    }
+    Ok(out)
+}
+
+/// The HCM's RBAC filters, in order (a filter without rules enforces
+/// nothing, as in Envoy).
+fn http_rbac(hcm: &HttpConnectionManager, at: &str) -> Result<Vec<RbacFilter>, (String, String)> {
+    let mut out = Vec::new();
+    for (at, config) in http_filter_configs::<HttpRbac>(hcm, RBAC_HTTP_FILTER, at)? {
         if config.matcher.is_some() {
             return Err((format!("{at}.matcher"), "the matcher form of RBAC is not supported".into()));
         }
@@ -137,12 +151,7 @@ fn http_rbac(hcm: &HttpConnectionManager, at: &str) -> Result<Vec<RbacFilter>, (
 /// a share of requests, per-connection buckets, another status) is refused.
 fn http_local_rate_limits(hcm: &HttpConnectionManager, at: &str) -> Result<Vec<LocalRateLimit>, (String, String)> {
     let mut out = Vec::new();
-    for (i, f) in hcm.http_filters.iter().enumerate().filter(|(_, f)| f.name == LOCAL_RATE_LIMIT_FILTER) {
-        let at = format!("{at}.http_filters[{i}].typed_config");
-        let Some(HttpFilterConfig::TypedConfig(any)) = &f.config_type else {
-            return Err((at, "a typed_config is required".into()));
-        };
-        let l: EnvoyLocalRateLimit = decode(any, KIND).map_err(|e| (at.clone(), e.message))?;
+    for (at, l) in http_filter_configs::<EnvoyLocalRateLimit>(hcm, LOCAL_RATE_LIMIT_FILTER, at)? {
         let share =
             |p: &Option<RuntimeFractionalPercent>| p.as_ref().and_then(|p| p.default_value).map_or(0.0, percent);
         let refused = |field: &str, what: &str| Err((format!("{at}.{field}"), format!("{what} is not supported")));
