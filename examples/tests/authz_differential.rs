@@ -270,7 +270,7 @@ fn envoy_rbac_and_mesh_proxy_decide_every_request_alike() {
     let certs: Vec<&str> = certs.iter().map(String::as_str).collect();
     let source = ["--config", &path("mesh").to_string_lossy(), "--namespace", "default"].map(String::from);
     let source: Vec<&str> = source.iter().map(String::as_str).collect();
-    let _mesh = Gateway::launch(&source, mesh_ports.https, &certs, Stdio::null());
+    let mesh = Gateway::launch(&source, mesh_ports.https, &certs, Stdio::null());
 
     // mesh-proxy over xDS: its own control plane (the ports differ from
     // Envoy's), plaintext xDS, its certificate from files.
@@ -307,6 +307,13 @@ fn envoy_rbac_and_mesh_proxy_decide_every_request_alike() {
     let gateways = [("mesh-proxy", mesh_ports), ("over xDS", xds_ports)];
     compare_requests(&clients, envoy_ports.https, &gateways);
     compare_connections(envoy_ports, &gateways);
+
+    // Denied connections are counted, flagged as RBAC denials.
+    let metrics = mesh.admin_get("/stats/prometheus").map(|r| r.body).unwrap_or_default();
+    let denied = metrics
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_connections_opened_total{") && l.contains("response_flags=\"RBAC\""));
+    assert!(denied.is_some_and(|l| l.ends_with(" 3")), "three denied connections counted:\n{metrics}");
 }
 
 /// Every request from every client through Envoy and each gateway: the
