@@ -1,10 +1,11 @@
 //! RequestAuthentication, differential: one RequestAuthentication, one set
 //! of AuthorizationPolicies and a claim route, enforced by Envoy 1.40
-//! (jwt_authn and RBAC from our control plane) and by a mesh-proxy gateway
-//! (its own checks), each in front of the same backend. The same tokens
+//! (jwt_authn and RBAC from our control plane), by a mesh-proxy gateway
+//! (its own checks) and by a mesh-proxy gateway fed the same jwt_authn and
+//! RBAC over xDS, each in front of the same backend. The same tokens
 //! (valid, expired, not yet valid, wrong issuer, audience or key, `none`,
-//! tampered, malformed, nested and list claims) go to both on several
-//! paths; every status code must agree.
+//! tampered, malformed, nested and list claims) go to all three on several
+//! paths; every status code and body must agree.
 
 mod common;
 
@@ -222,20 +223,32 @@ fn envoy_jwt_authn_and_mesh_proxy_answer_every_token_alike() {
     let rules = rules(&jwks(&a_refs), &jwks(&[&b]), &format!("http://127.0.0.1:{jwks_port}/c.json"));
 
     let (_backend, backend_port) = backend("v1", 0);
-    let (envoy_port, mesh_port) = (free_port(), free_port());
+    let (envoy_port, mesh_port, xds_port) = (free_port(), free_port(), free_port());
     let work = tempfile::tempdir().unwrap();
     let dir = |name: &str| {
         let d = work.path().join(name);
         std::fs::create_dir(&d).unwrap();
         d
     };
-    let (mesh_dir, cp_dir) = (dir("mesh"), dir("cp"));
+    let (mesh_dir, cp_dir, xds_dir) = (dir("mesh"), dir("cp"), dir("xds"));
     std::fs::write(mesh_dir.join("mesh.yaml"), mesh(mesh_port, backend_port, &rules)).unwrap();
     std::fs::write(cp_dir.join("mesh.yaml"), mesh(envoy_port, backend_port, &rules)).unwrap();
+    std::fs::write(xds_dir.join("mesh.yaml"), mesh(xds_port, backend_port, &rules)).unwrap();
     let _mesh = Gateway::launch(
         &["--config", &mesh_dir.to_string_lossy(), "--namespace", "default"],
         mesh_port,
         &["--jwks-refresh", "1"],
+        std::process::Stdio::null(),
+    );
+    // mesh-proxy fed over xDS (the JWT filter, RBAC on its payload and
+    // claim routes as Envoy gets them), by a control plane of its own: its
+    // gateway port differs from Envoy's.
+    let (_xds_cp, xds_for_mesh, _) = control_plane_on(&["--config", &xds_dir.to_string_lossy(), "--jwks-refresh", "1"]);
+    let server = format!("http://127.0.0.1:{xds_for_mesh}");
+    let _over_xds = Gateway::launch(
+        &["--xds-server", &server, "--namespace", "default"],
+        xds_port,
+        &[],
         std::process::Stdio::null(),
     );
     let (_cp, xds, debug) = control_plane_on(&["--config", &cp_dir.to_string_lossy(), "--jwks-refresh", "1"]);
@@ -250,12 +263,13 @@ fn envoy_jwt_authn_and_mesh_proxy_answer_every_token_alike() {
 
     // The control plane fetched C's keys and pushed them inline.
     let c_valid = bearer_header(&c[0].mint(&json!({"iss": ISSUER_C, "sub": "bob", "exp": now() + 600})));
-    assert!(
-        wait_until(Duration::from_secs(30), || get(envoy_port, "/public", &[("authorization", &c_valid)]).status
-            == 200),
-        "Envoy never got issuer C's keys from the control plane; syncz: {:?}",
-        debug_get(debug, "/debug/syncz").map(|r| r.body)
-    );
+    for (who, port) in [("Envoy", envoy_port), ("mesh-proxy over xDS", xds_port)] {
+        assert!(
+            wait_until(Duration::from_secs(30), || get(port, "/public", &[("authorization", &c_valid)]).status == 200),
+            "{who} never got issuer C's keys from the control plane; syncz: {:?}",
+            debug_get(debug, "/debug/syncz").map(|r| r.body)
+        );
+    }
     let cases = cases(&a, &b, &c, &stranger);
     assert!(cases.len() >= 60, "{} tokens", cases.len());
     let mut disagreements = Vec::new();
@@ -263,13 +277,15 @@ fn envoy_jwt_authn_and_mesh_proxy_answer_every_token_alike() {
     for case in &cases {
         for path in PATHS {
             let (envoy_code, envoy_body) = send(envoy_port, path, case);
-            let (mesh_code, mesh_body) = send(mesh_port, path, case);
             *codes.entry(envoy_code).or_default() += 1;
-            if (envoy_code, &envoy_body) != (mesh_code, &mesh_body) {
-                disagreements.push(format!(
-                    "{:28} {path:10} Envoy {envoy_code} {envoy_body:?} mesh-proxy {mesh_code} {mesh_body:?}",
-                    case.name,
-                ));
+            for (who, port) in [("mesh-proxy", mesh_port), ("over xDS", xds_port)] {
+                let (code, body) = send(port, path, case);
+                if (envoy_code, &envoy_body) != (code, &body) {
+                    disagreements.push(format!(
+                        "{:28} {path:10} Envoy {envoy_code} {envoy_body:?} {who} {code} {body:?}",
+                        case.name,
+                    ));
+                }
             }
         }
     }
@@ -288,7 +304,7 @@ fn envoy_jwt_authn_and_mesh_proxy_answer_every_token_alike() {
     // the first key's tokens keep passing.
     std::fs::write(keys.path().join("c.json"), jwks(&[&c[0], &c[1]])).unwrap();
     let rotated = bearer_header(&c[1].mint(&json!({"iss": ISSUER_C, "sub": "bob", "exp": now() + 600})));
-    for (who, port) in [("Envoy", envoy_port), ("mesh-proxy", mesh_port)] {
+    for (who, port) in [("Envoy", envoy_port), ("mesh-proxy", mesh_port), ("mesh-proxy over xDS", xds_port)] {
         assert!(
             wait_until(Duration::from_secs(30), || get(port, "/public", &[("authorization", &rotated)]).status == 200),
             "{who} never took the rotated key"

@@ -102,6 +102,11 @@ pub struct FilterChain {
     /// [`ProxyConfig::local_rate_limits`] instead.
     #[serde(default)]
     pub local_rate_limits: Vec<crate::rate_limit::LocalRateLimit>,
+    /// Envoy's JWT filter on this chain, as received over xDS (mesh-proxy
+    /// checks tokens once per proxy: the import lifts these into
+    /// [`ProxyConfig::request_authentication`]).
+    #[serde(default)]
+    pub request_authentication: Vec<crate::jwt::JwtProvider>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -73,6 +73,16 @@ pub enum Principal {
     RemoteIp(IpNet),
     Header(HeaderMatch),
     UrlPath(TextMatch),
+    /// A claim of the request's verified JWT (Envoy: the jwt_authn
+    /// filter's payload in the request's metadata): a string claim that
+    /// `string` matches, or a list claim with an element `element`
+    /// matches; a missing claim matches neither (`invert` flips it all).
+    JwtClaim {
+        path: Vec<String>,
+        string: Option<TextMatch>,
+        element: Option<TextMatch>,
+        invert: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -335,6 +345,7 @@ enum Prin {
     RemoteIp(IpNet),
     Header(CompiledHeader),
     UrlPath(CompiledText),
+    JwtClaim { path: Vec<String>, string: Option<CompiledText>, element: Option<CompiledText>, invert: bool },
 }
 
 impl Prin {
@@ -350,6 +361,12 @@ impl Prin {
             Principal::RemoteIp(n) => Prin::RemoteIp(*n),
             Principal::Header(h) => Prin::Header(CompiledHeader::new(h)?),
             Principal::UrlPath(t) => Prin::UrlPath(CompiledText::new(t)?),
+            Principal::JwtClaim { path, string, element, invert } => Prin::JwtClaim {
+                path: path.clone(),
+                string: string.as_ref().map(CompiledText::new).transpose()?,
+                element: element.as_ref().map(CompiledText::new).transpose()?,
+                invert: *invert,
+            },
         })
     }
 
@@ -368,6 +385,16 @@ impl Prin {
             Prin::RemoteIp(n) => within(n, req.remote_ip.or(req.source_ip)),
             Prin::Header(h) => h.matches(req),
             Prin::UrlPath(t) => t.matches(req.path),
+            Prin::JwtClaim { path, string, element, invert } => {
+                let matched = match req.request_auth.and_then(|jwt| jwt.claim(path)) {
+                    Some(serde_json::Value::String(s)) => string.as_ref().is_some_and(|t| t.matches(s)),
+                    Some(serde_json::Value::Array(list)) => element
+                        .as_ref()
+                        .is_some_and(|t| list.iter().filter_map(serde_json::Value::as_str).any(|s| t.matches(s))),
+                    _ => false,
+                };
+                matched != *invert
+            }
         }
     }
 }

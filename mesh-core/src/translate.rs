@@ -475,6 +475,7 @@ impl<'a> Translator<'a> {
                 },
                 rbac: Vec::new(),
                 local_rate_limits: Vec::new(),
+                request_authentication: Vec::new(),
             }],
         });
         // One HTTP listener and route table per HTTP port; TCP ports get a
@@ -505,6 +506,7 @@ impl<'a> Translator<'a> {
                                 action: ChainAction::Tcp { clusters },
                                 rbac: Vec::new(),
                                 local_rate_limits: Vec::new(),
+                                request_authentication: Vec::new(),
                             }],
                         ),
                     );
@@ -537,6 +539,7 @@ impl<'a> Translator<'a> {
                     action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                     rbac: Vec::new(),
                     local_rate_limits: Vec::new(),
+                    request_authentication: Vec::new(),
                 }],
             ));
         }
@@ -578,6 +581,7 @@ impl<'a> Translator<'a> {
                     action: action.clone(),
                     rbac: Vec::new(),
                     local_rate_limits: Vec::new(),
+                    request_authentication: Vec::new(),
                 });
             }
         }
@@ -848,6 +852,7 @@ impl<'a> Translator<'a> {
                             action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                             rbac: Vec::new(),
                             local_rate_limits: Vec::new(),
+                            request_authentication: Vec::new(),
                         });
                     } else {
                         plain_http = true;
@@ -874,6 +879,7 @@ impl<'a> Translator<'a> {
                             action: ChainAction::Tcp { clusters },
                             rbac: Vec::new(),
                             local_rate_limits: Vec::new(),
+                            request_authentication: Vec::new(),
                         });
                     }
                 }
@@ -891,6 +897,7 @@ impl<'a> Translator<'a> {
                     action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
                     rbac: Vec::new(),
                     local_rate_limits: Vec::new(),
+                    request_authentication: Vec::new(),
                 });
             }
             cfg.listeners.push(port_listener("0.0.0.0", port, TrafficDirection::Gateway, chains));

@@ -286,6 +286,7 @@ fn request_authentication_reaches_the_gateway_as_jwt_authn() {
             },
             rbac: Vec::new(),
             local_rate_limits: Vec::new(),
+            request_authentication: Vec::new(),
         }],
     });
     let mut second = cfg.listeners.last().unwrap().clone();

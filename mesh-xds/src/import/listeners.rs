@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
     filter::ConfigType as FilterConfig, Filter as EnvoyFilter, FilterChain as EnvoyFilterChain,
     Listener as EnvoyListener,
 };
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as EnvoyLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -20,6 +21,7 @@ use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as Netw
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy::ClusterSpecifier, TcpProxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
+use mesh_core::jwt::JwtProvider;
 use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{
     ChainAction, FilterChain, HeaderOps, Listener, ServerTls, TrafficDirection, WeightedCluster,
@@ -92,15 +94,16 @@ const FOLLOWED_HTTP_FILTERS: &[&str] = &[
     "envoy.filters.http.cors",
     RBAC_HTTP_FILTER,
     LOCAL_RATE_LIMIT_FILTER,
+    JWT_FILTER,
 ];
 
 const RBAC_HTTP_FILTER: &str = "envoy.filters.http.rbac";
 const LOCAL_RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+const JWT_FILTER: &str = crate::envoy::jwt::FILTER;
 const RBAC_NETWORK_FILTER: &str = "envoy.filters.network.rbac";
 
-/// A security or traffic filter mesh-proxy does not take over xDS yet
-/// (JWT authentication, anything else): refused, naming it, rather than
-/// run without it.
+/// A security or traffic filter mesh-proxy does not take over xDS:
+/// refused, naming it, rather than run without it.
 fn refuse_unenforced_filters(hcm: &HttpConnectionManager) -> Result<(), String> {
     match hcm.http_filters.iter().find(|f| !FOLLOWED_HTTP_FILTERS.contains(&f.name.as_str())) {
         Some(f) => Err(format!(
@@ -143,6 +146,15 @@ fn http_rbac(hcm: &HttpConnectionManager, at: &str) -> Result<Vec<RbacFilter>, (
         }
     }
     Ok(out)
+}
+
+/// The HCM's JWT providers (one jwt_authn filter at most).
+fn http_jwt(hcm: &HttpConnectionManager, at: &str) -> Result<Vec<JwtProvider>, (String, String)> {
+    match http_filter_configs::<JwtAuthentication>(hcm, JWT_FILTER, at)?.as_slice() {
+        [] => Ok(Vec::new()),
+        [(at, config)] => super::jwt::providers(config, at),
+        [_, (at, _), ..] => Err((at.clone(), "a second JWT filter is not supported".into())),
+    }
 }
 
 /// The HCM's local rate limits: a token bucket on every request, 429 when
@@ -220,6 +232,7 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
     };
     let mut rbac = Vec::new();
     let mut local_rate_limits = Vec::new();
+    let mut request_authentication = Vec::new();
     for (i, guard) in guards.iter().enumerate() {
         let field = format!("{at}.filters[{i}]");
         if guard.name != RBAC_NETWORK_FILTER {
@@ -244,6 +257,7 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
             rbac.extend(http_rbac(&hcm, &hcm_at).map_err(|(field, message)| err(field, message))?);
             local_rate_limits =
                 http_local_rate_limits(&hcm, &hcm_at).map_err(|(field, message)| err(field, message))?;
+            request_authentication = http_jwt(&hcm, &hcm_at).map_err(|(field, message)| err(field, message))?;
             let protocol = match CodecType::try_from(hcm.codec_type) {
                 Ok(CodecType::Http2) => Protocol::Http2,
                 _ => Protocol::Http,
@@ -300,5 +314,6 @@ fn filter_chain(c: &EnvoyFilterChain, at: &str, name: &str) -> Result<FilterChai
         action,
         rbac,
         local_rate_limits,
+        request_authentication,
     })
 }

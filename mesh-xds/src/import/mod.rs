@@ -1,12 +1,13 @@
 //! Envoy v3 resources back into mesh-core's [`ProxyConfig`]: how
 //! mesh-proxy consumes xDS. The inverse of [`crate::envoy`] for everything
-//! that module emits, so a config survives the trip; what mesh-proxy
-//! cannot execute is refused with an error naming the resource and field
-//! (the client NACKs it), except HTTP filters it does not know, which are
-//! skipped as Envoy skips optional ones.
+//! that module emits, so a config survives the trip (security included:
+//! RBAC, JWT and local rate limit filters); what mesh-proxy cannot
+//! execute, an HTTP filter it does not know included, is refused with an
+//! error naming the resource and field (the client NACKs it).
 
 mod clusters;
 mod endpoints;
+mod jwt;
 mod listeners;
 mod rbac;
 mod routes;
@@ -77,6 +78,14 @@ pub fn assemble(
             *hash = (*h).clone();
         }
     }
+    // Tokens are checked once per proxy: the JWT filter of the first chain
+    // that has one (istiod's is the same on every inbound and gateway chain).
+    let request_authentication = listeners
+        .iter()
+        .flat_map(|l| &l.filter_chains)
+        .find(|c| !c.request_authentication.is_empty())
+        .map(|c| c.request_authentication.clone())
+        .unwrap_or_default();
     let mut cfg = ProxyConfig {
         version: String::new(),
         listeners,
@@ -84,7 +93,7 @@ pub fn assemble(
         clusters,
         endpoints,
         authorization: Vec::new(),
-        request_authentication: Vec::new(),
+        request_authentication,
         local_rate_limits: Vec::new(),
         // Envoy's tracing and access log settings are not imported yet.
         telemetry: Default::default(),

@@ -1,17 +1,18 @@
 //! Envoy's RBAC filter configs (HTTP and network) -> mesh-core's
-//! [`RbacFilter`], enforced by mesh-proxy as Envoy enforces them. A rule
-//! it cannot judge (metadata such as a JWT payload, filter state, CEL
-//! conditions, extensions) is refused, naming the field: a policy
-//! enforced in part would allow or deny the wrong requests.
+//! [`RbacFilter`], enforced by mesh-proxy as Envoy enforces them; JWT
+//! claims (the jwt_authn payload in the request's metadata) included. A
+//! rule it cannot judge (other metadata, filter state, CEL conditions,
+//! extensions) is refused, naming the field: a policy enforced in part
+//! would allow or deny the wrong requests.
 
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::rbac::v3::{
-    permission::Rule, principal::Identifier, rbac::Action, Permission as EnvoyPermission, Principal as EnvoyPrincipal,
-    Rbac as EnvoyRbac,
+    permission::Rule, principal::Identifier, rbac::Action, MetadataSource, Permission as EnvoyPermission,
+    Principal as EnvoyPrincipal, Rbac as EnvoyRbac,
 };
 use envoy_types::pb::envoy::config::route::v3::{header_matcher::HeaderMatchSpecifier, HeaderMatcher};
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    path_matcher::Rule as PathRule, string_matcher::MatchPattern, PathMatcher, StringMatcher,
+    path_matcher::Rule as PathRule, string_matcher::MatchPattern, MetadataMatcher, PathMatcher, StringMatcher,
 };
 use ipnet::IpNet;
 use mesh_core::rbac::{
@@ -104,8 +105,19 @@ fn principal(p: &EnvoyPrincipal, at: &str) -> Result<Principal, Refusal> {
         Some(Identifier::RemoteIp(c)) => Principal::RemoteIp(cidr(c, &format!("{at}.remote_ip"))?),
         Some(Identifier::Header(h)) => Principal::Header(header(h, &format!("{at}.header"))?),
         Some(Identifier::UrlPath(m)) => Principal::UrlPath(path(m, &format!("{at}.url_path"))?),
+        // A JWT claim: the jwt_authn filter's payload in the request's metadata.
+        Some(Identifier::SourcedMetadata(s)) if s.metadata_source == MetadataSource::Dynamic as i32 => {
+            let at = format!("{at}.sourced_metadata.metadata_matcher");
+            let Some(m) = &s.metadata_matcher else { return refuse(&at, "required") };
+            claim(m, &at)?
+        }
         other => return refuse(at, format!("{} is not supported", variant(other))),
     })
+}
+
+fn claim(m: &MetadataMatcher, at: &str) -> Result<Principal, Refusal> {
+    let c = super::jwt::claim_match(m, at)?;
+    Ok(Principal::JwtClaim { path: c.path, string: c.string, element: c.element, invert: c.invert })
 }
 
 /// The variant's name: `Some(Metadata(..))` -> `Metadata`.
@@ -133,7 +145,7 @@ fn path(m: &PathMatcher, at: &str) -> Result<TextMatch, Refusal> {
     }
 }
 
-fn text(m: &StringMatcher, at: &str) -> Result<TextMatch, Refusal> {
+pub(super) fn text(m: &StringMatcher, at: &str) -> Result<TextMatch, Refusal> {
     let pattern = match &m.match_pattern {
         Some(MatchPattern::Exact(s)) => TextPattern::Exact(s.clone()),
         Some(MatchPattern::Prefix(s)) => TextPattern::Prefix(s.clone()),

@@ -24,9 +24,9 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{fault_abort::
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher as EnvoyStringMatcher};
 use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use mesh_core::proxy_config::{
-    AbortStatus, CorsPolicy, FaultAbort, FaultDelay, FaultPolicy, HashPolicy, HeaderMatcher, HeaderOps, MirrorPolicy,
-    QueryParamMatcher, Redirect, RetryPolicy, Rewrite, Route, RouteAction, RouteConfig, RouteMatch, StringMatcher,
-    VirtualHost, WeightedCluster,
+    AbortStatus, ClaimMatcher, CorsPolicy, FaultAbort, FaultDelay, FaultPolicy, HashPolicy, HeaderMatcher, HeaderOps,
+    MirrorPolicy, QueryParamMatcher, Redirect, RetryPolicy, Rewrite, Route, RouteAction, RouteConfig, RouteMatch,
+    StringMatcher, VirtualHost, WeightedCluster,
 };
 use mesh_core::resilience::retry::RetryOn;
 
@@ -99,13 +99,9 @@ fn route_match(m: Option<&EnvoyRouteMatch>, at: &str, name: &str) -> Result<Rout
             _ => out.headers.push(HeaderMatcher { name: h.name.to_ascii_lowercase(), matcher, invert: h.invert_match }),
         }
     }
-    if !m.dynamic_metadata.is_empty() {
-        // JWT claim routes: without the JWT filter they would match anyone.
-        return Err(err(
-            name,
-            format!("{at}.dynamic_metadata"),
-            "metadata (JWT claim) matches are not supported over xDS",
-        ));
+    for (i, d) in m.dynamic_metadata.iter().enumerate() {
+        let at = format!("{at}.dynamic_metadata[{i}]");
+        out.claims.push(claim(d, &at).map_err(|(field, message)| err(name, field, message))?);
     }
     for (i, q) in m.query_parameters.iter().enumerate() {
         let matcher = match &q.query_parameter_match_specifier {
@@ -119,6 +115,32 @@ fn route_match(m: Option<&EnvoyRouteMatch>, at: &str, name: &str) -> Result<Rout
         out.query_params.push(QueryParamMatcher { name: q.name.clone(), matcher });
     }
     Ok(out)
+}
+
+/// A JWT claim route (`@request.auth.claims.*`): the claim, as a string or
+/// any string of a list, matching one matcher.
+fn claim(
+    m: &envoy_types::pb::envoy::r#type::matcher::v3::MetadataMatcher,
+    at: &str,
+) -> Result<ClaimMatcher, (String, String)> {
+    let c = super::jwt::claim_match(m, at)?;
+    let same = |t: &mesh_core::rbac::TextMatch| {
+        use mesh_core::rbac::TextPattern;
+        match (&t.pattern, t.ignore_case) {
+            (TextPattern::Exact(v), false) => Some(StringMatcher::Exact(v.clone())),
+            (TextPattern::Prefix(v), false) => Some(StringMatcher::Prefix(v.clone())),
+            (TextPattern::Regex(r), false) if r == ".+" => Some(StringMatcher::Present),
+            (TextPattern::Regex(r), false) => Some(StringMatcher::Regex(r.clone())),
+            _ => None,
+        }
+    };
+    match (&c.string, &c.element) {
+        (Some(s), Some(e)) if s == e => match same(s) {
+            Some(matcher) => Ok(ClaimMatcher { path: c.path, matcher, invert: c.invert }),
+            None => Err((format!("{at}.value"), "only exact, prefix and regex claim matches are supported".into())),
+        },
+        _ => Err((format!("{at}.value"), "a claim must match as a string and as a list alike".into())),
+    }
 }
 
 fn header_matcher(h: &EnvoyHeaderMatcher) -> Option<StringMatcher> {

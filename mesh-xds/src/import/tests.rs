@@ -246,8 +246,25 @@ fn rbac_and_rate_limits_are_imported_and_filters_mesh_proxy_does_not_take_are_re
     let mut cfg = reviews_sidecar();
     let rule =
         serde_json::from_value(serde_json::json!({"issuer": "https://issuer", "jwks": "{\"keys\": []}"})).unwrap();
-    cfg.request_authentication.push(mesh_core::jwt::JwtProvider::from_rule("default/jwt", &rule));
+    let provider = mesh_core::jwt::JwtProvider::from_rule("default/jwt", &rule);
+    cfg.request_authentication.push(provider.clone());
+    let policy = mesh_core::config::Resource::from_yaml(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: jwt, namespace: default}\nspec:\n  rules: [{from: [{source: {requestPrincipals: [\"https://issuer/*\"]}}]}]\n",
+    )
+    .unwrap();
+    let mesh_core::config::Spec::AuthorizationPolicy(policy) = policy.spec else { panic!("a policy") };
+    cfg.authorization = vec![mesh_core::proxy_config::AuthorizationPolicyRef {
+        namespace: "default".into(),
+        name: "jwt".into(),
+        policy,
+    }];
     let set = resources(&cfg, Flavor::Envoy, true).resources;
-    let e = proxy_config(ProxyKind::Sidecar, &all::<EnvoyListener>(&set, LISTENER), &[], &[], &[]).unwrap_err();
-    assert!(e.message.contains("envoy.filters.http.jwt_authn"), "{e}");
+    let imported = proxy_config(ProxyKind::Sidecar, &all::<EnvoyListener>(&set, LISTENER), &[], &[], &[]).unwrap();
+    // The provider, named by its place in the filter (its origin is not sent).
+    let expected = mesh_core::jwt::JwtProvider { origin: "origins-0".into(), ..provider };
+    assert_eq!(imported.request_authentication, [expected]);
+    let inbound = imported.listeners.iter().find(|l| l.name == "virtualInbound").expect("virtualInbound");
+    let http = inbound.filter_chains.iter().find(|c| matches!(c.action, ChainAction::Http { .. })).expect("HTTP");
+    let principals = format!("{:?}", http.rbac[0].policies[0].principals);
+    assert!(principals.contains("JwtClaim") && principals.contains("\"iss\""), "{principals}");
 }
