@@ -51,12 +51,8 @@ pub fn listener(l: &EnvoyListener, kind: ProxyKind) -> Result<Listener, ImportEr
         .enumerate()
         .map(|(i, c)| filter_chain(c, &format!("filter_chains[{i}]"), &l.name))
         .collect::<Result<Vec<_>, _>>()?;
-    same_rbac_per_kind(&filter_chains).map_err(|i| {
-        err(
-            format!("filter_chains[{i}].filters"),
-            "RBAC differing between chains of one port and kind (by SNI) is not supported",
-        )
-    })?;
+    chains_alike(&filter_chains)
+        .map_err(|(i, what)| err(format!("filter_chains[{i}].filters"), &format!("{what} is not supported")))?;
     Ok(Listener {
         name: l.name.clone(),
         address,
@@ -72,12 +68,17 @@ pub fn listener(l: &EnvoyListener, kind: ProxyKind) -> Result<Listener, ImportEr
 }
 
 /// mesh-proxy keeps one RBAC per destination port and kind (HTTP or TCP)
-/// of a listener, as istiod writes it; the index of a chain that differs.
-fn same_rbac_per_kind(chains: &[FilterChain]) -> Result<(), usize> {
+/// of a listener, and one set of JWT providers, as istiod writes them;
+/// the index of a chain that differs, and how.
+fn chains_alike(chains: &[FilterChain]) -> Result<(), (usize, &'static str)> {
     let kind = |c: &FilterChain| (c.destination_port, matches!(c.action, ChainAction::Tcp { .. }));
+    let jwt = |c: &&FilterChain| !c.request_authentication.is_empty();
     for (i, c) in chains.iter().enumerate() {
         if chains[..i].iter().any(|o| kind(o) == kind(c) && o.rbac != c.rbac) {
-            return Err(i);
+            return Err((i, "RBAC differing between chains of one port and kind (by SNI)"));
+        }
+        if jwt(&c) && chains[..i].iter().filter(jwt).any(|o| o.request_authentication != c.request_authentication) {
+            return Err((i, "JWT providers differing between chains"));
         }
     }
     Ok(())
