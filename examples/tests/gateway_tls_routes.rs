@@ -17,13 +17,21 @@ use std::time::Duration;
 use common::{backend, control_plane, free_port, gateway_envoy, wait_until, Gateway};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
-/// A TCP backend that answers every connection with `name` and closes.
+/// A TCP backend that answers every connection with `name` and closes
+/// its side. It reads what the client sent before dropping the socket:
+/// closing with unread bytes sends a reset, which can overtake the name
+/// and make a proxy drop it.
 fn tcp_backend(name: &'static str) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
-            let _ = stream.write_all(name.as_bytes());
+            std::thread::spawn(move || {
+                let _ = stream.write_all(name.as_bytes());
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = std::io::copy(&mut stream, &mut std::io::sink());
+            });
         }
     });
     port
