@@ -81,6 +81,16 @@ fn sidecar_captures_a_pods_traffic_both_ways() {
             .unwrap(),
     );
 
+    // A port of the app no Service declares.
+    let _undeclared = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_demo-backend"), "--version", "side", "--host", "0.0.0.0"])
+            .args(["--port", "8090"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
     // The proxy runs as UID 1337, so its files must be readable by it.
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -154,5 +164,22 @@ fn sidecar_captures_a_pods_traffic_both_ways() {
     // An app that sets http_proxy instead.
     let proxied = format!("import urllib.request as u; o = u.build_opener(u.ProxyHandler({{'http': 'http://127.0.0.1:15080'}})); print(o.open('http://{vip}:9080/', timeout=5).headers['x-backend-version'])");
     assert_eq!(in_pod(&ns, &proxied).as_deref(), Ok("v2"), "the explicit proxy port routes too");
+
+    // A port no Service declares passes through (PERMISSIVE by default)...
+    let plaintext = |port: u16| {
+        let request = b"GET / HTTP/1.1\r\nHost: productpage\r\nConnection: close\r\n\r\n";
+        mesh_testkit::http::raw(&format!("{pod_ip}:{port}"), request).ok().and_then(|r| common::parse(&r))
+    };
+    let side = plaintext(8090).map(|r| (r.status, r.header("x-backend-version").map(str::to_string)));
+    assert_eq!(side, Some((200, Some("side".to_string()))), "passthrough to an undeclared port");
+    // ...and under STRICT, plaintext is refused there as on declared ports.
+    let strict = config.join("strict.yaml");
+    std::fs::write(&strict, "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n").unwrap();
+    std::fs::set_permissions(&strict, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || plaintext(8080).is_none()),
+        "STRICT never reached the sidecar"
+    );
+    assert!(plaintext(8090).is_none(), "STRICT covers ports no Service declares");
     drop(pod);
 }

@@ -97,6 +97,10 @@ fn hosts_intersect(a: &str, b: &str) -> bool {
     host_matches(a, b) || host_matches(b, a)
 }
 
+/// Istio's cluster for inbound connections to ports no Service declares:
+/// on to where they were going.
+pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughClusterIpv4";
+
 /// Istio's cluster name.
 pub fn cluster_name(direction: &str, port: u16, subset: Option<&str>, host: &str) -> String {
     format!("{direction}|{port}|{}|{host}", subset.unwrap_or(""))
@@ -554,6 +558,7 @@ impl<'a> Translator<'a> {
             &self.peer_authentications,
         );
         let mut chains = Vec::new();
+        let mut declared = std::collections::BTreeSet::new();
         for (port, _svc) in self.inbound_ports() {
             let cluster = cluster_name("inbound", port.port, None, "");
             let action = if port.protocol.is_http() || port.protocol == Protocol::Unknown {
@@ -573,12 +578,30 @@ impl<'a> Translator<'a> {
                 }
             };
             let target = port.target_port.unwrap_or(port.port);
+            declared.insert(target);
             for tls in mtls::inbound_chains(peer_authentication.mode_for_port(target), self.mesh_config) {
                 chains.push(FilterChain {
                     server_names: vec![],
                     destination_port: Some(target),
                     tls,
                     action: action.clone(),
+                    rbac: Vec::new(),
+                    local_rate_limits: Vec::new(),
+                    request_authentication: Vec::new(),
+                });
+            }
+        }
+        // Ports no Service declares pass through to the app, with mTLS as
+        // PeerAuthentication says (its port level, then the workload's).
+        let undeclared = peer_authentication.per_port.iter().filter(|(p, _)| !declared.contains(*p));
+        let passthrough = undeclared.map(|(p, mode)| (Some(*p), *mode)).chain([(None, peer_authentication.mode)]);
+        for (port, mode) in passthrough {
+            for tls in mtls::inbound_chains(mode, self.mesh_config) {
+                chains.push(FilterChain {
+                    server_names: vec![],
+                    destination_port: port,
+                    tls,
+                    action: ChainAction::Tcp { clusters: vec![WeightedCluster::only(INBOUND_PASSTHROUGH)] },
                     rbac: Vec::new(),
                     local_rate_limits: Vec::new(),
                     request_authentication: Vec::new(),

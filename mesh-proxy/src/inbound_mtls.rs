@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_core::proxy_config::Listener;
+use mesh_core::proxy_config::{FilterChain, Listener};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -25,7 +25,7 @@ pub enum InboundMtls {
 impl InboundMtls {
     /// The mode of `port` from the listener's chains for it.
     pub fn for_port(listener: &Listener, port: u16) -> InboundMtls {
-        let chains = listener.filter_chains.iter().filter(|c| c.destination_port == Some(port));
+        let chains = port_chains(listener, port);
         let (mut mtls, mut plain) = (false, false);
         for chain in chains {
             match &chain.tls {
@@ -40,6 +40,14 @@ impl InboundMtls {
             _ => InboundMtls::Off,
         }
     }
+}
+
+/// The capture listener's chains for connections to `port`: the port's
+/// own, else the catch-all ones (no port: Istio's passthrough chains).
+pub fn port_chains(listener: &Listener, port: u16) -> impl Iterator<Item = &FilterChain> + Clone {
+    let own = listener.filter_chains.iter().any(|c| c.destination_port == Some(port));
+    let wanted = if own { Some(port) } else { None };
+    listener.filter_chains.iter().filter(move |c| c.destination_port == wanted)
 }
 
 /// An accepted inbound connection.

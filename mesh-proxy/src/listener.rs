@@ -261,13 +261,24 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
                 });
                 continue;
             }
-            Target::Passthrough(to) => {
-                let forwarder = Arc::clone(&forwarder);
+            Target::Passthrough(to, mtls) => {
+                let (forwarder, identity) = (Arc::clone(&forwarder), identity.clone());
                 let inbound = (config.direction == TrafficDirection::Inbound).then(|| config.name.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
-                    passthrough(stream, to, inbound.as_deref(), &forwarder).await
+                    let (inbound, forwarder) = (inbound.as_deref(), &forwarder);
+                    match inbound_mtls::accept(stream, mtls, identity.as_ref(), settings.header_timeout).await {
+                        Some(Accepted::Plain(s)) => passthrough(s, addresses, to, inbound, None, forwarder).await,
+                        Some(Accepted::Mtls(s, peer)) => {
+                            passthrough(*s, addresses, to, inbound, Some(peer), forwarder).await
+                        }
+                        None => {}
+                    }
                 });
+                continue;
+            }
+            Target::Closed => {
+                forwarder.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
         };
@@ -530,8 +541,11 @@ enum Target {
     Http(Ingress, InboundMtls),
     /// A `tcp` route, and where the client was going.
     Tcp(Vec<mesh_core::proxy_config::WeightedCluster>, InboundMtls, SocketAddr),
-    /// Nothing in the config is for it: on to where it was going.
-    Passthrough(SocketAddr),
+    /// On to where it was going: Istio's passthrough (inbound: to a port
+    /// no Service declares, with mTLS as PeerAuthentication says).
+    Passthrough(SocketAddr, InboundMtls),
+    /// No chain takes it.
+    Closed,
 }
 
 fn target(
@@ -557,10 +571,8 @@ fn target(
     };
     let live = forwarder.live.load();
     let chain_action = match listener.direction {
-        TrafficDirection::Inbound => listener
-            .filter_chains
-            .iter()
-            .find(|c| c.destination_port == Some(original.port()))
+        TrafficDirection::Inbound => inbound_mtls::port_chains(listener, original.port())
+            .next()
             .map(|c| (c.action.clone(), listener.name.clone())),
         _ => live
             .config
@@ -583,9 +595,20 @@ fn target(
             ingress.route_config = Some(route_config);
             Target::Http(ingress, mtls)
         }
+        Some((ChainAction::Tcp { clusters }, _)) if is_inbound_passthrough(&clusters) => {
+            Target::Passthrough(original, mtls)
+        }
         Some((ChainAction::Tcp { clusters }, _)) => Target::Tcp(clusters, mtls, original),
-        None => Target::Passthrough(original),
+        // Outbound with no listener for it: Istio's PassthroughCluster.
+        None if listener.direction != TrafficDirection::Inbound => Target::Passthrough(original, InboundMtls::Off),
+        // Inbound with no chain: closed, as Envoy closes a connection no
+        // filter chain matches.
+        None => Target::Closed,
     }
+}
+
+fn is_inbound_passthrough(clusters: &[mesh_core::proxy_config::WeightedCluster]) -> bool {
+    matches!(clusters, [only] if only.cluster == mesh_core::translate::INBOUND_PASSTHROUGH)
 }
 
 /// Where a connection redirected by iptables (`REDIRECT`) was going.

@@ -19,23 +19,44 @@ use crate::metrics::TcpExchange;
 use crate::mtls::peer::PeerIdentity;
 use crate::response_flags::Flag;
 
-/// Istio's passthrough clusters: no config for it, so straight on (an
-/// inbound connection, on listener `inbound`, once authorized, as
-/// Istio's passthrough chains carry the RBAC filter too).
-pub(crate) async fn passthrough(downstream: TcpStream, to: SocketAddr, inbound: Option<&str>, forwarder: &Forwarder) {
-    let cluster = if inbound.is_some() { "InboundPassthroughClusterIpv4" } else { "PassthroughCluster" };
-    let Ok(remote) = downstream.peer_addr() else { return };
-    let addresses = (remote, downstream.local_addr().ok());
-    if inbound.is_some_and(|listener| denied(&forwarder.live.load(), listener, None, addresses, to)) {
+/// Where inbound passthrough connections come from (Istio's).
+const INBOUND_PASSTHROUGH_SOURCE: [u8; 4] = [127, 0, 0, 6];
+
+/// Istio's passthrough clusters: straight on to where the connection was
+/// going (an inbound one, on listener `inbound`, once authorized, as
+/// Istio's passthrough chains carry the RBAC filter too; `peer`: its mTLS
+/// identity).
+pub(crate) async fn passthrough<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    downstream: IO,
+    addresses: (SocketAddr, Option<SocketAddr>),
+    to: SocketAddr,
+    inbound: Option<&str>,
+    peer: Option<Arc<PeerIdentity>>,
+    forwarder: &Forwarder,
+) {
+    let cluster = if inbound.is_some() { mesh_core::translate::INBOUND_PASSTHROUGH } else { "PassthroughCluster" };
+    let peer = peer.as_deref();
+    if inbound.is_some_and(|listener| denied(&forwarder.live.load(), listener, peer, addresses, to)) {
         let exchange =
-            TcpExchange { cluster, service: "", peer: None, upstream: None, downstream: addresses, flag: Flag::Denied };
+            TcpExchange { cluster, service: "", peer, upstream: None, downstream: addresses, flag: Flag::Denied };
         drop(forwarder.metrics.tcp_open(&exchange, &forwarder.live.load().telemetry));
         return;
     }
-    let connected = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(to)).await;
+    let connect = async {
+        match inbound {
+            // From 127.0.0.6, as Istio's InboundPassthroughClusterIpv4:
+            // iptables lets it through instead of capturing it again.
+            Some(_) if to.is_ipv4() => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::from((INBOUND_PASSTHROUGH_SOURCE, 0)))?;
+                socket.connect(to).await
+            }
+            _ => TcpStream::connect(to).await,
+        }
+    };
+    let connected = tokio::time::timeout(Duration::from_secs(10), connect).await;
     let flag = if matches!(connected, Ok(Ok(_))) { Flag::None } else { Flag::ConnectFailure };
-    let exchange =
-        TcpExchange { cluster, service: "", peer: None, upstream: Some((to, None)), downstream: addresses, flag };
+    let exchange = TcpExchange { cluster, service: "", peer, upstream: Some((to, None)), downstream: addresses, flag };
     let meter = forwarder.metrics.tcp_open(&exchange, &forwarder.live.load().telemetry);
     let mut downstream = Metered::new(downstream, meter);
     if let Ok(Ok(mut upstream)) = connected {

@@ -33,6 +33,9 @@ struct Args {
     exclude_outbound_ips: Vec<String>,
 }
 
+/// Istio's source address for inbound passthrough connections.
+const INBOUND_PASSTHROUGH_SOURCE: &str = "127.0.0.6";
+
 fn rules(a: &Args) -> Vec<String> {
     let mut r: Vec<String> = ["ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT"]
         .iter()
@@ -46,6 +49,9 @@ fn rules(a: &Args) -> Vec<String> {
     r.push(format!("-t nat -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}", a.outbound_port));
     r.push("-t nat -A PREROUTING -p tcp -j ISTIO_INBOUND".into());
     r.push("-t nat -A OUTPUT -p tcp -j ISTIO_OUTPUT".into());
+    // The proxy's inbound passthrough reaches the app from 127.0.0.6: on,
+    // not captured again (it would loop back into the proxy).
+    r.push(format!("-t nat -A ISTIO_OUTPUT -s {INBOUND_PASSTHROUGH_SOURCE}/32 -o lo -j RETURN"));
     // The proxy talking to its own app over the pod IP: that is inbound.
     r.push(format!(
         "-t nat -A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp -m owner --uid-owner {} -j ISTIO_IN_REDIRECT",

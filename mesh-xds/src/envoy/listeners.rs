@@ -128,6 +128,14 @@ fn filter_chain(
     unsupported: &mut Vec<String>,
 ) -> Option<EnvoyFilterChain> {
     let Security { authn, policies, limits, telemetry: (telemetry, all_telemetry) } = security;
+    // Istio's inbound passthrough chains need its InboundPassthroughClusterIpv4
+    // (original destination, from 127.0.0.6), which is not built for Envoy
+    // yet: Envoy gets none, and closes connections to ports no Service
+    // declares rather than pass them without the PeerAuthentication.
+    if matches!(&c.action, ChainAction::Tcp { clusters } if matches!(clusters.as_slice(), [only] if only.cluster == mesh_core::translate::INBOUND_PASSTHROUGH))
+    {
+        return None;
+    }
     let transport_socket = match &c.tls {
         Some(tls) if tls.mode != "PASSTHROUGH" => Some(super::tls::downstream(tls)?),
         _ => None,

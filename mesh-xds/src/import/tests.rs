@@ -39,15 +39,19 @@ fn comparable(mut cfg: ProxyConfig) -> ProxyConfig {
     cfg.authorization.clear();
     cfg.local_rate_limits.clear();
     cfg.listeners.sort_by(|a, b| a.name.cmp(&b.name));
-    // Envoy refuses a listener without chains: it is not sent.
-    cfg.listeners.retain(|l| !l.filter_chains.is_empty());
     for l in &mut cfg.listeners {
+        // Envoy is sent no inbound passthrough chains (see `envoy::listeners`).
+        l.filter_chains.retain(|c| {
+            !matches!(&c.action, ChainAction::Tcp { clusters } if clusters[0].cluster == mesh_core::translate::INBOUND_PASSTHROUGH)
+        });
         for c in &mut l.filter_chains {
             if let ChainAction::Http { protocol, .. } = &mut c.action {
                 *protocol = Protocol::Http;
             }
         }
     }
+    // Envoy refuses a listener without chains: it is not sent.
+    cfg.listeners.retain(|l| !l.filter_chains.is_empty());
     cfg.route_configs.sort_by(|a, b| a.name.cmp(&b.name));
     // Istio's endpoint metadata names the workload without app and version.
     for e in cfg.endpoints.iter_mut().flat_map(|la| &mut la.endpoints) {
@@ -142,9 +146,12 @@ fn reviews_sidecar() -> ProxyConfig {
 fn in_mesh_mtls_survives_the_round_trip() {
     let cfg = reviews_sidecar();
     let inbound = cfg.listeners.iter().find(|l| l.name == "virtualInbound").unwrap();
-    let modes: Vec<Option<&str>> =
-        inbound.filter_chains.iter().map(|c| c.tls.as_ref().map(|t| t.mode.as_str())).collect();
-    assert_eq!(modes, [Some("ISTIO_MUTUAL"), None]);
+    let modes = |port: Option<u16>| -> Vec<Option<&str>> {
+        let chains = inbound.filter_chains.iter().filter(|c| c.destination_port.is_some() == port.is_some());
+        chains.map(|c| c.tls.as_ref().map(|t| t.mode.as_str())).collect()
+    };
+    assert_eq!(modes(Some(9080)), [Some("ISTIO_MUTUAL"), None]);
+    assert_eq!(modes(None), [Some("ISTIO_MUTUAL"), None], "undeclared ports: PERMISSIVE too");
     assert!(cfg.clusters.iter().any(|c| c.tls.as_ref().is_some_and(|t| t.auto)));
     let outbound = cfg.endpoints.iter().filter(|la| la.cluster_name.starts_with("outbound|"));
     assert!(outbound.flat_map(|la| &la.endpoints).all(|e| e.mtls_ready));
