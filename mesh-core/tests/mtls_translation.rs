@@ -130,16 +130,21 @@ fn inbound_chains(cfg: &ProxyConfig) -> Vec<(Option<u16>, bool)> {
 
 #[test]
 fn peer_authentication_becomes_inbound_chains() {
+    // The declared port's chains, then the passthrough chains for ports no
+    // Service declares (destination port `None`), in the workload's mode.
     let mesh = MeshConfig::default();
     assert_eq!(
         inbound_chains(&build(&[], &httpbin_in_foo(), &mesh)),
-        [(Some(8000), true), (Some(8000), false)],
+        [(Some(8000), true), (Some(8000), false), (None, true), (None, false)],
         "PERMISSIVE by default: both, told apart by the first bytes"
     );
     let strict = peer_authentication("istio-system", "  mtls: {mode: STRICT}");
-    assert_eq!(inbound_chains(&build(&[&strict], &httpbin_in_foo(), &mesh)), [(Some(8000), true)]);
+    assert_eq!(inbound_chains(&build(&[&strict], &httpbin_in_foo(), &mesh)), [(Some(8000), true), (None, true)]);
     let disable_ns = peer_authentication("foo", "  mtls: {mode: DISABLE}");
-    assert_eq!(inbound_chains(&build(&[&strict, &disable_ns], &httpbin_in_foo(), &mesh)), [(Some(8000), false)]);
+    assert_eq!(
+        inbound_chains(&build(&[&strict, &disable_ns], &httpbin_in_foo(), &mesh)),
+        [(Some(8000), false), (None, false)]
+    );
     let port_level = "apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: httpbin, namespace: foo}
@@ -147,10 +152,12 @@ spec:
   selector: {matchLabels: {app: httpbin}}
   mtls: {mode: UNSET}
   portLevelMtls:
-    8000: {mode: PERMISSIVE}";
+    8000: {mode: PERMISSIVE}
+    9000: {mode: DISABLE}";
     assert_eq!(
         inbound_chains(&build(&[&strict, port_level], &httpbin_in_foo(), &mesh)),
-        [(Some(8000), true), (Some(8000), false)]
+        [(Some(8000), true), (Some(8000), false), (Some(9000), false), (None, true)],
+        "an undeclared port's own mode gets a passthrough chain of its own; the rest inherit STRICT"
     );
 }
 
