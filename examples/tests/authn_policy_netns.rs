@@ -6,7 +6,9 @@
 //! HTTP/2 one (8001), the HTTP code (000 for a reset), under: nothing
 //! applied; mesh-wide STRICT; servers of an unexpected identity; STRICT
 //! with auto mTLS off, then with a `*.local` ISTIO_MUTUAL DestinationRule;
-//! an AuthorizationPolicy in foo allowing only namespace bar.
+//! an AuthorizationPolicy in foo allowing only namespace bar. httpbin
+//! also listens on a port no Service declares (8090): reached through
+//! the proxies' passthrough both ways, plaintext, so refused under STRICT.
 //!
 //! Run three times: with mesh-proxy sidecars everywhere (reading the
 //! config files), with Envoy 1.40 sidecars everywhere (all over xDS,
@@ -31,6 +33,9 @@ use mesh_testkit::netns::python;
 const NAMESPACES: [&str; 3] = ["foo", "bar", "legacy"];
 /// httpbin's ports: HTTP/1.1, and HTTP/2 between the sidecars.
 const PORTS: [u16; 2] = [8000, 8001];
+/// An httpbin port no Service declares: Istio's passthrough, outbound and
+/// inbound, under the workload's PeerAuthentication.
+const UNDECLARED: u16 = 8090;
 
 /// The proxy a namespace's pods run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,7 +206,7 @@ impl Setup {
 fn start_apps(httpbins: &BTreeMap<&str, Pod>) -> Vec<Proc> {
     let mut apps = Vec::new();
     for pod in httpbins.values() {
-        for port in PORTS {
+        for port in PORTS.into_iter().chain([UNDECLARED]) {
             let child = Command::new("ip")
                 .args(["netns", "exec", &pod.ns, env!("CARGO_BIN_EXE_demo-backend"), "--version", "httpbin"])
                 .args(["--host", "0.0.0.0", "--port", &port.to_string()])
@@ -249,7 +254,7 @@ fn table_of(sleeps: &BTreeMap<&str, Pod>, httpbins: &BTreeMap<&str, Pod>) -> Tab
     let mut codes = Table::new();
     for from in NAMESPACES {
         for to in NAMESPACES {
-            for port in PORTS {
+            for port in PORTS.into_iter().chain([UNDECLARED]) {
                 let url = format!("http://{}:{port}/headers", httpbins[to].ip);
                 let (code, _) = get(&sleeps[from].ns, &url, &format!("httpbin.{to}.svc.cluster.local:{port}"));
                 codes.insert(format!("{from}->{to}:{port}"), code);
@@ -259,7 +264,7 @@ fn table_of(sleeps: &BTreeMap<&str, Pod>, httpbins: &BTreeMap<&str, Pod>) -> Tab
     codes
 }
 
-/// `base` with the pairs `from -> to` (both ports) set to `code`.
+/// `base` with the pairs `from -> to` (both declared ports) set to `code`.
 fn with(base: &Table, froms: &[&str], tos: &[&str], code: &str) -> Table {
     let mut t = base.clone();
     for from in froms {
@@ -267,6 +272,18 @@ fn with(base: &Table, froms: &[&str], tos: &[&str], code: &str) -> Table {
             for port in PORTS {
                 t.insert(format!("{from}->{to}:{port}"), code.to_string());
             }
+        }
+    }
+    t
+}
+
+/// `base` with every client's call of `tos` on the undeclared port set to
+/// `code`.
+fn undeclared(base: &Table, tos: &[&str], code: &str) -> Table {
+    let mut t = base.clone();
+    for from in NAMESPACES {
+        for to in tos {
+            t.insert(format!("{from}->{to}:{UNDECLARED}"), code.to_string());
         }
     }
     t
@@ -339,7 +356,7 @@ fn istio_authentication_policy_task(in_foo: Sidecar, in_bar: Sidecar) {
 
     // 1. Nothing applied: PERMISSIVE, auto mTLS. Sidecar to sidecar is
     // mTLS: httpbin sees the client's identity.
-    let all_200 = with(&Table::new(), &NAMESPACES, &NAMESPACES, "200");
+    let all_200 = undeclared(&with(&Table::new(), &NAMESPACES, &NAMESPACES, "200"), &NAMESPACES, "200");
     expect("nothing applied", &all_200);
     for (from, to) in [("foo", "bar"), ("bar", "foo")] {
         let url = format!("http://{}:8000/headers", httpbins[to].ip);
@@ -360,7 +377,9 @@ fn istio_authentication_policy_task(in_foo: Sidecar, in_bar: Sidecar) {
     // 2. Mesh-wide STRICT.
     let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n";
     write_readable(&setup.path("config/strict.yaml"), strict);
-    let strict_table = with(&all_200, &["legacy"], &["foo", "bar"], "000");
+    // The undeclared port is plaintext from every client (Istio's
+    // PassthroughCluster has no TLS): refused in foo and bar.
+    let strict_table = undeclared(&with(&all_200, &["legacy"], &["foo", "bar"], "000"), &["foo", "bar"], "000");
     expect("mesh-wide STRICT", &strict_table);
 
     // Secure naming: a server that is not the service account the client

@@ -116,9 +116,10 @@ fn acked_listeners(debug: u16, previous: &str) -> String {
     syncz["nodes"][0]["types"]["LDS"]["acked_version"].as_str().unwrap_or_default().to_string()
 }
 
-/// `virtualInbound`'s filter chains in Envoy's config dump: the transport
-/// each matches, and whether it requires a client certificate.
-fn inbound_chains(envoy: &Envoy) -> Vec<(String, bool)> {
+/// `virtualInbound`'s filter chains in Envoy's config dump: the port and
+/// transport each matches (no port: Istio's passthrough chains for ports
+/// no Service declares), and whether it requires a client certificate.
+fn inbound_chains(envoy: &Envoy) -> Vec<(Option<u64>, String, bool)> {
     let dump = envoy.admin_get("/config_dump?resource=dynamic_listeners").unwrap_or_default();
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
     let Some(listener) = dump["configs"]
@@ -135,9 +136,10 @@ fn inbound_chains(envoy: &Envoy) -> Vec<(String, bool)> {
         .into_iter()
         .flatten()
         .map(|c| {
+            let port = c["filter_chain_match"]["destination_port"].as_u64();
             let transport = c["filter_chain_match"]["transport_protocol"].as_str().unwrap_or("").to_string();
             let mutual = c["transport_socket"]["typed_config"]["require_client_certificate"] == true;
-            (transport, mutual)
+            (port, transport, mutual)
         })
         .collect()
 }
@@ -185,11 +187,13 @@ spec:
 
     // PERMISSIVE by default: mTLS and plaintext on 9080.
     let mut version = acked_listeners(debug, "");
-    let tls = || ("tls".to_string(), true);
-    let raw = || ("raw_buffer".to_string(), false);
+    let tls = |port: Option<u64>| (port, "tls".to_string(), true);
+    let raw = |port: Option<u64>| (port, "raw_buffer".to_string(), false);
+    let (declared, undeclared) = (Some(9080), None);
+    let permissive = vec![tls(declared), raw(declared), tls(undeclared), raw(undeclared)];
     // Active once its secrets came: the TLS chain waits for them.
     assert!(
-        wait_until(Duration::from_secs(10), || inbound_chains(&envoy) == [tls(), raw()]),
+        wait_until(Duration::from_secs(10), || inbound_chains(&envoy) == permissive),
         "PERMISSIVE: inbound chains {:?}; Envoy's log:\n{}",
         inbound_chains(&envoy),
         envoy.log()
@@ -197,7 +201,10 @@ spec:
     let policy = |mode: &str| {
         format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec:\n  mtls: {{mode: {mode}}}\n")
     };
-    for (mode, chains) in [("STRICT", vec![tls()]), ("DISABLE", vec![raw()]), ("PERMISSIVE", vec![tls(), raw()])] {
+    let strict = vec![tls(declared), tls(undeclared)];
+    for (mode, chains) in
+        [("STRICT", strict), ("DISABLE", vec![raw(declared), raw(undeclared)]), ("PERMISSIVE", permissive)]
+    {
         std::fs::write(config.join("peer-authentication.yaml"), policy(mode)).unwrap();
         version = acked_listeners(debug, &version);
         assert!(
@@ -210,11 +217,12 @@ spec:
     std::fs::write(config.join("deny.yaml"), deny).unwrap();
     std::fs::write(config.join("peer-authentication.yaml"), policy("STRICT")).unwrap();
     version = acked_listeners(debug, &version);
-    // No inbound service: no inbound listener, nothing for Envoy to refuse.
+    // No inbound service: only the passthrough chains, as Istio's.
     std::fs::remove_file(config.join("reviews.yaml")).unwrap();
     acked_listeners(debug, &version);
     assert!(
-        wait_until(Duration::from_secs(10), || inbound_chains(&envoy).is_empty()),
-        "virtualInbound kept chains with no inbound service"
+        wait_until(Duration::from_secs(10), || inbound_chains(&envoy) == [tls(undeclared)]),
+        "with no inbound service: {:?}",
+        inbound_chains(&envoy)
     );
 }

@@ -183,7 +183,8 @@ enum Text {
 }
 
 /// A compiled [`TextMatch`]; with `ignore_case` the literals are lower
-/// case and the value is folded before comparing.
+/// case and compared with the value ASCII-case-insensitively (Envoy's
+/// rule), without a folded copy of the value.
 #[derive(Clone, Debug)]
 struct CompiledText {
     text: Text,
@@ -204,18 +205,15 @@ impl CompiledText {
     }
 
     fn matches(&self, value: &str) -> bool {
-        let folded;
-        let value = if self.ignore_case && !matches!(self.text, Text::Regex(_)) {
-            folded = value.to_ascii_lowercase();
-            folded.as_str()
-        } else {
-            value
-        };
+        let eq: fn(&[u8], &[u8]) -> bool =
+            if self.ignore_case { |a, b| a.eq_ignore_ascii_case(b) } else { |a, b| a == b };
+        let bytes = value.as_bytes();
+        let at = |start: usize, s: &str| bytes.get(start..start + s.len()).is_some_and(|v| eq(v, s.as_bytes()));
         match &self.text {
-            Text::Exact(s) => value == s,
-            Text::Prefix(s) => value.starts_with(s.as_str()),
-            Text::Suffix(s) => value.ends_with(s.as_str()),
-            Text::Contains(s) => value.contains(s.as_str()),
+            Text::Exact(s) => bytes.len() == s.len() && at(0, s),
+            Text::Prefix(s) => at(0, s),
+            Text::Suffix(s) => bytes.len() >= s.len() && at(bytes.len() - s.len(), s),
+            Text::Contains(s) => s.is_empty() || bytes.windows(s.len()).any(|w| eq(w, s.as_bytes())),
             Text::Regex(r) => r.is_match(value),
         }
     }

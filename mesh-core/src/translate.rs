@@ -101,6 +101,10 @@ fn hosts_intersect(a: &str, b: &str) -> bool {
 /// on to where they were going.
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughClusterIpv4";
 
+/// Istio's cluster for outbound connections to what the mesh does not
+/// know: on to where they were going.
+pub const OUTBOUND_PASSTHROUGH: &str = "PassthroughCluster";
+
 /// Istio's cluster name.
 pub fn cluster_name(direction: &str, port: u16, subset: Option<&str>, host: &str) -> String {
     format!("{direction}|{port}|{}|{host}", subset.unwrap_or(""))
@@ -472,7 +476,7 @@ impl<'a> Translator<'a> {
                 tls: None,
                 action: ChainAction::Tcp {
                     clusters: vec![WeightedCluster {
-                        cluster: "PassthroughCluster".into(),
+                        cluster: OUTBOUND_PASSTHROUGH.into(),
                         weight: 100,
                         headers: HeaderOps::default(),
                     }],

@@ -34,7 +34,11 @@ pub(crate) async fn passthrough<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite
     peer: Option<Arc<PeerIdentity>>,
     forwarder: &Forwarder,
 ) {
-    let cluster = if inbound.is_some() { mesh_core::translate::INBOUND_PASSTHROUGH } else { "PassthroughCluster" };
+    let cluster = if inbound.is_some() {
+        mesh_core::translate::INBOUND_PASSTHROUGH
+    } else {
+        mesh_core::translate::OUTBOUND_PASSTHROUGH
+    };
     let peer = peer.as_deref();
     if inbound.is_some_and(|listener| denied(&forwarder.live.load(), listener, peer, addresses, to)) {
         let exchange =

@@ -95,3 +95,24 @@ fn headers_match_as_envoy_matches_them() {
     ])));
     assert!(!check(Permission::DestinationPortRange(8000, 8080)), "the end is exclusive");
 }
+
+#[test]
+fn text_matches_with_and_without_case() {
+    let matches = |pattern: TextPattern, ignore_case: bool, value: &str| {
+        CompiledText::new(&TextMatch { pattern, ignore_case }).unwrap().matches(value)
+    };
+    let cases = [
+        (TextPattern::Exact("App.Example.com".into()), "app.EXAMPLE.com", "app.example.co"),
+        (TextPattern::Prefix("/API/".into()), "/api/items", "/ap"),
+        (TextPattern::Suffix(".Example.COM".into()), "a.example.com", "example.com"),
+        (TextPattern::Contains("Admin".into()), "/x/ADMIN/y", "/x/adm/in"),
+    ];
+    for (pattern, folded, other) in cases {
+        assert!(matches(pattern.clone(), true, folded), "{pattern:?} ~ {folded}");
+        assert!(!matches(pattern.clone(), false, folded), "{pattern:?} is case-sensitive without ignore_case");
+        assert!(!matches(pattern.clone(), true, other), "{pattern:?} !~ {other}");
+    }
+    assert!(matches(TextPattern::Contains(String::new()), false, "anything"));
+    assert!(!matches(TextPattern::Prefix("é".into()), true, "É!"), "ASCII folding only, as Envoy's");
+    assert!(matches(TextPattern::Exact("/Ü".into()), true, "/Ü"), "non-ASCII bytes compare as they are");
+}

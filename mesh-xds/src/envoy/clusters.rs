@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster as EnvoyCluster, OutlierDetection,
 };
 use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::envoy::config::core::v3::{socket_address::PortSpecifier, BindConfig, SocketAddress};
 use envoy_types::pb::envoy::config::core::v3::{
     transport_socket::ConfigType as SocketConfig, Http1ProtocolOptions, Http2ProtocolOptions,
     HttpProtocolOptions as CommonHttpOptions, TransportSocket,
@@ -24,7 +25,10 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use mesh_core::model::Protocol;
-use mesh_core::proxy_config::{Cluster, DiscoveryType, LbPolicy, OutlierDetectionConfig, ProxyConfig, UpstreamTls};
+use mesh_core::proxy_config::{
+    ChainAction, Cluster, DiscoveryType, LbPolicy, OutlierDetectionConfig, ProxyConfig, UpstreamTls,
+};
+use mesh_core::translate::{INBOUND_PASSTHROUGH, OUTBOUND_PASSTHROUGH};
 
 use super::endpoints::{text, ISTIO, TLS_MODE};
 
@@ -124,6 +128,54 @@ fn circuit_breakers(c: &Cluster) -> CircuitBreakers {
     }
 }
 
+/// Istio's clusters to where a connection was going, for the sidecar
+/// chains that name them: `PassthroughCluster` (outbound, to what the mesh
+/// does not know) and `InboundPassthroughClusterIpv4` (inbound, to a port
+/// no Service declares). The inbound one connects from 127.0.0.6, which
+/// iptables lets reach the app instead of capturing it again.
+pub(super) fn passthrough_clusters(cfg: &ProxyConfig) -> Vec<EnvoyCluster> {
+    let named =
+        |name: &str| {
+            cfg.listeners.iter().flat_map(|l| &l.filter_chains).any(
+                |c| matches!(&c.action, ChainAction::Tcp { clusters } if clusters.iter().any(|w| w.cluster == name)),
+            ) && cfg.cluster(name).is_none()
+        };
+    let inbound_source = BindConfig {
+        source_address: Some(SocketAddress {
+            address: "127.0.0.6".into(),
+            port_specifier: Some(PortSpecifier::PortValue(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    [(OUTBOUND_PASSTHROUGH, None), (INBOUND_PASSTHROUGH, Some(inbound_source))]
+        .into_iter()
+        .filter(|(name, _)| named(name))
+        .map(|(name, bind)| EnvoyCluster {
+            name: name.into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(EnvoyDiscovery::OriginalDst as i32)),
+            lb_policy: EnvoyLb::ClusterProvided as i32,
+            connect_timeout: Some(duration(PASSTHROUGH_CONNECT_TIMEOUT)),
+            // Istio lifts Envoy's default limits (1,024) off passthrough.
+            circuit_breakers: Some(CircuitBreakers {
+                thresholds: vec![Thresholds {
+                    max_connections: uint32(u32::MAX),
+                    max_pending_requests: uint32(u32::MAX),
+                    max_requests: uint32(u32::MAX),
+                    max_retries: uint32(u32::MAX),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            upstream_bind_config: bind,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Istio's mesh default `connectTimeout`.
+const PASSTHROUGH_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Istio's mapping: a threshold that is set is enforced at 100%; one that
 /// is not is switched off rather than left at Envoy's default.
 fn outlier_detection(od: &OutlierDetectionConfig) -> OutlierDetection {
@@ -144,7 +196,6 @@ fn outlier_detection(od: &OutlierDetectionConfig) -> OutlierDetection {
     }
 }
 
-/// HTTP/2 toward gRPC and HTTP/2 ports, pool limits for every HTTP cluster.
 /// The service an inbound cluster serves, as Istio's `istio.services`
 /// cluster metadata (an outbound cluster's name says it already).
 fn inbound_service(c: &Cluster) -> Option<Metadata> {
@@ -165,6 +216,7 @@ fn inbound_service(c: &Cluster) -> Option<Metadata> {
     Some(Metadata { filter_metadata: [(ISTIO.to_string(), istio)].into(), ..Default::default() })
 }
 
+/// HTTP/2 toward gRPC and HTTP/2 ports, pool limits for every HTTP cluster.
 fn protocol_options(c: &Cluster) -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
     let upstream = match c.protocol {
         Protocol::Http2 | Protocol::Grpc => ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default()),

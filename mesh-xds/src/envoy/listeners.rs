@@ -66,7 +66,7 @@ pub(super) fn listener(
     if chains.is_empty() {
         return None;
     }
-    let sniffs_tls = l.filter_chains.iter().any(|c| !c.server_names.is_empty() || splits_by_transport(c, l));
+    let sniffs_tls = l.filter_chains.iter().any(|c| !c.server_names.is_empty() || splits_by_transport(l));
     let mut listener_filters = Vec::new();
     if l.use_original_dst {
         listener_filters.push(ListenerFilter {
@@ -103,10 +103,11 @@ pub(super) fn listener(
     })
 }
 
-/// An inbound port's chains are told apart by what arrives: mTLS or
-/// plaintext (PERMISSIVE has both), as Istio matches `transport_protocol`.
-fn splits_by_transport(c: &FilterChain, l: &Listener) -> bool {
-    l.direction == TrafficDirection::Inbound && c.destination_port.is_some()
+/// An inbound port's chains (and the passthrough chains for the ports no
+/// Service declares) are told apart by what arrives: mTLS or plaintext
+/// (PERMISSIVE has both), as Istio matches `transport_protocol`.
+fn splits_by_transport(l: &Listener) -> bool {
+    l.direction == TrafficDirection::Inbound
 }
 
 /// What an HTTP chain runs before routing: JWT authentication, then
@@ -128,14 +129,6 @@ fn filter_chain(
     unsupported: &mut Vec<String>,
 ) -> Option<EnvoyFilterChain> {
     let Security { authn, policies, limits, telemetry: (telemetry, all_telemetry) } = security;
-    // Istio's inbound passthrough chains need its InboundPassthroughClusterIpv4
-    // (original destination, from 127.0.0.6), which is not built for Envoy
-    // yet: Envoy gets none, and closes connections to ports no Service
-    // declares rather than pass them without the PeerAuthentication.
-    if matches!(&c.action, ChainAction::Tcp { clusters } if matches!(clusters.as_slice(), [only] if only.cluster == mesh_core::translate::INBOUND_PASSTHROUGH))
-    {
-        return None;
-    }
     let transport_socket = match &c.tls {
         Some(tls) if tls.mode != "PASSTHROUGH" => Some(super::tls::downstream(tls)?),
         _ => None,
@@ -181,7 +174,7 @@ fn filter_chain(
     Some(EnvoyFilterChain {
         filter_chain_match: Some(FilterChainMatch {
             server_names: c.server_names.clone(),
-            transport_protocol: match (&c.tls, splits_by_transport(c, l)) {
+            transport_protocol: match (&c.tls, splits_by_transport(l)) {
                 (_, false) => String::new(),
                 (Some(_), true) => "tls".into(),
                 (None, true) => "raw_buffer".into(),

@@ -87,7 +87,7 @@ pub fn resources_with(
     }
     match flavor {
         Flavor::Envoy => {
-            for c in telemetry::collector_clusters(cfg) {
+            for c in telemetry::collector_clusters(cfg).into_iter().chain(clusters::passthrough_clusters(cfg)) {
                 set.insert(CLUSTER, Resource::new(c.name.clone(), &c));
             }
             for l in &cfg.listeners {

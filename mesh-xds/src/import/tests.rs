@@ -40,10 +40,6 @@ fn comparable(mut cfg: ProxyConfig) -> ProxyConfig {
     cfg.local_rate_limits.clear();
     cfg.listeners.sort_by(|a, b| a.name.cmp(&b.name));
     for l in &mut cfg.listeners {
-        // Envoy is sent no inbound passthrough chains (see `envoy::listeners`).
-        l.filter_chains.retain(|c| {
-            !matches!(&c.action, ChainAction::Tcp { clusters } if clusters[0].cluster == mesh_core::translate::INBOUND_PASSTHROUGH)
-        });
         for c in &mut l.filter_chains {
             if let ChainAction::Http { protocol, .. } = &mut c.action {
                 *protocol = Protocol::Http;
@@ -60,6 +56,10 @@ fn comparable(mut cfg: ProxyConfig) -> ProxyConfig {
             (w.app, w.version) = (String::new(), String::new());
         }
     }
+    // Envoy is sent Istio's passthrough clusters, which the sidecar
+    // chains name and mesh-proxy knows without them.
+    let passthrough = [mesh_core::translate::INBOUND_PASSTHROUGH, mesh_core::translate::OUTBOUND_PASSTHROUGH];
+    cfg.clusters.retain(|c| !passthrough.contains(&c.name.as_str()));
     cfg.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     // Envoy hashes on routes: a cluster no route sends to has no hash key.
     let routed: std::collections::BTreeSet<String> = cfg
