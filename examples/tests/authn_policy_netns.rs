@@ -6,9 +6,10 @@
 //! HTTP/2 one (8001), the HTTP code (000 for a reset), under: nothing
 //! applied; mesh-wide STRICT; servers of an unexpected identity; STRICT
 //! with auto mTLS off, then with a `*.local` ISTIO_MUTUAL DestinationRule;
-//! an AuthorizationPolicy in foo allowing only namespace bar. httpbin
-//! also listens on a port no Service declares (8090): reached through
-//! the proxies' passthrough both ways, plaintext, so refused under STRICT.
+//! an AuthorizationPolicy in foo allowing only namespace bar; a Sidecar
+//! making foo REGISTRY_ONLY. httpbin also listens on a port no Service
+//! declares (8090): reached through the proxies' passthrough both ways,
+//! plaintext, so refused under STRICT (and from foo under REGISTRY_ONLY).
 //!
 //! Run three times: with mesh-proxy sidecars everywhere (reading the
 //! config files), with Envoy 1.40 sidecars everywhere (all over xDS,
@@ -423,6 +424,14 @@ fn istio_authentication_policy_task(in_foo: Sidecar, in_bar: Sidecar) {
     expect("only bar may call foo", &authz_table);
     let (code, body) = get(&sleeps["foo"].ns, &url, "httpbin.foo.svc.cluster.local:8000");
     assert_eq!((code.as_str(), body.trim()), ("403", "RBAC: access denied"), "foo -> foo");
+
+    // 5. foo's sidecars only reach the registry (REGISTRY_ONLY): legacy's
+    // undeclared port is closed to them; the services still answer.
+    let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: foo}\nspec:\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
+    write_readable(&setup.path("config/sidecar.yaml"), sidecar);
+    let mut locked = authz_table.clone();
+    locked.insert(format!("foo->legacy:{UNDECLARED}"), "000".into());
+    expect("foo REGISTRY_ONLY", &locked);
     drop(cp);
 }
 

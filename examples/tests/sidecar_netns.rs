@@ -181,5 +181,31 @@ fn sidecar_captures_a_pods_traffic_both_ways() {
         "STRICT never reached the sidecar"
     );
     assert!(plaintext(8090).is_none(), "STRICT covers ports no Service declares");
+
+    // The app calls an address the mesh does not know: passed on
+    // (ALLOW_ANY, Istio's default)...
+    let direct = format!("import urllib.request; r = urllib.request.urlopen('http://{host_ip}:{p1}/', timeout=5); print(r.headers['x-backend-version'])");
+    assert_eq!(in_pod(&ns, &direct).as_deref(), Ok("v1"), "ALLOW_ANY: on to where it was going");
+    // ...until a Sidecar says REGISTRY_ONLY: closed and counted as Istio's
+    // BlackHoleCluster; a host the mesh does not know on a known HTTP port
+    // is answered 502; services in the registry still route.
+    let locked = config.join("sidecar.yaml");
+    std::fs::write(&locked, "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: default}\nspec:\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n").unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || in_pod(&ns, &direct).is_err()),
+        "REGISTRY_ONLY never closed the unknown destination"
+    );
+    assert_eq!(in_pod(&ns, &call).as_deref(), Ok("v2"), "REGISTRY_ONLY: the registry's services still route");
+    let unknown_host = format!("import urllib.request as u, urllib.error as e\ntry:\n  u.urlopen(u.Request('http://{vip}:9080/', headers={{'Host': 'api.example.com'}}), timeout=5); print(200)\nexcept e.HTTPError as x:\n  print(x.code)");
+    assert_eq!(in_pod(&ns, &unknown_host).as_deref(), Ok("502"), "REGISTRY_ONLY: an unknown host");
+    let metrics = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:15090/stats/prometheus', timeout=1).read().decode())";
+    let series = in_pod(&ns, metrics).unwrap_or_default();
+    assert!(
+        series.lines().any(|l| l.starts_with("istio_tcp_connections_opened_total{")
+            && l.contains("destination_service_name=\"BlackHoleCluster\"")
+            && l.contains("response_flags=\"UH\"")),
+        "the black hole is counted: {series}"
+    );
     drop(pod);
 }

@@ -10,7 +10,8 @@
 //! - a route that can never match, because an earlier one catches every
 //!   request or has the same match;
 //! - settings a proxy does not carry out as written (CUSTOM authorization,
-//!   JWT attributes, TLS origination from a credential, locality settings).
+//!   JWT attributes, TLS origination from a credential, locality settings,
+//!   the Sidecar fields beyond egress hosts and the outbound policy).
 
 use std::collections::BTreeMap;
 
@@ -48,6 +49,7 @@ pub fn analyze(mesh: &MeshSnapshot, workloads: &[WorkloadLabels]) -> Vec<Finding
     a.destination_rules();
     a.gateways();
     a.envoy_filters();
+    a.sidecars();
     a.authorization_policies();
     a.findings.sort_by_cached_key(|f| (f.resource.to_string(), f.field.clone(), f.message.clone()));
     a.findings
@@ -278,6 +280,43 @@ impl Analysis<'_> {
         }
     }
 
+    /// A Sidecar's egress hosts scope what its proxies see and its
+    /// outbound policy is kept; the rest is not built.
+    fn sidecars(&mut self) {
+        for r in of_kind(&self.mesh.config, Kind::Sidecar) {
+            let Spec::Sidecar(sc) = &r.spec else { continue };
+            let mut ignored = Vec::new();
+            for (i, e) in sc.egress.iter().enumerate() {
+                let set =
+                    [("port", e.port.is_some()), ("bind", e.bind.is_some()), ("captureMode", e.capture_mode.is_some())];
+                ignored.extend(set.iter().filter(|(_, set)| *set).map(|(f, _)| {
+                    (
+                        format!("spec.egress[{i}].{f}"),
+                        "egress listeners are merged: their hosts apply on every port, and this field is ignored",
+                    )
+                }));
+            }
+            if !sc.ingress.is_empty() {
+                ignored.push((
+                    "spec.ingress".into(),
+                    "ingress listeners are not built: inbound traffic follows the workload's Services",
+                ));
+            }
+            if sc.outbound_traffic_policy.as_ref().is_some_and(|o| o.egress_proxy.is_some()) {
+                ignored.push((
+                    "spec.outboundTrafficPolicy.egressProxy".into(),
+                    "ignored: with ALLOW_ANY, unknown destinations are reached directly, not through this proxy",
+                ));
+            }
+            if sc.inbound_connection_pool.is_some() {
+                ignored.push(("spec.inboundConnectionPool".into(), "ignored: inbound connections take the defaults"));
+            }
+            for (field, message) in ignored {
+                self.add(Severity::Warning, &r.key(), field, message.into());
+            }
+        }
+    }
+
     /// What does not work as written: a CUSTOM policy (its rules deny),
     /// and JWT attributes with no RequestAuthentication that could give a
     /// request a token (in the policy's namespace or the root one).
@@ -424,6 +463,21 @@ mod tests {
         let authn = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: istio-system}\nspec:\n  jwtRules: [{issuer: i, jwks: '{}'}]\n";
         let found = messages(&analyze(&mesh(&[custom, jwt, authn]), &[]));
         assert_eq!(found.len(), 1, "a mesh-wide RequestAuthentication gives tokens: {found:#?}");
+    }
+
+    #[test]
+    fn sidecar_fields_beyond_egress_hosts_and_the_outbound_policy_are_named() {
+        let scoped = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: scoped}\nspec:\n  egress: [{hosts: [./*]}]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
+        assert_eq!(messages(&analyze(&mesh(&[scoped]), &[])), Vec::<String>::new(), "all of it is carried out");
+        let more = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: more}\nspec:\n  ingress: [{port: {number: 9080, protocol: HTTP, name: http}, defaultEndpoint: 127.0.0.1:8080}]\n  egress: [{port: {number: 9080, protocol: HTTP, name: http}, bind: 127.0.0.1, hosts: [./*]}]\n  outboundTrafficPolicy: {mode: ALLOW_ANY, egressProxy: {host: egress.istio-system.svc.cluster.local}}\n";
+        let found = messages(&analyze(&mesh(&[more]), &[]));
+        let fields: Vec<&str> =
+            found.iter().filter_map(|m| m.split(' ').nth(2)).map(|f| f.trim_end_matches(':')).collect();
+        assert_eq!(
+            fields,
+            ["spec.egress[0].bind", "spec.egress[0].port", "spec.ingress", "spec.outboundTrafficPolicy.egressProxy"],
+            "{found:#?}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | [`keyed`] | the snapshot-plus-changes shape both share (`Reset`, `Upsert`, `Delete`) |
 //! | [`mesh`] | a store and a registry followed as one debounced, consistent snapshot stream |
 //! | [`translate`] | config + registry + proxy identity -> [`ProxyConfig`] |
+//! | [`sidecar_scope`] | the Sidecar resource of a proxy: the services it sees, its outbound traffic policy |
 //! | [`proxy_config`] | the compiled, Envoy-shaped config one proxy runs |
 //! | [`analyze`] | cross-resource checks (`istioctl analyze`): unknown hosts and subsets, unused subsets, unserved gateways, conflicts, unreachable routes |
 //! | [`routing`] | route tables: host and first-match route lookup, weighted destinations |
@@ -173,6 +174,7 @@ pub mod registry;
 pub mod resilience;
 pub mod routing;
 pub mod service_entry;
+pub mod sidecar_scope;
 pub mod store;
 pub mod telemetry;
 pub mod translate;

@@ -1,8 +1,8 @@
 //! The mesh-wide settings of Istio's MeshConfig (the `mesh` key of the
 //! `istio` ConfigMap, or `meshConfig` of an IstioOperator) that decide
 //! translation: the trust domain and its aliases, auto mTLS, the root
-//! namespace, the access log's file and encoding, and the telemetry
-//! providers. Fields of MeshConfig not listed here are accepted and left
+//! namespace, the outbound traffic policy, the access log's file and
+//! encoding, and the telemetry providers. Fields of MeshConfig not listed here are accepted and left
 //! alone, so users paste their file as it is.
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,9 @@ pub struct MeshConfig {
     pub enable_auto_mtls: bool,
     /// Where mesh-wide policies live.
     pub root_namespace: String,
+    /// Where sidecars send what the mesh does not know (a Sidecar
+    /// resource's own policy overrides it).
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
     /// Where proxies write their access log (`/dev/stdout`); empty: off.
     pub access_log_file: String,
     pub access_log_encoding: AccessLogEncoding,
@@ -86,6 +89,24 @@ pub struct TracingDefaults {
     pub sampling: Option<f64>,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutboundTrafficPolicy {
+    pub mode: OutboundMode,
+}
+
+/// Istio's `outboundTrafficPolicy.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundMode {
+    /// On to where it was going (Istio's PassthroughCluster).
+    #[default]
+    AllowAny,
+    /// Only to services the registry knows: the rest is closed (TCP) or
+    /// answered 502 (HTTP), Istio's BlackHoleCluster and `block_all`.
+    RegistryOnly,
+}
+
 /// The access log's format: Istio's text format, or its fields as JSON.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -102,6 +123,7 @@ impl Default for MeshConfig {
             trust_domain_aliases: Vec::new(),
             enable_auto_mtls: true,
             root_namespace: crate::translate::ROOT_NAMESPACE.into(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
             access_log_file: String::new(),
             access_log_encoding: AccessLogEncoding::Text,
             extension_providers: Vec::new(),
@@ -138,6 +160,11 @@ mod tests {
         assert!(!config.enable_auto_mtls);
         assert_eq!(config.root_namespace, "istio-system");
         assert_eq!(config.trust_domains().aliases, vec!["old.example".to_string()]);
+        assert_eq!(config.outbound_traffic_policy.mode, OutboundMode::AllowAny);
+        let locked = MeshConfig::from_yaml("mesh.yaml", "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n").unwrap();
+        assert_eq!(locked.outbound_traffic_policy.mode, OutboundMode::RegistryOnly);
+        let typo = MeshConfig::from_yaml("mesh.yaml", "outboundTrafficPolicy: {mode: REGISTRY}\n");
+        assert!(typo.is_err_and(|e| e.contains("mesh.yaml")), "an unknown mode is an error naming the file");
         assert_eq!(
             (config.access_log_file.as_str(), config.access_log_encoding),
             ("/dev/stdout", AccessLogEncoding::Text)

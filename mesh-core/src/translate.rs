@@ -15,11 +15,12 @@ use crate::config::networking::{self as istio, DestinationRule, Gateway, Traffic
 use crate::config::security::AuthorizationPolicy;
 use crate::config::{Kind, Resource, Spec};
 use crate::mesh::MeshSnapshot;
-use crate::mesh_config::MeshConfig;
+use crate::mesh_config::{MeshConfig, OutboundMode};
 use crate::model::{labels_match, Labels, Locality, Protocol, Resolution, Service, ServicePort, ServiceState};
 use crate::proxy_config::*;
 use crate::registry::RegistrySnapshot;
 use crate::resilience::retry::RetryOn;
+use crate::sidecar_scope::SidecarScope;
 use crate::store::{of_kind, ConfigSnapshot};
 use crate::workload::WorkloadMeta;
 use crate::{mtls, peer_authentication};
@@ -104,6 +105,18 @@ pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughClusterIpv4";
 /// Istio's cluster for outbound connections to what the mesh does not
 /// know: on to where they were going.
 pub const OUTBOUND_PASSTHROUGH: &str = "PassthroughCluster";
+
+/// Istio's cluster for connections REGISTRY_ONLY refuses: no endpoints,
+/// so they are closed.
+pub const BLACKHOLE: &str = "BlackHoleCluster";
+
+/// Istio's last virtual host of a REGISTRY_ONLY sidecar's HTTP routes: a
+/// host the mesh does not know is answered 502.
+fn block_all() -> VirtualHost {
+    let mut route = Route::forward("block_all", BLACKHOLE);
+    route.action = RouteAction::DirectResponse { status: 502, body: None };
+    VirtualHost { name: "block_all".into(), domains: vec!["*".into()], routes: vec![route] }
+}
 
 /// Istio's cluster name.
 pub fn cluster_name(direction: &str, port: u16, subset: Option<&str>, host: &str) -> String {
@@ -195,6 +208,8 @@ struct Translator<'a> {
     /// Indices into `virtual_services` by resolved host.
     vs_hosts: HostIndex<usize>,
     destination_rules: HostIndex<(&'a Resource, &'a DestinationRule)>,
+    /// Where a sidecar sends what it has no listener or host for.
+    outbound_mode: OutboundMode,
 }
 
 /// Items by the (resolved) host they name: exact hosts in a map, wildcard
@@ -229,17 +244,8 @@ impl<T: Copy> HostIndex<T> {
 impl<'a> Translator<'a> {
     fn new(mesh: &'a MeshSnapshot, proxy: &'a ProxyIdentity, mesh_config: &'a MeshConfig) -> Self {
         let config = &*mesh.config;
-        let egress = sidecar_egress_hosts(config, proxy);
-        let services = mesh
-            .services
-            .values()
-            .filter(|s| match &egress {
-                None => true,
-                Some(patterns) => patterns.iter().any(|(ns, host)| {
-                    (ns == "*" || *ns == s.service.namespace) && host_matches(host, &s.service.hostname)
-                }),
-            })
-            .collect();
+        let scope = SidecarScope::of(config, proxy, mesh_config);
+        let services = mesh.services.values().filter(|s| scope.sees(&s.service)).collect();
         let virtual_services: Vec<(&Resource, &VirtualService)> = of_kind(config, Kind::VirtualService)
             .filter_map(|r| match &r.spec {
                 Spec::VirtualService(vs) => Some((&**r, vs)),
@@ -269,6 +275,7 @@ impl<'a> Translator<'a> {
             virtual_services,
             vs_hosts,
             destination_rules,
+            outbound_mode: scope.outbound_mode,
         }
     }
 
@@ -462,6 +469,14 @@ impl<'a> Translator<'a> {
 
     // ------------------------------------------------------------ sidecar
 
+    /// Where a sidecar's connections to what the mesh does not know go.
+    fn unknown_destinations(&self) -> &'static str {
+        match self.outbound_mode {
+            OutboundMode::AllowAny => OUTBOUND_PASSTHROUGH,
+            OutboundMode::RegistryOnly => BLACKHOLE,
+        }
+    }
+
     fn sidecar_listeners(&self, cfg: &mut ProxyConfig) {
         cfg.listeners.push(Listener {
             name: "virtualOutbound".into(),
@@ -474,13 +489,7 @@ impl<'a> Translator<'a> {
                 server_names: vec![],
                 destination_port: None,
                 tls: None,
-                action: ChainAction::Tcp {
-                    clusters: vec![WeightedCluster {
-                        cluster: OUTBOUND_PASSTHROUGH.into(),
-                        weight: 100,
-                        headers: HeaderOps::default(),
-                    }],
-                },
+                action: ChainAction::Tcp { clusters: vec![WeightedCluster::only(self.unknown_destinations())] },
                 rbac: Vec::new(),
                 local_rate_limits: Vec::new(),
                 request_authentication: Vec::new(),
@@ -533,6 +542,9 @@ impl<'a> Translator<'a> {
                     domains: sidecar_domains(svc, port, &self.proxy.namespace),
                     routes,
                 });
+            }
+            if self.outbound_mode == OutboundMode::RegistryOnly {
+                vhosts.push(block_all());
             }
             let route_name = port.to_string();
             cfg.route_configs.push(Arc::new(RouteConfig { name: route_name.clone(), virtual_hosts: vhosts }));
@@ -1168,52 +1180,6 @@ fn qualify_gateway(g: &str, namespace: &str) -> String {
 
 fn gateway_selects(gw: &Gateway, labels: &Labels) -> bool {
     labels_match(&gw.selector, labels)
-}
-
-/// The Sidecar resource's egress hosts for this proxy, as (namespace, host)
-/// patterns; `None` when no Sidecar applies (everything is visible).
-fn sidecar_egress_hosts(config: &ConfigSnapshot, proxy: &ProxyIdentity) -> Option<Vec<(String, String)>> {
-    if proxy.kind != ProxyKind::Sidecar {
-        return None;
-    }
-    let candidates: Vec<&istio::Sidecar> = of_kind(config, Kind::Sidecar)
-        .filter(|r| r.meta.namespace == proxy.namespace || r.meta.namespace == ROOT_NAMESPACE)
-        .filter_map(|r| match &r.spec {
-            Spec::Sidecar(s) => Some((r, s)),
-            _ => None,
-        })
-        .filter(|(_, s)| s.workload_selector.as_ref().is_none_or(|sel| labels_match(&sel.labels, &proxy.labels)))
-        // A selector beats a namespace default, which beats the root default.
-        .map(|(r, s)| {
-            (
-                s.workload_selector.is_none() as u8 * 2
-                    + u8::from(r.meta.namespace == ROOT_NAMESPACE && proxy.namespace != ROOT_NAMESPACE),
-                s,
-            )
-        })
-        .collect::<BTreeMap<u8, &istio::Sidecar>>()
-        .into_values()
-        .collect();
-    let sidecar = candidates.first()?;
-    if sidecar.egress.is_empty() {
-        return None;
-    }
-    Some(
-        sidecar
-            .egress
-            .iter()
-            .flat_map(|e| &e.hosts)
-            .map(|h| {
-                let (ns, host) = h.split_once('/').unwrap_or(("*", h));
-                let ns = match ns {
-                    "." => proxy.namespace.clone(),
-                    "~" => "\u{0}".into(),
-                    other => other.to_string(),
-                };
-                (ns, host.to_string())
-            })
-            .collect(),
-    )
 }
 
 /// The names a sidecar's app may use for a service, as Istio generates them.

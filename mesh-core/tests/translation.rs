@@ -238,3 +238,49 @@ fn tcp_echo_gateway_splits_80_20() {
         ]
     );
 }
+
+/// Istio's outbound traffic policy: ALLOW_ANY passes what the mesh does
+/// not know on (PassthroughCluster); REGISTRY_ONLY closes it
+/// (BlackHoleCluster) and answers an unknown host 502 (`block_all`). A
+/// Sidecar's policy beats MeshConfig's, for the workloads it selects.
+#[test]
+fn registry_only_sends_unknown_destinations_to_the_black_hole() {
+    use mesh_core::mesh_config::{MeshConfig, OutboundMode, OutboundTrafficPolicy};
+    use mesh_core::translate::{translate_with, BLACKHOLE, OUTBOUND_PASSTHROUGH};
+    let registry = bookinfo_registry();
+    let with = |yaml: &[&str], mode: OutboundMode| {
+        let store = MemoryConfigStore::new();
+        for doc in yaml {
+            store.upsert(Resource::from_yaml(doc).unwrap());
+        }
+        let mesh = MeshSnapshot { config: store.snapshot(), services: registry.snapshot() };
+        let mesh_config =
+            MeshConfig { outbound_traffic_policy: OutboundTrafficPolicy { mode }, ..MeshConfig::default() };
+        translate_with(&mesh, &productpage(), &mesh_config)
+    };
+    let unknown = |cfg: &ProxyConfig| {
+        let outbound = cfg.listeners.iter().find(|l| l.name == "virtualOutbound").expect("virtualOutbound");
+        let ChainAction::Tcp { clusters } = &outbound.filter_chains[0].action else { panic!("a TCP chain") };
+        let table = RouteTable::new(cfg.route_config("9080").unwrap().clone()).unwrap();
+        let (head, _) = http::Request::get("http://api.example.com:9080/").body(()).unwrap().into_parts();
+        let http = table.find(&RequestView::from_parts(&head, 9080)).map(|hit| hit.route.action.clone());
+        (clusters[0].cluster.clone(), http)
+    };
+    let block = Some(RouteAction::DirectResponse { status: 502, body: None });
+    assert_eq!(unknown(&with(&[], OutboundMode::AllowAny)), (OUTBOUND_PASSTHROUGH.to_string(), None));
+    assert_eq!(unknown(&with(&[], OutboundMode::RegistryOnly)), (BLACKHOLE.to_string(), block.clone()));
+
+    let sidecar = |mode: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: default}}\nspec:\n  outboundTrafficPolicy: {{mode: {mode}}}\n")
+    };
+    let locked = sidecar("REGISTRY_ONLY");
+    assert_eq!(unknown(&with(&[&locked], OutboundMode::AllowAny)), (BLACKHOLE.to_string(), block));
+    let open = sidecar("ALLOW_ANY");
+    assert_eq!(unknown(&with(&[&open], OutboundMode::RegistryOnly)), (OUTBOUND_PASSTHROUGH.to_string(), None));
+    // Known hosts route as before.
+    let cfg = with(&[&locked], OutboundMode::AllowAny);
+    let table = RouteTable::new(cfg.route_config("9080").unwrap().clone()).unwrap();
+    let (head, _) = http::Request::get("http://reviews:9080/").body(()).unwrap().into_parts();
+    let hit = table.find(&RequestView::from_parts(&head, 9080)).expect("reviews routes");
+    assert!(matches!(&hit.route.action, RouteAction::Forward { .. }));
+}

@@ -16,6 +16,7 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::proxy_config::{ChainAction, FilterChain, Listener, TrafficDirection};
+use mesh_core::translate::{BLACKHOLE, INBOUND_PASSTHROUGH};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -28,7 +29,7 @@ use crate::mtls::peer::PeerIdentity;
 use crate::mtls::WorkloadIdentity;
 use crate::sni;
 use crate::status::ProxyStatus;
-use crate::tcp::{passthrough, proxy_tcp, TcpRoute};
+use crate::tcp::{blackhole, passthrough, proxy_tcp, TcpRoute};
 use crate::tls::{Credentials, TlsListener};
 
 struct Running {
@@ -279,6 +280,10 @@ async fn serve(socket: Arc<TcpListener>, serving: Serving, mut stop: watch::Rece
             }
             Target::Closed => {
                 forwarder.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Target::BlackHole => {
+                blackhole(addresses, &forwarder);
                 continue;
             }
         };
@@ -546,6 +551,8 @@ enum Target {
     Passthrough(SocketAddr, InboundMtls),
     /// No chain takes it.
     Closed,
+    /// Outbound to what the mesh does not know, under REGISTRY_ONLY.
+    BlackHole,
 }
 
 fn target(
@@ -595,20 +602,27 @@ fn target(
             ingress.route_config = Some(route_config);
             Target::Http(ingress, mtls)
         }
-        Some((ChainAction::Tcp { clusters }, _)) if is_inbound_passthrough(&clusters) => {
+        Some((ChainAction::Tcp { clusters }, _)) if is_only(&clusters, INBOUND_PASSTHROUGH) => {
             Target::Passthrough(original, mtls)
         }
         Some((ChainAction::Tcp { clusters }, _)) => Target::Tcp(clusters, mtls, original),
-        // Outbound with no listener for it: Istio's PassthroughCluster.
-        None if listener.direction != TrafficDirection::Inbound => Target::Passthrough(original, InboundMtls::Off),
+        // Outbound with no listener for it: Istio's PassthroughCluster, or
+        // its BlackHoleCluster under REGISTRY_ONLY (the capture listener's
+        // own chain says which).
+        None if listener.direction != TrafficDirection::Inbound => match listener.filter_chains.first() {
+            Some(c) if matches!(&c.action, ChainAction::Tcp { clusters } if is_only(clusters, BLACKHOLE)) => {
+                Target::BlackHole
+            }
+            _ => Target::Passthrough(original, InboundMtls::Off),
+        },
         // Inbound with no chain: closed, as Envoy closes a connection no
         // filter chain matches.
         None => Target::Closed,
     }
 }
 
-fn is_inbound_passthrough(clusters: &[mesh_core::proxy_config::WeightedCluster]) -> bool {
-    matches!(clusters, [only] if only.cluster == mesh_core::translate::INBOUND_PASSTHROUGH)
+fn is_only(clusters: &[mesh_core::proxy_config::WeightedCluster], name: &str) -> bool {
+    matches!(clusters, [only] if only.cluster == name)
 }
 
 /// Where a connection redirected by iptables (`REDIRECT`) was going.

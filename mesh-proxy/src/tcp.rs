@@ -1,5 +1,6 @@
 //! TCP connections: a `tcp` route's cluster, or Istio's passthrough
-//! clusters where nothing is configured for the port; bytes copied both
+//! clusters where nothing is configured for the port (its black hole
+//! under REGISTRY_ONLY); bytes copied both
 //! ways and counted in Istio's TCP metrics. On inbound and gateway
 //! listeners each connection is first judged by the AuthorizationPolicies
 //! (Envoy's network RBAC filter), before anything is connected upstream:
@@ -66,6 +67,21 @@ pub(crate) async fn passthrough<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite
     if let Ok(Ok(mut upstream)) = connected {
         let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
     }
+}
+
+/// Istio's BlackHoleCluster: a REGISTRY_ONLY sidecar's connection to what
+/// the mesh does not know, closed and counted (no healthy upstream, as
+/// Envoy's cluster without endpoints reports it).
+pub(crate) fn blackhole(downstream: (SocketAddr, Option<SocketAddr>), forwarder: &Forwarder) {
+    let exchange = TcpExchange {
+        cluster: mesh_core::translate::BLACKHOLE,
+        service: "",
+        peer: None,
+        upstream: None,
+        downstream,
+        flag: Flag::NoHealthyUpstream,
+    };
+    drop(forwarder.metrics.tcp_open(&exchange, &forwarder.live.load().telemetry));
 }
 
 /// A `tcp` route's clusters, for a connection from and to `addresses`.

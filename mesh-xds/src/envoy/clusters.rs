@@ -28,7 +28,7 @@ use mesh_core::model::Protocol;
 use mesh_core::proxy_config::{
     ChainAction, Cluster, DiscoveryType, LbPolicy, OutlierDetectionConfig, ProxyConfig, UpstreamTls,
 };
-use mesh_core::translate::{INBOUND_PASSTHROUGH, OUTBOUND_PASSTHROUGH};
+use mesh_core::translate::{BLACKHOLE, INBOUND_PASSTHROUGH, OUTBOUND_PASSTHROUGH};
 
 use super::endpoints::{text, ISTIO, TLS_MODE};
 
@@ -128,11 +128,12 @@ fn circuit_breakers(c: &Cluster) -> CircuitBreakers {
     }
 }
 
-/// Istio's clusters to where a connection was going, for the sidecar
-/// chains that name them: `PassthroughCluster` (outbound, to what the mesh
-/// does not know) and `InboundPassthroughClusterIpv4` (inbound, to a port
-/// no Service declares). The inbound one connects from 127.0.0.6, which
-/// iptables lets reach the app instead of capturing it again.
+/// Istio's clusters for the sidecar chains that name them:
+/// `PassthroughCluster` (outbound, on to what the mesh does not know),
+/// `InboundPassthroughClusterIpv4` (inbound, on to a port no Service
+/// declares; from 127.0.0.6, which iptables lets reach the app instead of
+/// capturing it again) and `BlackHoleCluster` (REGISTRY_ONLY: no
+/// endpoints, so the connection is closed).
 pub(super) fn passthrough_clusters(cfg: &ProxyConfig) -> Vec<EnvoyCluster> {
     let named =
         |name: &str| {
@@ -148,29 +149,40 @@ pub(super) fn passthrough_clusters(cfg: &ProxyConfig) -> Vec<EnvoyCluster> {
         }),
         ..Default::default()
     };
-    [(OUTBOUND_PASSTHROUGH, None), (INBOUND_PASSTHROUGH, Some(inbound_source))]
-        .into_iter()
-        .filter(|(name, _)| named(name))
-        .map(|(name, bind)| EnvoyCluster {
-            name: name.into(),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(EnvoyDiscovery::OriginalDst as i32)),
-            lb_policy: EnvoyLb::ClusterProvided as i32,
-            connect_timeout: Some(duration(PASSTHROUGH_CONNECT_TIMEOUT)),
-            // Istio lifts Envoy's default limits (1,024) off passthrough.
-            circuit_breakers: Some(CircuitBreakers {
-                thresholds: vec![Thresholds {
-                    max_connections: uint32(u32::MAX),
-                    max_pending_requests: uint32(u32::MAX),
-                    max_requests: uint32(u32::MAX),
-                    max_retries: uint32(u32::MAX),
-                    ..Default::default()
-                }],
+    let original_destination = |bind: Option<BindConfig>| EnvoyCluster {
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(EnvoyDiscovery::OriginalDst as i32)),
+        lb_policy: EnvoyLb::ClusterProvided as i32,
+        // Istio lifts Envoy's default limits (1,024) off passthrough.
+        circuit_breakers: Some(CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_connections: uint32(u32::MAX),
+                max_pending_requests: uint32(u32::MAX),
+                max_requests: uint32(u32::MAX),
+                max_retries: uint32(u32::MAX),
                 ..Default::default()
-            }),
-            upstream_bind_config: bind,
+            }],
             ..Default::default()
-        })
-        .collect()
+        }),
+        upstream_bind_config: bind,
+        ..Default::default()
+    };
+    let blackhole = EnvoyCluster {
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(EnvoyDiscovery::Static as i32)),
+        ..Default::default()
+    };
+    [
+        (OUTBOUND_PASSTHROUGH, original_destination(None)),
+        (INBOUND_PASSTHROUGH, original_destination(Some(inbound_source))),
+        (BLACKHOLE, blackhole),
+    ]
+    .into_iter()
+    .filter(|(name, _)| named(name))
+    .map(|(name, cluster)| EnvoyCluster {
+        name: name.into(),
+        connect_timeout: Some(duration(PASSTHROUGH_CONNECT_TIMEOUT)),
+        ..cluster
+    })
+    .collect()
 }
 
 /// Istio's mesh default `connectTimeout`.

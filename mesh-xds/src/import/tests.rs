@@ -58,7 +58,8 @@ fn comparable(mut cfg: ProxyConfig) -> ProxyConfig {
     }
     // Envoy is sent Istio's passthrough clusters, which the sidecar
     // chains name and mesh-proxy knows without them.
-    let passthrough = [mesh_core::translate::INBOUND_PASSTHROUGH, mesh_core::translate::OUTBOUND_PASSTHROUGH];
+    use mesh_core::translate::{BLACKHOLE, INBOUND_PASSTHROUGH, OUTBOUND_PASSTHROUGH};
+    let passthrough = [INBOUND_PASSTHROUGH, OUTBOUND_PASSTHROUGH, BLACKHOLE];
     cfg.clusters.retain(|c| !passthrough.contains(&c.name.as_str()));
     cfg.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     // Envoy hashes on routes: a cluster no route sends to has no hash key.
