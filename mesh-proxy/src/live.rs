@@ -138,6 +138,11 @@ impl LiveConfig {
             })
             .collect();
         let authorizer = Authorizer::new(&config.authorization);
+        if config.authorization != previous.config.authorization {
+            for narrowed in authorizer.narrowed() {
+                tracing::info!("on TCP connections: {narrowed}");
+            }
+        }
         let chain_rbac = chain_rbac(&config);
         let authenticator = crate::jwt::Authenticator::new(&config.request_authentication, jwks);
         let listener_routes = config

@@ -146,6 +146,8 @@ struct Policies {
 pub struct Authorizer {
     http: Policies,
     tcp: Policies,
+    /// The rules narrowed for connections, saying how.
+    narrowed: Vec<String>,
 }
 
 impl Authorizer {
@@ -157,6 +159,14 @@ impl Authorizer {
                 name: format!("{}/{}", p.namespace, p.name),
                 rules: rules.iter().map(|r| compile_rule(r, &p.namespace, action)).collect(),
             };
+            for (i, rule) in p.policy.rules.iter().enumerate().filter(|(_, r)| tcp::names_http(r)) {
+                let how = match action {
+                    AuthorizationAction::Allow => "it allows no connection",
+                    _ => "it applies to connections without them",
+                };
+                let name = format!("{}/{}", p.namespace, p.name);
+                a.narrowed.push(format!("AuthorizationPolicy {name} rules[{i}] names HTTP-only fields: {how}"));
+            }
             let http = compile(p.policy.rules.clone());
             let tcp = compile(p.policy.rules.iter().filter_map(|r| tcp::narrow(r, action)).collect());
             match action {
@@ -176,6 +186,12 @@ impl Authorizer {
             }
         }
         a
+    }
+
+    /// The rules TCP connections see narrowed (HTTP-only fields), and
+    /// how, as istiod narrows them for Envoy's network RBAC.
+    pub fn narrowed(&self) -> &[String] {
+        &self.narrowed
     }
 
     /// `true` when there is nothing to evaluate.

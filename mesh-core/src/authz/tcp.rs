@@ -7,12 +7,16 @@
 
 use crate::config::security::{AuthorizationAction, Condition, Operation, Rule, Source};
 
+/// The rule names a field only HTTP has: it is narrowed on connections.
+pub(super) fn names_http(rule: &Rule) -> bool {
+    rule.from.iter().any(|f| source_is_http(&f.source))
+        || rule.to.iter().any(|t| operation_is_http(&t.operation))
+        || rule.when.iter().any(condition_is_http)
+}
+
 /// The rule as it applies to a connection, or `None` when it cannot.
 pub(super) fn narrow(rule: &Rule, action: AuthorizationAction) -> Option<Rule> {
-    let http_only = rule.from.iter().any(|f| source_is_http(&f.source))
-        || rule.to.iter().any(|t| operation_is_http(&t.operation))
-        || rule.when.iter().any(condition_is_http);
-    if !http_only {
+    if !names_http(rule) {
         return Some(rule.clone());
     }
     if action == AuthorizationAction::Allow {

@@ -225,6 +225,7 @@ fn connections_are_judged_by_policies_narrowed_to_tcp() {
     let r = Req { headers: http::HeaderMap::new() };
     let allow = "  - to: [{operation: {methods: [GET]}}]\n  - from: [{source: {namespaces: [foo]}}]\n    to: [{operation: {ports: [\"8000\"]}}]\n";
     let a = Authorizer::new(&policy("foo", "ALLOW", allow));
+    assert_eq!(a.narrowed(), ["AuthorizationPolicy foo/p rules[0] names HTTP-only fields: it allows no connection"]);
     assert_eq!(a.evaluate(&request(&r, "GET", "/", None, "10.0.0.1")), Decision::Allow, "HTTP: the method rule");
     assert_eq!(a.evaluate_connection(&request(&r, "", "", None, "10.0.0.1")), Decision::Deny { policy: None });
     assert_eq!(a.evaluate_connection(&request(&r, "", "", SLEEP, "10.0.0.1")), Decision::Allow);
@@ -239,6 +240,10 @@ fn connections_are_judged_by_policies_narrowed_to_tcp() {
         "a connection has no path: the whole port is denied to bar"
     );
     assert_eq!(a.evaluate_connection(&request(&r, "", "", SLEEP, "10.0.0.1")), Decision::Allow);
+    assert_eq!(
+        a.narrowed(),
+        ["AuthorizationPolicy foo/p rules[0] names HTTP-only fields: it applies to connections without them"]
+    );
 
     let only_http = Authorizer::new(&policy("foo", "ALLOW", "  - to: [{operation: {paths: [\"/x\"]}}]\n"));
     assert_eq!(
