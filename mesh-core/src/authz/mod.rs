@@ -159,7 +159,7 @@ impl Authorizer {
                 name: format!("{}/{}", p.namespace, p.name),
                 rules: rules.iter().map(|r| compile_rule(r, &p.namespace, action)).collect(),
             };
-            for (i, rule) in p.policy.rules.iter().enumerate().filter(|(_, r)| tcp::names_http(r)) {
+            for (i, _) in p.policy.rules.iter().enumerate().filter(|(_, r)| tcp::names_http(r)) {
                 let how = match action {
                     AuthorizationAction::Allow => "it allows no connection",
                     _ => "it applies to connections without them",
