@@ -11,13 +11,10 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     },
     CircuitBreakers, Cluster as EnvoyCluster, OutlierDetection,
 };
-use envoy_types::pb::envoy::config::core::v3::Metadata;
-use envoy_types::pb::envoy::config::core::v3::{socket_address::PortSpecifier, BindConfig, SocketAddress};
 use envoy_types::pb::envoy::config::core::v3::{
-    transport_socket::ConfigType as SocketConfig, Http1ProtocolOptions, Http2ProtocolOptions,
-    HttpProtocolOptions as CommonHttpOptions, TransportSocket,
+    socket_address::PortSpecifier, BindConfig, Http1ProtocolOptions, Http2ProtocolOptions,
+    HttpProtocolOptions as CommonHttpOptions, Metadata, SocketAddress,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions},
     HttpProtocolOptions,
@@ -265,16 +262,14 @@ fn transport(out: &mut EnvoyCluster, tls: Option<&UpstreamTls>, flavor: Flavor, 
         out.transport_socket = Some(socket);
         return;
     }
+    // An endpoint without the label matches nothing and takes the
+    // cluster's own socket: none, so plaintext. Istio spells that out as a
+    // second, `tlsMode-disabled` match of raw_buffer; left out, it saves
+    // 150 bytes a cluster, a fifth of an auto mTLS cluster on the wire.
     let istio = Struct { fields: [(TLS_MODE.to_string(), text(ISTIO))].into() };
-    out.transport_socket_matches = vec![
-        TransportSocketMatch { name: "tlsMode-istio".into(), r#match: Some(istio), transport_socket: Some(socket) },
-        TransportSocketMatch {
-            name: "tlsMode-disabled".into(),
-            r#match: Some(Struct::default()),
-            transport_socket: Some(TransportSocket {
-                name: "envoy.transport_sockets.raw_buffer".into(),
-                config_type: Some(SocketConfig::TypedConfig(any(&RawBuffer::default()))),
-            }),
-        },
-    ];
+    out.transport_socket_matches = vec![TransportSocketMatch {
+        name: "tlsMode-istio".into(),
+        r#match: Some(istio),
+        transport_socket: Some(socket),
+    }];
 }

@@ -153,7 +153,27 @@ fn routes_keep_istio_semantics() {
     assert_eq!(action.timeout.as_ref().unwrap().seconds, 10);
     // The DestinationRule's consistent hash, on the route as Envoy wants it.
     assert_eq!(action.hash_policy.len(), 1);
+    // Routes retrying differently keep their own policies; a host whose
+    // routes share one has it once, on the host.
+    assert_eq!(vh.retry_policy, None);
+    let Some(route::Action::Route(first)) = &vh.routes[0].action else { panic!() };
+    assert_eq!(first.retry_policy.as_ref().map(|r| r.retry_on.as_str()), Some(ISTIO_DEFAULT_RETRY_ON));
+    let registry = MemoryRegistry::new("test");
+    registry
+        .upsert(Service::http("ratings.default.svc.cluster.local", "default", 9080), vec![Endpoint::new("10.0.1.1")]);
+    let mesh = MeshSnapshot { config: MemoryConfigStore::new().snapshot(), services: registry.snapshot() };
+    let cfg = translate(&mesh, &ProxyIdentity::sidecar("productpage-v1", "default", Default::default()));
+    let rc: RouteConfiguration = decode(&resources(&cfg, Flavor::Envoy, true).resources, ROUTE, "9080");
+    let ratings = &rc.virtual_hosts[0];
+    assert_eq!(ratings.retry_policy.as_ref().map(|r| r.retry_on.as_str()), Some(ISTIO_DEFAULT_RETRY_ON));
+    let own = |r: &envoy_types::pb::envoy::config::route::v3::Route| match &r.action {
+        Some(route::Action::Route(a)) => a.retry_policy.is_some(),
+        _ => false,
+    };
+    assert!(!ratings.routes.iter().any(own), "the routes take the host's");
 }
+
+const ISTIO_DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,retriable-status-codes,cancelled,unavailable";
 
 #[test]
 fn sidecar_listeners_use_rds_over_ads() {

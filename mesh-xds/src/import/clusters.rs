@@ -210,10 +210,13 @@ fn upstream_tls(c: &EnvoyCluster) -> Result<Option<UpstreamTls>, ImportError> {
                 m.r#match.as_ref().is_none_or(|s| s.fields.is_empty())
                     && m.transport_socket.as_ref().is_none_or(|t| t.name == "envoy.transport_sockets.raw_buffer")
             };
+            // Istio's layout: `tlsMode: istio`, and plaintext for the rest,
+            // spelled out or left to the cluster's (absent) socket.
             match (istio, matches.len()) {
                 (Some(i), 2) if plain(&matches[1 - i]) => {
                     (matches[i].transport_socket.as_ref(), true, "transport_socket_matches")
                 }
+                (Some(i), 1) => (matches[i].transport_socket.as_ref(), true, "transport_socket_matches"),
                 _ => {
                     let msg = "only Istio's auto mTLS (`tlsMode: istio`, else plaintext) is supported".to_string();
                     return Err(err("transport_socket_matches", msg));

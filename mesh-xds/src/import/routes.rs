@@ -15,8 +15,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     route::Action,
     route_action::{hash_policy::PolicySpecifier, ClusterSpecifier, HostRewriteSpecifier},
     route_match::PathSpecifier,
-    HeaderMatcher as EnvoyHeaderMatcher, Route as EnvoyRoute, RouteAction as EnvoyRouteAction, RouteConfiguration,
-    RouteMatch as EnvoyRouteMatch,
+    HeaderMatcher as EnvoyHeaderMatcher, RetryPolicy as EnvoyRetryPolicy, Route as EnvoyRoute,
+    RouteAction as EnvoyRouteAction, RouteConfiguration, RouteMatch as EnvoyRouteMatch,
+    VirtualHost as EnvoyVirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy as EnvoyCors;
@@ -38,6 +39,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<ImportedRoutes, ImportErr
     let mut hash_by_cluster = BTreeMap::new();
     let mut virtual_hosts = Vec::new();
     for (v, vh) in rc.virtual_hosts.iter().enumerate() {
+        let host_retry = virtual_host_retry(vh, &format!("virtual_hosts[{v}]"), &rc.name)?;
         let mut routes: Vec<Route> = Vec::new();
         let mut last: Option<&EnvoyRoute> = None;
         for (r, er) in vh.routes.iter().enumerate() {
@@ -52,6 +54,9 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<ImportedRoutes, ImportErr
             }
             let (mut route, hash) = route(er, &at(""), &rc.name)?;
             route.matches = vec![m];
+            if route.retry.is_none() && matches!(route.action, RouteAction::Forward { .. }) {
+                route.retry.clone_from(&host_retry);
+            }
             if let (Some(hash), RouteAction::Forward { clusters }) = (hash, &route.action) {
                 for c in clusters {
                     hash_by_cluster.insert(c.cluster.clone(), hash.clone());
@@ -69,6 +74,32 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<ImportedRoutes, ImportErr
         virtual_hosts.push(VirtualHost { name: vh.name.clone(), domains: vh.domains.clone(), routes });
     }
     Ok(ImportedRoutes { config: Arc::new(RouteConfig { name: rc.name.clone(), virtual_hosts }), hash_by_cluster })
+}
+
+/// The host's retry policy, for its forwarding routes without one. What
+/// else a virtual host can set for all its routes mesh-proxy does not
+/// apply: refused, naming the field (the deprecated `cors` too, which
+/// Envoy still honours).
+#[allow(deprecated)]
+fn virtual_host_retry(vh: &EnvoyVirtualHost, at: &str, name: &str) -> Result<Option<Box<RetryPolicy>>, ImportError> {
+    let unsupported = [
+        ("matcher", vh.matcher.is_some()),
+        ("require_tls", vh.require_tls != 0),
+        ("rate_limits", !vh.rate_limits.is_empty()),
+        ("request_headers_to_add", !vh.request_headers_to_add.is_empty()),
+        ("request_headers_to_remove", !vh.request_headers_to_remove.is_empty()),
+        ("response_headers_to_add", !vh.response_headers_to_add.is_empty()),
+        ("response_headers_to_remove", !vh.response_headers_to_remove.is_empty()),
+        ("cors", vh.cors.is_some()),
+        ("typed_per_filter_config", !vh.typed_per_filter_config.is_empty()),
+        ("retry_policy_typed_config", vh.retry_policy_typed_config.is_some()),
+        ("hedge_policy", vh.hedge_policy.is_some()),
+        ("request_mirror_policies", !vh.request_mirror_policies.is_empty()),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(err(name, format!("{at}.{field}"), "is not supported on a virtual host; set it per route"));
+    }
+    Ok(vh.retry_policy.as_ref().map(retry_policy))
 }
 
 fn err(name: &str, field: String, message: impl Into<String>) -> ImportError {
@@ -267,26 +298,7 @@ fn forward(route: &mut Route, a: &EnvoyRouteAction, at: &str, name: &str) -> Res
         }
     };
     route.timeout = a.timeout.as_ref().map(duration).filter(|d| !d.is_zero());
-    route.retry = a.retry_policy.as_ref().map(|r| {
-        let (retry_on, _) = RetryOn::parse(&r.retry_on);
-        let backoff = r.retry_back_off.as_ref();
-        Box::new(RetryPolicy {
-            attempts: r.num_retries.as_ref().map_or(1, |n| n.value),
-            per_try_timeout: r.per_try_timeout.as_ref().map(duration),
-            retry_on,
-            retriable_status_codes: r.retriable_status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
-            backoff_base: backoff
-                .and_then(|b| b.base_interval.as_ref())
-                .map_or(std::time::Duration::from_millis(25), duration),
-            backoff_max: backoff
-                .and_then(|b| b.max_interval.as_ref())
-                .map_or(std::time::Duration::from_millis(250), duration),
-            retry_other_hosts: r
-                .retry_host_predicate
-                .iter()
-                .any(|p| p.name == "envoy.retry_host_predicates.previous_hosts"),
-        })
-    });
+    route.retry = a.retry_policy.as_ref().map(retry_policy);
     route.mirrors = a
         .request_mirror_policies
         .iter()
@@ -309,6 +321,27 @@ fn forward(route: &mut Route, a: &EnvoyRouteAction, at: &str, name: &str) -> Res
     route.rewrite = (rewrite.uri_prefix.is_some() || rewrite.uri_regex.is_some() || rewrite.authority.is_some())
         .then(|| Box::new(rewrite));
     Ok(RouteAction::Forward { clusters })
+}
+
+fn retry_policy(r: &EnvoyRetryPolicy) -> Box<RetryPolicy> {
+    let (retry_on, _) = RetryOn::parse(&r.retry_on);
+    let backoff = r.retry_back_off.as_ref();
+    Box::new(RetryPolicy {
+        attempts: r.num_retries.as_ref().map_or(1, |n| n.value),
+        per_try_timeout: r.per_try_timeout.as_ref().map(duration),
+        retry_on,
+        retriable_status_codes: r.retriable_status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
+        backoff_base: backoff
+            .and_then(|b| b.base_interval.as_ref())
+            .map_or(std::time::Duration::from_millis(25), duration),
+        backoff_max: backoff
+            .and_then(|b| b.max_interval.as_ref())
+            .map_or(std::time::Duration::from_millis(250), duration),
+        retry_other_hosts: r
+            .retry_host_predicate
+            .iter()
+            .any(|p| p.name == "envoy.retry_host_predicates.previous_hosts"),
+    })
 }
 
 fn percent(f: &FractionalPercent) -> f64 {

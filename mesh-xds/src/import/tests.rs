@@ -166,6 +166,47 @@ fn in_mesh_mtls_survives_the_round_trip() {
     assert_same(&cfg, &round_trip(&cfg, ProxyKind::Sidecar));
 }
 
+/// Auto mTLS as istiod lays it out (a `tlsMode-disabled` raw_buffer
+/// match after the `tlsMode: istio` one) imports as our shorter layout
+/// does; a match on anything else is refused.
+#[test]
+fn auto_mtls_in_istiods_layout_imports_too() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
+    use envoy_types::pb::envoy::config::core::v3::{transport_socket::ConfigType, TransportSocket};
+    use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let cfg = reviews_sidecar();
+    let set = resources(&cfg, Flavor::Envoy, true).resources;
+    let ours = all::<EnvoyCluster>(&set, CLUSTER);
+    let istiod: Vec<EnvoyCluster> = ours
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            if !c.transport_socket_matches.is_empty() {
+                c.transport_socket_matches.push(TransportSocketMatch {
+                    name: "tlsMode-disabled".into(),
+                    r#match: Some(Struct::default()),
+                    transport_socket: Some(TransportSocket {
+                        name: "envoy.transport_sockets.raw_buffer".into(),
+                        config_type: Some(ConfigType::TypedConfig(crate::envoy::any(&RawBuffer::default()))),
+                    }),
+                });
+            }
+            c
+        })
+        .collect();
+    assert!(istiod.iter().any(|c| c.transport_socket_matches.len() == 2), "the mesh has auto mTLS clusters");
+    let import =
+        |clusters: &[EnvoyCluster]| proxy_config(ProxyKind::Sidecar, &[], &[], clusters, &[]).map(|c| c.clusters);
+    assert_eq!(import(&istiod).unwrap(), import(&ours).unwrap());
+
+    let mut foreign = istiod.into_iter().find(|c| c.transport_socket_matches.len() == 2).unwrap();
+    foreign.transport_socket_matches[1].r#match =
+        Some(Struct { fields: [("zone".to_string(), Value { kind: Some(Kind::StringValue("a".into())) })].into() });
+    let e = import(&[foreign]).unwrap_err();
+    assert_eq!(e.field, "transport_socket_matches", "{e}");
+}
+
 #[test]
 fn tls_mesh_proxy_cannot_enforce_is_refused() {
     use envoy_types::pb::envoy::config::core::v3::{transport_socket::ConfigType, TransportSocket};
@@ -200,6 +241,38 @@ fn refusals_name_the_resource_and_field() {
     let cluster = EnvoyCluster { name: "c1".into(), lb_policy: 99, ..Default::default() };
     let e = proxy_config(ProxyKind::Sidecar, &[], &[], &[cluster], &[]).unwrap_err();
     assert_eq!((e.kind, e.name.as_str(), e.field.as_str()), ("Cluster", "c1", "lb_policy"));
+}
+
+/// A virtual host's retry policy is its forwarding routes' unless they
+/// have their own; what else a host could set for all its routes is
+/// refused rather than left unapplied.
+#[test]
+fn a_virtual_hosts_retry_policy_reaches_its_routes_and_its_other_settings_are_refused() {
+    use envoy_types::pb::envoy::config::route::v3::{route::Action, RetryPolicy as EnvoyRetry, VirtualHost};
+    let set = resources(&reviews_sidecar(), Flavor::Envoy, true).resources;
+    let mut rc = all::<RouteConfiguration>(&set, ROUTE).into_iter().next().expect("a route table");
+    let host_retry = EnvoyRetry { retry_on: "reset".into(), ..Default::default() };
+    let vh: &mut VirtualHost = &mut rc.virtual_hosts[0];
+    vh.retry_policy = Some(host_retry);
+    let Some(Action::Route(first)) = &mut vh.routes[0].action else { panic!("a forwarding route") };
+    first.retry_policy = Some(EnvoyRetry { retry_on: "5xx".into(), ..Default::default() });
+    for r in &mut vh.routes[1..] {
+        if let Some(Action::Route(a)) = &mut r.action {
+            a.retry_policy = None;
+        }
+    }
+    let imported = route_config(&rc).unwrap().config;
+    let retry_on: Vec<String> = imported.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| format!("{:?}", r.retry.as_ref().map(|p| p.retry_on)))
+        .collect();
+    assert_ne!(retry_on[0], retry_on[1], "the first route keeps its own: {retry_on:?}");
+    assert!(retry_on[1..].iter().all(|r| *r == retry_on[1] && r != "None"), "the host's for the rest: {retry_on:?}");
+
+    rc.virtual_hosts[0].request_headers_to_remove = vec!["x-secret".into()];
+    let e = route_config(&rc).unwrap_err();
+    assert_eq!(e.field, "virtual_hosts[0].request_headers_to_remove", "{e}");
 }
 
 /// AuthorizationPolicy arrives as Envoy's RBAC filters and local rate
