@@ -1,7 +1,7 @@
 //! Authorization policy evaluation, with Istio's semantics: DENY policies
 //! first (any match denies), then ALLOW policies (if there are any, one must
 //! match). Policies are compiled once. A TCP connection is judged by the
-//! same policies narrowed to what a connection has ([`tcp`]).
+//! same policies narrowed to what a connection has (`tcp`).
 
 mod matchers;
 mod tcp;
@@ -141,7 +141,7 @@ struct Policies {
 }
 
 /// The compiled AuthorizationPolicies of one proxy: as they apply to
-/// HTTP requests, and as they apply to TCP connections (see [`tcp`]).
+/// HTTP requests, and as they apply to TCP connections (see `tcp`).
 #[derive(Clone, Debug, Default)]
 pub struct Authorizer {
     http: Policies,
