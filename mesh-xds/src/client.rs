@@ -148,7 +148,9 @@ impl State {
                 Ok(CLUSTER)
             }
             LISTENER => {
-                self.listeners = import_all(resp, "Listener", |l| import::listener(l, kind), |l| l.name.clone())?;
+                let listeners = import_all(resp, "Listener", |l| import::listener(l, kind), |l| l.name.clone())?;
+                import::jwt_alike(listeners.values())?;
+                self.listeners = listeners;
                 self.forget_unnamed();
                 Ok(LISTENER)
             }

@@ -62,6 +62,26 @@ pub fn decode<M: Message + Default + prost::Name>(any: &Any, kind: &'static str)
     M::decode(any.value.as_slice()).map_err(|e| ImportError::new(kind, "?", "value", e.to_string()))
 }
 
+/// mesh-proxy checks tokens once per proxy, with the JWT providers of the
+/// first chain that has any (istiod writes the same on every inbound and
+/// gateway chain): listeners carrying others are refused, naming the first.
+pub fn jwt_alike<'l>(listeners: impl IntoIterator<Item = &'l Listener>) -> Result<(), ImportError> {
+    let mut first: Option<(&str, &Vec<mesh_core::jwt::JwtProvider>)> = None;
+    for l in listeners {
+        for c in l.filter_chains.iter().filter(|c| !c.request_authentication.is_empty()) {
+            match first {
+                None => first = Some((&l.name, &c.request_authentication)),
+                Some((name, providers)) if *providers != c.request_authentication => {
+                    let message = format!("JWT providers differing from listener {name}'s: mesh-proxy has one set");
+                    return Err(ImportError::new("Listener", &l.name, "filter_chains", message));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Put the pieces together. Clusters hashed by ring hash or Maglev take
 /// the hash policy of the routes that send to them.
 pub fn assemble(
@@ -111,6 +131,7 @@ pub fn proxy_config(
     endpoints: &[EnvoyLoadAssignment],
 ) -> Result<ProxyConfig, ImportError> {
     let listeners = listeners.iter().map(|l| listener(l, kind)).collect::<Result<Vec<_>, _>>()?;
+    jwt_alike(&listeners)?;
     let routes = routes.iter().map(route_config).collect::<Result<Vec<_>, _>>()?;
     let clusters = clusters.iter().map(cluster).collect::<Result<Vec<_>, _>>()?;
     let mut assignments = endpoints.iter().map(load_assignment).collect::<Result<Vec<_>, _>>()?;

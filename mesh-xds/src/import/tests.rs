@@ -343,9 +343,24 @@ fn rbac_and_rate_limits_are_imported_and_filters_mesh_proxy_does_not_take_are_re
     let imported = proxy_config(ProxyKind::Sidecar, &all::<EnvoyListener>(&set, LISTENER), &[], &[], &[]).unwrap();
     // The provider, named by its place in the filter (its origin is not sent).
     let expected = mesh_core::jwt::JwtProvider { origin: "origins-0".into(), ..provider };
-    assert_eq!(imported.request_authentication, [expected]);
+    assert_eq!(imported.request_authentication, std::slice::from_ref(&expected));
     let inbound = imported.listeners.iter().find(|l| l.name == "virtualInbound").expect("virtualInbound");
     let http = inbound.filter_chains.iter().find(|c| matches!(c.action, ChainAction::Http { .. })).expect("HTTP");
     let principals = format!("{:?}", http.rbac[0].policies[0].principals);
     assert!(principals.contains("JwtClaim") && principals.contains("\"iss\""), "{principals}");
+
+    // mesh-proxy has one set of providers: another listener with others is
+    // refused, not left unchecked.
+    let mut listeners = imported.listeners.clone();
+    let mut other = listeners[0].clone();
+    other.name = "other".into();
+    let mut elsewhere = expected.clone();
+    elsewhere.issuer = "https://elsewhere".into();
+    for c in &mut other.filter_chains {
+        c.request_authentication = vec![elsewhere.clone()];
+    }
+    assert_eq!(jwt_alike(&listeners), Ok(()));
+    listeners.push(other);
+    let e = jwt_alike(&listeners).unwrap_err();
+    assert_eq!((e.kind, e.name.as_str(), e.field.as_str()), ("Listener", "other", "filter_chains"), "{e}");
 }
