@@ -1,6 +1,6 @@
 //! The Sidecar resource that applies to a sidecar proxy, picked as Istio
 //! picks it (one selecting the workload beats its namespace's default,
-//! which beats the root namespace's), and what it decides: which services
+//! which beats MeshConfig's root namespace's), and what it decides: which services
 //! the proxy sees (`egress` hosts) and where connections to anything else
 //! go (`outboundTrafficPolicy`, else MeshConfig's).
 
@@ -11,7 +11,7 @@ use crate::config::{Kind, Spec};
 use crate::mesh_config::{MeshConfig, OutboundMode};
 use crate::model::{labels_match, Service};
 use crate::store::{of_kind, ConfigSnapshot};
-use crate::translate::{host_matches, ProxyIdentity, ProxyKind, ROOT_NAMESPACE};
+use crate::translate::{host_matches, ProxyIdentity, ProxyKind};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SidecarScope {
@@ -23,7 +23,7 @@ pub struct SidecarScope {
 impl SidecarScope {
     pub fn of(config: &ConfigSnapshot, proxy: &ProxyIdentity, mesh_config: &MeshConfig) -> SidecarScope {
         let mesh_mode = mesh_config.outbound_traffic_policy.mode;
-        let Some(sidecar) = applicable(config, proxy) else {
+        let Some(sidecar) = applicable(config, proxy, &mesh_config.root_namespace) else {
             return SidecarScope { egress: None, outbound_mode: mesh_mode };
         };
         let outbound_mode = match sidecar.outbound_traffic_policy.as_ref().and_then(|o| o.mode.as_deref()) {
@@ -47,12 +47,12 @@ impl SidecarScope {
 }
 
 /// The Sidecar resource for this proxy, if any (gateways have none).
-fn applicable<'c>(config: &'c ConfigSnapshot, proxy: &ProxyIdentity) -> Option<&'c Sidecar> {
+fn applicable<'c>(config: &'c ConfigSnapshot, proxy: &ProxyIdentity, root: &str) -> Option<&'c Sidecar> {
     if proxy.kind != ProxyKind::Sidecar {
         return None;
     }
     of_kind(config, Kind::Sidecar)
-        .filter(|r| r.meta.namespace == proxy.namespace || r.meta.namespace == ROOT_NAMESPACE)
+        .filter(|r| r.meta.namespace == proxy.namespace || r.meta.namespace == root)
         .filter_map(|r| match &r.spec {
             Spec::Sidecar(s) => Some((r, s)),
             _ => None,
@@ -60,7 +60,7 @@ fn applicable<'c>(config: &'c ConfigSnapshot, proxy: &ProxyIdentity) -> Option<&
         .filter(|(_, s)| s.workload_selector.as_ref().is_none_or(|sel| labels_match(&sel.labels, &proxy.labels)))
         .map(|(r, s)| {
             let rank = u8::from(s.workload_selector.is_none()) * 2
-                + u8::from(r.meta.namespace == ROOT_NAMESPACE && proxy.namespace != ROOT_NAMESPACE);
+                + u8::from(r.meta.namespace == root && proxy.namespace != root);
             (rank, s)
         })
         .collect::<BTreeMap<u8, &Sidecar>>()

@@ -277,6 +277,22 @@ fn registry_only_sends_unknown_destinations_to_the_black_hole() {
     assert_eq!(unknown(&with(&[&locked], OutboundMode::AllowAny)), (BLACKHOLE.to_string(), block));
     let open = sidecar("ALLOW_ANY");
     assert_eq!(unknown(&with(&[&open], OutboundMode::RegistryOnly)), (OUTBOUND_PASSTHROUGH.to_string(), None));
+    // A Sidecar in MeshConfig's root namespace is every namespace's default.
+    let in_root = |ns: &str| locked.replace("namespace: default", &format!("namespace: {ns}"));
+    let custom_root = |yaml: &str| {
+        let store = MemoryConfigStore::new();
+        store.upsert(Resource::from_yaml(yaml).unwrap());
+        let mesh = MeshSnapshot { config: store.snapshot(), services: registry.snapshot() };
+        let mesh_config = MeshConfig { root_namespace: "mesh-root".into(), ..MeshConfig::default() };
+        translate_with(&mesh, &productpage(), &mesh_config)
+    };
+    assert_eq!(unknown(&custom_root(&in_root("mesh-root"))).0, BLACKHOLE);
+    assert_eq!(unknown(&custom_root(&in_root("istio-system"))).0, OUTBOUND_PASSTHROUGH, "not the root here");
+    let deny_all = |ns: &str| {
+        format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny, namespace: {ns}}}\nspec:\n  action: DENY\n  rules: [{{}}]\n")
+    };
+    assert_eq!(custom_root(&deny_all("mesh-root")).authorization.len(), 1, "a root policy applies mesh-wide");
+    assert!(custom_root(&deny_all("istio-system")).authorization.is_empty());
     // Known hosts route as before.
     let cfg = with(&[&locked], OutboundMode::AllowAny);
     let table = RouteTable::new(cfg.route_config("9080").unwrap().clone()).unwrap();

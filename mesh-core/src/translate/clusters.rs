@@ -20,7 +20,7 @@ impl<'a> Translator<'a> {
                 0
             } else if r.meta.namespace == service_ns {
                 1
-            } else if r.meta.namespace == ROOT_NAMESPACE {
+            } else if r.meta.namespace == self.mesh_config.root_namespace {
                 2
             } else {
                 3

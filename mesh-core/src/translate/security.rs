@@ -9,7 +9,7 @@ impl<'a> Translator<'a> {
     /// selector matches it, that insert Envoy's local rate limit filter.
     pub(super) fn local_rate_limits(&self) -> Vec<crate::rate_limit::LocalRateLimit> {
         of_kind(self.config, Kind::EnvoyFilter)
-            .filter(|r| r.meta.namespace == self.proxy.namespace || r.meta.namespace == ROOT_NAMESPACE)
+            .filter(|r| r.meta.namespace == self.proxy.namespace || r.meta.namespace == self.mesh_config.root_namespace)
             .filter_map(|r| match &r.spec {
                 Spec::EnvoyFilter(ef) => Some(ef),
                 _ => None,
@@ -93,7 +93,7 @@ impl Translator<'_> {
         selector: Option<&crate::config::networking::WorkloadSelector>,
         targeted: bool,
     ) -> bool {
-        let in_scope = namespace == ROOT_NAMESPACE || namespace == self.proxy.namespace;
+        let in_scope = namespace == self.mesh_config.root_namespace || namespace == self.proxy.namespace;
         let selected = selector.is_none_or(|sel| labels_match(&sel.match_labels, &self.proxy.labels));
         in_scope && selected && !targeted
     }
