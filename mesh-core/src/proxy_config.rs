@@ -109,6 +109,22 @@ pub struct FilterChain {
     pub request_authentication: Vec<crate::jwt::JwtProvider>,
 }
 
+impl FilterChain {
+    /// A chain for any connection (no SNI, port or TLS), with no filters
+    /// of its own: the base the translation's chains build on.
+    pub fn new(action: ChainAction) -> FilterChain {
+        FilterChain {
+            server_names: Vec::new(),
+            destination_port: None,
+            tls: None,
+            action,
+            rbac: Vec::new(),
+            local_rate_limits: Vec::new(),
+            request_authentication: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ChainAction {
     /// HTTP connection manager with the named route table.

@@ -44,12 +44,8 @@ impl<'a> Translator<'a> {
                         }));
                         chains.push(FilterChain {
                             server_names: hosts.iter().filter(|h| *h != "*").cloned().collect(),
-                            destination_port: None,
                             tls: server.tls.as_ref().map(|t| server_tls(t, &tls_mode, self.mesh_config)),
-                            action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
-                            rbac: Vec::new(),
-                            local_rate_limits: Vec::new(),
-                            request_authentication: Vec::new(),
+                            ..FilterChain::new(ChainAction::Http { route_config: route_name, protocol: Protocol::Http })
                         });
                     } else {
                         plain_http = true;
@@ -69,14 +65,10 @@ impl<'a> Translator<'a> {
                     for (sni, clusters) in routes {
                         chains.push(FilterChain {
                             server_names: sni,
-                            destination_port: None,
                             tls: terminates_tls
                                 .then(|| server.tls.as_ref().map(|t| server_tls(t, &tls_mode, self.mesh_config)))
                                 .flatten(),
-                            action: ChainAction::Tcp { clusters },
-                            rbac: Vec::new(),
-                            local_rate_limits: Vec::new(),
-                            request_authentication: Vec::new(),
+                            ..FilterChain::new(ChainAction::Tcp { clusters })
                         });
                     }
                 }
@@ -87,15 +79,7 @@ impl<'a> Translator<'a> {
                     name: route_name.clone(),
                     virtual_hosts: http_vhosts.into_values().collect(),
                 }));
-                chains.push(FilterChain {
-                    server_names: vec![],
-                    destination_port: None,
-                    tls: None,
-                    action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
-                    rbac: Vec::new(),
-                    local_rate_limits: Vec::new(),
-                    request_authentication: Vec::new(),
-                });
+                chains.push(FilterChain::new(ChainAction::Http { route_config: route_name, protocol: Protocol::Http }));
             }
             cfg.listeners.push(port_listener("0.0.0.0", port, TrafficDirection::Gateway, chains));
         }

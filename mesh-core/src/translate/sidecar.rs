@@ -21,15 +21,9 @@ impl<'a> Translator<'a> {
             direction: TrafficDirection::Outbound,
             use_original_dst: true,
             bind_to_port: true,
-            filter_chains: vec![FilterChain {
-                server_names: vec![],
-                destination_port: None,
-                tls: None,
-                action: ChainAction::Tcp { clusters: vec![WeightedCluster::only(self.unknown_destinations())] },
-                rbac: Vec::new(),
-                local_rate_limits: Vec::new(),
-                request_authentication: Vec::new(),
-            }],
+            filter_chains: vec![FilterChain::new(ChainAction::Tcp {
+                clusters: vec![WeightedCluster::only(self.unknown_destinations())],
+            })],
         });
         // One HTTP listener and route table per HTTP port; TCP ports get a
         // TCP proxy per service.
@@ -52,15 +46,7 @@ impl<'a> Translator<'a> {
                             &address,
                             port.port,
                             TrafficDirection::Outbound,
-                            vec![FilterChain {
-                                server_names: vec![],
-                                destination_port: None,
-                                tls: None,
-                                action: ChainAction::Tcp { clusters },
-                                rbac: Vec::new(),
-                                local_rate_limits: Vec::new(),
-                                request_authentication: Vec::new(),
-                            }],
+                            vec![FilterChain::new(ChainAction::Tcp { clusters })],
                         ),
                     );
                 }
@@ -88,15 +74,7 @@ impl<'a> Translator<'a> {
                 "0.0.0.0",
                 port,
                 TrafficDirection::Outbound,
-                vec![FilterChain {
-                    server_names: vec![],
-                    destination_port: None,
-                    tls: None,
-                    action: ChainAction::Http { route_config: route_name, protocol: Protocol::Http },
-                    rbac: Vec::new(),
-                    local_rate_limits: Vec::new(),
-                    request_authentication: Vec::new(),
-                }],
+                vec![FilterChain::new(ChainAction::Http { route_config: route_name, protocol: Protocol::Http })],
             ));
         }
         cfg.listeners.extend(tcp_listeners.into_values());
@@ -132,15 +110,7 @@ impl<'a> Translator<'a> {
             let target = port.target_port.unwrap_or(port.port);
             declared.insert(target);
             for tls in mtls::inbound_chains(peer_authentication.mode_for_port(target), self.mesh_config) {
-                chains.push(FilterChain {
-                    server_names: vec![],
-                    destination_port: Some(target),
-                    tls,
-                    action: action.clone(),
-                    rbac: Vec::new(),
-                    local_rate_limits: Vec::new(),
-                    request_authentication: Vec::new(),
-                });
+                chains.push(FilterChain { destination_port: Some(target), tls, ..FilterChain::new(action.clone()) });
             }
         }
         // Ports no Service declares pass through to the app, with mTLS as
@@ -150,13 +120,9 @@ impl<'a> Translator<'a> {
         for (port, mode) in passthrough {
             for tls in mtls::inbound_chains(mode, self.mesh_config) {
                 chains.push(FilterChain {
-                    server_names: vec![],
                     destination_port: port,
                     tls,
-                    action: ChainAction::Tcp { clusters: vec![WeightedCluster::only(INBOUND_PASSTHROUGH)] },
-                    rbac: Vec::new(),
-                    local_rate_limits: Vec::new(),
-                    request_authentication: Vec::new(),
+                    ..FilterChain::new(ChainAction::Tcp { clusters: vec![WeightedCluster::only(INBOUND_PASSTHROUGH)] })
                 });
             }
         }
